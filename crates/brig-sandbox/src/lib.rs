@@ -13,3 +13,4 @@ pub mod sandbox;
 
 pub use channel::{ExecEvent, ExecHandle};
 pub use sandbox::{DestroyReport, Image, Sandbox, SandboxPaths, SandboxRequest};
+pub mod native;
