@@ -7,6 +7,7 @@ use brig_core::session::{Limits, RuntimeKind};
 use brig_core::{wire, Result, SessionId};
 
 use crate::channel::ExecHandle;
+use crate::image::Image;
 
 /// Where brig keeps sandbox state on the host.
 #[derive(Clone, Debug)]
@@ -16,14 +17,6 @@ pub struct SandboxPaths {
     /// The `brig` binary to run as `oci-runtime` (native) and to place in
     /// every sandbox as its init. Defaults to the current executable.
     pub brig_exe: PathBuf,
-}
-
-/// A resolved, immutable image.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Image {
-    pub name: String,
-    /// `sha256:<hex>`.
-    pub digest: String,
 }
 
 /// Everything needed to build one sandbox.

@@ -1,0 +1,1 @@
+//! Landlock for the sandbox's init. (Stub: to be written.)

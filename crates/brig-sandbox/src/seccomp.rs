@@ -1,0 +1,1 @@
+//! brig's seccomp allow-list, built with seccompiler. (Stub: to be written.)
