@@ -1,11 +1,35 @@
-//! `brig sandbox-init`: pid 1 of every sandbox. (Stub: to be written.)
+//! `brig sandbox-init`: pid 1 of every sandbox.
+//!
+//! The runtime has already built the namespaces, root filesystem, cgroups
+//! and unprivileged user, dropped every capability and set no_new_privs.
+//! Init then:
+//! 1. makes itself non-dumpable (so the sandbox's own user cannot open
+//!    /proc/1/fd and take over the control pipes), a child subreaper, and
+//!    sets no_new_privs itself as well;
+//! 2. applies Landlock ([`crate::landlock`]) and brig's seccomp allow-list
+//!    ([`crate::seccomp`]) to itself, so every process it starts inherits them;
+//! 3. on any failure writes one `Fatal` frame naming the layer and exits 1:
+//!    it never serves with a weaker guard;
+//! 4. writes `Ready` and serves [`brig_core::wire`] on fd 0 (host → init) and
+//!    fd 1 (init → host) from a single-threaded poll loop.
+//!
+//! When fd 0 reaches EOF (brig went away) or fd 1 cannot be written, init
+//! kills everything it started and exits: as pid 1 of the sandbox's pid
+//! namespace its exit takes every process with it, so no sandbox outlives brig.
 
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use brig_core::wire::{self, Frame, Kind};
 use serde::{Deserialize, Serialize};
 
 /// Passed as the single argument after `sandbox-init` (JSON).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InitConfig {
     /// Paths the sandbox may write (Landlock): /workspace, /tmp, /dev/null...
+    /// A PTY needs /dev/ptmx and /dev/pts here too.
     pub rw_paths: Vec<String>,
     /// Whether Landlock is required (native, oci) or not applicable (gvisor,
     /// whose own kernel is the boundary).
@@ -14,7 +38,967 @@ pub struct InitConfig {
     pub seccomp: bool,
 }
 
+/// How long init keeps reading a command's output after its main process
+/// exited, when a background child still holds the pipes open.
+const LINGER: Duration = Duration::from_millis(100);
+
+/// PATH used when the command's environment has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+
 /// Entry point of `brig sandbox-init <json>`; never returns.
-pub fn main(_config_json: &str) -> ! {
-    todo!("sandbox-init")
+pub fn main(config_json: &str) -> ! {
+    let out = HostOut { fd: 1 };
+    let layers = match setup(config_json) {
+        Ok(l) => l,
+        Err(failed) => {
+            let _ = out.send(&Frame::json(Kind::Fatal, 0, &failed));
+            std::process::exit(1);
+        }
+    };
+    let sigfd = match signal_fd() {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = out.send(&Frame::json(Kind::Fatal, 0, &failed("init", e)));
+            std::process::exit(1);
+        }
+    };
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let ready = wire::Ready { layers, uid, gid };
+    if out.send(&Frame::json(Kind::Ready, 0, &ready)).is_err() {
+        std::process::exit(1);
+    }
+    let mut init = Init {
+        out,
+        sigfd,
+        decoder: wire::Decoder::new(),
+        execs: HashMap::new(),
+    };
+    let code = init.serve();
+    init.kill_everything(libc::SIGKILL);
+    std::process::exit(code)
+}
+
+fn failed(layer: &str, error: impl std::fmt::Display) -> wire::Failed {
+    wire::Failed {
+        layer: layer.to_string(),
+        error: error.to_string(),
+    }
+}
+
+/// Steps 1-2: every guard, in order; the first failure names its layer.
+fn setup(config_json: &str) -> Result<Vec<String>, wire::Failed> {
+    let config: InitConfig = serde_json::from_str(config_json)
+        .map_err(|e| failed("config", format!("bad sandbox-init configuration: {e}")))?;
+    // A closed fd 2 would be reused by the first pipe and then lost in the
+    // child's dup2 dance: park /dev/null there.
+    // SAFETY: fcntl/open/dup2 on descriptor numbers; errors are reported.
+    unsafe {
+        if libc::fcntl(2, libc::F_GETFD) < 0 {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            if null < 0 || (null != 2 && libc::dup2(null, 2) < 0) {
+                return Err(failed(
+                    "init",
+                    format!(
+                        "fd 2 is closed and /dev/null cannot replace it: {}",
+                        std::io::Error::last_os_error()
+                    ),
+                ));
+            }
+            if null != 2 {
+                libc::close(null);
+            }
+        }
+    }
+    // The host's ends may be non-blocking; init's are used blocking.
+    for fd in [0, 1] {
+        set_nonblocking(fd, false).map_err(|e| failed("init", format!("fd {fd}: {e}")))?;
+    }
+    let mut layers = Vec::new();
+    prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(|e| failed("no_new_privs", e))?;
+    layers.push("no_new_privs".to_string());
+    prctl(libc::PR_SET_DUMPABLE, 0).map_err(|e| failed("nondumpable", e))?;
+    layers.push("nondumpable".to_string());
+    // Outside a pid namespace (tests), orphans must still come back to init
+    // so it can reap and, at the end, kill them.
+    prctl(libc::PR_SET_CHILD_SUBREAPER, 1)
+        .map_err(|e| failed("init", format!("PR_SET_CHILD_SUBREAPER: {e}")))?;
+    if config.landlock {
+        layers.push(crate::landlock::apply(&config.rw_paths).map_err(|e| failed("landlock", e))?);
+    }
+    if config.seccomp {
+        layers.push(
+            crate::seccomp::apply()
+                .map_err(|e| failed("seccomp", e))?
+                .to_string(),
+        );
+    }
+    Ok(layers)
+}
+
+fn prctl(option: libc::c_int, value: libc::c_ulong) -> std::io::Result<()> {
+    // SAFETY: plain integer prctl options.
+    if unsafe { libc::prctl(option, value, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_nonblocking(fd: RawFd, on: bool) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor number; errors are reported.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let new = if on {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags & !libc::O_NONBLOCK
+        };
+        if new != flags && libc::fcntl(fd, libc::F_SETFL, new) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The signals init handles, all through one signalfd (no async handlers).
+fn handled_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+fn signal_fd() -> Result<OwnedFd, String> {
+    let set = handled_signals();
+    // SAFETY: blocking signals and creating a signalfd for them.
+    unsafe {
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(format!(
+                "blocking signals: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(format!("signalfd: {}", std::io::Error::last_os_error()));
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// The bare message of an errno ("No such file or directory").
+fn strerror(e: i32) -> String {
+    // SAFETY: init is single-threaded; strerror's buffer is read at once.
+    unsafe { CStr::from_ptr(libc::strerror(e)) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Writer of frames to the host (fd 1, blocking).
+struct HostOut {
+    fd: RawFd,
+}
+
+impl HostOut {
+    fn send(&self, frame: &Frame) -> Result<(), ()> {
+        write_all(self.fd, &frame.encode())
+    }
+}
+
+fn write_all(fd: RawFd, mut buf: &[u8]) -> Result<(), ()> {
+    while !buf.is_empty() {
+        // SAFETY: writing from a valid slice.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            if errno() == libc::EINTR {
+                continue;
+            }
+            return Err(());
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+enum ReadResult {
+    Data(usize),
+    Eof,
+    Again,
+}
+
+fn read_fd(fd: RawFd, buf: &mut [u8]) -> ReadResult {
+    loop {
+        // SAFETY: reading into a valid buffer.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n > 0 {
+            return ReadResult::Data(n as usize);
+        }
+        if n == 0 {
+            return ReadResult::Eof;
+        }
+        match errno() {
+            libc::EINTR => continue,
+            libc::EAGAIN => return ReadResult::Again,
+            // EIO: a PTY master whose every slave is closed. Anything else
+            // is treated the same: the stream is over.
+            _ => return ReadResult::Eof,
+        }
+    }
+}
+
+/// One command started by `Spawn`.
+struct Exec {
+    pid: i32,
+    /// Where `Stdin` goes: the stdin pipe, or (for a PTY) a dup of the master.
+    input: Option<OwnedFd>,
+    in_buf: Vec<u8>,
+    /// `StdinEof` arrived: close `input` once `in_buf` is written.
+    in_eof: bool,
+    /// stdout pipe, or the PTY master.
+    out: Option<OwnedFd>,
+    err: Option<OwnedFd>,
+    tty: bool,
+    status: Option<wire::Exited>,
+    /// When to stop waiting for the output pipes after the main process exited.
+    deadline: Option<Instant>,
+}
+
+#[derive(Clone, Copy)]
+enum Slot {
+    Out,
+    Err,
+    In,
+}
+
+enum Stop {
+    /// fd 0 reached EOF or a termination signal arrived: a normal end.
+    HostGone,
+    /// The host stream is corrupt or fd 1 failed.
+    Broken,
+}
+
+struct Init {
+    out: HostOut,
+    sigfd: OwnedFd,
+    decoder: wire::Decoder,
+    execs: HashMap<u32, Exec>,
+}
+
+impl Init {
+    fn serve(&mut self) -> i32 {
+        match self.run() {
+            Stop::HostGone => 0,
+            Stop::Broken => 1,
+        }
+    }
+
+    fn run(&mut self) -> Stop {
+        let mut buf = vec![0u8; wire::MAX_PAYLOAD];
+        loop {
+            let mut pfds = vec![
+                pollfd(0, libc::POLLIN),
+                pollfd(self.sigfd.as_raw_fd(), libc::POLLIN),
+            ];
+            let mut slots: Vec<(u32, Slot)> = Vec::new();
+            for (&chan, e) in &self.execs {
+                if let Some(fd) = &e.out {
+                    pfds.push(pollfd(fd.as_raw_fd(), libc::POLLIN));
+                    slots.push((chan, Slot::Out));
+                }
+                if let Some(fd) = &e.err {
+                    pfds.push(pollfd(fd.as_raw_fd(), libc::POLLIN));
+                    slots.push((chan, Slot::Err));
+                }
+                if let Some(fd) = &e.input {
+                    if !e.in_buf.is_empty() {
+                        pfds.push(pollfd(fd.as_raw_fd(), libc::POLLOUT));
+                        slots.push((chan, Slot::In));
+                    }
+                }
+            }
+            let timeout = self
+                .execs
+                .values()
+                .filter_map(|e| e.deadline)
+                .min()
+                .map(|d| {
+                    d.saturating_duration_since(Instant::now())
+                        .as_millis()
+                        .min(60_000) as i32
+                        + 1
+                })
+                .unwrap_or(-1);
+            // SAFETY: pfds is a valid array of pollfd.
+            let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
+            if n < 0 && errno() != libc::EINTR {
+                return Stop::Broken;
+            }
+            if n > 0 {
+                if pfds[1].revents != 0 {
+                    if let Some(stop) = self.on_signals() {
+                        return stop;
+                    }
+                }
+                for (i, &(chan, slot)) in slots.iter().enumerate() {
+                    if pfds[i + 2].revents != 0 && self.on_ready(chan, slot, &mut buf).is_err() {
+                        return Stop::Broken;
+                    }
+                }
+                if pfds[0].revents != 0 {
+                    if let Some(stop) = self.on_host(&mut buf) {
+                        return stop;
+                    }
+                }
+            }
+            if self.finish_execs(&mut buf).is_err() {
+                return Stop::Broken;
+            }
+        }
+    }
+
+    /// SIGCHLD: reap everything (init is every orphan's reaper). TERM, INT,
+    /// HUP: pass them on to every command, so a graceful stop reaches them.
+    fn on_signals(&mut self) -> Option<Stop> {
+        let mut forward = Vec::new();
+        loop {
+            // SAFETY: reading whole signalfd_siginfo records into a local.
+            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            let n = unsafe {
+                libc::read(
+                    self.sigfd.as_raw_fd(),
+                    (&mut info as *mut libc::signalfd_siginfo).cast(),
+                    size,
+                )
+            };
+            if n != size as isize {
+                break;
+            }
+            if info.ssi_signo as i32 != libc::SIGCHLD {
+                forward.push(info.ssi_signo as i32);
+            }
+        }
+        for sig in forward {
+            self.kill_everything(sig);
+        }
+        self.reap();
+        None
+    }
+
+    fn reap(&mut self) {
+        loop {
+            let mut st = 0;
+            // SAFETY: waitpid on any child, non-blocking.
+            let pid = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
+            if pid <= 0 {
+                return;
+            }
+            let exited = if libc::WIFEXITED(st) {
+                wire::Exited {
+                    code: Some(libc::WEXITSTATUS(st)),
+                    signal: None,
+                }
+            } else if libc::WIFSIGNALED(st) {
+                wire::Exited {
+                    code: None,
+                    signal: Some(libc::WTERMSIG(st)),
+                }
+            } else {
+                continue;
+            };
+            if let Some(e) = self
+                .execs
+                .values_mut()
+                .find(|e| e.pid == pid && e.status.is_none())
+            {
+                e.status = Some(exited);
+                e.deadline = Some(Instant::now() + LINGER);
+            }
+        }
+    }
+
+    /// An output pipe is readable (or hung up), or stdin can take more.
+    fn on_ready(&mut self, chan: u32, slot: Slot, buf: &mut [u8]) -> Result<(), ()> {
+        let Some(e) = self.execs.get_mut(&chan) else {
+            return Ok(());
+        };
+        match slot {
+            Slot::In => {
+                flush_input(e);
+                Ok(())
+            }
+            Slot::Out | Slot::Err => {
+                let (fd, kind) = match slot {
+                    Slot::Out => (&mut e.out, Kind::Stdout),
+                    _ => (&mut e.err, Kind::Stderr),
+                };
+                let Some(raw) = fd.as_ref().map(|f| f.as_raw_fd()) else {
+                    return Ok(());
+                };
+                match read_fd(raw, buf) {
+                    ReadResult::Data(n) => {
+                        self.out.send(&Frame::new(kind, chan, buf[..n].to_vec()))
+                    }
+                    ReadResult::Eof => {
+                        *fd = None;
+                        Ok(())
+                    }
+                    ReadResult::Again => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Frames from the host.
+    fn on_host(&mut self, buf: &mut [u8]) -> Option<Stop> {
+        match read_fd(0, buf) {
+            ReadResult::Data(n) => self.decoder.feed(&buf[..n]),
+            ReadResult::Eof => return Some(Stop::HostGone),
+            ReadResult::Again => return None,
+        }
+        loop {
+            match self.decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    if self.on_frame(frame).is_err() {
+                        return Some(Stop::Broken);
+                    }
+                }
+                Ok(None) => return None,
+                // Nothing after a corrupt frame can be trusted: stop.
+                Err(_) => return Some(Stop::Broken),
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame) -> Result<(), ()> {
+        let chan = frame.chan;
+        match frame.kind {
+            Kind::Spawn => {
+                let reply = match frame.parse::<wire::Spawn>() {
+                    Err(e) => Err(e.to_string()),
+                    Ok(_) if self.execs.contains_key(&chan) => {
+                        Err(format!("channel {chan} is already in use"))
+                    }
+                    Ok(spawn) => spawn_command(&spawn),
+                };
+                match reply {
+                    Ok(exec) => {
+                        let pid = exec.pid;
+                        self.execs.insert(chan, exec);
+                        self.out
+                            .send(&Frame::json(Kind::Started, chan, &wire::Started { pid }))?;
+                    }
+                    Err(error) => {
+                        self.out.send(&Frame::json(
+                            Kind::SpawnFailed,
+                            chan,
+                            &failed("spawn", error),
+                        ))?;
+                    }
+                }
+            }
+            Kind::Stdin => {
+                if let Some(e) = self.execs.get_mut(&chan) {
+                    if e.input.is_some() && !e.in_eof {
+                        e.in_buf.extend_from_slice(&frame.payload);
+                        flush_input(e);
+                    }
+                }
+            }
+            Kind::StdinEof => {
+                if let Some(e) = self.execs.get_mut(&chan) {
+                    if e.tty {
+                        // A PTY has no EOF of its own: send the EOF character
+                        // (^D), as a terminal user would.
+                        e.in_buf.push(0x04);
+                    } else {
+                        e.in_eof = true;
+                    }
+                    flush_input(e);
+                }
+            }
+            Kind::Signal => {
+                if let (Some(e), Ok(msg)) =
+                    (self.execs.get(&chan), frame.parse::<wire::SignalMsg>())
+                {
+                    // SAFETY: signalling the command's own process group.
+                    unsafe { libc::kill(-e.pid, msg.signal) };
+                }
+            }
+            Kind::Resize => {
+                if let (Some(e), Ok(r)) = (self.execs.get(&chan), frame.parse::<wire::Resize>()) {
+                    if let (true, Some(fd)) = (e.tty, &e.input) {
+                        set_winsize(fd.as_raw_fd(), r.rows, r.cols);
+                    }
+                }
+            }
+            Kind::Ping => {
+                let running = self.execs.values().filter(|e| e.status.is_none()).count() as u32;
+                let status = wire::Status {
+                    processes: count_processes(),
+                    running,
+                };
+                self.out.send(&Frame::json(Kind::Status, chan, &status))?;
+            }
+            // Frames only init sends: a confused host; ignore them.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Send `Exited` for commands whose main process is reaped and whose
+    /// output is at EOF, or whose linger time after exit ran out.
+    fn finish_execs(&mut self, buf: &mut [u8]) -> Result<(), ()> {
+        let now = Instant::now();
+        let done: Vec<u32> = self
+            .execs
+            .iter()
+            .filter(|(_, e)| {
+                e.status.is_some()
+                    && ((e.out.is_none() && e.err.is_none())
+                        || e.deadline.is_some_and(|d| now >= d))
+            })
+            .map(|(&c, _)| c)
+            .collect();
+        for chan in done {
+            let mut e = self.execs.remove(&chan).expect("listed above");
+            // A background job holds the pipes: take what is already there
+            // (bounded, as it may keep writing), then let go.
+            for (fd, kind) in [(e.out.take(), Kind::Stdout), (e.err.take(), Kind::Stderr)] {
+                let Some(fd) = fd else { continue };
+                for _ in 0..16 {
+                    match read_fd(fd.as_raw_fd(), buf) {
+                        ReadResult::Data(n) => {
+                            self.out.send(&Frame::new(kind, chan, buf[..n].to_vec()))?
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            let status = e.status.take().expect("filtered on status");
+            self.out.send(&Frame::json(Kind::Exited, chan, &status))?;
+        }
+        Ok(())
+    }
+
+    /// Send `sig` to every process init started. As pid 1 of a pid namespace
+    /// that is simply everyone else (kill(-1)). Outside one (tests), init is
+    /// a child subreaper, so every process it started and every orphan of
+    /// theirs is a descendant; those are found in /proc, never by process
+    /// group, whose id a host process may have reused by now.
+    fn kill_everything(&mut self, sig: i32) {
+        // SAFETY: getpid and kill have no memory effects.
+        if unsafe { libc::getpid() } == 1 {
+            unsafe { libc::kill(-1, sig) };
+            return;
+        }
+        // Repeat for SIGKILL: a process may have forked during a scan.
+        let rounds = if sig == libc::SIGKILL { 5 } else { 1 };
+        for _ in 0..rounds {
+            let live = descendants(true);
+            if live.is_empty() {
+                break;
+            }
+            for pid in live {
+                unsafe { libc::kill(pid, sig) };
+            }
+        }
+    }
+}
+
+fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// Write what stdin can take now (its fd is non-blocking); close it after
+/// `StdinEof` once everything is written, or when the reader is gone.
+fn flush_input(e: &mut Exec) {
+    let Some(fd) = e.input.as_ref().map(|f| f.as_raw_fd()) else {
+        e.in_buf.clear();
+        return;
+    };
+    while !e.in_buf.is_empty() {
+        // SAFETY: writing from a valid buffer.
+        let n = unsafe { libc::write(fd, e.in_buf.as_ptr().cast(), e.in_buf.len()) };
+        if n > 0 {
+            e.in_buf.drain(..n as usize);
+            continue;
+        }
+        match errno() {
+            libc::EINTR => continue,
+            libc::EAGAIN => return,
+            _ => {
+                // EPIPE: nobody reads stdin any more.
+                e.in_buf.clear();
+                e.input = None;
+                return;
+            }
+        }
+    }
+    if e.in_eof {
+        e.input = None;
+    }
+}
+
+fn set_winsize(fd: RawFd, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize struct.
+    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+}
+
+/// Processes in the sandbox besides init. As pid 1 that is every process
+/// in /proc; outside a pid namespace (tests) init's descendants.
+fn count_processes() -> u32 {
+    // SAFETY: getpid has no memory effects.
+    if unsafe { libc::getpid() } == 1 {
+        let n = std::fs::read_dir("/proc")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| {
+                        e.file_name()
+                            .to_str()
+                            .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()))
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        return n.saturating_sub(1) as u32;
+    }
+    descendants(false).len() as u32
+}
+
+/// Every descendant of init, from /proc/<pid>/stat's ppid field; without
+/// zombies if `live_only` (they run nothing and cannot be killed again).
+fn descendants(live_only: bool) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<(i32, bool)>> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid ...": comm may hold spaces and parens.
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                continue;
+            };
+            let mut fields = rest.split_whitespace();
+            let zombie = fields.next() == Some("Z");
+            if let Some(ppid) = fields.next().and_then(|s| s.parse::<i32>().ok()) {
+                children.entry(ppid).or_default().push((pid, zombie));
+            }
+        }
+    }
+    // SAFETY: getpid has no memory effects.
+    let mut todo = vec![unsafe { libc::getpid() }];
+    let mut out = Vec::new();
+    while let Some(p) = todo.pop() {
+        for &(c, zombie) in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+            if !(live_only && zombie) {
+                out.push(c);
+            }
+            todo.push(c);
+        }
+    }
+    out
+}
+
+/// Why the child could not exec, sent back over a CLOEXEC pipe.
+#[repr(u8)]
+#[derive(Clone, Copy)]
+enum Stage {
+    Setsid = 1,
+    Stdio = 2,
+    Chdir = 3,
+    Exec = 4,
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", strerror(errno())));
+    }
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn cstring(what: &str, s: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("{what} contains a NUL byte"))
+}
+
+/// The child's stdio before fork: pipes, or a PTY master and its peer.
+enum Stdio {
+    Pipes {
+        stdin: (OwnedFd, OwnedFd),
+        stdout: (OwnedFd, OwnedFd),
+        stderr: (OwnedFd, OwnedFd),
+    },
+    Pty {
+        master: OwnedFd,
+        slave: OwnedFd,
+    },
+}
+
+fn open_pty(rows: u16, cols: u16) -> Result<Stdio, String> {
+    let path = c"/dev/ptmx";
+    // SAFETY: open/ioctl on descriptors we own; errors checked.
+    unsafe {
+        let m = libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if m < 0 {
+            return Err(format!(
+                "cannot open /dev/ptmx for a terminal: {}",
+                strerror(errno())
+            ));
+        }
+        let master = OwnedFd::from_raw_fd(m);
+        let unlock: libc::c_int = 0;
+        if libc::ioctl(m, libc::TIOCSPTLCK, &unlock) != 0 {
+            return Err(format!("cannot unlock the terminal: {}", strerror(errno())));
+        }
+        // TIOCGPTPEER opens the slave through the master itself: no path
+        // lookup that a racing process could redirect.
+        let s = libc::ioctl(
+            m,
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if s < 0 {
+            return Err(format!(
+                "cannot open the terminal's slave side: {}",
+                strerror(errno())
+            ));
+        }
+        set_winsize(m, rows, cols);
+        Ok(Stdio::Pty {
+            master,
+            slave: OwnedFd::from_raw_fd(s),
+        })
+    }
+}
+
+/// Fork and exec one command; returns once it runs (execve succeeded) or
+/// with the reason it could not start.
+fn spawn_command(spawn: &wire::Spawn) -> Result<Exec, String> {
+    let Some(argv0) = spawn.argv.first() else {
+        return Err("empty command".into());
+    };
+    // Everything the child needs is prepared before fork.
+    let argv: Vec<CString> = spawn
+        .argv
+        .iter()
+        .map(|a| cstring("an argument", a))
+        .collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = spawn
+        .env
+        .iter()
+        .map(|(k, v)| cstring("the environment", &format!("{k}={v}")))
+        .collect::<Result<_, _>>()?;
+    let candidates: Vec<CString> = if argv0.contains('/') {
+        vec![cstring("the command", argv0)?]
+    } else {
+        let path = spawn
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or(DEFAULT_PATH);
+        path.split(':')
+            .map(|dir| {
+                let dir = if dir.is_empty() { "." } else { dir };
+                cstring("PATH", &format!("{}/{argv0}", dir.trim_end_matches('/')))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let cwd = cstring("the working directory", &spawn.cwd)?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+    envp_ptrs.push(std::ptr::null());
+
+    let stdio = match spawn.tty {
+        Some((rows, cols)) => open_pty(rows, cols)?,
+        None => Stdio::Pipes {
+            stdin: pipe()?,
+            stdout: pipe()?,
+            stderr: pipe()?,
+        },
+    };
+    let (err_r, err_w) = pipe()?;
+
+    // SAFETY: init is single-threaded, so the child may run ordinary code;
+    // it still only calls libc on data prepared above, then execs or _exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", strerror(errno())));
+    }
+    if pid == 0 {
+        let (stage, e) = unsafe { child(&stdio, &cwd, &candidates, &argv_ptrs, &envp_ptrs) };
+        let mut report = [0u8; 5];
+        report[0] = stage as u8;
+        report[1..].copy_from_slice(&e.to_ne_bytes());
+        let _ = write_all(err_w.as_raw_fd(), &report);
+        unsafe { libc::_exit(127) };
+    }
+    drop(err_w);
+
+    // Keep init's ends; the child's ends close here.
+    let (input, out, err, tty) = match stdio {
+        Stdio::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => (stdin.1, stdout.0, Some(stderr.0), false),
+        Stdio::Pty { master, slave } => {
+            drop(slave);
+            let dup = master
+                .try_clone()
+                .map_err(|e| format!("dup of the terminal: {e}"))?;
+            (dup, master, None, true)
+        }
+    };
+
+    let mut report = [0u8; 5];
+    let mut got = 0;
+    while got < report.len() {
+        match read_fd(err_r.as_raw_fd(), &mut report[got..]) {
+            ReadResult::Data(n) => got += n,
+            _ => break,
+        }
+    }
+    if got > 0 {
+        // The child failed before exec and has _exited: reap it now, so the
+        // loop never sees it.
+        let mut st = 0;
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        let e = i32::from_ne_bytes(report[1..5].try_into().unwrap_or([0; 4]));
+        let why = strerror(e);
+        return Err(match report[0] {
+            x if x == Stage::Chdir as u8 => format!("cannot change to {}: {why}", spawn.cwd),
+            x if x == Stage::Exec as u8 => format!("{argv0}: {why}"),
+            x if x == Stage::Setsid as u8 => format!("setsid: {why}"),
+            _ => format!("setting up the command's stdio: {why}"),
+        });
+    }
+    for fd in [Some(&input), Some(&out), err.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        let _ = set_nonblocking(fd.as_raw_fd(), true);
+    }
+    Ok(Exec {
+        pid,
+        input: Some(input),
+        in_buf: Vec::new(),
+        in_eof: false,
+        out: Some(out),
+        err,
+        tty,
+        status: None,
+        deadline: None,
+    })
+}
+
+/// In the forked child: new session, stdio, cwd, clean signals, exec.
+/// Returns only on failure, with the stage and errno.
+unsafe fn child(
+    stdio: &Stdio,
+    cwd: &CStr,
+    candidates: &[CString],
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> (Stage, i32) {
+    // Signals: init blocks some and Rust ignores SIGPIPE; both would leak
+    // into the command through exec.
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    for sig in 1..32 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+    // Its own session and process group, so `Signal` reaches the whole job.
+    if libc::setsid() < 0 {
+        return (Stage::Setsid, errno());
+    }
+    match stdio {
+        Stdio::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            for (fd, target) in [(&stdin.0, 0), (&stdout.1, 1), (&stderr.1, 2)] {
+                if libc::dup2(fd.as_raw_fd(), target) < 0 {
+                    return (Stage::Stdio, errno());
+                }
+            }
+        }
+        Stdio::Pty { slave, .. } => {
+            if libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) < 0 {
+                return (Stage::Stdio, errno());
+            }
+            for target in 0..3 {
+                if libc::dup2(slave.as_raw_fd(), target) < 0 {
+                    return (Stage::Stdio, errno());
+                }
+            }
+        }
+    }
+    if libc::chdir(cwd.as_ptr()) < 0 {
+        return (Stage::Chdir, errno());
+    }
+    // Nothing of init's beyond stdio crosses exec (the error pipe included,
+    // which is how the parent learns exec succeeded).
+    libc::syscall(
+        libc::SYS_close_range,
+        3 as libc::c_uint,
+        libc::c_uint::MAX,
+        CLOSE_RANGE_CLOEXEC,
+    );
+    // execvpe semantics, but with PATH from the command's environment:
+    // ENOENT/ENOTDIR try the next directory, EACCES is kept if nothing else works.
+    let mut result = libc::ENOENT;
+    for c in candidates {
+        libc::execve(c.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        match errno() {
+            libc::ENOENT | libc::ENOTDIR => {}
+            libc::EACCES => result = libc::EACCES,
+            other => return (Stage::Exec, other),
+        }
+    }
+    (Stage::Exec, result)
 }

@@ -1,13 +1,42 @@
 //! The sandbox of one session: create (all or nothing), exec, destroy.
-//! (Stub: to be written.)
+//!
+//! `create` resolves the image, makes the session dir and its tmpfs
+//! workspace, copies uploads in, writes the OCI bundle, has the runtime
+//! `run --detach` it with two pipes as the init's stdin/stdout, waits for
+//! init's `Ready`, then proves the cgroup limits are in force. Any failure
+//! tears down everything made so far and returns an error naming the layer.
+//!
+//! Process ownership: OCI runtimes exit once the container runs, which
+//! orphans its init. brig makes itself a child subreaper
+//! (`PR_SET_CHILD_SUBREAPER`) so those inits become brig's children instead
+//! of pid 1's (which, in some environments, never reaps them). Each adopted
+//! process is held by a pidfd: signals and the final reap
+//! (`waitid(P_PIDFD)`) go to exactly that process, never to a recycled pid,
+//! and brig never calls `wait(-1)`, so it cannot steal other children's
+//! exit statuses (tokio's, for instance).
 
-use std::path::PathBuf;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use brig_core::session::{Limits, RuntimeKind};
-use brig_core::{wire, Result, SessionId};
+use brig_core::units::format_size;
+use brig_core::{wire, Error, ErrorKind, Result, SessionId};
 
-use crate::channel::ExecHandle;
-use crate::image::Image;
+use crate::cgroup::SessionCgroup;
+use crate::channel::{Channel, ExecHandle};
+use crate::image::{Image, ResolvedImage};
+use crate::init::InitConfig;
+use crate::runtime::{log_tail, runtimes_dir, InitIo, Runtime};
+use crate::spec::{self, UserNs, SANDBOX_GID, SANDBOX_UID};
+use crate::workspace::{self, Workspace};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+const RECORD: &str = "sandbox.json";
 
 /// Where brig keeps sandbox state on the host.
 #[derive(Clone, Debug)]
@@ -33,7 +62,7 @@ pub struct SandboxRequest {
     pub upload_cap_bytes: u64,
 }
 
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct DestroyReport {
     pub processes_killed: bool,
     pub workspace_shredded: bool,
@@ -43,49 +72,640 @@ pub struct DestroyReport {
     pub problems: Vec<String>,
 }
 
+impl DestroyReport {
+    pub fn clean(&self) -> bool {
+        self.processes_killed
+            && self.workspace_shredded
+            && self.cgroups_removed
+            && self.runtime_state_removed
+            && self.problems.is_empty()
+    }
+}
+
+/// What a session dir records for reconciliation after a crash.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    runtime: RuntimeKind,
+}
+
 pub struct Sandbox {
     pub id: SessionId,
     pub image: Image,
     /// Isolation layers in force, e.g. `ns:mount,pid,ipc,uts,net,cgroup`,
     /// `seccomp:allowlist`, `landlock:abi7`, `cgroup:v1`, `rootfs:ro`.
     pub layers: Vec<String>,
+    parts: Arc<Parts>,
+    channel: Arc<Channel>,
+    destroyed: AtomicBool,
+    report: tokio::sync::Mutex<Option<DestroyReport>>,
+}
+
+/// Everything a sandbox is made of on the host, as far as it got built.
+struct Parts {
+    id: SessionId,
+    runtime: Runtime,
+    session_dir: PathBuf,
+    cgroup: SessionCgroup,
+    /// Processes the runtime left as brig's children (the container init;
+    /// gVisor's sandbox and gofer), held by pidfd.
+    adopted: std::sync::Mutex<Vec<Adopted>>,
+}
+
+struct Adopted {
+    pid: i32,
+    fd: OwnedFd,
 }
 
 impl Sandbox {
     /// Build and start the sandbox; on any failure everything made so far is
     /// removed and the error names the layer that failed.
-    pub async fn create(_paths: &SandboxPaths, _req: SandboxRequest) -> Result<Sandbox> {
-        todo!()
+    pub async fn create(paths: &SandboxPaths, req: SandboxRequest) -> Result<Sandbox> {
+        req.limits.validate()?;
+        let image = crate::image::resolve(paths, &req.image)?;
+        Self::create_with_image(paths, req, image).await
     }
-    pub async fn exec(&self, _spawn: wire::Spawn) -> Result<ExecHandle> {
-        todo!()
+
+    /// [`Sandbox::create`] with the image already resolved (`req.image` is
+    /// then only a label).
+    pub async fn create_with_image(
+        paths: &SandboxPaths,
+        req: SandboxRequest,
+        image: ResolvedImage,
+    ) -> Result<Sandbox> {
+        req.limits.validate()?;
+        let runtime = Runtime::new(&req.runtime, paths)?;
+        become_subreaper()?;
+        let session_dir = workspace::session_dir(&paths.data_dir, req.id.as_str());
+        // Never touch what another sandbox of this id may own.
+        let cgroup = SessionCgroup::new(req.id.as_str());
+        if session_dir.exists() || cgroup.exists() || runtime.has_state(req.id.as_str()) {
+            return Err(Error::conflict(format!(
+                "leftovers of a sandbox {} exist (session dir, cgroup or runtime state)",
+                req.id
+            ))
+            .hint("restart `brig serve` to reconcile, or use a new session id"));
+        }
+        let parts = Arc::new(Parts {
+            id: req.id.clone(),
+            cgroup,
+            runtime,
+            session_dir,
+            adopted: std::sync::Mutex::new(vec![]),
+        });
+        match build(paths, &req, &image, &parts).await {
+            Ok((channel, layers)) => Ok(Sandbox {
+                id: req.id,
+                image: image.image,
+                layers,
+                parts,
+                channel,
+                destroyed: AtomicBool::new(false),
+                report: tokio::sync::Mutex::new(None),
+            }),
+            Err(e) => {
+                let report = teardown(&parts, true).await;
+                if !report.clean() {
+                    tracing::error!(session = %req.id, problems = ?report.problems, "cleanup after a failed create was incomplete");
+                }
+                Err(e)
+            }
+        }
     }
+
+    pub async fn exec(&self, spawn: wire::Spawn) -> Result<ExecHandle> {
+        self.check_live()?;
+        self.channel.spawn(spawn).await
+    }
+
     /// Live process count inside, from init.
     pub async fn status(&self) -> Result<wire::Status> {
-        todo!()
+        self.check_live()?;
+        self.channel.status(STATUS_TIMEOUT).await
     }
+
     /// Total CPU time used by the sandbox's cgroup, for idle detection.
     pub fn cpu_usage_ns(&self) -> Option<u64> {
-        todo!()
+        self.parts.cgroup.cpu_usage_ns()
     }
+
     /// SIGKILL every process of the sandbox now (synchronous, fast: the kill switch).
     pub fn kill_now(&self) {
-        todo!()
+        self.destroyed.store(true, Ordering::SeqCst);
+        self.parts.kill_now();
     }
+
     /// Kill, delete runtime state, unmount, shred and verify, remove cgroups.
     /// Idempotent.
     pub async fn destroy(&self) -> DestroyReport {
-        todo!()
+        self.destroyed.store(true, Ordering::SeqCst);
+        let mut guard = self.report.lock().await;
+        if let Some(r) = guard.as_ref() {
+            return r.clone();
+        }
+        let r = teardown(&self.parts, false).await;
+        if !r.problems.is_empty() {
+            tracing::warn!(session = %self.id, problems = ?r.problems, "destroy met problems");
+        }
+        *guard = Some(r.clone());
+        r
     }
+
     /// Resolves when the sandbox died on its own (init exited, channel closed).
     pub async fn died(&self) {
-        todo!()
+        self.channel.closed().await
     }
+
+    /// Host pid of the container's init (for diagnostics and tests).
+    pub fn init_pid(&self) -> Option<i32> {
+        self.parts.adopted.lock().ok()?.first().map(|a| a.pid)
+    }
+
+    /// The session's directory on the host.
+    pub fn session_dir(&self) -> &Path {
+        &self.parts.session_dir
+    }
+
+    /// The session's cgroup on the host.
+    pub fn cgroup(&self) -> &SessionCgroup {
+        &self.parts.cgroup
+    }
+
+    fn check_live(&self) -> Result<()> {
+        if self.destroyed.load(Ordering::SeqCst) {
+            return Err(Error::conflict(format!(
+                "sandbox of {} is destroyed",
+                self.id
+            )));
+        }
+        if self.channel.is_closed() {
+            return Err(Error::conflict(format!("sandbox of {} has died", self.id))
+                .hint("destroy the session and create a new one"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // Never leave a sandbox running unwatched: a sandbox dropped without
+        // destroy is killed; its mounts, cgroup and dirs stay for reconcile.
+        if !self.destroyed.load(Ordering::SeqCst) {
+            tracing::warn!(session = %self.id, "sandbox dropped without destroy; killing it");
+            self.parts.kill_now();
+        }
+    }
+}
+
+/// The steps of create after the image is resolved.
+async fn build(
+    paths: &SandboxPaths,
+    req: &SandboxRequest,
+    image: &ResolvedImage,
+    parts: &Arc<Parts>,
+) -> Result<(Arc<Channel>, Vec<String>)> {
+    let runtime = &parts.runtime;
+    let user_ns = runtime.user_ns().then(UserNs::standard);
+    let owner = match user_ns {
+        Some(u) => (u.to_host(SANDBOX_UID), u.to_host(SANDBOX_GID)),
+        None => (SANDBOX_UID, SANDBOX_GID),
+    };
+    // What the cgroup must enforce: the session's limits, plus the host
+    // tasks of the runtime itself (gVisor's Sentry).
+    let l = &Limits {
+        pids: req.limits.pids + runtime.pids_overhead(),
+        ..req.limits.clone()
+    };
+    let ws = Workspace::create(&parts.session_dir, l.disk_bytes, owner)?;
+    let record = serde_json::to_vec(&Record {
+        runtime: req.runtime.clone(),
+    })
+    .map_err(|e| Error::internal(e.to_string()))?;
+    std::fs::write(parts.session_dir.join(RECORD), record)?;
+
+    let mut left = req.upload_cap_bytes;
+    for src in &req.uploads {
+        let stats = crate::upload::copy_snapshot(src, &ws.path, left, owner)?;
+        left = left.saturating_sub(stats.bytes);
+    }
+
+    let init = InitConfig {
+        rw_paths: [
+            "/workspace",
+            "/tmp",
+            "/dev/shm",
+            "/dev/null",
+            "/dev/zero",
+            "/dev/full",
+            "/dev/tty",
+            "/dev/ptmx",
+            "/dev/pts",
+        ]
+        .map(String::from)
+        .to_vec(),
+        landlock: runtime.landlock(),
+        seccomp: true,
+    };
+    let spec = spec::build(&spec::SpecInput {
+        id: &req.id,
+        image,
+        limits: l,
+        workspace: &ws.path,
+        brig_exe: &paths.brig_exe,
+        init: &init,
+        user_ns,
+    })?;
+    let bundle = parts.session_dir.join("bundle");
+    spec::write_bundle(&bundle, &spec)?;
+
+    // The control pipes: ours are close-on-exec so no other child of brig
+    // (sessions are created concurrently) inherits them and holds them open.
+    let (to_init_r, to_init_w) = pipe()?;
+    let (from_init_r, from_init_w) = pipe()?;
+    let log_path = parts.session_dir.join("runtime.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
+    let pid_file = parts.session_dir.join("init.pid");
+    runtime.prepare()?;
+    runtime
+        .run_detached(
+            req.id.as_str(),
+            &bundle,
+            &pid_file,
+            InitIo {
+                stdin: to_init_r,
+                stdout: from_init_w,
+                stderr: log,
+            },
+        )
+        .await?;
+    parts.adopt(&pid_file)?;
+
+    let to_init = tokio::net::unix::pipe::Sender::from_owned_fd(to_init_w)?;
+    let from_init = tokio::net::unix::pipe::Receiver::from_owned_fd(from_init_r)?;
+    let channel = Channel::new(to_init, from_init);
+    let ready = match channel.wait_ready(READY_TIMEOUT).await {
+        Ok(r) => r,
+        Err(e) if e.kind == ErrorKind::GuardUnavailable => return Err(e),
+        Err(e) => {
+            return Err(Error::runtime(format!(
+                "{}: the sandbox's init did not get ready: {}; runtime log: {}",
+                runtime.name(),
+                e.message,
+                log_tail(&log_path)
+            ))
+            .hint("run `brig doctor` to check the runtime; the runtime log is quoted above"))
+        }
+    };
+    for (wanted, prefix) in [(init.seccomp, "seccomp"), (init.landlock, "landlock")] {
+        if wanted && !ready.layers.iter().any(|x| x.starts_with(prefix)) {
+            return Err(Error::guard(
+                prefix,
+                "init reported ready without applying it",
+            ));
+        }
+    }
+    if ready.uid != SANDBOX_UID || ready.gid != SANDBOX_GID {
+        return Err(Error::guard(
+            "user",
+            format!(
+                "init runs as {}:{}, not {SANDBOX_UID}:{SANDBOX_GID}",
+                ready.uid, ready.gid
+            ),
+        ));
+    }
+    parts.cgroup.verify(l)?;
+
+    let mut ns = "ns:mnt,pid,ipc,uts,net,cgroup".to_string();
+    if user_ns.is_some() {
+        ns.push_str(",user");
+    }
+    let mut layers = vec![
+        format!("runtime:{}", runtime.name()),
+        ns,
+        "rootfs:ro".to_string(),
+        "caps:none".to_string(),
+        "no_new_privs".to_string(),
+        parts.cgroup.version.layer().to_string(),
+        format!("workspace:tmpfs({})", format_size(l.disk_bytes)),
+        format!("tmp:tmpfs({})", format_size(l.tmp_bytes)),
+    ];
+    for x in ready.layers {
+        if !layers.contains(&x) {
+            layers.push(x);
+        }
+    }
+    Ok((channel, layers))
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::internal(format!("creating a pipe: {e}")))
+}
+
+/// See the module doc. Idempotent; affects the whole brig process.
+fn become_subreaper() -> Result<()> {
+    static DONE: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        // SAFETY: prctl with integer arguments only.
+        let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error().to_string())
+        }
+    })
+    .clone()
+    .map_err(|e| Error::internal(format!("PR_SET_CHILD_SUBREAPER: {e}")))
+}
+
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: plain syscall; on success it returns a new fd we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn pidfd_kill(fd: &OwnedFd) {
+    // SAFETY: plain syscall on a pidfd we own.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+}
+
+/// Reap the process behind `fd` if it is a dead child of ours. Returns true
+/// once it is gone (reaped now, or not our child to reap).
+fn pidfd_reap(fd: &OwnedFd) -> bool {
+    // SAFETY: siginfo_t is plain data; waitid writes into it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            fd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        )
+    };
+    if r != 0 {
+        // ECHILD: not our child (or already reaped): nothing to wait for.
+        return true;
+    }
+    // WNOHANG and still running: si_pid stays 0.
+    unsafe { info.si_pid() != 0 }
+}
+
+fn child_pids_of_self() -> Vec<(i32, String)> {
+    let me = std::process::id() as i32;
+    let mut out = vec![];
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the last ')' (comm may contain spaces): state ppid ...
+        let Some(rest) = stat.rsplit_once(')').map(|x| x.1) else {
+            continue;
+        };
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(me) {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            out.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
+        }
+    }
+    out
+}
+
+impl Parts {
+    /// Take hold of the processes the runtime left behind: the init from
+    /// the pid file first, then any child of ours naming this session
+    /// (gVisor's sandbox and gofer).
+    fn adopt(&self, pid_file: &Path) -> Result<()> {
+        let layer = format!("runtime:{}", self.runtime.name());
+        let pid: i32 = std::fs::read_to_string(pid_file)
+            .map_err(|e| {
+                Error::guard(
+                    &layer,
+                    format!("no init pid file {}: {e}", pid_file.display()),
+                )
+            })?
+            .trim()
+            .parse()
+            .map_err(|_| Error::guard(&layer, "the init pid file is not a number"))?;
+        let mut adopted = self.adopted.lock().expect("adopted lock");
+        let fd = pidfd_open(pid)
+            .ok_or_else(|| Error::guard(&layer, format!("the sandbox init (pid {pid}) is gone")))?;
+        adopted.push(Adopted { pid, fd });
+        let cg_path = format!("/{}", self.cgroup.rel);
+        for (child, cmd) in child_pids_of_self() {
+            let in_cgroup = std::fs::read_to_string(format!("/proc/{child}/cgroup"))
+                .map(|c| c.lines().any(|l| l.ends_with(&cg_path)))
+                .unwrap_or(false);
+            if child != pid && (in_cgroup || cmd.contains(self.id.as_str())) {
+                if let Some(fd) = pidfd_open(child) {
+                    adopted.push(Adopted { pid: child, fd });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn kill_now(&self) {
+        if let Ok(adopted) = self.adopted.lock() {
+            for a in adopted.iter() {
+                pidfd_kill(&a.fd);
+            }
+        }
+        self.cgroup.kill_once();
+    }
+
+    /// Reap the adopted processes, waiting up to `timeout` for them to die.
+    async fn reap(&self, timeout: Duration) -> Vec<i32> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left: Vec<i32> = {
+                let mut adopted = self.adopted.lock().expect("adopted lock");
+                adopted.retain(|a| !pidfd_reap(&a.fd));
+                adopted.iter().map(|a| a.pid).collect()
+            };
+            if left.is_empty() || tokio::time::Instant::now() > deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Kill everything, delete the runtime's state, reap, remove the cgroup,
+/// shred the workspace. Each step runs even if an earlier one failed.
+async fn teardown(parts: &Arc<Parts>, partial: bool) -> DestroyReport {
+    let mut r = DestroyReport::default();
+    let id = parts.id.as_str().to_string();
+    parts.kill_now();
+    let p = parts.clone();
+    let killed = tokio::task::spawn_blocking(move || p.cgroup.kill_all(KILL_TIMEOUT))
+        .await
+        .unwrap_or_else(|e| Err(Error::internal(e.to_string())));
+    if let Err(e) = killed {
+        r.problems.push(e.message);
+    }
+    if parts.runtime.has_state(&id) {
+        if let Err(e) = parts.runtime.delete(&id).await {
+            r.problems.push(e.message);
+        }
+    }
+    r.runtime_state_removed = !parts.runtime.has_state(&id);
+    let left = parts.reap(KILL_TIMEOUT).await;
+    if !left.is_empty() {
+        r.problems
+            .push(format!("processes {left:?} did not exit after SIGKILL"));
+    }
+    r.processes_killed = left.is_empty() && parts.cgroup.pids().is_empty();
+    let p = parts.clone();
+    let removed = tokio::task::spawn_blocking(move || p.cgroup.remove())
+        .await
+        .unwrap_or_else(|e| Err(Error::internal(e.to_string())));
+    if let Err(e) = removed {
+        r.problems.push(e.message);
+    }
+    r.cgroups_removed = !parts.cgroup.exists();
+    let sd = parts.session_dir.clone();
+    let shred = tokio::task::spawn_blocking(move || Workspace::at(&sd).shred())
+        .await
+        .unwrap_or_default();
+    r.problems.extend(shred.problems);
+    r.workspace_shredded = shred.unmounted && shred.removed;
+    if !partial || !r.clean() {
+        tracing::debug!(session = %id, report = ?r, "sandbox torn down");
+    }
+    r
 }
 
 /// Destroy every sandbox, mount, cgroup, runtime state and workspace under
 /// `paths` whose session is not in `keep` (crash reconciliation at startup).
 /// Returns one line per thing cleaned.
-pub async fn reconcile(_paths: &SandboxPaths, _keep: &[SessionId]) -> Result<Vec<String>> {
-    todo!()
+pub async fn reconcile(paths: &SandboxPaths, keep: &[SessionId]) -> Result<Vec<String>> {
+    use std::collections::BTreeSet;
+    let keep: BTreeSet<&str> = keep.iter().map(|k| k.as_str()).collect();
+    let mut lines = vec![];
+    let sessions = workspace::sessions_dir(&paths.data_dir);
+
+    // Every runtime that ever kept state here.
+    let mut runtimes = vec![];
+    if let Ok(rd) = std::fs::read_dir(runtimes_dir(&paths.data_dir)) {
+        for e in rd.flatten() {
+            if let Some(rt) = Runtime::from_state_dir(&e.path(), paths) {
+                runtimes.push(rt);
+            }
+        }
+    }
+
+    // Session ids found anywhere: session dirs, mounts, cgroups, runtime state.
+    let mut ids: BTreeSet<String> = BTreeSet::new();
+    if let Ok(rd) = std::fs::read_dir(&sessions) {
+        for e in rd.flatten() {
+            ids.insert(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    for m in workspace::mounts_under(&sessions) {
+        if let Ok(rel) = m.strip_prefix(&sessions) {
+            if let Some(first) = rel.components().next() {
+                ids.insert(first.as_os_str().to_string_lossy().into_owned());
+            }
+        }
+    }
+    ids.extend(crate::cgroup::leftover_sessions());
+    for rt in &runtimes {
+        ids.extend(rt.state_ids());
+    }
+
+    for id in ids {
+        if keep.contains(id.as_str()) {
+            continue;
+        }
+        let cg = SessionCgroup::new(&id);
+        let pids = cg.pids();
+        if !pids.is_empty() {
+            let n = pids.len();
+            // Those that are our children (a sandbox this process lost
+            // track of) must also be reaped, or they stay zombies.
+            let me = std::process::id() as i32;
+            let ours: Vec<OwnedFd> = child_pids_of_self()
+                .into_iter()
+                .filter(|(p, _)| pids.contains(p) && *p != me)
+                .filter_map(|(p, _)| pidfd_open(p))
+                .collect();
+            let c = cg.clone();
+            let res = tokio::task::spawn_blocking(move || c.kill_all(KILL_TIMEOUT))
+                .await
+                .unwrap_or_else(|e| Err(Error::internal(e.to_string())));
+            for fd in &ours {
+                for _ in 0..200 {
+                    if pidfd_reap(fd) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            match res {
+                Ok(()) => lines.push(format!("{id}: killed {n} leftover process(es)")),
+                Err(e) => lines.push(format!("{id}: could not kill leftover processes: {e}")),
+            }
+        }
+        for rt in &runtimes {
+            if rt.has_state(&id) {
+                match rt.delete(&id).await {
+                    Ok(()) => lines.push(format!("{id}: deleted {} runtime state", rt.name())),
+                    Err(e) => {
+                        rt.remove_state(&id);
+                        lines.push(format!("{id}: removed {} runtime state ({e})", rt.name()))
+                    }
+                }
+            }
+        }
+        if cg.exists() {
+            let c = cg.clone();
+            match tokio::task::spawn_blocking(move || c.remove()).await {
+                Ok(Ok(())) => lines.push(format!("{id}: removed cgroup {}", cg.rel)),
+                Ok(Err(e)) => lines.push(format!("{id}: could not remove cgroup: {e}")),
+                Err(e) => lines.push(format!("{id}: could not remove cgroup: {e}")),
+            }
+        }
+        let sd = sessions.join(&id);
+        if sd.exists() {
+            let had_mount = workspace::is_mountpoint(&sd.join("workspace"));
+            let r = tokio::task::spawn_blocking(move || Workspace::at(&sd).shred())
+                .await
+                .unwrap_or_default();
+            if r.unmounted && r.removed {
+                let what = if had_mount {
+                    "unmounted and shredded workspace"
+                } else {
+                    "removed session dir"
+                };
+                lines.push(format!("{id}: {what}"));
+            } else {
+                lines.push(format!(
+                    "{id}: workspace not fully shredded: {}",
+                    r.problems.join("; ")
+                ));
+            }
+        }
+    }
+    // Empty `brig` parents; busy ones (live sessions) stay.
+    let _ = crate::cgroup::remove_empty_parents();
+    Ok(lines)
 }
