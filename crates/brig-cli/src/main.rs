@@ -1,5 +1,14 @@
 //! The `brig` binary.
 
+mod app;
+mod attach;
+mod cli;
+mod client;
+mod demo;
+mod output;
+mod server;
+mod term;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     // Entry points that run inside or next to a sandbox. They must run
@@ -12,6 +21,5 @@ fn main() {
         Some("oci-runtime") => std::process::exit(brig_sandbox::native::cli_main(&args[2..])),
         _ => {}
     }
-    eprintln!("brig: CLI not yet implemented");
-    std::process::exit(1);
+    std::process::exit(app::main());
 }

@@ -68,7 +68,7 @@ async fn round_trip(runtime: RuntimeKind, expect_landlock: bool) {
     // gVisor's own host threads get room on top of the session's pids.
     let overhead = brig_sandbox::runtime::Runtime::new(&runtime, &env.paths)
         .unwrap()
-        .pids_overhead();
+        .pids_overhead(l.pids);
     let want = Limits {
         pids: l.pids + overhead,
         ..l.clone()

@@ -36,6 +36,12 @@ pub struct InitConfig {
     pub landlock: bool,
     /// Whether init installs brig's seccomp allow-list on itself.
     pub seccomp: bool,
+    /// RLIMIT_NPROC to set on itself (so on every descendant). Only for
+    /// runtimes with their own kernel (gVisor), where the count is per
+    /// sandbox; set in the OCI spec instead, runsc would also apply it to the
+    /// Sentry's host process and starve it of threads.
+    #[serde(default)]
+    pub nproc: Option<u64>,
 }
 
 /// How long init keeps reading a command's output after its main process
@@ -125,6 +131,17 @@ fn setup(config_json: &str) -> Result<Vec<String>, wire::Failed> {
     // so it can reap and, at the end, kill them.
     prctl(libc::PR_SET_CHILD_SUBREAPER, 1)
         .map_err(|e| failed("init", format!("PR_SET_CHILD_SUBREAPER: {e}")))?;
+    if let Some(n) = config.nproc {
+        let lim = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n,
+        };
+        // SAFETY: setrlimit with a valid struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &lim) } != 0 {
+            return Err(failed("nproc", std::io::Error::last_os_error()));
+        }
+        layers.push(format!("nproc:{n}"));
+    }
     if config.landlock {
         layers.push(crate::landlock::apply(&config.rw_paths).map_err(|e| failed("landlock", e))?);
     }

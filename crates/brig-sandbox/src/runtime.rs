@@ -123,9 +123,12 @@ impl Runtime {
     /// `limits.pids`, a small limit would starve the Sentry (it cannot make
     /// a thread and the whole sandbox dies). A fork bomb inside still ends
     /// at the raised limit, inside the session's cgroup, never on the host.
-    pub fn pids_overhead(&self) -> u64 {
+    /// Under the ptrace platform every guest process also costs host tasks
+    /// (a stub process and a tracer thread), hence the per-process factor;
+    /// the guest's own limit is RLIMIT_NPROC = `limits.pids` in the spec.
+    pub fn pids_overhead(&self, pids: u64) -> u64 {
         match self.kind {
-            RuntimeKind::Gvisor => GVISOR_PIDS_OVERHEAD,
+            RuntimeKind::Gvisor => GVISOR_PIDS_OVERHEAD + 3 * pids,
             _ => 0,
         }
     }

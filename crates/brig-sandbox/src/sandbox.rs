@@ -272,7 +272,7 @@ async fn build(
     // What the cgroup must enforce: the session's limits, plus the host
     // tasks of the runtime itself (gVisor's Sentry).
     let l = &Limits {
-        pids: req.limits.pids + runtime.pids_overhead(),
+        pids: req.limits.pids + runtime.pids_overhead(req.limits.pids),
         ..req.limits.clone()
     };
     let ws = Workspace::create(&parts.session_dir, l.disk_bytes, owner)?;
@@ -304,6 +304,7 @@ async fn build(
         .to_vec(),
         landlock: runtime.landlock(),
         seccomp: true,
+        nproc: matches!(req.runtime, RuntimeKind::Gvisor).then_some(req.limits.pids),
     };
     let spec = spec::build(&spec::SpecInput {
         id: &req.id,
@@ -613,7 +614,7 @@ pub async fn reconcile(paths: &SandboxPaths, keep: &[SessionId]) -> Result<Vec<S
         }
     }
 
-    // Session ids found anywhere: session dirs, mounts, cgroups, runtime state.
+    // Session ids found in this data dir: session dirs, mounts, runtime state.
     let mut ids: BTreeSet<String> = BTreeSet::new();
     if let Ok(rd) = std::fs::read_dir(&sessions) {
         for e in rd.flatten() {
@@ -627,7 +628,9 @@ pub async fn reconcile(paths: &SandboxPaths, keep: &[SessionId]) -> Result<Vec<S
             }
         }
     }
-    ids.extend(crate::cgroup::leftover_sessions());
+    // Cgroups are host-wide: another brig with another data dir may own
+    // some under brig/. Only ids this data dir knows are ours to clean, and
+    // the session dir outlives the cgroup (destroy removes it last).
     for rt in &runtimes {
         ids.extend(rt.state_ids());
     }

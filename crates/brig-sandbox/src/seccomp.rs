@@ -637,6 +637,13 @@ mod tests {
         for nr in [libc::SYS_iopl, libc::SYS_ioperm] {
             assert_eq!(decide(nr, [0; 6]), Err(libc::EPERM), "syscall {nr}");
         }
+        // x32-ABI numbers (bit 30 set) share x86_64's audit arch: an
+        // allow-list never matches them.
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            decide(libc::SYS_read | 0x4000_0000, [0; 6]),
+            Err(libc::EPERM)
+        );
         // An unknown or future syscall number is denied too.
         assert_eq!(decide(1000, [0; 6]), Err(libc::EPERM));
     }

@@ -434,6 +434,7 @@ mod tests {
             rw_paths: vec!["/workspace".into()],
             landlock: true,
             seccomp: true,
+            nproc: None,
         };
         let spec = build(&SpecInput {
             id: &id,

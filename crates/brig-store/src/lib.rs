@@ -1,1 +1,980 @@
+//! brig-store: brig's state in an embedded SQLite database.
+//!
+//! One file under the data dir (`brig.db`), in WAL mode with foreign keys on
+//! and a busy timeout, migrated by ordered SQL scripts recorded in
+//! `schema_migrations`. A database written by a newer brig (a version this
+//! binary does not know) is refused rather than guessed at.
+//!
+//! The API is synchronous; [`Store`] keeps its connection behind a mutex so
+//! it is `Send + Sync` and an async caller runs it on a blocking thread
+//! (`tokio::task::spawn_blocking`).
 
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use brig_core::event::{Event, Outcome};
+use brig_core::exec::ExitStatus;
+use brig_core::session::{Limits, SessionInfo, SessionState};
+use brig_core::{Error, ErrorKind, Result, SessionId, TaskId};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+/// The schema, one script per version, in order. Never edit a released
+/// entry: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: sessions, their state transitions, events and execs.
+    r#"
+    CREATE TABLE sessions (
+        id               TEXT PRIMARY KEY,
+        human            TEXT NOT NULL,
+        task             TEXT NOT NULL,
+        profile          TEXT NOT NULL,
+        runtime          TEXT NOT NULL,
+        image            TEXT NOT NULL,
+        image_digest     TEXT NOT NULL,
+        state            TEXT NOT NULL,
+        limits           TEXT NOT NULL,
+        repo             TEXT,
+        created_at       TEXT NOT NULL,
+        started_at       TEXT,
+        ended_at         TEXT,
+        end_reason       TEXT,
+        layers           TEXT NOT NULL DEFAULT '[]',
+        exec_count       INTEGER NOT NULL DEFAULT 0,
+        last_activity_at TEXT
+    );
+    CREATE INDEX sessions_state ON sessions(state);
+    CREATE INDEX sessions_created ON sessions(created_at);
+
+    CREATE TABLE state_transitions (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        session    TEXT NOT NULL REFERENCES sessions(id),
+        from_state TEXT,
+        to_state   TEXT NOT NULL,
+        time       TEXT NOT NULL,
+        reason     TEXT NOT NULL
+    );
+    CREATE INDEX state_transitions_session ON state_transitions(session);
+
+    CREATE TABLE events (
+        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        id      TEXT NOT NULL UNIQUE,
+        time    TEXT NOT NULL,
+        session TEXT,
+        human   TEXT,
+        agent   TEXT,
+        task    TEXT,
+        repo    TEXT,
+        branch  TEXT,
+        action  TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        rule    TEXT,
+        details TEXT NOT NULL DEFAULT 'null'
+    );
+    CREATE INDEX events_session ON events(session, seq);
+
+    CREATE TABLE execs (
+        session      TEXT NOT NULL REFERENCES sessions(id),
+        exec_id      TEXT NOT NULL,
+        argv         TEXT NOT NULL,
+        cwd          TEXT NOT NULL,
+        started_at   TEXT NOT NULL,
+        ended_at     TEXT,
+        exit_code    INTEGER,
+        exit_signal  INTEGER,
+        timed_out    INTEGER NOT NULL DEFAULT 0,
+        duration_ms  INTEGER,
+        stdout_bytes INTEGER NOT NULL DEFAULT 0,
+        stderr_bytes INTEGER NOT NULL DEFAULT 0,
+        error        TEXT,
+        PRIMARY KEY (session, exec_id)
+    );
+    "#,
+];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// One recorded state change of a session.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Transition {
+    pub session: SessionId,
+    pub from: Option<SessionState>,
+    pub to: SessionState,
+    pub time: String,
+    pub reason: String,
+}
+
+/// One command run in a session, as recorded (never its output).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExecRecord {
+    pub session: SessionId,
+    pub exec_id: String,
+    pub argv: Vec<String>,
+    pub cwd: String,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub status: Option<ExitStatus>,
+    pub duration_ms: Option<u64>,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    /// Why it could not start or finish (spawn failure, sandbox died).
+    pub error: Option<String>,
+}
+
+/// How an exec ended, for [`Store::finish_exec`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecEnd {
+    pub ended_at: String,
+    pub status: Option<ExitStatus>,
+    pub duration_ms: u64,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    pub error: Option<String>,
+}
+
+/// The database. Cheap to share behind an `Arc`.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+fn db_err(what: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |e| Error::internal(format!("database: {what}: {e}"))
+}
+
+impl Store {
+    /// Open (creating if needed) the database at `path` and migrate it.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Error::internal(format!("cannot create {}: {e}", dir.display()))
+                        .hint("check that data_dir in brig.toml is writable by brig serve")
+                })?;
+            }
+        }
+        let conn = Connection::open(path).map_err(|e| {
+            Error::internal(format!("cannot open database {}: {e}", path.display()))
+                .hint("check that data_dir in brig.toml is writable by brig serve")
+        })?;
+        Self::setup(conn, &path.display().to_string())
+    }
+
+    /// A private in-memory database (tests, dry runs).
+    pub fn open_in_memory() -> Result<Store> {
+        let conn = Connection::open_in_memory().map_err(db_err("open in memory"))?;
+        Self::setup(conn, ":memory:")
+    }
+
+    fn setup(mut conn: Connection, name: &str) -> Result<Store> {
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(db_err("busy_timeout"))?;
+        // journal_mode answers with a row, so it is queried, not executed.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(db_err("journal_mode"))?;
+        if mode != "wal" && name != ":memory:" {
+            return Err(Error::internal(format!(
+                "database {name}: could not switch to WAL mode (got {mode})"
+            ))
+            .hint("put data_dir on a local filesystem that supports shared memory"));
+        }
+        conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
+            .map_err(db_err("pragmas"))?;
+        migrate(&mut conn, name)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite itself consistent
+        // (transactions roll back on drop), so a poisoned lock is usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The schema version the database is at.
+    pub fn schema_version(&self) -> Result<i64> {
+        current_version(&self.conn())
+    }
+
+    /// Record a new session (in whatever state `info` has, normally `created`)
+    /// with its first transition.
+    pub fn insert_session(&self, info: &SessionInfo, reason: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db_err("begin"))?;
+        tx.execute(
+            "INSERT INTO sessions (id, human, task, profile, runtime, image, image_digest, state,
+                limits, repo, created_at, started_at, ended_at, end_reason, layers, exec_count,
+                last_activity_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            params![
+                info.id.as_str(),
+                info.human,
+                info.task.as_str(),
+                info.profile,
+                info.runtime,
+                info.image,
+                info.image_digest,
+                info.state.as_str(),
+                to_json(&info.limits)?,
+                info.repo,
+                info.created_at,
+                info.started_at,
+                info.ended_at,
+                info.end_reason,
+                to_json(&info.layers)?,
+                info.exec_count as i64,
+                info.last_activity_at,
+            ],
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Error::conflict(format!("session {} already exists", info.id))
+            }
+            e => db_err("insert session")(e),
+        })?;
+        insert_transition(&tx, &info.id, None, info.state, &info.created_at, reason)?;
+        tx.commit().map_err(db_err("commit"))
+    }
+
+    /// Write every field of `info` (the session must exist). When its state
+    /// differs from the stored one, the transition is recorded with `reason`
+    /// in the same transaction.
+    pub fn update_session(&self, info: &SessionInfo, reason: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db_err("begin"))?;
+        let old: Option<String> = tx
+            .query_row(
+                "SELECT state FROM sessions WHERE id = ?1",
+                [info.id.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err("read session state"))?;
+        let Some(old) = old else {
+            return Err(Error::not_found(format!("session {} not found", info.id)));
+        };
+        let old = parse_state(&old)?;
+        tx.execute(
+            "UPDATE sessions SET human = ?2, task = ?3, profile = ?4, runtime = ?5, image = ?6,
+                image_digest = ?7, state = ?8, limits = ?9, repo = ?10, created_at = ?11,
+                started_at = ?12, ended_at = ?13, end_reason = ?14, layers = ?15,
+                exec_count = ?16, last_activity_at = ?17
+             WHERE id = ?1",
+            params![
+                info.id.as_str(),
+                info.human,
+                info.task.as_str(),
+                info.profile,
+                info.runtime,
+                info.image,
+                info.image_digest,
+                info.state.as_str(),
+                to_json(&info.limits)?,
+                info.repo,
+                info.created_at,
+                info.started_at,
+                info.ended_at,
+                info.end_reason,
+                to_json(&info.layers)?,
+                info.exec_count as i64,
+                info.last_activity_at,
+            ],
+        )
+        .map_err(db_err("update session"))?;
+        if old != info.state {
+            let time = brig_core::event::now_rfc3339();
+            insert_transition(&tx, &info.id, Some(old), info.state, &time, reason)?;
+        }
+        tx.commit().map_err(db_err("commit"))
+    }
+
+    pub fn get_session(&self, id: &SessionId) -> Result<Option<SessionInfo>> {
+        let conn = self.conn();
+        conn.query_row(
+            &format!("SELECT {SESSION_COLS} FROM sessions WHERE id = ?1"),
+            [id.as_str()],
+            row_to_session,
+        )
+        .optional()
+        .map_err(db_err("read session"))
+    }
+
+    /// Sessions newest first: live ones only unless `all`.
+    pub fn list_sessions(&self, all: bool) -> Result<Vec<SessionInfo>> {
+        let conn = self.conn();
+        let sql = if all {
+            format!("SELECT {SESSION_COLS} FROM sessions ORDER BY created_at DESC, rowid DESC")
+        } else {
+            format!(
+                "SELECT {SESSION_COLS} FROM sessions WHERE state IN ('created', 'running', 'idle')
+                 ORDER BY created_at DESC, rowid DESC"
+            )
+        };
+        let mut stmt = conn.prepare(&sql).map_err(db_err("list sessions"))?;
+        let rows = stmt
+            .query_map([], row_to_session)
+            .map_err(db_err("list sessions"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db_err("list sessions"))
+    }
+
+    /// How many sessions are in each state.
+    pub fn count_by_state(&self) -> Result<Vec<(SessionState, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT state, COUNT(*) FROM sessions GROUP BY state")
+            .map_err(db_err("count sessions"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(db_err("count sessions"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (s, n) = row.map_err(db_err("count sessions"))?;
+            out.push((parse_state(&s)?, n as u64));
+        }
+        Ok(out)
+    }
+
+    /// Every state change of a session, oldest first.
+    pub fn transitions(&self, id: &SessionId) -> Result<Vec<Transition>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT session, from_state, to_state, time, reason FROM state_transitions
+                 WHERE session = ?1 ORDER BY id",
+            )
+            .map_err(db_err("read transitions"))?;
+        let rows = stmt
+            .query_map([id.as_str()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })
+            .map_err(db_err("read transitions"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (session, from, to, time, reason) = row.map_err(db_err("read transitions"))?;
+            out.push(Transition {
+                session: parse_id(session)?,
+                from: from.as_deref().map(parse_state).transpose()?,
+                to: parse_state(&to)?,
+                time,
+                reason,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Append an event; returns its sequence number.
+    pub fn append_event(&self, ev: &Event) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO events (id, time, session, human, agent, task, repo, branch, action,
+                outcome, rule, details)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                ev.id,
+                ev.time,
+                ev.session,
+                ev.human,
+                ev.agent,
+                ev.task,
+                ev.repo,
+                ev.branch,
+                ev.action,
+                outcome_str(ev.outcome),
+                ev.rule,
+                to_json(&ev.details)?,
+            ],
+        )
+        .map_err(db_err("append event"))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Events of one session (or, with `None`, those of no session), oldest first.
+    pub fn events(&self, session: Option<&SessionId>) -> Result<Vec<Event>> {
+        let conn = self.conn();
+        let cols = "seq, id, time, session, human, agent, task, repo, branch, action, outcome,
+                    rule, details";
+        let (sql, arg) = match session {
+            Some(id) => (
+                format!("SELECT {cols} FROM events WHERE session = ?1 ORDER BY seq"),
+                Some(id.as_str()),
+            ),
+            None => (
+                format!("SELECT {cols} FROM events WHERE session IS NULL ORDER BY seq"),
+                None,
+            ),
+        };
+        let mut stmt = conn.prepare(&sql).map_err(db_err("read events"))?;
+        let map = |r: &Row<'_>| -> rusqlite::Result<(Event, String, String)> {
+            Ok((
+                Event {
+                    seq: r.get(0)?,
+                    id: r.get(1)?,
+                    time: r.get(2)?,
+                    session: r.get(3)?,
+                    human: r.get(4)?,
+                    agent: r.get(5)?,
+                    task: r.get(6)?,
+                    repo: r.get(7)?,
+                    branch: r.get(8)?,
+                    action: r.get(9)?,
+                    outcome: Outcome::Info,
+                    rule: r.get(11)?,
+                    details: serde_json::Value::Null,
+                },
+                r.get(10)?,
+                r.get(12)?,
+            ))
+        };
+        let rows = match arg {
+            Some(a) => stmt.query_map([a], map),
+            None => stmt.query_map([], map),
+        }
+        .map_err(db_err("read events"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (mut ev, outcome, details) = row.map_err(db_err("read events"))?;
+            ev.outcome = parse_outcome(&outcome)?;
+            ev.details = from_json(&details)?;
+            out.push(ev);
+        }
+        Ok(out)
+    }
+
+    /// Record that an exec started.
+    pub fn insert_exec(&self, rec: &ExecRecord) -> Result<()> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO execs (session, exec_id, argv, cwd, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                rec.session.as_str(),
+                rec.exec_id,
+                to_json(&rec.argv)?,
+                rec.cwd,
+                rec.started_at
+            ],
+        )
+        .map_err(db_err("insert exec"))?;
+        Ok(())
+    }
+
+    /// Record how an exec ended.
+    pub fn finish_exec(&self, session: &SessionId, exec_id: &str, end: &ExecEnd) -> Result<()> {
+        let conn = self.conn();
+        let n = conn
+            .execute(
+                "UPDATE execs SET ended_at = ?3, exit_code = ?4, exit_signal = ?5, timed_out = ?6,
+                    duration_ms = ?7, stdout_bytes = ?8, stderr_bytes = ?9, error = ?10
+                 WHERE session = ?1 AND exec_id = ?2",
+                params![
+                    session.as_str(),
+                    exec_id,
+                    end.ended_at,
+                    end.status.and_then(|s| s.code),
+                    end.status.and_then(|s| s.signal),
+                    end.status.map(|s| s.timed_out).unwrap_or(false),
+                    end.duration_ms as i64,
+                    end.stdout_bytes as i64,
+                    end.stderr_bytes as i64,
+                    end.error,
+                ],
+            )
+            .map_err(db_err("finish exec"))?;
+        if n == 0 {
+            return Err(Error::not_found(format!(
+                "exec {exec_id} of session {session} not found"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Execs of a session, in the order they started.
+    pub fn execs(&self, session: &SessionId) -> Result<Vec<ExecRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT exec_id, argv, cwd, started_at, ended_at, exit_code, exit_signal, timed_out,
+                    duration_ms, stdout_bytes, stderr_bytes, error
+                 FROM execs WHERE session = ?1 ORDER BY started_at, rowid",
+            )
+            .map_err(db_err("read execs"))?;
+        let rows = stmt
+            .query_map([session.as_str()], |r| {
+                let ended_at: Option<String> = r.get(4)?;
+                let code: Option<i32> = r.get(5)?;
+                let signal: Option<i32> = r.get(6)?;
+                let timed_out: bool = r.get(7)?;
+                let status =
+                    (code.is_some() || signal.is_some() || timed_out).then_some(ExitStatus {
+                        code,
+                        signal,
+                        timed_out,
+                    });
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    ended_at,
+                    status,
+                    r.get::<_, Option<i64>>(8)?,
+                    r.get::<_, i64>(9)?,
+                    r.get::<_, i64>(10)?,
+                    r.get::<_, Option<String>>(11)?,
+                ))
+            })
+            .map_err(db_err("read execs"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (exec_id, argv, cwd, started_at, ended_at, status, dur, so, se, error) =
+                row.map_err(db_err("read execs"))?;
+            out.push(ExecRecord {
+                session: session.clone(),
+                exec_id,
+                argv: from_json(&argv)?,
+                cwd,
+                started_at,
+                ended_at,
+                status,
+                duration_ms: dur.map(|d| d as u64),
+                stdout_bytes: so as u64,
+                stderr_bytes: se as u64,
+                error,
+            });
+        }
+        Ok(out)
+    }
+
+    /// (execs, failed execs) of a session: failed = did not exit 0.
+    pub fn exec_counts(&self, session: &SessionId) -> Result<(u64, u64)> {
+        let conn = self.conn();
+        conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN exit_code IS 0 AND timed_out = 0
+                 AND error IS NULL THEN 0 ELSE 1 END), 0)
+             FROM execs WHERE session = ?1",
+            [session.as_str()],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )
+        .map_err(db_err("count execs"))
+    }
+}
+
+const SESSION_COLS: &str = "id, human, task, profile, runtime, image, image_digest, state, limits,
+    repo, created_at, started_at, ended_at, end_reason, layers, exec_count, last_activity_at";
+
+fn row_to_session(r: &Row<'_>) -> rusqlite::Result<SessionInfo> {
+    let conv = |i: usize, e: Error| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    };
+    let id: String = r.get(0)?;
+    let id = SessionId::try_from(id).map_err(|e| conv(0, e))?;
+    let task: String = r.get(2)?;
+    let task = TaskId::try_from(task).map_err(|e| conv(2, e))?;
+    let state: String = r.get(7)?;
+    let state = parse_state(&state).map_err(|e| conv(7, e))?;
+    let limits: String = r.get(8)?;
+    let limits: Limits = from_json(&limits).map_err(|e| conv(8, e))?;
+    let layers: String = r.get(14)?;
+    let layers: Vec<String> = from_json(&layers).map_err(|e| conv(14, e))?;
+    Ok(SessionInfo {
+        principal: id.principal(),
+        id,
+        human: r.get(1)?,
+        task,
+        profile: r.get(3)?,
+        runtime: r.get(4)?,
+        image: r.get(5)?,
+        image_digest: r.get(6)?,
+        state,
+        limits,
+        repo: r.get(9)?,
+        created_at: r.get(10)?,
+        started_at: r.get(11)?,
+        ended_at: r.get(12)?,
+        end_reason: r.get(13)?,
+        layers,
+        exec_count: r.get::<_, i64>(15)? as u64,
+        last_activity_at: r.get(16)?,
+    })
+}
+
+fn insert_transition(
+    tx: &rusqlite::Transaction<'_>,
+    id: &SessionId,
+    from: Option<SessionState>,
+    to: SessionState,
+    time: &str,
+    reason: &str,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO state_transitions (session, from_state, to_state, time, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            id.as_str(),
+            from.map(|s| s.as_str()),
+            to.as_str(),
+            time,
+            reason
+        ],
+    )
+    .map_err(db_err("record transition"))?;
+    Ok(())
+}
+
+fn current_version(conn: &Connection) -> Result<i64> {
+    conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(db_err("read schema version"))
+}
+
+fn migrate(conn: &mut Connection, name: &str) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version    INTEGER PRIMARY KEY,
+            applied_at TEXT NOT NULL
+        )",
+    )
+    .map_err(db_err("create schema_migrations"))?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(db_err("begin migration"))?;
+    let have = current_version(&tx)?;
+    if have > SCHEMA_VERSION {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "database {name} has schema version {have}, newer than this brig understands \
+                 ({SCHEMA_VERSION})"
+            ),
+        )
+        .hint("run the newer brig that wrote it, or point data_dir at another directory"));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(have as usize) {
+        let version = i as i64 + 1;
+        tx.execute_batch(sql)
+            .map_err(|e| Error::internal(format!("database {name}: migration {version}: {e}")))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![version, brig_core::event::now_rfc3339()],
+        )
+        .map_err(db_err("record migration"))?;
+    }
+    tx.commit().map_err(db_err("commit migration"))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| Error::internal(format!("database: encode: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| Error::internal(format!("database: decode {s:?}: {e}")))
+}
+
+fn parse_state(s: &str) -> Result<SessionState> {
+    SessionState::parse(s)
+        .ok_or_else(|| Error::internal(format!("database: unknown session state {s:?}")))
+}
+
+fn parse_id(s: String) -> Result<SessionId> {
+    SessionId::try_from(s).map_err(|e| Error::internal(format!("database: {}", e.message)))
+}
+
+fn outcome_str(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Success => "success",
+        Outcome::Failure => "failure",
+        Outcome::Denied => "denied",
+        Outcome::Info => "info",
+    }
+}
+
+fn parse_outcome(s: &str) -> Result<Outcome> {
+    Ok(match s {
+        "success" => Outcome::Success,
+        "failure" => Outcome::Failure,
+        "denied" => Outcome::Denied,
+        "info" => Outcome::Info,
+        _ => return Err(Error::internal(format!("database: unknown outcome {s:?}"))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(state: SessionState) -> SessionInfo {
+        let id = SessionId::generate();
+        SessionInfo {
+            principal: id.principal(),
+            id,
+            human: "ada".into(),
+            task: "JIRA-1".parse().unwrap(),
+            profile: "default".into(),
+            runtime: "native".into(),
+            image: "host".into(),
+            image_digest: "sha256:00".into(),
+            state,
+            limits: Limits::default(),
+            repo: Some("/src/repo".into()),
+            created_at: brig_core::event::now_rfc3339(),
+            started_at: None,
+            ended_at: None,
+            end_reason: None,
+            layers: vec![],
+            exec_count: 0,
+            last_activity_at: None,
+        }
+    }
+
+    #[test]
+    fn fresh_db_migrates_and_reopen_is_a_noop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/brig.db");
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        let info = session(SessionState::Created);
+        s.insert_session(&info, "create").unwrap();
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        let n: i64 = s
+            .conn()
+            .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, SCHEMA_VERSION, "re-open must not re-apply migrations");
+        assert!(s.get_session(&info.id).unwrap().is_some());
+        let mode: String = s
+            .conn()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let fk: i64 = s
+            .conn()
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+    }
+
+    #[test]
+    fn db_from_a_newer_brig_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("brig.db");
+        drop(Store::open(&path).unwrap());
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 'later')",
+                [SCHEMA_VERSION + 1],
+            )
+            .unwrap();
+        }
+        let e = Store::open(&path)
+            .err()
+            .expect("newer schema must be refused");
+        assert_eq!(e.kind, ErrorKind::Conflict);
+        assert!(e.message.contains("newer"), "{e}");
+        assert!(
+            e.message.contains(&format!("{}", SCHEMA_VERSION + 1)),
+            "{e}"
+        );
+        assert!(e.hint.is_some());
+    }
+
+    #[test]
+    fn sessions_round_trip_with_transitions() {
+        let s = Store::open_in_memory().unwrap();
+        let mut a = session(SessionState::Created);
+        s.insert_session(&a, "create requested").unwrap();
+        let got = s.get_session(&a.id).unwrap().unwrap();
+        assert_eq!(got.task, a.task);
+        assert_eq!(got.limits, a.limits);
+        assert_eq!(got.principal, a.id.principal());
+
+        a.state = SessionState::Running;
+        a.layers = vec!["seccomp:allowlist".into(), "cgroup:v1".into()];
+        a.started_at = Some(brig_core::event::now_rfc3339());
+        s.update_session(&a, "sandbox started").unwrap();
+        a.exec_count = 3;
+        s.update_session(&a, "unused: same state").unwrap();
+        a.state = SessionState::Destroyed;
+        a.end_reason = Some("idle_timeout".into());
+        s.update_session(&a, "idle_timeout").unwrap();
+
+        let got = s.get_session(&a.id).unwrap().unwrap();
+        assert_eq!(got.layers, a.layers);
+        assert_eq!(got.exec_count, 3);
+        assert_eq!(got.end_reason.as_deref(), Some("idle_timeout"));
+        let t = s.transitions(&a.id).unwrap();
+        let seen: Vec<_> = t
+            .iter()
+            .map(|t| (t.from, t.to, t.reason.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (None, SessionState::Created, "create requested"),
+                (
+                    Some(SessionState::Created),
+                    SessionState::Running,
+                    "sandbox started"
+                ),
+                (
+                    Some(SessionState::Running),
+                    SessionState::Destroyed,
+                    "idle_timeout"
+                ),
+            ]
+        );
+        assert!(s.insert_session(&a, "again").is_err());
+        let unknown = session(SessionState::Running);
+        assert_eq!(
+            s.update_session(&unknown, "x").unwrap_err().kind,
+            ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn list_is_newest_first_and_live_only_by_default() {
+        let s = Store::open_in_memory().unwrap();
+        let mut old = session(SessionState::Running);
+        old.created_at = "2024-01-01T00:00:00Z".into();
+        let mut dead = session(SessionState::Destroyed);
+        dead.created_at = "2024-01-02T00:00:00Z".into();
+        let mut new = session(SessionState::Idle);
+        new.created_at = "2024-01-03T00:00:00Z".into();
+        for x in [&old, &dead, &new] {
+            s.insert_session(x, "t").unwrap();
+        }
+        let live: Vec<_> = s
+            .list_sessions(false)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(live, vec![new.id.clone(), old.id.clone()]);
+        let all: Vec<_> = s
+            .list_sessions(true)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(all, vec![new.id, dead.id, old.id]);
+        let mut counts = s.count_by_state().unwrap();
+        counts.sort_by_key(|(st, _)| st.as_str());
+        assert_eq!(
+            counts,
+            vec![
+                (SessionState::Destroyed, 1),
+                (SessionState::Idle, 1),
+                (SessionState::Running, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn events_are_sequenced_per_session() {
+        let s = Store::open_in_memory().unwrap();
+        let a = session(SessionState::Running);
+        s.insert_session(&a, "t").unwrap();
+        let mut e1 = Event::new("exec.start", Outcome::Info)
+            .details(serde_json::json!({"argv": ["make", "test"]}));
+        e1.session = Some(a.id.to_string());
+        let mut e2 = Event::new("exec.exit", Outcome::Failure).rule("timeout");
+        e2.session = Some(a.id.to_string());
+        let global = Event::new("sandbox.reconcile", Outcome::Success);
+        let s1 = s.append_event(&e1).unwrap();
+        s.append_event(&global).unwrap();
+        let s2 = s.append_event(&e2).unwrap();
+        assert!(s2 > s1);
+        let evs = s.events(Some(&a.id)).unwrap();
+        assert_eq!(evs.len(), 2);
+        assert_eq!(evs[0].action, "exec.start");
+        assert_eq!(evs[0].seq, s1);
+        assert_eq!(evs[0].details["argv"][1], "test");
+        assert_eq!(evs[1].outcome, Outcome::Failure);
+        assert_eq!(evs[1].rule.as_deref(), Some("timeout"));
+        assert_eq!(s.events(None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn execs_record_counts_not_output() {
+        let s = Store::open_in_memory().unwrap();
+        let a = session(SessionState::Running);
+        s.insert_session(&a, "t").unwrap();
+        for (id, code) in [("x-1", Some(0)), ("x-2", Some(2)), ("x-3", None)] {
+            s.insert_exec(&ExecRecord {
+                session: a.id.clone(),
+                exec_id: id.into(),
+                argv: vec!["sh".into(), "-c".into(), "exit".into()],
+                cwd: "/workspace".into(),
+                started_at: brig_core::event::now_rfc3339(),
+                ended_at: None,
+                status: None,
+                duration_ms: None,
+                stdout_bytes: 0,
+                stderr_bytes: 0,
+                error: None,
+            })
+            .unwrap();
+            s.finish_exec(
+                &a.id,
+                id,
+                &ExecEnd {
+                    ended_at: brig_core::event::now_rfc3339(),
+                    status: Some(ExitStatus {
+                        code,
+                        signal: code.is_none().then_some(9),
+                        timed_out: code.is_none(),
+                    }),
+                    duration_ms: 12,
+                    stdout_bytes: 100,
+                    stderr_bytes: 7,
+                    error: None,
+                },
+            )
+            .unwrap();
+        }
+        let execs = s.execs(&a.id).unwrap();
+        assert_eq!(execs.len(), 3);
+        assert_eq!(execs[0].argv, vec!["sh", "-c", "exit"]);
+        assert_eq!(execs[0].stdout_bytes, 100);
+        assert_eq!(execs[2].status.unwrap().signal, Some(9));
+        assert!(execs[2].status.unwrap().timed_out);
+        assert_eq!(s.exec_counts(&a.id).unwrap(), (3, 2));
+        assert_eq!(
+            s.finish_exec(&a.id, "x-404", &execs_end())
+                .unwrap_err()
+                .kind,
+            ErrorKind::NotFound
+        );
+        // Foreign keys hold: no exec for a session that does not exist.
+        let ghost = session(SessionState::Running);
+        let mut rec = execs[0].clone();
+        rec.session = ghost.id;
+        assert!(s.insert_exec(&rec).is_err());
+    }
+
+    fn execs_end() -> ExecEnd {
+        ExecEnd {
+            ended_at: String::new(),
+            status: None,
+            duration_ms: 0,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            error: None,
+        }
+    }
+}

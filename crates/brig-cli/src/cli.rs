@@ -1,0 +1,312 @@
+//! Command-line grammar (clap derive). Values with units are checked here,
+//! before anything contacts a server, so a typo fails fast with exit 2.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub const DEFAULT_SOCKET: &str = "/run/brig/brig.sock";
+pub const DEFAULT_CONFIG: &str = "/etc/brig/brig.toml";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "brig",
+    version,
+    about = "brig: a secure devbox for AI coding agents",
+    long_about = "brig runs AI coding agents in ephemeral, hardened, auditable sandboxes.\n\
+                  Start the control plane with `brig serve`, try everything end to end with `brig demo`.",
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    /// Unix socket of the brig control plane.
+    #[arg(long, global = true, env = "BRIG_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Reach the control plane over TCP instead (e.g. http://10.0.0.5:7878); uses BRIG_TOKEN.
+    #[arg(long, global = true, env = "BRIG_URL", value_name = "URL")]
+    pub url: Option<String>,
+
+    /// brig.toml to use (default: /etc/brig/brig.toml if present).
+    #[arg(long, global = true, env = "BRIG_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Machine-readable output on stdout; errors as {"error": {...}} on stderr.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Print less: no progress, no summaries.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the control plane (API on a unix socket, state in SQLite).
+    Serve(ServeArgs),
+    /// Create, inspect, use and destroy sessions.
+    #[command(subcommand)]
+    Session(SessionCmd),
+    /// Create a session, run one command in it, destroy it, print a summary.
+    Run(RunArgs),
+    /// Kill switch: kill every live session now.
+    Kill(KillAllArgs),
+    /// List and import images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Report what this host supports and which runtimes will work.
+    Doctor,
+    /// Print brig's version.
+    Version,
+    /// Run the whole job end to end on embedded defaults (no setup needed).
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Where brig keeps its database, images and workspaces.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionCmd {
+    /// Create a session and print its id.
+    Create(CreateArgs),
+    /// List live sessions (all with --all).
+    #[command(alias = "ls")]
+    List {
+        /// Include destroyed and failed sessions.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one session.
+    Show { id: String },
+    /// Run a command in a session, attached.
+    Exec(ExecArgs),
+    /// Open an interactive shell in a session.
+    Shell { id: String },
+    /// Destroy a session gracefully (TERM, 2 s grace, KILL, shred).
+    #[command(alias = "rm")]
+    Destroy { id: String },
+    /// Kill a session immediately (KILL, shred).
+    Kill { id: String },
+}
+
+#[derive(Args, Debug)]
+pub struct KillAllArgs {
+    /// Every live session (required: the kill switch is explicit).
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CreateArgs {
+    /// Directory copied into /workspace (never mounted).
+    #[arg(long, value_name = "PATH")]
+    pub repo: Option<PathBuf>,
+    /// The task this session works on (a ticket key, e.g. JIRA-1234).
+    #[arg(long, value_name = "ID", value_parser = parse_task)]
+    pub task: String,
+    /// Profile from brig.toml.
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Image name or sha256 digest (default: the profile's, usually `host`).
+    #[arg(long, value_name = "NAME")]
+    pub image: Option<String>,
+    /// native, gvisor, or oci:/path/to/runtime.
+    #[arg(long, value_name = "RUNTIME", value_parser = parse_runtime)]
+    pub runtime: Option<String>,
+    /// CPU quota in cores, e.g. 1.5.
+    #[arg(long, value_name = "N", value_parser = parse_cpus)]
+    pub cpus: Option<f64>,
+    /// Memory limit, e.g. 2G.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory: Option<String>,
+    /// Process limit.
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u64>,
+    /// Size cap of /workspace, e.g. 10G.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub disk: Option<String>,
+    /// Destroy after this long without activity, e.g. 15m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle: Option<String>,
+    /// Destroy this long after start, e.g. 20m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timebox: Option<String>,
+    /// Local directory snapshotted into /workspace (honours .gitignore, size-capped).
+    #[arg(long, value_name = "DIR")]
+    pub upload: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExecOpts {
+    /// Allocate a pseudo-terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Forward stdin even when it is a terminal.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Kill the command after this long, e.g. 30s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<String>,
+    /// Extra environment variable (repeatable).
+    #[arg(short, long = "env", value_name = "K=V", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox (default /workspace).
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    pub id: String,
+    #[command(flatten)]
+    pub opts: ExecOpts,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub cmd: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub create: CreateArgs,
+    #[command(flatten)]
+    pub opts: ExecOpts,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub cmd: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// List images.
+    #[command(alias = "ls")]
+    List,
+    /// Import an OCI image layout directory or a `docker save` tarball.
+    Import {
+        path: PathBuf,
+        /// Name to use with --image.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Runtime to run the demo on.
+    #[arg(long, value_name = "RUNTIME", value_parser = parse_runtime, default_value = "native")]
+    pub runtime: String,
+    /// Keep the demo's data directory (printed at the end) for inspection.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+// Validators: they keep the user's spelling (the server parses it again,
+// authoritatively) but refuse what can never be valid.
+
+fn parse_size(s: &str) -> Result<String, String> {
+    brig_core::units::parse_size(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_duration(s: &str) -> Result<String, String> {
+    match brig_core::units::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err(format!("duration {s:?} must be greater than zero")),
+        Ok(_) => Ok(s.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn parse_runtime(s: &str) -> Result<String, String> {
+    brig_core::session::RuntimeKind::parse(s)
+        .map(|r| r.name())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_task(s: &str) -> Result<String, String> {
+    s.parse::<brig_core::TaskId>()
+        .map(String::from)
+        .map_err(|e| e.to_string())
+}
+
+fn parse_cpus(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "cpus {s:?} is not valid (hint: a positive number of cores, e.g. 1 or 0.5)"
+        )),
+    }
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!(
+            "{s:?} is not K=V (hint: e.g. --env RUST_LOG=debug)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grammar_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_create_and_exec_flags() {
+        let cli = Cli::try_parse_from([
+            "brig", "run", "--task", "T-1", "--memory", "1G", "--env", "A=b", "--", "sh", "-c",
+            "exit 3",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.create.memory.as_deref(), Some("1G"));
+        assert_eq!(r.opts.env, vec![("A".into(), "b".into())]);
+        assert_eq!(r.cmd, vec!["sh", "-c", "exit 3"]);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for args in [
+            &[
+                "brig", "session", "create", "--task", "T", "--memory", "lots",
+            ][..],
+            &["brig", "session", "create", "--task", "T", "--idle", "soon"],
+            &[
+                "brig",
+                "session",
+                "create",
+                "--task",
+                "T",
+                "--runtime",
+                "docker",
+            ],
+            &["brig", "session", "create", "--task", "a b"],
+            &["brig", "session", "create", "--task", "T", "--cpus", "-1"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! `brig demo`: the main job end to end on embedded defaults. An in-process
+//! control plane on a private socket, a session on the bundled example
+//! project, a scripted agent that runs the tests, fixes the bug and reruns
+//! them, a battery of escape attempts that must all be blocked, then destroy
+//! and the session summary. Everything goes through the real API with the
+//! same client the CLI uses.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use brig_core::exec::{ExecRequest, ExecResult};
+use brig_core::session::{CreateSession, SessionInfo, SessionSummary};
+use brig_core::units::format_duration;
+use brig_core::{Error, ErrorKind, Result};
+use hyper::Method;
+use serde_json::{json, Value};
+
+use crate::cli::DemoArgs;
+use crate::client::{Client, Endpoint};
+use crate::output::Out;
+use crate::server::Embedded;
+use crate::term::short_digest;
+
+/// The example project, compiled into the binary so the demo needs no
+/// checkout.
+const EXAMPLE: &[(&str, &str)] = &[
+    ("stats.py", include_str!("../demo/example/stats.py")),
+    (
+        "test_stats.py",
+        include_str!("../demo/example/test_stats.py"),
+    ),
+    ("README.md", include_str!("../demo/example/README.md")),
+];
+
+const PYTHON: &str = "/usr/bin/python3";
+const TASK: &str = "DEMO-1";
+
+/// One escape attempt: what it tries, and a command that exits 0 only if
+/// the escape worked.
+struct Escape {
+    name: &'static str,
+    what: String,
+    argv: Vec<String>,
+}
+
+/// ANSI styling, only on a terminal.
+fn style(code: &str, text: &str) -> String {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
+fn py(code: &str) -> Vec<String> {
+    // Print the error in one line and exit 1, or print ESCAPED and exit 0.
+    let wrapped = format!(
+        "import sys\ntry:\n{}\nexcept BaseException as e:\n    print(type(e).__name__ + ': ' + str(e)); sys.exit(1)\nprint('ESCAPED'); sys.exit(0)\n",
+        code.lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    vec![PYTHON.into(), "-c".into(), wrapped]
+}
+
+fn sh(script: &str) -> Vec<String> {
+    vec!["/bin/sh".into(), "-c".into(), script.into()]
+}
+
+fn escapes(host_port: u16, api_socket: &Path, marker: &Path) -> Vec<Escape> {
+    let libc_call = |call: &str| {
+        format!(
+            "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nif libc.{call} != 0:\n    n = ctypes.get_errno(); raise OSError(n, os.strerror(n))"
+        )
+    };
+    vec![
+        Escape {
+            name: "read-host-secret",
+            what: "read the host's /etc/shadow".into(),
+            argv: sh("cat /etc/shadow 2>&1 >/dev/null && echo ESCAPED || exit 1"),
+        },
+        Escape {
+            name: "read-host-home",
+            what: "list the host's /root".into(),
+            argv: sh("ls -A /root 2>&1 && echo ESCAPED || exit 1"),
+        },
+        Escape {
+            name: "write-root-fs",
+            what: format!("write {} into the read-only image", marker.display()),
+            argv: sh(&format!("touch {} 2>&1 && echo ESCAPED", marker.display())),
+        },
+        Escape {
+            name: "unshare-netns",
+            what: "unshare(CLONE_NEWNET): make a new network namespace".into(),
+            argv: py(&libc_call("unshare(0x40000000)")),
+        },
+        Escape {
+            name: "mount",
+            what: "mount a tmpfs over /workspace".into(),
+            argv: py(&libc_call(
+                "mount(b'none', b'/workspace', b'tmpfs', 0, None)",
+            )),
+        },
+        Escape {
+            name: "internet",
+            what: "connect to 1.1.1.1:443 (an IP literal on the internet)".into(),
+            argv: py("import socket\nsocket.create_connection(('1.1.1.1', 443), timeout=3)"),
+        },
+        Escape {
+            name: "host-loopback",
+            what: format!("connect to a service on the host's 127.0.0.1:{host_port}"),
+            argv: py(&format!(
+                "import socket\nsocket.create_connection(('127.0.0.1', {host_port}), timeout=3)"
+            )),
+        },
+        Escape {
+            name: "brig-api",
+            what: "connect to brig's own API socket".into(),
+            argv: py(&format!(
+                "import socket\ns = socket.socket(socket.AF_UNIX)\ns.settimeout(3)\ns.connect({:?})",
+                api_socket.display().to_string()
+            )),
+        },
+    ]
+}
+
+/// Prints steps for humans, collects them for `--json`.
+struct Report {
+    out: Out,
+    steps: Vec<Value>,
+    ok: bool,
+    n: usize,
+}
+
+impl Report {
+    fn heading(&mut self, title: &str) {
+        self.n += 1;
+        if !self.out.json {
+            println!("\n{}", style("1", &format!("==> {}. {title}", self.n)));
+        }
+    }
+    fn line(&self, s: &str) {
+        if !self.out.json {
+            println!("    {s}");
+        }
+    }
+    fn output(&self, r: &ExecResult, max_lines: usize) {
+        if self.out.json {
+            return;
+        }
+        let text = format!("{}{}", r.stdout, r.stderr);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let skip = lines.len().saturating_sub(max_lines);
+        if skip > 0 {
+            println!("    │ … ({skip} more lines)");
+        }
+        for l in &lines[skip..] {
+            println!("    │ {l}");
+        }
+    }
+    fn step(&mut self, v: Value, ok: bool) {
+        self.ok &= ok;
+        self.steps.push(v);
+    }
+}
+
+pub async fn run(a: &DemoArgs, out: Out) -> Result<i32> {
+    let started = Instant::now();
+    if !Path::new(PYTHON).exists() {
+        return Err(Error::new(
+            ErrorKind::GuardUnavailable,
+            format!("brig demo runs a Python project and needs {PYTHON} on the host (the `host` image binds the host's /usr)"),
+        )
+        .hint("install it, e.g. `apt-get install -y python3`"));
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("brig-demo-")
+        .tempdir()
+        .map_err(|e| Error::internal(format!("cannot create a temp dir for the demo: {e}")))?;
+    let project = tmp.path().join("example");
+    write_example(&project)?;
+    let data_dir = tmp.path().join("data");
+    std::fs::create_dir_all(&data_dir)?;
+
+    let mut rep = Report {
+        out,
+        steps: vec![],
+        ok: true,
+        n: 0,
+    };
+
+    rep.heading("Start an embedded control plane (SQLite, native runtime, host image)");
+    let server = Embedded::start(&data_dir).await.map_err(|e| {
+        if nix::unistd::geteuid().is_root() {
+            e.context("starting the embedded control plane")
+        } else {
+            e.context("starting the embedded control plane")
+                .hint("brig demo needs root for namespaces and cgroups: run it with sudo")
+        }
+    })?;
+    let socket = server.socket_path();
+    rep.line(&format!(
+        "API on {} (data in {})",
+        socket.display(),
+        data_dir.display()
+    ));
+    let client = Client::new(Endpoint::Unix(socket.clone()));
+
+    // Everything after this point must end with the server shut down.
+    let result = drive(&mut rep, &client, a, &project, &socket).await;
+    let stopped = server.shutdown().await;
+    let (info, summary) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if out.json {
+                out.json_value(&json!({
+                    "ok": false,
+                    "steps": rep.steps,
+                    "error": e,
+                    "duration_ms": started.elapsed().as_millis() as u64,
+                }));
+            }
+            return Err(e);
+        }
+    };
+
+    if let Err(e) = &stopped {
+        rep.ok = false;
+        rep.line(&format!("✗ the control plane did not stop cleanly: {e}"));
+    }
+    let kept = if a.keep {
+        let p = tmp.keep();
+        Some(p)
+    } else {
+        None
+    };
+    let duration = started.elapsed();
+    if out.json {
+        out.json_value(&json!({
+            "ok": rep.ok,
+            "session": info,
+            "steps": rep.steps,
+            "summary": summary,
+            "data_dir": kept.as_ref().map(|p| p.join("data")),
+            "duration_ms": duration.as_millis() as u64,
+        }));
+    } else {
+        println!();
+        if let Some(p) = &kept {
+            println!("Kept the demo's data in {}", p.display());
+        }
+        if rep.ok {
+            println!(
+                "{} in {}: the agent fixed the bug inside the sandbox, and every escape was blocked.",
+                style("1;32", "✓ demo passed"),
+                format_duration(duration)
+            );
+        } else {
+            println!(
+                "{}: see the steps marked ✗ or NOT BLOCKED above.",
+                style("1;31", "✗ demo failed")
+            );
+        }
+    }
+    Ok(if rep.ok { 0 } else { 1 })
+}
+
+fn write_example(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (name, text) in EXAMPLE {
+        std::fs::write(dir.join(name), text)
+            .map_err(|e| Error::internal(format!("cannot write the example project: {e}")))?;
+    }
+    Ok(())
+}
+
+async fn exec(c: &Client, id: &str, argv: Vec<String>) -> Result<ExecResult> {
+    let req = ExecRequest {
+        argv,
+        env: vec![("PYTHONDONTWRITEBYTECODE".into(), "1".into())],
+        cwd: None,
+        tty: None,
+        timeout_ms: Some(60_000),
+        stdin: None,
+    };
+    let (r, _) = c
+        .call::<ExecResult, _>(Method::POST, &format!("/v1/sessions/{id}/exec"), Some(&req))
+        .await?;
+    Ok(r)
+}
+
+fn last_line(r: &ExecResult) -> String {
+    let text = format!("{}\n{}", r.stdout, r.stderr);
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+async fn drive(
+    rep: &mut Report,
+    c: &Client,
+    a: &DemoArgs,
+    project: &Path,
+    socket: &Path,
+) -> Result<(SessionInfo, SessionSummary)> {
+    rep.heading("Create a session on the example project");
+    let body = CreateSession {
+        task: TASK.into(),
+        repo: Some(project.display().to_string()),
+        runtime: Some(a.runtime.clone()),
+        human: Some(crate::app::local_human()),
+        ..Default::default()
+    };
+    let (info, _) = crate::app::create(c, &body, rep.out).await?;
+    let id = info.id.to_string();
+    rep.line(&format!(
+        "session {id} · principal {} · task {} · human {}",
+        info.principal, info.task, info.human
+    ));
+    rep.line(&format!(
+        "runtime {} · image {}@{}",
+        info.runtime,
+        info.image,
+        short_digest(&info.image_digest)
+    ));
+    rep.line(&format!("layers: {}", info.layers.join(", ")));
+    rep.step(json!({"step": "create", "ok": true, "session": id}), true);
+
+    // From here on, the session is destroyed whatever happens.
+    let agent = agent(rep, c, &id, socket).await;
+    rep.heading("Destroy the session");
+    let destroyed = c
+        .call::<SessionSummary, ()>(Method::DELETE, &format!("/v1/sessions/{id}"), None)
+        .await;
+    agent?;
+    let (summary, raw) = destroyed?;
+    rep.line(&crate::app::summary_text(&summary).replace('\n', "\n    "));
+    rep.line(&format!(
+        "layers {} · image digest {}",
+        summary.session.layers.join(", "),
+        summary.session.image_digest
+    ));
+    let shredded = summary.workspace_shredded && summary.session.state.as_str() == "destroyed";
+    rep.step(
+        json!({"step": "destroy", "ok": shredded, "summary": raw}),
+        shredded,
+    );
+    if !shredded {
+        rep.line("✗ the workspace was not verified shredded");
+    }
+    Ok((info, summary))
+}
+
+async fn agent(rep: &mut Report, c: &Client, id: &str, socket: &Path) -> Result<()> {
+    let tests = || {
+        vec![
+            PYTHON.to_string(),
+            "-m".into(),
+            "unittest".into(),
+            "-v".into(),
+        ]
+    };
+
+    rep.heading("Agent runs the test suite (expected to fail: there is a bug)");
+    rep.line(&format!("$ {}", tests().join(" ")));
+    let r = exec(c, id, tests()).await?;
+    rep.output(&r, 8);
+    let failed = !r.status.success();
+    rep.line(&format!(
+        "{} exit {} in {} ms",
+        if failed { "✓" } else { "✗" },
+        r.status.shell_code(),
+        r.duration_ms
+    ));
+    rep.step(
+        json!({"step": "tests_fail", "ok": failed, "exit_code": r.status.shell_code(), "stderr": r.stderr}),
+        failed,
+    );
+
+    rep.heading("Agent edits the code: mean() divides by len + 1");
+    let fix = "sed -i 's/len(values) + 1/len(values)/' stats.py && grep -n 'return sum' stats.py";
+    rep.line(&format!("$ {fix}"));
+    let r = exec(c, id, sh(fix)).await?;
+    rep.output(&r, 4);
+    let edited = r.status.success();
+    rep.step(
+        json!({"step": "edit", "ok": edited, "exit_code": r.status.shell_code()}),
+        edited,
+    );
+
+    rep.heading("Agent reruns the tests (expected to pass)");
+    rep.line(&format!("$ {}", tests().join(" ")));
+    let r = exec(c, id, tests()).await?;
+    rep.output(&r, 3);
+    let passed = r.status.success();
+    rep.line(&format!(
+        "{} exit {} in {} ms",
+        if passed { "✓" } else { "✗" },
+        r.status.shell_code(),
+        r.duration_ms
+    ));
+    rep.step(
+        json!({"step": "tests_pass", "ok": passed, "exit_code": r.status.shell_code(), "stderr": r.stderr}),
+        passed,
+    );
+
+    rep.heading("What the sandbox blocks: escape attempts from inside");
+    // A real service on the host's loopback, to prove the sandbox cannot
+    // reach it (and to notice if it ever does).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = reached.clone();
+    let accept = tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let marker = PathBuf::from(format!("/usr/brig-demo-escape-{}", std::process::id()));
+    let mut results = vec![];
+    for e in escapes(port, socket, &marker) {
+        let r = exec(c, id, e.argv).await?;
+        let mut blocked = !r.status.success();
+        let mut why = last_line(&r);
+        if e.name == "host-loopback" && reached.load(std::sync::atomic::Ordering::SeqCst) {
+            blocked = false;
+            why = "the host's listener accepted a connection".into();
+        }
+        if e.name == "write-root-fs" && marker.exists() {
+            blocked = false;
+            why = format!("{} appeared on the host", marker.display());
+            let _ = std::fs::remove_file(&marker);
+        }
+        let mark = if blocked {
+            style("32", "BLOCKED")
+        } else {
+            style("31", "NOT BLOCKED")
+        };
+        rep.line(&format!("{mark}  {}", e.what));
+        rep.line(&format!("         {why}"));
+        results.push(json!({"name": e.name, "attempt": e.what, "blocked": blocked, "exit_code": r.status.shell_code(), "error": why}));
+        rep.ok &= blocked;
+    }
+    accept.abort();
+    let all = results.iter().all(|r| r["blocked"].as_bool() == Some(true));
+    rep.step(
+        json!({"step": "escapes", "ok": all, "attempts": results}),
+        all,
+    );
+    Ok(())
+}

@@ -1,0 +1,484 @@
+//! End to end through the binary: `brig serve` as a child process, then the
+//! client commands against it. Needs root (sandboxes), as CI runs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BRIG: &str = env!("CARGO_BIN_EXE_brig");
+
+/// `brig serve` on a private data dir and socket; stopped on drop.
+struct Server {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        Server::start_with(None)
+    }
+
+    /// With `config`, `brig serve --config` it (which must name the socket
+    /// `<dir>/s`); the closure gets the temp dir to write it in.
+    fn start_with(config: Option<&dyn Fn(&Path) -> PathBuf>) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("brig-cli-e2e-")
+            .tempdir()
+            .unwrap();
+        let data = dir.path().join("data");
+        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+        let mut cmd = Command::new(BRIG);
+        match config {
+            Some(write) => {
+                cmd.arg("--config").arg(write(dir.path())).arg("serve");
+            }
+            None => {
+                cmd.args(["serve", "--data-dir"])
+                    .arg(&data)
+                    .arg("--socket")
+                    .arg(dir.path().join("s"));
+            }
+        }
+        let child = cmd
+            .env_remove("BRIG_CONFIG")
+            .env_remove("BRIG_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start brig serve");
+        let mut s = Server { child, dir };
+        s.wait_ready();
+        s
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("s")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("brig serve exited with {st}: {}", self.log());
+            }
+            if self.socket().exists() {
+                let o = self.brig(&["session", "list"]);
+                if o.status.success() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("brig serve did not come up in 30 s: {}", self.log());
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BRIG);
+        c.arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .env_remove("BRIG_URL")
+            .env_remove("BRIG_CONFIG");
+        c
+    }
+
+    fn brig(&self, args: &[&str]) -> Output {
+        self.cmd(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run brig")
+    }
+
+    fn brig_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        let w = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let o = child.wait_with_output().unwrap();
+        w.join().unwrap();
+        o
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let o = self.brig(&a);
+        assert!(o.status.success(), "brig {args:?}: {}", text(&o.stderr));
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("brig {args:?} --json: {e}: {}", text(&o.stdout)))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM: a graceful stop destroys what is left.
+        let _ = nix_kill(self.child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nix_kill(pid: u32, sig: i32) -> i32 {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid as i32, sig) }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn project(dir: &Path) -> PathBuf {
+    let p = dir.join("proj");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(p.join("hello.txt"), "hello from the host\n").unwrap();
+    p
+}
+
+#[test]
+fn session_lifecycle_through_the_cli() {
+    let s = Server::start();
+    let proj = project(s.dir.path());
+
+    // create: the id on stdout, nothing else.
+    let o = s.brig(&[
+        "session",
+        "create",
+        "--task",
+        "CLI-1",
+        "--repo",
+        proj.to_str().unwrap(),
+        "--memory",
+        "512M",
+    ]);
+    assert!(
+        o.status.success(),
+        "create: {}\n{}",
+        text(&o.stderr),
+        s.log()
+    );
+    let id = text(&o.stdout).trim().to_string();
+    assert!(id.starts_with("s-") && id.len() == 12, "{id:?}");
+
+    // list/show --json: the API's shapes.
+    let list = s.json(&["session", "list"]);
+    let arr = list.as_array().expect("list is an array");
+    assert!(arr.iter().any(|x| x["id"] == id.as_str()), "{list}");
+    let show = s.json(&["session", "show", &id]);
+    assert_eq!(show["id"], id.as_str());
+    assert_eq!(show["task"], "CLI-1");
+    assert_eq!(show["limits"]["memory_bytes"], 512u64 << 20);
+    assert!(show["image_digest"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+    let o = s.brig(&["session", "list"]);
+    assert!(text(&o.stdout).starts_with("ID "), "{}", text(&o.stdout));
+    assert!(text(&o.stdout).contains(&id));
+
+    // exec: exit code, and stdout/stderr kept apart.
+    let o = s.brig(&[
+        "session",
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "out\n");
+    assert_eq!(text(&o.stderr), "err\n");
+
+    // The repo was copied into /workspace, the default cwd.
+    let o = s.brig(&["session", "exec", &id, "--", "cat", "hello.txt"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "hello from the host\n");
+
+    // stdin is piped through, and large inputs arrive whole.
+    let big: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let o = s.brig_stdin(&["session", "exec", &id, "--", "wc", "-c"], &big);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).trim(), "300000");
+    let o = s.brig_stdin(&["session", "exec", &id, "--", "cat"], b"piped\n");
+    assert_eq!(text(&o.stdout), "piped\n");
+
+    // --env and --cwd.
+    let o = s.brig(&[
+        "session",
+        "exec",
+        &id,
+        "--env",
+        "GREETING=hi",
+        "--cwd",
+        "/tmp",
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING; pwd",
+    ]);
+    assert_eq!(text(&o.stdout), "hi\n/tmp\n", "{}", text(&o.stderr));
+
+    // Signals: killed by n is 128+n; a command that does not exist is 127.
+    let o = s.brig(&["session", "exec", &id, "--", "sh", "-c", "kill -KILL $$"]);
+    assert_eq!(o.status.code(), Some(137), "{}", text(&o.stderr));
+    let o = s.brig(&["session", "exec", &id, "--", "/no/such/command"]);
+    assert_eq!(o.status.code(), Some(127), "{}", text(&o.stderr));
+
+    // --timeout kills the command.
+    let t = Instant::now();
+    let o = s.brig(&[
+        "session",
+        "exec",
+        &id,
+        "--timeout",
+        "1s",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "timeout not enforced"
+    );
+
+    // exec --json: the API's ExecResult, exit code still the command's.
+    let o = s.brig(&[
+        "--json",
+        "session",
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo hi; exit 4",
+    ]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["status"]["code"], 4);
+    assert_eq!(v["stdout"], "hi\n");
+    assert_eq!(v["stdout_bytes"], 3);
+
+    // destroy: the summary, then the session is gone from the live list.
+    let d = s.json(&["session", "destroy", &id]);
+    assert_eq!(d["workspace_shredded"], true, "{d}");
+    assert!(d["execs"].as_u64().unwrap() >= 9, "{d}");
+    let list = s.json(&["session", "list"]);
+    assert!(!list
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["id"] == id.as_str()));
+    let all = s.json(&["session", "list", "--all"]);
+    assert!(all
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["id"] == id.as_str()));
+
+    // Using a destroyed session is brig's failure (125), with a reason.
+    let o = s.brig(&["session", "exec", &id, "--", "true"]);
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o.stderr));
+    // show of an unknown session: not found, exit 3.
+    let o = s.brig(&["session", "show", "s-abcdefgh23"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    let o = s.brig(&["--json", "session", "show", "s-abcdefgh23"]);
+    let e: serde_json::Value = serde_json::from_slice(&o.stderr).unwrap();
+    assert_eq!(e["error"]["kind"], "not_found");
+}
+
+#[test]
+fn run_propagates_the_exit_code_and_leaves_nothing_behind() {
+    let s = Server::start();
+    let o = s.brig(&[
+        "run",
+        "--task",
+        "CLI-2",
+        "--",
+        "sh",
+        "-c",
+        "echo ran; exit 3",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}\n{}", text(&o.stderr), s.log());
+    assert_eq!(text(&o.stdout), "ran\n");
+    let e = text(&o.stderr);
+    assert!(e.contains("brig: session s-"), "summary on stderr: {e}");
+    assert!(e.contains("exit 3"), "{e}");
+    assert!(e.contains("sha256:"), "{e}");
+    let live = s.json(&["session", "list"]);
+    assert_eq!(
+        live.as_array().unwrap().len(),
+        0,
+        "run left a live session: {live}"
+    );
+
+    // --json: one document with the exec result and the summary.
+    let o = s.brig(&[
+        "--json",
+        "run",
+        "--task",
+        "CLI-2",
+        "--",
+        "sh",
+        "-c",
+        "echo x; exit 5",
+    ]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["exit_code"], 5);
+    assert_eq!(v["exec"]["stdout"], "x\n");
+    assert_eq!(v["summary"]["workspace_shredded"], true);
+    assert!(v["image_digest"].as_str().unwrap().starts_with("sha256:"));
+    let live = s.json(&["session", "list"]);
+    assert_eq!(live.as_array().unwrap().len(), 0, "{live}");
+}
+
+#[test]
+fn run_destroys_the_session_on_ctrl_c() {
+    let s = Server::start();
+    let mut child = s
+        .cmd(&["run", "--task", "CLI-3", "--", "sleep", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the command runs in its session.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let live = s.json(&["session", "list"]);
+        if live
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["exec_count"].as_u64() >= Some(1))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "run never started its command");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nix_kill(child.id(), libc::SIGINT);
+    let t = Instant::now();
+    let st = child.wait().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(15));
+    // The command died of SIGINT: 130.
+    assert_eq!(st.code(), Some(130));
+    let live = s.json(&["session", "list"]);
+    assert_eq!(live.as_array().unwrap().len(), 0, "{live}");
+}
+
+#[test]
+fn kill_all_through_the_cli() {
+    let s = Server::start();
+    for _ in 0..2 {
+        let o = s.brig(&["session", "create", "--task", "CLI-4"]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    let v = s.json(&["kill", "--all"]);
+    assert_eq!(v["killed"].as_array().unwrap().len(), 2, "{v}");
+    assert!(v["duration_ms"].is_u64());
+    let live = s.json(&["session", "list"]);
+    assert_eq!(live.as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn demo_exits_0() {
+    let o = Command::new(BRIG)
+        .args(["demo", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("demo --json: {e}: {}{}", text(&o.stdout), text(&o.stderr)));
+    assert_eq!(o.status.code(), Some(0), "{report:#}\n{}", text(&o.stderr));
+    assert_eq!(report["ok"], true);
+    let steps = report["steps"].as_array().unwrap();
+    let escapes = steps.iter().find(|s| s["step"] == "escapes").unwrap();
+    assert!(escapes["attempts"].as_array().unwrap().len() >= 6);
+    assert_eq!(report["summary"]["workspace_shredded"], true);
+}
+
+#[test]
+fn tcp_with_a_bearer_token_and_the_socket_from_brig_toml() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let write = |dir: &Path| {
+        let token = dir.join("token");
+        std::fs::write(&token, "e2e-secret-token-0123456789abcdef\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let cfg = dir.join("brig.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = {:?}\nsocket = {:?}\n[tcp]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = {:?}\n",
+                dir.join("data"),
+                dir.join("s"),
+                token
+            ),
+        )
+        .unwrap();
+        cfg
+    };
+    let s = Server::start_with(Some(&write));
+    let url = format!("http://127.0.0.1:{port}");
+    let tcp = |token: Option<&str>| {
+        let mut c = Command::new(BRIG);
+        c.args(["--url", &url, "--json", "session", "list"])
+            .env_remove("BRIG_SOCKET")
+            .env_remove("BRIG_CONFIG")
+            .stdin(Stdio::null());
+        match token {
+            Some(t) => c.env("BRIG_TOKEN", t),
+            None => c.env_remove("BRIG_TOKEN"),
+        };
+        c.output().unwrap()
+    };
+    let o = tcp(Some("e2e-secret-token-0123456789abcdef"));
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", text(&o.stderr), s.log());
+    assert!(serde_json::from_slice::<serde_json::Value>(&o.stdout)
+        .unwrap()
+        .is_array());
+    for bad in [Some("wrong"), None] {
+        let o = tcp(bad);
+        assert_eq!(o.status.code(), Some(8), "{bad:?}: {}", text(&o.stderr));
+        assert!(!text(&o.stderr).contains("e2e-secret"), "the token leaked");
+    }
+
+    // Without --socket the client uses the socket brig.toml names.
+    let o = Command::new(BRIG)
+        .arg("--config")
+        .arg(s.dir.path().join("brig.toml"))
+        .args(["session", "list"])
+        .env_remove("BRIG_SOCKET")
+        .env_remove("BRIG_URL")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+}

@@ -1,0 +1,526 @@
+//! The HTTP+JSON API of docs/API.md, on axum. Every error leaves as
+//! `{"error": {kind, message, hint}}` with the kind's HTTP status.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::handler::Handler;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+use axum::Router;
+use brig_core::error::ApiErrorBody;
+use brig_core::exec::ExecRequest;
+use brig_core::session::CreateSession;
+use brig_core::wire::{self, Frame, Kind};
+use brig_core::{Error, ErrorKind, SessionId};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::auth::Token;
+use crate::manager::{DestroyMode, ExecCtl, ExecOut, Manager};
+
+/// The OpenAPI 3.1 document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+/// The `Upgrade` protocol of attached exec.
+pub const ATTACH_PROTOCOL: &str = "brig-exec/1";
+/// Largest request body (an ExecRequest with stdin is the big one).
+pub const BODY_LIMIT: usize = 4 << 20;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub mgr: Arc<Manager>,
+}
+
+/// An API error: a brig error rendered with its kind's status.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.kind.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(kind = ?self.0.kind, error = %self.0, "request failed");
+        }
+        (status, axum::Json(ApiErrorBody { error: self.0 })).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// `Json` whose rejections are API errors.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(rej) => Err(ApiError(json_rejection(rej.status(), rej.body_text()))),
+        }
+    }
+}
+
+fn json_rejection(status: StatusCode, text: String) -> Error {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => Error::new(
+            ErrorKind::LimitExceeded,
+            format!("request body is larger than {BODY_LIMIT} bytes"),
+        )
+        .hint("pass large inputs through a file in /workspace instead"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            Error::invalid(text).hint("send Content-Type: application/json")
+        }
+        _ => Error::invalid(format!("request body is not valid: {text}"))
+            .hint("see GET /openapi.json for the request schemas"),
+    }
+}
+
+fn parse_id(s: &str) -> Result<SessionId, ApiError> {
+    s.parse().map_err(ApiError)
+}
+
+// ---- the route table: the router and the list the OpenAPI test checks ----
+
+pub(crate) struct Routes {
+    router: Router<AppState>,
+    pub(crate) list: Vec<(&'static str, &'static str)>,
+}
+
+impl Routes {
+    fn add(mut self, method: &'static str, path: &'static str, mr: MethodRouter<AppState>) -> Self {
+        self.router = self.router.route(path, mr);
+        self.list.push((method, path));
+        self
+    }
+    fn get<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, h: H) -> Self {
+        self.add("get", path, axum::routing::get(h))
+    }
+    fn post<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, h: H) -> Self {
+        self.add("post", path, axum::routing::post(h))
+    }
+    fn delete<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, h: H) -> Self {
+        self.add("delete", path, axum::routing::delete(h))
+    }
+}
+
+pub(crate) fn routes() -> Routes {
+    Routes {
+        router: Router::new(),
+        list: Vec::new(),
+    }
+    .get("/healthz", healthz)
+    .get("/metrics", metrics)
+    .get("/openapi.json", openapi)
+    .get("/v1/version", version)
+    .get("/v1/doctor", doctor)
+    .post("/v1/sessions", create_session)
+    .get("/v1/sessions", list_sessions)
+    .get("/v1/sessions/{id}", get_session)
+    .delete("/v1/sessions/{id}", destroy_session)
+    .get("/v1/sessions/{id}/events", session_events)
+    .post("/v1/sessions/{id}/exec", exec_buffered)
+    .post("/v1/sessions/{id}/exec/attach", exec_attach)
+    .post("/v1/sessions/{id}/kill", kill_session)
+    .post("/v1/kill-all", kill_all)
+    .get("/v1/images", list_images)
+    .post("/v1/images/import", import_image)
+}
+
+/// The API router. With a token, every route but `/healthz` needs
+/// `Authorization: Bearer <token>` (the TCP listener).
+pub fn router(state: AppState, token: Option<Arc<Token>>) -> Router {
+    let r = routes()
+        .router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state);
+    match token {
+        Some(t) => r.layer(axum::middleware::from_fn_with_state(t, require_token)),
+        None => r,
+    }
+}
+
+async fn require_token(State(token): State<Arc<Token>>, req: Request, next: Next) -> Response {
+    if req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if token.matches(t.trim()) => next.run(req).await,
+        // Never echo or log what was sent: it may be a near-miss of the token.
+        Some(_) => ApiError(
+            Error::new(ErrorKind::Unauthorized, "the bearer token is not valid")
+                .hint("use the token in the server's [tcp] token_file"),
+        )
+        .into_response(),
+        None => ApiError(
+            Error::new(ErrorKind::Unauthorized, "this endpoint needs a bearer token")
+                .hint("send `Authorization: Bearer <token>` with the token in the server's [tcp] token_file"),
+        )
+        .into_response(),
+    }
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError(
+        Error::not_found(format!(
+            "no such endpoint: {} {}",
+            req.method(),
+            req.uri().path()
+        ))
+        .hint("GET /openapi.json lists every endpoint"),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    let body = ApiErrorBody {
+        error: Error::invalid(format!(
+            "{} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ))
+        .hint("GET /openapi.json lists the methods of every endpoint"),
+    };
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}
+
+// ---- handlers ----
+
+async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
+    let text = st.mgr.metrics_text().await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn version() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> brig_core::Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError(Error::internal(format!("task failed: {e}"))))?
+        .map_err(ApiError)
+}
+
+async fn doctor(
+    State(_st): State<AppState>,
+) -> ApiResult<axum::Json<brig_sandbox::doctor::DoctorReport>> {
+    Ok(axum::Json(
+        blocking(|| Ok(brig_sandbox::doctor::probe())).await?,
+    ))
+}
+
+async fn create_session(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<CreateSession>,
+) -> ApiResult<Response> {
+    let info = st.mgr.create(req).await?;
+    Ok((StatusCode::CREATED, axum::Json(info)).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn list_sessions(
+    State(st): State<AppState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q.map_err(|e| {
+        ApiError(Error::invalid(format!("bad query: {}", e.body_text())).hint("use ?all=true"))
+    })?;
+    Ok(axum::Json(st.mgr.list(q.all).await?).into_response())
+}
+
+async fn get_session(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    Ok(axum::Json(st.mgr.get(&id).await?).into_response())
+}
+
+async fn session_events(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    Ok(axum::Json(st.mgr.events(&id).await?).into_response())
+}
+
+async fn exec_buffered(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ExecRequest>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    Ok(axum::Json(st.mgr.exec_buffered(&id, req).await?).into_response())
+}
+
+async fn destroy_session(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let s = st
+        .mgr
+        .destroy(&id, DestroyMode::Graceful, "destroyed by request")
+        .await?;
+    Ok(axum::Json(s).into_response())
+}
+
+async fn kill_session(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let s = st
+        .mgr
+        .destroy(&id, DestroyMode::Kill, "killed by request")
+        .await?;
+    Ok(axum::Json(s).into_response())
+}
+
+async fn kill_all(State(st): State<AppState>) -> ApiResult<Response> {
+    let t0 = Instant::now();
+    let mgr = st.mgr.clone();
+    // Runs to the end even if the client hangs up: a kill switch must not be half-pulled.
+    let killed = tokio::spawn(async move { mgr.kill_all("kill switch (kill-all)").await })
+        .await
+        .map_err(|e| ApiError(Error::internal(format!("kill-all task failed: {e}"))))?;
+    Ok(axum::Json(serde_json::json!({
+        "killed": killed,
+        "duration_ms": t0.elapsed().as_millis() as u64,
+    }))
+    .into_response())
+}
+
+async fn list_images(State(st): State<AppState>) -> ApiResult<Response> {
+    let paths = st.mgr.paths().clone();
+    let list = blocking(move || brig_sandbox::image::list(&paths)).await?;
+    Ok(axum::Json(list).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportRequest {
+    path: String,
+    name: String,
+}
+
+async fn import_image(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<ImportRequest>,
+) -> ApiResult<Response> {
+    let path = std::path::PathBuf::from(&req.path);
+    if !path.is_absolute() {
+        return Err(ApiError(
+            Error::invalid(format!("image path {:?} must be absolute", req.path))
+                .hint("the server reads it on its own host"),
+        ));
+    }
+    if !path.exists() {
+        return Err(ApiError(Error::invalid(format!(
+            "image path {:?} does not exist",
+            req.path
+        ))));
+    }
+    if req.name.is_empty()
+        || req.name.len() > 128
+        || !req
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
+    {
+        return Err(ApiError(
+            Error::invalid(format!("image name {:?} is not valid", req.name))
+                .hint("use 1-128 letters, digits and - _ . : /"),
+        ));
+    }
+    let paths = st.mgr.paths().clone();
+    let img = blocking(move || brig_sandbox::image::import(&paths, &path, &req.name)).await?;
+    Ok((StatusCode::CREATED, axum::Json(img)).into_response())
+}
+
+// ---- attached exec ----
+
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+async fn exec_attach(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    mut req: Request,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    if !header_has(req.headers(), header::CONNECTION, "upgrade")
+        || !header_has(req.headers(), header::UPGRADE, ATTACH_PROTOCOL)
+    {
+        return Err(ApiError(
+            Error::invalid("attached exec needs an HTTP upgrade")
+                .hint(format!("send `Connection: Upgrade` and `Upgrade: {ATTACH_PROTOCOL}`, or use POST .../exec for buffered output")),
+        ));
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let body: Bytes = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
+        .await
+        .map_err(|e| ApiError(json_rejection(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())))?;
+    let exec_req: ExecRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(Error::invalid(format!(
+            "request body is not a valid ExecRequest: {e}"
+        )))
+    })?;
+    let (ctl, rx) = st.mgr.exec(&id, exec_req).await?;
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => attach_session(TokioIo::new(upgraded), ctl, rx).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "attach: upgrade failed; killing the command");
+                let _ = ctl.signal(libc::SIGKILL).await;
+                drain(rx).await;
+            }
+        }
+    });
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    resp.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static(ATTACH_PROTOCOL));
+    Ok(resp)
+}
+
+async fn drain(mut rx: mpsc::Receiver<ExecOut>) {
+    while rx.recv().await.is_some() {}
+}
+
+/// The frames one `ExecOut` becomes on channel 1.
+pub fn out_frames(out: ExecOut) -> Vec<Frame> {
+    let data = |kind, b: Vec<u8>| -> Vec<Frame> {
+        b.chunks(wire::MAX_PAYLOAD)
+            .map(|c| Frame::new(kind, 1, c.to_vec()))
+            .collect()
+    };
+    match out {
+        ExecOut::Started { pid } => vec![Frame::json(Kind::Started, 1, &wire::Started { pid })],
+        ExecOut::Stdout(b) => data(Kind::Stdout, b),
+        ExecOut::Stderr(b) => data(Kind::Stderr, b),
+        // ExitStatus is wire::Exited plus `timed_out`.
+        ExecOut::Exited(st) => vec![Frame::json(Kind::Exited, 1, &st)],
+        ExecOut::SpawnFailed(error) => vec![Frame::json(
+            Kind::SpawnFailed,
+            1,
+            &wire::Failed {
+                layer: "spawn".into(),
+                error,
+            },
+        )],
+    }
+}
+
+async fn attach_session<IO>(io: IO, ctl: ExecCtl, mut rx: mpsc::Receiver<ExecOut>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (rd, mut wr) = tokio::io::split(io);
+    let ctl = Arc::new(ctl);
+    let reader = tokio::spawn(read_client(rd, ctl.clone()));
+    while let Some(out) = rx.recv().await {
+        let mut buf = Vec::new();
+        for f in out_frames(out) {
+            f.encode_into(&mut buf);
+        }
+        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
+            // The client is gone: dropping the receiver makes brig kill the command.
+            tracing::info!(exec = %ctl.exec_id, "attach: client disconnected");
+            break;
+        }
+    }
+    drop(rx);
+    let _ = wr.shutdown().await;
+    reader.abort();
+}
+
+async fn read_client<R: tokio::io::AsyncRead + Unpin>(mut rd: R, ctl: Arc<ExecCtl>) {
+    let mut dec = wire::Decoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut eof_sent = false;
+    'read: loop {
+        let n = match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        dec.feed(&buf[..n]);
+        loop {
+            let f = match dec.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(exec = %ctl.exec_id, error = %e, "attach: corrupt client stream");
+                    break 'read;
+                }
+            };
+            let r = match f.kind {
+                Kind::Stdin if !eof_sent => ctl.stdin(f.payload).await,
+                Kind::StdinEof if !eof_sent => {
+                    eof_sent = true;
+                    ctl.close_stdin().await
+                }
+                Kind::Signal => match f.parse::<wire::SignalMsg>() {
+                    Ok(m) => ctl.signal(m.signal).await,
+                    Err(e) => Err(Error::invalid(e.to_string())),
+                },
+                Kind::Resize => match f.parse::<wire::Resize>() {
+                    Ok(m) => ctl.resize(m.rows, m.cols).await,
+                    Err(e) => Err(Error::invalid(e.to_string())),
+                },
+                _ => Ok(()),
+            };
+            if let Err(e) = r {
+                tracing::debug!(exec = %ctl.exec_id, error = %e, "attach: client frame not delivered");
+            }
+        }
+    }
+    if !eof_sent {
+        let _ = ctl.close_stdin().await;
+    }
+}

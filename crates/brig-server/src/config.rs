@@ -1,0 +1,513 @@
+//! `brig.toml`: the control plane's configuration (reference: docs/CONFIG.md).
+//!
+//! Every table rejects keys it does not know, so a typo is an error that
+//! names the key and the file instead of a setting silently ignored.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use brig_core::session::{Limits, RuntimeKind};
+use brig_core::units::{parse_duration, parse_size};
+use brig_core::{Error, Result};
+use serde::Deserialize;
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/brig";
+pub const DEFAULT_SOCKET: &str = "/run/brig/brig.sock";
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/brig/brig.toml";
+pub const DEFAULT_UPLOAD_CAP: u64 = 100 << 20;
+pub const DEFAULT_PROFILE: &str = "default";
+
+/// The whole configuration of `brig serve`, resolved and validated.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    /// The `brig` binary run as `oci-runtime` and placed in sandboxes as init.
+    pub brig_exe: PathBuf,
+    pub tcp: Option<TcpConfig>,
+    /// Limits of a session that neither its profile nor its request sets.
+    pub defaults: Limits,
+    /// Cap on everything `--repo` and `--upload` copy into one workspace.
+    pub upload_cap_bytes: u64,
+    pub reaper: ReaperConfig,
+    pub profiles: BTreeMap<String, Profile>,
+    /// Where this came from (a path, or `embedded defaults`), for messages.
+    pub source: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct TcpConfig {
+    pub listen: SocketAddr,
+    pub token_file: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReaperConfig {
+    /// How often the reaper looks at every live session.
+    pub interval: Duration,
+    /// A running session with no activity this long is shown as `idle`.
+    pub mark_idle_after: Duration,
+}
+
+impl Default for ReaperConfig {
+    fn default() -> Self {
+        ReaperConfig {
+            interval: Duration::from_secs(5),
+            mark_idle_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A profile: the runtime, image, limits and environment a session gets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Profile {
+    pub runtime: RuntimeKind,
+    pub image: String,
+    pub limits: Limits,
+    /// The clean environment commands get (on top of the image's).
+    pub env: Vec<(String, String)>,
+}
+
+// ---- the file as written ----
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    brig_exe: Option<PathBuf>,
+    upload_cap: Option<Size>,
+    tcp: Option<RawTcp>,
+    #[serde(default)]
+    defaults: RawLimits,
+    #[serde(default)]
+    reaper: RawReaper,
+    #[serde(default)]
+    profiles: BTreeMap<String, RawProfile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTcp {
+    listen: String,
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReaper {
+    interval: Option<Dur>,
+    mark_idle_after: Option<Dur>,
+}
+
+/// Limit settings, as `[defaults]` and `[profiles.NAME.limits]` write them.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    cpus: Option<f64>,
+    memory: Option<Size>,
+    pids: Option<u64>,
+    disk: Option<Size>,
+    tmp: Option<Size>,
+    idle: Option<Dur>,
+    timebox: Option<Dur>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    runtime: Option<String>,
+    image: Option<String>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+/// A size: `"2G"` or a number of bytes.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Size {
+    fn bytes(&self) -> Result<u64> {
+        match self {
+            Size::Bytes(b) => Ok(*b),
+            Size::Text(s) => parse_size(s),
+        }
+    }
+}
+
+/// A duration: `"15m"` or a number of seconds.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum Dur {
+    Secs(u64),
+    Text(String),
+}
+
+impl Dur {
+    fn get(&self) -> Result<Duration> {
+        match self {
+            Dur::Secs(s) => Ok(Duration::from_secs(*s)),
+            Dur::Text(s) => parse_duration(s),
+        }
+    }
+}
+
+impl RawLimits {
+    fn apply(&self, base: &Limits, at: &str) -> Result<Limits> {
+        let ctx = |e: Error| e.context(at);
+        let mut l = base.clone();
+        if let Some(c) = self.cpus {
+            l.cpu_millis = cpus_to_millis(c).map_err(ctx)?;
+        }
+        if let Some(m) = &self.memory {
+            l.memory_bytes = m.bytes().map_err(ctx)?;
+        }
+        if let Some(p) = self.pids {
+            l.pids = p;
+        }
+        if let Some(d) = &self.disk {
+            l.disk_bytes = d.bytes().map_err(ctx)?;
+        }
+        if let Some(t) = &self.tmp {
+            l.tmp_bytes = t.bytes().map_err(ctx)?;
+        }
+        if let Some(i) = &self.idle {
+            l.idle_secs = i.get().map_err(ctx)?.as_secs();
+        }
+        if let Some(t) = &self.timebox {
+            l.timebox_secs = t.get().map_err(ctx)?.as_secs();
+        }
+        Ok(l)
+    }
+}
+
+/// `--cpus 1.5` → 1500 milli-CPUs.
+pub fn cpus_to_millis(cpus: f64) -> Result<u64> {
+    if !cpus.is_finite() || cpus <= 0.0 {
+        return Err(Error::invalid(format!("cpus {cpus} is not valid"))
+            .hint("give a positive number of CPUs, e.g. 0.5 or 2"));
+    }
+    Ok((cpus * 1000.0).round() as u64)
+}
+
+impl ServerConfig {
+    /// Everything at its default, with `data_dir` (and the socket under it):
+    /// what `brig demo` and tests run on.
+    pub fn embedded(data_dir: &Path) -> ServerConfig {
+        ServerConfig {
+            data_dir: data_dir.to_path_buf(),
+            socket: data_dir.join("brig.sock"),
+            brig_exe: default_brig_exe(),
+            tcp: None,
+            defaults: Limits::default(),
+            upload_cap_bytes: DEFAULT_UPLOAD_CAP,
+            reaper: ReaperConfig::default(),
+            profiles: builtin_profiles(&Limits::default()),
+            source: "embedded defaults".into(),
+        }
+    }
+
+    /// Read and validate a brig.toml.
+    pub fn load(path: &Path) -> Result<ServerConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::invalid(format!("cannot read {}: {e}", path.display()))
+                .hint("pass --config PATH, or create the file (see docs/CONFIG.md)")
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// `load` the file if it exists, the defaults (with the stock paths) if not.
+    pub fn load_or_default(path: &Path) -> Result<ServerConfig> {
+        if path.exists() {
+            Self::load(path)
+        } else {
+            Self::parse("", &format!("{} (absent: defaults)", path.display()))
+        }
+    }
+
+    /// Parse brig.toml text; `source` names the file in errors.
+    pub fn parse(text: &str, source: &str) -> Result<ServerConfig> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            Error::invalid(format!("{source}: {}", e.message())).hint(location_hint(text, e.span()))
+        })?;
+        let at = |what: &str| format!("{source}: {what}");
+        let defaults = raw.defaults.apply(&Limits::default(), &at("[defaults]"))?;
+        defaults
+            .validate()
+            .map_err(|e| e.context(at("[defaults]")))?;
+        let upload_cap_bytes = match &raw.upload_cap {
+            Some(s) => s.bytes().map_err(|e| e.context(at("upload_cap")))?,
+            None => DEFAULT_UPLOAD_CAP,
+        };
+        let mut reaper = ReaperConfig::default();
+        if let Some(d) = &raw.reaper.interval {
+            reaper.interval = d.get().map_err(|e| e.context(at("[reaper] interval")))?;
+        }
+        if let Some(d) = &raw.reaper.mark_idle_after {
+            reaper.mark_idle_after = d
+                .get()
+                .map_err(|e| e.context(at("[reaper] mark_idle_after")))?;
+        }
+        if reaper.interval.is_zero() {
+            return Err(Error::invalid(at(
+                "[reaper] interval must be greater than zero",
+            )));
+        }
+        let tcp = match raw.tcp {
+            None => None,
+            Some(t) => {
+                let listen: SocketAddr = t.listen.parse().map_err(|_| {
+                    Error::invalid(at(&format!(
+                        "[tcp] listen {:?} is not an address:port",
+                        t.listen
+                    )))
+                    .hint("e.g. listen = \"127.0.0.1:7420\"")
+                })?;
+                // TCP without a token would be an open door: refuse outright.
+                let token_file = t.token_file.ok_or_else(|| {
+                    Error::invalid(at("[tcp] needs token_file: brig never listens on TCP without a bearer token"))
+                        .hint("write a random token (e.g. `openssl rand -hex 32`) to a file only root can read and set token_file")
+                })?;
+                Some(TcpConfig { listen, token_file })
+            }
+        };
+        let profiles = if raw.profiles.is_empty() {
+            builtin_profiles(&defaults)
+        } else {
+            let mut out = BTreeMap::new();
+            for (name, p) in &raw.profiles {
+                out.insert(name.clone(), resolve_profile(name, p, &defaults, source)?);
+            }
+            out
+        };
+        Ok(ServerConfig {
+            data_dir: raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            socket: raw.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            brig_exe: raw.brig_exe.unwrap_or_else(default_brig_exe),
+            tcp,
+            defaults,
+            upload_cap_bytes,
+            reaper,
+            profiles,
+            source: source.to_string(),
+        })
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("brig.db")
+    }
+
+    pub fn sandbox_paths(&self) -> brig_sandbox::SandboxPaths {
+        brig_sandbox::SandboxPaths {
+            data_dir: self.data_dir.clone(),
+            brig_exe: self.brig_exe.clone(),
+        }
+    }
+
+    pub fn profile(&self, name: &str) -> Result<&Profile> {
+        self.profiles.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
+            Error::not_found(format!("profile {name:?} does not exist")).hint(format!(
+                "profiles in {}: {}",
+                self.source,
+                known.join(", ")
+            ))
+        })
+    }
+}
+
+fn resolve_profile(name: &str, p: &RawProfile, defaults: &Limits, source: &str) -> Result<Profile> {
+    let at = format!("{source}: [profiles.{name}]");
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(Error::invalid(format!(
+            "{at}: profile names use letters, digits, - _ ."
+        )));
+    }
+    let runtime =
+        RuntimeKind::parse(p.runtime.as_deref().unwrap_or("native")).map_err(|e| e.context(&at))?;
+    let limits = p.limits.apply(defaults, &format!("{at}.limits"))?;
+    limits.validate().map_err(|e| e.context(&at))?;
+    for k in p.env.keys() {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(Error::invalid(format!(
+                "{at}.env: {k:?} is not a valid variable name"
+            )));
+        }
+    }
+    Ok(Profile {
+        runtime,
+        image: p.image.clone().unwrap_or_else(|| "host".into()),
+        limits,
+        env: p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    })
+}
+
+/// `default` (native) and `gvisor`, both on the `host` image: what brig
+/// offers when brig.toml defines no profiles.
+pub fn builtin_profiles(defaults: &Limits) -> BTreeMap<String, Profile> {
+    let mk = |runtime| Profile {
+        runtime,
+        image: "host".into(),
+        limits: defaults.clone(),
+        env: Vec::new(),
+    };
+    BTreeMap::from([
+        (DEFAULT_PROFILE.to_string(), mk(RuntimeKind::Native)),
+        ("gvisor".to_string(), mk(RuntimeKind::Gvisor)),
+    ])
+}
+
+fn default_brig_exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/local/bin/brig"))
+}
+
+fn location_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(r) => {
+            let line = text[..r.start.min(text.len())].matches('\n').count() + 1;
+            format!("fix line {line}; every key brig.toml accepts is in docs/CONFIG.md")
+        }
+        None => "every key brig.toml accepts is in docs/CONFIG.md".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults_with_builtin_profiles() {
+        let c = ServerConfig::parse("", "brig.toml").unwrap();
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.upload_cap_bytes, 100 << 20);
+        assert!(c.tcp.is_none());
+        assert_eq!(c.reaper.interval, Duration::from_secs(5));
+        assert_eq!(c.profile("default").unwrap().runtime, RuntimeKind::Native);
+        assert_eq!(c.profile("gvisor").unwrap().runtime, RuntimeKind::Gvisor);
+        assert_eq!(c.profile("default").unwrap().image, "host");
+        let e = c.profile("nope").unwrap_err();
+        assert_eq!(e.kind, brig_core::ErrorKind::NotFound);
+        assert!(e.hint.unwrap().contains("default, gvisor"));
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = ServerConfig::parse(
+            r#"
+            data_dir = "/srv/brig"
+            socket = "/srv/brig/api.sock"
+            brig_exe = "/opt/brig"
+            upload_cap = "1G"
+            [tcp]
+            listen = "127.0.0.1:7420"
+            token_file = "/etc/brig/token"
+            [defaults]
+            cpus = 2
+            memory = "4G"
+            idle = "10m"
+            timebox = 3600
+            [reaper]
+            interval = "100ms"
+            mark_idle_after = "1s"
+            [profiles.ci]
+            runtime = "oci:/usr/bin/crun"
+            image = "debian"
+            limits = { memory = "1G", pids = 64 }
+            env = { CI = "1", PATH = "/usr/bin:/bin" }
+            "#,
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.brig_exe, PathBuf::from("/opt/brig"));
+        assert_eq!(c.upload_cap_bytes, 1 << 30);
+        assert_eq!(c.tcp.as_ref().unwrap().listen.port(), 7420);
+        assert_eq!(c.defaults.cpu_millis, 2000);
+        assert_eq!(c.defaults.idle_secs, 600);
+        assert_eq!(c.defaults.timebox_secs, 3600);
+        assert_eq!(c.reaper.interval, Duration::from_millis(100));
+        // Only the profiles the file defines.
+        assert_eq!(c.profiles.len(), 1);
+        let ci = c.profile("ci").unwrap();
+        assert_eq!(
+            ci.runtime,
+            RuntimeKind::Oci {
+                path: "/usr/bin/crun".into()
+            }
+        );
+        assert_eq!(ci.limits.memory_bytes, 1 << 30);
+        assert_eq!(ci.limits.pids, 64);
+        // Unset profile limits come from [defaults].
+        assert_eq!(ci.limits.cpu_millis, 2000);
+        assert!(ci.env.contains(&("CI".into(), "1".into())));
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_the_file() {
+        for (text, key) in [
+            ("sockett = \"/x\"", "sockett"),
+            ("[defaults]\nmemroy = \"1G\"", "memroy"),
+            (
+                "[profiles.a]\nruntime = \"native\"\nimage_name = \"x\"",
+                "image_name",
+            ),
+            ("[tcp]\nlisten = \"127.0.0.1:1\"\ntoken = \"x\"", "token"),
+        ] {
+            let e = ServerConfig::parse(text, "/etc/brig/brig.toml").unwrap_err();
+            assert_eq!(e.kind, brig_core::ErrorKind::InvalidInput);
+            assert!(e.message.contains(key), "{e}");
+            assert!(e.message.contains("/etc/brig/brig.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn tcp_without_a_token_is_refused() {
+        let e = ServerConfig::parse("[tcp]\nlisten = \"127.0.0.1:7420\"", "b.toml").unwrap_err();
+        assert!(e.message.contains("token_file"), "{e}");
+        let e = ServerConfig::parse(
+            "[tcp]\nlisten = \"localhost\"\ntoken_file = \"/t\"",
+            "b.toml",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = ServerConfig::parse("[defaults]\nmemory = \"1K\"", "b.toml").unwrap_err();
+        assert!(
+            e.message.contains("--memory") && e.message.contains("[defaults]"),
+            "{e}"
+        );
+        let e = ServerConfig::parse("[profiles.x]\nruntime = \"docker\"", "b.toml").unwrap_err();
+        assert!(
+            e.message.contains("[profiles.x]") && e.message.contains("docker"),
+            "{e}"
+        );
+        let e = ServerConfig::parse("upload_cap = \"lots\"", "b.toml").unwrap_err();
+        assert!(e.message.contains("upload_cap"), "{e}");
+        let e = ServerConfig::parse("[reaper]\ninterval = \"0s\"", "b.toml").unwrap_err();
+        assert!(e.message.contains("interval"), "{e}");
+    }
+
+    #[test]
+    fn embedded_puts_everything_under_the_data_dir() {
+        let c = ServerConfig::embedded(Path::new("/tmp/x"));
+        assert_eq!(c.socket, PathBuf::from("/tmp/x/brig.sock"));
+        assert_eq!(c.db_path(), PathBuf::from("/tmp/x/brig.db"));
+        assert!(c.profiles.contains_key("default") && c.profiles.contains_key("gvisor"));
+    }
+}

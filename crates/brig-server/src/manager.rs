@@ -1,0 +1,1209 @@
+//! The session manager: create, exec, destroy, kill, the reaper and startup
+//! reconciliation. Every state change is written to the store with a reason
+//! and journaled as an event; the in-memory table holds only live sandboxes.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use brig_core::event::{now_rfc3339, Event, Outcome};
+use brig_core::exec::{ExecRequest, ExitStatus};
+use brig_core::session::{
+    CreateSession, Limits, RuntimeKind, SessionInfo, SessionState, SessionSummary,
+};
+use brig_core::units::{parse_duration, parse_size};
+use brig_core::{wire, Error, ErrorKind, ExecId, Result, SessionId, TaskId};
+use brig_sandbox::{ExecEvent, ExecHandle, Sandbox, SandboxPaths, SandboxRequest};
+use brig_store::{ExecEnd, ExecRecord, Store};
+use tokio::sync::{mpsc, Notify};
+
+use crate::config::{cpus_to_millis, ServerConfig, DEFAULT_PROFILE};
+use crate::metrics::{ExecOutcome, Metrics, ReaperAction};
+
+/// Grace between SIGTERM and SIGKILL on a graceful destroy.
+pub const DESTROY_GRACE: Duration = Duration::from_secs(2);
+/// Buffered exec keeps at most this much of each stream (counts stay exact).
+pub const BUFFERED_OUTPUT_CAP: usize = 1 << 20;
+
+/// The store, called from async code on blocking threads.
+#[derive(Clone)]
+pub struct Db(Arc<Store>);
+
+impl Db {
+    pub fn new(store: Store) -> Db {
+        Db(Arc::new(store))
+    }
+    pub async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+    {
+        let s = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&s))
+            .await
+            .map_err(|e| Error::internal(format!("database task failed: {e}")))?
+    }
+}
+
+/// How a session ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DestroyMode {
+    /// SIGTERM to running commands, [`DESTROY_GRACE`], then kill and shred.
+    Graceful,
+    /// SIGKILL everything now, then shred.
+    Kill,
+}
+
+/// What commands in a session see of the outside, streamed in order.
+#[derive(Debug)]
+pub enum ExecOut {
+    Started {
+        pid: i32,
+    },
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// The last message on success.
+    Exited(ExitStatus),
+    /// The last message when the command could not start or the sandbox died.
+    SpawnFailed(String),
+}
+
+/// Controls of a running exec (stdin, signals, PTY size).
+pub struct ExecCtl {
+    pub exec_id: ExecId,
+    handle: Arc<ExecHandle>,
+}
+
+impl ExecCtl {
+    pub async fn stdin(&self, data: Vec<u8>) -> Result<()> {
+        self.handle.stdin(data).await
+    }
+    pub async fn close_stdin(&self) -> Result<()> {
+        self.handle.close_stdin().await
+    }
+    pub async fn signal(&self, signal: i32) -> Result<()> {
+        if !(1..=64).contains(&signal) {
+            return Err(Error::invalid(format!("signal {signal} is not valid"))
+                .hint("send a signal number from 1 to 64, e.g. 2 (INT) or 15 (TERM)"));
+        }
+        self.handle.signal(signal).await
+    }
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        self.handle.resize(rows, cols).await
+    }
+}
+
+struct Activity {
+    last_active: Instant,
+    last_cpu: Option<u64>,
+}
+
+/// A session whose sandbox exists.
+struct Live {
+    id: SessionId,
+    sandbox: Arc<Sandbox>,
+    /// Base environment: defaults, image, profile (requests add theirs).
+    env: Vec<(String, String)>,
+    /// The session record; held across its store write so writes stay ordered.
+    info: tokio::sync::Mutex<SessionInfo>,
+    started: Instant,
+    activity: Mutex<Activity>,
+    running: AtomicU32,
+    execs: Mutex<HashMap<String, Arc<ExecHandle>>>,
+    execs_done: Notify,
+    /// Stops the watcher of `Sandbox::died` once brig itself ends the session.
+    stop_watch: Notify,
+    closing: AtomicBool,
+}
+
+impl Live {
+    fn touch(&self) {
+        self.activity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_active = Instant::now();
+    }
+}
+
+pub struct Manager {
+    cfg: ServerConfig,
+    paths: SandboxPaths,
+    db: Db,
+    pub metrics: Metrics,
+    live: Mutex<HashMap<SessionId, Arc<Live>>>,
+    closing: AtomicBool,
+}
+
+fn session_event(info: &SessionInfo, action: &str, outcome: Outcome) -> Event {
+    let mut e = Event::new(action, outcome);
+    e.session = Some(info.id.to_string());
+    e.human = Some(info.human.clone());
+    e.agent = Some(info.principal.clone());
+    e.task = Some(info.task.to_string());
+    e.repo = info.repo.clone();
+    e
+}
+
+/// Apply a state change to `info` (timestamps, end reason).
+fn apply_state(info: &mut SessionInfo, to: SessionState, reason: &str) {
+    let now = now_rfc3339();
+    if to == SessionState::Running && info.started_at.is_none() {
+        info.started_at = Some(now.clone());
+    }
+    if !to.is_live() {
+        info.ended_at = Some(now);
+        info.end_reason = Some(reason.to_string());
+    }
+    info.state = to;
+}
+
+impl Manager {
+    pub fn new(cfg: ServerConfig, store: Store) -> Manager {
+        Manager {
+            paths: cfg.sandbox_paths(),
+            cfg,
+            db: Db::new(store),
+            metrics: Metrics::default(),
+            live: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.cfg
+    }
+    pub fn paths(&self) -> &SandboxPaths {
+        &self.paths
+    }
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    fn live_table(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Arc<Live>>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of sessions with a sandbox.
+    pub fn live_count(&self) -> usize {
+        self.live_table().len()
+    }
+
+    /// Record a state change of a session (store + event) in one step.
+    async fn record_state(
+        &self,
+        info: &mut SessionInfo,
+        to: SessionState,
+        reason: &str,
+    ) -> Result<()> {
+        let from = info.state;
+        apply_state(info, to, reason);
+        let ev = session_event(
+            info,
+            "session.state",
+            if to == SessionState::Failed {
+                Outcome::Failure
+            } else {
+                Outcome::Info
+            },
+        )
+        .details(serde_json::json!({"from": from.as_str(), "to": to.as_str(), "reason": reason}));
+        let snapshot = info.clone();
+        let reason = reason.to_string();
+        self.db
+            .run(move |s| {
+                s.update_session(&snapshot, &reason)?;
+                s.append_event(&ev)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn journal(&self, ev: Event) {
+        if let Err(e) = self.db.run(move |s| s.append_event(&ev)).await {
+            tracing::error!(error = %e, "could not journal an event");
+        }
+    }
+
+    // ---- queries ----
+
+    pub async fn get(&self, id: &SessionId) -> Result<SessionInfo> {
+        let live = self.live_table().get(id).cloned();
+        if let Some(l) = live {
+            return Ok(l.info.lock().await.clone());
+        }
+        let id2 = id.clone();
+        self.db
+            .run(move |s| s.get_session(&id2))
+            .await?
+            .ok_or_else(|| unknown_session(id))
+    }
+
+    pub async fn list(&self, all: bool) -> Result<Vec<SessionInfo>> {
+        self.db.run(move |s| s.list_sessions(all)).await
+    }
+
+    pub async fn events(&self, id: &SessionId) -> Result<Vec<Event>> {
+        self.get(id).await?;
+        let id = id.clone();
+        self.db.run(move |s| s.events(Some(&id))).await
+    }
+
+    pub async fn metrics_text(&self) -> Result<String> {
+        let counts = self.db.run(|s| s.count_by_state()).await?;
+        Ok(self.metrics.render(&counts))
+    }
+
+    // ---- create ----
+
+    /// Validate, record, start the sandbox. Runs to completion even if the
+    /// caller goes away, so no half-made session is left behind.
+    pub async fn create(self: &Arc<Self>, req: CreateSession) -> Result<SessionInfo> {
+        let me = self.clone();
+        tokio::spawn(async move { me.create_inner(req).await })
+            .await
+            .map_err(|e| Error::internal(format!("session create task failed: {e}")))?
+    }
+
+    async fn create_inner(self: Arc<Self>, req: CreateSession) -> Result<SessionInfo> {
+        let t0 = Instant::now();
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(
+                Error::new(ErrorKind::Unavailable, "brig serve is shutting down")
+                    .hint("retry once it is back"),
+            );
+        }
+        let task: TaskId = req.task.parse()?;
+        let profile_name = req
+            .profile
+            .clone()
+            .unwrap_or_else(|| DEFAULT_PROFILE.into());
+        let profile = self.cfg.profile(&profile_name)?.clone();
+        let runtime = match &req.runtime {
+            None => profile.runtime.clone(),
+            Some(r) => {
+                let k = RuntimeKind::parse(r)?;
+                // An OCI runtime is a binary brig runs as root: only brig.toml names one.
+                if matches!(k, RuntimeKind::Oci { .. }) && k != profile.runtime {
+                    return Err(Error::new(
+                        ErrorKind::Denied,
+                        format!("runtime {r:?} is not the runtime of profile {profile_name:?}"),
+                    )
+                    .hint("OCI runtime binaries are chosen in brig.toml profiles; pick a profile that uses it"));
+                }
+                k
+            }
+        };
+        let limits = request_limits(&profile.limits, &req)?;
+        limits.validate()?;
+        let repo = req
+            .repo
+            .as_deref()
+            .map(|p| check_dir(p, "--repo"))
+            .transpose()?;
+        let upload = req
+            .upload
+            .as_deref()
+            .map(|p| check_dir(p, "--upload"))
+            .transpose()?;
+        let human = match req.human.as_deref() {
+            None | Some("") => "local".to_string(),
+            Some(h) if h.len() <= 128 && !h.chars().any(char::is_control) => h.to_string(),
+            Some(_) => {
+                return Err(Error::invalid(
+                    "human must be at most 128 characters without control characters",
+                ))
+            }
+        };
+        let image_name = req.image.clone().unwrap_or_else(|| profile.image.clone());
+        let resolved = {
+            let paths = self.paths.clone();
+            let name = image_name.clone();
+            tokio::task::spawn_blocking(move || brig_sandbox::image::resolve(&paths, &name))
+                .await
+                .map_err(|e| Error::internal(format!("image resolve task failed: {e}")))?
+                .map_err(|e| e.context(format!("image {image_name:?}")))?
+        };
+        let env = merge_env(&[base_env(), resolved.env.clone(), profile.env.clone()]);
+
+        let id = SessionId::generate();
+        let mut info = SessionInfo {
+            principal: id.principal(),
+            id: id.clone(),
+            human,
+            task,
+            profile: profile_name,
+            runtime: runtime.name(),
+            image: image_name.clone(),
+            image_digest: resolved.image.digest.clone(),
+            state: SessionState::Created,
+            limits: limits.clone(),
+            repo: repo.as_ref().map(|p| p.display().to_string()),
+            created_at: now_rfc3339(),
+            started_at: None,
+            ended_at: None,
+            end_reason: None,
+            layers: vec![],
+            exec_count: 0,
+            last_activity_at: None,
+        };
+        {
+            let snapshot = info.clone();
+            let ev =
+                session_event(&info, "session.create", Outcome::Info).details(serde_json::json!({
+                    "profile": info.profile, "runtime": info.runtime, "image": info.image,
+                    "image_digest": info.image_digest, "limits": info.limits,
+                    "upload": upload.as_ref().map(|p| p.display().to_string()),
+                }));
+            self.db
+                .run(move |s| {
+                    s.insert_session(&snapshot, "create requested")?;
+                    s.append_event(&ev)?;
+                    Ok(())
+                })
+                .await?;
+        }
+        tracing::info!(session = %id, task = %info.task, runtime = %info.runtime, image = %info.image, "creating session");
+
+        let sreq = SandboxRequest {
+            id: id.clone(),
+            runtime,
+            image: image_name,
+            limits,
+            uploads: repo.into_iter().chain(upload).collect(),
+            upload_cap_bytes: self.cfg.upload_cap_bytes,
+        };
+        let sandbox = match Sandbox::create_with_image(&self.paths, sreq, resolved).await {
+            Ok(sb) => Arc::new(sb),
+            Err(e) => {
+                self.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(session = %id, error = %e, "session failed to start");
+                let reason = format!("sandbox failed to start: {}", e.message);
+                if let Err(re) = self
+                    .record_state(&mut info, SessionState::Failed, &reason)
+                    .await
+                {
+                    tracing::error!(session = %id, error = %re, "could not record the failure");
+                }
+                return Err(e);
+            }
+        };
+        info.layers = sandbox.layers.clone();
+        info.image_digest = sandbox.image.digest.clone();
+        info.last_activity_at = Some(now_rfc3339());
+        self.record_state(&mut info, SessionState::Running, "sandbox started")
+            .await?;
+        let live = Arc::new(Live {
+            id: id.clone(),
+            sandbox: sandbox.clone(),
+            env,
+            info: tokio::sync::Mutex::new(info.clone()),
+            started: Instant::now(),
+            activity: Mutex::new(Activity {
+                last_active: Instant::now(),
+                last_cpu: None,
+            }),
+            running: AtomicU32::new(0),
+            execs: Mutex::new(HashMap::new()),
+            execs_done: Notify::new(),
+            stop_watch: Notify::new(),
+            closing: AtomicBool::new(false),
+        });
+        self.live_table().insert(id.clone(), live.clone());
+        self.metrics
+            .sessions_created
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.spinup_duration.observe(t0.elapsed());
+        self.watch_death(live.clone());
+        // A shutdown that raced this create must not leave the sandbox unwatched.
+        if self.closing.load(Ordering::SeqCst) {
+            if let Some(l) = self.take_live(&id) {
+                let _ = self
+                    .teardown(&l, DestroyMode::Kill, "brig serve shut down")
+                    .await;
+            }
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                "brig serve is shutting down",
+            ));
+        }
+        tracing::info!(session = %id, ms = t0.elapsed().as_millis() as u64, "session running");
+        Ok(info)
+    }
+
+    fn watch_death(self: &Arc<Self>, live: Arc<Live>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let sb = live.sandbox.clone();
+            tokio::select! {
+                _ = sb.died() => {}
+                _ = live.stop_watch.notified() => return,
+            }
+            if live.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            let Some(l) = me.take_live(&live.id) else {
+                return;
+            };
+            tracing::warn!(session = %l.id, "sandbox died on its own");
+            me.metrics.reaper_action(ReaperAction::Died);
+            let report = l.sandbox.destroy().await;
+            let mut info = l.info.lock().await;
+            let reason = "sandbox died: its init exited";
+            me.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = me
+                .record_state(&mut info, SessionState::Failed, reason)
+                .await
+            {
+                tracing::error!(session = %l.id, error = %e, "could not record the failure");
+            }
+            let ev = session_event(&info, "session.destroy", Outcome::Failure)
+                .details(serde_json::json!({"reason": reason, "report": report}));
+            drop(info);
+            me.journal(ev).await;
+        });
+    }
+
+    // ---- exec ----
+
+    /// Start a command; its output, then how it ended, arrive on the receiver.
+    /// The command runs on if the receiver is dropped only until brig notices:
+    /// then its process group is killed (a client that went away).
+    pub async fn exec(
+        self: &Arc<Self>,
+        id: &SessionId,
+        req: ExecRequest,
+    ) -> Result<(ExecCtl, mpsc::Receiver<ExecOut>)> {
+        req.validate()?;
+        if let Some((rows, cols)) = req.tty {
+            if rows == 0 || cols == 0 {
+                return Err(Error::invalid("tty size must be at least 1x1"));
+            }
+        }
+        let live = self.live_table().get(id).cloned();
+        let Some(live) = live else {
+            let info = self.get(id).await?;
+            return Err(not_live(&info));
+        };
+        if live.closing.load(Ordering::SeqCst) {
+            return Err(Error::conflict(format!("session {id} is being destroyed")));
+        }
+        let cwd = req.cwd.clone().unwrap_or_else(|| "/workspace".into());
+        let mut env = live.env.clone();
+        if req.tty.is_some() {
+            env.push(("TERM".into(), "xterm-256color".into()));
+        }
+        env.extend(req.env.iter().cloned());
+        let spawn = wire::Spawn {
+            argv: req.argv.clone(),
+            env: merge_env(&[env]),
+            cwd: cwd.clone(),
+            tty: req.tty,
+        };
+        let exec_id = ExecId::generate();
+        let started_at = now_rfc3339();
+        // Count it before spawning so the reaper never sees a gap.
+        live.running.fetch_add(1, Ordering::SeqCst);
+        live.touch();
+        let mut handle = match live.sandbox.exec(spawn).await {
+            Ok(h) => h,
+            Err(e) => {
+                live.running.fetch_sub(1, Ordering::SeqCst);
+                live.execs_done.notify_waiters();
+                return Err(e.context(format!("exec in session {id}")));
+            }
+        };
+        self.metrics.execs_running.fetch_add(1, Ordering::Relaxed);
+        let events = std::mem::replace(&mut handle.events, mpsc::channel(1).1);
+        let handle = Arc::new(handle);
+        live.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(exec_id.0.clone(), handle.clone());
+
+        {
+            let mut info = live.info.lock().await;
+            info.exec_count += 1;
+            info.last_activity_at = Some(started_at.clone());
+            let was_idle = info.state == SessionState::Idle;
+            let rec = ExecRecord {
+                session: id.clone(),
+                exec_id: exec_id.0.clone(),
+                argv: req.argv.clone(),
+                cwd: cwd.clone(),
+                started_at: started_at.clone(),
+                ended_at: None,
+                status: None,
+                duration_ms: None,
+                stdout_bytes: 0,
+                stderr_bytes: 0,
+                error: None,
+            };
+            let ev = session_event(&info, "exec.start", Outcome::Info).details(serde_json::json!({
+                "exec_id": exec_id.0, "argv": req.argv, "cwd": cwd, "tty": req.tty.is_some(),
+                "timeout_ms": req.timeout_ms,
+            }));
+            if was_idle {
+                self.record_state(&mut info, SessionState::Running, "exec started")
+                    .await?;
+            }
+            let snapshot = info.clone();
+            self.db
+                .run(move |s| {
+                    s.update_session(&snapshot, "exec started")?;
+                    s.insert_exec(&rec)?;
+                    s.append_event(&ev)?;
+                    Ok(())
+                })
+                .await?;
+        }
+
+        let (tx, rx) = mpsc::channel(64);
+        let ctl = ExecCtl {
+            exec_id: exec_id.clone(),
+            handle: handle.clone(),
+        };
+        let me = self.clone();
+        let timeout = req.timeout_ms.map(Duration::from_millis);
+        tokio::spawn(async move {
+            me.drive_exec(live, exec_id, handle, events, timeout, tx)
+                .await;
+        });
+        Ok((ctl, rx))
+    }
+
+    async fn drive_exec(
+        self: Arc<Self>,
+        live: Arc<Live>,
+        exec_id: ExecId,
+        handle: Arc<ExecHandle>,
+        mut events: mpsc::Receiver<ExecEvent>,
+        timeout: Option<Duration>,
+        tx: mpsc::Sender<ExecOut>,
+    ) {
+        let t0 = Instant::now();
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let (mut out_bytes, mut err_bytes) = (0u64, 0u64);
+        let mut timed_out = false;
+        let mut client_gone = false;
+        let mut status: Option<ExitStatus> = None;
+        let mut error: Option<String> = None;
+        loop {
+            let ev = tokio::select! {
+                ev = events.recv() => ev,
+                _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() && !timed_out => {
+                    timed_out = true;
+                    // The signal goes to the command's process group.
+                    if let Err(e) = handle.signal(libc::SIGKILL).await {
+                        tracing::warn!(session = %live.id, exec = %exec_id, error = %e, "could not kill a command past its timeout");
+                    }
+                    continue;
+                }
+            };
+            let out = match ev {
+                Some(ExecEvent::Started { pid }) => ExecOut::Started { pid },
+                Some(ExecEvent::Stdout(b)) => {
+                    out_bytes += b.len() as u64;
+                    ExecOut::Stdout(b)
+                }
+                Some(ExecEvent::Stderr(b)) => {
+                    err_bytes += b.len() as u64;
+                    ExecOut::Stderr(b)
+                }
+                Some(ExecEvent::Exited(mut st)) => {
+                    st.timed_out |= timed_out;
+                    status = Some(st);
+                    break;
+                }
+                Some(ExecEvent::Failed(e)) => {
+                    error = Some(e);
+                    break;
+                }
+                None => {
+                    error = Some("the sandbox closed the command's channel".into());
+                    break;
+                }
+            };
+            if !client_gone && tx.send(out).await.is_err() {
+                client_gone = true;
+                tracing::info!(session = %live.id, exec = %exec_id, "client went away; killing the command");
+                let _ = handle.signal(libc::SIGKILL).await;
+            }
+        }
+        let duration = t0.elapsed();
+        let _ = tx
+            .send(match (&status, &error) {
+                (Some(st), _) => ExecOut::Exited(*st),
+                (None, e) => ExecOut::SpawnFailed(e.clone().unwrap_or_default()),
+            })
+            .await;
+
+        let outcome = match (&status, timed_out) {
+            (_, true) => ExecOutcome::TimedOut,
+            (Some(st), _) if st.success() => ExecOutcome::Success,
+            (Some(st), _) if st.signal.is_some() => ExecOutcome::Signaled,
+            (Some(_), _) => ExecOutcome::Failure,
+            (None, _) => ExecOutcome::SpawnFailed,
+        };
+        self.metrics.exec_done(outcome, duration);
+        self.metrics.execs_running.fetch_sub(1, Ordering::Relaxed);
+        live.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&exec_id.0);
+        live.touch();
+
+        let ended_at = now_rfc3339();
+        let end = ExecEnd {
+            ended_at: ended_at.clone(),
+            status,
+            duration_ms: duration.as_millis() as u64,
+            stdout_bytes: out_bytes,
+            stderr_bytes: err_bytes,
+            error: error.clone(),
+        };
+        {
+            let mut info = live.info.lock().await;
+            if info.state.is_live() {
+                info.last_activity_at = Some(ended_at);
+            }
+            let ev = session_event(
+                &info,
+                "exec.exit",
+                if outcome == ExecOutcome::Success {
+                    Outcome::Success
+                } else {
+                    Outcome::Failure
+                },
+            )
+            .details(serde_json::json!({
+                "exec_id": exec_id.0,
+                "code": status.and_then(|s| s.code),
+                "signal": status.and_then(|s| s.signal),
+                "timed_out": timed_out,
+                "duration_ms": end.duration_ms,
+                "stdout_bytes": out_bytes,
+                "stderr_bytes": err_bytes,
+                "error": error,
+            }));
+            let ev = if timed_out {
+                ev.rule("exec.timeout_ms")
+            } else {
+                ev
+            };
+            let snapshot = info.clone();
+            let id = live.id.clone();
+            let r = self
+                .db
+                .run(move |s| {
+                    s.finish_exec(&id, &exec_id.0, &end)?;
+                    s.update_session(&snapshot, "exec finished")?;
+                    s.append_event(&ev)?;
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(session = %live.id, error = %e, "could not record an exec's end");
+            }
+        }
+        live.running.fetch_sub(1, Ordering::SeqCst);
+        live.execs_done.notify_waiters();
+    }
+
+    /// Run a command to completion, keeping up to 1 MiB of each stream.
+    pub async fn exec_buffered(
+        self: &Arc<Self>,
+        id: &SessionId,
+        req: ExecRequest,
+    ) -> Result<brig_core::exec::ExecResult> {
+        let stdin = req.stdin.clone();
+        let t0 = Instant::now();
+        let (ctl, mut rx) = self.exec(id, req).await?;
+        if let Some(input) = stdin {
+            if let Err(e) = ctl.stdin(input.into_bytes()).await {
+                tracing::debug!(error = %e, "stdin not delivered (command may have exited)");
+            }
+        }
+        let _ = ctl.close_stdin().await;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let (mut out_n, mut err_n) = (0u64, 0u64);
+        let mut truncated = false;
+        let mut keep = |buf: &mut Vec<u8>, n: &mut u64, b: Vec<u8>| {
+            *n += b.len() as u64;
+            let room = BUFFERED_OUTPUT_CAP.saturating_sub(buf.len());
+            if b.len() > room {
+                truncated = true;
+            }
+            buf.extend_from_slice(&b[..b.len().min(room)]);
+        };
+        let status = loop {
+            match rx.recv().await {
+                Some(ExecOut::Started { .. }) => {}
+                Some(ExecOut::Stdout(b)) => keep(&mut out, &mut out_n, b),
+                Some(ExecOut::Stderr(b)) => keep(&mut err, &mut err_n, b),
+                Some(ExecOut::Exited(st)) => break st,
+                Some(ExecOut::SpawnFailed(e)) => {
+                    return Err(Error::runtime(format!("command could not run: {e}")).hint(
+                        "check that the program exists in the image and the session is alive",
+                    ))
+                }
+                None => return Err(Error::internal("exec ended without a status")),
+            }
+        };
+        Ok(brig_core::exec::ExecResult {
+            exec_id: ctl.exec_id.0.clone(),
+            status,
+            stdout: String::from_utf8_lossy(&out).into_owned(),
+            stderr: String::from_utf8_lossy(&err).into_owned(),
+            stdout_bytes: out_n,
+            stderr_bytes: err_n,
+            truncated,
+            duration_ms: t0.elapsed().as_millis() as u64,
+        })
+    }
+
+    // ---- destroy / kill ----
+
+    fn take_live(&self, id: &SessionId) -> Option<Arc<Live>> {
+        let l = self.live_table().remove(id)?;
+        l.closing.store(true, Ordering::SeqCst);
+        l.stop_watch.notify_one();
+        Some(l)
+    }
+
+    /// End a session: graceful destroy or immediate kill.
+    pub async fn destroy(
+        self: &Arc<Self>,
+        id: &SessionId,
+        mode: DestroyMode,
+        reason: &str,
+    ) -> Result<SessionSummary> {
+        let t0 = Instant::now();
+        let Some(live) = self.take_live(id) else {
+            let info = self.get(id).await?;
+            return Err(Error::conflict(format!(
+                "session {id} is already {}{}",
+                info.state.as_str(),
+                info.end_reason
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ))
+            .hint("see `brig session show` for how it ended"));
+        };
+        if mode == DestroyMode::Kill {
+            live.sandbox.kill_now();
+        }
+        let me = self.clone();
+        let reason = reason.to_string();
+        let summary = tokio::spawn(async move { me.finish_destroy(live, mode, &reason).await })
+            .await
+            .map_err(|e| Error::internal(format!("destroy task failed: {e}")))??;
+        if mode == DestroyMode::Kill {
+            self.metrics.kill_switch_duration.observe(t0.elapsed());
+        }
+        Ok(summary)
+    }
+
+    async fn finish_destroy(
+        &self,
+        live: Arc<Live>,
+        mode: DestroyMode,
+        reason: &str,
+    ) -> Result<SessionSummary> {
+        let (info, shredded) = self.teardown(&live, mode, reason).await?;
+        let id = live.id.clone();
+        let (execs, failed, blocked) = self
+            .db
+            .run(move |s| {
+                let (n, f) = s.exec_counts(&id)?;
+                let blocked = s
+                    .events(Some(&id))?
+                    .into_iter()
+                    .filter(|e| e.action == "sandbox.blocked")
+                    .map(|e| match e.details.get("what").and_then(|w| w.as_str()) {
+                        Some(w) => w.to_string(),
+                        None => e.details.to_string(),
+                    })
+                    .collect::<Vec<_>>();
+                Ok((n, f, blocked))
+            })
+            .await?;
+        Ok(SessionSummary {
+            session: info,
+            execs,
+            failed_execs: failed,
+            duration_ms: live.started.elapsed().as_millis() as u64,
+            blocked,
+            workspace_shredded: shredded,
+        })
+    }
+
+    /// Stop, shred and record a session taken out of the live table.
+    async fn teardown(
+        &self,
+        live: &Live,
+        mode: DestroyMode,
+        reason: &str,
+    ) -> Result<(SessionInfo, bool)> {
+        if mode == DestroyMode::Graceful {
+            let handles: Vec<_> = live
+                .execs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            for h in &handles {
+                let _ = h.signal(libc::SIGTERM).await;
+            }
+            let deadline = tokio::time::Instant::now() + DESTROY_GRACE;
+            while live.running.load(Ordering::SeqCst) > 0 {
+                let wait = live.execs_done.notified();
+                if live.running.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, wait).await.is_err() {
+                    break;
+                }
+            }
+        }
+        let report = live.sandbox.destroy().await;
+        for p in &report.problems {
+            tracing::warn!(session = %live.id, problem = %p, "destroy problem");
+        }
+        let mut info = live.info.lock().await;
+        self.record_state(&mut info, SessionState::Destroyed, reason)
+            .await?;
+        self.metrics
+            .sessions_destroyed
+            .fetch_add(1, Ordering::Relaxed);
+        let ev = session_event(
+            &info,
+            "session.destroy",
+            if report.problems.is_empty() { Outcome::Success } else { Outcome::Failure },
+        )
+        .details(serde_json::json!({"reason": reason, "mode": format!("{mode:?}").to_lowercase(), "report": report}));
+        let info = {
+            let snapshot = info.clone();
+            drop(info);
+            snapshot
+        };
+        self.journal(ev).await;
+        tracing::info!(session = %live.id, reason, shredded = report.workspace_shredded, "session destroyed");
+        Ok((info, report.workspace_shredded))
+    }
+
+    /// The kill switch: SIGKILL every live sandbox first, then shred them in
+    /// parallel. Returns the sessions killed.
+    pub async fn kill_all(self: &Arc<Self>, reason: &str) -> Vec<SessionId> {
+        let t0 = Instant::now();
+        let lives: Vec<Arc<Live>> = {
+            let ids: Vec<SessionId> = self.live_table().keys().cloned().collect();
+            ids.iter().filter_map(|id| self.take_live(id)).collect()
+        };
+        for l in &lives {
+            l.sandbox.kill_now();
+        }
+        let kill_ms = t0.elapsed().as_millis() as u64;
+        let mut tasks = Vec::with_capacity(lives.len());
+        for l in lives {
+            let me = self.clone();
+            let reason = reason.to_string();
+            let id = l.id.clone();
+            tasks.push((
+                id,
+                tokio::spawn(async move { me.teardown(&l, DestroyMode::Kill, &reason).await }),
+            ));
+        }
+        let mut killed = Vec::with_capacity(tasks.len());
+        for (id, t) in tasks {
+            match t.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(session = %id, error = %e, "kill-all: recording failed")
+                }
+                Err(e) => {
+                    tracing::error!(session = %id, error = %e, "kill-all: destroy task failed")
+                }
+            }
+            killed.push(id);
+        }
+        self.metrics.kill_switch_duration.observe(t0.elapsed());
+        tracing::warn!(
+            sessions = killed.len(),
+            kill_ms,
+            ms = t0.elapsed().as_millis() as u64,
+            reason,
+            "kill switch"
+        );
+        killed
+    }
+
+    /// Refuse new sessions and kill every live one (server shutdown).
+    pub async fn shutdown(self: &Arc<Self>) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.kill_all("brig serve shut down").await;
+    }
+
+    // ---- reaper ----
+
+    /// One pass of the reaper: timebox, idle timeout, idle marking.
+    pub async fn reap_once(self: &Arc<Self>) {
+        let lives: Vec<Arc<Live>> = self.live_table().values().cloned().collect();
+        let mark_after = self.cfg.reaper.mark_idle_after;
+        for live in lives {
+            if live.closing.load(Ordering::SeqCst) {
+                continue;
+            }
+            let (limits, state) = {
+                let info = live.info.lock().await;
+                (info.limits.clone(), info.state)
+            };
+            if live.started.elapsed() >= Duration::from_secs(limits.timebox_secs) {
+                self.reap(&live.id, ReaperAction::Timebox, "timebox");
+                continue;
+            }
+            let cpu = live.sandbox.cpu_usage_ns();
+            let idle_for = {
+                let mut a = live.activity.lock().unwrap_or_else(|p| p.into_inner());
+                let busy = live.running.load(Ordering::SeqCst) > 0;
+                let cpu_moved = matches!((a.last_cpu, cpu), (Some(old), Some(new)) if new != old);
+                if busy || cpu_moved {
+                    a.last_active = Instant::now();
+                }
+                if cpu.is_some() {
+                    a.last_cpu = cpu;
+                }
+                a.last_active.elapsed()
+            };
+            if idle_for >= Duration::from_secs(limits.idle_secs) {
+                self.reap(&live.id, ReaperAction::IdleTimeout, "idle_timeout");
+            } else if state == SessionState::Running && idle_for >= mark_after {
+                let mut info = live.info.lock().await;
+                if info.state == SessionState::Running {
+                    let reason = format!("no activity for {}s", idle_for.as_secs());
+                    self.metrics.reaper_action(ReaperAction::MarkedIdle);
+                    if let Err(e) = self
+                        .record_state(&mut info, SessionState::Idle, &reason)
+                        .await
+                    {
+                        tracing::error!(session = %live.id, error = %e, "could not mark idle");
+                    }
+                }
+            } else if state == SessionState::Idle && idle_for < mark_after {
+                let mut info = live.info.lock().await;
+                if info.state == SessionState::Idle {
+                    if let Err(e) = self
+                        .record_state(&mut info, SessionState::Running, "process activity")
+                        .await
+                    {
+                        tracing::error!(session = %live.id, error = %e, "could not mark running");
+                    }
+                }
+            }
+        }
+    }
+
+    fn reap(self: &Arc<Self>, id: &SessionId, action: ReaperAction, reason: &'static str) {
+        let Some(live) = self.take_live(id) else {
+            return;
+        };
+        self.metrics.reaper_action(action);
+        tracing::info!(session = %id, reason, "reaper destroying session");
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.finish_destroy(live, DestroyMode::Graceful, reason).await {
+                tracing::error!(error = %e, "reaper: recording destroy failed");
+            }
+        });
+    }
+
+    /// Run the reaper until the returned handle is aborted.
+    pub fn spawn_reaper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        let every = self.cfg.reaper.interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                me.reap_once().await;
+            }
+        })
+    }
+
+    // ---- startup ----
+
+    /// Before listening: every session the store says is live is marked
+    /// failed, and every sandbox, mount, cgroup and workspace left on the
+    /// host is destroyed and journaled. Fails closed if cleaning fails.
+    pub async fn reconcile(&self) -> Result<Vec<String>> {
+        let stale = self.db.run(|s| s.list_sessions(false)).await?;
+        for mut info in stale {
+            tracing::warn!(session = %info.id, state = info.state.as_str(), "marking session failed: brig serve restarted");
+            self.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
+            self.record_state(&mut info, SessionState::Failed, "brig serve restarted")
+                .await?;
+        }
+        let cleaned = brig_sandbox::sandbox::reconcile(&self.paths, &[])
+            .await
+            .map_err(|e| {
+                e.context("startup reconciliation (cleaning sandboxes left by a crash) failed")
+            })?;
+        for line in &cleaned {
+            tracing::warn!(cleaned = %line, "reconcile");
+        }
+        let ev = Event::new("sandbox.reconcile", Outcome::Success)
+            .details(serde_json::json!({"cleaned": cleaned}));
+        self.db.run(move |s| s.append_event(&ev)).await?;
+        Ok(cleaned)
+    }
+}
+
+fn unknown_session(id: &SessionId) -> Error {
+    Error::not_found(format!("session {id} does not exist")).hint("see `brig session list --all`")
+}
+
+fn not_live(info: &SessionInfo) -> Error {
+    Error::conflict(format!(
+        "session {} is {}{}; commands run only in live sessions",
+        info.id,
+        info.state.as_str(),
+        info.end_reason
+            .as_ref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    ))
+    .hint("create a new session with `brig session create`")
+}
+
+/// Limits: the profile's, overridden by what the request asks for.
+pub fn request_limits(base: &Limits, req: &CreateSession) -> Result<Limits> {
+    let mut l = base.clone();
+    if let Some(c) = req.cpus {
+        l.cpu_millis = cpus_to_millis(c).map_err(|e| e.context("--cpus"))?;
+    }
+    if let Some(m) = &req.memory {
+        l.memory_bytes = parse_size(m).map_err(|e| e.context("--memory"))?;
+    }
+    if let Some(p) = req.pids {
+        l.pids = p;
+    }
+    if let Some(d) = &req.disk {
+        l.disk_bytes = parse_size(d).map_err(|e| e.context("--disk"))?;
+    }
+    if let Some(i) = &req.idle {
+        l.idle_secs = parse_duration(i)
+            .map_err(|e| e.context("--idle"))?
+            .as_secs();
+    }
+    if let Some(t) = &req.timebox {
+        l.timebox_secs = parse_duration(t)
+            .map_err(|e| e.context("--timebox"))?
+            .as_secs();
+    }
+    Ok(l)
+}
+
+/// A host directory to copy into the workspace: absolute, existing, a directory.
+pub fn check_dir(p: &str, flag: &str) -> Result<std::path::PathBuf> {
+    let path = Path::new(p);
+    if !path.is_absolute() {
+        return Err(
+            Error::invalid(format!("{flag} {p:?} must be an absolute path"))
+                .hint("the server resolves paths on its own host; pass an absolute path"),
+        );
+    }
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::invalid(format!("{flag} {p:?} does not exist")))
+        }
+        Err(e) => Err(Error::invalid(format!("{flag} {p:?} cannot be read: {e}"))),
+        Ok(m) if !m.is_dir() => Err(Error::invalid(format!("{flag} {p:?} is not a directory"))
+            .hint("give a directory; its snapshot is copied into /workspace")),
+        Ok(_) => Ok(path.to_path_buf()),
+    }
+}
+
+/// What every command gets before the image's and the profile's environment.
+fn base_env() -> Vec<(String, String)> {
+    vec![
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
+        ("HOME".into(), "/tmp".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+    ]
+}
+
+/// Concatenate environments, later layers overriding earlier ones, keeping
+/// first-seen order.
+pub fn merge_env(layers: &[Vec<(String, String)>]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (k, v) in layers.iter().flatten() {
+        match out.iter_mut().find(|(ok, _)| ok == k) {
+            Some(slot) => slot.1 = v.clone(),
+            None => out.push((k.clone(), v.clone())),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_layers_override_in_order() {
+        let e = merge_env(&[
+            base_env(),
+            vec![("PATH".into(), "/img".into()), ("A".into(), "1".into())],
+            vec![("A".into(), "2".into())],
+        ]);
+        assert_eq!(e[0], ("PATH".into(), "/img".into()));
+        assert!(e.contains(&("A".into(), "2".into())));
+        assert_eq!(e.iter().filter(|(k, _)| k == "A").count(), 1);
+        assert!(e.contains(&("HOME".into(), "/tmp".into())));
+    }
+
+    #[test]
+    fn request_limits_override_the_profile_and_name_the_flag() {
+        let req = CreateSession {
+            cpus: Some(0.5),
+            memory: Some("1G".into()),
+            idle: Some("90s".into()),
+            ..Default::default()
+        };
+        let l = request_limits(&Limits::default(), &req).unwrap();
+        assert_eq!(l.cpu_millis, 500);
+        assert_eq!(l.memory_bytes, 1 << 30);
+        assert_eq!(l.idle_secs, 90);
+        assert_eq!(l.timebox_secs, Limits::default().timebox_secs);
+        let bad = CreateSession {
+            disk: Some("huge".into()),
+            ..Default::default()
+        };
+        let e = request_limits(&Limits::default(), &bad).unwrap_err();
+        assert!(e.message.starts_with("--disk"), "{e}");
+    }
+
+    #[test]
+    fn dirs_must_be_absolute_existing_directories() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("file");
+        std::fs::write(&f, "x").unwrap();
+        assert!(check_dir(d.path().to_str().unwrap(), "--repo").is_ok());
+        let e = check_dir("rel/path", "--repo").unwrap_err();
+        assert!(e.message.contains("absolute"), "{e}");
+        let e = check_dir(f.to_str().unwrap(), "--upload").unwrap_err();
+        assert!(
+            e.message.contains("not a directory") && e.message.contains("--upload"),
+            "{e}"
+        );
+        let e = check_dir("/no/such/dir", "--repo").unwrap_err();
+        assert!(e.message.contains("does not exist"), "{e}");
+        assert_eq!(e.kind, ErrorKind::InvalidInput);
+    }
+}
