@@ -71,7 +71,11 @@ impl Bait {
             }
         });
         static N: AtomicUsize = AtomicUsize::new(0);
-        let abstract_name = format!("brig-bait-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+        let abstract_name = format!(
+            "brig-bait-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
         let addr = <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
             abstract_name.as_bytes(),
         )
@@ -123,11 +127,17 @@ async fn run_battery(env: &TestEnv, a: &Sandbox, b: &Sandbox, runtime: &str) {
     let data_dir = env.data.path().to_string_lossy().into_owned();
     let unix_path = bait.unix_path.to_string_lossy().into_owned();
     let b_ws = b_workspace.to_string_lossy().into_owned();
-    let b_secret = b_workspace.join("secret.txt").to_string_lossy().into_owned();
+    let b_secret = b_workspace
+        .join("secret.txt")
+        .to_string_lossy()
+        .into_owned();
     let pids = PIDS.to_string();
     let disk = DISK_MIB.to_string();
     let attacks: Vec<(&str, Vec<&str>)> = vec![
-        ("read-host-file", vec![&canary, "/etc/ssh/sshd_config", "/var/lib/dpkg/status"]),
+        (
+            "read-host-file",
+            vec![&canary, "/etc/ssh/sshd_config", "/var/lib/dpkg/status"],
+        ),
         ("write-rootfs", vec![]),
         ("mount", vec![]),
         ("ptrace", vec![]),
@@ -154,7 +164,11 @@ async fn run_battery(env: &TestEnv, a: &Sandbox, b: &Sandbox, runtime: &str) {
     let mut escapes = vec![];
     for (attack, args) in &attacks {
         let o = probe(a, attack, args).await;
-        eprintln!("[{runtime}] {attack} {args:?}: {} {}", o.stdout.trim(), o.stderr.trim());
+        eprintln!(
+            "[{runtime}] {attack} {args:?}: {} {}",
+            o.stdout.trim(),
+            o.stderr.trim()
+        );
         if o.code != Some(0) || !o.stdout.starts_with("BLOCKED") {
             escapes.push(format!("{attack} {args:?}: {o:?}"));
         }
@@ -176,17 +190,39 @@ async fn run_battery(env: &TestEnv, a: &Sandbox, b: &Sandbox, runtime: &str) {
             escapes.push(format!("memory-bomb was not OOM-killed: {o:?}"));
         }
         let after = run(a, &["/bin/true"]).await;
-        assert_eq!(after.code, Some(0), "[{runtime}] sandbox unusable after the memory bomb: {after:?}");
+        assert_eq!(
+            after.code,
+            Some(0),
+            "[{runtime}] sandbox unusable after the memory bomb: {after:?}"
+        );
     }
     // The neighbour is untouched by all of it.
     let b_after = run(b, &["/bin/cat", "/workspace/secret.txt"]).await;
-    assert_eq!(b_after.stdout.trim(), "neighbour-secret", "[{runtime}] neighbour harmed: {b_after:?}");
+    assert_eq!(
+        b_after.stdout.trim(),
+        "neighbour-secret",
+        "[{runtime}] neighbour harmed: {b_after:?}"
+    );
 
-    assert!(escapes.is_empty(), "[{runtime}] escapes:\n{}", escapes.join("\n"));
-    assert_eq!(bait.hits.load(Ordering::SeqCst), 0, "[{runtime}] a host service was reached");
-    assert!(host_can_fork(), "[{runtime}] host cannot fork after the fork bomb");
+    assert!(
+        escapes.is_empty(),
+        "[{runtime}] escapes:\n{}",
+        escapes.join("\n")
+    );
+    assert_eq!(
+        bait.hits.load(Ordering::SeqCst),
+        0,
+        "[{runtime}] a host service was reached"
+    );
+    assert!(
+        host_can_fork(),
+        "[{runtime}] host cannot fork after the fork bomb"
+    );
     let mut s = String::new();
-    std::fs::File::open(&bait.canary).unwrap().read_to_string(&mut s).unwrap();
+    std::fs::File::open(&bait.canary)
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
     assert_eq!(s, "brig-canary-do-not-read");
 }
 
