@@ -187,10 +187,48 @@ fn create(root: &Path, id: &str, cmd: &Cmd) -> Result<i32, String> {
         .with_detach(true)
         .build()
         .map_err(|e| format!("create {id} (bundle {}): {}", bundle.display(), chain(&e)))?;
-    container
+    let pid = container
         .pid()
         .map(|p| p.as_raw())
-        .ok_or_else(|| format!("create {id}: the container has no init pid"))
+        .ok_or_else(|| format!("create {id}: the container has no init pid"))?;
+    if let Err(e) = loopback_up(pid) {
+        let _ = delete(root, id, true);
+        return Err(format!("create {id}: network: {e}"));
+    }
+    Ok(pid)
+}
+
+/// Bring up `lo` in the container's new network namespace. A fresh netns
+/// has it down, and the sandbox (no capabilities) cannot raise it itself;
+/// without it even loopback-only work (a test server on 127.0.0.1) fails.
+/// This helper process is single-threaded and exits right after, so moving
+/// it into the namespace is harmless.
+fn loopback_up(pid: i32) -> Result<(), String> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|e| format!("opening the network namespace of {pid}: {e}"))?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("entering the network namespace of {pid}: {e}"))?;
+    // SAFETY: plain socket/ioctl calls on a zeroed ifreq naming "lo".
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        }
+        let sock = std::os::fd::OwnedFd::from_raw_fd(sock);
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+            *d = *s as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            return Err(format!("SIOCGIFFLAGS lo: {}", std::io::Error::last_os_error()));
+        }
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) < 0 {
+            return Err(format!("SIOCSIFFLAGS lo up: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
 }
 
 fn load(root: &Path, id: &str) -> Result<Container, String> {
