@@ -85,7 +85,9 @@ async fn every_attack_is_blocked_and_journaled() {
         assert_eq!(exit["details"]["code"], 0, "{exit}");
     }
 
-    let (s, _) = srv.call("DELETE", &format!("/v1/sessions/{id}"), None).await;
+    let (s, _) = srv
+        .call("DELETE", &format!("/v1/sessions/{id}"), None)
+        .await;
     assert_eq!(s, 200);
     srv.assert_gone(&id);
     srv.stop().await;

@@ -124,7 +124,9 @@ impl Error {
             ErrorKind::GuardUnavailable,
             format!("isolation layer '{layer}' could not be applied: {why}"),
         )
-        .hint("run `brig doctor` to see what this host supports; brig never starts a weaker sandbox")
+        .hint(
+            "run `brig doctor` to see what this host supports; brig never starts a weaker sandbox",
+        )
     }
     /// Prefix the message with context, keeping kind and hint.
     pub fn context(mut self, what: impl fmt::Display) -> Self {

@@ -33,32 +33,49 @@ pub struct ExecRequest {
 impl ExecRequest {
     pub fn validate(&self) -> Result<(), Error> {
         if self.argv.is_empty() {
-            return Err(Error::invalid("exec needs a command").hint("e.g. brig session exec ID -- make test"));
+            return Err(Error::invalid("exec needs a command")
+                .hint("e.g. brig session exec ID -- make test"));
         }
         if self.argv.len() > MAX_ARGS {
             return Err(Error::new(
                 crate::ErrorKind::LimitExceeded,
-                format!("argv has {} arguments; the limit is {MAX_ARGS}", self.argv.len()),
-            ).hint("pass long lists through a file in /workspace instead"));
+                format!(
+                    "argv has {} arguments; the limit is {MAX_ARGS}",
+                    self.argv.len()
+                ),
+            )
+            .hint("pass long lists through a file in /workspace instead"));
         }
         let size: usize = self.argv.iter().map(|a| a.len() + 1).sum();
         if size > MAX_ARGV_BYTES {
             return Err(Error::new(
                 crate::ErrorKind::LimitExceeded,
                 format!("argv is {size} bytes; the limit is {MAX_ARGV_BYTES}"),
-            ).hint("pass large inputs through a file in /workspace or stdin instead"));
+            )
+            .hint("pass large inputs through a file in /workspace or stdin instead"));
         }
-        if self.argv.iter().chain(self.env.iter().map(|(k, _)| k)).any(|a| a.contains('\0')) {
-            return Err(Error::invalid("argv and env names may not contain NUL bytes"));
+        if self
+            .argv
+            .iter()
+            .chain(self.env.iter().map(|(k, _)| k))
+            .any(|a| a.contains('\0'))
+        {
+            return Err(Error::invalid(
+                "argv and env names may not contain NUL bytes",
+            ));
         }
         for (k, _) in &self.env {
             if k.is_empty() || k.contains('=') {
-                return Err(Error::invalid(format!("environment name {k:?} is not valid")));
+                return Err(Error::invalid(format!(
+                    "environment name {k:?} is not valid"
+                )));
             }
         }
         if let Some(cwd) = &self.cwd {
             if !cwd.starts_with('/') {
-                return Err(Error::invalid(format!("cwd {cwd:?} must be an absolute path inside the sandbox")));
+                return Err(Error::invalid(format!(
+                    "cwd {cwd:?} must be an absolute path inside the sandbox"
+                )));
             }
         }
         Ok(())
@@ -111,18 +128,40 @@ mod tests {
 
     #[test]
     fn huge_argv_is_refused_with_the_limit() {
-        let r = ExecRequest { argv: vec!["x".repeat(MAX_ARGV_BYTES)], ..Default::default() };
+        let r = ExecRequest {
+            argv: vec!["x".repeat(MAX_ARGV_BYTES)],
+            ..Default::default()
+        };
         let e = r.validate().unwrap_err();
         assert_eq!(e.kind, crate::ErrorKind::LimitExceeded);
         assert!(e.message.contains("limit"));
         assert!(ExecRequest::default().validate().is_err());
-        let ok = ExecRequest { argv: vec!["true".into()], ..Default::default() };
+        let ok = ExecRequest {
+            argv: vec!["true".into()],
+            ..Default::default()
+        };
         assert!(ok.validate().is_ok());
     }
 
     #[test]
     fn shell_codes() {
-        assert_eq!(ExitStatus { code: Some(3), signal: None, timed_out: false }.shell_code(), 3);
-        assert_eq!(ExitStatus { code: None, signal: Some(9), timed_out: true }.shell_code(), 137);
+        assert_eq!(
+            ExitStatus {
+                code: Some(3),
+                signal: None,
+                timed_out: false
+            }
+            .shell_code(),
+            3
+        );
+        assert_eq!(
+            ExitStatus {
+                code: None,
+                signal: Some(9),
+                timed_out: true
+            }
+            .shell_code(),
+            137
+        );
     }
 }

@@ -36,9 +36,8 @@ impl SessionId {
 impl TryFrom<String> for SessionId {
     type Error = Error;
     fn try_from(s: String) -> Result<Self, Error> {
-        let ok = s.len() == 12
-            && s.starts_with("s-")
-            && s[2..].bytes().all(|b| ALPHABET.contains(&b));
+        let ok =
+            s.len() == 12 && s.starts_with("s-") && s[2..].bytes().all(|b| ALPHABET.contains(&b));
         if ok {
             Ok(SessionId(s))
         } else {
@@ -87,8 +86,7 @@ impl TryFrom<String> for TaskId {
     fn try_from(s: String) -> Result<Self, Error> {
         let ok = !s.is_empty()
             && s.len() <= 128
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.:/#@+".contains(&b));
         if ok {
             Ok(TaskId(s))

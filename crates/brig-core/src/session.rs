@@ -74,9 +74,8 @@ impl Default for Limits {
 impl Limits {
     /// Reject limits no sandbox could honour, saying which and why.
     pub fn validate(&self) -> Result<(), Error> {
-        let fail = |what: &str, why: &str| {
-            Err(Error::invalid(format!("impossible limit: {what} {why}")))
-        };
+        let fail =
+            |what: &str, why: &str| Err(Error::invalid(format!("impossible limit: {what} {why}")));
         if self.cpu_millis < 10 {
             return fail("--cpus", "must be at least 0.01");
         }
@@ -230,7 +229,9 @@ mod tests {
         assert_eq!(RuntimeKind::parse("gvisor").unwrap(), RuntimeKind::Gvisor);
         assert_eq!(
             RuntimeKind::parse("oci:/usr/bin/crun").unwrap(),
-            RuntimeKind::Oci { path: "/usr/bin/crun".into() }
+            RuntimeKind::Oci {
+                path: "/usr/bin/crun".into()
+            }
         );
         assert!(RuntimeKind::parse("oci:crun").is_err());
         assert!(RuntimeKind::parse("docker").is_err());
@@ -238,7 +239,10 @@ mod tests {
 
     #[test]
     fn impossible_limits_are_named() {
-        let l = Limits { memory_bytes: 1024, ..Limits::default() };
+        let l = Limits {
+            memory_bytes: 1024,
+            ..Limits::default()
+        };
         let e = l.validate().unwrap_err();
         assert!(e.message.contains("--memory"), "{e}");
         assert!(Limits::default().validate().is_ok());

@@ -45,7 +45,12 @@ pub fn parse_size(s: &str) -> Result<u64, Error> {
 
 /// Format bytes the way `parse_size` reads them back.
 pub fn format_size(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)];
+    const UNITS: [(&str, u64); 4] = [
+        ("T", 1 << 40),
+        ("G", 1 << 30),
+        ("M", 1 << 20),
+        ("K", 1 << 10),
+    ];
     for (u, m) in UNITS {
         if bytes >= m && bytes.is_multiple_of(m) {
             return format!("{}{u}", bytes / m);
@@ -62,10 +67,8 @@ pub fn format_size(bytes: u64) -> String {
 /// Parse a duration: one or more `<number><unit>` with units ms, s, m, h, d.
 /// A bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, Error> {
-    let bad = || {
-        Error::invalid(format!("duration {s:?} is not valid"))
-            .hint("use e.g. 90s, 15m, 1h30m")
-    };
+    let bad =
+        || Error::invalid(format!("duration {s:?} is not valid")).hint("use e.g. 90s, 15m, 1h30m");
     let t = s.trim();
     if t.is_empty() {
         return Err(bad());
@@ -82,7 +85,9 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, Error> {
         }
         let n: u128 = rest[..n_end].parse().map_err(|_| bad())?;
         rest = &rest[n_end..];
-        let u_end = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let u_end = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit_ms: u128 = match &rest[..u_end] {
             "ms" => 1,
             "s" => 1000,

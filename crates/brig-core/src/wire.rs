@@ -80,13 +80,22 @@ pub struct Frame {
 
 impl Frame {
     pub fn new(kind: Kind, chan: u32, payload: Vec<u8>) -> Frame {
-        Frame { kind, chan, payload }
+        Frame {
+            kind,
+            chan,
+            payload,
+        }
     }
     pub fn json<T: Serialize>(kind: Kind, chan: u32, msg: &T) -> Frame {
-        Frame::new(kind, chan, serde_json::to_vec(msg).expect("wire messages serialize"))
+        Frame::new(
+            kind,
+            chan,
+            serde_json::to_vec(msg).expect("wire messages serialize"),
+        )
     }
     pub fn parse<T: for<'a> Deserialize<'a>>(&self) -> Result<T, WireError> {
-        serde_json::from_slice(&self.payload).map_err(|e| WireError(format!("bad {:?} payload: {e}", self.kind)))
+        serde_json::from_slice(&self.payload)
+            .map_err(|e| WireError(format!("bad {:?} payload: {e}", self.kind)))
     }
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER + self.payload.len());
@@ -139,11 +148,16 @@ impl Decoder {
         if self.buf.len() < 4 + len {
             return Ok(None);
         }
-        let kind = Kind::from_u8(self.buf[4]).ok_or_else(|| WireError(format!("unknown frame kind {}", self.buf[4])))?;
+        let kind = Kind::from_u8(self.buf[4])
+            .ok_or_else(|| WireError(format!("unknown frame kind {}", self.buf[4])))?;
         let chan = u32::from_be_bytes(self.buf[5..9].try_into().unwrap());
         let payload = self.buf[9..4 + len].to_vec();
         self.buf.drain(..4 + len);
-        Ok(Some(Frame { kind, chan, payload }))
+        Ok(Some(Frame {
+            kind,
+            chan,
+            payload,
+        }))
     }
 }
 
@@ -212,7 +226,16 @@ mod tests {
 
     #[test]
     fn frames_round_trip_in_pieces() {
-        let a = Frame::json(Kind::Spawn, 7, &Spawn { argv: vec!["ls".into()], env: vec![], cwd: "/workspace".into(), tty: None });
+        let a = Frame::json(
+            Kind::Spawn,
+            7,
+            &Spawn {
+                argv: vec!["ls".into()],
+                env: vec![],
+                cwd: "/workspace".into(),
+                tty: None,
+            },
+        );
         let b = Frame::new(Kind::Stdout, 7, b"hello".to_vec());
         let mut bytes = a.encode();
         bytes.extend(b.encode());
