@@ -221,11 +221,17 @@ fn loopback_up(pid: i32) -> Result<(), String> {
             *d = *s as libc::c_char;
         }
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) < 0 {
-            return Err(format!("SIOCGIFFLAGS lo: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "SIOCGIFFLAGS lo: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) < 0 {
-            return Err(format!("SIOCSIFFLAGS lo up: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "SIOCSIFFLAGS lo up: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
     Ok(())
