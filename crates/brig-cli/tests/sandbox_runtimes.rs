@@ -125,3 +125,19 @@ async fn gvisor_round_trip() {
     }
     round_trip(RuntimeKind::Gvisor, false).await;
 }
+
+/// The `oci` runtime with runc: the same spec, the same CLI, driven by path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runc_round_trip() {
+    if !is_root() || !Path::new("/usr/bin/runc").exists() {
+        eprintln!("skipped: needs root and /usr/bin/runc");
+        return;
+    }
+    round_trip(
+        RuntimeKind::Oci {
+            path: "/usr/bin/runc".into(),
+        },
+        true,
+    )
+    .await;
+}

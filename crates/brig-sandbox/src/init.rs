@@ -55,6 +55,9 @@ const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 
 /// Entry point of `brig sandbox-init <json>`; never returns.
 pub fn main(config_json: &str) -> ! {
+    if config_json == crate::initfs::PRINT_LIBS {
+        crate::initfs::print_libs();
+    }
     let out = HostOut { fd: 1 };
     let layers = match setup(config_json) {
         Ok(l) => l,

@@ -13,6 +13,7 @@ pub mod channel;
 pub mod doctor;
 pub mod image;
 pub mod init;
+pub mod initfs;
 pub mod landlock;
 pub mod native;
 pub mod runtime;

@@ -263,6 +263,8 @@ async fn build(
     image: &ResolvedImage,
     parts: &Arc<Parts>,
 ) -> Result<(Arc<Channel>, Vec<String>)> {
+    let tt = std::time::Instant::now();
+    macro_rules! tm { ($l:expr) => { if std::env::var_os("BRIG_TIMING").is_some() { eprintln!("T {:>8.2} {}", tt.elapsed().as_secs_f64()*1000.0, $l); } } }
     let runtime = &parts.runtime;
     let user_ns = runtime.user_ns().then(UserNs::standard);
     let owner = match user_ns {
@@ -276,6 +278,7 @@ async fn build(
         ..req.limits.clone()
     };
     let ws = Workspace::create(&parts.session_dir, l.disk_bytes, owner)?;
+    tm!("ws");
     let record = serde_json::to_vec(&Record {
         runtime: req.runtime.clone(),
     })
@@ -288,6 +291,7 @@ async fn build(
         left = left.saturating_sub(stats.bytes);
     }
 
+    tm!("uploads");
     let init = InitConfig {
         rw_paths: [
             "/workspace",
@@ -306,18 +310,21 @@ async fn build(
         seccomp: true,
         nproc: matches!(req.runtime, RuntimeKind::Gvisor).then_some(req.limits.pids),
     };
+    let init_dir = crate::initfs::prepare(&paths.data_dir, &paths.brig_exe)?;
     let spec = spec::build(&spec::SpecInput {
         id: &req.id,
         image,
         limits: l,
         workspace: &ws.path,
-        brig_exe: &paths.brig_exe,
+        init_dir: &init_dir,
         init: &init,
         user_ns,
     })?;
+    tm!("spec");
     let bundle = parts.session_dir.join("bundle");
     spec::write_bundle(&bundle, &spec)?;
 
+    tm!("bundle");
     // The control pipes: ours are close-on-exec so no other child of brig
     // (sessions are created concurrently) inherits them and holds them open.
     let (to_init_r, to_init_w) = pipe()?;
@@ -328,6 +335,7 @@ async fn build(
         .append(true)
         .open(&log_path)?;
     let pid_file = parts.session_dir.join("init.pid");
+    tm!("log");
     runtime.prepare()?;
     runtime
         .run_detached(
@@ -341,8 +349,10 @@ async fn build(
             },
         )
         .await?;
+    tm!("run_detached");
     parts.adopt(&pid_file)?;
 
+    tm!("adopt");
     let to_init = tokio::net::unix::pipe::Sender::from_owned_fd(to_init_w)?;
     let from_init = tokio::net::unix::pipe::Receiver::from_owned_fd(from_init_r)?;
     let channel = Channel::new(to_init, from_init);
@@ -359,6 +369,7 @@ async fn build(
             .hint("run `brig doctor` to check the runtime; the runtime log is quoted above"))
         }
     };
+    tm!("ready");
     for (wanted, prefix) in [(init.seccomp, "seccomp"), (init.landlock, "landlock")] {
         if wanted && !ready.layers.iter().any(|x| x.starts_with(prefix)) {
             return Err(Error::guard(
@@ -378,6 +389,7 @@ async fn build(
     }
     parts.cgroup.verify(l)?;
 
+    tm!("verify");
     let mut ns = "ns:mnt,pid,ipc,uts,net,cgroup".to_string();
     if user_ns.is_some() {
         ns.push_str(",user");

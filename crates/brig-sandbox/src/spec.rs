@@ -83,8 +83,9 @@ pub struct SpecInput<'a> {
     pub limits: &'a Limits,
     /// The host directory mounted at /workspace.
     pub workspace: &'a Path,
-    /// The host brig binary, placed at [`INIT_PATH`].
-    pub brig_exe: &'a Path,
+    /// The directory mounted at `/.brig`: brig's binary with its loader
+    /// and libraries ([`crate::initfs`]).
+    pub init_dir: &'a Path,
     pub init: &'a InitConfig,
     pub user_ns: Option<UserNs>,
 }
@@ -170,11 +171,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
                 .build()
                 .map_err(spec_err("user"))?,
         )
-        .args(vec![
-            INIT_PATH.to_string(),
-            "sandbox-init".to_string(),
-            init_json,
-        ])
+        .args(crate::initfs::init_args(init_json))
         .env(env)
         .cwd(WORKSPACE)
         .capabilities(no_caps)
@@ -236,9 +233,9 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
         )?);
     }
     mounts.push(mount(
-        INIT_PATH,
+        crate::initfs::MOUNT,
         "bind",
-        input.brig_exe,
+        input.init_dir,
         &["bind", "ro", "nosuid", "nodev"],
     )?);
     mounts.push(mount(
@@ -441,7 +438,7 @@ mod tests {
             image: &img,
             limits: &limits,
             workspace: Path::new("/data/sessions/x/workspace"),
-            brig_exe: Path::new("/usr/bin/brig"),
+            init_dir: Path::new("/data/init/k"),
             init: &init,
             user_ns: Some(UserNs::standard()),
         })
@@ -450,9 +447,10 @@ mod tests {
         assert_eq!(v["hostname"], id.as_str());
         assert_eq!(v["root"]["readonly"], true);
         let p = &v["process"];
-        assert_eq!(p["args"][0], INIT_PATH);
-        assert_eq!(p["args"][1], "sandbox-init");
-        let cfg: InitConfig = serde_json::from_str(p["args"][2].as_str().unwrap()).unwrap();
+        assert_eq!(p["args"][0], "/.brig/ld.so");
+        assert_eq!(p["args"][3], INIT_PATH);
+        assert_eq!(p["args"][4], "sandbox-init");
+        let cfg: InitConfig = serde_json::from_str(p["args"][5].as_str().unwrap()).unwrap();
         assert!(cfg.seccomp && cfg.landlock);
         assert_eq!(p["user"]["uid"], SANDBOX_UID);
         assert_eq!(p["noNewPrivileges"], true);
@@ -508,7 +506,7 @@ mod tests {
             .as_array()
             .unwrap()
             .contains(&"ro".into()));
-        assert!(find(INIT_PATH)["options"]
+        assert!(find(crate::initfs::MOUNT)["options"]
             .as_array()
             .unwrap()
             .contains(&"nosuid".into()));
