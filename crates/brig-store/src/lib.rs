@@ -208,25 +208,7 @@ impl Store {
                 limits, repo, created_at, started_at, ended_at, end_reason, layers, exec_count,
                 last_activity_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-            params![
-                info.id.as_str(),
-                info.human,
-                info.task.as_str(),
-                info.profile,
-                info.runtime,
-                info.image,
-                info.image_digest,
-                info.state.as_str(),
-                to_json(&info.limits)?,
-                info.repo,
-                info.created_at,
-                info.started_at,
-                info.ended_at,
-                info.end_reason,
-                to_json(&info.layers)?,
-                info.exec_count as i64,
-                info.last_activity_at,
-            ],
+            rusqlite::params_from_iter(session_row(info)?),
         )
         .map_err(|e| match e {
             rusqlite::Error::SqliteFailure(f, _)
@@ -264,25 +246,7 @@ impl Store {
                 started_at = ?12, ended_at = ?13, end_reason = ?14, layers = ?15,
                 exec_count = ?16, last_activity_at = ?17
              WHERE id = ?1",
-            params![
-                info.id.as_str(),
-                info.human,
-                info.task.as_str(),
-                info.profile,
-                info.runtime,
-                info.image,
-                info.image_digest,
-                info.state.as_str(),
-                to_json(&info.limits)?,
-                info.repo,
-                info.created_at,
-                info.started_at,
-                info.ended_at,
-                info.end_reason,
-                to_json(&info.layers)?,
-                info.exec_count as i64,
-                info.last_activity_at,
-            ],
+            rusqlite::params_from_iter(session_row(info)?),
         )
         .map_err(db_err("update session"))?;
         if old != info.state {
@@ -606,6 +570,32 @@ fn row_to_session(r: &Row<'_>) -> rusqlite::Result<SessionInfo> {
         exec_count: r.get::<_, i64>(15)? as u64,
         last_activity_at: r.get(16)?,
     })
+}
+
+/// The columns of `sessions`, in the order `?1..?17` of its INSERT and UPDATE.
+fn session_row(info: &SessionInfo) -> Result<Vec<rusqlite::types::Value>> {
+    use rusqlite::types::Value;
+    let text = |s: &str| Value::Text(s.to_string());
+    let opt = |s: &Option<String>| s.as_deref().map(text).unwrap_or(Value::Null);
+    Ok(vec![
+        text(info.id.as_str()),
+        text(&info.human),
+        text(info.task.as_str()),
+        text(&info.profile),
+        text(&info.runtime),
+        text(&info.image),
+        text(&info.image_digest),
+        text(info.state.as_str()),
+        Value::Text(to_json(&info.limits)?),
+        opt(&info.repo),
+        text(&info.created_at),
+        opt(&info.started_at),
+        opt(&info.ended_at),
+        opt(&info.end_reason),
+        Value::Text(to_json(&info.layers)?),
+        Value::Integer(info.exec_count as i64),
+        opt(&info.last_activity_at),
+    ])
 }
 
 fn insert_transition(
