@@ -231,3 +231,31 @@ fn doctor_json_names_the_native_runtime() {
     assert!(text.contains("native"), "{text}");
     assert!(text.contains('✓') || text.contains('✗'), "{text}");
 }
+
+#[test]
+fn a_non_utf8_repo_path_is_a_clear_error_not_a_panic() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join(OsStr::from_bytes(b"repo\xff"));
+    std::fs::create_dir(&bad).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_brig"))
+        .args(["--json", "session", "create", "--task", "T-1", "--repo"])
+        .arg(&bad)
+        .env_remove("BRIG_URL")
+        .env_remove("BRIG_CONFIG")
+        .env("BRIG_SOCKET", "/nonexistent/brig-test/brig.sock")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let v = json_error(&o);
+    assert_eq!(v["error"]["kind"], "invalid_input");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid UTF-8"),
+        "{v}"
+    );
+}
