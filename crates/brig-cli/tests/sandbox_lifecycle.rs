@@ -373,8 +373,10 @@ async fn kill_now_is_fast_and_died_resolves() {
     .await;
     let t = Instant::now();
     sb.kill_now();
+    // Loose: the kill switch's real figure is a benchmark; this only
+    // catches a kill_now that blocks on teardown work.
     assert!(
-        t.elapsed() < Duration::from_millis(100),
+        t.elapsed() < Duration::from_secs(1),
         "kill_now took {:?}",
         t.elapsed()
     );
