@@ -45,7 +45,13 @@ fn an_imported_image_runs_a_session() {
         .unwrap();
     assert!(st.success());
 
-    let img = s.json(&["image", "import", archive.to_str().unwrap(), "--name", "mini"]);
+    let img = s.json(&[
+        "image",
+        "import",
+        archive.to_str().unwrap(),
+        "--name",
+        "mini",
+    ]);
     let digest = img["digest"].as_str().unwrap().to_string();
     assert!(digest.starts_with("sha256:"), "{img}");
     let list = s.json(&["image", "list"]);
@@ -76,7 +82,10 @@ fn an_imported_image_runs_a_session() {
     assert!(out.starts_with("mini image\n"), "{out}");
     // The root is the image's: no host /usr in it; its Env is applied.
     assert!(out.contains("/bin /dev /etc /lib /lib64"), "{out}");
-    assert!(out.contains("\n/usr/*\n"), "the host's /usr leaked in: {out}");
+    assert!(
+        out.contains("\n/usr/*\n"),
+        "the host's /usr leaked in: {out}"
+    );
     assert!(out.contains("MINI=1"), "{out}");
     assert_eq!(v["image_digest"], digest.as_str(), "{v}");
 

@@ -402,6 +402,54 @@ pub fn remove_empty_parents() -> usize {
     n
 }
 
+/// Start, in the background, the RCU grace period that the runtime's first
+/// write to a `cgroup.procs` would otherwise wait for, so that it overlaps
+/// with the rest of a sandbox's setup instead of adding to it.
+///
+/// Moving a process between cgroups takes the kernel's global
+/// `cgroup_threadgroup_rwsem` for writing. Unless the hierarchy is mounted
+/// with `favordynmods`, that rwsem is per-CPU and its first writer after a
+/// quiet period waits a whole RCU grace period (~10-15 ms at HZ=250); later
+/// writers within the next grace period do not. Every runtime moves the
+/// container's processes into the session's cgroup, so each session
+/// start paid one grace period. Here brig writes its own pid into the
+/// `cgroup.procs` of the cgroup it already is in (a no-op move: nothing
+/// changes for brig or any sandbox) on a throw-away thread; by the time
+/// the runtime writes, the grace period has elapsed or is under way.
+/// Best effort: any failure is ignored, the runtime then simply waits.
+pub fn warm_migration_lock() {
+    let Some(procs) = own_procs_file() else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("brig-cgroup-warm".into())
+        .spawn(move || {
+            let _ = std::fs::write(&procs, std::process::id().to_string());
+        });
+}
+
+/// `cgroup.procs` of the cgroup this process is in, in one hierarchy
+/// (v1: the pids controller's; v2: the unified one).
+fn own_procs_file() -> Option<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let (mount, rel) = match detect() {
+        Version::V2 => (
+            PathBuf::from(ROOT),
+            own.lines().find_map(|l| l.strip_prefix("0::"))?,
+        ),
+        Version::V1 => (
+            Path::new(ROOT).join("pids"),
+            own.lines().find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+                ctrl.split(',').any(|c| c == "pids").then_some(path)
+            })?,
+        ),
+    };
+    let p = mount.join(rel.trim_start_matches('/')).join("cgroup.procs");
+    p.is_file().then_some(p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,17 +74,20 @@ fn fingerprint(brig_exe: &Path) -> Result<String> {
 /// The directory to mount at [`MOUNT`] for `brig_exe`, built if needed.
 pub fn prepare(data_dir: &Path, brig_exe: &Path) -> Result<PathBuf> {
     let key = fingerprint(brig_exe)?;
-    if let Some(p) = cache().lock().unwrap().get(&key) {
-        if p.join("brig").exists() {
+    let base = data_dir.join("init");
+    let dir = base.join(&key);
+    // Cached per directory, not per binary: one process may serve several
+    // data dirs (tests do), and each must mount its own copy.
+    let cache_key = dir.to_string_lossy().into_owned();
+    if let Some(p) = cache().lock().unwrap().get(&cache_key) {
+        if p.join("ld.so").exists() {
             return Ok(p.clone());
         }
     }
-    let base = data_dir.join("init");
-    let dir = base.join(&key);
     if !dir.join("brig").exists() {
         build(&base, &dir, brig_exe)?;
     }
-    cache().lock().unwrap().insert(key, dir.clone());
+    cache().lock().unwrap().insert(cache_key, dir.clone());
     Ok(dir)
 }
 

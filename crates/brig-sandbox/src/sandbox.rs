@@ -263,9 +263,9 @@ async fn build(
     image: &ResolvedImage,
     parts: &Arc<Parts>,
 ) -> Result<(Arc<Channel>, Vec<String>)> {
-    let tt = std::time::Instant::now();
-    macro_rules! tm { ($l:expr) => { if std::env::var_os("BRIG_TIMING").is_some() { eprintln!("T {:>8.2} {}", tt.elapsed().as_secs_f64()*1000.0, $l); } } }
     let runtime = &parts.runtime;
+    // Overlaps a kernel wait of the runtime's cgroup move with what follows.
+    crate::cgroup::warm_migration_lock();
     let user_ns = runtime.user_ns().then(UserNs::standard);
     let owner = match user_ns {
         Some(u) => (u.to_host(SANDBOX_UID), u.to_host(SANDBOX_GID)),
@@ -278,7 +278,6 @@ async fn build(
         ..req.limits.clone()
     };
     let ws = Workspace::create(&parts.session_dir, l.disk_bytes, owner)?;
-    tm!("ws");
     let record = serde_json::to_vec(&Record {
         runtime: req.runtime.clone(),
     })
@@ -291,7 +290,6 @@ async fn build(
         left = left.saturating_sub(stats.bytes);
     }
 
-    tm!("uploads");
     let init = InitConfig {
         rw_paths: [
             "/workspace",
@@ -320,11 +318,9 @@ async fn build(
         init: &init,
         user_ns,
     })?;
-    tm!("spec");
     let bundle = parts.session_dir.join("bundle");
     spec::write_bundle(&bundle, &spec)?;
 
-    tm!("bundle");
     // The control pipes: ours are close-on-exec so no other child of brig
     // (sessions are created concurrently) inherits them and holds them open.
     let (to_init_r, to_init_w) = pipe()?;
@@ -335,7 +331,6 @@ async fn build(
         .append(true)
         .open(&log_path)?;
     let pid_file = parts.session_dir.join("init.pid");
-    tm!("log");
     runtime.prepare()?;
     runtime
         .run_detached(
@@ -349,10 +344,8 @@ async fn build(
             },
         )
         .await?;
-    tm!("run_detached");
     parts.adopt(&pid_file)?;
 
-    tm!("adopt");
     let to_init = tokio::net::unix::pipe::Sender::from_owned_fd(to_init_w)?;
     let from_init = tokio::net::unix::pipe::Receiver::from_owned_fd(from_init_r)?;
     let channel = Channel::new(to_init, from_init);
@@ -369,7 +362,6 @@ async fn build(
             .hint("run `brig doctor` to check the runtime; the runtime log is quoted above"))
         }
     };
-    tm!("ready");
     for (wanted, prefix) in [(init.seccomp, "seccomp"), (init.landlock, "landlock")] {
         if wanted && !ready.layers.iter().any(|x| x.starts_with(prefix)) {
             return Err(Error::guard(
@@ -389,7 +381,6 @@ async fn build(
     }
     parts.cgroup.verify(l)?;
 
-    tm!("verify");
     let mut ns = "ns:mnt,pid,ipc,uts,net,cgroup".to_string();
     if user_ns.is_some() {
         ns.push_str(",user");
@@ -522,6 +513,13 @@ impl Parts {
         let fd = pidfd_open(pid)
             .ok_or_else(|| Error::guard(&layer, format!("the sandbox init (pid {pid}) is gone")))?;
         adopted.push(Adopted { pid, fd });
+        // The native runtime leaves exactly one process behind, its init
+        // (from the pid file); every other process of the sandbox descends
+        // from it. Scanning /proc costs milliseconds per create, so only
+        // runtimes that leave helpers (gVisor's sandbox and gofer) pay it.
+        if self.runtime.kind == RuntimeKind::Native {
+            return Ok(());
+        }
         let cg_path = format!("/{}", self.cgroup.rel);
         for (child, cmd) in child_pids_of_self() {
             let in_cgroup = std::fs::read_to_string(format!("/proc/{child}/cgroup"))

@@ -1,0 +1,785 @@
+//! `brig-bench`: the benchmarks of issue 2, measured on the machine it runs
+//! on, printed as a markdown report (docs/BENCHMARKS.md is written from it).
+//!
+//! Run by hand, as root, on a release build:
+//!
+//! ```text
+//! cargo build --release -p brig-cli -p brig-bench
+//! target/release/brig-bench --brig target/release/brig all
+//! ```
+//!
+//! It starts the control plane in this process (`brig_server::start` on a
+//! throw-away data dir), talks to it over its unix socket exactly as the CLI
+//! does (one connection per request), and measures:
+//!
+//! 1. `spinup`: `POST /v1/sessions` to the first exec of `/bin/true`
+//!    returning, for `native` and `gvisor`, interleaved with the references
+//!    bare `bwrap ... true` and `runsc do true`;
+//! 2. `exec`: exec round-trip of `/bin/true` through the API vs spawning it
+//!    directly from this process;
+//! 3. `memory`: host memory of K idle native sessions (PSS of every process
+//!    in each session's cgroup, the memory cgroup's usage, server RSS growth);
+//! 4. `concurrent`: C native sessions created at once, an exec in each at
+//!    once, then `POST /v1/kill-all`, and a check that nothing is left.
+//!
+//! Progress goes to stderr, the report to stdout.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const USAGE: &str =
+    "usage: brig-bench [--brig PATH] [-n N] [--exec-n N] [--idle K] [--concurrent C]
+                  [all|spinup|exec|memory|concurrent]...
+  --brig PATH       the `brig` binary (default: `brig` next to this executable)
+  -n N              spin-up iterations per runtime and reference (default 30)
+  --exec-n N        exec round-trips (default 300)
+  --idle K          idle sessions for the memory figure (default 20)
+  --concurrent C    sessions for the concurrency figure (default 50)
+Runs as root. Progress on stderr, a markdown report on stdout.";
+
+struct Args {
+    brig: PathBuf,
+    n: usize,
+    exec_n: usize,
+    idle_k: usize,
+    concurrent: usize,
+    what: Vec<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        brig: std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("brig")))
+            .unwrap_or_else(|| PathBuf::from("brig")),
+        n: 30,
+        exec_n: 300,
+        idle_k: 20,
+        concurrent: 50,
+        what: vec![],
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(x) = it.next() {
+        let mut num = |name: &str| -> Result<usize, String> {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .filter(|v: &usize| *v > 0)
+                .ok_or_else(|| format!("{name} needs a positive number\n{USAGE}"))
+        };
+        match x.as_str() {
+            "--brig" => a.brig = PathBuf::from(it.next().ok_or("--brig needs a path")?),
+            "-n" => a.n = num("-n")?,
+            "--exec-n" => a.exec_n = num("--exec-n")?,
+            "--idle" => a.idle_k = num("--idle")?,
+            "--concurrent" => a.concurrent = num("--concurrent")?,
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            "all" | "spinup" | "exec" | "memory" | "concurrent" => a.what.push(x),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    if a.what.is_empty() || a.what.iter().any(|w| w == "all") {
+        a.what = ["spinup", "exec", "memory", "concurrent"]
+            .map(String::from)
+            .to_vec();
+    }
+    a.brig =
+        std::fs::canonicalize(&a.brig).map_err(|e| format!("--brig {}: {e}", a.brig.display()))?;
+    Ok(a)
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("brig-bench: run as root (sessions need namespaces, cgroups and mounts)");
+        std::process::exit(2);
+    }
+    if std::env::var_os("BRIG_LOG").is_some() {
+        brig_server::init_logging(false);
+    }
+    // The same runtime shape as `brig serve`.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = rt.block_on(run(args));
+    std::process::exit(code);
+}
+
+// ---------------------------------------------------------------- stats ----
+
+/// Nearest-rank percentile of sorted samples.
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[derive(Clone, Default)]
+struct Samples(Vec<f64>);
+
+impl Samples {
+    fn push(&mut self, d: Duration) {
+        self.0.push(d.as_secs_f64() * 1000.0);
+    }
+    fn sorted(&self) -> Vec<f64> {
+        let mut v = self.0.clone();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v
+    }
+    fn p(&self, p: f64) -> f64 {
+        pct(&self.sorted(), p)
+    }
+    fn min(&self) -> f64 {
+        self.sorted().first().copied().unwrap_or(f64::NAN)
+    }
+    fn max(&self) -> f64 {
+        self.sorted().last().copied().unwrap_or(f64::NAN)
+    }
+    fn mean(&self) -> f64 {
+        self.0.iter().sum::<f64>() / self.0.len() as f64
+    }
+    fn row(&self, name: &str) -> String {
+        format!(
+            "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            self.0.len(),
+            self.p(50.0),
+            self.p(99.0),
+            self.min(),
+            self.mean(),
+            self.max()
+        )
+    }
+}
+
+const TABLE_HEAD: &str =
+    "| what | n | p50 ms | p99 ms | min ms | mean ms | max ms |\n|---|---:|---:|---:|---:|---:|---:|";
+
+fn mib(bytes: f64) -> String {
+    format!("{:.2}", bytes / (1024.0 * 1024.0))
+}
+
+// --------------------------------------------------------------- server ----
+
+struct Bench {
+    sock: PathBuf,
+    data: PathBuf,
+}
+
+impl Bench {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        brig_server::client::request(&self.sock, method, path, body.as_ref())
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    async fn create(&self, body: Value) -> String {
+        let (s, v) = self.call("POST", "/v1/sessions", Some(body)).await;
+        assert_eq!(s, 201, "create: {v}");
+        v["id"].as_str().expect("session id").to_string()
+    }
+
+    async fn exec_true(&self, id: &str) {
+        let (s, v) = self
+            .call(
+                "POST",
+                &format!("/v1/sessions/{id}/exec"),
+                Some(json!({"argv": ["/bin/true"]})),
+            )
+            .await;
+        assert_eq!(s, 200, "exec: {v}");
+        assert_eq!(v["status"]["code"], 0, "exec: {v}");
+    }
+
+    async fn kill(&self, id: &str) {
+        let (s, v) = self
+            .call("POST", &format!("/v1/sessions/{id}/kill"), None)
+            .await;
+        assert_eq!(s, 200, "kill: {v}");
+    }
+
+    /// Problems if anything of session `id` is left on the host.
+    fn leftovers(&self, id: &str) -> Vec<String> {
+        let mut v = vec![];
+        let dir = brig_sandbox::workspace::session_dir(&self.data, id);
+        if dir.exists() {
+            v.push(format!("{} exists", dir.display()));
+        }
+        let m = brig_sandbox::workspace::mounts_under(&dir);
+        if !m.is_empty() {
+            v.push(format!("mounts {m:?}"));
+        }
+        if brig_sandbox::cgroup::SessionCgroup::new(id).exists() {
+            v.push(format!("cgroup brig/{id}"));
+        }
+        let state = brig_sandbox::runtime::runtimes_dir(&self.data)
+            .join("native")
+            .join(id);
+        if state.exists() {
+            v.push(format!("{} exists", state.display()));
+        }
+        v
+    }
+}
+
+async fn run(args: Args) -> i32 {
+    let dir = tempfile::Builder::new()
+        .prefix("brig-bench-")
+        .tempdir()
+        .expect("data dir");
+    // The runtime's setup runs as the sandbox's mapped root: paths must be traversable.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let mut cfg = brig_server::ServerConfig::embedded(dir.path());
+    cfg.brig_exe = args.brig.clone();
+    let server = match brig_server::start(cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("brig-bench: cannot start the control plane: {e}");
+            return 1;
+        }
+    };
+    let b = Bench {
+        sock: server.socket_path().to_path_buf(),
+        data: dir.path().to_path_buf(),
+    };
+
+    let mut out = String::new();
+    out.push_str("## Sessions (issue 2)\n\n");
+    out.push_str(&machine_facts(&args));
+    let mut ok = true;
+    for w in args.what.clone() {
+        let section = match w.as_str() {
+            "spinup" => spinup(&b, &args).await,
+            "exec" => exec_overhead(&b, &args).await,
+            "memory" => memory(&b, &args).await,
+            "concurrent" => concurrent(&b, &args).await,
+            _ => unreachable!(),
+        };
+        match section {
+            Ok(s) => out.push_str(&s),
+            Err(e) => {
+                ok = false;
+                eprintln!("brig-bench: {w}: {e}");
+                out.push_str(&format!("### {w}\n\nFAILED: {e}\n\n"));
+            }
+        }
+    }
+    if let Err(e) = server.shutdown().await {
+        eprintln!("brig-bench: shutdown: {e}");
+    }
+    println!("{out}");
+    if ok {
+        0
+    } else {
+        1
+    }
+}
+
+// -------------------------------------------------------------- machine ----
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| {
+            let s = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&s)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_else(|e| format!("({cmd}: {e})"))
+}
+
+fn machine_facts(args: &Args) -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|x| x.1.trim().to_string())
+        .unwrap_or_else(|| "?".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<f64>().ok())
+        .map(|k| format!("{:.1} GiB", k / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "?".into());
+    let cg = match brig_sandbox::cgroup::detect() {
+        brig_sandbox::cgroup::Version::V1 => "v1",
+        brig_sandbox::cgroup::Version::V2 => "v2",
+    };
+    let os = std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|s| s.trim_matches('"').to_string())
+        .unwrap_or_else(|| "?".into());
+    format!(
+        "Machine (read by the bench at run time):\n\n\
+         | fact | value |\n|---|---|\n\
+         | CPUs (`nproc`) | {} |\n| CPU model | {model} |\n| memory | {mem} |\n\
+         | kernel | {} |\n| OS | {os} |\n| cgroups | {cg} |\n\
+         | runsc | {} |\n| bwrap | {} |\n| brig binary | `{}` |\n\n",
+        sh("nproc", &[]),
+        sh("uname", &["-r"]),
+        sh("runsc", &["--version"]),
+        sh("bwrap", &["--version"]),
+        args.brig.display(),
+    )
+}
+
+// -------------------------------------------------------------- spin-up ----
+
+const BWRAP: &[&str] = &[
+    "--unshare-all",
+    "--ro-bind",
+    "/usr",
+    "/usr",
+    "--symlink",
+    "usr/lib64",
+    "/lib64",
+    "--symlink",
+    "usr/lib",
+    "/lib",
+    "--symlink",
+    "usr/bin",
+    "/bin",
+    "--proc",
+    "/proc",
+    "--dev",
+    "/dev",
+    "true",
+];
+
+fn run_ref(cmd: &str, args: &[&str]) -> Result<Duration, String> {
+    let t = Instant::now();
+    let st = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    let d = t.elapsed();
+    if !st.success() {
+        return Err(format!("{cmd} {args:?}: {st}"));
+    }
+    Ok(d)
+}
+
+async fn spinup_once(b: &Bench, runtime: &str) -> Duration {
+    let t = Instant::now();
+    let id = b
+        .create(json!({"task": "bench-spinup", "runtime": runtime}))
+        .await;
+    b.exec_true(&id).await;
+    let d = t.elapsed();
+    b.kill(&id).await;
+    d
+}
+
+async fn spinup(b: &Bench, args: &Args) -> Result<String, String> {
+    let runsc_root = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let rr = format!("--root={}", runsc_root.path().display());
+    let runsc: Vec<&str> = vec![&rr, "--network=none", "--platform=ptrace", "do", "true"];
+    // Warm-up (page cache, first-use paths), not counted.
+    spinup_once(b, "native").await;
+    spinup_once(b, "gvisor").await;
+    run_ref("/usr/bin/bwrap", BWRAP)?;
+    run_ref("/usr/bin/runsc", &runsc)?;
+    let (mut native, mut gvisor, mut bwrap, mut rsc) = Default::default();
+    let (n_s, g_s, b_s, r_s): (&mut Samples, &mut Samples, &mut Samples, &mut Samples) =
+        (&mut native, &mut gvisor, &mut bwrap, &mut rsc);
+    for i in 0..args.n {
+        eprintln!("spin-up {}/{}", i + 1, args.n);
+        // Interleaved, rotating which goes first.
+        for k in 0..4 {
+            match (i + k) % 4 {
+                0 => n_s.push(spinup_once(b, "native").await),
+                1 => g_s.push(spinup_once(b, "gvisor").await),
+                2 => b_s.push(run_ref("/usr/bin/bwrap", BWRAP)?),
+                _ => r_s.push(run_ref("/usr/bin/runsc", &runsc)?),
+            }
+        }
+    }
+    let ratio = native.p(50.0) / bwrap.p(50.0);
+    let mut s = String::from("### 1. Spin-up\n\n");
+    s.push_str(&format!(
+        "API call (`POST /v1/sessions`) to the first exec's exit recorded (`POST /v1/sessions/{{id}}/exec` \
+         of `/bin/true` returned), {} iterations each, interleaved (the order rotates every round), \
+         each session killed between iterations (not timed); one warm-up of each not counted.\n\n",
+        args.n
+    ));
+    s.push_str(TABLE_HEAD);
+    s.push('\n');
+    s.push_str(&native.row("brig `native` session"));
+    s.push('\n');
+    s.push_str(&gvisor.row("brig `gvisor` session"));
+    s.push('\n');
+    s.push_str(&bwrap.row("bare `bwrap ... true` (reference)"));
+    s.push('\n');
+    s.push_str(&rsc.row("bare `runsc --network=none --platform=ptrace do true` (reference)"));
+    s.push_str("\n\n");
+    s.push_str(&format!(
+        "native p50 / bwrap p50 = **{ratio:.2}×**; gvisor p50 / runsc-do p50 = {:.2}×.\n\n",
+        gvisor.p(50.0) / rsc.p(50.0)
+    ));
+    s.push_str(&format!(
+        "Targets: native p50 ≤ 60 ms: **{}** ({:.1} ms); native p50 ≤ 2× bare bwrap: **{}** ({ratio:.2}×).\n\n",
+        met(native.p(50.0) <= 60.0),
+        native.p(50.0),
+        met(ratio <= 2.0)
+    ));
+    Ok(s)
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "missed"
+    }
+}
+
+// ----------------------------------------------------------------- exec ----
+
+async fn exec_overhead(b: &Bench, args: &Args) -> Result<String, String> {
+    let id = b.create(json!({"task": "bench-exec"})).await;
+    for _ in 0..10 {
+        b.exec_true(&id).await;
+        run_ref("/bin/true", &[])?;
+    }
+    let (mut api, mut direct) = (Samples::default(), Samples::default());
+    for i in 0..args.exec_n {
+        if i % 100 == 0 {
+            eprintln!("exec {}/{}", i, args.exec_n);
+        }
+        let t = Instant::now();
+        b.exec_true(&id).await;
+        api.push(t.elapsed());
+        direct.push(run_ref("/bin/true", &[])?);
+    }
+    b.kill(&id).await;
+    let diff50 = api.p(50.0) - direct.p(50.0);
+    let diff99 = api.p(99.0) - direct.p(99.0);
+    let mut s = String::from("### 2. Exec round-trip overhead\n\n");
+    s.push_str(&format!(
+        "One running `native` session; {} round-trips of `POST /v1/sessions/{{id}}/exec` `/bin/true` \
+         (new connection per request, as the CLI does; the exec is journaled in SQLite before the \
+         answer), each followed by spawning `/bin/true` directly from the bench process \
+         (`std::process::Command::status`); 10 warm-ups of each not counted.\n\n",
+        args.exec_n
+    ));
+    s.push_str(TABLE_HEAD);
+    s.push('\n');
+    s.push_str(&api.row("exec through the API"));
+    s.push('\n');
+    s.push_str(&direct.row("direct spawn + wait"));
+    s.push_str("\n\n");
+    s.push_str(&format!(
+        "Overhead: p50 **{diff50:.2} ms**, p99 {diff99:.2} ms (difference of the percentiles). \
+         Target ≤ 3 ms p50: **{}**.\n\n",
+        met(diff50 <= 3.0)
+    ));
+    Ok(s)
+}
+
+// --------------------------------------------------------------- memory ----
+
+fn pss_kib(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse().ok())
+}
+
+fn rss_kib(pid: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(0)
+}
+
+fn cgroup_procs(id: &str) -> Vec<i32> {
+    std::fs::read_to_string(format!("/sys/fs/cgroup/pids/brig/{id}/cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn cgroup_mem(id: &str) -> u64 {
+    std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/brig/{id}/memory.usage_in_bytes"
+    ))
+    .ok()
+    .and_then(|s| s.trim().parse().ok())
+    .unwrap_or(0)
+}
+
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+fn drop_caches_settle() {
+    // Let freed memory and RCU settle before reading RSS.
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+async fn memory(b: &Bench, args: &Args) -> Result<String, String> {
+    // Warm-up: the first session maps everything the server needs.
+    let w = b.create(json!({"task": "bench-mem"})).await;
+    b.exec_true(&w).await;
+    b.kill(&w).await;
+    drop_caches_settle();
+    let rss0 = rss_kib("self", "VmRSS:");
+    let mut ids = vec![];
+    for i in 0..args.idle_k {
+        eprintln!("idle session {}/{}", i + 1, args.idle_k);
+        let id = b.create(json!({"task": "bench-mem"})).await;
+        b.exec_true(&id).await;
+        ids.push(id);
+    }
+    // Idle: no exec for a while.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss1 = rss_kib("self", "VmRSS:");
+    let (mut pss, mut cg, mut nprocs) = (vec![], vec![], 0usize);
+    let mut comms = std::collections::BTreeSet::new();
+    for id in &ids {
+        let procs = cgroup_procs(id);
+        nprocs += procs.len();
+        let mut sum = 0u64;
+        for p in &procs {
+            sum += pss_kib(*p).unwrap_or(0) * 1024;
+            comms.insert(comm(*p));
+        }
+        pss.push(sum as f64);
+        cg.push(cgroup_mem(id) as f64);
+    }
+    for id in &ids {
+        b.kill(id).await;
+    }
+    let k = ids.len() as f64;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let maxf = |v: &[f64]| v.iter().cloned().fold(f64::MIN, f64::max);
+    let growth = (rss1 as f64 - rss0 as f64) * 1024.0 / k;
+    let mut s = String::from("### 3. Host memory per idle session\n\n");
+    s.push_str(&format!(
+        "{} idle `native` sessions (each created, one `/bin/true` exec, then 2 s without activity). \
+         Per session: the PSS (`/proc/<pid>/smaps_rollup`) summed over every process in its pids \
+         cgroup (`/sys/fs/cgroup/pids/brig/<id>/cgroup.procs`: {:.1} processes per session, {}), \
+         the memory cgroup's `memory.usage_in_bytes` (charged pages: the processes' anonymous \
+         memory, page tables, kernel memory and page cache touched, incl. the tmpfs workspace's \
+         pages), and the control plane's RSS growth divided by the number of sessions (the control \
+         plane runs inside the bench process; its RSS read after a warm-up session).\n\n",
+        args.idle_k,
+        nprocs as f64 / k,
+        comms.into_iter().collect::<Vec<_>>().join(", "),
+    ));
+    s.push_str("| figure (per idle session) | mean MiB | max MiB |\n|---|---:|---:|\n");
+    s.push_str(&format!(
+        "| PSS of the sandbox's processes | {} | {} |\n",
+        mib(mean(&pss)),
+        mib(maxf(&pss))
+    ));
+    s.push_str(&format!(
+        "| memory cgroup usage | {} | {} |\n",
+        mib(mean(&cg)),
+        mib(maxf(&cg))
+    ));
+    s.push_str(&format!(
+        "| brig server RSS growth / K | {} | |\n",
+        mib(growth)
+    ));
+    let total = mean(&pss) + growth.max(0.0);
+    s.push_str(&format!(
+        "| **PSS + server growth** | **{}** | |\n\n",
+        mib(total)
+    ));
+    s.push_str(&format!(
+        "Target ≤ 5 MiB per idle session, judged on PSS of the sandbox's processes plus the \
+         server's growth per session: **{}** ({} MiB). PSS is the honest host-memory figure: \
+         the sandbox's init is brig's own binary, whose text pages are shared by every session \
+         and the server, so RSS would count them once per session; PSS charges each session its \
+         fair share. The cgroup figure is shown for completeness: it also counts page cache and \
+         kernel objects (the mount namespace, tmpfs and cgroup structures) charged on creation.\n\n",
+        met(total <= 5.0 * 1024.0 * 1024.0),
+        mib(total)
+    ));
+    Ok(s)
+}
+
+// ----------------------------------------------------------- concurrent ----
+
+async fn concurrent(b: &Bench, args: &Args) -> Result<String, String> {
+    let c = args.concurrent;
+    let sock = b.sock.clone();
+    eprintln!("creating {c} sessions concurrently");
+    let t = Instant::now();
+    let mut tasks = vec![];
+    for _ in 0..c {
+        let sock = sock.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = brig_server::client::request(
+                &sock,
+                "POST",
+                "/v1/sessions",
+                Some(&json!({"task": "bench-concurrent"})),
+            )
+            .await;
+            (t.elapsed(), r)
+        }));
+    }
+    let mut creates = Samples::default();
+    let mut ids = vec![];
+    let mut errors = vec![];
+    for t in tasks {
+        let (d, r) = t.await.map_err(|e| e.to_string())?;
+        match r {
+            Ok((201, v)) => {
+                creates.push(d);
+                ids.push(v["id"].as_str().unwrap_or_default().to_string());
+            }
+            Ok((s, v)) => errors.push(format!("{s}: {v}")),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let create_wall = t.elapsed();
+    eprintln!("exec in {} sessions concurrently", ids.len());
+    let t = Instant::now();
+    let mut tasks = vec![];
+    for id in ids.clone() {
+        let sock = sock.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = brig_server::client::request(
+                &sock,
+                "POST",
+                &format!("/v1/sessions/{id}/exec"),
+                Some(&json!({"argv": ["/bin/sh", "-c", "echo ok"]})),
+            )
+            .await;
+            (t.elapsed(), r)
+        }));
+    }
+    let mut execs = Samples::default();
+    for t in tasks {
+        let (d, r) = t.await.map_err(|e| e.to_string())?;
+        match r {
+            Ok((200, v)) if v["stdout"] == "ok\n" => execs.push(d),
+            Ok((s, v)) => errors.push(format!("exec {s}: {v}")),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let exec_wall = t.elapsed();
+    // The cgroups of all sessions, for the "nothing left" check.
+    let live_procs: usize = ids.iter().map(|id| cgroup_procs(id).len()).sum();
+    eprintln!("kill-all");
+    let t = Instant::now();
+    let (s, v) = b.call("POST", "/v1/kill-all", None).await;
+    let kill_wall = t.elapsed();
+    if s != 200 {
+        return Err(format!("kill-all: {s} {v}"));
+    }
+    let killed = v["killed"].as_array().map(|a| a.len()).unwrap_or(0);
+    let server_ms = v["duration_ms"].as_u64().unwrap_or(0);
+    let mut left = vec![];
+    for id in &ids {
+        left.extend(b.leftovers(id));
+    }
+    let parent_children: Vec<String> = std::fs::read_dir("/sys/fs/cgroup/pids/brig")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| ids.contains(n))
+                .collect()
+        })
+        .unwrap_or_default();
+    left.extend(
+        parent_children
+            .iter()
+            .map(|n| format!("pids cgroup brig/{n}")),
+    );
+    let (ls, lv) = b.call("GET", "/v1/sessions", None).await;
+    let still_live = if ls == 200 {
+        lv.as_array().map(|a| a.len()).unwrap_or(0)
+    } else {
+        usize::MAX
+    };
+
+    let mut s = format!("### 4. {c} concurrent sessions\n\n");
+    s.push_str(&format!(
+        "{c} `native` sessions created at once (one task and connection each), then one exec \
+         (`sh -c 'echo ok'`) in every one at once, then `POST /v1/kill-all`; afterwards every \
+         session dir, mount, cgroup and runtime state is checked to be gone.\n\n"
+    ));
+    s.push_str(TABLE_HEAD);
+    s.push('\n');
+    s.push_str(&creates.row(&format!("create (each of {c}, concurrent)")));
+    s.push('\n');
+    s.push_str(&execs.row(&format!("exec (each of {c}, concurrent)")));
+    s.push_str("\n\n");
+    s.push_str(&format!(
+        "| figure | value |\n|---|---|\n\
+         | sessions created | {} of {c} ({} errors) |\n\
+         | wall time, all creates | {:.0} ms |\n\
+         | wall time, all execs | {:.0} ms |\n\
+         | processes in their cgroups before kill-all | {live_procs} |\n\
+         | `POST /v1/kill-all`, client-observed | **{:.0} ms** |\n\
+         | `POST /v1/kill-all`, server-reported `duration_ms` | {server_ms} ms |\n\
+         | sessions killed | {killed} |\n\
+         | live sessions afterwards | {still_live} |\n\
+         | left on the host afterwards | {} |\n\n",
+        ids.len(),
+        errors.len(),
+        create_wall.as_secs_f64() * 1000.0,
+        exec_wall.as_secs_f64() * 1000.0,
+        kill_wall.as_secs_f64() * 1000.0,
+        if left.is_empty() {
+            "nothing".to_string()
+        } else {
+            left.join("; ")
+        }
+    ));
+    if !errors.is_empty() {
+        s.push_str(&format!("Errors: {}\n\n", errors.join("; ")));
+    }
+    s.push_str(&format!(
+        "Target: kill-all of {c} < 1 s: **{}** ({:.0} ms); nothing left: **{}**.\n\n",
+        met(kill_wall < Duration::from_secs(1) && killed == ids.len()),
+        kill_wall.as_secs_f64() * 1000.0,
+        met(left.is_empty() && still_live == 0)
+    ));
+    Ok(s)
+}
