@@ -168,6 +168,10 @@ async fn dispatch(cli: Cli, out: Out) -> Result<i32> {
             kill_all(&client(&cli)?, out).await
         }
         Command::Image(cmd) => image(&client(&cli)?, cmd, out).await,
+        Command::Journal(cmd) => {
+            let config = config_path(&cli)?;
+            crate::journal::run(|| client(&cli), config.as_deref(), cmd, out).await
+        }
         Command::Session(cmd) => session(&client(&cli)?, cmd, out).await,
         Command::Run(a) => run_cmd(&client(&cli)?, &a.create, &a.opts, &a.cmd, out).await,
     }

@@ -56,6 +56,9 @@ pub enum Command {
     /// List and import images.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Show, follow, export and verify the tamper-evident journal.
+    #[command(subcommand)]
+    Journal(crate::journal::JournalCmd),
     /// Report what this host supports and which runtimes will work.
     Doctor,
     /// Print brig's version.

@@ -5,6 +5,7 @@ mod attach;
 mod cli;
 mod client;
 mod demo;
+mod journal;
 mod output;
 mod server;
 mod term;

@@ -43,6 +43,14 @@ pub struct Event {
     pub rule: Option<String>,
     #[serde(default)]
     pub details: serde_json::Value,
+    /// The hash of the event before this one in the journal (hex sha256;
+    /// 64 zeros for the first). Set by the store; see brig-audit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_hash: Option<String>,
+    /// sha256(prev_hash || canonical JSON of this event without the two
+    /// hash fields), hex. Set by the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
 }
 
 impl Event {
@@ -61,6 +69,8 @@ impl Event {
             outcome,
             rule: None,
             details: serde_json::Value::Null,
+            prev_hash: None,
+            hash: None,
         }
     }
     pub fn rule(mut self, rule: impl Into<String>) -> Self {
@@ -73,10 +83,15 @@ impl Event {
     }
 }
 
+/// 32 hex digits: 48 bits of milliseconds since the epoch, then 80 random
+/// bits (the layout of a UUIDv7). Time-ordered ids land at the end of the
+/// journal's unique index instead of at random places in it, which keeps
+/// appends fast as the journal grows; the random part keeps them unique.
 fn uuidish() -> String {
     use rand::Rng;
-    let v: u128 = rand::thread_rng().gen();
-    format!("{v:032x}")
+    let ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64;
+    let r: u128 = rand::thread_rng().gen::<u128>() & ((1u128 << 80) - 1);
+    format!("{:012x}{r:020x}", ms & 0xffff_ffff_ffff)
 }
 
 /// Now, as RFC 3339 UTC.
@@ -84,4 +99,23 @@ pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_unique_and_time_ordered() {
+        let a = Event::new("x", Outcome::Info).id;
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        let b = Event::new("x", Outcome::Info).id;
+        assert!(a < b, "{a} !< {b}");
+        assert_eq!(a.len(), 2 + 32);
+        assert!(a.starts_with("e-") && a[2..].chars().all(|c| c.is_ascii_hexdigit()));
+        let many: std::collections::HashSet<String> = (0..10_000)
+            .map(|_| Event::new("x", Outcome::Info).id)
+            .collect();
+        assert_eq!(many.len(), 10_000);
+    }
 }

@@ -136,6 +136,8 @@ pub(crate) fn routes() -> Routes {
     .get("/v1/sessions/{id}", get_session)
     .delete("/v1/sessions/{id}", destroy_session)
     .get("/v1/sessions/{id}/events", session_events)
+    .get("/v1/journal", journal)
+    .get("/v1/journal/verify", journal_verify)
     .post("/v1/sessions/{id}/exec", exec_buffered)
     .post("/v1/sessions/{id}/exec/attach", exec_attach)
     .post("/v1/sessions/{id}/kill", kill_session)
@@ -282,6 +284,60 @@ async fn get_session(State(st): State<AppState>, Path(id): Path<String>) -> ApiR
 async fn session_events(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     Ok(axum::Json(st.mgr.events(&id).await?).into_response())
+}
+
+/// `GET /v1/journal` filters; `user` is the human behind the events.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JournalQuery {
+    since: Option<String>,
+    session: Option<String>,
+    user: Option<String>,
+    after_seq: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Most events one journal request returns; page on with `after_seq`.
+const JOURNAL_PAGE_MAX: i64 = 10_000;
+
+async fn journal(
+    State(st): State<AppState>,
+    q: Result<Query<JournalQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q.map_err(|e| {
+        ApiError(
+            Error::invalid(format!("bad query: {}", e.body_text()))
+                .hint("use since=RFC3339, session=ID, user=NAME, after_seq=N, limit=N"),
+        )
+    })?;
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=JOURNAL_PAGE_MAX).contains(&limit) {
+        return Err(ApiError(
+            Error::invalid(format!(
+                "limit {limit} is out of range 1..={JOURNAL_PAGE_MAX}"
+            ))
+            .hint("page through larger journals with after_seq"),
+        ));
+    }
+    let f = brig_store::EventFilter {
+        since: q.since,
+        session: q.session,
+        human: q.user,
+        after_seq: q.after_seq,
+        limit: Some(limit),
+    };
+    let evs = st.mgr.db().run(move |s| s.events_filtered(&f)).await?;
+    Ok(axum::Json(evs).into_response())
+}
+
+async fn journal_verify(State(st): State<AppState>) -> ApiResult<Response> {
+    let data_dir = st.mgr.config().data_dir.clone();
+    let report = st
+        .mgr
+        .db()
+        .run(move |s| crate::journal::verify_store(s, &data_dir, None, None))
+        .await?;
+    Ok(axum::Json(report).into_response())
 }
 
 async fn exec_buffered(

@@ -32,6 +32,7 @@ pub struct ServerConfig {
     /// Cap on everything `--repo` and `--upload` copy into one workspace.
     pub upload_cap_bytes: u64,
     pub reaper: ReaperConfig,
+    pub journal: JournalConfig,
     pub profiles: BTreeMap<String, Profile>,
     /// Where this came from (a path, or `embedded defaults`), for messages.
     pub source: String,
@@ -56,6 +57,25 @@ impl Default for ReaperConfig {
         ReaperConfig {
             interval: Duration::from_secs(5),
             mark_idle_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// When the journal's chain head is signed.
+#[derive(Clone, Debug)]
+pub struct JournalConfig {
+    /// Sign after this many new events...
+    pub checkpoint_every: u64,
+    /// ...or this long after the last checkpoint, whichever comes first
+    /// (only if there are new events), and at shutdown.
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_secs(10),
         }
     }
 }
@@ -85,6 +105,8 @@ struct RawConfig {
     #[serde(default)]
     reaper: RawReaper,
     #[serde(default)]
+    journal: RawJournal,
+    #[serde(default)]
     profiles: BTreeMap<String, RawProfile>,
 }
 
@@ -100,6 +122,13 @@ struct RawTcp {
 struct RawReaper {
     interval: Option<Dur>,
     mark_idle_after: Option<Dur>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawJournal {
+    checkpoint_every: Option<u64>,
+    checkpoint_interval: Option<Dur>,
 }
 
 /// Limit settings, as `[defaults]` and `[profiles.NAME.limits]` write them.
@@ -210,6 +239,7 @@ impl ServerConfig {
             defaults: Limits::default(),
             upload_cap_bytes: DEFAULT_UPLOAD_CAP,
             reaper: ReaperConfig::default(),
+            journal: JournalConfig::default(),
             profiles: builtin_profiles(&Limits::default()),
             source: "embedded defaults".into(),
         }
@@ -261,6 +291,27 @@ impl ServerConfig {
                 "[reaper] interval must be greater than zero",
             )));
         }
+        let mut journal = JournalConfig::default();
+        if let Some(n) = raw.journal.checkpoint_every {
+            if n == 0 {
+                return Err(
+                    Error::invalid(at("[journal] checkpoint_every must be at least 1"))
+                        .hint("e.g. checkpoint_every = 1000"),
+                );
+            }
+            journal.checkpoint_every = n;
+        }
+        if let Some(d) = &raw.journal.checkpoint_interval {
+            journal.checkpoint_interval = d
+                .get()
+                .map_err(|e| e.context(at("[journal] checkpoint_interval")))?;
+            if journal.checkpoint_interval.is_zero() {
+                return Err(Error::invalid(at(
+                    "[journal] checkpoint_interval must be greater than zero",
+                ))
+                .hint("e.g. checkpoint_interval = \"10s\""));
+            }
+        }
         let tcp = match raw.tcp {
             None => None,
             Some(t) => {
@@ -296,6 +347,7 @@ impl ServerConfig {
             defaults,
             upload_cap_bytes,
             reaper,
+            journal,
             profiles,
             source: source.to_string(),
         })
@@ -501,6 +553,27 @@ mod tests {
         assert!(e.message.contains("upload_cap"), "{e}");
         let e = ServerConfig::parse("[reaper]\ninterval = \"0s\"", "b.toml").unwrap_err();
         assert!(e.message.contains("interval"), "{e}");
+    }
+
+    #[test]
+    fn journal_section_parses_and_bad_values_are_named() {
+        let c = ServerConfig::parse("", "t.toml").unwrap();
+        assert_eq!(c.journal.checkpoint_every, 1000);
+        assert_eq!(c.journal.checkpoint_interval, Duration::from_secs(10));
+        let c = ServerConfig::parse(
+            "[journal]\ncheckpoint_every = 5\ncheckpoint_interval = \"250ms\"",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.journal.checkpoint_every, 5);
+        assert_eq!(c.journal.checkpoint_interval, Duration::from_millis(250));
+        let e = ServerConfig::parse("[journal]\ncheckpoint_every = 0", "t.toml").unwrap_err();
+        assert!(e.message.contains("[journal] checkpoint_every"), "{e}");
+        let e =
+            ServerConfig::parse("[journal]\ncheckpoint_interval = \"0s\"", "t.toml").unwrap_err();
+        assert!(e.message.contains("checkpoint_interval"), "{e}");
+        let e = ServerConfig::parse("[journal]\nchekpoint_every = 3", "t.toml").unwrap_err();
+        assert!(e.message.contains("chekpoint_every"), "{e}");
     }
 
     #[test]

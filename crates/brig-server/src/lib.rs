@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod journal;
 pub mod manager;
 pub mod metrics;
 
@@ -47,6 +48,8 @@ pub struct RunningServer {
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     reaper: JoinHandle<()>,
+    journal: Arc<journal::Journal>,
+    signer: JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -83,6 +86,13 @@ impl RunningServer {
             Err(e) => {
                 tracing::warn!(socket = %self.socket.display(), error = %e, "could not remove the socket")
             }
+        }
+        // Sign the head last, after the destroy events of the shutdown.
+        self.signer.abort();
+        match self.journal.checkpoint().await {
+            Ok(Some(cp)) => tracing::info!(seq = cp.seq, "journal checkpoint signed at shutdown"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "journal: final checkpoint failed"),
         }
         tracing::info!("brig serve stopped");
         Ok(())
@@ -128,7 +138,17 @@ async fn listen(
     let store = tokio::task::spawn_blocking(move || brig_store::Store::open(&db_path))
         .await
         .map_err(|e| Error::internal(format!("store task failed: {e}")))??;
+    // Every event passes the redactor before it is stored. Known secret
+    // values join the patterns when brig holds secrets (secrets issue).
+    store.set_redactor(Arc::new(brig_redact::Redactor::patterns_only()));
     let mgr = Arc::new(Manager::new(cfg.clone(), store));
+    // No signing key, no journal: refuse to start rather than record
+    // events nobody can later prove untouched.
+    let journal = Arc::new(journal::Journal::open(
+        mgr.db().clone(),
+        &cfg.data_dir,
+        cfg.journal.clone(),
+    )?);
     if reconcile {
         mgr.reconcile().await?;
     }
@@ -172,6 +192,7 @@ async fn listen(
         }
     }));
     let reaper = mgr.spawn_reaper();
+    let signer = journal.spawn();
     tracing::info!(socket = %cfg.socket.display(), data_dir = %cfg.data_dir.display(), config = %cfg.source, "brig serve ready");
     Ok(RunningServer {
         socket: cfg.socket.clone(),
@@ -180,6 +201,8 @@ async fn listen(
         stop,
         servers,
         reaper,
+        journal,
+        signer,
     })
 }
 
@@ -266,5 +289,7 @@ async fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
+#[cfg(test)]
+mod journal_tests;
 #[cfg(test)]
 mod tests;

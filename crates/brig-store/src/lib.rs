@@ -10,8 +10,11 @@
 //! (`tokio::task::spawn_blocking`).
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
+
+use brig_audit::{canonical_json, seal, seal_with, Checkpoint, GENESIS};
+use brig_redact::Redactor;
 
 use brig_core::event::{Event, Outcome};
 use brig_core::exec::ExitStatus;
@@ -90,6 +93,29 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (session, exec_id)
     );
     "#,
+    // 2: the tamper-evident journal: each event's chain link, signed
+    // checkpoints of the chain head, and how far each sink has shipped.
+    r#"
+    ALTER TABLE events ADD COLUMN prev_hash TEXT;
+    ALTER TABLE events ADD COLUMN hash TEXT;
+    CREATE INDEX events_human ON events(human, seq);
+    CREATE INDEX events_time ON events(time);
+
+    CREATE TABLE checkpoints (
+        seq       INTEGER NOT NULL,
+        hash      TEXT NOT NULL,
+        time      TEXT NOT NULL,
+        key_id    TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        PRIMARY KEY (seq, key_id)
+    );
+
+    CREATE TABLE sink_cursors (
+        name       TEXT PRIMARY KEY,
+        seq        INTEGER NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this binary writes.
@@ -136,6 +162,20 @@ pub struct ExecEnd {
 /// The database. Cheap to share behind an `Arc`.
 pub struct Store {
     conn: Mutex<Connection>,
+    redactor: RwLock<Arc<Redactor>>,
+}
+
+/// Which events [`Store::events_filtered`] returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EventFilter {
+    /// RFC 3339; events at or after it.
+    pub since: Option<String>,
+    pub session: Option<String>,
+    /// The human behind the events.
+    pub human: Option<String>,
+    /// Only events with a greater seq (then the first `limit`, else the last).
+    pub after_seq: Option<i64>,
+    pub limit: Option<i64>,
 }
 
 fn db_err(what: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
@@ -157,7 +197,13 @@ impl Store {
             Error::internal(format!("cannot open database {}: {e}", path.display()))
                 .hint("check that data_dir in brig.toml is writable by brig serve")
         })?;
-        Self::setup(conn, &path.display().to_string())
+        Self::setup(conn, &path.display().to_string()).map_err(|e| {
+            if e.message.contains("not a database") || e.message.contains("malformed") {
+                corrupt_msg(path, &e.message)
+            } else {
+                e
+            }
+        })
     }
 
     /// A private in-memory database (tests, dry runs).
@@ -179,11 +225,71 @@ impl Store {
             ))
             .hint("put data_dir on a local filesystem that supports shared memory"));
         }
-        conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
-            .map_err(db_err("pragmas"))?;
+        conn.execute_batch(
+            "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768;",
+        )
+        .map_err(db_err("pragmas"))?;
         migrate(&mut conn, name)?;
         Ok(Store {
             conn: Mutex::new(conn),
+            redactor: RwLock::new(Arc::new(Redactor::patterns_only())),
+        })
+    }
+
+    /// Open an existing database read-only, without migrating it (what an
+    /// auditor runs `brig journal verify` on: the live data dir or a copy).
+    /// Refuses files that are not a brig database or predate the journal.
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        use rusqlite::OpenFlags;
+        if !path.is_file() {
+            return Err(
+                Error::not_found(format!("no database at {}", path.display()))
+                    .hint("pass the data dir brig serve uses (--data-dir), which holds brig.db"),
+            );
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| corrupt(path, e))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(db_err("busy_timeout"))?;
+        // A copy without its -shm file on a read-only medium cannot be
+        // opened in WAL mode read-only; fall back to an immutable view.
+        let conn = match current_version(&conn) {
+            Ok(_) => conn,
+            Err(_) => {
+                let uri = format!("file:{}?immutable=1", path.display());
+                Connection::open_with_flags(&uri, flags | OpenFlags::SQLITE_OPEN_URI)
+                    .map_err(|e| corrupt(path, e))?
+            }
+        };
+        let version = conn
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(|e| corrupt(path, e))?;
+        if version < 2 {
+            return Err(Error::invalid(format!(
+                "database {} has schema version {version}: it predates the hash-chained journal",
+                path.display()
+            ))
+            .hint(
+                "start brig serve on it once to migrate (events written before are chained then)",
+            ));
+        }
+        if version > SCHEMA_VERSION {
+            return Err(Error::conflict(format!(
+                "database {} has schema version {version}, newer than this brig understands ({SCHEMA_VERSION})",
+                path.display()
+            ))
+            .hint("verify it with the brig that wrote it"));
+        }
+        // Touch the tables verify needs, so damage shows here, by name.
+        conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))
+            .map_err(|e| corrupt(path, e))?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            redactor: RwLock::new(Arc::new(Redactor::patterns_only())),
         })
     }
 
@@ -337,94 +443,268 @@ impl Store {
         Ok(out)
     }
 
-    /// Append an event; returns its sequence number.
+    /// The redactor every event and exec record passes through before it
+    /// is written (default: patterns only). The control plane installs one
+    /// that also knows its secret values.
+    pub fn set_redactor(&self, r: Arc<Redactor>) {
+        *self.redactor.write().unwrap_or_else(|p| p.into_inner()) = r;
+    }
+
+    fn redactor(&self) -> Arc<Redactor> {
+        self.redactor
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// `synchronous = FULL` (fsync the WAL at every commit: an event
+    /// survives power loss once appended) or `NORMAL` (the default: it
+    /// survives a crash of brig, fsync at WAL checkpoints).
+    pub fn set_synchronous_full(&self, full: bool) -> Result<()> {
+        let mode = if full { "FULL" } else { "NORMAL" };
+        self.conn()
+            .execute_batch(&format!("PRAGMA synchronous = {mode}"))
+            .map_err(db_err("synchronous"))
+    }
+
+    /// Append an event, redacted and chained; returns its sequence number.
     pub fn append_event(&self, ev: &Event) -> Result<i64> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO events (id, time, session, human, agent, task, repo, branch, action,
-                outcome, rule, details)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            params![
-                ev.id,
-                ev.time,
-                ev.session,
-                ev.human,
-                ev.agent,
-                ev.task,
-                ev.repo,
-                ev.branch,
-                ev.action,
-                outcome_str(ev.outcome),
-                ev.rule,
-                to_json(&ev.details)?,
-            ],
-        )
-        .map_err(db_err("append event"))?;
-        Ok(conn.last_insert_rowid())
+        let seqs = self.append_events(std::slice::from_ref(ev))?;
+        Ok(seqs[0])
+    }
+
+    /// Append events in one transaction (one fsync), in order: each is
+    /// redacted, given the next seq and linked to the chain head. The
+    /// connection mutex serializes appenders and the transaction is
+    /// IMMEDIATE, so the head read and the inserts cannot interleave with
+    /// another writer, even one in another process.
+    pub fn append_events(&self, evs: &[Event]) -> Result<Vec<i64>> {
+        let red = self.redactor();
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err("begin append"))?;
+        let (mut seq, mut prev) = head_of(&tx)?.unwrap_or((0, GENESIS.to_string()));
+        let mut out = Vec::with_capacity(evs.len());
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO events (seq, id, time, session, human, agent, task, repo, branch,
+                        action, outcome, rule, details, prev_hash, hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                )
+                .map_err(db_err("append event"))?;
+            for ev in evs {
+                let mut ev = redact_event(&red, ev);
+                seq += 1;
+                ev.seq = seq;
+                // Stored as hashed: the canonical text is valid JSON.
+                let details = canonical_json(&ev.details);
+                let hash = seal_with(&prev, &mut ev, &details);
+                stmt.execute(params![
+                    ev.seq,
+                    ev.id,
+                    ev.time,
+                    ev.session,
+                    ev.human,
+                    ev.agent,
+                    ev.task,
+                    ev.repo,
+                    ev.branch,
+                    ev.action,
+                    outcome_str(ev.outcome),
+                    ev.rule,
+                    details,
+                    prev,
+                    hash,
+                ])
+                .map_err(|e| match e {
+                    rusqlite::Error::SqliteFailure(f, _)
+                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        Error::conflict(format!("event {} is already in the journal", ev.id))
+                            .hint("every event needs a fresh id (Event::new makes one)")
+                    }
+                    e => db_err("append event")(e),
+                })?;
+                out.push(seq);
+                prev = hash;
+            }
+        }
+        tx.commit().map_err(db_err("commit events"))?;
+        Ok(out)
+    }
+
+    /// The chain head: (seq, hash) of the last event.
+    pub fn head(&self) -> Result<Option<(i64, String)>> {
+        head_of(&self.conn())
     }
 
     /// Events of one session (or, with `None`, those of no session), oldest first.
     pub fn events(&self, session: Option<&SessionId>) -> Result<Vec<Event>> {
         let conn = self.conn();
-        let cols = "seq, id, time, session, human, agent, task, repo, branch, action, outcome,
-                    rule, details";
-        let (sql, arg) = match session {
-            Some(id) => (
-                format!("SELECT {cols} FROM events WHERE session = ?1 ORDER BY seq"),
-                Some(id.as_str()),
+        match session {
+            Some(id) => query_events(
+                &conn,
+                &format!("SELECT {EVENT_COLS} FROM events WHERE session = ?1 ORDER BY seq"),
+                params![id.as_str()],
             ),
-            None => (
-                format!("SELECT {cols} FROM events WHERE session IS NULL ORDER BY seq"),
-                None,
+            None => query_events(
+                &conn,
+                &format!("SELECT {EVENT_COLS} FROM events WHERE session IS NULL ORDER BY seq"),
+                [],
             ),
-        };
-        let mut stmt = conn.prepare(&sql).map_err(db_err("read events"))?;
-        let map = |r: &Row<'_>| -> rusqlite::Result<(Event, String, String)> {
-            Ok((
-                Event {
-                    seq: r.get(0)?,
-                    id: r.get(1)?,
-                    time: r.get(2)?,
-                    session: r.get(3)?,
-                    human: r.get(4)?,
-                    agent: r.get(5)?,
-                    task: r.get(6)?,
-                    repo: r.get(7)?,
-                    branch: r.get(8)?,
-                    action: r.get(9)?,
-                    outcome: Outcome::Info,
-                    rule: r.get(11)?,
-                    details: serde_json::Value::Null,
-                },
-                r.get(10)?,
-                r.get(12)?,
-            ))
-        };
-        let rows = match arg {
-            Some(a) => stmt.query_map([a], map),
-            None => stmt.query_map([], map),
         }
-        .map_err(db_err("read events"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (mut ev, outcome, details) = row.map_err(db_err("read events"))?;
-            ev.outcome = parse_outcome(&outcome)?;
-            ev.details = from_json(&details)?;
-            out.push(ev);
+    }
+
+    /// Up to `limit` events with seq > `after_seq`, of every session, in
+    /// seq order (the journal as sinks and `tail -f` read it).
+    pub fn events_after(&self, after_seq: i64, limit: i64) -> Result<Vec<Event>> {
+        let conn = self.conn();
+        query_events(
+            &conn,
+            &format!("SELECT {EVENT_COLS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"),
+            params![after_seq, limit.max(0)],
+        )
+    }
+
+    /// Events matching `f`, in seq order. With `limit` and no `after_seq`,
+    /// the *last* `limit` matching events (what `journal show` wants).
+    pub fn events_filtered(&self, f: &EventFilter) -> Result<Vec<Event>> {
+        let since = match &f.since {
+            Some(t) => Some(parse_time(t)?),
+            None => None,
+        };
+        let mut sql = format!("SELECT {EVENT_COLS} FROM events WHERE seq > ?1");
+        let mut args: Vec<rusqlite::types::Value> = vec![f.after_seq.unwrap_or(0).into()];
+        if let Some(s) = &f.session {
+            args.push(s.clone().into());
+            sql.push_str(&format!(" AND session = ?{}", args.len()));
+        }
+        if let Some(h) = &f.human {
+            args.push(h.clone().into());
+            sql.push_str(&format!(" AND human = ?{}", args.len()));
+        }
+        if let Some(t) = since {
+            // Coarse in SQL (whole seconds; RFC 3339 text sorts by time at
+            // that precision), exact below.
+            let floor = t
+                .replace_nanosecond(0)
+                .unwrap_or(t)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            args.push(floor.trim_end_matches('Z').to_string().into());
+            sql.push_str(&format!(" AND time >= ?{}", args.len()));
+        }
+        let tail = f.after_seq.is_none() && f.limit.is_some();
+        sql.push_str(if tail {
+            " ORDER BY seq DESC"
+        } else {
+            " ORDER BY seq"
+        });
+        if let Some(n) = f.limit {
+            // In SQL, so `show` on a large journal reads only what it shows.
+            // The exact `since` check below only drops rows of the boundary
+            // second, so at most that second's events are missing from a page.
+            args.push(n.max(0).into());
+            sql.push_str(&format!(" LIMIT ?{}", args.len()));
+        }
+        let conn = self.conn();
+        let mut out = query_events(&conn, &sql, rusqlite::params_from_iter(args))?;
+        if let Some(t) = since {
+            out.retain(|e| parse_time(&e.time).map(|et| et >= t).unwrap_or(true));
+        }
+        if let Some(n) = f.limit {
+            out.truncate(n.max(0) as usize);
+        }
+        if tail {
+            out.reverse();
         }
         Ok(out)
     }
 
+    /// Record a signed checkpoint (idempotent).
+    pub fn insert_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO checkpoints (seq, hash, time, key_id, signature)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![cp.seq, cp.hash, cp.time, cp.key_id, cp.signature],
+            )
+            .map_err(db_err("record checkpoint"))?;
+        Ok(())
+    }
+
+    /// Every checkpoint, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT seq, hash, time, key_id, signature FROM checkpoints ORDER BY seq, time",
+            )
+            .map_err(db_err("read checkpoints"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Checkpoint {
+                    seq: r.get(0)?,
+                    hash: r.get(1)?,
+                    time: r.get(2)?,
+                    key_id: r.get(3)?,
+                    signature: r.get(4)?,
+                })
+            })
+            .map_err(db_err("read checkpoints"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db_err("read checkpoints"))
+    }
+
+    /// The seq of the newest checkpoint (0 if none).
+    pub fn last_checkpoint_seq(&self) -> Result<i64> {
+        self.conn()
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM checkpoints", [], |r| {
+                r.get(0)
+            })
+            .map_err(db_err("read checkpoints"))
+    }
+
+    /// The last seq a sink acknowledged, if it ever did.
+    pub fn sink_cursor(&self, name: &str) -> Result<Option<i64>> {
+        self.conn()
+            .query_row(
+                "SELECT seq FROM sink_cursors WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err("read sink cursor"))
+    }
+
+    /// Record that sink `name` acknowledged everything up to `seq`.
+    pub fn set_sink_cursor(&self, name: &str, seq: i64) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO sink_cursors (name, seq, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(name) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at",
+                params![name, seq, brig_core::event::now_rfc3339()],
+            )
+            .map_err(db_err("write sink cursor"))?;
+        Ok(())
+    }
+
     /// Record that an exec started.
     pub fn insert_exec(&self, rec: &ExecRecord) -> Result<()> {
+        // argv is as sensitive as the exec.start event that carries it.
+        let red = self.redactor();
+        let argv = red.redact_value(&serde_json::json!(rec.argv));
+        let cwd = red.redact_str(&rec.cwd).into_owned();
         let conn = self.conn();
         conn.execute(
             "INSERT INTO execs (session, exec_id, argv, cwd, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
                 rec.session.as_str(),
                 rec.exec_id,
-                to_json(&rec.argv)?,
-                rec.cwd,
+                to_json(&argv)?,
+                cwd,
                 rec.started_at
             ],
         )
@@ -621,6 +901,122 @@ fn insert_transition(
     Ok(())
 }
 
+/// A database file SQLite cannot read: say so, and what to do.
+fn corrupt(path: &Path, e: rusqlite::Error) -> Error {
+    corrupt_msg(path, &e.to_string())
+}
+
+fn corrupt_msg(path: &Path, why: &str) -> Error {
+    Error::invalid(format!(
+        "{} is not a readable brig database (corrupt or not SQLite): {why}",
+        path.display()
+    ))
+    .hint(
+        "restore brig.db from a backup or point at the right data dir; \
+           never let brig serve write over a damaged journal you still need as evidence",
+    )
+}
+
+const EVENT_COLS: &str = "seq, id, time, session, human, agent, task, repo, branch, action,
+    outcome, rule, details, prev_hash, hash";
+
+fn query_events<P: rusqlite::Params>(conn: &Connection, sql: &str, args: P) -> Result<Vec<Event>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(db_err("read events"))?;
+    let rows = stmt
+        .query_map(args, |r| {
+            Ok((
+                Event {
+                    seq: r.get(0)?,
+                    id: r.get(1)?,
+                    time: r.get(2)?,
+                    session: r.get(3)?,
+                    human: r.get(4)?,
+                    agent: r.get(5)?,
+                    task: r.get(6)?,
+                    repo: r.get(7)?,
+                    branch: r.get(8)?,
+                    action: r.get(9)?,
+                    outcome: Outcome::Info,
+                    rule: r.get(11)?,
+                    details: serde_json::Value::Null,
+                    prev_hash: r.get(13)?,
+                    hash: r.get(14)?,
+                },
+                r.get::<_, String>(10)?,
+                r.get::<_, String>(12)?,
+            ))
+        })
+        .map_err(db_err("read events"))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (mut ev, outcome, details) = row.map_err(db_err("read events"))?;
+        ev.outcome = parse_outcome(&outcome)?;
+        ev.details = from_json(&details)?;
+        out.push(ev);
+    }
+    Ok(out)
+}
+
+fn head_of(conn: &Connection) -> Result<Option<(i64, String)>> {
+    conn.query_row(
+        "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?)),
+    )
+    .optional()
+    .map_err(db_err("read journal head"))?
+    .map(|(seq, hash)| {
+        hash.map(|h| (seq, h)).ok_or_else(|| {
+            Error::internal(format!("journal head (seq {seq}) has no hash"))
+                .hint("run `brig journal verify`: the events table was written outside brig")
+        })
+    })
+    .transpose()
+}
+
+/// Every string of an event that can carry a secret, redacted.
+fn redact_event(red: &Redactor, ev: &Event) -> Event {
+    let mut e = ev.clone();
+    let s = |v: &str| red.redact_str(v).into_owned();
+    let o = |v: &Option<String>| v.as_deref().map(s);
+    e.human = o(&ev.human);
+    e.task = o(&ev.task);
+    e.repo = o(&ev.repo);
+    e.branch = o(&ev.branch);
+    e.rule = o(&ev.rule);
+    e.action = s(&ev.action);
+    red.redact_value_mut(&mut e.details);
+    e
+}
+
+fn parse_time(t: &str) -> Result<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).map_err(|e| {
+        Error::invalid(format!("not an RFC 3339 time: {t:?}: {e}"))
+            .hint("e.g. 2026-01-31T12:00:00Z")
+    })
+}
+
+/// Chain events written before the journal was hash-chained (schema v1),
+/// in seq order, in the migration's transaction.
+fn backfill_chain(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    let legacy = query_events(
+        tx,
+        &format!("SELECT {EVENT_COLS} FROM events ORDER BY seq"),
+        [],
+    )?;
+    let mut prev = GENESIS.to_string();
+    let mut stmt = tx
+        .prepare("UPDATE events SET prev_hash = ?2, hash = ?3 WHERE seq = ?1")
+        .map_err(db_err("chain legacy events"))?;
+    for mut ev in legacy {
+        let hash = seal(&prev, &mut ev);
+        stmt.execute(params![ev.seq, prev, hash])
+            .map_err(db_err("chain legacy events"))?;
+        prev = hash;
+    }
+    Ok(())
+}
+
 fn current_version(conn: &Connection) -> Result<i64> {
     conn.query_row(
         "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
@@ -656,6 +1052,9 @@ fn migrate(conn: &mut Connection, name: &str) -> Result<()> {
         let version = i as i64 + 1;
         tx.execute_batch(sql)
             .map_err(|e| Error::internal(format!("database {name}: migration {version}: {e}")))?;
+        if version == 2 {
+            backfill_chain(&tx)?;
+        }
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
             params![version, brig_core::event::now_rfc3339()],
