@@ -33,6 +33,8 @@ pub enum JournalCmd {
     Export(ExportArgs),
     /// Check the hash chain and signed checkpoints, offline (no server needed).
     Verify(VerifyArgs),
+    /// Each SIEM sink's cursor, lag and last error.
+    Sinks,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -263,6 +265,37 @@ pub async fn run(
                     }
                 }
             }
+            Ok(0)
+        }
+        JournalCmd::Sinks => {
+            let (v, _) = client()?
+                .get::<serde_json::Value>("/v1/journal/sinks")
+                .await?;
+            if out.json {
+                out.json_value(&v);
+                return Ok(0);
+            }
+            let sinks = v.as_array().cloned().unwrap_or_default();
+            if sinks.is_empty() {
+                out.note("no journal sinks configured (see [[journal.sinks]] in docs/SINKS.md)");
+                return Ok(0);
+            }
+            let mut lines = vec![format!(
+                "{:<16} {:<11} {:>8} {:>8} {:>6}  LAST ERROR",
+                "SINK", "KIND", "CURSOR", "HEAD", "LAG"
+            )];
+            for s in &sinks {
+                lines.push(format!(
+                    "{:<16} {:<11} {:>8} {:>8} {:>6}  {}",
+                    s["name"].as_str().unwrap_or("?"),
+                    s["kind"].as_str().unwrap_or("?"),
+                    s["cursor"],
+                    s["head"],
+                    s["lag"],
+                    s["last_error"].as_str().unwrap_or("-"),
+                ));
+            }
+            out.text(&lines.join("\n"));
             Ok(0)
         }
         JournalCmd::Verify(a) => {

@@ -138,6 +138,7 @@ pub(crate) fn routes() -> Routes {
     .get("/v1/sessions/{id}/events", session_events)
     .get("/v1/journal", journal)
     .get("/v1/journal/verify", journal_verify)
+    .get("/v1/journal/sinks", journal_sinks)
     .post("/v1/sessions/{id}/exec", exec_buffered)
     .post("/v1/sessions/{id}/exec/attach", exec_attach)
     .post("/v1/sessions/{id}/kill", kill_session)
@@ -338,6 +339,14 @@ async fn journal_verify(State(st): State<AppState>) -> ApiResult<Response> {
         .run(move |s| crate::journal::verify_store(s, &data_dir, None, None))
         .await?;
     Ok(axum::Json(report).into_response())
+}
+
+async fn journal_sinks(State(st): State<AppState>) -> ApiResult<Response> {
+    let mgr = st.mgr.clone();
+    let status = tokio::task::spawn_blocking(move || mgr.sink_status())
+        .await
+        .map_err(|e| ApiError(Error::internal(format!("sink status task failed: {e}"))))?;
+    Ok(axum::Json(status).into_response())
 }
 
 async fn exec_buffered(

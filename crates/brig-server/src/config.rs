@@ -69,6 +69,8 @@ pub struct JournalConfig {
     /// ...or this long after the last checkpoint, whichever comes first
     /// (only if there are new events), and at shutdown.
     pub checkpoint_interval: Duration,
+    /// SIEM sinks (`[[journal.sinks]]`, see docs/SINKS.md).
+    pub sinks: Vec<brig_sinks::SinkConfig>,
 }
 
 impl Default for JournalConfig {
@@ -76,6 +78,7 @@ impl Default for JournalConfig {
         JournalConfig {
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(10),
+            sinks: Vec::new(),
         }
     }
 }
@@ -129,6 +132,8 @@ struct RawReaper {
 struct RawJournal {
     checkpoint_every: Option<u64>,
     checkpoint_interval: Option<Dur>,
+    #[serde(default)]
+    sinks: Vec<brig_sinks::SinkConfig>,
 }
 
 /// Limit settings, as `[defaults]` and `[profiles.NAME.limits]` write them.
@@ -312,6 +317,11 @@ impl ServerConfig {
                 .hint("e.g. checkpoint_interval = \"10s\""));
             }
         }
+        for sink in &raw.journal.sinks {
+            sink.validate()
+                .map_err(|e| e.context(at(&format!("[[journal.sinks]] '{}'", sink.name))))?;
+        }
+        journal.sinks = raw.journal.sinks;
         let tcp = match raw.tcp {
             None => None,
             Some(t) => {

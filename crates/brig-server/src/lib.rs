@@ -12,6 +12,7 @@ pub mod config;
 pub mod journal;
 pub mod manager;
 pub mod metrics;
+pub mod sinks;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -87,7 +88,21 @@ impl RunningServer {
                 tracing::warn!(socket = %self.socket.display(), error = %e, "could not remove the socket")
             }
         }
-        // Sign the head last, after the destroy events of the shutdown.
+        // Deliver what the sinks can (bounded), then sign the head last,
+        // after the destroy events of the shutdown.
+        let runner = self
+            .mgr
+            .sinks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(r) = runner {
+            for st in r.shutdown().await {
+                if st.lag > 0 {
+                    tracing::warn!(sink = %st.name, lag = st.lag, "journal sink behind at shutdown; it resumes from its cursor next start");
+                }
+            }
+        }
         self.signer.abort();
         match self.journal.checkpoint().await {
             Ok(Some(cp)) => tracing::info!(seq = cp.seq, "journal checkpoint signed at shutdown"),
@@ -193,6 +208,13 @@ async fn listen(
     }));
     let reaper = mgr.spawn_reaper();
     let signer = journal.spawn();
+    let sink_runner = sinks::start(
+        &cfg.journal.sinks,
+        mgr.db().store(),
+        &cfg.data_dir,
+        &brig_sinks::Wakeup::new(),
+    )?;
+    *mgr.sinks.lock().unwrap_or_else(|p| p.into_inner()) = sink_runner;
     tracing::info!(socket = %cfg.socket.display(), data_dir = %cfg.data_dir.display(), config = %cfg.source, "brig serve ready");
     Ok(RunningServer {
         socket: cfg.socket.clone(),

@@ -35,6 +35,10 @@ impl Db {
     pub fn new(store: Store) -> Db {
         Db(Arc::new(store))
     }
+    /// The store itself, for parts that run their own blocking loops.
+    pub fn store(&self) -> Arc<Store> {
+        self.0.clone()
+    }
     pub async fn run<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -134,6 +138,8 @@ pub struct Manager {
     pub metrics: Metrics,
     live: Mutex<HashMap<SessionId, Arc<Live>>>,
     closing: AtomicBool,
+    /// The journal's SIEM sink runner, when sinks are configured.
+    pub sinks: Mutex<Option<brig_sinks::SinkRunner>>,
 }
 
 fn session_event(info: &SessionInfo, action: &str, outcome: Outcome) -> Event {
@@ -168,7 +174,14 @@ impl Manager {
             metrics: Metrics::default(),
             live: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
+            sinks: Mutex::new(None),
         }
+    }
+
+    /// Each journal sink's cursor, lag and last error (`brig journal sinks`).
+    pub fn sink_status(&self) -> Vec<brig_sinks::SinkStatus> {
+        let g = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        g.as_ref().map(|r| r.status()).unwrap_or_default()
     }
 
     pub fn config(&self) -> &ServerConfig {
