@@ -33,12 +33,13 @@ use serde_json::{json, Value};
 
 const USAGE: &str =
     "usage: brig-bench [--brig PATH] [-n N] [--exec-n N] [--idle K] [--concurrent C]
-                  [all|spinup|exec|memory|concurrent]...
+                  [all|spinup|exec|memory|concurrent|capture]...
   --brig PATH       the `brig` binary (default: `brig` next to this executable)
   -n N              spin-up iterations per runtime and reference (default 30)
   --exec-n N        exec round-trips (default 300)
   --idle K          idle sessions for the memory figure (default 20)
   --concurrent C    sessions for the concurrency figure (default 50)
+  capture           process-capture overhead (issue 3; not part of `all`)
 Runs as root. Progress on stderr, a markdown report on stdout.";
 
 struct Args {
@@ -77,7 +78,7 @@ fn parse_args() -> Result<Args, String> {
             "--idle" => a.idle_k = num("--idle")?,
             "--concurrent" => a.concurrent = num("--concurrent")?,
             "-h" | "--help" => return Err(USAGE.to_string()),
-            "all" | "spinup" | "exec" | "memory" | "concurrent" => a.what.push(x),
+            "all" | "spinup" | "exec" | "memory" | "concurrent" | "capture" => a.what.push(x),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
@@ -266,6 +267,7 @@ async fn run(args: Args) -> i32 {
             "exec" => exec_overhead(&b, &args).await,
             "memory" => memory(&b, &args).await,
             "concurrent" => concurrent(&b, &args).await,
+            "capture" => capture(&b, &args).await,
             _ => unreachable!(),
         };
         match section {
@@ -502,6 +504,152 @@ async fn exec_overhead(b: &Bench, args: &Args) -> Result<String, String> {
         "Overhead: p50 **{diff50:.2} ms**, p99 {diff99:.2} ms (difference of the percentiles). \
          Target ≤ 3 ms p50: **{}**.\n\n",
         met(diff50 <= 3.0)
+    ));
+    Ok(s)
+}
+
+// -------------------------------------------------------------- capture ----
+
+/// The process-heavy workload: 10,000 short commands from a shell loop.
+const LOOP: &str = "i=0; while [ $i -lt 10000 ]; do /bin/true; i=$((i+1)); done";
+const CAPTURE_ROUNDS: usize = 5;
+
+/// Wall time of the loop in a real session of `brig serve` (capture on,
+/// every process journaled in SQLite by the same process as it runs).
+async fn loop_captured(b: &Bench) -> Result<(Duration, usize), String> {
+    let id = b.create(json!({"task": "bench-capture"})).await;
+    let t = Instant::now();
+    let (s, v) = b
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/exec"),
+            Some(json!({"argv": ["sh", "-c", LOOP], "timeout_ms": 300_000})),
+        )
+        .await;
+    let d = t.elapsed();
+    if s != 200 || v["status"]["code"] != 0 {
+        return Err(format!("captured loop: {v}"));
+    }
+    // Let the journal catch up, then count what it holds.
+    let mut n = 0;
+    for _ in 0..600 {
+        let (_, evs) = b
+            .call("GET", &format!("/v1/sessions/{id}/events"), None)
+            .await;
+        n = evs
+            .as_array()
+            .map(|a| a.iter().filter(|e| e["action"] == "process.exec").count())
+            .unwrap_or(0);
+        if n > 10_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.kill(&id).await;
+    Ok((d, n))
+}
+
+/// The same loop in the same kind of sandbox with capture off (built
+/// through `brig_sandbox` directly: the control plane has no such switch).
+async fn loop_direct(b: &Bench, args: &Args, capture: bool) -> Result<Duration, String> {
+    let paths = brig_sandbox::SandboxPaths {
+        data_dir: b.data.clone(),
+        brig_exe: args.brig.clone(),
+    };
+    let image = brig_sandbox::image::resolve(&paths, "host").map_err(|e| e.to_string())?;
+    let sb = brig_sandbox::Sandbox::create_with_image(
+        &paths,
+        brig_sandbox::SandboxRequest {
+            id: brig_core::SessionId::generate(),
+            runtime: brig_core::session::RuntimeKind::Native,
+            image: "host".into(),
+            limits: brig_core::session::Limits::default(),
+            uploads: vec![],
+            upload_cap_bytes: 0,
+            no_capture: !capture,
+        },
+        image,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let want = if capture {
+        brig_sandbox::capture::LAYER
+    } else {
+        "capture:off"
+    };
+    if !sb.layers.iter().any(|l| l == want) {
+        return Err(format!("no {want} in {:?}", sb.layers));
+    }
+    // Drain the process events as the control plane would, minus the journal.
+    if let Some(mut events) = sb.process_events() {
+        tokio::spawn(async move { while events.recv().await.is_some() {} });
+    }
+    let t = Instant::now();
+    let mut h = sb
+        .exec(brig_core::wire::Spawn {
+            argv: ["sh", "-c", LOOP].map(String::from).to_vec(),
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: "/workspace".into(),
+            tty: None,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut res = Err("no exit".to_string());
+    while let Some(ev) = h.events.recv().await {
+        match ev {
+            brig_sandbox::ExecEvent::Exited(st) if st.code == Some(0) => {
+                res = Ok(t.elapsed());
+                break;
+            }
+            brig_sandbox::ExecEvent::Exited(st) => {
+                res = Err(format!("uncaptured loop: {st:?}"));
+                break;
+            }
+            brig_sandbox::ExecEvent::Failed(e) => {
+                res = Err(e);
+                break;
+            }
+            _ => {}
+        }
+    }
+    sb.kill_now();
+    let _ = sb.destroy().await;
+    res
+}
+
+async fn capture(b: &Bench, args: &Args) -> Result<String, String> {
+    let (mut on, mut off, mut bare) = (Samples::default(), Samples::default(), Samples::default());
+    let mut journaled = 0;
+    for i in 0..CAPTURE_ROUNDS {
+        eprintln!("capture round {}/{CAPTURE_ROUNDS}", i + 1);
+        let (d, n) = loop_captured(b).await?;
+        on.push(d);
+        journaled = n;
+        off.push(loop_direct(b, args, false).await?);
+        bare.push(loop_direct(b, args, true).await?);
+    }
+    let overhead = (on.p(50.0) / off.p(50.0) - 1.0) * 100.0;
+    let init_only = (bare.p(50.0) / off.p(50.0) - 1.0) * 100.0;
+    let mut s = String::from("### Process capture overhead\n\n");
+    s.push_str(&format!(
+        "`sh -c '{LOOP}'` in a `native` session, {CAPTURE_ROUNDS} rounds alternating: capture on \
+         (a session of `brig serve`, exec through the API, every process journaled) and capture \
+         off (the same sandbox built through `brig_sandbox` with `no_capture`), and capture on in a sandbox built \
+         the same way whose process events are drained but not journaled. Wall time of the \
+         exec, ms. The last captured round left {journaled} `process.exec` events on the journal.\n\n"
+    ));
+    s.push_str(TABLE_HEAD);
+    s.push('\n');
+    s.push_str(&on.row("capture on"));
+    s.push('\n');
+    s.push_str(&bare.row("capture on, events drained, no journal"));
+    s.push('\n');
+    s.push_str(&off.row("capture off"));
+    s.push_str("\n\n");
+    s.push_str(&format!(
+        "Overhead (p50 on / p50 off − 1): **{overhead:.1} %** with the journal, \
+         {init_only:.1} % for the capture itself (no journal). Target ≤ 5 %: **{}**.\n\n",
+        met(overhead <= 5.0)
     ));
     Ok(s)
 }

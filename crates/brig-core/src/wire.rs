@@ -46,6 +46,11 @@ pub enum Kind {
     Fatal = 70,
     /// Reply to `Ping`: JSON [`Status`].
     Status = 71,
+    /// A process in the sandbox is executing a program (captured by init's
+    /// seccomp user-notification filter): JSON [`ProcessExec`].
+    Process = 72,
+    /// A process init saw exec was reaped by init: JSON [`ProcessExit`].
+    ProcessExit = 73,
 }
 
 impl Kind {
@@ -66,6 +71,8 @@ impl Kind {
             69 => Exited,
             70 => Fatal,
             71 => Status,
+            72 => Process,
+            73 => ProcessExit,
             _ => return None,
         })
     }
@@ -218,6 +225,36 @@ pub struct Status {
     pub processes: u32,
     /// Commands started through `Spawn` still running.
     pub running: u32,
+}
+
+/// A process in the sandbox called `execve`/`execveat` (init let it go on;
+/// the exec may still fail, e.g. a PATH lookup's miss).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcessExec {
+    /// Pid (thread-group id) inside the sandbox's pid namespace.
+    pub pid: i32,
+    pub ppid: i32,
+    /// Real uid inside the sandbox.
+    pub uid: u32,
+    /// As read from the process's memory at the syscall (capped; see
+    /// docs/ISOLATION.md for what a multi-threaded process can race).
+    pub argv: Vec<String>,
+    /// The program path as passed to execve (execveat: resolved against its
+    /// directory descriptor where possible).
+    pub path: String,
+    pub cwd: String,
+    /// RFC 3339 UTC, when init saw the call.
+    pub time: String,
+}
+
+/// A process init saw exec ended, as reaped by init.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcessExit {
+    pub pid: i32,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// RFC 3339 UTC, when init reaped it.
+    pub time: String,
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! holds one) closes init's stdin, which makes init kill everything and exit.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +22,54 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// most this many × [`wire::MAX_PAYLOAD`] bytes. Waiting pushes back through
 /// init to the command (its pipe fills and it blocks) instead of growing memory.
 const EVENT_QUEUE: usize = 256;
+
+/// Process events buffered for the journal. The reader never waits on this
+/// queue (init must not stall every exec of the sandbox behind a slow
+/// journal): when it is full, events are dropped and counted, and the
+/// consumer gets one [`ProcessEvent::Overflow`] with the count.
+pub const PROCESS_QUEUE: usize = 4096;
+
+/// Every process of the sandbox, as init's capture filter saw it.
+#[derive(Debug, Clone)]
+pub enum ProcessEvent {
+    Exec(wire::ProcessExec),
+    Exit(wire::ProcessExit),
+    /// This many events were dropped because the queue was full.
+    Overflow {
+        dropped: u64,
+    },
+}
+
+/// The receiving end of a sandbox's process events; ends with the channel.
+pub struct ProcessEvents {
+    rx: mpsc::Receiver<ProcessEvent>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl ProcessEvents {
+    /// The next event, or None once the channel closed and all is drained.
+    pub async fn recv(&mut self) -> Option<ProcessEvent> {
+        if let Some(o) = self.overflow() {
+            return Some(o);
+        }
+        match self.rx.recv().await {
+            Some(e) => Some(e),
+            None => self.overflow(),
+        }
+    }
+
+    /// What is already queued, without waiting.
+    pub fn try_recv(&mut self) -> Option<ProcessEvent> {
+        self.overflow().or_else(|| self.rx.try_recv().ok())
+    }
+
+    fn overflow(&self) -> Option<ProcessEvent> {
+        match self.dropped.swap(0, Ordering::Relaxed) {
+            0 => None,
+            dropped => Some(ProcessEvent::Overflow { dropped }),
+        }
+    }
+}
 
 /// What an exec produces, in order: `Started`, output, then `Exited` (or `Failed`).
 #[derive(Debug)]
@@ -100,6 +148,7 @@ pub struct Channel {
     writer: tokio::sync::Mutex<Option<Writer>>,
     shared: Arc<Shared>,
     next_chan: AtomicU32,
+    process: Mutex<Option<ProcessEvents>>,
 }
 
 impl Channel {
@@ -115,12 +164,24 @@ impl Channel {
             ready: watch::channel(None).0,
             closed: watch::channel(None).0,
         });
-        tokio::spawn(read_loop(shared.clone(), from_init));
+        let (ptx, prx) = mpsc::channel(PROCESS_QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let sink = ProcessSink {
+            tx: ptx,
+            dropped: dropped.clone(),
+        };
+        tokio::spawn(read_loop(shared.clone(), sink, from_init));
         Arc::new(Channel {
             writer: tokio::sync::Mutex::new(Some(Box::new(to_init))),
             shared,
             next_chan: AtomicU32::new(1),
+            process: Mutex::new(Some(ProcessEvents { rx: prx, dropped })),
         })
+    }
+
+    /// The sandbox's process events (once: later calls get None).
+    pub fn process_events(&self) -> Option<ProcessEvents> {
+        self.process.lock().expect("process lock").take()
     }
 
     /// The first frame: Ready → Ok; Fatal → Err(GuardUnavailable naming the
@@ -239,7 +300,22 @@ fn ended(why: &str) -> Error {
         .hint("the sandbox's init exited (destroyed, killed, or crashed); create a new session")
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut from_init: R) {
+/// The reader's end of the process-event queue (dropped with the reader,
+/// which ends [`ProcessEvents`]).
+struct ProcessSink {
+    tx: mpsc::Sender<ProcessEvent>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl ProcessSink {
+    fn offer(&self, e: ProcessEvent) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(e) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, sink: ProcessSink, mut from_init: R) {
     let mut decoder = wire::Decoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     let why = 'outer: loop {
@@ -252,7 +328,7 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut from_init: R) 
         loop {
             match decoder.next_frame() {
                 Ok(Some(frame)) => {
-                    if let Err(e) = dispatch(&shared, frame).await {
+                    if let Err(e) = dispatch(&shared, &sink, frame).await {
                         break 'outer e;
                     }
                 }
@@ -264,7 +340,11 @@ async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut from_init: R) 
     close(&shared, why);
 }
 
-async fn dispatch(shared: &Shared, frame: Frame) -> std::result::Result<(), String> {
+async fn dispatch(
+    shared: &Shared,
+    sink: &ProcessSink,
+    frame: Frame,
+) -> std::result::Result<(), String> {
     let bad = |e: wire::WireError| format!("corrupt stream from init: {e}");
     let event = match frame.kind {
         Kind::Ready => {
@@ -280,6 +360,14 @@ async fn dispatch(shared: &Shared, frame: Frame) -> std::result::Result<(), Stri
             shared.ready.send_if_modified(|r| {
                 r.is_none() && r.replace(Err(Error::guard(&f.layer, &f.error))).is_none()
             });
+            return Ok(());
+        }
+        Kind::Process => {
+            sink.offer(ProcessEvent::Exec(frame.parse().map_err(bad)?));
+            return Ok(());
+        }
+        Kind::ProcessExit => {
+            sink.offer(ProcessEvent::Exit(frame.parse().map_err(bad)?));
             return Ok(());
         }
         Kind::Status => {
@@ -484,6 +572,53 @@ mod tests {
             .collect();
         assert_eq!(sizes, [wire::MAX_PAYLOAD, 1]);
         assert_eq!(init.recv().await.unwrap().kind, Kind::StdinEof);
+    }
+
+    /// A consumer that does not keep up never stalls the reader (nor init):
+    /// what does not fit is dropped and counted, and reported first.
+    #[tokio::test]
+    async fn process_events_overflow_is_counted_not_blocking() {
+        let (chan, mut init) = pair();
+        let exec = |pid| wire::ProcessExec {
+            pid,
+            ppid: 1,
+            uid: 1000,
+            argv: vec!["true".into()],
+            path: "/bin/true".into(),
+            cwd: "/workspace".into(),
+            time: "t".into(),
+        };
+        let extra = 7;
+        for pid in 0..(PROCESS_QUEUE + extra) as i32 {
+            init.send(Frame::json(Kind::Process, 0, &exec(pid))).await;
+        }
+        let exit = wire::ProcessExit {
+            pid: 0,
+            code: Some(3),
+            signal: None,
+            time: "t".into(),
+        };
+        init.send(Frame::json(Kind::ProcessExit, 0, &exit)).await;
+        // The reader got past all of them: the frame after them arrives.
+        init.send(Frame::json(Kind::Ready, 0, &ready())).await;
+        chan.wait_ready(T).await.unwrap();
+        let mut events = chan.process_events().expect("first take");
+        assert!(chan.process_events().is_none(), "taken once");
+        match events.recv().await {
+            Some(ProcessEvent::Overflow { dropped }) => assert_eq!(dropped, extra as u64 + 1),
+            other => panic!("{other:?}"),
+        }
+        match events.recv().await {
+            Some(ProcessEvent::Exec(e)) => assert_eq!(e, exec(0)),
+            other => panic!("{other:?}"),
+        }
+        drop(init);
+        let mut n = 1;
+        while let Some(e) = events.recv().await {
+            assert!(matches!(e, ProcessEvent::Exec(_)), "{e:?}");
+            n += 1;
+        }
+        assert_eq!(n, PROCESS_QUEUE);
     }
 
     #[tokio::test]

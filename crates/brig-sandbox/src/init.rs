@@ -8,6 +8,10 @@
 //!    sets no_new_privs itself as well;
 //! 2. applies Landlock ([`crate::landlock`]) and brig's seccomp allow-list
 //!    ([`crate::seccomp`]) to itself, so every process it starts inherits them;
+//!    then, if asked (`capture`), the exec notification filter
+//!    ([`crate::capture`]) whose listener it serves in its loop: every exec
+//!    in the sandbox is reported as a `Process` frame, and every such process
+//!    init reaps as `ProcessExit`;
 //! 3. on any failure writes one `Fatal` frame naming the layer and exits 1:
 //!    it never serves with a weaker guard;
 //! 4. writes `Ready` and serves [`brig_core::wire`] on fd 0 (host → init) and
@@ -42,6 +46,11 @@ pub struct InitConfig {
     /// Sentry's host process and starve it of threads.
     #[serde(default)]
     pub nproc: Option<u64>,
+    /// Record every exec in the sandbox ([`crate::capture`]): a seccomp
+    /// user-notification filter init installs after the allow-list. Not for
+    /// gVisor, which does not implement seccomp user notification.
+    #[serde(default)]
+    pub capture: bool,
 }
 
 /// How long init keeps reading a command's output after its main process
@@ -59,7 +68,7 @@ pub fn main(config_json: &str) -> ! {
         crate::initfs::print_libs();
     }
     let out = HostOut { fd: 1 };
-    let layers = match setup(config_json) {
+    let (layers, capture) = match setup(config_json) {
         Ok(l) => l,
         Err(failed) => {
             let _ = out.send(&Frame::json(Kind::Fatal, 0, &failed));
@@ -84,6 +93,7 @@ pub fn main(config_json: &str) -> ! {
         sigfd,
         decoder: wire::Decoder::new(),
         execs: HashMap::new(),
+        capture,
     };
     let code = init.serve();
     init.kill_everything(libc::SIGKILL);
@@ -98,7 +108,9 @@ fn failed(layer: &str, error: impl std::fmt::Display) -> wire::Failed {
 }
 
 /// Steps 1-2: every guard, in order; the first failure names its layer.
-fn setup(config_json: &str) -> Result<Vec<String>, wire::Failed> {
+fn setup(
+    config_json: &str,
+) -> Result<(Vec<String>, Option<crate::capture::Capture>), wire::Failed> {
     let config: InitConfig = serde_json::from_str(config_json)
         .map_err(|e| failed("config", format!("bad sandbox-init configuration: {e}")))?;
     // A closed fd 2 would be reused by the first pipe and then lost in the
@@ -155,7 +167,15 @@ fn setup(config_json: &str) -> Result<Vec<String>, wire::Failed> {
                 .to_string(),
         );
     }
-    Ok(layers)
+    // Last: once it is in, every exec waits for init's answer.
+    let capture = if config.capture {
+        let c = crate::capture::Capture::install().map_err(|e| failed("capture", e))?;
+        layers.push(crate::capture::LAYER.to_string());
+        Some(c)
+    } else {
+        None
+    };
+    Ok((layers, capture))
 }
 
 fn prctl(option: libc::c_int, value: libc::c_ulong) -> std::io::Result<()> {
@@ -318,6 +338,7 @@ struct Init {
     sigfd: OwnedFd,
     decoder: wire::Decoder,
     execs: HashMap<u32, Exec>,
+    capture: Option<crate::capture::Capture>,
 }
 
 impl Init {
@@ -352,6 +373,10 @@ impl Init {
                     }
                 }
             }
+            let capture_at = self.capture.as_ref().map(|c| {
+                pfds.push(pollfd(c.raw_fd(), libc::POLLIN));
+                pfds.len() - 1
+            });
             let timeout = self
                 .execs
                 .values()
@@ -370,6 +395,10 @@ impl Init {
                 return Stop::Broken;
             }
             if n > 0 {
+                // Execs first: every process of the sandbox waits on them.
+                if capture_at.is_some_and(|i| pfds[i].revents != 0) && self.on_capture().is_err() {
+                    return Stop::Broken;
+                }
                 if pfds[1].revents != 0 {
                     if let Some(stop) = self.on_signals() {
                         return stop;
@@ -417,17 +446,27 @@ impl Init {
         for sig in forward {
             self.kill_everything(sig);
         }
-        self.reap();
-        None
+        match self.reap() {
+            Ok(()) => None,
+            Err(()) => Some(Stop::Broken),
+        }
     }
 
-    fn reap(&mut self) {
+    /// A process is waiting in execve: record it and let it go on.
+    fn on_capture(&mut self) -> Result<(), ()> {
+        if let Some(c) = self.capture.as_mut() {
+            send_exec(c, &self.out)?;
+        }
+        Ok(())
+    }
+
+    fn reap(&mut self) -> Result<(), ()> {
         loop {
             let mut st = 0;
             // SAFETY: waitpid on any child, non-blocking.
             let pid = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
             if pid <= 0 {
-                return;
+                return Ok(());
             }
             let exited = if libc::WIFEXITED(st) {
                 wire::Exited {
@@ -442,6 +481,17 @@ impl Init {
             } else {
                 continue;
             };
+            if let Some(c) = self.capture.as_mut() {
+                if c.reaped(pid) {
+                    let msg = wire::ProcessExit {
+                        pid,
+                        code: exited.code,
+                        signal: exited.signal,
+                        time: brig_core::event::now_rfc3339(),
+                    };
+                    self.out.send(&Frame::json(Kind::ProcessExit, 0, &msg))?;
+                }
+            }
             if let Some(e) = self
                 .execs
                 .values_mut()
@@ -515,7 +565,7 @@ impl Init {
                     Ok(_) if self.execs.contains_key(&chan) => {
                         Err(format!("channel {chan} is already in use"))
                     }
-                    Ok(spawn) => spawn_command(&spawn),
+                    Ok(spawn) => spawn_command(&spawn, self.capture.as_mut(), &self.out),
                 };
                 match reply {
                     Ok(exec) => {
@@ -639,6 +689,14 @@ impl Init {
                 unsafe { libc::kill(pid, sig) };
             }
         }
+    }
+}
+
+/// Handle one pending exec notification and report it to the host.
+fn send_exec(c: &mut crate::capture::Capture, out: &HostOut) -> Result<(), ()> {
+    match c.handle_one() {
+        Some(msg) => out.send(&Frame::json(Kind::Process, 0, &msg)),
+        None => Ok(()),
     }
 }
 
@@ -831,7 +889,11 @@ fn open_pty(rows: u16, cols: u16) -> Result<Stdio, String> {
 
 /// Fork and exec one command; returns once it runs (execve succeeded) or
 /// with the reason it could not start.
-fn spawn_command(spawn: &wire::Spawn) -> Result<Exec, String> {
+fn spawn_command(
+    spawn: &wire::Spawn,
+    mut capture: Option<&mut crate::capture::Capture>,
+    host: &HostOut,
+) -> Result<Exec, String> {
     let Some(argv0) = spawn.argv.first() else {
         return Err("empty command".into());
     };
@@ -878,6 +940,7 @@ fn spawn_command(spawn: &wire::Spawn) -> Result<Exec, String> {
         },
     };
     let (err_r, err_w) = pipe()?;
+    let dumpable = capture.is_some();
 
     // SAFETY: init is single-threaded, so the child may run ordinary code;
     // it still only calls libc on data prepared above, then execs or _exits.
@@ -886,7 +949,17 @@ fn spawn_command(spawn: &wire::Spawn) -> Result<Exec, String> {
         return Err(format!("fork: {}", strerror(errno())));
     }
     if pid == 0 {
-        let (stage, e) = unsafe { child(&stdio, &cwd, &candidates, &argv_ptrs, &envp_ptrs) };
+        let (stage, e) = unsafe {
+            child(
+                &stdio,
+                &cwd,
+                &candidates,
+                &argv_ptrs,
+                &envp_ptrs,
+                err_w.as_raw_fd(),
+                dumpable,
+            )
+        };
         let mut report = [0u8; 5];
         report[0] = stage as u8;
         report[1..].copy_from_slice(&e.to_ne_bytes());
@@ -914,6 +987,28 @@ fn spawn_command(spawn: &wire::Spawn) -> Result<Exec, String> {
     let mut report = [0u8; 5];
     let mut got = 0;
     while got < report.len() {
+        // With capture on, the child's execve waits for init's answer: serve
+        // notifications (the child's and anyone else's) until it reports.
+        if let Some(c) = capture.as_deref_mut() {
+            let mut pfds = [
+                pollfd(err_r.as_raw_fd(), libc::POLLIN),
+                pollfd(c.raw_fd(), libc::POLLIN),
+            ];
+            // SAFETY: a valid array of pollfd.
+            let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
+            if n < 0 {
+                if errno() == libc::EINTR {
+                    continue;
+                }
+                break;
+            }
+            if pfds[1].revents != 0 {
+                send_exec(c, host).map_err(|_| "writing to brig failed".to_string())?;
+            }
+            if pfds[0].revents == 0 {
+                continue;
+            }
+        }
         match read_fd(err_r.as_raw_fd(), &mut report[got..]) {
             ReadResult::Data(n) => got += n,
             _ => break,
@@ -960,6 +1055,8 @@ unsafe fn child(
     candidates: &[CString],
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
+    err_fd: RawFd,
+    dumpable: bool,
 ) -> (Stage, i32) {
     // Signals: init blocks some and Rust ignores SIGPIPE; both would leak
     // into the command through exec.
@@ -1009,10 +1106,27 @@ unsafe fn child(
         libc::c_uint::MAX,
         CLOSE_RANGE_CLOEXEC,
     );
+    if dumpable {
+        // Init is non-dumpable and a fork keeps that until exec, but the
+        // capture filter reads this process's memory at its execve. Before
+        // /proc/<pid>/fd opens to the sandbox's user, close every descriptor
+        // of init's (the seccomp listener among them) but the error pipe.
+        let e = err_fd as libc::c_uint;
+        libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, e - 1, 0);
+        libc::syscall(libc::SYS_close_range, e + 1, libc::c_uint::MAX, 0);
+        libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+    }
     // execvpe semantics, but with PATH from the command's environment:
     // ENOENT/ENOTDIR try the next directory, EACCES is kept if nothing else works.
     let mut result = libc::ENOENT;
     for c in candidates {
+        // A PATH miss is not tried (so it is not recorded as an exec attempt).
+        if candidates.len() > 1 && libc::access(c.as_ptr(), libc::F_OK) != 0 {
+            match errno() {
+                libc::ENOENT | libc::ENOTDIR => continue,
+                _ => {}
+            }
+        }
         libc::execve(c.as_ptr(), argv.as_ptr(), envp.as_ptr());
         match errno() {
             libc::ENOENT | libc::ENOTDIR => {}

@@ -8,6 +8,7 @@
 //! ([`landlock`]) to itself, then serves the framed protocol of
 //! `brig_core::wire` on its stdin/stdout; the host side is [`channel`].
 
+pub mod capture;
 pub mod cgroup;
 pub mod channel;
 pub mod doctor;
@@ -23,6 +24,6 @@ pub mod spec;
 pub mod upload;
 pub mod workspace;
 
-pub use channel::{ExecEvent, ExecHandle};
+pub use channel::{ExecEvent, ExecHandle, ProcessEvent, ProcessEvents};
 pub use image::Image;
 pub use sandbox::{DestroyReport, Sandbox, SandboxPaths, SandboxRequest};

@@ -26,7 +26,7 @@ use crate::sandbox::SandboxPaths;
 
 /// Where Debian installs gVisor.
 pub const RUNSC: &str = "/usr/bin/runsc";
-const GVISOR_PIDS_OVERHEAD: u64 = 256;
+const GVISOR_PIDS_OVERHEAD: u64 = 512;
 const MARKER: &str = ".brig-runtime";
 const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -117,6 +117,12 @@ impl Runtime {
         !matches!(self.kind, RuntimeKind::Gvisor)
     }
 
+    /// Whether init records every exec with a seccomp user-notification
+    /// filter ([`crate::capture`]): gVisor does not implement it.
+    pub fn capture(&self) -> bool {
+        !matches!(self.kind, RuntimeKind::Gvisor)
+    }
+
     /// Host tasks the runtime itself runs inside the session's cgroup, on
     /// top of the sandbox's own processes. gVisor's Sentry and gofer are
     /// ~40 host threads at rest and grow with load; were they counted in
@@ -125,10 +131,10 @@ impl Runtime {
     /// at the raised limit, inside the session's cgroup, never on the host.
     /// Under the ptrace platform every guest process also costs host tasks
     /// (a stub process and a tracer thread), hence the per-process factor;
-    /// the guest's own limit is RLIMIT_NPROC = `limits.pids` in the spec.
+    /// the guest's own limit is RLIMIT_NPROC = `limits.pids`, set by init.
     pub fn pids_overhead(&self, pids: u64) -> u64 {
         match self.kind {
-            RuntimeKind::Gvisor => GVISOR_PIDS_OVERHEAD + 3 * pids,
+            RuntimeKind::Gvisor => GVISOR_PIDS_OVERHEAD + 8 * pids,
             _ => 0,
         }
     }

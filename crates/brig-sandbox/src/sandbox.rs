@@ -60,6 +60,9 @@ pub struct SandboxRequest {
     /// (honouring .gitignore, `.git` excluded), capped at `upload_cap_bytes` in total.
     pub uploads: Vec<PathBuf>,
     pub upload_cap_bytes: u64,
+    /// Turn process capture off on a runtime that has it. Only for
+    /// measuring its cost (brig-bench's baseline): `brig serve` never sets it.
+    pub no_capture: bool,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -210,6 +213,13 @@ impl Sandbox {
         r
     }
 
+    /// Every process of the sandbox as init records it (exec and, for what
+    /// init reaps, exit); once per sandbox. Empty (ends at once) when the
+    /// runtime has no capture (`capture:unavailable(...)` in `layers`).
+    pub fn process_events(&self) -> Option<crate::channel::ProcessEvents> {
+        self.channel.process_events()
+    }
+
     /// Resolves when the sandbox died on its own (init exited, channel closed).
     pub async fn died(&self) {
         self.channel.closed().await
@@ -307,6 +317,7 @@ async fn build(
         landlock: runtime.landlock(),
         seccomp: true,
         nproc: matches!(req.runtime, RuntimeKind::Gvisor).then_some(req.limits.pids),
+        capture: runtime.capture() && !req.no_capture,
     };
     let init_dir = crate::initfs::prepare(&paths.data_dir, &paths.brig_exe)?;
     let spec = spec::build(&spec::SpecInput {
@@ -362,7 +373,11 @@ async fn build(
             .hint("run `brig doctor` to check the runtime; the runtime log is quoted above"))
         }
     };
-    for (wanted, prefix) in [(init.seccomp, "seccomp"), (init.landlock, "landlock")] {
+    for (wanted, prefix) in [
+        (init.seccomp, "seccomp"),
+        (init.landlock, "landlock"),
+        (init.capture, "capture"),
+    ] {
         if wanted && !ready.layers.iter().any(|x| x.starts_with(prefix)) {
             return Err(Error::guard(
                 prefix,
@@ -399,6 +414,13 @@ async fn build(
         if !layers.contains(&x) {
             layers.push(x);
         }
+    }
+    if !init.capture {
+        // Honest about it: gVisor has no seccomp user notification.
+        layers.push(match req.no_capture {
+            true => "capture:off".to_string(),
+            false => format!("capture:unavailable({})", runtime.name()),
+        });
     }
     Ok((channel, layers))
 }

@@ -585,6 +585,24 @@ mod tests {
         }
     }
 
+    /// What init's process capture needs once the allow-list is in: the
+    /// seccomp syscall (for the notification filter), the listener's ioctls,
+    /// and reading /proc/<pid>/mem with openat + pread64 (never ptrace or
+    /// process_vm_readv, which stay denied).
+    #[test]
+    fn process_capture_syscalls_are_allowed() {
+        assert_eq!(decide(libc::SYS_seccomp, [1, 1 << 3, 0, 0, 0, 0]), Ok(()));
+        for req in [0xc050_2100u64, 0xc018_2101, 0x4008_2102] {
+            assert_eq!(decide(libc::SYS_ioctl, [5, req, 0, 0, 0, 0]), Ok(()));
+        }
+        assert_eq!(decide(libc::SYS_openat, [0; 6]), Ok(()));
+        assert_eq!(decide(libc::SYS_pread64, [0; 6]), Ok(()));
+        assert_eq!(decide(libc::SYS_readlinkat, [0; 6]), Ok(()));
+        for nr in [libc::SYS_ptrace, libc::SYS_process_vm_readv] {
+            assert_eq!(decide(nr, [0; 6]), Err(libc::EPERM), "syscall {nr}");
+        }
+    }
+
     #[test]
     fn dangerous_syscalls_are_eperm() {
         let denied = [

@@ -432,6 +432,7 @@ mod tests {
             landlock: true,
             seccomp: true,
             nproc: None,
+            capture: true,
         };
         let spec = build(&SpecInput {
             id: &id,

@@ -15,7 +15,9 @@ use brig_core::session::{
 };
 use brig_core::units::{parse_duration, parse_size};
 use brig_core::{wire, Error, ErrorKind, ExecId, Result, SessionId, TaskId};
-use brig_sandbox::{ExecEvent, ExecHandle, Sandbox, SandboxPaths, SandboxRequest};
+use brig_sandbox::{
+    ExecEvent, ExecHandle, ProcessEvent, ProcessEvents, Sandbox, SandboxPaths, SandboxRequest,
+};
 use brig_store::{ExecEnd, ExecRecord, Store};
 use tokio::sync::{mpsc, Notify};
 
@@ -150,6 +152,41 @@ fn session_event(info: &SessionInfo, action: &str, outcome: Outcome) -> Event {
     e.task = Some(info.task.to_string());
     e.repo = info.repo.clone();
     e
+}
+
+/// Most process events journaled in one append (one transaction).
+const PROCESS_BATCH: usize = 256;
+
+/// The journal event for one captured process event.
+fn process_event(info: &SessionInfo, pe: ProcessEvent) -> Event {
+    match pe {
+        ProcessEvent::Exec(p) => {
+            let mut e =
+                session_event(info, "process.exec", Outcome::Info).details(serde_json::json!({
+                    "pid": p.pid, "ppid": p.ppid, "uid": p.uid, "argv": p.argv,
+                    "path": p.path, "cwd": p.cwd,
+                }));
+            e.time = p.time;
+            e
+        }
+        ProcessEvent::Exit(p) => {
+            let outcome = if p.code == Some(0) {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            };
+            let mut e = session_event(info, "process.exit", outcome).details(serde_json::json!({
+                "pid": p.pid, "code": p.code, "signal": p.signal,
+            }));
+            e.time = p.time;
+            e
+        }
+        ProcessEvent::Overflow { dropped } => {
+            session_event(info, "process.capture_overflow", Outcome::Failure)
+                .rule("capture.queue")
+                .details(serde_json::json!({ "dropped": dropped }))
+        }
+    }
 }
 
 /// Apply a state change to `info` (timestamps, end reason).
@@ -386,6 +423,7 @@ impl Manager {
             limits,
             uploads: repo.into_iter().chain(upload).collect(),
             upload_cap_bytes: self.cfg.upload_cap_bytes,
+            no_capture: false,
         };
         let sandbox = match Sandbox::create_with_image(&self.paths, sreq, resolved).await {
             Ok(sb) => Arc::new(sb),
@@ -429,6 +467,9 @@ impl Manager {
             .fetch_add(1, Ordering::Relaxed);
         self.metrics.spinup_duration.observe(t0.elapsed());
         self.watch_death(live.clone());
+        if let Some(events) = sandbox.process_events() {
+            self.journal_processes(&info, events);
+        }
         // A shutdown that raced this create must not leave the sandbox unwatched.
         if self.closing.load(Ordering::SeqCst) {
             if let Some(l) = self.take_live(&id) {
@@ -443,6 +484,28 @@ impl Manager {
         }
         tracing::info!(session = %id, ms = t0.elapsed().as_millis() as u64, "session running");
         Ok(info)
+    }
+
+    /// Journal the sandbox's process events until its channel ends, in
+    /// batches. The queue in front of this is bounded and never blocks init
+    /// (see [`brig_sandbox::channel::PROCESS_QUEUE`]).
+    fn journal_processes(&self, info: &SessionInfo, mut events: ProcessEvents) {
+        let db = self.db.clone();
+        let info = info.clone();
+        tokio::spawn(async move {
+            while let Some(first) = events.recv().await {
+                let mut batch = vec![process_event(&info, first)];
+                while batch.len() < PROCESS_BATCH {
+                    match events.try_recv() {
+                        Some(pe) => batch.push(process_event(&info, pe)),
+                        None => break,
+                    }
+                }
+                if let Err(e) = db.run(move |s| s.append_events(&batch).map(|_| ())).await {
+                    tracing::error!(session = %info.id, error = %e, "could not journal process events");
+                }
+            }
+        });
     }
 
     fn watch_death(self: &Arc<Self>, live: Arc<Live>) {

@@ -1,0 +1,182 @@
+//! Process capture (issue 3): every process started inside a `native`
+//! sandbox is on the session's journal, not only what came through the exec
+//! API: a shell script's children, a detached background job (with its exit
+//! code), a binary started by a program. gVisor sessions say honestly that
+//! capture is unavailable there.
+
+mod server_support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use server_support::*;
+
+async fn events(srv: &Srv, id: &str) -> Vec<Value> {
+    let (s, v) = srv
+        .call("GET", &format!("/v1/sessions/{id}/events"), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v.as_array().unwrap().clone()
+}
+
+fn argv_of(e: &Value) -> Vec<String> {
+    e["details"]["argv"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| x.as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn find_exec<'a>(evs: &'a [Value], argv: &[&str]) -> Option<&'a Value> {
+    evs.iter()
+        .find(|e| e["action"] == "process.exec" && argv_of(e) == argv)
+}
+
+fn find_exit(evs: &[Value], pid: &Value) -> Option<Value> {
+    evs.iter()
+        .find(|e| e["action"] == "process.exit" && &e["details"]["pid"] == pid)
+        .cloned()
+}
+
+/// Poll the journal until `done` holds (capture is journaled asynchronously).
+async fn wait_events(srv: &Srv, id: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let evs = events(srv, id).await;
+        if done(&evs) {
+            return evs;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let procs: Vec<_> = evs
+                .iter()
+                .filter(|e| e["action"].as_str().unwrap_or("").starts_with("process."))
+                .map(|e| format!("{} {}", e["action"], e["details"]))
+                .collect();
+            panic!("journal incomplete; process events:\n{}", procs.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_process_of_a_native_session_is_journaled() {
+    require_root!();
+    let srv = Srv::start().await;
+    let info = srv
+        .create(json!({ "task": "CAP-1", "pids": 64, "memory": "256M", "disk": "16M" }))
+        .await;
+    let id = info["id"].as_str().unwrap().to_string();
+    let layers = info["layers"].to_string();
+    assert!(layers.contains("capture:seccomp-notify"), "{layers}");
+
+    // A shell script's children.
+    let r = srv.exec(&id, &["sh", "-c", "ls /; true | cat"]).await;
+    assert_eq!(r["status"]["code"], 0, "{r}");
+    // A detached background job: its shell exits at once, the job is
+    // re-parented to init, which reaps it and records its exit code.
+    let bg = "sleep 0.2; exit 3";
+    let r = srv
+        .exec(&id, &["sh", "-c", &format!("setsid sh -c '{bg}' &")])
+        .await;
+    assert_eq!(r["status"]["code"], 0, "{r}");
+    // A binary started by a program, not by the exec API.
+    let r = srv
+        .exec(
+            &id,
+            &[
+                "python3",
+                "-c",
+                "import subprocess; subprocess.run(['/bin/echo','hidden'])",
+            ],
+        )
+        .await;
+    assert_eq!(r["stdout"], "hidden\n", "{r}");
+
+    let evs = wait_events(&srv, &id, |evs| {
+        find_exec(evs, &["sh", "-c", bg])
+            .is_some_and(|e| find_exit(evs, &e["details"]["pid"]).is_some())
+            && find_exec(evs, &["/bin/echo", "hidden"]).is_some()
+    })
+    .await;
+
+    let script = find_exec(&evs, &["sh", "-c", "ls /; true | cat"]).expect("the script");
+    assert_eq!(script["session"], id.as_str());
+    assert_eq!(script["agent"], format!("agent:{id}"));
+    assert_eq!(script["task"], "CAP-1");
+    assert_eq!(script["details"]["uid"], 1000, "{script}");
+    assert_eq!(script["details"]["cwd"], "/workspace", "{script}");
+    assert!(
+        script["details"]["path"].as_str().unwrap().ends_with("/sh"),
+        "{script}"
+    );
+    // Started through the exec API: its exit is recorded too.
+    let exit = find_exit(&evs, &script["details"]["pid"]).expect("the script's exit");
+    assert_eq!(exit["details"]["code"], 0, "{exit}");
+    for child in [&["ls", "/"][..], &["cat"][..]] {
+        let e = find_exec(&evs, child).unwrap_or_else(|| panic!("no process.exec of {child:?}"));
+        assert_eq!(
+            e["details"]["ppid"], script["details"]["pid"],
+            "{child:?} is the script's child: {e}"
+        );
+    }
+
+    let job = find_exec(&evs, &["sh", "-c", bg]).unwrap();
+    let exit = find_exit(&evs, &job["details"]["pid"]).unwrap();
+    assert_eq!(exit["details"]["code"], 3, "{exit}");
+    assert_eq!(exit["outcome"], "failure", "{exit}");
+    assert!(
+        find_exec(&evs, &["sleep", "0.2"]).is_some(),
+        "the job's own child"
+    );
+
+    let py = evs
+        .iter()
+        .find(|e| {
+            e["action"] == "process.exec"
+                && argv_of(e).first().map(String::as_str) == Some("python3")
+        })
+        .expect("python3");
+    let echo = find_exec(&evs, &["/bin/echo", "hidden"]).unwrap();
+    assert_eq!(echo["details"]["ppid"], py["details"]["pid"], "{echo}");
+    assert_eq!(echo["details"]["path"], "/bin/echo", "{echo}");
+
+    let (s, _) = srv
+        .call("DELETE", &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(s, 200);
+    srv.assert_gone(&id);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gvisor_sessions_start_and_say_capture_is_unavailable() {
+    require_root!();
+    if !Path::new(brig_sandbox::runtime::RUNSC).exists() {
+        eprintln!("skipped: needs runsc");
+        return;
+    }
+    let srv = Srv::start().await;
+    let info = srv
+        .create(json!({ "task": "CAP-2", "runtime": "gvisor" }))
+        .await;
+    let id = info["id"].as_str().unwrap().to_string();
+    let layers = info["layers"].to_string();
+    assert!(layers.contains("capture:unavailable(gvisor)"), "{layers}");
+    assert!(!layers.contains("capture:seccomp-notify"), "{layers}");
+    let r = srv.exec(&id, &["sh", "-c", "echo ok"]).await;
+    assert_eq!(r["stdout"], "ok\n", "{r}");
+    let evs = events(&srv, &id).await;
+    assert!(
+        !evs.iter().any(|e| e["action"] == "process.exec"),
+        "no capture claimed under gVisor"
+    );
+    let (s, _) = srv
+        .call("DELETE", &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(s, 200);
+    srv.stop().await;
+}
