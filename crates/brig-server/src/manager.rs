@@ -626,12 +626,7 @@ impl Manager {
             }
             let snapshot = info.clone();
             self.db
-                .run(move |s| {
-                    s.update_session(&snapshot, "exec started")?;
-                    s.insert_exec(&rec)?;
-                    s.append_event(&ev)?;
-                    Ok(())
-                })
+                .run(move |s| s.record_exec_start(&snapshot, &rec, &ev))
                 .await?;
         }
 
@@ -769,15 +764,9 @@ impl Manager {
                 ev
             };
             let snapshot = info.clone();
-            let id = live.id.clone();
             let r = self
                 .db
-                .run(move |s| {
-                    s.finish_exec(&id, &exec_id.0, &end)?;
-                    s.update_session(&snapshot, "exec finished")?;
-                    s.append_event(&ev)?;
-                    Ok(())
-                })
+                .run(move |s| s.record_exec_end(&snapshot, &exec_id.0, &end, &ev))
                 .await;
             if let Err(e) = r {
                 tracing::error!(session = %live.id, error = %e, "could not record an exec's end");

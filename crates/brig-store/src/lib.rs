@@ -334,31 +334,47 @@ impl Store {
     pub fn update_session(&self, info: &SessionInfo, reason: &str) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db_err("begin"))?;
-        let old: Option<String> = tx
-            .query_row(
-                "SELECT state FROM sessions WHERE id = ?1",
-                [info.id.as_str()],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db_err("read session state"))?;
-        let Some(old) = old else {
-            return Err(Error::not_found(format!("session {} not found", info.id)));
-        };
-        let old = parse_state(&old)?;
-        tx.execute(
-            "UPDATE sessions SET human = ?2, task = ?3, profile = ?4, runtime = ?5, image = ?6,
-                image_digest = ?7, state = ?8, limits = ?9, repo = ?10, created_at = ?11,
-                started_at = ?12, ended_at = ?13, end_reason = ?14, layers = ?15,
-                exec_count = ?16, last_activity_at = ?17
-             WHERE id = ?1",
-            rusqlite::params_from_iter(session_row(info)?),
-        )
-        .map_err(db_err("update session"))?;
-        if old != info.state {
-            let time = brig_core::event::now_rfc3339();
-            insert_transition(&tx, &info.id, Some(old), info.state, &time, reason)?;
-        }
+        update_session_on(&tx, info, reason)?;
+        tx.commit().map_err(db_err("commit"))
+    }
+
+    /// An exec's start, in one transaction: the session row (exec count,
+    /// activity), the exec row and its `exec.start` event. Every exec pays
+    /// this, so it is one lock and one commit, not three.
+    pub fn record_exec_start(
+        &self,
+        info: &SessionInfo,
+        rec: &ExecRecord,
+        ev: &Event,
+    ) -> Result<()> {
+        let red = self.redactor();
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err("begin"))?;
+        update_session_on(&tx, info, "exec started")?;
+        insert_exec_on(&tx, &red, rec)?;
+        append_events_on(&tx, &red, std::slice::from_ref(ev))?;
+        tx.commit().map_err(db_err("commit"))
+    }
+
+    /// An exec's end, in one transaction: the exec row, the session row and
+    /// its `exec.exit` event.
+    pub fn record_exec_end(
+        &self,
+        info: &SessionInfo,
+        exec_id: &str,
+        end: &ExecEnd,
+        ev: &Event,
+    ) -> Result<()> {
+        let red = self.redactor();
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err("begin"))?;
+        finish_exec_on(&tx, &info.id, exec_id, end)?;
+        update_session_on(&tx, info, "exec finished")?;
+        append_events_on(&tx, &red, std::slice::from_ref(ev))?;
         tx.commit().map_err(db_err("commit"))
     }
 
@@ -484,53 +500,7 @@ impl Store {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db_err("begin append"))?;
-        let (mut seq, mut prev) = head_of(&tx)?.unwrap_or((0, GENESIS.to_string()));
-        let mut out = Vec::with_capacity(evs.len());
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO events (seq, id, time, session, human, agent, task, repo, branch,
-                        action, outcome, rule, details, prev_hash, hash)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-                )
-                .map_err(db_err("append event"))?;
-            for ev in evs {
-                let mut ev = redact_event(&red, ev);
-                seq += 1;
-                ev.seq = seq;
-                // Stored as hashed: the canonical text is valid JSON.
-                let details = canonical_json(&ev.details);
-                let hash = seal_with(&prev, &mut ev, &details);
-                stmt.execute(params![
-                    ev.seq,
-                    ev.id,
-                    ev.time,
-                    ev.session,
-                    ev.human,
-                    ev.agent,
-                    ev.task,
-                    ev.repo,
-                    ev.branch,
-                    ev.action,
-                    outcome_str(ev.outcome),
-                    ev.rule,
-                    details,
-                    prev,
-                    hash,
-                ])
-                .map_err(|e| match e {
-                    rusqlite::Error::SqliteFailure(f, _)
-                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                    {
-                        Error::conflict(format!("event {} is already in the journal", ev.id))
-                            .hint("every event needs a fresh id (Event::new makes one)")
-                    }
-                    e => db_err("append event")(e),
-                })?;
-                out.push(seq);
-                prev = hash;
-            }
-        }
+        let out = append_events_on(&tx, &red, evs)?;
         tx.commit().map_err(db_err("commit events"))?;
         Ok(out)
     }
@@ -693,53 +663,13 @@ impl Store {
 
     /// Record that an exec started.
     pub fn insert_exec(&self, rec: &ExecRecord) -> Result<()> {
-        // argv is as sensitive as the exec.start event that carries it.
         let red = self.redactor();
-        let argv = red.redact_value(&serde_json::json!(rec.argv));
-        let cwd = red.redact_str(&rec.cwd).into_owned();
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO execs (session, exec_id, argv, cwd, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                rec.session.as_str(),
-                rec.exec_id,
-                to_json(&argv)?,
-                cwd,
-                rec.started_at
-            ],
-        )
-        .map_err(db_err("insert exec"))?;
-        Ok(())
+        insert_exec_on(&self.conn(), &red, rec)
     }
 
     /// Record how an exec ended.
     pub fn finish_exec(&self, session: &SessionId, exec_id: &str, end: &ExecEnd) -> Result<()> {
-        let conn = self.conn();
-        let n = conn
-            .execute(
-                "UPDATE execs SET ended_at = ?3, exit_code = ?4, exit_signal = ?5, timed_out = ?6,
-                    duration_ms = ?7, stdout_bytes = ?8, stderr_bytes = ?9, error = ?10
-                 WHERE session = ?1 AND exec_id = ?2",
-                params![
-                    session.as_str(),
-                    exec_id,
-                    end.ended_at,
-                    end.status.and_then(|s| s.code),
-                    end.status.and_then(|s| s.signal),
-                    end.status.map(|s| s.timed_out).unwrap_or(false),
-                    end.duration_ms as i64,
-                    end.stdout_bytes as i64,
-                    end.stderr_bytes as i64,
-                    end.error,
-                ],
-            )
-            .map_err(db_err("finish exec"))?;
-        if n == 0 {
-            return Err(Error::not_found(format!(
-                "exec {exec_id} of session {session} not found"
-            )));
-        }
-        Ok(())
+        finish_exec_on(&self.conn(), session, exec_id, end)
     }
 
     /// Execs of a session, in the order they started.
@@ -879,7 +809,7 @@ fn session_row(info: &SessionInfo) -> Result<Vec<rusqlite::types::Value>> {
 }
 
 fn insert_transition(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     id: &SessionId,
     from: Option<SessionState>,
     to: SessionState,
@@ -1062,6 +992,139 @@ fn migrate(conn: &mut Connection, name: &str) -> Result<()> {
         .map_err(db_err("record migration"))?;
     }
     tx.commit().map_err(db_err("commit migration"))
+}
+
+/// Write every field of `info`; record the transition if its state changed.
+fn update_session_on(tx: &Connection, info: &SessionInfo, reason: &str) -> Result<()> {
+    let old: Option<String> = tx
+        .query_row(
+            "SELECT state FROM sessions WHERE id = ?1",
+            [info.id.as_str()],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db_err("read session state"))?;
+    let Some(old) = old else {
+        return Err(Error::not_found(format!("session {} not found", info.id)));
+    };
+    let old = parse_state(&old)?;
+    tx.execute(
+        "UPDATE sessions SET human = ?2, task = ?3, profile = ?4, runtime = ?5, image = ?6,
+                image_digest = ?7, state = ?8, limits = ?9, repo = ?10, created_at = ?11,
+                started_at = ?12, ended_at = ?13, end_reason = ?14, layers = ?15,
+                exec_count = ?16, last_activity_at = ?17
+             WHERE id = ?1",
+        rusqlite::params_from_iter(session_row(info)?),
+    )
+    .map_err(db_err("update session"))?;
+    if old != info.state {
+        let time = brig_core::event::now_rfc3339();
+        insert_transition(tx, &info.id, Some(old), info.state, &time, reason)?;
+    }
+    Ok(())
+}
+
+/// Append `evs` after the chain head inside `tx` (see `Store::append_events`).
+fn append_events_on(tx: &Connection, red: &Redactor, evs: &[Event]) -> Result<Vec<i64>> {
+    let (mut seq, mut prev) = head_of(tx)?.unwrap_or((0, GENESIS.to_string()));
+    let mut out = Vec::with_capacity(evs.len());
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO events (seq, id, time, session, human, agent, task, repo, branch,
+                        action, outcome, rule, details, prev_hash, hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            )
+            .map_err(db_err("append event"))?;
+        for ev in evs {
+            let mut ev = redact_event(red, ev);
+            seq += 1;
+            ev.seq = seq;
+            // Stored as hashed: the canonical text is valid JSON.
+            let details = canonical_json(&ev.details);
+            let hash = seal_with(&prev, &mut ev, &details);
+            stmt.execute(params![
+                ev.seq,
+                ev.id,
+                ev.time,
+                ev.session,
+                ev.human,
+                ev.agent,
+                ev.task,
+                ev.repo,
+                ev.branch,
+                ev.action,
+                outcome_str(ev.outcome),
+                ev.rule,
+                details,
+                prev,
+                hash,
+            ])
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Error::conflict(format!("event {} is already in the journal", ev.id))
+                        .hint("every event needs a fresh id (Event::new makes one)")
+                }
+                e => db_err("append event")(e),
+            })?;
+            out.push(seq);
+            prev = hash;
+        }
+    }
+    Ok(out)
+}
+
+fn insert_exec_on(conn: &Connection, red: &Redactor, rec: &ExecRecord) -> Result<()> {
+    // argv is as sensitive as the exec.start event that carries it.
+    let argv = red.redact_value(&serde_json::json!(rec.argv));
+    let cwd = red.redact_str(&rec.cwd).into_owned();
+    conn.execute(
+        "INSERT INTO execs (session, exec_id, argv, cwd, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            rec.session.as_str(),
+            rec.exec_id,
+            to_json(&argv)?,
+            cwd,
+            rec.started_at
+        ],
+    )
+    .map_err(db_err("insert exec"))?;
+    Ok(())
+}
+
+fn finish_exec_on(
+    conn: &Connection,
+    session: &SessionId,
+    exec_id: &str,
+    end: &ExecEnd,
+) -> Result<()> {
+    let n = conn
+        .execute(
+            "UPDATE execs SET ended_at = ?3, exit_code = ?4, exit_signal = ?5, timed_out = ?6,
+                    duration_ms = ?7, stdout_bytes = ?8, stderr_bytes = ?9, error = ?10
+                 WHERE session = ?1 AND exec_id = ?2",
+            params![
+                session.as_str(),
+                exec_id,
+                end.ended_at,
+                end.status.and_then(|s| s.code),
+                end.status.and_then(|s| s.signal),
+                end.status.map(|s| s.timed_out).unwrap_or(false),
+                end.duration_ms as i64,
+                end.stdout_bytes as i64,
+                end.stderr_bytes as i64,
+                end.error,
+            ],
+        )
+        .map_err(db_err("finish exec"))?;
+    if n == 0 {
+        return Err(Error::not_found(format!(
+            "exec {exec_id} of session {session} not found"
+        )));
+    }
+    Ok(())
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
