@@ -7,7 +7,6 @@ mod cli_support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cli_support::*;
@@ -112,24 +111,9 @@ fn file_sink_gets_every_event_even_across_a_kill_9() {
         ]);
         assert!(o.status.success(), "{}", text(&o.stderr));
     }
-    s.child.kill().unwrap();
-    s.child.wait().unwrap();
-
     // Start again on the same data dir: reconciliation ends the session,
     // and the sink resumes from its stored cursor.
-    let log = std::fs::File::create(dir.join("serve2.log")).unwrap();
-    s.child = Command::new(BRIG)
-        .arg("--config")
-        .arg(dir.join("brig.toml"))
-        .arg("serve")
-        .env_remove("BRIG_CONFIG")
-        .env_remove("BRIG_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    s.wait_ready();
+    s.kill9_and_restart("serve2.log");
     wait_caught_up(&s);
 
     let journal = journal_ids(&s);

@@ -13,6 +13,8 @@ pub const BRIG: &str = env!("CARGO_BIN_EXE_brig");
 pub struct Server {
     pub child: Child,
     pub dir: tempfile::TempDir,
+    /// How `brig serve` was started, for [`Server::kill9_and_restart`].
+    args: Vec<std::ffi::OsString>,
 }
 
 impl Server {
@@ -28,30 +30,29 @@ impl Server {
             .tempdir()
             .unwrap();
         let data = dir.path().join("data");
-        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-        let mut cmd = Command::new(BRIG);
-        match config {
-            Some(write) => {
-                cmd.arg("--config").arg(write(dir.path())).arg("serve");
-            }
-            None => {
-                cmd.args(["serve", "--data-dir"])
-                    .arg(&data)
-                    .arg("--socket")
-                    .arg(dir.path().join("s"));
-            }
-        }
-        let child = cmd
-            .env_remove("BRIG_CONFIG")
-            .env_remove("BRIG_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start brig serve");
-        let mut s = Server { child, dir };
+        let args: Vec<std::ffi::OsString> = match config {
+            Some(write) => vec!["--config".into(), write(dir.path()).into(), "serve".into()],
+            None => vec![
+                "serve".into(),
+                "--data-dir".into(),
+                data.into(),
+                "--socket".into(),
+                dir.path().join("s").into(),
+            ],
+        };
+        let child = spawn_serve(&args, &dir.path().join("serve.log"));
+        let mut s = Server { child, dir, args };
         s.wait_ready();
         s
+    }
+
+    /// SIGKILL `brig serve` (no graceful anything), then start it again on
+    /// the same data dir and socket, logging to `log` in the temp dir.
+    pub fn kill9_and_restart(&mut self, log: &str) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = spawn_serve(&self.args, &self.dir.path().join(log));
+        self.wait_ready();
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -147,4 +148,17 @@ pub fn nix_kill(pid: u32, sig: i32) -> i32 {
 
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+fn spawn_serve(args: &[std::ffi::OsString], log: &Path) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    Command::new(BRIG)
+        .args(args)
+        .env_remove("BRIG_CONFIG")
+        .env_remove("BRIG_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start brig serve")
 }
