@@ -356,31 +356,45 @@ async fn drive(
     Ok((info, summary))
 }
 
-async fn agent(rep: &mut Report, c: &Client, id: &str, socket: &Path) -> Result<()> {
-    let tests = || {
-        vec![
-            PYTHON.to_string(),
-            "-m".into(),
-            "unittest".into(),
-            "-v".into(),
-        ]
-    };
-
-    rep.heading("Agent runs the test suite (expected to fail: there is a bug)");
-    rep.line(&format!("$ {}", tests().join(" ")));
-    let r = exec(c, id, tests()).await?;
-    rep.output(&r, 8);
-    let failed = !r.status.success();
+/// The agent runs the example's unittest suite; the step is ok when the
+/// outcome is the expected one (failing before the fix, passing after).
+async fn run_tests(
+    rep: &mut Report,
+    c: &Client,
+    id: &str,
+    expect_pass: bool,
+    max_lines: usize,
+) -> Result<()> {
+    let argv: Vec<String> = vec![PYTHON.into(), "-m".into(), "unittest".into(), "-v".into()];
+    rep.heading(if expect_pass {
+        "Agent reruns the tests (expected to pass)"
+    } else {
+        "Agent runs the test suite (expected to fail: there is a bug)"
+    });
+    rep.line(&format!("$ {}", argv.join(" ")));
+    let r = exec(c, id, argv).await?;
+    rep.output(&r, max_lines);
+    let ok = r.status.success() == expect_pass;
     rep.line(&format!(
         "{} exit {} in {} ms",
-        if failed { "✓" } else { "✗" },
+        if ok { "✓" } else { "✗" },
         r.status.shell_code(),
         r.duration_ms
     ));
+    let step = if expect_pass {
+        "tests_pass"
+    } else {
+        "tests_fail"
+    };
     rep.step(
-        json!({"step": "tests_fail", "ok": failed, "exit_code": r.status.shell_code(), "stderr": r.stderr}),
-        failed,
+        json!({"step": step, "ok": ok, "exit_code": r.status.shell_code(), "stderr": r.stderr}),
+        ok,
     );
+    Ok(())
+}
+
+async fn agent(rep: &mut Report, c: &Client, id: &str, socket: &Path) -> Result<()> {
+    run_tests(rep, c, id, false, 8).await?;
 
     rep.heading("Agent edits the code: mean() divides by len + 1");
     let fix = "sed -i 's/len(values) + 1/len(values)/' stats.py && grep -n 'return sum' stats.py";
@@ -393,21 +407,7 @@ async fn agent(rep: &mut Report, c: &Client, id: &str, socket: &Path) -> Result<
         edited,
     );
 
-    rep.heading("Agent reruns the tests (expected to pass)");
-    rep.line(&format!("$ {}", tests().join(" ")));
-    let r = exec(c, id, tests()).await?;
-    rep.output(&r, 3);
-    let passed = r.status.success();
-    rep.line(&format!(
-        "{} exit {} in {} ms",
-        if passed { "✓" } else { "✗" },
-        r.status.shell_code(),
-        r.duration_ms
-    ));
-    rep.step(
-        json!({"step": "tests_pass", "ok": passed, "exit_code": r.status.shell_code(), "stderr": r.stderr}),
-        passed,
-    );
+    run_tests(rep, c, id, true, 3).await?;
 
     rep.heading("What the sandbox blocks: escape attempts from inside");
     // A real service on the host's loopback, to prove the sandbox cannot
