@@ -158,6 +158,18 @@ impl Channel {
         W: AsyncWrite + Send + Unpin + 'static,
         R: AsyncRead + Send + Unpin + 'static,
     {
+        Self::with_producer(to_init, from_init).0
+    }
+
+    /// [`Channel::new`], plus a second producer for the sandbox's process
+    /// events, for capture that does not come through init (gVisor's trace
+    /// points, [`crate::gvisor_trace`]). [`ProcessEvents`] ends once the
+    /// reader and every producer are gone.
+    pub fn with_producer<W, R>(to_init: W, from_init: R) -> (Arc<Channel>, ProcessProducer)
+    where
+        W: AsyncWrite + Send + Unpin + 'static,
+        R: AsyncRead + Send + Unpin + 'static,
+    {
         let shared = Arc::new(Shared {
             execs: Mutex::new(HashMap::new()),
             pings: Mutex::new(VecDeque::new()),
@@ -170,13 +182,15 @@ impl Channel {
             tx: ptx,
             dropped: dropped.clone(),
         };
+        let producer = ProcessProducer(sink.clone());
         tokio::spawn(read_loop(shared.clone(), sink, from_init));
-        Arc::new(Channel {
+        let channel = Arc::new(Channel {
             writer: tokio::sync::Mutex::new(Some(Box::new(to_init))),
             shared,
             next_chan: AtomicU32::new(1),
             process: Mutex::new(Some(ProcessEvents { rx: prx, dropped })),
-        })
+        });
+        (channel, producer)
     }
 
     /// The sandbox's process events (once: later calls get None).
@@ -302,6 +316,7 @@ fn ended(why: &str) -> Error {
 
 /// The reader's end of the process-event queue (dropped with the reader,
 /// which ends [`ProcessEvents`]).
+#[derive(Clone)]
 struct ProcessSink {
     tx: mpsc::Sender<ProcessEvent>,
     dropped: Arc<AtomicU64>,
@@ -311,6 +326,26 @@ impl ProcessSink {
     fn offer(&self, e: ProcessEvent) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(e) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Another producer of a channel's process events ([`Channel::with_producer`]):
+/// the same bounded queue, never waiting; what does not fit is counted.
+#[derive(Clone)]
+pub struct ProcessProducer(ProcessSink);
+
+impl ProcessProducer {
+    /// Queue `e`, or count it as dropped if the queue is full.
+    pub fn offer(&self, e: ProcessEvent) {
+        self.0.offer(e)
+    }
+
+    /// Count `n` events lost before they reached the queue (reported as one
+    /// [`ProcessEvent::Overflow`] with the queue's own drops).
+    pub fn count_dropped(&self, n: u64) {
+        if n > 0 {
+            self.0.dropped.fetch_add(n, Ordering::Relaxed);
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod capture;
 pub mod cgroup;
 pub mod channel;
 pub mod doctor;
+pub mod gvisor_trace;
 pub mod image;
 pub mod init;
 pub mod initfs;

@@ -123,6 +123,12 @@ impl Runtime {
         !matches!(self.kind, RuntimeKind::Gvisor)
     }
 
+    /// Whether processes are captured by the runtime's own trace points
+    /// instead, read by brig from outside ([`crate::gvisor_trace`]).
+    pub fn trace_capture(&self) -> bool {
+        matches!(self.kind, RuntimeKind::Gvisor)
+    }
+
     /// Host tasks the runtime itself runs inside the session's cgroup, on
     /// top of the sandbox's own processes. gVisor's Sentry and gofer are
     /// ~40 host threads at rest and grow with load; were they counted in
@@ -179,9 +185,23 @@ impl Runtime {
         pid_file: &Path,
         io: InitIo,
     ) -> Result<()> {
+        self.run_detached_with(id, bundle, pid_file, io, &[]).await
+    }
+
+    /// [`Runtime::run_detached`] with more global flags for this run only
+    /// (gVisor's `--pod-init-config`).
+    pub async fn run_detached_with(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        io: InitIo,
+        flags: &[String],
+    ) -> Result<()> {
         let log_path = bundle.join("..").join("runtime.log");
         let mut c = self.command();
-        c.arg("run")
+        c.args(flags)
+            .arg("run")
             .arg("--detach")
             .arg(format!("--bundle={}", bundle.display()))
             .arg(format!("--pid-file={}", pid_file.display()))

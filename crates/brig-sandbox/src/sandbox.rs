@@ -27,6 +27,7 @@ use brig_core::{wire, Error, ErrorKind, Result, SessionId};
 
 use crate::cgroup::SessionCgroup;
 use crate::channel::{Channel, ExecHandle};
+use crate::gvisor_trace::TraceSocket;
 use crate::image::{Image, ResolvedImage};
 use crate::init::InitConfig;
 use crate::runtime::{log_tail, runtimes_dir, InitIo, Runtime};
@@ -34,6 +35,12 @@ use crate::spec::{self, UserNs, SANDBOX_GID, SANDBOX_UID};
 use crate::workspace::{self, Workspace};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// runsc connects to the trace socket while it creates the sandbox.
+const TRACE_ACCEPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// After `run` succeeded, the handshake is done or about to be.
+const TRACE_CONNECTED_TIMEOUT: Duration = Duration::from_secs(5);
+/// After init is ready, the container's start point is already sent.
+const TRACE_START_TIMEOUT: Duration = Duration::from_secs(5);
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 const RECORD: &str = "sandbox.json";
@@ -214,8 +221,9 @@ impl Sandbox {
     }
 
     /// Every process of the sandbox as init records it (exec and, for what
-    /// init reaps, exit); once per sandbox. Empty (ends at once) when the
-    /// runtime has no capture (`capture:unavailable(...)` in `layers`).
+    /// init reaps, exit), or under gVisor as the Sentry's trace points
+    /// report it (exec and exit of every process); once per sandbox. Empty
+    /// (ends at once) when capture is off (`capture:off` in `layers`).
     pub fn process_events(&self) -> Option<crate::channel::ProcessEvents> {
         self.channel.process_events()
     }
@@ -343,8 +351,16 @@ async fn build(
         .open(&log_path)?;
     let pid_file = parts.session_dir.join("init.pid");
     runtime.prepare()?;
-    runtime
-        .run_detached(
+    // gVisor: the Sentry's trace points, on a socket of brig's (fail closed:
+    // no connection and handshake, no session).
+    let trace = match runtime.trace_capture() && !req.no_capture {
+        true => Some(TraceSocket::listen(&parts.session_dir)?),
+        false => None,
+    };
+    let flags: Vec<String> = trace.iter().map(TraceSocket::runsc_flag).collect();
+    let accept = trace.map(|t| tokio::spawn(t.accept(TRACE_ACCEPT_TIMEOUT)));
+    let run = runtime
+        .run_detached_with(
             req.id.as_str(),
             &bundle,
             &pid_file,
@@ -353,13 +369,63 @@ async fn build(
                 stdout: from_init_w,
                 stderr: log,
             },
+            &flags,
         )
-        .await?;
-    parts.adopt(&pid_file)?;
+        .await;
+    if run.is_ok() {
+        // Held before anything else can fail, so teardown reaps them.
+        parts.adopt(&pid_file)?;
+    }
+    let trace = match (accept, run) {
+        (None, run) => {
+            run?;
+            None
+        }
+        (Some(accept), Err(e)) => {
+            // runsc sets the sink up first: a run that failed before the
+            // handshake most likely failed at it.
+            if accept.is_finished() {
+                if let Ok(Err(capture)) = accept.await {
+                    return Err(capture);
+                }
+                return Err(e);
+            }
+            accept.abort();
+            return Err(Error::guard(
+                "capture",
+                format!(
+                    "gVisor trace: runsc did not connect to brig's trace socket: {}",
+                    e.message
+                ),
+            ));
+        }
+        (Some(accept), Ok(())) => {
+            match tokio::time::timeout(TRACE_CONNECTED_TIMEOUT, accept).await {
+                Ok(Ok(Ok(conn))) => Some(conn),
+                Ok(Ok(Err(e))) => return Err(e),
+                Ok(Err(e)) => return Err(Error::guard("capture", format!("gVisor trace: {e}"))),
+                Err(_) => {
+                    return Err(Error::guard(
+                        "capture",
+                        "gVisor trace: the sandbox runs but runsc never connected to brig's trace socket",
+                    ))
+                }
+            }
+        }
+    };
 
     let to_init = tokio::net::unix::pipe::Sender::from_owned_fd(to_init_w)?;
     let from_init = tokio::net::unix::pipe::Receiver::from_owned_fd(from_init_r)?;
-    let channel = Channel::new(to_init, from_init);
+    let (channel, trace_started) = match trace {
+        Some(conn) => {
+            let (channel, producer) = Channel::with_producer(to_init, from_init);
+            (
+                channel,
+                Some(conn.start(req.id.as_str().to_string(), producer)),
+            )
+        }
+        None => (Channel::new(to_init, from_init), None),
+    };
     let ready = match channel.wait_ready(READY_TIMEOUT).await {
         Ok(r) => r,
         Err(e) if e.kind == ErrorKind::GuardUnavailable => return Err(e),
@@ -395,6 +461,23 @@ async fn build(
         ));
     }
     parts.cgroup.verify(l)?;
+    // The container's start must have come through the trace socket by now
+    // (it precedes init's first instruction): points really flow.
+    let traced = match trace_started {
+        Some(started) => match tokio::time::timeout(TRACE_START_TIMEOUT, started).await {
+            Ok(Ok(())) => true,
+            _ => {
+                return Err(Error::guard(
+                    "capture",
+                    format!(
+                        "gVisor trace: no container/start point for {} arrived from the Sentry",
+                        req.id
+                    ),
+                ))
+            }
+        },
+        None => false,
+    };
 
     let mut ns = "ns:mnt,pid,ipc,uts,net,cgroup".to_string();
     if user_ns.is_some() {
@@ -415,8 +498,9 @@ async fn build(
             layers.push(x);
         }
     }
-    if !init.capture {
-        // Honest about it: gVisor has no seccomp user notification.
+    if traced {
+        layers.push(crate::gvisor_trace::LAYER.to_string());
+    } else if !init.capture {
         layers.push(match req.no_capture {
             true => "capture:off".to_string(),
             false => format!("capture:unavailable({})", runtime.name()),
