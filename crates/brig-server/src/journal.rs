@@ -14,11 +14,59 @@ use std::time::{Duration, Instant};
 use brig_audit::checkpoint::{append_checkpoint_file, read_checkpoint_file, read_public_key};
 use brig_audit::{Checkpoint, JournalKey, VerifyReport};
 use brig_core::{Error, Result};
-use brig_store::Store;
+use brig_sinks::Wakeup;
+use brig_store::{Store, Tx, Writer, WriterOptions};
 use tokio::task::JoinHandle;
 
 use crate::config::JournalConfig;
 use crate::manager::Db;
+
+/// The one writer of the journal in `brig serve`: a thread that commits
+/// every write waiting at the same time in one transaction (group commit,
+/// `brig_store::writer`), and wakes the sink runners after each commit.
+#[derive(Clone)]
+pub struct JournalWriter {
+    writer: std::result::Result<Writer, Error>,
+    wakeup: Wakeup,
+}
+
+impl JournalWriter {
+    /// Start the writer thread. If it cannot start, every write fails with
+    /// that error (fail closed: nothing is journaled out of order or lost
+    /// silently).
+    pub fn spawn(store: Arc<Store>) -> JournalWriter {
+        let wakeup = Wakeup::new();
+        let w = wakeup.clone();
+        let writer = Writer::spawn(
+            store,
+            WriterOptions {
+                on_commit: Some(Arc::new(move |_| w.notify())),
+                ..WriterOptions::default()
+            },
+        );
+        if let Err(e) = &writer {
+            tracing::error!(error = %e, "journal writer did not start; every journaled write will fail");
+        }
+        JournalWriter { writer, wakeup }
+    }
+
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<T> + Send + 'static,
+    {
+        match &self.writer {
+            Ok(w) => w.write(f).await,
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    /// Notified after every commit that appended events and every signed
+    /// checkpoint: what the sink runners wait on.
+    pub fn wakeup(&self) -> &Wakeup {
+        &self.wakeup
+    }
+}
 
 /// `<data_dir>/journal/checkpoints.jsonl`.
 pub fn checkpoint_file(data_dir: &Path) -> PathBuf {
@@ -57,6 +105,8 @@ impl Journal {
         append_checkpoint_file(&self.file, &cp)
             .map_err(|e| e.context("journal checkpoint file"))?;
         store.insert_checkpoint(&cp)?;
+        // The sinks deliver checkpoints too (docs/SINKS.md).
+        self.db.writer().wakeup().notify();
         Ok(Some(cp))
     }
 

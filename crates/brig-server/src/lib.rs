@@ -88,8 +88,14 @@ impl RunningServer {
                 tracing::warn!(socket = %self.socket.display(), error = %e, "could not remove the socket")
             }
         }
-        // Deliver what the sinks can (bounded), then sign the head last,
-        // after the destroy events of the shutdown.
+        // Sign the head after the destroy events of the shutdown, then let
+        // the sinks deliver what they can (bounded), that checkpoint included.
+        self.signer.abort();
+        match self.journal.checkpoint().await {
+            Ok(Some(cp)) => tracing::info!(seq = cp.seq, "journal checkpoint signed at shutdown"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "journal: final checkpoint failed"),
+        }
         let runner = self
             .mgr
             .sinks
@@ -102,12 +108,6 @@ impl RunningServer {
                     tracing::warn!(sink = %st.name, lag = st.lag, "journal sink behind at shutdown; it resumes from its cursor next start");
                 }
             }
-        }
-        self.signer.abort();
-        match self.journal.checkpoint().await {
-            Ok(Some(cp)) => tracing::info!(seq = cp.seq, "journal checkpoint signed at shutdown"),
-            Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "journal: final checkpoint failed"),
         }
         tracing::info!("brig serve stopped");
         Ok(())
@@ -212,7 +212,7 @@ async fn listen(
         &cfg.journal.sinks,
         mgr.db().store(),
         &cfg.data_dir,
-        &brig_sinks::Wakeup::new(),
+        mgr.db().writer().wakeup(),
     )?;
     *mgr.sinks.lock().unwrap_or_else(|p| p.into_inner()) = sink_runner;
     tracing::info!(socket = %cfg.socket.display(), data_dir = %cfg.data_dir.display(), config = %cfg.source, "brig serve ready");

@@ -29,13 +29,16 @@ pub const DESTROY_GRACE: Duration = Duration::from_secs(2);
 /// Buffered exec keeps at most this much of each stream (counts stay exact).
 pub const BUFFERED_OUTPUT_CAP: usize = 1 << 20;
 
-/// The store, called from async code on blocking threads.
+/// The store, called from async code: reads on blocking threads, writes
+/// that journal events through the group-commit writer (`crate::journal`).
 #[derive(Clone)]
-pub struct Db(Arc<Store>);
+pub struct Db(Arc<Store>, crate::journal::JournalWriter);
 
 impl Db {
     pub fn new(store: Store) -> Db {
-        Db(Arc::new(store))
+        let store = Arc::new(store);
+        let writer = crate::journal::JournalWriter::spawn(store.clone());
+        Db(store, writer)
     }
     /// The store itself, for parts that run their own blocking loops.
     pub fn store(&self) -> Arc<Store> {
@@ -50,6 +53,18 @@ impl Db {
         tokio::task::spawn_blocking(move || f(&s))
             .await
             .map_err(|e| Error::internal(format!("database task failed: {e}")))?
+    }
+    /// A write that appends to the journal, committed together with the
+    /// other writes waiting at the same time; returns once it is committed.
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&brig_store::Tx<'_>) -> Result<T> + Send + 'static,
+    {
+        self.1.write(f).await
+    }
+    pub fn writer(&self) -> &crate::journal::JournalWriter {
+        &self.1
     }
 }
 
@@ -262,7 +277,7 @@ impl Manager {
         let snapshot = info.clone();
         let reason = reason.to_string();
         self.db
-            .run(move |s| {
+            .write(move |s| {
                 s.update_session(&snapshot, &reason)?;
                 s.append_event(&ev)?;
                 Ok(())
@@ -271,7 +286,7 @@ impl Manager {
     }
 
     async fn journal(&self, ev: Event) {
-        if let Err(e) = self.db.run(move |s| s.append_event(&ev)).await {
+        if let Err(e) = self.db.write(move |s| s.append_event(&ev)).await {
             tracing::error!(error = %e, "could not journal an event");
         }
     }
@@ -407,7 +422,7 @@ impl Manager {
                     "upload": upload.as_ref().map(|p| p.display().to_string()),
                 }));
             self.db
-                .run(move |s| {
+                .write(move |s| {
                     s.insert_session(&snapshot, "create requested")?;
                     s.append_event(&ev)?;
                     Ok(())
@@ -501,7 +516,7 @@ impl Manager {
                         None => break,
                     }
                 }
-                if let Err(e) = db.run(move |s| s.append_events(&batch).map(|_| ())).await {
+                if let Err(e) = db.write(move |s| s.append_events(&batch).map(|_| ())).await {
                     tracing::error!(session = %info.id, error = %e, "could not journal process events");
                 }
             }
@@ -626,7 +641,7 @@ impl Manager {
             }
             let snapshot = info.clone();
             self.db
-                .run(move |s| s.record_exec_start(&snapshot, &rec, &ev))
+                .write(move |s| s.record_exec_start(&snapshot, &rec, &ev))
                 .await?;
         }
 
@@ -766,7 +781,7 @@ impl Manager {
             let snapshot = info.clone();
             let r = self
                 .db
-                .run(move |s| s.record_exec_end(&snapshot, &exec_id.0, &end, &ev))
+                .write(move |s| s.record_exec_end(&snapshot, &exec_id.0, &end, &ev))
                 .await;
             if let Err(e) = r {
                 tracing::error!(session = %live.id, error = %e, "could not record an exec's end");
@@ -1121,7 +1136,7 @@ impl Manager {
         }
         let ev = Event::new("sandbox.reconcile", Outcome::Success)
             .details(serde_json::json!({"cleaned": cleaned}));
-        self.db.run(move |s| s.append_event(&ev)).await?;
+        self.db.write(move |s| s.append_event(&ev)).await?;
         Ok(cleaned)
     }
 }

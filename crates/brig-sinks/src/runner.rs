@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use brig_core::event::{now_rfc3339, Event};
+use brig_core::event::now_rfc3339;
 use brig_core::{Error, Result};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::config::SinkConfig;
 use crate::sinks::{self, FailKind, Sink};
-use crate::{CursorStore, EventSource};
+use crate::{Cursor, CursorStore, EventSource, Record};
 
 /// How the runners behave, beyond each sink's own config.
 #[derive(Clone, Debug)]
@@ -72,6 +72,8 @@ pub struct SinkStatus {
     pub kind: String,
     /// `seq` of the last acknowledged event.
     pub cursor: i64,
+    /// `seq` of the last acknowledged signed checkpoint (0: none yet).
+    pub checkpoint_cursor: i64,
     /// `seq` of the newest event in the journal.
     pub head: i64,
     /// Events not yet acknowledged by this sink.
@@ -127,13 +129,13 @@ impl SinkRunner {
                 .hint("each sink needs its own name: it keys the sink's cursor"));
             }
         }
-        let mut built: Vec<(SinkConfig, Box<dyn Sink>, i64)> = Vec::new();
+        let mut built: Vec<(SinkConfig, Box<dyn Sink>, Cursor)> = Vec::new();
         for c in cfgs {
             let sink = sinks::build(&c, &opts)?;
             let cursor = cursors
                 .get(&c.name)
                 .map_err(|e| e.context(format!("reading the cursor of journal sink '{}'", c.name)))?
-                .unwrap_or(0);
+                .unwrap_or_default();
             built.push((c, sink, cursor));
         }
         let (shutdown, _) = watch::channel(false);
@@ -142,7 +144,8 @@ impl SinkRunner {
             let status = Arc::new(Mutex::new(SinkStatus {
                 name: cfg.name.clone(),
                 kind: cfg.kind.type_name().to_string(),
-                cursor,
+                cursor: cursor.seq,
+                checkpoint_cursor: cursor.checkpoint_seq,
                 head: 0,
                 lag: 0,
                 last_error: None,
@@ -227,7 +230,7 @@ struct Worker {
     sink: Box<dyn Sink>,
     source: Arc<dyn EventSource>,
     cursors: Arc<dyn CursorStore>,
-    cursor: i64,
+    cursor: Cursor,
     status: Arc<Mutex<SinkStatus>>,
     wake: watch::Receiver<u64>,
     /// Keeps the wakeup channel open even if the host drops its `Wakeup`.
@@ -275,15 +278,19 @@ impl Worker {
         n
     }
 
-    async fn advance(&mut self, seq: i64, delivered: u64) {
-        self.cursor = seq;
+    /// Moves the cursor past `done` (a prefix of `batch`, acknowledged or
+    /// dead-lettered) and stores it.
+    async fn advance(&mut self, batch: &[Record], done: usize, delivered: u64) {
+        let cursor = cursor_after(self.cursor, batch, done);
+        self.cursor = cursor;
         let cursors = self.cursors.clone();
         let name = self.cfg.name.clone();
-        let res = tokio::task::spawn_blocking(move || cursors.set(&name, seq))
+        let res = tokio::task::spawn_blocking(move || cursors.set(&name, cursor))
             .await
             .unwrap_or_else(|e| Err(Error::internal(e.to_string())));
         let mut s = lock(&self.status);
-        s.cursor = seq;
+        s.cursor = cursor.seq;
+        s.checkpoint_cursor = cursor.checkpoint_seq;
         s.delivered_total += delivered;
         s.last_success_at = Some(now_rfc3339());
         if s.consecutive_failures > 0 {
@@ -298,10 +305,10 @@ impl Worker {
         }
     }
 
-    /// Appends refused events to the dead-letter file, fsynced.
+    /// Appends refused records to the dead-letter file, fsynced.
     async fn dead_letter(
         &mut self,
-        events: Vec<(Event, String)>,
+        events: Vec<(Record, String)>,
     ) -> std::result::Result<(), String> {
         let Some(dir) = self.opts.dead_letter_dir.clone() else {
             return Err("no dead-letter directory is configured, so the sink stops here rather than drop it".into());
@@ -316,11 +323,17 @@ impl Worker {
                 .create(true)
                 .append(true)
                 .open(&path)?;
-            for (e, why) in events {
-                let line = serde_json::json!({
-                    "sink": sink, "seq": e.seq, "id": e.id, "error": why,
-                    "at": now_rfc3339(), "event": e,
-                });
+            for (r, why) in events {
+                let line = match r {
+                    Record::Event(e) => serde_json::json!({
+                        "sink": sink, "seq": e.seq, "id": e.id, "error": why,
+                        "at": now_rfc3339(), "event": e,
+                    }),
+                    Record::Checkpoint(c) => serde_json::json!({
+                        "sink": sink, "seq": c.seq, "error": why,
+                        "at": now_rfc3339(), "checkpoint": c,
+                    }),
+                };
                 f.write_all(format!("{line}\n").as_bytes())?;
             }
             f.sync_data()
@@ -329,14 +342,15 @@ impl Worker {
         .map_err(|e| e.to_string())?;
         res.map_err(|e| format!("cannot write the dead-letter file: {e}"))?;
         lock(&self.status).dead_lettered_total += n;
-        tracing::warn!(sink = %self.cfg.name, events = n, "journal events dead-lettered");
+        tracing::warn!(sink = %self.cfg.name, records = n, "journal records dead-lettered");
         Ok(())
     }
 
     async fn run(mut self) {
-        // While cursor < isolate_until, events go one at a time to find the
-        // ones a sink refuses without holding back the rest of their batch.
-        let mut isolate_until = 0i64;
+        // While the cursor is before isolate_until, records go one at a time
+        // to find the ones a sink refuses without holding back the rest of
+        // their batch.
+        let mut isolate_until = Cursor::default();
         let mut failures = 0u32;
         let mut poison = 0u32;
         let mut pending_since: Option<Instant> = None;
@@ -345,13 +359,15 @@ impl Worker {
                 return;
             }
             let stopping = self.stopping();
-            let limit = if self.cursor < isolate_until {
+            let limit = if self.cursor.seq < isolate_until.seq
+                || self.cursor.checkpoint_seq < isolate_until.checkpoint_seq
+            {
                 1
             } else {
                 self.cfg.batch_size.min(self.sink.max_batch()).max(1)
             };
             let (source, cursor) = (self.source.clone(), self.cursor);
-            let batch = tokio::task::spawn_blocking(move || source.events_after(cursor, limit))
+            let batch = tokio::task::spawn_blocking(move || fetch(&*source, cursor, limit))
                 .await
                 .unwrap_or_else(|e| Err(Error::internal(e.to_string())));
             let batch = match batch {
@@ -384,14 +400,14 @@ impl Worker {
                 }
             }
             pending_since = None;
-            let last = batch.last().map(|e| e.seq).unwrap_or(self.cursor);
+            let last = batch.last().map(Record::seq).unwrap_or(self.cursor.seq);
             match self.sink.deliver(&batch).await {
                 Ok(d) => {
                     if let Some(w) = d.warning {
                         lock(&self.status).last_warning = Some(w);
                     }
                     if !d.rejected.is_empty() {
-                        let refused: Vec<(Event, String)> = d
+                        let refused: Vec<(Record, String)> = d
                             .rejected
                             .into_iter()
                             .filter_map(|(i, why)| {
@@ -403,15 +419,14 @@ impl Worker {
                         if self.opts.dead_letter_dir.is_none() {
                             // The sink already dropped them; re-sending the batch
                             // would only duplicate the rest forever. Say so loudly.
-                            let ids: Vec<String> =
-                                refused.iter().map(|(e, _)| e.id.clone()).collect();
+                            let ids: Vec<String> = refused.iter().map(|(r, _)| r.label()).collect();
                             let msg = format!(
-                                "the sink accepted but dropped events {} ({}); no dead-letter directory is configured to keep them",
+                                "the sink accepted but dropped {} ({}); no dead-letter directory is configured to keep them",
                                 ids.join(", "),
                                 refused[0].1
                             );
                             tracing::error!(sink = %self.cfg.name, error = %msg, "journal events dropped by the sink");
-                            self.advance(last, batch.len() as u64).await;
+                            self.advance(&batch, batch.len(), batch.len() as u64).await;
                             lock(&self.status).last_error = Some(msg);
                             failures = 0;
                             poison = 0;
@@ -421,21 +436,21 @@ impl Worker {
                             // Holding the cursor re-sends the whole batch; that
                             // duplicates, but loses nothing.
                             failures = self.fail(&format!(
-                                "the sink dropped events of batch ending at seq {last}, and {m}"
+                                "the sink dropped records of the batch ending at seq {last}, and {m}"
                             ));
                             let d = self.cfg.retry.delay(failures);
                             self.backoff(d).await;
                             continue;
                         }
                     }
-                    self.advance(last, batch.len() as u64).await;
+                    self.advance(&batch, batch.len(), batch.len() as u64).await;
                     failures = 0;
                     poison = 0;
                 }
                 Err(e) => {
                     let acked = e.acked.min(batch.len());
                     if acked > 0 {
-                        self.advance(batch[acked - 1].seq, acked as u64).await;
+                        self.advance(&batch, acked, acked as u64).await;
                         failures = 0;
                         poison = 0;
                     }
@@ -447,14 +462,16 @@ impl Worker {
                                 e.message,
                                 rest.len()
                             ));
-                            isolate_until = last;
+                            isolate_until = cursor_after(self.cursor, &batch, batch.len());
                         }
                         FailKind::Poison if !rest.is_empty() => {
                             poison += 1;
                             let ev = rest[0].clone();
                             let msg = format!(
-                                "the sink refused event seq {} id {} ({}): attempt {poison} of {}",
-                                ev.seq, ev.id, e.message, self.cfg.poison_attempts
+                                "the sink refused {} ({}): attempt {poison} of {}",
+                                ev.label(),
+                                e.message,
+                                self.cfg.poison_attempts
                             );
                             failures = self.fail(&msg);
                             if poison >= self.cfg.poison_attempts {
@@ -463,11 +480,11 @@ impl Worker {
                                     .await
                                 {
                                     Ok(()) => {
-                                        self.cursor = ev.seq;
-                                        self.advance(ev.seq, 0).await;
+                                        self.advance(rest, 1, 0).await;
                                         lock(&self.status).last_error = Some(format!(
-                                            "event seq {} id {} dead-lettered after {poison} refusals: {}",
-                                            ev.seq, ev.id, e.message
+                                            "{} dead-lettered after {poison} refusals: {}",
+                                            ev.label(),
+                                            e.message
                                         ));
                                         poison = 0;
                                         failures = 0;
@@ -504,5 +521,187 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// The next records after `cursor`: up to `limit` events, and the signed
+/// checkpoints after the checkpoint cursor whose event is among them or
+/// already delivered, each placed right after the event it signs. A
+/// checkpoint of an event not yet read waits for its event.
+fn fetch(source: &dyn EventSource, cursor: Cursor, limit: usize) -> brig_core::Result<Vec<Record>> {
+    let events = source.events_after(cursor.seq, limit)?;
+    let upto = events.last().map_or(cursor.seq, |e| e.seq);
+    let cps = if upto > cursor.checkpoint_seq {
+        source.checkpoints_between(cursor.checkpoint_seq, upto, limit)?
+    } else {
+        Vec::new()
+    };
+    let mut out = Vec::with_capacity(events.len() + cps.len());
+    let mut cps = cps.into_iter().peekable();
+    for e in events {
+        while let Some(c) = cps.next_if(|c| c.seq < e.seq) {
+            out.push(Record::Checkpoint(c));
+        }
+        let seq = e.seq;
+        out.push(Record::Event(e));
+        while let Some(c) = cps.next_if(|c| c.seq == seq) {
+            out.push(Record::Checkpoint(c));
+        }
+    }
+    out.extend(cps.map(Record::Checkpoint));
+    if out.len() > limit {
+        // Keep whole groups of checkpoints of one seq (the cursor counts
+        // checkpoints by seq), unless one group alone is over the limit.
+        let mut cut = limit;
+        while cut > 1
+            && matches!((&out[cut - 1], &out[cut]), (Record::Checkpoint(a), Record::Checkpoint(b)) if a.seq == b.seq)
+        {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    Ok(out)
+}
+
+/// The cursor once the first `done` records of `batch` are acknowledged.
+/// A checkpoint acknowledged while another of the same seq is not yet
+/// leaves the checkpoint cursor before that seq: both are sent again.
+fn cursor_after(mut cursor: Cursor, batch: &[Record], done: usize) -> Cursor {
+    let done = done.min(batch.len());
+    for (i, r) in batch[..done].iter().enumerate() {
+        match r {
+            Record::Event(e) => cursor.seq = cursor.seq.max(e.seq),
+            Record::Checkpoint(c) => {
+                let split = matches!(batch.get(i + 1), Some(Record::Checkpoint(n)) if n.seq == c.seq)
+                    && i + 1 >= done;
+                if !split {
+                    cursor.checkpoint_seq = cursor.checkpoint_seq.max(c.seq);
+                }
+            }
+        }
+    }
+    cursor
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MemorySource, SignedCheckpoint};
+    use brig_core::event::{Event, Outcome};
+
+    fn cp(seq: i64, key: &str) -> SignedCheckpoint {
+        SignedCheckpoint {
+            seq,
+            hash: "h".into(),
+            time: "2026-01-01T00:00:00Z".into(),
+            key_id: key.into(),
+            signature: "s".into(),
+        }
+    }
+
+    fn kinds(rs: &[Record]) -> Vec<String> {
+        rs.iter()
+            .map(|r| match r {
+                Record::Event(e) => format!("e{}", e.seq),
+                Record::Checkpoint(c) => format!("c{}{}", c.seq, c.key_id),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn checkpoints_follow_the_event_they_sign_and_wait_for_it() {
+        let src = MemorySource::new();
+        for _ in 0..6 {
+            src.append(Event::new("x", Outcome::Info));
+        }
+        src.add_checkpoint(cp(2, "a"));
+        src.add_checkpoint(cp(4, "a"));
+        src.add_checkpoint(cp(4, "b"));
+        src.add_checkpoint(cp(6, "a"));
+        let c0 = Cursor::default();
+        let b = fetch(&src, c0, 3).unwrap();
+        assert_eq!(kinds(&b), ["e1", "e2", "c2a"]);
+        let c1 = cursor_after(c0, &b, b.len());
+        assert_eq!(
+            c1,
+            Cursor {
+                seq: 2,
+                checkpoint_seq: 2
+            }
+        );
+        // A tie group is not split by the limit...
+        let b = fetch(&src, c1, 3).unwrap();
+        assert_eq!(kinds(&b), ["e3", "e4"]);
+        let b = fetch(
+            &src,
+            Cursor {
+                seq: 4,
+                checkpoint_seq: 2,
+            },
+            3,
+        )
+        .unwrap();
+        assert_eq!(kinds(&b), ["c4a", "c4b", "e5"]);
+        // ...and a partial ack inside one re-sends the whole group.
+        assert_eq!(
+            cursor_after(
+                Cursor {
+                    seq: 4,
+                    checkpoint_seq: 2
+                },
+                &b,
+                1
+            ),
+            Cursor {
+                seq: 4,
+                checkpoint_seq: 2
+            }
+        );
+        assert_eq!(
+            cursor_after(
+                Cursor {
+                    seq: 4,
+                    checkpoint_seq: 2
+                },
+                &b,
+                2
+            ),
+            Cursor {
+                seq: 4,
+                checkpoint_seq: 4
+            }
+        );
+        // Caught up on events, a late checkpoint is still delivered.
+        let b = fetch(
+            &src,
+            Cursor {
+                seq: 6,
+                checkpoint_seq: 4,
+            },
+            10,
+        )
+        .unwrap();
+        assert_eq!(kinds(&b), ["c6a"]);
+        // An old cursor (no checkpoint cursor yet) gets the past checkpoints.
+        let b = fetch(
+            &src,
+            Cursor {
+                seq: 6,
+                checkpoint_seq: 0,
+            },
+            10,
+        )
+        .unwrap();
+        assert_eq!(kinds(&b), ["c2a", "c4a", "c4b", "c6a"]);
+        assert!(fetch(
+            &src,
+            Cursor {
+                seq: 6,
+                checkpoint_seq: 6
+            },
+            10
+        )
+        .unwrap()
+        .is_empty());
     }
 }

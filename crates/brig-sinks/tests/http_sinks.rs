@@ -111,7 +111,7 @@ async fn splunk_hec_outage_loses_nothing_and_cursor_moves_only_on_ack() {
         "{err}"
     );
     assert!(!err.contains(HEC_TOKEN));
-    assert_eq!(cursors.get("splunk").unwrap(), Some(5));
+    assert_eq!(cursors.get("splunk").unwrap().map(|c| c.seq), Some(5));
 
     srv.set_mode(Mode::Up).await;
     wait_for("all 12 after recovery", || status(&runner).cursor == 12).await;
@@ -576,7 +576,7 @@ async fn otlp_down_at_start_then_recovers_and_a_restart_resumes_from_the_stored_
     want.extend(j.append("exec.exit", 2));
     let reopened =
         Arc::new(brig_sinks::FileCursorStore::open(dir.path().join("cursors.json")).unwrap());
-    assert_eq!(reopened.get("otel").unwrap(), Some(3));
+    assert_eq!(reopened.get("otel").unwrap().map(|c| c.seq), Some(3));
     let runner = j.start(
         vec![otlp_config(&srv.url(), dir.path())],
         reopened,
@@ -646,7 +646,7 @@ async fn shutdown_flushes_what_is_deliverable_and_is_bounded_when_a_sink_is_down
         want,
         "a partial batch is flushed at shutdown"
     );
-    assert_eq!(cursors.get("otel").unwrap(), Some(3));
+    assert_eq!(cursors.get("otel").unwrap().map(|c| c.seq), Some(3));
     assert_eq!(cursors.get("otel-down").unwrap(), None);
     assert_eq!(st.iter().find(|s| s.name == "otel-down").unwrap().lag, 3);
 }

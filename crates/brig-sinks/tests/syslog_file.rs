@@ -210,7 +210,7 @@ async fn syslog_tcp_frames_parse_and_an_outage_loses_nothing() {
     .await;
     let st = status(&runner);
     assert_eq!((st.cursor, st.lag), (3, 4));
-    assert_eq!(cursors.get("syslog").unwrap(), Some(3));
+    assert_eq!(cursors.get("syslog").unwrap().map(|c| c.seq), Some(3));
 
     srv.restart().await;
     wait_for("all after recovery", || status(&runner).cursor == 7).await;
@@ -282,7 +282,7 @@ async fn file_sink_appends_jsonl_and_a_restart_resumes_from_the_file_cursor() {
 
     want.extend(j.append("exec.exit", 2));
     let cursors = Arc::new(FileCursorStore::open(&cursor_path).unwrap());
-    assert_eq!(cursors.get("file").unwrap(), Some(3));
+    assert_eq!(cursors.get("file").unwrap().map(|c| c.seq), Some(3));
     let runner = j.start(vec![cfg()], cursors, fast_opts());
     wait_for("5 written", || status(&runner).cursor == 5).await;
     runner.shutdown().await;

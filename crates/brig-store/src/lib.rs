@@ -22,6 +22,9 @@ use brig_core::session::{Limits, SessionInfo, SessionState};
 use brig_core::{Error, ErrorKind, Result, SessionId, TaskId};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+pub mod writer;
+pub use writer::{Tx, Writer, WriterOptions};
+
 /// The schema, one script per version, in order. Never edit a released
 /// entry: append a new one.
 const MIGRATIONS: &[&str] = &[
@@ -115,6 +118,11 @@ const MIGRATIONS: &[&str] = &[
         seq        INTEGER NOT NULL,
         updated_at TEXT NOT NULL
     );
+    "#,
+    // 3: sinks also deliver the signed checkpoints: how far each sink has
+    // shipped them (the seq of the last checkpoint it acknowledged).
+    r#"
+    ALTER TABLE sink_cursors ADD COLUMN checkpoint_seq INTEGER NOT NULL DEFAULT 0;
     "#,
 ];
 
@@ -309,22 +317,7 @@ impl Store {
     pub fn insert_session(&self, info: &SessionInfo, reason: &str) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db_err("begin"))?;
-        tx.execute(
-            "INSERT INTO sessions (id, human, task, profile, runtime, image, image_digest, state,
-                limits, repo, created_at, started_at, ended_at, end_reason, layers, exec_count,
-                last_activity_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-            rusqlite::params_from_iter(session_row(info)?),
-        )
-        .map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(f, _)
-                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Error::conflict(format!("session {} already exists", info.id))
-            }
-            e => db_err("insert session")(e),
-        })?;
-        insert_transition(&tx, &info.id, None, info.state, &info.created_at, reason)?;
+        insert_session_on(&tx, info, reason)?;
         tx.commit().map_err(db_err("commit"))
     }
 
@@ -471,6 +464,18 @@ impl Store {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Test hook: when `veto` returns true, SQLite turns the next COMMIT
+    /// into a rollback and the commit fails (a real commit failure, for
+    /// testing what callers see). `None` removes it.
+    #[doc(hidden)]
+    pub fn set_commit_veto(&self, veto: Option<Box<dyn FnMut() -> bool + Send>>) {
+        let conn = self.conn();
+        match veto {
+            Some(v) => conn.commit_hook(Some(v)),
+            None => conn.commit_hook(None::<fn() -> bool>),
+        }
     }
 
     /// `synchronous = FULL` (fsync the WAL at every commit: an event
@@ -628,6 +633,36 @@ impl Store {
             .map_err(db_err("read checkpoints"))
     }
 
+    /// Up to `limit` checkpoints with `after < seq <= upto`, by seq (what a
+    /// sink delivers after the events they sign).
+    pub fn checkpoints_between(
+        &self,
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<Checkpoint>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, hash, time, key_id, signature FROM checkpoints
+                 WHERE seq > ?1 AND seq <= ?2 ORDER BY seq, key_id LIMIT ?3",
+            )
+            .map_err(db_err("read checkpoints"))?;
+        let rows = stmt
+            .query_map(params![after, upto, limit.max(0)], |r| {
+                Ok(Checkpoint {
+                    seq: r.get(0)?,
+                    hash: r.get(1)?,
+                    time: r.get(2)?,
+                    key_id: r.get(3)?,
+                    signature: r.get(4)?,
+                })
+            })
+            .map_err(db_err("read checkpoints"))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db_err("read checkpoints"))
+    }
+
     /// The seq of the newest checkpoint (0 if none).
     pub fn last_checkpoint_seq(&self) -> Result<i64> {
         self.conn()
@@ -639,23 +674,43 @@ impl Store {
 
     /// The last seq a sink acknowledged, if it ever did.
     pub fn sink_cursor(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self.sink_cursors(name)?.map(|(seq, _)| seq))
+    }
+
+    /// A sink's cursors: (seq of the last event, seq of the last signed
+    /// checkpoint) it acknowledged, if it ever acknowledged anything.
+    pub fn sink_cursors(&self, name: &str) -> Result<Option<(i64, i64)>> {
         self.conn()
             .query_row(
-                "SELECT seq FROM sink_cursors WHERE name = ?1",
+                "SELECT seq, checkpoint_seq FROM sink_cursors WHERE name = ?1",
                 [name],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
             .map_err(db_err("read sink cursor"))
     }
 
-    /// Record that sink `name` acknowledged everything up to `seq`.
+    /// Record that sink `name` acknowledged every event up to `seq`.
     pub fn set_sink_cursor(&self, name: &str, seq: i64) -> Result<()> {
         self.conn()
             .execute(
                 "INSERT INTO sink_cursors (name, seq, updated_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT(name) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at",
                 params![name, seq, brig_core::event::now_rfc3339()],
+            )
+            .map_err(db_err("write sink cursor"))?;
+        Ok(())
+    }
+
+    /// Record both of a sink's cursors in one statement (one row): every
+    /// event up to `seq` and every checkpoint up to `checkpoint_seq`.
+    pub fn set_sink_cursors(&self, name: &str, seq: i64, checkpoint_seq: i64) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO sink_cursors (name, seq, checkpoint_seq, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(name) DO UPDATE SET seq = excluded.seq,
+                    checkpoint_seq = excluded.checkpoint_seq, updated_at = excluded.updated_at",
+                params![name, seq, checkpoint_seq, brig_core::event::now_rfc3339()],
             )
             .map_err(db_err("write sink cursor"))?;
         Ok(())
@@ -992,6 +1047,26 @@ fn migrate(conn: &mut Connection, name: &str) -> Result<()> {
         .map_err(db_err("record migration"))?;
     }
     tx.commit().map_err(db_err("commit migration"))
+}
+
+/// Insert a new session row with its first transition.
+fn insert_session_on(tx: &Connection, info: &SessionInfo, reason: &str) -> Result<()> {
+    tx.execute(
+        "INSERT INTO sessions (id, human, task, profile, runtime, image, image_digest, state,
+            limits, repo, created_at, started_at, ended_at, end_reason, layers, exec_count,
+            last_activity_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+        rusqlite::params_from_iter(session_row(info)?),
+    )
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Error::conflict(format!("session {} already exists", info.id))
+        }
+        e => db_err("insert session")(e),
+    })?;
+    insert_transition(tx, &info.id, None, info.state, &info.created_at, reason)
 }
 
 /// Write every field of `info`; record the transition if its state changed.

@@ -1,17 +1,17 @@
 //! CloudWatch Logs `PutLogEvents` (JSON 1.1 protocol), signed with SigV4.
 
-use brig_core::event::Event;
 use brig_core::Result;
 use hyper::Method;
 use serde_json::{json, Value};
 
 use super::{
-    classify_status, event_json, event_unix_nanos, BoxFut, Delivered, DeliveryError,
-    DeliveryResult, FailKind, Sink,
+    classify_status, record_unix_nanos, BoxFut, Delivered, DeliveryError, DeliveryResult, FailKind,
+    Sink,
 };
 use crate::config::{SecretRef, SinkConfig, SinkKind};
 use crate::http::{parse_url, HttpClient, HttpResponse};
 use crate::sigv4::{self, Credentials};
+use crate::Record;
 
 /// PutLogEvents limits: 10,000 events, 1,048,576 bytes (message bytes + 26
 /// per event), 24 hours between the first and last event; 256 KiB per event.
@@ -286,11 +286,11 @@ impl Sink for CloudWatchSink {
     fn max_batch(&self) -> usize {
         MAX_EVENTS
     }
-    fn deliver<'a>(&'a mut self, batch: &'a [Event]) -> BoxFut<'a, DeliveryResult> {
+    fn deliver<'a>(&'a mut self, batch: &'a [Record]) -> BoxFut<'a, DeliveryResult> {
         Box::pin(async move {
             let items: Vec<(i64, String)> = batch
                 .iter()
-                .map(|e| ((event_unix_nanos(e) / 1_000_000) as i64, event_json(e)))
+                .map(|r| ((record_unix_nanos(r) / 1_000_000) as i64, r.json()))
                 .collect();
             let (ranges, oversize) = match Self::plan(&items) {
                 Ok(r) => (r, None),

@@ -1,15 +1,15 @@
 //! Datadog logs intake v2: `POST /api/v2/logs`, `DD-API-KEY`, a JSON array.
 
-use brig_core::event::Event;
 use brig_core::Result;
 
 use super::{
-    classify_status, event_json, local_hostname, post_chunked, status_error, BoxFut, Delivered,
-    DeliveryError, DeliveryResult, FailKind, Sink,
+    classify_status, local_hostname, post_chunked, status_error, BoxFut, Delivered, DeliveryError,
+    DeliveryResult, FailKind, Sink, CHECKPOINT_ACTION,
 };
 use crate::config::{SecretRef, SinkConfig, SinkKind};
 use crate::http::{parse_url, HttpClient, HttpResponse};
 use crate::runner::RunnerOptions;
+use crate::{Record, CHECKPOINT_RECORD};
 
 /// Intake limits: 1000 entries and 5 MB (uncompressed) per request.
 const MAX_ENTRIES: usize = 1000;
@@ -63,22 +63,31 @@ impl DatadogSink {
         })
     }
 
-    fn encode(&self, e: &Event) -> Vec<u8> {
-        let outcome = serde_json::to_value(e.outcome).unwrap_or_default();
-        let mut tags = vec![
-            format!("action:{}", e.action),
-            format!("outcome:{}", outcome.as_str().unwrap_or("")),
-        ];
-        if let Some(s) = &e.session {
-            tags.push(format!("session:{s}"));
-        }
+    fn encode(&self, r: &Record) -> Vec<u8> {
+        let mut tags = match r {
+            Record::Event(e) => {
+                let outcome = serde_json::to_value(e.outcome).unwrap_or_default();
+                let mut tags = vec![
+                    format!("action:{}", e.action),
+                    format!("outcome:{}", outcome.as_str().unwrap_or("")),
+                ];
+                if let Some(s) = &e.session {
+                    tags.push(format!("session:{s}"));
+                }
+                tags
+            }
+            Record::Checkpoint(_) => vec![
+                format!("record:{CHECKPOINT_RECORD}"),
+                format!("action:{CHECKPOINT_ACTION}"),
+            ],
+        };
         tags.extend(self.tags.iter().cloned());
         serde_json::to_vec(&serde_json::json!({
             "ddsource": self.ddsource,
             "ddtags": tags.join(","),
             "hostname": self.hostname,
             "service": self.service,
-            "message": event_json(e),
+            "message": r.json(),
         }))
         .unwrap_or_default()
     }
@@ -105,7 +114,7 @@ impl Sink for DatadogSink {
     fn max_batch(&self) -> usize {
         MAX_ENTRIES
     }
-    fn deliver<'a>(&'a mut self, batch: &'a [Event]) -> BoxFut<'a, DeliveryResult> {
+    fn deliver<'a>(&'a mut self, batch: &'a [Record]) -> BoxFut<'a, DeliveryResult> {
         Box::pin(async move {
             let items: Vec<Vec<u8>> = batch.iter().map(|e| self.encode(e)).collect();
             let headers = [

@@ -1,13 +1,15 @@
-//! JSON Lines file: one event per line, appended and fsynced per batch.
+//! JSON Lines file: one record per line (an event, or a signed checkpoint
+//! `{"record":"checkpoint",...}` after the event it signs), appended and
+//! fsynced per batch.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
-use brig_core::event::Event;
 use brig_core::Result;
 
-use super::{event_json, BoxFut, Delivered, DeliveryError, DeliveryResult, Sink};
+use super::{BoxFut, Delivered, DeliveryError, DeliveryResult, Sink};
 use crate::config::{SinkConfig, SinkKind};
+use crate::Record;
 
 pub(crate) struct FileSink {
     path: PathBuf,
@@ -57,11 +59,11 @@ fn append(path: &PathBuf, data: &[u8]) -> std::io::Result<()> {
 }
 
 impl Sink for FileSink {
-    fn deliver<'a>(&'a mut self, batch: &'a [Event]) -> BoxFut<'a, DeliveryResult> {
+    fn deliver<'a>(&'a mut self, batch: &'a [Record]) -> BoxFut<'a, DeliveryResult> {
         Box::pin(async move {
             let mut data = Vec::with_capacity(batch.len() * 256);
-            for e in batch {
-                data.extend_from_slice(event_json(e).as_bytes());
+            for r in batch {
+                data.extend_from_slice(r.json().as_bytes());
                 data.push(b'\n');
             }
             let path = self.path.clone();

@@ -1,4 +1,5 @@
-//! The sinks: each turns a batch of events into its wire format and reports
+//! The sinks: each turns a batch of records (events, and the signed
+//! checkpoints after the events they sign) into its wire format and reports
 //! what the far end acknowledged.
 
 use std::future::Future;
@@ -8,6 +9,8 @@ use std::time::Duration;
 
 use brig_core::event::{Event, Outcome};
 use brig_core::Result;
+
+use crate::Record;
 
 use crate::config::{SinkConfig, SinkKind};
 use crate::runner::RunnerOptions;
@@ -77,7 +80,7 @@ pub(crate) trait Sink: Send {
     fn max_batch(&self) -> usize {
         usize::MAX
     }
-    fn deliver<'a>(&'a mut self, batch: &'a [Event]) -> BoxFut<'a, DeliveryResult>;
+    fn deliver<'a>(&'a mut self, batch: &'a [Record]) -> BoxFut<'a, DeliveryResult>;
 }
 
 /// Builds a sink from its config, reading its secrets. Does no network I/O.
@@ -126,12 +129,27 @@ pub(crate) fn event_json(e: &Event) -> String {
     serde_json::to_string(e).unwrap_or_else(|_| "{}".into())
 }
 
-/// The event time as nanoseconds since the epoch; "now" if it does not parse.
-pub(crate) fn event_unix_nanos(e: &Event) -> i128 {
-    time::OffsetDateTime::parse(&e.time, &time::format_description::well_known::Rfc3339)
+pub(crate) fn unix_nanos(t: &str) -> i128 {
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
         .unix_timestamp_nanos()
 }
+
+/// The event time as nanoseconds since the epoch; "now" if it does not parse.
+pub(crate) fn event_unix_nanos(e: &Event) -> i128 {
+    unix_nanos(&e.time)
+}
+
+/// A record's time (the event's, or when the checkpoint was signed).
+pub(crate) fn record_unix_nanos(r: &Record) -> i128 {
+    match r {
+        Record::Event(e) => unix_nanos(&e.time),
+        Record::Checkpoint(c) => unix_nanos(&c.time),
+    }
+}
+
+/// What sinks name a checkpoint record by: syslog MSGID, OTLP/Datadog action.
+pub(crate) const CHECKPOINT_ACTION: &str = "journal.checkpoint";
 
 /// Syslog severity (RFC 5424) and OTLP severity for an outcome.
 pub(crate) fn severity(o: Outcome) -> (u8, &'static str, u8) {

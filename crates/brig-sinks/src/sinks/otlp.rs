@@ -7,11 +7,13 @@ use serde_json::{json, Value};
 
 use super::{
     classify_status, event_json, event_unix_nanos, local_hostname, post_chunked, severity,
-    status_error, BoxFut, Delivered, DeliveryError, DeliveryResult, Sink,
+    status_error, unix_nanos, BoxFut, Delivered, DeliveryError, DeliveryResult, Sink,
+    CHECKPOINT_ACTION,
 };
 use crate::config::{SecretRef, SinkConfig, SinkKind};
 use crate::http::{parse_url, HttpClient, HttpResponse};
 use crate::runner::RunnerOptions;
+use crate::{Record, SignedCheckpoint, CHECKPOINT_RECORD};
 
 /// Collectors commonly cap request bodies; stay well under the usual limits.
 const MAX_BYTES: usize = 4 * 1024 * 1024;
@@ -95,6 +97,27 @@ impl OtlpSink {
     }
 }
 
+impl OtlpSink {
+    /// A signed checkpoint: INFO, body the checkpoint record JSON,
+    /// attributes `brig.record` = `checkpoint`, `brig.action`
+    /// = `journal.checkpoint`, `brig.seq`, `brig.key_id`.
+    fn checkpoint_record(c: &SignedCheckpoint) -> Value {
+        let (_, text, number) = severity(brig_core::event::Outcome::Info);
+        json!({
+            "timeUnixNano": unix_nanos(&c.time).to_string(),
+            "severityNumber": number,
+            "severityText": text,
+            "body": {"stringValue": c.record_json()},
+            "attributes": [
+                attr("brig.record", CHECKPOINT_RECORD),
+                attr("brig.action", CHECKPOINT_ACTION),
+                json!({"key": "brig.seq", "value": {"intValue": c.seq.to_string()}}),
+                attr("brig.key_id", &c.key_id),
+            ],
+        })
+    }
+}
+
 fn check_header(cfg: &SinkConfig, key: &str, name: &str) -> Result<()> {
     if name.is_empty()
         || !name
@@ -136,11 +159,17 @@ fn check(resp: &HttpResponse) -> std::result::Result<Delivered, DeliveryError> {
 }
 
 impl Sink for OtlpSink {
-    fn deliver<'a>(&'a mut self, batch: &'a [Event]) -> BoxFut<'a, DeliveryResult> {
+    fn deliver<'a>(&'a mut self, batch: &'a [Record]) -> BoxFut<'a, DeliveryResult> {
         Box::pin(async move {
             let items: Vec<Vec<u8>> = batch
                 .iter()
-                .map(|e| serde_json::to_vec(&Self::record(e)).unwrap_or_default())
+                .map(|r| {
+                    let v = match r {
+                        Record::Event(e) => Self::record(e),
+                        Record::Checkpoint(c) => Self::checkpoint_record(c),
+                    };
+                    serde_json::to_vec(&v).unwrap_or_default()
+                })
                 .collect();
             let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
             headers.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));

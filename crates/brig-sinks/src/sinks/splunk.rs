@@ -1,16 +1,19 @@
 //! Splunk HTTP Event Collector: `POST /services/collector/event`,
 //! `Authorization: Splunk <token>`, a body of concatenated event objects.
 
-use brig_core::event::Event;
 use brig_core::Result;
 
 use super::{
-    event_json, event_unix_nanos, local_hostname, post_chunked, status_error, BoxFut, Delivered,
+    local_hostname, post_chunked, record_unix_nanos, status_error, BoxFut, Delivered,
     DeliveryError, DeliveryResult, FailKind, Sink,
 };
 use crate::config::{Secret, SecretRef, SinkConfig, SinkKind};
 use crate::http::{parse_url, HttpClient, HttpResponse};
 use crate::runner::RunnerOptions;
+use crate::Record;
+
+/// The sourcetype of signed checkpoints (events use the configured one).
+pub(crate) const CHECKPOINT_SOURCETYPE: &str = "brig:checkpoint";
 
 /// Splunk's classic `max_content_length` default; newer releases allow more.
 const MAX_BYTES: usize = 1_000_000;
@@ -57,8 +60,12 @@ impl SplunkSink {
         })
     }
 
-    fn encode(&self, e: &Event) -> Vec<u8> {
-        let nanos = event_unix_nanos(e);
+    fn encode(&self, r: &Record) -> Vec<u8> {
+        let nanos = record_unix_nanos(r);
+        let sourcetype = match r {
+            Record::Event(_) => self.sourcetype.as_str(),
+            Record::Checkpoint(_) => CHECKPOINT_SOURCETYPE,
+        };
         let (secs, frac) = (
             nanos.div_euclid(1_000_000_000),
             nanos.rem_euclid(1_000_000_000),
@@ -69,13 +76,13 @@ impl SplunkSink {
             frac / 1000,
             s(&self.host),
             s(&self.source),
-            s(&self.sourcetype)
+            s(sourcetype)
         );
         if let Some(i) = &self.index {
             out.push_str(&format!(",\"index\":{}", s(i)));
         }
         out.push_str(",\"event\":");
-        out.push_str(&event_json(e));
+        out.push_str(&r.json());
         out.push('}');
         out.into_bytes()
     }
@@ -106,7 +113,7 @@ fn check(resp: &HttpResponse) -> std::result::Result<Delivered, DeliveryError> {
 }
 
 impl Sink for SplunkSink {
-    fn deliver<'a>(&'a mut self, batch: &'a [Event]) -> BoxFut<'a, DeliveryResult> {
+    fn deliver<'a>(&'a mut self, batch: &'a [Record]) -> BoxFut<'a, DeliveryResult> {
         Box::pin(async move {
             let items: Vec<Vec<u8>> = batch.iter().map(|e| self.encode(e)).collect();
             let headers = [

@@ -13,9 +13,11 @@ use tokio::net::{TcpStream, UdpSocket};
 
 use super::{
     event_json, local_hostname, severity, BoxFut, Delivered, DeliveryError, DeliveryResult, Sink,
+    CHECKPOINT_ACTION,
 };
 use crate::config::{SinkConfig, SinkKind, SyslogTransport};
 use crate::runner::RunnerOptions;
+use crate::{Record, SignedCheckpoint, CHECKPOINT_RECORD};
 
 /// The SD-ID of brig's structured data. 32473 is the private enterprise
 /// number reserved for documentation (RFC 5612).
@@ -70,8 +72,7 @@ fn sd_escape(s: &str) -> String {
 }
 
 /// RFC 5424 TIMESTAMP: at most 6 fractional digits, UTC.
-fn timestamp(e: &Event) -> String {
-    let nanos = super::event_unix_nanos(e);
+fn timestamp(nanos: i128) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
     format!(
@@ -104,15 +105,62 @@ pub(crate) fn format_message(h: &Header, e: &Event, max: Option<usize>) -> Vec<u
         sd.push_str(&format!(" session=\"{}\"", sd_escape(s)));
     }
     sd.push(']');
+    assemble(
+        h,
+        pri,
+        super::event_unix_nanos(e),
+        &e.action,
+        &sd,
+        &event_json(e),
+        max,
+    )
+}
+
+/// A signed checkpoint as an RFC 5424 message: severity informational,
+/// MSGID `journal.checkpoint`, SD `[brig@32473 record="checkpoint" seq="…"
+/// key_id="…"]`, MSG the checkpoint record JSON.
+pub(crate) fn format_checkpoint(h: &Header, c: &SignedCheckpoint, max: Option<usize>) -> Vec<u8> {
+    let pri = h.facility as u16 * 8 + 6;
+    let sd = format!(
+        "[{SD_ID} record=\"{CHECKPOINT_RECORD}\" seq=\"{}\" key_id=\"{}\"]",
+        c.seq,
+        sd_escape(&c.key_id)
+    );
+    assemble(
+        h,
+        pri,
+        super::unix_nanos(&c.time),
+        CHECKPOINT_ACTION,
+        &sd,
+        &c.record_json(),
+        max,
+    )
+}
+
+pub(crate) fn format_record(h: &Header, r: &Record, max: Option<usize>) -> Vec<u8> {
+    match r {
+        Record::Event(e) => format_message(h, e, max),
+        Record::Checkpoint(c) => format_checkpoint(h, c, max),
+    }
+}
+
+fn assemble(
+    h: &Header,
+    pri: u16,
+    nanos: i128,
+    msgid: &str,
+    sd: &str,
+    msg: &str,
+    max: Option<usize>,
+) -> Vec<u8> {
     let head = format!(
         "<{pri}>1 {} {} {} {} {} {sd} ",
-        timestamp(e),
+        timestamp(nanos),
         field(&h.hostname, 255),
         field(&h.app_name, 48),
         field(&h.procid, 128),
-        field(&e.action, 32),
+        field(msgid, 32),
     );
-    let msg = event_json(e);
     let mut out = head.into_bytes();
     match max {
         Some(max) if out.len() + msg.len() > max => {
@@ -247,13 +295,13 @@ impl SyslogSink {
 }
 
 impl Sink for SyslogSink {
-    fn deliver<'a>(&'a mut self, batch: &'a [Event]) -> BoxFut<'a, DeliveryResult> {
+    fn deliver<'a>(&'a mut self, batch: &'a [Record]) -> BoxFut<'a, DeliveryResult> {
         Box::pin(async move {
             match self.transport {
                 SyslogTransport::Tcp => {
                     let mut data = Vec::with_capacity(batch.len() * 300);
                     for e in batch {
-                        let m = format_message(&self.header, e, None);
+                        let m = format_record(&self.header, e, None);
                         data.extend_from_slice(format!("{} ", m.len()).as_bytes());
                         data.extend_from_slice(&m);
                     }
@@ -263,7 +311,7 @@ impl Sink for SyslogSink {
                     let max = self.max_datagram;
                     let header = self.header.clone();
                     for (i, e) in batch.iter().enumerate() {
-                        let m = format_message(&header, e, Some(max));
+                        let m = format_record(&header, e, Some(max));
                         let sock = self
                             .udp_socket()
                             .await
