@@ -1,7 +1,8 @@
 //! Process capture (issue 3): every process started inside a `native`
 //! sandbox is on the session's journal, not only what came through the exec
 //! API: a shell script's children, a detached background job (with its exit
-//! code), a binary started by a program. gVisor sessions say honestly that
+//! code), a binary started by a program, and the exit codes of processes
+//! their own parent reaps. gVisor sessions say honestly that
 //! capture is unavailable there.
 
 mod server_support;
@@ -149,6 +150,78 @@ async fn every_process_of_a_native_session_is_journaled() {
         .await;
     assert_eq!(s, 200);
     srv.assert_gone(&id);
+    srv.stop().await;
+}
+
+/// Processes that their own parent reaps (a shell's children) never come
+/// back to init; their exits are still recorded, from the pidfd init opened
+/// at their exec: code, signal, and one exit for a pid that exec'd twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exits_of_processes_reaped_by_their_own_parent_are_journaled() {
+    require_root!();
+    let srv = Srv::start().await;
+    let info = srv
+        .create(json!({ "task": "CAP-3", "pids": 64, "memory": "256M", "disk": "16M" }))
+        .await;
+    let id = info["id"].as_str().unwrap().to_string();
+    let script = "ls /nonexistent-brig; sh -c 'exit 5'; sleep 30 & p=$!; \
+                  until [ \"$(cat /proc/$p/comm)\" = sleep ]; do sleep 0.05; done; kill -9 $p; wait; \
+                  sh -c 'exec sh -c \"exit 4\"'; echo done";
+    let r = srv.exec(&id, &["sh", "-c", script]).await;
+    assert_eq!(r["status"]["code"], 0, "{r}");
+    assert_eq!(r["stdout"], "done\n", "{r}");
+
+    let exit_of = |evs: &[Value], argv: &[&str]| {
+        find_exec(evs, argv).and_then(|e| find_exit(evs, &e["details"]["pid"]))
+    };
+    // Every exec of the session gets its exit: nothing is left untracked.
+    let all_exited = |evs: &[Value]| {
+        evs.iter()
+            .filter(|e| e["action"] == "process.exec")
+            .all(|e| {
+                let pid = &e["details"]["pid"];
+                evs.iter()
+                    .any(|x| x["action"] == "process.exit" && &x["details"]["pid"] == pid)
+            })
+    };
+    let evs = wait_events(&srv, &id, |evs| {
+        [
+            &["ls", "/nonexistent-brig"][..],
+            &["sh", "-c", "exit 5"],
+            &["sleep", "30"],
+            &["sh", "-c", "exit 4"],
+        ]
+        .iter()
+        .all(|a| exit_of(evs, a).is_some())
+            && all_exited(evs)
+    })
+    .await;
+    let sh = find_exec(&evs, &["sh", "-c", script]).expect("the script");
+    let ls = find_exec(&evs, &["ls", "/nonexistent-brig"]).unwrap();
+    assert_eq!(ls["details"]["ppid"], sh["details"]["pid"], "{ls}");
+    let e = exit_of(&evs, &["ls", "/nonexistent-brig"]).unwrap();
+    assert_eq!(e["details"]["code"], 2, "ls of a missing path: {e}");
+    assert_eq!(e["outcome"], "failure", "{e}");
+    let e = exit_of(&evs, &["sh", "-c", "exit 5"]).unwrap();
+    assert_eq!(e["details"]["code"], 5, "{e}");
+    let e = exit_of(&evs, &["sleep", "30"]).unwrap();
+    assert_eq!(e["details"]["signal"], 9, "killed: {e}");
+    assert_eq!(e["details"]["code"], Value::Null, "{e}");
+    // `exec` keeps the pid: both execs are recorded, the exit once, with
+    // the status of the program that ran last.
+    let outer = find_exec(&evs, &["sh", "-c", "exec sh -c \"exit 4\""]).unwrap();
+    let inner = find_exec(&evs, &["sh", "-c", "exit 4"]).unwrap();
+    assert_eq!(outer["details"]["pid"], inner["details"]["pid"]);
+    let exits: Vec<_> = evs
+        .iter()
+        .filter(|e| e["action"] == "process.exit" && e["details"]["pid"] == inner["details"]["pid"])
+        .collect();
+    assert_eq!(exits.len(), 1, "{exits:?}");
+    assert_eq!(exits[0]["details"]["code"], 4, "{:?}", exits[0]);
+    let (s, _) = srv
+        .call("DELETE", &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(s, 200);
     srv.stop().await;
 }
 

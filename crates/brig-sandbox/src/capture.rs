@@ -9,8 +9,15 @@
 //! [`wire::ProcessExec`]. The kernel allows one listener per filter chain,
 //! so nothing inside the sandbox can install a listener of its own to answer
 //! (and hide) its children's execs: that fails with `EBUSY`.
+//!
+//! Exits: at the notification init also opens a pidfd on the caller (checked
+//! by the same `ID_VALID` as the reads) and parks it in an epoll set. When
+//! the process is reaped — by init, or by its own parent inside the sandbox —
+//! the pidfd hangs up and `PIDFD_GET_INFO` with `PIDFD_INFO_EXIT` (Linux
+//! 6.15) gives its wait status, so every captured process gets its exit code
+//! or signal, whoever reaped it. A kernel without it fails `install`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use brig_core::wire;
@@ -29,6 +36,16 @@ const SECCOMP_USER_NOTIF_FLAG_CONTINUE: u32 = 1;
 const NOTIF_RECV: libc::c_ulong = 0xc050_2100;
 const NOTIF_SEND: libc::c_ulong = 0xc018_2101;
 const NOTIF_ID_VALID: libc::c_ulong = 0x4008_2102;
+// _IOW('!', 4, __u64) and SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (Linux 6.6):
+// the caller and init hand the CPU to each other instead of waking one
+// another on the other CPU, which on a VM means an IPI and a vCPU wake-up.
+const NOTIF_SET_FLAGS: libc::c_ulong = 0x4008_2104;
+const NOTIF_FD_SYNC_WAKE_UP: u64 = 1;
+// _IOWR(PIDFS_IOCTL_MAGIC 0xFF, 11, struct pidfd_info) for its first (64-byte) layout.
+const PIDFD_GET_INFO: libc::c_ulong = 0xc040_ff0b;
+const PIDFD_INFO_PID: u64 = 1;
+const PIDFD_INFO_CREDS: u64 = 2;
+const PIDFD_INFO_EXIT: u64 = 8;
 
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH: u32 = 0xc000_003e;
@@ -39,8 +56,101 @@ const AUDIT_ARCH: u32 = 0xc000_00b7;
 const MAX_STR: usize = 4096;
 /// Most arguments read; the rest are summarized as one marker.
 const MAX_ARGS: usize = 256;
-/// At most this many pids remembered for exit reports before pruning.
-const SEEN_PRUNE: usize = 4096;
+/// Exits taken from the epoll set per call.
+const EXIT_BATCH: usize = 64;
+
+/// `struct pidfd_info` (first version, 64 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    pid: u32,
+    tgid: u32,
+    ppid: u32,
+    ruid: u32,
+    rgid: u32,
+    euid: u32,
+    egid: u32,
+    suid: u32,
+    sgid: u32,
+    fsuid: u32,
+    fsgid: u32,
+    exit_code: i32,
+    coredump_mask: u32,
+    spare: u32,
+}
+
+fn pidfd_info(fd: RawFd, mask: u64) -> Option<PidfdInfo> {
+    let mut info = PidfdInfo {
+        mask,
+        ..Default::default()
+    };
+    // SAFETY: PIDFD_GET_INFO fills a pidfd_info of the size in the request.
+    if unsafe { libc::ioctl(fd, PIDFD_GET_INFO, &mut info as *mut PidfdInfo) } != 0 {
+        return None;
+    }
+    Some(info)
+}
+
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open returns a new close-on-exec descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: the kernel returned a new descriptor.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Whether this kernel has what capture needs, without installing anything
+/// (for `brig doctor`): seccomp user notification and `PIDFD_INFO_EXIT`.
+pub fn probe() -> Result<(), String> {
+    let action: u32 = SECCOMP_RET_USER_NOTIF;
+    // SAFETY: SECCOMP_GET_ACTION_AVAIL (2) reads one u32; it changes nothing.
+    if unsafe { libc::syscall(libc::SYS_seccomp, 2, 0, &action as *const u32) } != 0 {
+        return Err(
+            "seccomp user notification (SECCOMP_RET_USER_NOTIF, Linux 5.0) unavailable".into(),
+        );
+    }
+    probe_pidfd_exit()
+}
+
+/// Whether the kernel keeps a reaped process's wait status for its pidfd
+/// holders: fork a child that exits at once, reap it, ask its pidfd.
+fn probe_pidfd_exit() -> Result<(), String> {
+    // SAFETY: the child only calls _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        unsafe { libc::_exit(7) };
+    }
+    let fd = pidfd_open(pid);
+    let mut st = 0;
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+    let fd = fd.ok_or_else(|| format!("pidfd_open: {}", std::io::Error::last_os_error()))?;
+    match pidfd_info(fd.as_raw_fd(), PIDFD_INFO_EXIT) {
+        Some(i) if i.mask & PIDFD_INFO_EXIT != 0 && wait_status(i.exit_code) == (Some(7), None) => {
+            Ok(())
+        }
+        _ => Err(
+            "the kernel cannot report the exit status of processes init does not reap \
+             (PIDFD_INFO_EXIT needs Linux 6.15 or newer)"
+                .into(),
+        ),
+    }
+}
+
+/// (exit code, signal) of a wait status.
+fn wait_status(st: i32) -> (Option<i32>, Option<i32>) {
+    if libc::WIFEXITED(st) {
+        (Some(libc::WEXITSTATUS(st)), None)
+    } else if libc::WIFSIGNALED(st) {
+        (None, Some(libc::WTERMSIG(st)))
+    } else {
+        (None, None)
+    }
+}
 
 /// `struct seccomp_notif_sizes`.
 #[repr(C)]
@@ -73,10 +183,14 @@ fn program() -> Vec<libc::sock_filter> {
 /// Init's end of the notification filter.
 pub struct Capture {
     fd: OwnedFd,
-    notif_size: usize,
     resp_size: usize,
-    /// Pids (thread-group ids) seen exec, whose exit init reports when it reaps them.
-    seen: HashSet<i32>,
+    /// The pidfds of every live process seen exec, by pid; their hang-ups
+    /// (the process was reaped) wake `exits`.
+    tracked: HashMap<i32, OwnedFd>,
+    exits: OwnedFd,
+    /// Exits found outside `take_exits` (a reused pid), reported by it.
+    pending: Vec<wire::ProcessExit>,
+    buf: Vec<u8>,
 }
 
 impl Capture {
@@ -106,6 +220,17 @@ impl Capture {
                 sizes.notif, sizes.resp
             ));
         }
+        probe_pidfd_exit()?;
+        // SAFETY: a new close-on-exec epoll instance or -1.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(format!(
+                "epoll_create1: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: the kernel returned a new descriptor.
+        let exits = unsafe { OwnedFd::from_raw_fd(ep) };
         let filter = program();
         let prog = libc::sock_fprog {
             len: filter.len() as u16,
@@ -126,12 +251,18 @@ impl Capture {
                 std::io::Error::last_os_error()
             ));
         }
+        // SAFETY: the kernel returned a new (close-on-exec) descriptor.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        // Best effort: only a latency gain, and kernels before 6.6 lack it.
+        // SAFETY: SET_FLAGS reads a u64.
+        unsafe { libc::ioctl(fd.as_raw_fd(), NOTIF_SET_FLAGS, NOTIF_FD_SYNC_WAKE_UP) };
         Ok(Capture {
-            // SAFETY: the kernel returned a new (close-on-exec) descriptor.
-            fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) },
-            notif_size: sizes.notif as usize,
+            fd,
             resp_size: sizes.resp as usize,
-            seen: HashSet::new(),
+            tracked: HashMap::new(),
+            pending: Vec::new(),
+            exits,
+            buf: vec![0u8; (sizes.notif as usize).max(80)],
         })
     }
 
@@ -147,10 +278,16 @@ impl Capture {
         self.fd.as_raw_fd()
     }
 
+    /// Readable when a process seen exec was reaped ([`Capture::take_exits`]).
+    pub fn exits_fd(&self) -> RawFd {
+        self.exits.as_raw_fd()
+    }
+
     /// Take one pending notification, let the exec go on, and return what
     /// it was (None: nothing pending, or the caller died meanwhile).
     pub fn handle_one(&mut self) -> Option<wire::ProcessExec> {
-        let mut buf = vec![0u8; self.notif_size.max(80)];
+        self.buf.fill(0);
+        let buf = &mut self.buf;
         // SAFETY: RECV fills a zeroed seccomp_notif of the kernel's size.
         if unsafe { libc::ioctl(self.fd.as_raw_fd(), NOTIF_RECV, buf.as_mut_ptr()) } != 0 {
             return None;
@@ -159,15 +296,22 @@ impl Capture {
         let id = u64_at(0);
         let tid = u32::from_ne_bytes(buf[8..12].try_into().unwrap()) as i32;
         let nr = i32::from_ne_bytes(buf[16..20].try_into().unwrap());
-        let args: Vec<u64> = (0..6).map(|i| u64_at(32 + 8 * i)).collect();
+        let args: [u64; 6] = std::array::from_fn(|i| u64_at(32 + 8 * i));
         let time = brig_core::event::now_rfc3339();
+        // The pidfd gives the ids (cheaper than /proc/<pid>/status) and,
+        // later, the exit. A thread other than the leader may call execve:
+        // then the pidfd is the thread group's, found through /proc.
+        let pidfd = pidfd_open(tid).or_else(|| tgid_of(tid).and_then(pidfd_open));
+        let ids = pidfd
+            .as_ref()
+            .and_then(|fd| pidfd_info(fd.as_raw_fd(), PIDFD_INFO_PID | PIDFD_INFO_CREDS));
         let info = read_target(tid, nr as libc::c_long, &args);
-        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap_or_default();
         let cwd = std::fs::read_link(format!("/proc/{tid}/cwd"))
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
         // Only what was read while the notification was valid is the
-        // caller's: if it died (and the pid was reused) drop it.
+        // caller's (the pidfd included): if it died, and the pid was
+        // perhaps reused, drop it.
         let valid = self.id_valid(id);
         self.send_continue(id);
         if !valid {
@@ -176,17 +320,13 @@ impl Capture {
         // A process that made itself non-dumpable before exec cannot hide:
         // it is still recorded, without what only its memory holds.
         let (path, argv) = info.unwrap_or_else(|| ("[brig: memory unreadable]".into(), vec![]));
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<i64>().ok())
+        let (pid, ppid, uid) = match &ids {
+            Some(i) if i.mask & PIDFD_INFO_PID != 0 => (i.tgid as i32, i.ppid as i32, i.ruid),
+            _ => (tid, 0, u32::MAX),
         };
-        let pid = field("Tgid:").unwrap_or(tid as i64) as i32;
-        let ppid = field("PPid:").unwrap_or(0) as i32;
-        let uid = field("Uid:").unwrap_or(-1) as u32;
-        self.remember(pid);
+        if let Some(fd) = pidfd {
+            self.track(pid, fd);
+        }
         Some(wire::ProcessExec {
             pid,
             ppid,
@@ -196,6 +336,69 @@ impl Capture {
             cwd,
             time,
         })
+    }
+
+    /// Watch `pid`'s pidfd for its exit. A process that execs again (or
+    /// tries PATH candidates) is already watched; a pid still in the map
+    /// whose process is gone was reused, so its exit is taken first.
+    fn track(&mut self, pid: i32, fd: OwnedFd) {
+        if let Some(old) = self.tracked.get(&pid) {
+            if !hung_up(old.as_raw_fd()) {
+                return;
+            }
+        }
+        let mut ev = libc::epoll_event {
+            // Only the hang-up: a zombie is readable (POLLIN) until reaped,
+            // and its status is kept only from the reap on.
+            events: 0,
+            u64: pid as u32 as u64,
+        };
+        if let Some(old) = self.tracked.remove(&pid) {
+            // Reported by the next take_exits through `pending`.
+            self.pending.push(exit_of(pid, &old));
+        }
+        // SAFETY: adding a valid descriptor to our epoll set.
+        let added = unsafe {
+            libc::epoll_ctl(
+                self.exits.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                fd.as_raw_fd(),
+                &mut ev,
+            )
+        } == 0;
+        if added {
+            self.tracked.insert(pid, fd);
+        }
+    }
+
+    /// The exits of watched processes that were reaped since the last call.
+    pub fn take_exits(&mut self) -> Vec<wire::ProcessExit> {
+        let mut out = std::mem::take(&mut self.pending);
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; EXIT_BATCH];
+        loop {
+            // SAFETY: epoll_wait fills at most EXIT_BATCH entries; no wait.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.exits.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    EXIT_BATCH as i32,
+                    0,
+                )
+            };
+            if n <= 0 {
+                return out;
+            }
+            for ev in &events[..n as usize] {
+                let pid = ev.u64 as u32 as i32;
+                // Closing the pidfd also takes it out of the epoll set.
+                if let Some(fd) = self.tracked.remove(&pid) {
+                    out.push(exit_of(pid, &fd));
+                }
+            }
+            if (n as usize) < EXIT_BATCH {
+                return out;
+            }
+        }
     }
 
     fn id_valid(&self, id: u64) -> bool {
@@ -210,20 +413,42 @@ impl Capture {
         // SAFETY: SEND reads a seccomp_notif_resp; ENOENT (caller gone) is fine.
         unsafe { libc::ioctl(self.fd.as_raw_fd(), NOTIF_SEND, resp.as_ptr()) };
     }
+}
 
-    fn remember(&mut self, pid: i32) {
-        if self.seen.len() >= SEEN_PRUNE {
-            // Processes reaped by their own parents never come back to init.
-            self.seen
-                .retain(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
-        }
-        self.seen.insert(pid);
-    }
+/// Whether a pidfd's process was reaped (POLLHUP).
+fn hung_up(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: polling one valid descriptor without waiting.
+    unsafe { libc::poll(&mut p, 1, 0) == 1 && p.revents & libc::POLLHUP != 0 }
+}
 
-    /// Init reaped `pid`: whether it had seen it exec (and forget it).
-    pub fn reaped(&mut self, pid: i32) -> bool {
-        self.seen.remove(&pid)
+/// The exit of a reaped process, from its pidfd.
+fn exit_of(pid: i32, fd: &OwnedFd) -> wire::ProcessExit {
+    let (code, signal) = match pidfd_info(fd.as_raw_fd(), PIDFD_INFO_EXIT) {
+        Some(i) if i.mask & PIDFD_INFO_EXIT != 0 => wait_status(i.exit_code),
+        _ => (None, None),
+    };
+    wire::ProcessExit {
+        pid,
+        code,
+        signal,
+        time: brig_core::event::now_rfc3339(),
     }
+}
+
+/// The thread-group id of a thread, from `/proc/<tid>/status`.
+fn tgid_of(tid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The path and argv of an execve/execveat call, read from the caller's memory.
@@ -251,23 +476,33 @@ fn read_target(tid: i32, nr: libc::c_long, args: &[u64]) -> Option<(String, Vec<
             };
         }
     }
-    let mut argv = Vec::new();
-    if argv_ptr != 0 {
-        for i in 0..=MAX_ARGS {
-            let mut p = [0u8; 8];
-            if pread(&mem, &mut p, argv_ptr + 8 * i as u64) != 8 {
-                break;
-            }
-            let p = u64::from_ne_bytes(p);
-            if p == 0 {
-                break;
-            }
-            if i == MAX_ARGS {
-                argv.push("[brig: more arguments not captured]".to_string());
-                break;
-            }
-            argv.push(read_str(&mem, p).unwrap_or_default());
+    // The pointer array in page-bounded blocks (one read for a usual argv).
+    let mut ptrs = Vec::new();
+    let mut at = argv_ptr;
+    let mut raw = [0u8; 4096];
+    'array: while at != 0 && ptrs.len() <= MAX_ARGS {
+        let room = (((4096 - at % 4096) / 8) as usize).max(1);
+        let want = room.min(MAX_ARGS + 1 - ptrs.len());
+        let n = pread(&mem, &mut raw[..want * 8], at) / 8;
+        if n == 0 {
+            break;
         }
+        for c in raw[..n * 8].chunks_exact(8) {
+            let p = u64::from_ne_bytes(c.try_into().unwrap());
+            if p == 0 {
+                break 'array;
+            }
+            ptrs.push(p);
+        }
+        at += (n * 8) as u64;
+    }
+    let mut argv: Vec<String> = ptrs
+        .iter()
+        .take(MAX_ARGS)
+        .map(|&p| read_str(&mem, p).unwrap_or_default())
+        .collect();
+    if ptrs.len() > MAX_ARGS {
+        argv.push("[brig: more arguments not captured]".to_string());
     }
     Some((path, argv))
 }
@@ -287,8 +522,9 @@ fn read_str(f: &std::fs::File, addr: u64) -> Option<String> {
     let mut at = addr;
     while out.len() < MAX_STR {
         let room = (4096 - (at % 4096)) as usize;
-        let mut chunk = vec![0u8; room.min(MAX_STR - out.len())];
-        let n = pread(f, &mut chunk, at);
+        let mut page = [0u8; 4096];
+        let chunk = &mut page[..room.min(MAX_STR - out.len())];
+        let n = pread(f, chunk, at);
         if n == 0 {
             break;
         }

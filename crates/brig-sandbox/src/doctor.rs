@@ -87,6 +87,18 @@ pub fn probe() -> DoctorReport {
 
     checks.push(check_no_new_privs());
 
+    // Process capture (native and oci: runtimes).
+    let capture = crate::capture::probe();
+    let capture_ok = capture.is_ok();
+    checks.push(Check {
+        name: "capture".into(),
+        ok: capture_ok,
+        detail: match capture {
+            Ok(()) => "seccomp user notification and PIDFD_INFO_EXIT: every exec and every exit is recorded".into(),
+            Err(e) => e,
+        },
+    });
+
     // cgroups.
     let mounts = read_mountinfo();
     let (v2_checks, v2_available) = check_cgroup_v2(&mounts);
@@ -151,6 +163,9 @@ pub fn probe() -> DoctorReport {
     if !landlock_ok {
         native_missing.push("Landlock".to_string());
     }
+    if !capture_ok {
+        native_missing.push("process capture (Linux 6.15 or newer)".to_string());
+    }
     if !cgroup_missing.is_empty() {
         native_missing.push(format!(
             "cgroup controllers ({})",
@@ -196,6 +211,9 @@ pub fn probe() -> DoctorReport {
         }
         if !ns_missing.is_empty() {
             missing.push(format!("namespaces ({})", ns_missing.join(", ")));
+        }
+        if !capture_ok {
+            missing.push("process capture (Linux 6.15 or newer)".to_string());
         }
         if !cgroup_missing.is_empty() {
             missing.push(format!(

@@ -10,8 +10,8 @@
 //!    ([`crate::seccomp`]) to itself, so every process it starts inherits them;
 //!    then, if asked (`capture`), the exec notification filter
 //!    ([`crate::capture`]) whose listener it serves in its loop: every exec
-//!    in the sandbox is reported as a `Process` frame, and every such process
-//!    init reaps as `ProcessExit`;
+//!    in the sandbox is reported as a `Process` frame, and every such
+//!    process's end (whoever reaps it) as `ProcessExit`;
 //! 3. on any failure writes one `Fatal` frame naming the layer and exits 1:
 //!    it never serves with a weaker guard;
 //! 4. writes `Ready` and serves [`brig_core::wire`] on fd 0 (host → init) and
@@ -375,7 +375,8 @@ impl Init {
             }
             let capture_at = self.capture.as_ref().map(|c| {
                 pfds.push(pollfd(c.raw_fd(), libc::POLLIN));
-                pfds.len() - 1
+                pfds.push(pollfd(c.exits_fd(), libc::POLLIN));
+                pfds.len() - 2
             });
             let timeout = self
                 .execs
@@ -397,6 +398,10 @@ impl Init {
             if n > 0 {
                 // Execs first: every process of the sandbox waits on them.
                 if capture_at.is_some_and(|i| pfds[i].revents != 0) && self.on_capture().is_err() {
+                    return Stop::Broken;
+                }
+                if capture_at.is_some_and(|i| pfds[i + 1].revents != 0) && self.on_exits().is_err()
+                {
                     return Stop::Broken;
                 }
                 if pfds[1].revents != 0 {
@@ -460,13 +465,24 @@ impl Init {
         Ok(())
     }
 
+    /// Processes seen exec were reaped (by init or their own parents).
+    fn on_exits(&mut self) -> Result<(), ()> {
+        if let Some(c) = self.capture.as_mut() {
+            for exit in c.take_exits() {
+                self.out.send(&Frame::json(Kind::ProcessExit, 0, &exit))?;
+            }
+        }
+        Ok(())
+    }
+
     fn reap(&mut self) -> Result<(), ()> {
         loop {
             let mut st = 0;
             // SAFETY: waitpid on any child, non-blocking.
             let pid = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
             if pid <= 0 {
-                return Ok(());
+                // Their exits go out before the commands' `Exited`.
+                return self.on_exits();
             }
             let exited = if libc::WIFEXITED(st) {
                 wire::Exited {
@@ -481,17 +497,6 @@ impl Init {
             } else {
                 continue;
             };
-            if let Some(c) = self.capture.as_mut() {
-                if c.reaped(pid) {
-                    let msg = wire::ProcessExit {
-                        pid,
-                        code: exited.code,
-                        signal: exited.signal,
-                        time: brig_core::event::now_rfc3339(),
-                    };
-                    self.out.send(&Frame::json(Kind::ProcessExit, 0, &msg))?;
-                }
-            }
             if let Some(e) = self
                 .execs
                 .values_mut()
