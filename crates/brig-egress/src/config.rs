@@ -8,8 +8,8 @@ use crate::dns::DnsConfig;
 use crate::ssrf::SsrfConfig;
 
 /// `enforce` denies; `report` lets allowlist misses through and marks the
-/// decision `would_deny` (the deny-list, invalid hosts and the SSRF guard
-/// are enforced in both modes).
+/// decision `would_deny` (the deny-list, invalid hosts, SNI/Host mismatches,
+/// non-A/AAAA DNS types and the SSRF guard are enforced in both modes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {

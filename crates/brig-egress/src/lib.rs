@@ -29,6 +29,8 @@
 //! // CONNECT host:port (or a transparent connection: host from SNI/Host)
 //! let (host, port) = parse_authority(target, None)?;          // invalid-host on error
 //! let d = policy.decide(&Request::new(&host, port));
+//! // after peeking the ClientHello, and for each Host header inside:
+//! policy.check_same_host(&host, port, sni, NameSource::Sni)?;  // sni-mismatch
 //! if d.needs_inspection { /* terminate TLS, judge each request with
 //!                             Request::http(&host, port, method, path) */ }
 //! if d.denied() { reply 403 with d.explain_request(&req).to_text(); journal it }
@@ -57,9 +59,9 @@
 //! `mode = "report"` lets allowlist misses through (`default-deny`, a port,
 //! method or path a rule does not list, an IP literal, and the DNS name
 //! heuristics) with `allowed = true, would_deny = true`. The deny-list,
-//! invalid hosts, non-A/AAAA DNS types and the SSRF guard are enforced in
-//! both modes: report mode is for finding the allow rules a workload needs,
-//! not for opening the places that are never wanted.
+//! invalid hosts, SNI/Host mismatches, non-A/AAAA DNS types and the SSRF
+//! guard are enforced in both modes: report mode is for finding the allow
+//! rules a workload needs, not for opening the places that are never wanted.
 
 mod config;
 pub mod dns;
@@ -72,8 +74,8 @@ pub use config::{AllowRule, DenyRule, EgressConfig, Mode};
 pub use dns::{DnsAnswer, DnsConfig, DnsGuard, DnsRefusal};
 pub use host::{parse_authority, Host, HostError};
 pub use policy::{
-    normalize_path, Decision, DnsDecision, Explanation, PathError, Policy, PolicyError, Reason,
-    Request, RuleId, Unseen,
+    normalize_path, path_for_log, Decision, DnsDecision, Explanation, NameSource, PathError,
+    Policy, PolicyError, Reason, Request, RuleId, Unseen,
 };
 pub use ssrf::{Cidr, IpClass, IpVerdict, SsrfConfig, SsrfDenial, SsrfGuard};
 
@@ -94,6 +96,11 @@ pub mod rules {
     pub const DNS_NAME_LENGTH: &str = "dns-name-length";
     /// A DNS label that looks like encoded data.
     pub const DNS_LABEL_ENTROPY: &str = "dns-label-entropy";
+    /// The TLS SNI names another host than the CONNECT target.
+    pub const SNI_MISMATCH: &str = "sni-mismatch";
+    /// The `Host` header names another host than the CONNECT target or
+    /// the proxy request's authority.
+    pub const HOST_MISMATCH: &str = "host-mismatch";
 
     /// Names a configured rule may not take.
     pub const BUILTIN: &[&str] = &[
@@ -104,5 +111,7 @@ pub mod rules {
         DNS_LABEL_LENGTH,
         DNS_NAME_LENGTH,
         DNS_LABEL_ENTROPY,
+        SNI_MISMATCH,
+        HOST_MISMATCH,
     ];
 }

@@ -160,6 +160,18 @@ pub enum Reason {
     Dns(DnsRefusal),
     /// The SSRF guard refused an address.
     Ssrf(SsrfDenial),
+    /// The TLS SNI or the `Host` header names another host than the
+    /// CONNECT target (domain fronting); `claimed` is what it named.
+    Mismatch { source: NameSource, claimed: String },
+}
+
+/// Where a second name for a connection came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameSource {
+    /// The TLS ClientHello's server name.
+    Sni,
+    /// The HTTP `Host` header (or an absolute URI's authority).
+    HostHeader,
 }
 
 /// A decision, naming the rule that made it. Borrowed from the [`Policy`]
@@ -637,7 +649,9 @@ impl Policy {
                 None,
             ),
         };
-        d.needs_inspection = inspect;
+        // Inspection matters only when seeing the request could change the
+        // answer: not when a rule already allows the opaque connection.
+        d.needs_inspection = inspect && pass.is_none();
         d
     }
 
@@ -757,10 +771,7 @@ impl Policy {
                 decision,
             };
         };
-        let refusal = match self.dns.check_name(name) {
-            Err(r) => Some(r),
-            Ok(()) => self.dns.check(name, qtype).err(),
-        };
+        let refusal = self.dns.check(name, qtype).err();
         if let Some(r) = refusal {
             let answer = r.answer();
             let decision = self.decision(false, RuleId::Builtin(r.rule()), Reason::Dns(r), None);
@@ -789,6 +800,54 @@ impl Policy {
             DnsAnswer::NxDomain
         };
         DnsDecision { answer, decision }
+    }
+
+    /// A connection names its destination twice: the CONNECT target (or
+    /// the proxy request's authority) and then the TLS SNI or the `Host`
+    /// header inside. Both must name the same host (and a `Host` header
+    /// with a port, the same port), or the request is denied by
+    /// `sni-mismatch` / `host-mismatch`, in every mode: a mismatch is domain
+    /// fronting, not an allowlist miss. (A transparent connection has no
+    /// CONNECT target: the proxy judges its SNI or `Host` and resolves that
+    /// name itself, ignoring the address the sandbox dialed.)
+    pub fn check_same_host(
+        &self,
+        target: &Host,
+        target_port: u16,
+        claimed: &str,
+        source: NameSource,
+    ) -> Result<(), Decision<'_>> {
+        let parsed = match source {
+            NameSource::Sni => Host::parse(claimed).map(|h| (h, target_port)),
+            NameSource::HostHeader => crate::host::parse_authority(claimed, Some(target_port)),
+        };
+        let (host, port) = match parsed {
+            Ok(hp) => hp,
+            Err(e) => {
+                return Err(self.decision(
+                    false,
+                    RuleId::Builtin(rules::INVALID_HOST),
+                    Reason::InvalidHost(e),
+                    None,
+                ))
+            }
+        };
+        if &host == target && port == target_port {
+            return Ok(());
+        }
+        let rule = match source {
+            NameSource::Sni => rules::SNI_MISMATCH,
+            NameSource::HostHeader => rules::HOST_MISMATCH,
+        };
+        Err(self.decision(
+            false,
+            RuleId::Builtin(rule),
+            Reason::Mismatch {
+                source,
+                claimed: claimed.to_string(),
+            },
+            None,
+        ))
     }
 
     /// A decision for an SSRF denial (always enforced), for the journal and
@@ -1007,6 +1066,12 @@ fn prefix_match(prefix: &str, path: &str, fold: bool) -> bool {
         || matches!(path.as_bytes()[prefix.len()], b'/' | b';'))
 }
 
+/// The part of a request target that may be logged: the query and
+/// fragment (which often carry tokens) are cut off.
+pub fn path_for_log(raw: &str) -> &str {
+    &raw[..raw.find(['?', '#']).unwrap_or(raw.len())]
+}
+
 /// A request path that is not in normal form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the path is not in normal form")]
@@ -1109,6 +1174,10 @@ impl<'p> Decision<'p> {
             Reason::InvalidHost(e) => format!("the host {host:?} is not valid: {e}"),
             Reason::Dns(r) => format!("DNS query for {host} refused: {r}"),
             Reason::Ssrf(d) => format!("{host} resolves to a refused address: {d}"),
+            Reason::Mismatch { source, claimed } => format!(
+                "the {} names {claimed:?} but the connection was opened to {host}:{port}",
+                if *source == NameSource::Sni { "TLS server name (SNI)" } else { "Host header" }
+            ),
         }
     }
 
@@ -1180,6 +1249,9 @@ impl<'p> Decision<'p> {
                 ),
             },
             Reason::Ssrf(d) => d.how_to_request_access(),
+            Reason::Mismatch { .. } => format!(
+                "send the request to the host it names: the CONNECT target, the TLS server name and the Host header must all be {host}"
+            ),
         })
     }
 

@@ -711,3 +711,93 @@ fn decide_is_cheap() {
         t.elapsed()
     );
 }
+
+#[test]
+fn sni_and_host_must_match_the_target() {
+    use brig_egress::NameSource;
+    let p = policy(&format!("mode = \"report\"\n{BASIC}"));
+    let target = host("github.com");
+    assert!(p
+        .check_same_host(&target, 443, "GitHub.com.", NameSource::Sni)
+        .is_ok());
+    assert!(p
+        .check_same_host(&target, 443, "github.com", NameSource::HostHeader)
+        .is_ok());
+    assert!(p
+        .check_same_host(&target, 443, "github.com:443", NameSource::HostHeader)
+        .is_ok());
+    // Domain fronting: enforced even in report mode.
+    let d = p
+        .check_same_host(&target, 443, "pastebin.com", NameSource::Sni)
+        .unwrap_err();
+    assert!(d.denied() && !d.would_deny);
+    assert_eq!(d.rule, RuleId::Builtin("sni-mismatch"));
+    let e = d.explain("github.com", 443, None);
+    assert_eq!(e.reason, "the TLS server name (SNI) names \"pastebin.com\" but the connection was opened to github.com:443");
+    let d = p
+        .check_same_host(&target, 443, "github.com:8443", NameSource::HostHeader)
+        .unwrap_err();
+    assert_eq!(d.rule, RuleId::Builtin("host-mismatch"));
+    let d = p
+        .check_same_host(&target, 443, "evil.example", NameSource::HostHeader)
+        .unwrap_err();
+    assert_eq!(d.rule, RuleId::Builtin("host-mismatch"));
+    let d = p.check_same_host(&host("127.0.0.1"), 443, "0x7f.1", NameSource::HostHeader);
+    assert!(
+        d.is_ok(),
+        "numeric forms of the same address are the same host"
+    );
+    let d = p
+        .check_same_host(&target, 443, "git%68ub.com", NameSource::Sni)
+        .unwrap_err();
+    assert_eq!(d.rule, RuleId::Builtin("invalid-host"));
+    assert!(d.denied());
+}
+
+#[test]
+fn inspection_only_when_it_can_change_the_answer() {
+    let p = policy(
+        "[[allow]]\nname = \"wide\"\ndomains = [\"api.example.com\"]\n\
+         [[allow]]\nname = \"narrow\"\ndomains = [\"api.example.com\"]\nports = [8443]\npaths = [\"/v1/\"]\n\
+         [[allow]]\nname = \"only-narrow\"\ndomains = [\"files.example.com\"]\npaths = [\"/pub/\"]",
+    );
+    // A host-wide rule already allows the tunnel: nothing to inspect.
+    assert!(!p.needs_inspection(&host("api.example.com"), 443));
+    // Only a narrowing rule covers this port: inspect.
+    assert!(p.needs_inspection(&host("api.example.com"), 8443));
+    assert!(p.needs_inspection(&host("files.example.com"), 443));
+    assert!(!p.needs_inspection(&host("nothing.example.com"), 443));
+}
+
+#[test]
+fn logs_never_see_queries() {
+    use brig_egress::path_for_log;
+    assert_eq!(
+        path_for_log("/simple/requests/?token=abc"),
+        "/simple/requests/"
+    );
+    assert_eq!(path_for_log("/a#frag"), "/a");
+    assert_eq!(path_for_log("/a"), "/a");
+}
+
+#[test]
+fn policy_is_shareable() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Policy>();
+    assert_send_sync::<brig_egress::SsrfGuard>();
+}
+
+#[test]
+fn uuid_labels_are_refused_as_documented() {
+    let p = policy("[[allow]]\nname = \"w\"\ndomains = [\"*.svc.example.com\"]");
+    let q = p.decide_dns(
+        "3fa85f64-5717-4562-b3fc-2c963f66afa6.svc.example.com",
+        qtype::A,
+    );
+    assert_eq!(q.decision.rule, RuleId::Builtin("dns-label-entropy"));
+    assert_eq!(
+        p.decide_dns("d3h8f9abc12xyz.svc.example.com", qtype::A)
+            .answer,
+        DnsAnswer::Resolve
+    );
+}
