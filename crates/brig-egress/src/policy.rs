@@ -577,6 +577,7 @@ impl Policy {
 
         // The deny-list always wins: the most specific matching deny rule.
         let mut denied: Option<u32> = None;
+        let mut hard_deny = false;
         self.deny.walk(host, |i| {
             let r = &self.rules[i as usize];
             if !r.port_ok(req.port) {
@@ -595,12 +596,14 @@ impl Policy {
             };
             if method_hit && path_hit {
                 denied = Some(i);
+                // Denied whatever the request shows: inspection cannot help.
+                hard_deny |= !r.narrows() || (req.method.is_some() && path.is_some());
             }
         });
         if let Some(i) = denied {
             let r = &self.rules[i as usize];
             let mut d = self.decision(false, RuleId::Deny(""), Reason::DenyListed, Some(r));
-            d.needs_inspection = inspect;
+            d.needs_inspection = !hard_deny;
             return d;
         }
 
@@ -1198,13 +1201,15 @@ impl<'p> Decision<'p> {
             format!("{owner}:\n  [[egress.allow]]\n  name = \"<name>\"\n  domains = [\"{host}\"]{extra}")
         };
         let origin = self.source.map(|s| s.origin);
-        let in_rule = |key: &str, value: String| {
-            match origin {
+        let in_rule = |key: &str, value: String| match origin {
             Some(Origin::Preset(p)) => new_rule(&format!(
-                "\n  {key} = {value}\n(rule {rule:?} comes from the preset {p:?}, which cannot be edited; a new rule adds to it)"
+                "\n  {key} = {value}\n(rule {rule:?} comes from the preset {p:?}, which cannot be \
+                 edited; a new rule adds to it)"
             )),
-            _ => format!("{owner}: {key} = {value} in the [[egress.allow]] rule named {rule:?}"),
-        }
+            _ => format!(
+                "ask the session's owner to set {key} = {value} in the [[egress.allow]] rule named \
+                 {rule:?} (brig.toml or the session's profile)"
+            ),
         };
         Some(match &self.reason {
             Reason::Allowed => return None,
@@ -1244,9 +1249,16 @@ impl<'p> Decision<'p> {
             Reason::InvalidHost(_) => "use the host's canonical name (letters, digits, '-', IDNA for other scripts)".to_string(),
             Reason::Dns(r) => match r {
                 DnsRefusal::QType(_) => "only A and AAAA lookups are answered inside a session; use the name directly".to_string(),
-                _ => format!(
-                    "names that look like encoded data are refused; if this is a real host, ask the operator to raise the limits in [egress.dns] (rule {rule})"
-                ),
+                DnsRefusal::LabelTooLong { .. } | DnsRefusal::NameTooLong { .. } => {
+                    "long DNS names are refused (tunnels use them); if this is a real host, ask the \
+                     operator to raise max_label_len / max_name_len in [egress.dns]"
+                        .to_string()
+                }
+                DnsRefusal::EncodedLabel { .. } => {
+                    "names that look like encoded data are refused (DNS tunnels); if this is a real \
+                     host, ask the operator to raise entropy_min_len (or hex_run_min) in [egress.dns]"
+                        .to_string()
+                }
             },
             Reason::Ssrf(d) => d.how_to_request_access(),
             Reason::Mismatch { .. } => format!(

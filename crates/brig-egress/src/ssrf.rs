@@ -440,15 +440,18 @@ impl SsrfDenial {
                     .to_string()
             }
             SsrfDenial::Blocked {
-                range,
+                address,
                 class:
                     IpClass::Ipv4Mapped | IpClass::Ipv4Compatible | IpClass::Nat64 | IpClass::SixToFour | IpClass::Teredo,
+                embedded,
                 ..
             } => {
+                let v4 = embedded.map(|(v4, _)| format!(" {v4}")).unwrap_or_default();
                 format!(
-                    "addresses that embed IPv4 in IPv6 are refused; dial the IPv4 address, or, if this \
-                     network is really meant to be reachable, ask the operator to add \"{range}\" to \
-                     [egress.ssrf] trusted_cidrs in brig.toml"
+                    "addresses that embed IPv4 in IPv6 are refused; dial the IPv4 address{v4} itself \
+                     (it is judged on its own). Trusting the whole embedding range would trust every \
+                     address it embeds; if this one address is really meant to be reachable, ask the \
+                     operator to add \"{address}/128\" to [egress.ssrf] trusted_cidrs in brig.toml"
                 )
             }
             SsrfDenial::Blocked { range, .. } => format!(
