@@ -57,6 +57,9 @@ pub struct InitConfig {
 /// exited, when a background child still holds the pipes open.
 const LINGER: Duration = Duration::from_millis(100);
 
+/// Least time between two wake-ups of init for exits alone.
+const EXIT_COALESCE: Duration = Duration::from_millis(20);
+
 /// PATH used when the command's environment has none.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
@@ -94,6 +97,7 @@ pub fn main(config_json: &str) -> ! {
         decoder: wire::Decoder::new(),
         execs: HashMap::new(),
         capture,
+        exits_taken: Instant::now(),
     };
     let code = init.serve();
     init.kill_everything(libc::SIGKILL);
@@ -339,6 +343,8 @@ struct Init {
     decoder: wire::Decoder,
     execs: HashMap<u32, Exec>,
     capture: Option<crate::capture::Capture>,
+    /// When exits were last taken from the capture (see EXIT_COALESCE).
+    exits_taken: Instant,
 }
 
 impl Init {
@@ -373,15 +379,27 @@ impl Init {
                     }
                 }
             }
+            // Exits are taken at every exec anyway; on their own they wake
+            // init at most once per EXIT_COALESCE (until then the exits fd
+            // is not polled, only its due time), so a burst of short
+            // processes costs one wake-up, not one each.
+            let exits_due = self.exits_taken + EXIT_COALESCE;
+            let watch_exits = Instant::now() >= exits_due;
             let capture_at = self.capture.as_ref().map(|c| {
                 pfds.push(pollfd(c.raw_fd(), libc::POLLIN));
-                pfds.push(pollfd(c.exits_fd(), libc::POLLIN));
-                pfds.len() - 2
+                pfds.len() - 1
             });
-            let timeout = self
-                .execs
-                .values()
-                .filter_map(|e| e.deadline)
+            let exits_at = match (&self.capture, watch_exits) {
+                (Some(c), true) => {
+                    pfds.push(pollfd(c.exits_fd(), libc::POLLIN));
+                    Some(pfds.len() - 1)
+                }
+                _ => None,
+            };
+            let deadlines = self.execs.values().filter_map(|e| e.deadline);
+            let deadlines =
+                deadlines.chain((self.capture.is_some() && !watch_exits).then_some(exits_due));
+            let timeout = deadlines
                 .min()
                 .map(|d| {
                     d.saturating_duration_since(Instant::now())
@@ -400,8 +418,7 @@ impl Init {
                 if capture_at.is_some_and(|i| pfds[i].revents != 0) && self.on_capture().is_err() {
                     return Stop::Broken;
                 }
-                if capture_at.is_some_and(|i| pfds[i + 1].revents != 0) && self.on_exits().is_err()
-                {
+                if exits_at.is_some_and(|i| pfds[i].revents != 0) && self.on_exits().is_err() {
                     return Stop::Broken;
                 }
                 if pfds[1].revents != 0 {
@@ -462,11 +479,14 @@ impl Init {
         if let Some(c) = self.capture.as_mut() {
             send_exec(c, &self.out)?;
         }
-        Ok(())
+        // After the answer, off the caller's path: the exits since the last
+        // exec (usually the previous command of the same script).
+        self.on_exits()
     }
 
     /// Processes seen exec were reaped (by init or their own parents).
     fn on_exits(&mut self) -> Result<(), ()> {
+        self.exits_taken = Instant::now();
         if let Some(c) = self.capture.as_mut() {
             for exit in c.take_exits() {
                 self.out.send(&Frame::json(Kind::ProcessExit, 0, &exit))?;

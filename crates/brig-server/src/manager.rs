@@ -171,6 +171,8 @@ fn session_event(info: &SessionInfo, action: &str, outcome: Outcome) -> Event {
 
 /// Most process events journaled in one append (one transaction).
 const PROCESS_BATCH: usize = 256;
+/// How long the first process event of a batch waits for others.
+const PROCESS_LINGER: Duration = Duration::from_millis(10);
 
 /// The journal event for one captured process event.
 fn process_event(info: &SessionInfo, pe: ProcessEvent) -> Event {
@@ -510,11 +512,22 @@ impl Manager {
         tokio::spawn(async move {
             while let Some(first) = events.recv().await {
                 let mut batch = vec![process_event(&info, first)];
-                while batch.len() < PROCESS_BATCH {
-                    match events.try_recv() {
-                        Some(pe) => batch.push(process_event(&info, pe)),
-                        None => break,
+                let mut take = |batch: &mut Vec<Event>| {
+                    while batch.len() < PROCESS_BATCH {
+                        match events.try_recv() {
+                            Some(pe) => batch.push(process_event(&info, pe)),
+                            None => break,
+                        }
                     }
+                };
+                take(&mut batch);
+                // A script's processes come in bursts: a moment's wait lets
+                // one transaction take many of them instead of one each,
+                // which keeps the journal's share of the CPUs small. A full
+                // batch does not wait.
+                if batch.len() < PROCESS_BATCH {
+                    tokio::time::sleep(PROCESS_LINGER).await;
+                    take(&mut batch);
                 }
                 if let Err(e) = db.write(move |s| s.append_events(&batch).map(|_| ())).await {
                     tracing::error!(session = %info.id, error = %e, "could not journal process events");
