@@ -189,6 +189,18 @@ pub fn probe() -> DoctorReport {
             "runsc not found (install the Debian package `runsc` or put it on PATH)".to_string(),
         );
     }
+    // Process capture under gVisor: the Sentry's trace points.
+    if let Some(p) = &runsc_path {
+        let trace = crate::gvisor_trace::probe_runsc(p);
+        if trace.is_err() {
+            gvisor_missing.push("process capture (runsc's trace points)".to_string());
+        }
+        checks.push(Check {
+            name: "capture.gvisor".into(),
+            ok: trace.is_ok(),
+            detail: trace.unwrap_or_else(|e| e),
+        });
+    }
     if !cgroup_missing.is_empty() {
         gvisor_missing.push(format!(
             "cgroup controllers ({})",
@@ -722,6 +734,8 @@ mod tests {
         assert!(runsc.ok, "{runsc:?}");
         assert!(runsc.detail.contains("runsc version"), "{}", runsc.detail);
         assert!(r.runtime("gvisor").unwrap().works);
+        let trace = check(&r, "capture.gvisor");
+        assert!(trace.ok, "{trace:?}");
         let crun = find_binary("crun").unwrap();
         let oci = r.runtime(&format!("oci:{}", crun.display())).unwrap();
         assert!(oci.works, "{oci:?}");

@@ -99,6 +99,75 @@ pub fn pod_init_config(endpoint: &Path) -> serde_json::Value {
     })
 }
 
+/// The points brig's pod init config enables.
+pub const POINTS: [&str; 5] = [
+    "container/start",
+    "sentry/clone",
+    "syscall/execve/enter",
+    "syscall/execveat/enter",
+    "sentry/exit_notify_parent",
+];
+
+/// Whether `runsc` has the trace points and the `remote` sink this capture
+/// needs (`runsc trace metadata`), for `brig doctor`.
+pub fn probe_runsc(runsc: &Path) -> std::result::Result<String, String> {
+    use std::io::Read;
+    let mut child = std::process::Command::new(runsc)
+        .args(["trace", "metadata"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run {} trace metadata: {e}", runsc.display()))?;
+    // Read while it runs: the listing is larger than a pipe.
+    let mut so = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = so.read_to_string(&mut out);
+        out
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("`runsc trace metadata` timed out after 5s".into());
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let out = reader.join().unwrap_or_default();
+    if !status.success() {
+        return Err(format!("`runsc trace metadata` exited with {status}"));
+    }
+    let listed = |name: &str| {
+        out.lines().any(|l| {
+            l.strip_prefix("Name: ")
+                .is_some_and(|r| r.split(',').next() == Some(name))
+        })
+    };
+    let missing: Vec<&str> = POINTS
+        .into_iter()
+        .chain(["remote"])
+        .filter(|p| !listed(p))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "runsc has no trace point or sink {}",
+            missing.join(", ")
+        ));
+    }
+    Ok(format!(
+        "runsc trace points {} and the remote sink: every exec and exit is recorded",
+        POINTS.join(", ")
+    ))
+}
+
 fn guard(msg: impl std::fmt::Display) -> Error {
     Error::guard(GUARD, format!("gVisor trace: {msg}"))
 }
