@@ -267,6 +267,48 @@ async fn a_burst_of_execs_is_journaled_in_full() {
     srv.stop().await;
 }
 
+/// An exec whose point is larger than the trace socket can carry (~300 KiB
+/// of argv) is lost by the Sentry; the loss is journaled
+/// (`process.capture_overflow`), and so is the exit of the process whose
+/// exec it may have been: it does not vanish without a trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_too_big_for_the_trace_socket_is_not_silent() {
+    require_root!();
+    if !has_runsc() {
+        return;
+    }
+    let srv = Srv::start().await;
+    let info = srv
+        .create(json!({ "task": "CAPG-3", "runtime": "gvisor", "pids": 64, "memory": "256M" }))
+        .await;
+    let id = info["id"].as_str().unwrap().to_string();
+    let py = "import subprocess; \
+              p = subprocess.Popen(['/bin/sh', '-c', 'exit 6'] + ['x' * 60000] * 5); \
+              print(p.pid, flush=True); p.wait()";
+    let r = srv.exec(&id, &["python3", "-c", py]).await;
+    assert_eq!(r["status"]["code"], 0, "{r}");
+    let pid: i64 = r["stdout"].as_str().unwrap().trim().parse().unwrap();
+    let evs = wait_events(&srv, &id, |evs| {
+        find_exit(evs, &json!(pid)).is_some()
+            && evs
+                .iter()
+                .any(|e| e["action"] == "process.capture_overflow")
+    })
+    .await;
+    let exit = find_exit(&evs, &json!(pid)).unwrap();
+    assert_eq!(exit["details"]["code"], 6, "{exit}");
+    let lost = evs
+        .iter()
+        .find(|e| e["action"] == "process.capture_overflow")
+        .unwrap();
+    assert!(lost["details"]["dropped"].as_u64().unwrap() >= 1, "{lost}");
+    let (s, _) = srv
+        .call("DELETE", &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(s, 200);
+    srv.stop().await;
+}
+
 fn limits() -> Limits {
     Limits {
         memory_bytes: 256 << 20,

@@ -70,7 +70,7 @@ const CLONE_THREAD: u64 = 0x0001_0000;
 const CLONE_PARENT: u64 = 0x0000_8000;
 
 /// The pod init config: one trace session, the points above, the remote
-/// sink at `endpoint`. The sink retries a full socket for a while (the
+/// sink at `endpoint`. The sink retries a full socket for about a second (the
 /// sandbox waits, not brig) before it drops a point; drops are counted in
 /// every header and journaled.
 pub fn pod_init_config(endpoint: &Path) -> serde_json::Value {
@@ -90,7 +90,7 @@ pub fn pod_init_config(endpoint: &Path) -> serde_json::Value {
                 "name": "remote",
                 "config": {
                     "endpoint": endpoint.to_string_lossy(),
-                    "retries": 20,
+                    "retries": 100,
                     "backoff": "100us",
                     "backoff_max": "10ms",
                 },
@@ -428,6 +428,7 @@ async fn read_loop(
         };
         if n > buf.len() {
             // Cut: the message is lost, and so possibly a process.
+            tracker.lost();
             producer.count_dropped(1);
             continue;
         }
@@ -459,15 +460,21 @@ struct Proc {
     ppid: i32,
     /// An exec was seen: its exit is journaled.
     execd: bool,
+    /// Alive when a point was lost (its exec, maybe): its exit is
+    /// journaled too, so a process whose exec point was lost still shows.
+    uncertain: bool,
 }
 
 /// Turns the stream of points into process events: parents from clones,
-/// execs, and exits of the processes seen to exec.
+/// execs, and exits of the processes seen to exec (and, once a point was
+/// lost, of every process that was alive then).
 #[derive(Debug, Default)]
 pub(crate) struct Tracker {
     procs: HashMap<i32, Proc>,
     /// The header's cumulative drop count (wraps at u32).
     sentry_dropped: u32,
+    /// A point was ever lost: the exit of a process never seen is journaled.
+    lossy: bool,
 }
 
 impl Tracker {
@@ -480,25 +487,40 @@ impl Tracker {
         };
         out.dropped = u64::from(dropped.wrapping_sub(self.sentry_dropped));
         self.sentry_dropped = dropped;
+        if out.dropped > 0 {
+            // Before this message's own point: it may be the exit of the
+            // process whose exec was lost.
+            self.lost();
+        }
         let payload = &msg[hdr_size..];
-        match kind {
-            MSG_CONTAINER_START => out.started = pb::container_start_id(payload),
-            MSG_SENTRY_CLONE => match pb::clone_info(payload) {
-                Some(c) => self.clone(c),
-                None => out.dropped += 1,
-            },
-            MSG_SYSCALL_EXECVE => match pb::execve(payload) {
-                Some(x) => out.events.push(ProcessEvent::Exec(self.exec(x))),
-                None => out.dropped += 1,
-            },
-            MSG_SENTRY_EXIT_NOTIFY_PARENT => match pb::exit_notify(payload) {
-                Some(x) => out.events.extend(self.exit(x).map(ProcessEvent::Exit)),
-                None => out.dropped += 1,
-            },
+        let parsed = match kind {
+            MSG_CONTAINER_START => {
+                out.started = pb::container_start_id(payload);
+                true
+            }
+            MSG_SENTRY_CLONE => pb::clone_info(payload).map(|c| self.clone(c)).is_some(),
+            MSG_SYSCALL_EXECVE => pb::execve(payload)
+                .map(|x| out.events.push(ProcessEvent::Exec(self.exec(x))))
+                .is_some(),
+            MSG_SENTRY_EXIT_NOTIFY_PARENT => pb::exit_notify(payload)
+                .map(|x| out.events.extend(self.exit(x).map(ProcessEvent::Exit)))
+                .is_some(),
             // Points brig did not ask for (a newer runsc may add some).
-            _ => {}
+            _ => true,
+        };
+        if !parsed {
+            out.dropped += 1;
+            self.lost();
         }
         out
+    }
+
+    /// A point was lost (dropped by the Sentry, cut, or malformed).
+    pub fn lost(&mut self) {
+        self.lossy = true;
+        for p in self.procs.values_mut() {
+            p.uncertain = true;
+        }
     }
 
     fn clone(&mut self, c: pb::CloneInfo) {
@@ -511,8 +533,14 @@ impl Tracker {
             c.ctx.tgid
         };
         if self.procs.len() < MAX_TRACKED || self.procs.contains_key(&c.created_tgid) {
-            self.procs
-                .insert(c.created_tgid, Proc { ppid, execd: false });
+            self.procs.insert(
+                c.created_tgid,
+                Proc {
+                    ppid,
+                    execd: false,
+                    uncertain: false,
+                },
+            );
         }
     }
 
@@ -531,6 +559,7 @@ impl Tracker {
                         Proc {
                             ppid: 0,
                             execd: true,
+                            uncertain: false,
                         },
                     );
                 }
@@ -565,7 +594,11 @@ impl Tracker {
                 p.ppid = INIT_PID;
             }
         }
-        if !gone.is_some_and(|p| p.execd) {
+        let report = match gone {
+            Some(p) => p.execd || p.uncertain,
+            None => self.lossy,
+        };
+        if !report {
             return None;
         }
         let (code, signal) = wait_status(x.status);
@@ -1120,6 +1153,47 @@ mod tests {
             e.message.contains("'capture'") && e.message.contains("longer"),
             "{e}"
         );
+    }
+
+    /// After a lost point, the exit of a process not seen exec (its exec
+    /// may be what was lost) is journaled too.
+    #[test]
+    fn a_lost_point_keeps_the_exits_of_live_processes() {
+        let mut t = Tracker::default();
+        let ctx = |tgid| pb::Context {
+            tgid,
+            tid: tgid,
+            ..Default::default()
+        };
+        let clone = |parent, child| pb::CloneInfo {
+            ctx: ctx(parent),
+            created_tid: child,
+            created_tgid: child,
+            flags: 0,
+        };
+        let exit = |tgid| pb::ExitNotify {
+            ctx: ctx(tgid),
+            status: 0,
+        };
+        t.clone(clone(1, 2));
+        assert!(t.exit(exit(2)).is_none(), "a fork that never exec'd");
+        t.clone(clone(1, 3));
+        t.clone(clone(1, 4));
+        // An exit point whose header says one point was dropped before it.
+        let mut msg = vec![8, 0, MSG_SENTRY_EXIT_NOTIFY_PARENT as u8, 0, 1, 0, 0, 0];
+        msg.extend([0x0a, 0x02, 0x20, 0x03]); // context_data { thread_group_id: 3 }
+        let out = t.message(&msg);
+        assert_eq!(out.dropped, 1);
+        match &out.events[..] {
+            [ProcessEvent::Exit(x)] => assert_eq!((x.pid, x.code), (3, Some(0))),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.exit(exit(4)).map(|x| x.pid), Some(4));
+        // Cloned after the loss: certain again.
+        t.clone(clone(1, 5));
+        assert!(t.exit(exit(5)).is_none());
+        // Never seen at all, once lossy: reported.
+        assert_eq!(t.exit(exit(77)).map(|x| x.pid), Some(77));
     }
 
     #[test]
