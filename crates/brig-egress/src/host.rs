@@ -17,6 +17,10 @@
 //!   decimal, octal (leading `0`) or hex (`0x`); 1 to 4 parts, the last
 //!   filling the remaining bytes. If such a name does not parse as IPv4 it
 //!   is rejected, not treated as a domain.
+//!   On every form glibc's `inet_aton` accepts, the address is the same
+//!   (tests/inet_aton.rs checks thousands); the differences fail closed:
+//!   `0x` and a trailing dot (`1.2.3.4.`) are IP literals here, names to
+//!   glibc; glibc ignores anything after whitespace, brig refuses it.
 //! - IPv6 literals, bracketed or bare, are parsed by the standard library;
 //!   zone ids (`%eth0`, `%25eth0`) are rejected.
 //! - Percent signs, empty labels, labels over 63 octets, names over 253,

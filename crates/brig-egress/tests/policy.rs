@@ -801,3 +801,14 @@ fn uuid_labels_are_refused_as_documented() {
         DnsAnswer::Resolve
     );
 }
+
+#[test]
+fn config_round_trips_through_toml() {
+    let cfg = EgressConfig::from_toml(&format!(
+        "{BASIC}\n[ssrf]\ntrusted_cidrs = [\"203.0.113.0/24\"]\n"
+    ))
+    .unwrap();
+    let text = toml::to_string(&cfg).unwrap();
+    assert_eq!(EgressConfig::from_toml(&text).unwrap(), cfg, "{text}");
+    assert!(text.contains("203.0.113.0/24"));
+}
