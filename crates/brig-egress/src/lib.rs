@@ -37,6 +37,7 @@
 //! if d.would_deny { journal "would deny" (report mode) and go on }
 //!
 //! // Resolve once, check every address, dial exactly a checked address.
+//! // (An IP literal, allowed only in report mode, is checked as &[ip].)
 //! let addrs = resolve(host)?;                                   // one resolution
 //! let addrs = policy.ssrf().check_resolved(&addrs)
 //!     .map_err(|e| policy.ssrf_decision(e))?;                  // ssrf:<range>
@@ -48,11 +49,20 @@
 //! journal(q.decision.explain(qname, 53, None));
 //! ```
 //!
-//! [`Policy::decide`] takes a normalized [`Host`] and does two trie walks
+//! [`Policy::decide`] takes a normalized [`Host`] (always from
+//! [`Host::parse`]: a hand-built `Host::Domain("Example.COM")` matches no
+//! rule, which fails closed) and does two trie walks
 //! over its labels (deny-list first, then allow rules): O(labels), no
 //! allocation, whatever the number of rules. A [`Decision`] borrows rule
 //! names from the policy; its text ([`Decision::explain`]) is built only
 //! when it is needed, for a 403 body or the journal.
+//!
+//! # Not here yet
+//!
+//! The proxy, the resolver, transparent redirection, per-session rate
+//! limits, signed upload URLs and the journal events themselves belong to
+//! the wiring that uses this crate; so does merging a profile's `[egress]`
+//! over brig.toml's.
 //!
 //! # Report mode
 //!
