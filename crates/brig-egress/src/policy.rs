@@ -57,8 +57,10 @@ pub enum PolicyError {
     UnknownPreset(String),
     #[error("egress: disable_default_deny names {0:?}, which is not a shipped deny rule")]
     UnknownDefaultDeny(String),
-    #[error("egress: default_ports is empty")]
+    #[error("egress: default_ports is empty or holds port 0")]
     NoDefaultPorts,
+    #[error("egress.dns: {0}")]
+    BadDns(&'static str),
 }
 
 /// One request to judge. `method` and `path` are `None` when the request
@@ -380,8 +382,25 @@ struct Spec<'a> {
 impl Policy {
     /// Validate and compile. Errors name the rule.
     pub fn compile(cfg: &EgressConfig) -> Result<Policy, PolicyError> {
-        if cfg.default_ports.is_empty() {
+        if cfg.default_ports.is_empty() || cfg.default_ports.contains(&0) {
             return Err(PolicyError::NoDefaultPorts);
+        }
+        let dns = &cfg.dns;
+        if !(1..=63).contains(&dns.max_label_len) {
+            return Err(PolicyError::BadDns("max_label_len must be 1..=63"));
+        }
+        if !(1..=253).contains(&dns.max_name_len) {
+            return Err(PolicyError::BadDns("max_name_len must be 1..=253"));
+        }
+        if dns.entropy_min_len == 0 || dns.hex_run_min == 0 {
+            return Err(PolicyError::BadDns(
+                "entropy_min_len and hex_run_min must be at least 1",
+            ));
+        }
+        if !(dns.entropy_threshold.is_finite() && dns.entropy_threshold > 0.0) {
+            return Err(PolicyError::BadDns(
+                "entropy_threshold must be a positive number of bits",
+            ));
         }
         let mut specs: Vec<Spec> = Vec::new();
         for r in &cfg.allow {

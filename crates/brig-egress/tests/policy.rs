@@ -548,6 +548,12 @@ fn load_errors_name_the_rule() {
         ("default_ports = []", "default_ports"),
         ("[ssrf]\ntrusted_cidrs = [\"10.0.0.1/8\"]", "CIDR"),
         ("mode = \"block\"", "unknown variant"),
+        ("default_ports = [0]", "default_ports"),
+        ("[dns]\nmax_label_len = 64", "max_label_len"),
+        ("[dns]\nmax_name_len = 0", "max_name_len"),
+        ("[dns]\nentropy_min_len = 0", "entropy_min_len"),
+        ("[dns]\nentropy_threshold = -1.0", "entropy_threshold"),
+        ("[dns]\nentropy_threshold = nan", "entropy_threshold"),
     ];
     for (toml, want) in cases {
         let e = Policy::from_toml(toml).unwrap_err().to_string();
