@@ -253,8 +253,38 @@ pub fn append_checkpoint_file(path: &Path, cp: &Checkpoint) -> Result<()> {
         .map_err(|e| Error::internal(format!("cannot append to {}: {e}", path.display())))
 }
 
-/// Read a checkpoint file. A missing file is an empty list; a malformed
-/// line is an error that names it (a verifier must not skip evidence).
+/// The `record` member that marks a checkpoint in a sink's output (the
+/// file sink's JSONL, the message of every other sink): `{"record":
+/// "checkpoint","seq","hash","time","key_id","signature"}`. Events carry no
+/// `record` member.
+pub const CHECKPOINT_RECORD: &str = "checkpoint";
+
+/// What one line of a checkpoint file is.
+fn parse_line(line: &str) -> std::result::Result<Option<Checkpoint>, String> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let obj = v.as_object().ok_or("not a JSON object")?;
+    match obj.get("record") {
+        Some(serde_json::Value::String(r)) if r == CHECKPOINT_RECORD => {}
+        Some(other) => return Err(format!("unknown record type {other}")),
+        // A journal event, as a sink writes them between its checkpoints.
+        None if !obj.contains_key("signature")
+            && obj.contains_key("id")
+            && obj.contains_key("action") =>
+        {
+            return Ok(None)
+        }
+        None => {}
+    }
+    serde_json::from_value(v)
+        .map(Some)
+        .map_err(|e| format!("not a checkpoint: {e}"))
+}
+
+/// Read a checkpoint file: brig's `checkpoints.jsonl` (one checkpoint per
+/// line), or a file sink's JSONL (events, which are skipped, and
+/// `{"record":"checkpoint",...}` lines). A missing file is an empty list; a
+/// malformed line is an error that names it (a verifier must not skip
+/// evidence).
 pub fn read_checkpoint_file(path: &Path) -> Result<Vec<Checkpoint>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -271,15 +301,15 @@ pub fn read_checkpoint_file(path: &Path) -> Result<Vec<Checkpoint>> {
         if line.trim().is_empty() {
             continue;
         }
-        let cp: Checkpoint = serde_json::from_str(line).map_err(|e| {
+        let cp = parse_line(line).map_err(|e| {
             Error::invalid(format!(
-                "checkpoint file {} line {}: not a checkpoint: {e}",
+                "checkpoint file {} line {}: {e}",
                 path.display(),
                 i + 1
             ))
-            .hint("the file is one JSON object per line as brig wrote it; a damaged line is itself evidence of tampering")
+            .hint("the file is one JSON object per line as brig wrote it (checkpoints, or a file sink's events and checkpoints); a damaged line is itself evidence of tampering, or a line torn by a crash of brig mid-write (its record is repeated on a later line)")
         })?;
-        out.push(cp);
+        out.extend(cp);
     }
     Ok(out)
 }
@@ -350,6 +380,40 @@ mod tests {
         f.write_all(b"{broken\n").unwrap();
         let e = read_checkpoint_file(&path).unwrap_err();
         assert!(e.message.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn a_file_sinks_output_reads_as_its_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sink.jsonl");
+        let k = JournalKey::from_seed([1; 32]);
+        let a = k.sign(2, GENESIS_LIKE);
+        let rec = |c: &Checkpoint| {
+            let mut v = serde_json::to_value(c).unwrap();
+            v["record"] = "checkpoint".into();
+            v.to_string()
+        };
+        let event = r#"{"id":"e1","seq":2,"time":"2026-01-01T00:00:00Z","action":"exec.start","outcome":"info","details":{}}"#;
+        std::fs::write(&path, format!("{event}\n{}\n{event}\n", rec(&a))).unwrap();
+        assert_eq!(read_checkpoint_file(&path).unwrap(), vec![a.clone()]);
+        // A checkpoint record that does not parse, or an unknown record
+        // type, is an error, not skipped.
+        std::fs::write(
+            &path,
+            format!("{event}\n{{\"record\":\"checkpoint\",\"seq\":2}}\n"),
+        )
+        .unwrap();
+        let e = read_checkpoint_file(&path).unwrap_err();
+        assert!(
+            e.message.contains("line 2") && e.message.contains("not a checkpoint"),
+            "{e}"
+        );
+        std::fs::write(&path, format!("{{\"record\":\"other\"}}\n{}\n", rec(&a))).unwrap();
+        let e = read_checkpoint_file(&path).unwrap_err();
+        assert!(e.message.contains("unknown record type"), "{e}");
+        std::fs::write(&path, "{\"id\":\"e1\",\"act").unwrap();
+        let e = read_checkpoint_file(&path).unwrap_err();
+        assert!(e.message.contains("not JSON"), "{e}");
     }
 
     const GENESIS_LIKE: &str = crate::chain::GENESIS;

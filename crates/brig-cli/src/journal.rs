@@ -94,7 +94,9 @@ pub struct VerifyArgs {
     /// The data dir to verify (default: brig.toml's data_dir, else /var/lib/brig).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Also check the checkpoints in this file (a copy kept outside the data dir).
+    /// Also check the checkpoints in this file: a copy of checkpoints.jsonl
+    /// kept outside the data dir, or a file sink's JSONL (its events are
+    /// skipped, its `"record":"checkpoint"` lines read).
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<PathBuf>,
     /// The journal's public key (default: DIR/keys/journal-ed25519.pub). Pass
@@ -281,17 +283,18 @@ pub async fn run(
                 return Ok(0);
             }
             let mut lines = vec![format!(
-                "{:<16} {:<11} {:>8} {:>8} {:>6}  LAST ERROR",
-                "SINK", "KIND", "CURSOR", "HEAD", "LAG"
+                "{:<16} {:<11} {:>8} {:>8} {:>6} {:>10}  LAST ERROR",
+                "SINK", "KIND", "CURSOR", "HEAD", "LAG", "CHECKPOINT"
             )];
             for s in &sinks {
                 lines.push(format!(
-                    "{:<16} {:<11} {:>8} {:>8} {:>6}  {}",
+                    "{:<16} {:<11} {:>8} {:>8} {:>6} {:>10}  {}",
                     s["name"].as_str().unwrap_or("?"),
                     s["kind"].as_str().unwrap_or("?"),
                     s["cursor"],
                     s["head"],
                     s["lag"],
+                    s["checkpoint_cursor"],
                     s["last_error"].as_str().unwrap_or("-"),
                 ));
             }

@@ -43,24 +43,36 @@ async fn secrets_masked_show_export_and_offline_verify() {
     assert_eq!(r["stdout"], format!("{AWS_KEY}\n"));
     let sock = srv.sock.to_str().unwrap().to_string();
 
-    let o = brig(&[
-        "--socket",
-        &sock,
-        "--json",
-        "journal",
-        "show",
-        "--session",
-        &id,
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let evs: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    // Process capture journals the command's process.exec/exit a little
+    // after the exec returns (batched): wait for them (at most 5 s; a
+    // host without capture never sends any) so show and export agree.
+    let show = || {
+        let o = brig(&[
+            "--socket",
+            &sock,
+            "--json",
+            "journal",
+            "show",
+            "--session",
+            &id,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<Vec<Value>>(&o.stdout).unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut evs = show();
+    while !evs.iter().any(|e| e["action"] == "process.exit") && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        evs = show();
+    }
     let start = evs
         .iter()
         .find(|e| e["action"] == "exec.start")
         .expect("exec.start recorded");
     assert_eq!(start["details"]["argv"][1], "[REDACTED:aws_access_key_id]");
     assert!(evs.iter().all(|e| e["session"] == id.as_str()));
-    assert!(!stdout(&o).contains(AWS_KEY));
+    assert!(!serde_json::to_string(&evs).unwrap().contains(AWS_KEY));
 
     let o = brig(&[
         "--socket", &sock, "journal", "show", "--user", "ada", "--limit", "3",

@@ -31,9 +31,13 @@ fn ids_in_sink(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| {
+        .filter_map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["id"].as_str().unwrap().to_string()
+            // Signed checkpoints travel with the events.
+            if v["record"] == "checkpoint" {
+                return None;
+            }
+            Some(v["id"].as_str().unwrap().to_string())
         })
         .collect()
 }
@@ -134,4 +138,105 @@ fn file_sink_gets_every_event_even_across_a_kill_9() {
         "expected a real journal, got {}",
         journal.len()
     );
+}
+
+/// The file sink's copy of the signed checkpoints is evidence: `brig
+/// journal verify --checkpoint <the sink's file>` checks the database
+/// against it, and catches a tail cut from the database after the local
+/// checkpoints (table and file) were removed too.
+#[test]
+fn file_sink_checkpoints_verify_the_journal_and_catch_a_truncated_tail() {
+    let write_cfg = |dir: &Path| {
+        let cfg = config(dir);
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        // Before the [[journal.sinks]] table: keys of [journal] itself.
+        text = text.replace(
+            "\n[[journal.sinks]]",
+            "\n[journal]\ncheckpoint_every = 2\ncheckpoint_interval = \"1s\"\n\n[[journal.sinks]]",
+        );
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    };
+    let mut s = Server::start_with(Some(&write_cfg));
+    let dir = s.dir.path().to_path_buf();
+    let data = dir.join("data");
+    let proj = dir.join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    let id = s.json(&[
+        "session",
+        "create",
+        "--repo",
+        proj.to_str().unwrap(),
+        "--task",
+        "CP-1",
+    ])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for i in 0..3 {
+        let o = s.brig(&[
+            "session",
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            &format!("echo {i}"),
+        ]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = s.json(&["journal", "sinks"]);
+        if v[0]["checkpoint_cursor"].as_i64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint reached the sink: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A graceful stop signs the head and delivers it to the sink.
+    assert_eq!(nix_kill(s.child.id(), libc::SIGTERM), 0);
+    assert!(s.child.wait().unwrap().success(), "{}", s.log());
+
+    let sink = dir.join("sink.jsonl");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&sink)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = lines.last().unwrap();
+    assert_eq!(last["record"], "checkpoint", "the last line: {last}");
+    let head = last["seq"].as_i64().unwrap();
+    let dd = data.to_str().unwrap();
+    let verify = |extra: Option<&Path>| {
+        let mut args = vec!["--json", "journal", "verify", "--data-dir", dd];
+        if let Some(p) = extra {
+            args.extend(["--checkpoint", p.to_str().unwrap()]);
+        }
+        let o = s.brig(&args);
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}{}", text(&o.stdout), text(&o.stderr)));
+        (o.status.code(), r)
+    };
+    let (code, r) = verify(Some(&sink));
+    assert_eq!(code, Some(0), "{r}");
+    assert_eq!(r["latest_checkpoint"]["seq"], head);
+    assert_eq!(r["last_seq"], head);
+
+    // Cut the last events and every local trace of the checkpoints.
+    let c = rusqlite::Connection::open(data.join("brig.db")).unwrap();
+    c.execute("DELETE FROM events WHERE seq > ?1", [head - 3])
+        .unwrap();
+    c.execute("DELETE FROM checkpoints", []).unwrap();
+    drop(c);
+    std::fs::remove_file(data.join("journal/checkpoints.jsonl")).unwrap();
+    let (code, r) = verify(None);
+    assert_eq!(code, Some(0), "local evidence alone is fooled: {r}");
+    let (code, r) = verify(Some(&sink));
+    assert_eq!(code, Some(4), "{r}");
+    assert_eq!(r["ok"], false);
+    assert_eq!(r["problems"][0]["kind"], "truncated", "{r}");
 }

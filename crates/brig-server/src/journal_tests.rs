@@ -158,3 +158,81 @@ async fn a_leaked_signing_key_stops_the_server() {
     assert!(e.message.contains("journal signing key"), "{e}");
     assert!(!dir.path().join("brig.sock").exists(), "socket cleaned up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_sink_checkpoints_prove_a_truncated_tail_that_local_evidence_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("audit-sink.jsonl");
+    let mut cfg = ServerConfig::embedded(dir.path());
+    cfg.journal.checkpoint_every = 5;
+    cfg.journal.checkpoint_interval = Duration::from_secs(3600);
+    let mut sc = brig_sinks::SinkConfig::new(
+        "audit-file",
+        brig_sinks::SinkKind::File { path: sink.clone() },
+    );
+    sc.flush_interval = Duration::from_millis(20);
+    cfg.journal.sinks = vec![sc];
+    let srv = crate::start_inner(cfg.clone(), false).await.unwrap();
+    let db = srv.manager().db().clone();
+    // 12 events from 4 concurrent writers, through the group-commit writer.
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..3 {
+                let e = exec_event("s-1", "ada", &["echo", &format!("{w}-{i}")]);
+                db.write(move |tx| tx.append_event(&e)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // A checkpoint signed while running reaches the sink...
+    for _ in 0..100 {
+        if srv.manager().sink_status()[0].checkpoint_cursor >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(srv.manager().sink_status()[0].checkpoint_cursor >= 5);
+    // ...and so does the one signed at shutdown.
+    srv.shutdown().await.unwrap();
+
+    let text = std::fs::read_to_string(&sink).unwrap();
+    let mut event_seqs = Vec::new();
+    let mut cp_seqs = Vec::new();
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        if v["record"] == "checkpoint" {
+            let seq = v["seq"].as_i64().unwrap();
+            assert!(event_seqs.contains(&seq), "checkpoint {seq} before its event");
+            cp_seqs.push(seq);
+        } else {
+            event_seqs.push(v["seq"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(event_seqs, (1..=12).collect::<Vec<_>>());
+    assert_eq!(cp_seqs.last(), Some(&12), "the shutdown checkpoint: {text}");
+    // What the sink holds is evidence: verify reads it as checkpoints.
+    let ok = crate::journal::verify_offline(dir.path(), Some(&sink), None).unwrap();
+    assert!(ok.ok, "{:?}", ok.problems);
+    assert_eq!(ok.latest_checkpoint.unwrap().seq, 12);
+
+    // Whoever holds the host cuts the tail and every local checkpoint.
+    let c = rusqlite::Connection::open(cfg.db_path()).unwrap();
+    c.execute("DELETE FROM events WHERE seq > 9", []).unwrap();
+    c.execute("DELETE FROM checkpoints", []).unwrap();
+    drop(c);
+    std::fs::remove_file(checkpoint_file(dir.path())).unwrap();
+    let fooled = crate::journal::verify_offline(dir.path(), None, None).unwrap();
+    assert!(fooled.ok, "nothing local can tell: {:?}", fooled.problems);
+    let caught = crate::journal::verify_offline(dir.path(), Some(&sink), None).unwrap();
+    assert!(!caught.ok);
+    assert_eq!(
+        caught.problems[0].kind,
+        brig_audit::ProblemKind::Truncated,
+        "{:?}",
+        caught.problems
+    );
+}

@@ -81,7 +81,8 @@ pub struct SinkStatus {
     pub last_error: Option<String>,
     pub last_error_at: Option<String>,
     pub last_success_at: Option<String>,
-    /// Events acknowledged since start (a re-delivered event counts again).
+    /// Records (events and checkpoints) acknowledged since start (a
+    /// re-delivered one counts again).
     pub delivered_total: u64,
     pub dead_lettered_total: u64,
     /// Failed attempts since the last success.

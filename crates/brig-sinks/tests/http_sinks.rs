@@ -27,9 +27,10 @@ async fn hec_server() -> Arc<HttpSinkServer> {
                 status: 401,
                 body: r#"{"text":"Invalid authorization","code":3}"#.into(),
                 events: vec![],
+                checkpoints: vec![],
             });
         }
-        let mut events = Vec::new();
+        let mut d = Decoded::default();
         for obj in serde_json::Deserializer::from_slice(&r.body).into_iter::<Value>() {
             let obj = obj.map_err(|e| format!("body is not concatenated JSON objects: {e}"))?;
             for k in ["time", "host", "source", "sourcetype", "event"] {
@@ -44,6 +45,13 @@ async fn hec_server() -> Arc<HttpSinkServer> {
             {
                 return Err(format!("bad HEC metadata: {obj}"));
             }
+            if obj["sourcetype"] == "brig:checkpoint" {
+                d.checkpoint(&obj["event"].to_string())?;
+                continue;
+            }
+            if obj["sourcetype"] != "brig:event" {
+                return Err(format!("an event with sourcetype {}", obj["sourcetype"]));
+            }
             let e: Event =
                 serde_json::from_value(obj["event"].clone()).map_err(|e| e.to_string())?;
             if e.action == "bad" {
@@ -52,15 +60,12 @@ async fn hec_server() -> Arc<HttpSinkServer> {
                     body: r#"{"text":"Invalid data format","code":6,"invalid-event-number":0}"#
                         .into(),
                     events: vec![],
+                    checkpoints: vec![],
                 });
             }
-            events.push(e);
+            d.event(e)?;
         }
-        Ok(Reply {
-            status: 200,
-            body: r#"{"text":"Success","code":0}"#.into(),
-            events,
-        })
+        Ok(d.reply(200, r#"{"text":"Success","code":0}"#))
     })
     .await
 }
@@ -195,6 +200,7 @@ async fn datadog_server() -> Arc<HttpSinkServer> {
                 status: 403,
                 body: r#"{"errors":[{"status":"403","title":"Forbidden"}]}"#.into(),
                 events: vec![],
+                checkpoints: vec![],
             });
         }
         if r.header("content-type") != Some("application/json") {
@@ -205,24 +211,30 @@ async fn datadog_server() -> Arc<HttpSinkServer> {
         if arr.is_empty() || arr.len() > 1000 || r.body.len() > 5 * 1024 * 1024 {
             return Err(format!("payload over the limits: {} entries", arr.len()));
         }
-        let mut events = Vec::new();
+        let mut d = Decoded::default();
         for o in arr {
             let keys: Vec<&str> = o.as_object().unwrap().keys().map(String::as_str).collect();
             if keys != ["ddsource", "ddtags", "hostname", "message", "service"] {
                 return Err(format!("unexpected entry keys {keys:?}"));
             }
-            let e = parse_event(o["message"].as_str().ok_or("message is not a string")?)?;
+            let msg = o["message"].as_str().ok_or("message is not a string")?;
             let tags = o["ddtags"].as_str().unwrap();
+            if is_checkpoint(msg) {
+                if !tags.starts_with("record:checkpoint,action:journal.checkpoint,")
+                    || !tags.contains("env:test")
+                {
+                    return Err(format!("bad checkpoint ddtags {tags}"));
+                }
+                d.checkpoint(msg)?;
+                continue;
+            }
+            let e = parse_event(msg)?;
             if !tags.contains(&format!("action:{}", e.action)) || !tags.contains("env:test") {
                 return Err(format!("bad ddtags {tags}"));
             }
-            events.push(e);
+            d.event(e)?;
         }
-        Ok(Reply {
-            status: 202,
-            body: "{}".into(),
-            events,
-        })
+        Ok(d.reply(202, "{}"))
     })
     .await
 }
@@ -320,7 +332,7 @@ async fn cloudwatch_server(streams: Arc<Mutex<Vec<String>>>) -> Arc<HttpSinkServ
         let creds = Credentials { access_key_id: AKID.into(), secret_access_key: SECRET.into(), session_token: None };
         let want = sigv4::sign(&r.method, &r.path, &r.query, &headers, &r.body, &creds, "us-east-1", "logs", date);
         if want.authorization != auth {
-            return Ok(Reply { status: 403, body: r#"{"__type":"InvalidSignatureException","message":"signature mismatch"}"#.into(), events: vec![] });
+            return Ok(Reply { status: 403, body: r#"{"__type":"InvalidSignatureException","message":"signature mismatch"}"#.into(), events: vec![], checkpoints: vec![] });
         }
         if r.header("x-amz-security-token") != Some("session-tok") {
             return Err("missing session token".into());
@@ -335,18 +347,18 @@ async fn cloudwatch_server(streams: Arc<Mutex<Vec<String>>>) -> Arc<HttpSinkServ
         match r.header("x-amz-target") {
             Some("Logs_20140328.CreateLogStream") => {
                 streams.lock().unwrap().push("host-1".into());
-                Ok(Reply { status: 200, body: "{}".into(), events: vec![] })
+                Ok(Reply { status: 200, body: "{}".into(), events: vec![], checkpoints: vec![] })
             }
             Some("Logs_20140328.PutLogEvents") => {
                 if !streams.lock().unwrap().contains(&"host-1".to_string()) {
-                    return Ok(Reply { status: 400, body: r#"{"__type":"ResourceNotFoundException","message":"The specified log stream does not exist."}"#.into(), events: vec![] });
+                    return Ok(Reply { status: 400, body: r#"{"__type":"ResourceNotFoundException","message":"The specified log stream does not exist."}"#.into(), events: vec![], checkpoints: vec![] });
                 }
                 let evs = body["logEvents"].as_array().ok_or("no logEvents")?;
                 if evs.is_empty() || evs.len() > 10_000 {
                     return Err("logEvents count out of limits".into());
                 }
                 let mut last = 0;
-                let mut events = Vec::new();
+                let mut d = Decoded::default();
                 let mut too_old = 0;
                 for le in evs {
                     let ts = le["timestamp"].as_i64().ok_or("timestamp not an integer")?;
@@ -359,14 +371,14 @@ async fn cloudwatch_server(streams: Arc<Mutex<Vec<String>>>) -> Arc<HttpSinkServ
                         too_old += 1;
                         continue;
                     }
-                    events.push(parse_event(le["message"].as_str().ok_or("message not a string")?)?);
+                    d.message(le["message"].as_str().ok_or("message not a string")?)?;
                 }
                 let body = if too_old > 0 {
                     format!(r#"{{"nextSequenceToken":"1","rejectedLogEventsInfo":{{"tooOldLogEventEndIndex":{too_old}}}}}"#)
                 } else {
                     r#"{"nextSequenceToken":"1"}"#.to_string()
                 };
-                Ok(Reply { status: 200, body, events })
+                Ok(d.reply(200, body))
             }
             other => Err(format!("unexpected X-Amz-Target {other:?}")),
         }
@@ -473,6 +485,7 @@ async fn otlp_server() -> Arc<HttpSinkServer> {
                 status: 401,
                 body: "{}".into(),
                 events: vec![],
+                checkpoints: vec![],
             });
         }
         let v: Value = serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
@@ -484,14 +497,24 @@ async fn otlp_server() -> Arc<HttpSinkServer> {
         let recs = rl["scopeLogs"][0]["logRecords"]
             .as_array()
             .ok_or("no logRecords")?;
-        let mut events = Vec::new();
+        let mut d = Decoded::default();
         for rec in recs {
-            let e = parse_event(
-                rec["body"]["stringValue"]
-                    .as_str()
-                    .ok_or("body.stringValue missing")?,
-            )?;
+            let body = rec["body"]["stringValue"]
+                .as_str()
+                .ok_or("body.stringValue missing")?;
             let a = attrs(&rec["attributes"]);
+            if a.get("brig.record").map(String::as_str) == Some("checkpoint") {
+                let seq = d.checkpoint(body)?;
+                if a.get("brig.seq") != Some(&seq.to_string())
+                    || a.get("brig.action").map(String::as_str) != Some("journal.checkpoint")
+                    || !a.contains_key("brig.key_id")
+                    || rec["severityText"] != "INFO"
+                {
+                    return Err(format!("checkpoint attributes: {a:?}"));
+                }
+                continue;
+            }
+            let e = parse_event(body)?;
             if a.get("event.id") != Some(&e.id)
                 || a.get("brig.action") != Some(&e.action)
                 || a.get("brig.session") != e.session.as_ref()
@@ -509,13 +532,9 @@ async fn otlp_server() -> Arc<HttpSinkServer> {
             {
                 return Err("bad time or severity".into());
             }
-            events.push(e);
+            d.event(e)?;
         }
-        Ok(Reply {
-            status: 200,
-            body: "{}".into(),
-            events,
-        })
+        Ok(d.reply(200, "{}"))
     })
     .await
 }
@@ -527,7 +546,10 @@ fn attrs(v: &Value) -> BTreeMap<String, String> {
         .filter_map(|a| {
             Some((
                 a["key"].as_str()?.to_string(),
-                a["value"]["stringValue"].as_str()?.to_string(),
+                a["value"]["stringValue"]
+                    .as_str()
+                    .or(a["value"]["intValue"].as_str())?
+                    .to_string(),
             ))
         })
         .collect()
@@ -691,5 +713,168 @@ async fn cloudwatch_events_it_drops_as_too_old_are_dead_lettered() {
         "{line}"
     );
     assert_eq!(status(&runner).dead_lettered_total, 1);
+    runner.shutdown().await;
+}
+
+fn datadog_config(url: &str) -> SinkConfig {
+    std::env::set_var("BRIG_TEST_DD_KEY", "dd-key-123");
+    fast(SinkConfig::new(
+        "dd",
+        SinkKind::Datadog {
+            url: url.into(),
+            api_key_file: None,
+            api_key_env: Some("BRIG_TEST_DD_KEY".into()),
+            service: "brig".into(),
+            ddsource: "brig".into(),
+            tags: vec!["env:test".into()],
+        },
+    ))
+}
+
+fn cloudwatch_config(url: &str) -> SinkConfig {
+    std::env::set_var("BRIG_TEST_AKID", AKID);
+    std::env::set_var("BRIG_TEST_SECRET", SECRET);
+    std::env::set_var("BRIG_TEST_TOKEN", "session-tok");
+    fast(SinkConfig::new(
+        "cw",
+        SinkKind::Cloudwatch {
+            endpoint: Some(url.into()),
+            region: "us-east-1".into(),
+            log_group: "brig-audit".into(),
+            log_stream: "host-1".into(),
+            access_key_id_env: "BRIG_TEST_AKID".into(),
+            secret_access_key_env: "BRIG_TEST_SECRET".into(),
+            session_token_env: Some("BRIG_TEST_TOKEN".into()),
+            create_log_stream: true,
+        },
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_http_sink_delivers_each_checkpoint_after_the_events_it_signs() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("hec-token");
+    std::fs::write(&token, format!("{HEC_TOKEN}\n")).unwrap();
+    let hec = hec_server().await;
+    let dd = datadog_server().await;
+    let cw = cloudwatch_server(Arc::new(Mutex::new(Vec::new()))).await;
+    let otlp = otlp_server().await;
+    let servers = [&hec, &dd, &cw, &otlp];
+    let j = Journal::new();
+    // Checkpoints signed before the runners start (a backlog), and while
+    // they run; small batches so checkpoints land at batch edges too.
+    let mut want = j.append("exec.start", 5);
+    let mut cps = vec![j.checkpoint()];
+    want.extend(j.append("exec.exit", 3));
+    cps.push(j.checkpoint());
+    let cfgs: Vec<SinkConfig> = [
+        hec_config(&hec.url(), &token),
+        datadog_config(&dd.url()),
+        cloudwatch_config(&cw.url()),
+        otlp_config(&otlp.url(), dir.path()),
+    ]
+    .into_iter()
+    .map(|mut c| {
+        c.batch_size = 3;
+        c
+    })
+    .collect();
+    let (runner, cursors) = j.start_mem(cfgs);
+    wait_for("the backlog everywhere", || {
+        runner
+            .status()
+            .iter()
+            .all(|s| s.cursor == 8 && s.checkpoint_cursor == 8)
+    })
+    .await;
+    want.extend(j.append("exec.start", 4));
+    cps.push(j.checkpoint());
+    wait_for("every checkpoint everywhere", || {
+        runner
+            .status()
+            .iter()
+            .all(|s| s.cursor == 12 && s.checkpoint_cursor == 12)
+    })
+    .await;
+    assert_eq!(cps, vec![5, 8, 12]);
+    for (srv, name) in servers.iter().zip(["splunk", "dd", "cw", "otel"]) {
+        assert!(
+            srv.violations.lock().unwrap().is_empty(),
+            "{name}: {:?}",
+            srv.violations.lock().unwrap()
+        );
+        assert_all_delivered(&srv.accepted_ids(), &want);
+        assert_eq!(
+            checkpoint_seqs(&srv.checkpoints.lock().unwrap()),
+            cps,
+            "{name}"
+        );
+        let c = cursors.get(name).unwrap().unwrap();
+        assert_eq!((c.seq, c.checkpoint_seq), (12, 12), "{name}");
+    }
+    // The checkpoint is carried verbatim.
+    let got = hec.checkpoints.lock().unwrap()[0].clone();
+    assert_eq!(got["hash"], format!("{:064x}", 5));
+    assert_eq!(got["key_id"], "ed25519:00112233445566ff");
+    runner.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_down_when_a_checkpoint_is_signed_gets_it_after_recovery_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cursor_file = dir.path().join("cursors.json");
+    let srv = datadog_server().await;
+    let j = Journal::new();
+    let mut want = j.append("exec.start", 3);
+    let cursors: Arc<dyn CursorStore> =
+        Arc::new(brig_sinks::FileCursorStore::open(&cursor_file).unwrap());
+    let runner = j.start(vec![datadog_config(&srv.url())], cursors, fast_opts());
+    wait_for("first events", || status(&runner).cursor == 3).await;
+
+    srv.set_mode(Mode::Fail(503, "{}".into())).await;
+    want.extend(j.append("exec.exit", 2));
+    let cp = j.checkpoint();
+    wait_for("failures", || status(&runner).consecutive_failures >= 2).await;
+    let st = status(&runner);
+    assert_eq!((st.cursor, st.checkpoint_cursor), (3, 0));
+    assert!(srv.checkpoints.lock().unwrap().is_empty());
+
+    // brig restarts while the sink is still down: the checkpoint waits.
+    runner.shutdown().await;
+    let cursors: Arc<dyn CursorStore> =
+        Arc::new(brig_sinks::FileCursorStore::open(&cursor_file).unwrap());
+    let runner = j.start(vec![datadog_config(&srv.url())], cursors, fast_opts());
+    wait_for("still failing", || {
+        status(&runner).consecutive_failures >= 1
+    })
+    .await;
+    srv.set_mode(Mode::Up).await;
+    wait_for("the checkpoint after recovery", || {
+        status(&runner).checkpoint_cursor == cp
+    })
+    .await;
+    assert_eq!(status(&runner).cursor, 5);
+    assert_all_delivered(&srv.accepted_ids(), &want);
+    assert_eq!(checkpoint_seqs(&srv.checkpoints.lock().unwrap()), vec![cp]);
+    assert!(srv.violations.lock().unwrap().is_empty());
+    runner.shutdown().await;
+
+    // Acknowledged means stored: a third start sends nothing again.
+    let n = srv.checkpoints.lock().unwrap().len();
+    let reopened = brig_sinks::FileCursorStore::open(&cursor_file).unwrap();
+    assert_eq!(
+        reopened.get("dd").unwrap(),
+        Some(brig_sinks::Cursor {
+            seq: 5,
+            checkpoint_seq: cp
+        })
+    );
+    let runner = j.start(
+        vec![datadog_config(&srv.url())],
+        Arc::new(reopened),
+        fast_opts(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(srv.checkpoints.lock().unwrap().len(), n);
     runner.shutdown().await;
 }

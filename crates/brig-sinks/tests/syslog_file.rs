@@ -104,10 +104,62 @@ fn check_event(s: &Syslog) -> Result<Event, String> {
     Ok(e)
 }
 
+/// A checkpoint message: severity informational, MSGID journal.checkpoint,
+/// SD with record, seq and key_id; the record JSON as MSG.
+fn check_checkpoint(s: &Syslog) -> Result<serde_json::Value, String> {
+    let v = parse_checkpoint(&s.msg)?;
+    if s.msgid != "journal.checkpoint" || s.hostname != "test-host" || s.pri != 19 * 8 + 6 {
+        return Err(format!("checkpoint header: {s:?}"));
+    }
+    let want = format!(
+        "[brig@32473 record=\"checkpoint\" seq=\"{}\" key_id=\"{}\"]",
+        v["seq"],
+        v["key_id"].as_str().unwrap()
+    );
+    if s.sd != want {
+        return Err(format!("checkpoint SD {} (want {want})", s.sd));
+    }
+    Ok(v)
+}
+
+/// An event or a checkpoint, as a label of the receiver's log: `e<seq>`
+/// or `c<seq>`.
+fn check_record(s: &Syslog) -> Result<(String, Option<Event>), String> {
+    if s.msgid == "journal.checkpoint" {
+        let v = check_checkpoint(s)?;
+        return Ok((format!("c{}", v["seq"]), None));
+    }
+    let e = check_event(s)?;
+    Ok((format!("e{}", e.seq), Some(e)))
+}
+
+/// Every `c<N>` in `log` comes after the first `e<N>`.
+fn checkpoints_follow_events(log: &[String]) -> Vec<i64> {
+    let mut seen = Vec::new();
+    let mut cps = Vec::new();
+    for l in log {
+        if let Some(n) = l.strip_prefix('c') {
+            assert!(
+                seen.contains(&format!("e{n}")),
+                "checkpoint {n} before its event: {log:?}"
+            );
+            let n: i64 = n.parse().unwrap();
+            if !cps.contains(&n) {
+                cps.push(n);
+            }
+        } else {
+            seen.push(l.clone());
+        }
+    }
+    cps
+}
+
 /// A syslog receiver over TCP with octet-counting framing.
 struct TcpSyslog {
     addr: std::net::SocketAddr,
     got: Arc<Mutex<Vec<Event>>>,
+    /// Every message received, `e<seq>` or `c<seq>`, in order.
+    log: Arc<Mutex<Vec<String>>>,
     violations: Arc<Mutex<Vec<String>>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -118,6 +170,7 @@ impl TcpSyslog {
         let mut s = TcpSyslog {
             addr: l.local_addr().unwrap(),
             got: Default::default(),
+            log: Default::default(),
             violations: Default::default(),
             task: None,
         };
@@ -125,14 +178,14 @@ impl TcpSyslog {
         s
     }
     fn serve(&mut self, l: TcpListener) {
-        let (got, bad) = (self.got.clone(), self.violations.clone());
+        let (got, bad, log) = (self.got.clone(), self.violations.clone(), self.log.clone());
         self.task = Some(tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = l.accept().await else {
                     continue;
                 };
-                let (got, bad) = (got.clone(), bad.clone());
+                let (got, bad, log) = (got.clone(), bad.clone(), log.clone());
                 conns.spawn(async move {
                     let mut r = BufReader::new(stream);
                     loop {
@@ -155,9 +208,12 @@ impl TcpSyslog {
                             return;
                         }
                         match parse_5424(&String::from_utf8_lossy(&msg))
-                            .and_then(|s| check_event(&s))
+                            .and_then(|s| check_record(&s))
                         {
-                            Ok(e) => got.lock().unwrap().push(e),
+                            Ok((label, e)) => {
+                                log.lock().unwrap().push(label);
+                                got.lock().unwrap().extend(e);
+                            }
                             Err(v) => bad.lock().unwrap().push(v),
                         }
                     }
@@ -332,4 +388,119 @@ async fn file_sink_unwritable_path_is_retried_until_it_works() {
         .collect();
     assert_eq!(ids(&got), want);
     runner.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_tcp_carries_checkpoints_after_their_events_and_through_an_outage() {
+    let mut srv = TcpSyslog::start().await;
+    let j = Journal::new();
+    let mut want = j.append("exec.start", 3);
+    let mut cps = vec![j.checkpoint()];
+    let (runner, _) = j.start_mem(vec![syslog_config(
+        SyslogTransport::Tcp,
+        srv.addr.to_string(),
+    )]);
+    wait_for("checkpoint 3", || status(&runner).checkpoint_cursor == 3).await;
+
+    // Down while the next checkpoint is signed.
+    srv.stop().await;
+    want.extend(j.append("exec.exit", 2));
+    cps.push(j.checkpoint());
+    wait_for("outage reported", || {
+        status(&runner).consecutive_failures >= 2
+    })
+    .await;
+    assert_eq!(status(&runner).checkpoint_cursor, 3);
+    srv.restart().await;
+    wait_for("checkpoint 5 after recovery", || {
+        status(&runner).checkpoint_cursor == 5
+    })
+    .await;
+    assert!(
+        srv.violations.lock().unwrap().is_empty(),
+        "{:?}",
+        srv.violations.lock().unwrap()
+    );
+    assert_all_delivered(&ids(&srv.got.lock().unwrap()), &want);
+    assert_eq!(checkpoints_follow_events(&srv.log.lock().unwrap()), cps);
+    runner.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_udp_sends_a_checkpoint_as_its_own_datagram() {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let j = Journal::new();
+    j.append("exec.start", 2);
+    let cp = j.checkpoint();
+    let (runner, _) = j.start_mem(vec![syslog_config(
+        SyslogTransport::Udp,
+        sock.local_addr().unwrap().to_string(),
+    )]);
+    let mut log = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..3 {
+        let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf))
+            .await
+            .expect("datagram")
+            .unwrap();
+        let m = String::from_utf8(buf[..n].to_vec()).unwrap();
+        log.push(check_record(&parse_5424(&m).unwrap()).unwrap().0);
+    }
+    assert_eq!(log, ["e1", "e2", "c2"]);
+    wait_for("checkpoint cursor", || {
+        status(&runner).checkpoint_cursor == cp
+    })
+    .await;
+    runner.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_sink_writes_checkpoint_lines_after_their_events_even_after_an_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("audit.jsonl");
+    let j = Journal::new();
+    let mut want = j.append("exec.start", 2);
+    let mut cps = vec![j.checkpoint()];
+    let (runner, _) = j.start_mem(vec![fast(SinkConfig::new(
+        "file",
+        SinkKind::File { path: out.clone() },
+    ))]);
+    wait_for("first checkpoint", || {
+        status(&runner).checkpoint_cursor == 2
+    })
+    .await;
+    // Make the file unwritable (a directory in its place) while the next
+    // checkpoint is signed.
+    let aside = dir.path().join("aside.jsonl");
+    std::fs::rename(&out, &aside).unwrap();
+    std::fs::create_dir(&out).unwrap();
+    want.extend(j.append("exec.exit", 3));
+    cps.push(j.checkpoint());
+    wait_for("failure reported", || {
+        status(&runner).consecutive_failures >= 2
+    })
+    .await;
+    assert_eq!(status(&runner).checkpoint_cursor, 2);
+    std::fs::remove_dir(&out).unwrap();
+    std::fs::rename(&aside, &out).unwrap();
+    wait_for("second checkpoint after the fix", || {
+        status(&runner).checkpoint_cursor == 5
+    })
+    .await;
+    runner.shutdown().await;
+
+    let mut log = Vec::new();
+    let mut events = Vec::new();
+    for line in std::fs::read_to_string(&out).unwrap().lines() {
+        if is_checkpoint(line) {
+            log.push(format!("c{}", parse_checkpoint(line).unwrap()["seq"]));
+        } else {
+            let e: Event = serde_json::from_str(line).unwrap();
+            log.push(format!("e{}", e.seq));
+            events.push(e);
+        }
+    }
+    assert_eq!(ids(&events), want);
+    assert_eq!(log, ["e1", "e2", "c2", "e3", "e4", "e5", "c5"]);
+    assert_eq!(checkpoints_follow_events(&log), cps);
 }

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use brig_core::event::{Event, Outcome};
 use brig_sinks::{
-    CursorStore, MemoryCursors, MemorySource, RunnerOptions, SinkConfig, SinkRunner, SinkStatus,
-    Wakeup,
+    CursorStore, EventSource, MemoryCursors, MemorySource, RunnerOptions, SignedCheckpoint,
+    SinkConfig, SinkRunner, SinkStatus, Wakeup,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -48,6 +49,20 @@ impl Journal {
             .collect();
         self.wakeup.notify();
         ids
+    }
+    /// "Signs" the head (the runner carries checkpoints verbatim, so a
+    /// fake signature will do here) and wakes the runners; returns its seq.
+    pub fn checkpoint(&self) -> i64 {
+        let seq = self.source.head_seq().unwrap();
+        self.source.add_checkpoint(SignedCheckpoint {
+            seq,
+            hash: format!("{seq:064x}"),
+            time: brig_core::event::now_rfc3339(),
+            key_id: "ed25519:00112233445566ff".into(),
+            signature: "ab".repeat(64),
+        });
+        self.wakeup.notify();
+        seq
     }
     pub fn start(
         &self,
@@ -120,6 +135,88 @@ pub struct Reply {
     pub status: u16,
     pub body: String,
     pub events: Vec<Event>,
+    /// Checkpoint records it decoded (the record JSON).
+    pub checkpoints: Vec<Value>,
+}
+
+impl Reply {
+    pub fn refuse(status: u16, body: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            body: body.into(),
+            events: vec![],
+            checkpoints: vec![],
+        }
+    }
+}
+
+/// What one request carried, in wire order: events, and checkpoint
+/// records each after the event it signs when that is in the same request.
+#[derive(Default)]
+pub struct Decoded {
+    pub events: Vec<Event>,
+    pub checkpoints: Vec<Value>,
+    cp_seqs: std::collections::BTreeSet<i64>,
+}
+
+impl Decoded {
+    pub fn event(&mut self, e: Event) -> Result<(), String> {
+        if self.cp_seqs.contains(&e.seq) {
+            return Err(format!("event {} came after its checkpoint", e.seq));
+        }
+        self.events.push(e);
+        Ok(())
+    }
+    /// A checkpoint record (a sink's message text).
+    pub fn checkpoint(&mut self, text: &str) -> Result<i64, String> {
+        let v = parse_checkpoint(text)?;
+        let seq = v["seq"].as_i64().unwrap();
+        self.cp_seqs.insert(seq);
+        self.checkpoints.push(v);
+        Ok(seq)
+    }
+    /// An event or a checkpoint, told apart by the `record` member.
+    pub fn message(&mut self, text: &str) -> Result<(), String> {
+        if is_checkpoint(text) {
+            self.checkpoint(text).map(|_| ())
+        } else {
+            self.event(parse_event(text)?)
+        }
+    }
+    pub fn reply(self, status: u16, body: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            body: body.into(),
+            events: self.events,
+            checkpoints: self.checkpoints,
+        }
+    }
+}
+
+pub fn is_checkpoint(text: &str) -> bool {
+    text.starts_with(r#"{"record":"checkpoint","#)
+}
+
+/// A checkpoint record: exactly `record`, `seq`, `hash`, `time`, `key_id`,
+/// `signature`, in that order.
+pub fn parse_checkpoint(text: &str) -> Result<Value, String> {
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| format!("checkpoint is not JSON: {e}"))?;
+    let keys: Vec<&str> = v
+        .as_object()
+        .ok_or("checkpoint is not an object")?
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    if sorted != ["hash", "key_id", "record", "seq", "signature", "time"] || !v["seq"].is_i64() {
+        return Err(format!("not a checkpoint record: {text}"));
+    }
+    if v["record"] != "checkpoint" {
+        return Err(format!("record is not checkpoint: {text}"));
+    }
+    Ok(v)
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -142,6 +239,8 @@ pub struct HttpSinkServer {
     mode: Arc<Mutex<Mode>>,
     /// Events in the order the server accepted them (duplicates included).
     pub accepted: Arc<Mutex<Vec<Event>>>,
+    /// Checkpoint records in the order accepted (duplicates included).
+    pub checkpoints: Arc<Mutex<Vec<Value>>>,
     /// Every request, verified or not.
     pub requests: Arc<Mutex<Vec<Req>>>,
     /// Requests that broke the wire format (must stay empty).
@@ -159,6 +258,7 @@ impl HttpSinkServer {
             addr: listener.local_addr().unwrap(),
             mode: Arc::new(Mutex::new(Mode::Up)),
             accepted: Default::default(),
+            checkpoints: Default::default(),
             requests: Default::default(),
             violations: Default::default(),
             handler: Arc::new(handler),
@@ -276,7 +376,18 @@ impl HttpSinkServer {
             }
             Ok(rep) => {
                 if (200..300).contains(&rep.status) {
-                    self.accepted.lock().unwrap().extend(rep.events);
+                    let mut accepted = self.accepted.lock().unwrap();
+                    accepted.extend(rep.events);
+                    for c in rep.checkpoints {
+                        let seq = c["seq"].as_i64().unwrap();
+                        if !accepted.iter().any(|e| e.seq == seq) {
+                            self.violations
+                                .lock()
+                                .unwrap()
+                                .push(format!("checkpoint of seq {seq} before event {seq}"));
+                        }
+                        self.checkpoints.lock().unwrap().push(c);
+                    }
                 }
                 if mode == Mode::DropAck {
                     return reply(503, "{}".into());
@@ -294,6 +405,15 @@ pub fn parse_event(s: &str) -> Result<Event, String> {
 
 pub fn ids(events: &[Event]) -> Vec<String> {
     events.iter().map(|e| e.id.clone()).collect()
+}
+
+/// The seqs of the checkpoints accepted, first delivery of each, in order.
+pub fn checkpoint_seqs(cps: &[Value]) -> Vec<i64> {
+    let mut seen = std::collections::BTreeSet::new();
+    cps.iter()
+        .map(|c| c["seq"].as_i64().unwrap())
+        .filter(|s| seen.insert(*s))
+        .collect()
 }
 
 /// Every id of `want` was accepted, in order, each at least once.
