@@ -1,0 +1,1463 @@
+//! One stream of a session's proxy channel, from its PROXY header to its
+//! last byte.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use brig_egress::{Decision, Explanation, Host, NameSource, Request};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::event::{EgressEvent, EventKind, Verdict, Via};
+use crate::http::{self, Framing, HeadError, Meter};
+use crate::proxy_proto::{self, MAX_V1_LEN};
+use crate::resolver::ResolveError;
+use crate::tls::{self, Hello};
+use crate::{rules, SessionEgress};
+
+/// A judgement, owned (rule name and explanation copied out of the
+/// policy's decision; the explanation only when not simply allowed).
+#[derive(Clone, Debug)]
+pub(crate) struct Judged {
+    pub verdict: Verdict,
+    pub rule: String,
+    pub expl: Option<Explanation>,
+}
+
+impl Judged {
+    pub(crate) fn from_decision(
+        d: &Decision<'_>,
+        host: &str,
+        port: u16,
+        method: Option<&str>,
+    ) -> Judged {
+        let verdict = if !d.allowed {
+            Verdict::Denied
+        } else if d.would_deny {
+            Verdict::WouldDeny
+        } else {
+            Verdict::Allowed
+        };
+        Judged {
+            verdict,
+            rule: d.rule.as_str().to_string(),
+            expl: (verdict != Verdict::Allowed).then(|| d.explain(host, port, method)),
+        }
+    }
+
+    /// A denial by one of the proxy's own rules.
+    pub(crate) fn builtin(rule: &str, reason: String, how: String) -> Judged {
+        Judged {
+            verdict: Verdict::Denied,
+            rule: rule.to_string(),
+            expl: Some(Explanation {
+                allowed: false,
+                would_deny: false,
+                rule: rule.to_string(),
+                reason,
+                how_to_request_access: Some(how),
+            }),
+        }
+    }
+
+    fn denied(&self) -> bool {
+        self.verdict == Verdict::Denied
+    }
+
+    fn body(&self) -> String {
+        self.expl.as_ref().map(|e| e.to_text()).unwrap_or_default()
+    }
+}
+
+/// Judge a destination: an IP literal goes through the SSRF guard first
+/// (its range is the more useful answer), then the policy.
+pub(crate) fn judge(
+    s: &SessionEgress,
+    host: &Host,
+    port: u16,
+    method: Option<&str>,
+    path: Option<&str>,
+) -> Judged {
+    let name = host.to_string();
+    if let Host::Ip(ip) = host {
+        if let Err(e) = s.policy.ssrf().check_ip(*ip) {
+            return Judged::from_decision(&s.policy.ssrf_decision(e), &name, port, method);
+        }
+    }
+    let d = s.policy.decide(&Request {
+        host,
+        port,
+        method,
+        path,
+    });
+    Judged::from_decision(&d, &name, port, method)
+}
+
+fn mismatch(d: Decision<'_>, host: &Host, port: u16) -> Judged {
+    Judged::from_decision(&d, &host.to_string(), port, None)
+}
+
+fn ip_mismatch(name: &str, dst: SocketAddr) -> Judged {
+    Judged::builtin(
+        rules::TRANSPARENT_IP_MISMATCH,
+        format!(
+            "the connection to {name} was opened to {}, an address this session's resolver did not answer for {name}",
+            dst.ip()
+        ),
+        format!(
+            "resolve {name} through the session's DNS resolver (the sandbox's /etc/resolv.conf) and connect to an address it returned, or use the proxy (HTTPS_PROXY)"
+        ),
+    )
+}
+
+fn no_sni(host: &str) -> Judged {
+    Judged::builtin(
+        rules::TLS_NO_SNI,
+        format!("the TLS connection to {host} does not name its server (no SNI in the ClientHello, or not TLS)"),
+        "send TLS with the server name (SNI) of the host the connection is for; brig judges TLS connections by it".to_string(),
+    )
+}
+
+enum DialFail {
+    Denied(Judged),
+    Status(u16, String),
+}
+
+/// Resolve once, check every address, connect to a checked one.
+async fn dial_name(
+    s: &SessionEgress,
+    host: &Host,
+    port: u16,
+) -> Result<(TcpStream, SocketAddr), DialFail> {
+    let addrs: Vec<std::net::IpAddr> = match host {
+        Host::Ip(ip) => vec![*ip],
+        Host::Domain(d) => match s.resolver.lookup(d, s.policy.ssrf()).await {
+            Ok(c) => {
+                if c.kept.is_empty() {
+                    if let Some((_, denial)) = c.dropped.into_iter().next() {
+                        return Err(DialFail::Denied(Judged::from_decision(
+                            &s.policy.ssrf_decision(denial),
+                            d,
+                            port,
+                            None,
+                        )));
+                    }
+                }
+                c.kept.into_iter().map(|(ip, _)| ip).collect()
+            }
+            Err(ResolveError::Timeout) => {
+                return Err(DialFail::Status(
+                    504,
+                    format!("resolving {d}: {}", ResolveError::Timeout),
+                ))
+            }
+            Err(e) => return Err(DialFail::Status(502, format!("resolving {d}: {e}"))),
+        },
+    };
+    if addrs.is_empty() {
+        return Err(DialFail::Status(502, format!("{host} has no address")));
+    }
+    // Every address to be dialed is checked (again, for the record: the
+    // resolver kept only addresses that passed).
+    let checked = match s.policy.ssrf().check_resolved(&addrs) {
+        Ok(c) => c,
+        Err(e) => {
+            return Err(DialFail::Denied(Judged::from_decision(
+                &s.policy.ssrf_decision(e),
+                &host.to_string(),
+                port,
+                None,
+            )))
+        }
+    };
+    let mut last = DialFail::Status(502, "no address".into());
+    for ip in checked {
+        let addr = SocketAddr::new(ip, port);
+        match dial(s, addr).await {
+            Ok(t) => return Ok((t, addr)),
+            Err(f) => last = f,
+        }
+    }
+    Err(last)
+}
+
+async fn dial(s: &SessionEgress, addr: SocketAddr) -> Result<TcpStream, DialFail> {
+    match tokio::time::timeout(s.config.connect_timeout, TcpStream::connect(addr)).await {
+        Err(_) => Err(DialFail::Status(
+            504,
+            format!("connecting to {addr}: timed out"),
+        )),
+        Ok(Err(e)) => Err(DialFail::Status(502, format!("connecting to {addr}: {e}"))),
+        Ok(Ok(t)) => {
+            let _ = t.set_nodelay(true);
+            Ok(t)
+        }
+    }
+}
+
+struct Ctx<'a> {
+    s: &'a SessionEgress,
+    via: Via,
+    dst: Option<SocketAddr>,
+}
+
+impl Ctx<'_> {
+    fn event(&self, kind: EventKind, start: Instant) -> EgressEvent {
+        let mut e = EgressEvent::new(&self.s.session, kind, self.via);
+        e.original_dst = self.dst;
+        if let Some(d) = self.dst {
+            e.port = d.port();
+        }
+        e.duration_us = start.elapsed().as_micros() as u64;
+        e
+    }
+
+    fn emit(&self, e: EgressEvent) {
+        self.s.events.event(e);
+    }
+
+    fn refused(&self, start: Instant, rule: &str, status: Option<u16>, error: String) {
+        let mut e = self.event(EventKind::Connection, start);
+        e.rule = rule.to_string();
+        e.status = status;
+        e.error = Some(error);
+        self.emit(e);
+    }
+}
+
+/// Serve one stream of the proxy channel.
+pub(crate) async fn serve_stream<S>(mut client: S, s: SessionEgress, proxied: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let start = Instant::now();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut ctx = Ctx {
+        s: &s,
+        via: Via::Explicit,
+        dst: None,
+    };
+    if proxied {
+        match read_proxy_header(&mut client, &mut buf, s.config.head_timeout).await {
+            Ok(h) => {
+                if !s.config.explicit_addrs.contains(&h.dst) {
+                    ctx.via = Via::Transparent;
+                    ctx.dst = Some(h.dst);
+                }
+            }
+            Err(e) => {
+                ctx.refused(start, rules::PROXY_PROTOCOL, None, e);
+                return;
+            }
+        }
+    }
+    let Some(_slot) = s.limits.connection() else {
+        if ctx.dst.is_none()
+            || ctx
+                .dst
+                .is_some_and(|d| s.config.http_ports.contains(&d.port()))
+        {
+            let body = format!(
+                "brig egress: this session has {} connections open, its limit (rule: {})\n",
+                s.limits.limits.max_connections,
+                rules::RATE_CONNECTIONS
+            );
+            let _ = client
+                .write_all(&http::answer(
+                    429,
+                    &[
+                        ("Retry-After", "1"),
+                        ("X-Brig-Rule", rules::RATE_CONNECTIONS),
+                    ],
+                    &body,
+                    true,
+                ))
+                .await;
+        }
+        ctx.refused(
+            start,
+            rules::RATE_CONNECTIONS,
+            Some(429),
+            "too many connections".into(),
+        );
+        return;
+    };
+    match ctx.dst {
+        None => http_loop(client, buf, &ctx, start).await,
+        Some(d) if s.config.http_ports.contains(&d.port()) => {
+            http_loop(client, buf, &ctx, start).await
+        }
+        Some(d) if s.config.tls_ports.contains(&d.port()) => {
+            transparent_tls(client, buf, &ctx, d, start).await
+        }
+        Some(d) => transparent_tcp(client, buf, &ctx, d, start).await,
+    }
+}
+
+async fn read_proxy_header<S: AsyncRead + Unpin>(
+    client: &mut S,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<proxy_proto::ProxyHeader, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    buf.reserve(1024);
+    loop {
+        if let Some(p) = memchr::memmem::find(buf, b"\r\n") {
+            let h = proxy_proto::parse_v1(&buf[..p + 2]).map_err(|e| e.to_string());
+            buf.drain(..p + 2);
+            return h;
+        }
+        if buf.len() >= MAX_V1_LEN {
+            return Err(proxy_proto::ProxyHeaderError::TooLong.to_string());
+        }
+        if buf.len() >= 6 && !buf.starts_with(b"PROXY ") {
+            return Err(proxy_proto::ProxyHeaderError::NotProxy.to_string());
+        }
+        match tokio::time::timeout_at(deadline, client.read_buf(buf)).await {
+            Err(_) => return Err("no PROXY header in time".into()),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Ok(0)) => return Err("closed before the PROXY header".into()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// A parsed request, owned.
+struct Prep {
+    method: String,
+    connect: bool,
+    host: Host,
+    port: u16,
+    log_path: Option<String>,
+    upstream_head: Vec<u8>,
+    framing: Framing,
+    keep_alive: bool,
+    judged: Judged,
+}
+
+enum Early {
+    /// brig answers `status` and closes; the rule and error for the event.
+    Status(u16, &'static str, String),
+    /// Too many headers.
+    TooLarge,
+}
+
+const MAX_HEADERS: usize = 128;
+
+fn prepare(head: &[u8], ctx: &Ctx<'_>) -> Result<Prep, Early> {
+    let s = ctx.s;
+    let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut hdrs);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => {
+            return Err(Early::Status(
+                400,
+                rules::BAD_REQUEST,
+                "incomplete request head".into(),
+            ))
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(Early::TooLarge),
+        Err(e) => {
+            return Err(Early::Status(
+                400,
+                rules::BAD_REQUEST,
+                format!("malformed request: {e}"),
+            ))
+        }
+    }
+    let method = req.method.unwrap_or("").to_string();
+    let target = req.path.unwrap_or("");
+    let version = req.version.unwrap_or(1);
+    let headers = &*req.headers;
+    let bad = |m: String| Early::Status(400, rules::BAD_REQUEST, m);
+    let hosts: Vec<&[u8]> = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .map(|h| h.value)
+        .collect();
+    if hosts.len() > 1 {
+        return Err(bad("more than one Host header".into()));
+    }
+    let host_hdr = match hosts.first() {
+        Some(v) => Some(
+            std::str::from_utf8(v).map_err(|_| bad("a Host header that is not ASCII".into()))?,
+        ),
+        None => None,
+    };
+    let keep_alive = version == 1 && !http::has_token(headers, "connection", "close");
+
+    if method == "CONNECT" {
+        if ctx.via == Via::Transparent {
+            return Err(bad("CONNECT sent to a server that is not the proxy".into()));
+        }
+        let (host, port) = match brig_egress::parse_authority(target, None) {
+            Ok(hp) => hp,
+            Err(e) => {
+                let j = Judged::builtin(
+                    brig_egress::rules::INVALID_HOST,
+                    format!("the CONNECT target {target:?} is not valid: {e}"),
+                    "CONNECT to host:port, the host's canonical name and a port".into(),
+                );
+                return Ok(Prep {
+                    method,
+                    connect: true,
+                    host: Host::Domain(String::new()),
+                    port: 0,
+                    log_path: None,
+                    upstream_head: Vec::new(),
+                    framing: Framing::None,
+                    keep_alive: false,
+                    judged: j,
+                });
+            }
+        };
+        let mut judged = judge(s, &host, port, None, None);
+        if let Some(h) = host_hdr {
+            if let Err(d) = s
+                .policy
+                .check_same_host(&host, port, h, NameSource::HostHeader)
+            {
+                judged = mismatch(d, &host, port);
+            }
+        }
+        return Ok(Prep {
+            method,
+            connect: true,
+            host,
+            port,
+            log_path: None,
+            upstream_head: Vec::new(),
+            framing: Framing::None,
+            keep_alive: false,
+            judged,
+        });
+    }
+
+    let framing =
+        http::request_framing(headers).map_err(|e| bad(format!("request framing: {e}")))?;
+    // Where the request goes, and its origin-form target.
+    let (host, port, origin_path, mut judged_host): (Host, u16, &str, Option<Judged>) = match ctx
+        .dst
+    {
+        None => {
+            let rest = match target.get(..7) {
+                Some(p) if p.eq_ignore_ascii_case("http://") => &target[7..],
+                _ if target.starts_with('/') || target == "*" => {
+                    return Err(bad(
+                        "a request with a relative URI sent to the proxy (use an absolute URI, or CONNECT)".into(),
+                    ))
+                }
+                _ => return Err(bad(format!("unsupported request target {:?}", http_scheme(target)))),
+            };
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let authority = &rest[..end];
+            let path = &rest[end..];
+            let (host, port, mut j) = match brig_egress::parse_authority(authority, Some(80)) {
+                Ok((h, p)) => (h, p, None),
+                Err(e) => (
+                    Host::Domain(String::new()),
+                    80,
+                    Some(Judged::builtin(
+                        brig_egress::rules::INVALID_HOST,
+                        format!("the request's host is not valid: {e}"),
+                        "name the host by its canonical name, without userinfo".into(),
+                    )),
+                ),
+            };
+            match host_hdr {
+                Some(h) if j.is_none() => {
+                    if let Err(d) = s
+                        .policy
+                        .check_same_host(&host, port, h, NameSource::HostHeader)
+                    {
+                        j = Some(mismatch(d, &host, port));
+                    }
+                }
+                None if version == 1 => {
+                    return Err(bad("HTTP/1.1 request without a Host header".into()))
+                }
+                _ => {}
+            }
+            (host, port, path, j)
+        }
+        Some(dst) => {
+            if !target.starts_with('/') {
+                return Err(bad(
+                    "a transparent request must use an origin-form target (/path)".into(),
+                ));
+            }
+            let Some(h) = host_hdr else {
+                return Err(bad("a request without a Host header".into()));
+            };
+            match brig_egress::parse_authority(h, Some(dst.port())) {
+                Ok((host, port)) => {
+                    let mut j = None;
+                    if port != dst.port() {
+                        if let Err(d) =
+                            s.policy
+                                .check_same_host(&host, dst.port(), h, NameSource::HostHeader)
+                        {
+                            j = Some(mismatch(d, &host, dst.port()));
+                        }
+                    }
+                    (host, dst.port(), target, j)
+                }
+                Err(e) => (
+                    Host::Domain(String::new()),
+                    dst.port(),
+                    target,
+                    Some(Judged::builtin(
+                        brig_egress::rules::INVALID_HOST,
+                        format!("the Host header is not valid: {e}"),
+                        "name the host by its canonical name".into(),
+                    )),
+                ),
+            }
+        }
+    };
+    let origin_path = if origin_path.is_empty() {
+        "/"
+    } else if origin_path.starts_with('?') {
+        // `http://host?q`: the path is "/" (RFC 9112 §3.2.1).
+        return Err(bad("an absolute URI with a query and no path".into()));
+    } else {
+        origin_path
+    };
+    let judged = match judged_host.take() {
+        Some(j) => j,
+        None => judge(s, &host, port, Some(&method), Some(origin_path)),
+    };
+    // The head sent upstream: origin form, hop-by-hop headers removed.
+    let mut up = Vec::with_capacity(head.len() + 32);
+    up.extend_from_slice(method.as_bytes());
+    up.push(b' ');
+    up.extend_from_slice(origin_path.as_bytes());
+    up.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in headers.iter() {
+        if http::hop_by_hop(h.name) || http::listed_in_connection(headers, h.name) {
+            continue;
+        }
+        up.extend_from_slice(h.name.as_bytes());
+        up.extend_from_slice(b": ");
+        up.extend_from_slice(h.value);
+        up.extend_from_slice(b"\r\n");
+    }
+    if host_hdr.is_none() {
+        up.extend_from_slice(b"Host: ");
+        up.extend_from_slice(host.to_string().as_bytes());
+        if port != 80 {
+            up.extend_from_slice(format!(":{port}").as_bytes());
+        }
+        up.extend_from_slice(b"\r\n");
+    }
+    up.extend_from_slice(b"\r\n");
+    Ok(Prep {
+        method,
+        connect: false,
+        host,
+        port,
+        log_path: Some(brig_egress::path_for_log(origin_path).to_string()),
+        upstream_head: up,
+        framing,
+        keep_alive,
+        judged,
+    })
+}
+
+/// The scheme of an unsupported target, for the error (never the rest:
+/// it may carry credentials).
+fn http_scheme(target: &str) -> &str {
+    match target.find("://") {
+        Some(i) if i < 16 => &target[..i + 3],
+        _ => "(not a URI)",
+    }
+}
+
+struct Upstream {
+    key: (Host, u16),
+    addr: SocketAddr,
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+struct OutMeter<'a> {
+    s: &'a SessionEgress,
+    count: &'a AtomicU64,
+    exhausted: bool,
+}
+
+impl Meter for OutMeter<'_> {
+    fn copied(&mut self, n: usize) -> bool {
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        if !self.s.limits.charge_bytes_out(n) {
+            self.exhausted = true;
+            return false;
+        }
+        true
+    }
+}
+
+struct InMeter<'a>(&'a AtomicU64);
+
+impl Meter for InMeter<'_> {
+    fn copied(&mut self, n: usize) -> bool {
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
+        true
+    }
+}
+
+async fn send_answer<S: AsyncWrite + Unpin>(client: &mut S, bytes: &[u8]) {
+    let _ = client.write_all(bytes).await;
+}
+
+fn retry_after(d: Duration) -> String {
+    d.as_secs_f64().ceil().max(1.0).to_string()
+}
+
+async fn http_loop<S>(mut client: S, mut buf: Vec<u8>, ctx: &Ctx<'_>, conn_start: Instant)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let s = ctx.s;
+    let cfg = &s.config;
+    let mut upstream: Option<Upstream> = None;
+    let mut first = true;
+    loop {
+        let idle = if first {
+            cfg.head_timeout
+        } else {
+            cfg.keepalive_timeout
+        };
+        let n = match http::read_head(
+            &mut client,
+            &mut buf,
+            cfg.max_head_bytes,
+            idle,
+            cfg.head_timeout,
+        )
+        .await
+        {
+            Ok(n) => n,
+            Err(HeadError::Closed) => {
+                if first && buf.is_empty() && ctx.via == Via::Transparent {
+                    ctx.refused(conn_start, rules::BAD_REQUEST, None, "no request".into());
+                }
+                return;
+            }
+            Err(HeadError::TooLarge) => {
+                let body = format!(
+                    "brig egress: the request line and headers exceed {} bytes (rule: {})\n",
+                    cfg.max_head_bytes,
+                    rules::HEADERS_TOO_LARGE
+                );
+                send_answer(
+                    &mut client,
+                    &http::answer(
+                        431,
+                        &[("X-Brig-Rule", rules::HEADERS_TOO_LARGE)],
+                        &body,
+                        true,
+                    ),
+                )
+                .await;
+                ctx.refused(
+                    conn_start,
+                    rules::HEADERS_TOO_LARGE,
+                    Some(431),
+                    "request head too large".into(),
+                );
+                return;
+            }
+            Err(HeadError::Timeout) => {
+                let body = format!(
+                    "brig egress: the request headers were not complete within {:?} (rule: {})\n",
+                    cfg.head_timeout,
+                    rules::HEADER_TIMEOUT
+                );
+                send_answer(
+                    &mut client,
+                    &http::answer(408, &[("X-Brig-Rule", rules::HEADER_TIMEOUT)], &body, true),
+                )
+                .await;
+                ctx.refused(
+                    conn_start,
+                    rules::HEADER_TIMEOUT,
+                    Some(408),
+                    "request head timeout".into(),
+                );
+                return;
+            }
+            Err(HeadError::Io(_)) => return,
+        };
+        first = false;
+        let start = Instant::now();
+        let prep = match prepare(&buf[..n], ctx) {
+            Ok(p) => p,
+            Err(Early::TooLarge) => {
+                let body = format!(
+                    "brig egress: too many header fields (rule: {})\n",
+                    rules::HEADERS_TOO_LARGE
+                );
+                send_answer(
+                    &mut client,
+                    &http::answer(
+                        431,
+                        &[("X-Brig-Rule", rules::HEADERS_TOO_LARGE)],
+                        &body,
+                        true,
+                    ),
+                )
+                .await;
+                ctx.refused(
+                    start,
+                    rules::HEADERS_TOO_LARGE,
+                    Some(431),
+                    "too many headers".into(),
+                );
+                return;
+            }
+            Err(Early::Status(code, rule, err)) => {
+                let body = format!("brig egress: {err} (rule: {rule})\n");
+                send_answer(
+                    &mut client,
+                    &http::answer(code, &[("X-Brig-Rule", rule)], &body, true),
+                )
+                .await;
+                ctx.refused(start, rule, Some(code), err);
+                return;
+            }
+        };
+        buf.drain(..n);
+        if buf.capacity() > 64 * 1024 && buf.len() < 1024 {
+            buf.shrink_to(4096);
+        }
+        let mut ev = ctx.event(
+            if prep.connect {
+                EventKind::Tunnel
+            } else {
+                EventKind::Http
+            },
+            start,
+        );
+        if !prep.host.to_string().is_empty() {
+            ev.host = Some(prep.host.to_string());
+        }
+        ev.port = prep.port;
+        ev.method = Some(prep.method.clone());
+        ev.path = prep.log_path.clone();
+        ev.decision = prep.judged.verdict;
+        ev.rule = prep.judged.rule.clone();
+        ev.explanation = prep.judged.expl.clone();
+
+        // Limits first: a flood of requests is refused whatever it asks.
+        let limited = match s.limits.request() {
+            Err(w) => Some((rules::RATE_REQUESTS, w)),
+            Ok(()) => s
+                .limits
+                .bytes_out_available()
+                .err()
+                .map(|w| (rules::RATE_BYTES_OUT, w)),
+        };
+        if let Some((rule, wait)) = limited {
+            let ra = retry_after(wait);
+            let body = format!("brig egress: this session is over its rate limit (rule: {rule}); retry after {ra} s\n");
+            send_answer(
+                &mut client,
+                &http::answer(
+                    429,
+                    &[("Retry-After", &ra), ("X-Brig-Rule", rule)],
+                    &body,
+                    true,
+                ),
+            )
+            .await;
+            ev.decision = Verdict::Denied;
+            ev.rule = rule.to_string();
+            ev.status = Some(429);
+            ev.explanation = None;
+            ev.error = Some("rate limited".into());
+            ev.duration_us = start.elapsed().as_micros() as u64;
+            ctx.emit(ev);
+            return;
+        }
+        if prep.judged.denied() {
+            let keep = prep.keep_alive && !prep.connect && prep.framing == Framing::None;
+            let body = prep.judged.body();
+            send_answer(
+                &mut client,
+                &http::answer(403, &[("X-Brig-Rule", &prep.judged.rule)], &body, !keep),
+            )
+            .await;
+            ev.status = Some(403);
+            ev.duration_us = start.elapsed().as_micros() as u64;
+            ctx.emit(ev);
+            if keep {
+                continue;
+            }
+            return;
+        }
+        if prep.connect {
+            connect_tunnel(client, buf, ctx, prep, ev, start).await;
+            return;
+        }
+
+        // Plain HTTP: the upstream connection, reused while it names the
+        // same destination.
+        let key = (prep.host.clone(), prep.port);
+        if let (Some(dst), Host::Domain(name)) = (ctx.dst, &prep.host) {
+            if !s.resolver.answered(name, dst.ip()) {
+                let j = ip_mismatch(name, dst);
+                let keep = prep.keep_alive && prep.framing == Framing::None;
+                send_answer(
+                    &mut client,
+                    &http::answer(403, &[("X-Brig-Rule", &j.rule)], &j.body(), !keep),
+                )
+                .await;
+                ev.decision = j.verdict;
+                ev.rule = j.rule;
+                ev.explanation = j.expl;
+                ev.status = Some(403);
+                ev.duration_us = start.elapsed().as_micros() as u64;
+                ctx.emit(ev);
+                if keep {
+                    continue;
+                }
+                return;
+            }
+        }
+        if upstream.as_ref().is_some_and(|u| u.key != key) {
+            upstream = None;
+        }
+        let bytes_out = AtomicU64::new(0);
+        let bytes_in = AtomicU64::new(0);
+        let mut reused = upstream.is_some();
+        let mut attempt = 0;
+        let outcome: Result<(u16, bool, bool), (u16, String)> = loop {
+            attempt += 1;
+            if upstream.is_none() {
+                reused = false;
+                let dialed = match ctx.dst {
+                    None => dial_name(s, &prep.host, prep.port).await,
+                    Some(dst) => match s.policy.ssrf().check_ip(dst.ip()) {
+                        Err(e) => Err(DialFail::Denied(Judged::from_decision(
+                            &s.policy.ssrf_decision(e),
+                            &prep.host.to_string(),
+                            dst.port(),
+                            None,
+                        ))),
+                        Ok(_) => dial(s, dst).await.map(|t| (t, dst)),
+                    },
+                };
+                match dialed {
+                    Ok((stream, addr)) => {
+                        upstream = Some(Upstream {
+                            key: key.clone(),
+                            addr,
+                            stream,
+                            buf: Vec::new(),
+                        })
+                    }
+                    Err(DialFail::Denied(j)) => {
+                        send_answer(
+                            &mut client,
+                            &http::answer(403, &[("X-Brig-Rule", &j.rule)], &j.body(), true),
+                        )
+                        .await;
+                        ev.decision = j.verdict;
+                        ev.rule = j.rule;
+                        ev.explanation = j.expl;
+                        ev.status = Some(403);
+                        ev.duration_us = start.elapsed().as_micros() as u64;
+                        ctx.emit(ev);
+                        return;
+                    }
+                    Err(DialFail::Status(code, err)) => break Err((code, err)),
+                }
+            }
+            let up = upstream.as_mut().unwrap();
+            ev.address = Some(up.addr);
+            let mut meter = OutMeter {
+                s,
+                count: &bytes_out,
+                exhausted: false,
+            };
+            // Head (and what is buffered of the body) in one write.
+            let sent = async {
+                up.stream.write_all(&prep.upstream_head).await?;
+                meter.copied(prep.upstream_head.len());
+                http::copy_body(
+                    &mut buf,
+                    &mut client,
+                    &mut up.stream,
+                    prep.framing,
+                    cfg.head_timeout,
+                    &mut meter,
+                )
+                .await
+            }
+            .await;
+            if meter.exhausted {
+                break Err((429, "bytes-out limit reached while sending".into()));
+            }
+            if let Err(e) = sent {
+                if reused && attempt == 1 && prep.framing == Framing::None {
+                    upstream = None;
+                    continue;
+                }
+                break Err((502, format!("sending the request upstream: {e}")));
+            }
+            match read_response(&mut client, up, &prep, cfg.response_timeout, &bytes_in).await {
+                Ok(r) => break Ok(r),
+                Err(RespErr::ClosedEarly)
+                    if reused && attempt == 1 && prep.framing == Framing::None =>
+                {
+                    upstream = None;
+                    continue;
+                }
+                Err(RespErr::ClosedEarly) => {
+                    break Err((502, "upstream closed without a response".into()))
+                }
+                Err(RespErr::Timeout) => {
+                    break Err((504, "upstream did not answer in time".into()))
+                }
+                Err(RespErr::Bad(e)) => break Err((502, e)),
+                Err(RespErr::ClientGone) => {
+                    ev.bytes_in = bytes_in.load(Ordering::Relaxed);
+                    ev.bytes_out = bytes_out.load(Ordering::Relaxed);
+                    ev.error = Some("client went away".into());
+                    ev.duration_us = start.elapsed().as_micros() as u64;
+                    ctx.emit(ev);
+                    return;
+                }
+            }
+        };
+        ev.bytes_in = bytes_in.load(Ordering::Relaxed);
+        ev.bytes_out = bytes_out.load(Ordering::Relaxed);
+        match outcome {
+            Ok((status, up_keep, client_keep)) => {
+                ev.status = Some(status);
+                ev.duration_us = start.elapsed().as_micros() as u64;
+                ctx.emit(ev);
+                if !up_keep {
+                    upstream = None;
+                }
+                if !client_keep || !prep.keep_alive {
+                    let _ = client.shutdown().await;
+                    return;
+                }
+            }
+            Err((code, err)) => {
+                let rule = if code == 429 {
+                    rules::RATE_BYTES_OUT
+                } else {
+                    rules::UPSTREAM
+                };
+                if bytes_in.load(Ordering::Relaxed) == 0 {
+                    let body = format!("brig egress: {err} (rule: {rule})\n");
+                    send_answer(
+                        &mut client,
+                        &http::answer(code, &[("X-Brig-Rule", rule)], &body, true),
+                    )
+                    .await;
+                }
+                ev.status = Some(code);
+                ev.error = Some(err);
+                if code == 429 {
+                    ev.decision = Verdict::Denied;
+                    ev.rule = rule.to_string();
+                }
+                ev.duration_us = start.elapsed().as_micros() as u64;
+                ctx.emit(ev);
+                return;
+            }
+        }
+    }
+}
+
+enum RespErr {
+    ClosedEarly,
+    Timeout,
+    Bad(String),
+    ClientGone,
+}
+
+/// Read the response (skipping 1xx after forwarding them) and forward it.
+/// Returns (status, upstream reusable, client connection reusable).
+async fn read_response<S>(
+    client: &mut S,
+    up: &mut Upstream,
+    prep: &Prep,
+    timeout: Duration,
+    bytes_in: &AtomicU64,
+) -> Result<(u16, bool, bool), RespErr>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut got_any = false;
+    loop {
+        let n =
+            match http::read_head(&mut up.stream, &mut up.buf, 64 * 1024, timeout, timeout).await {
+                Ok(n) => n,
+                Err(HeadError::Closed) if !got_any => {
+                    return Err(if up.buf.is_empty() {
+                        RespErr::ClosedEarly
+                    } else {
+                        RespErr::Timeout
+                    })
+                }
+                Err(HeadError::Closed) | Err(HeadError::Timeout) => return Err(RespErr::Timeout),
+                Err(HeadError::TooLarge) => {
+                    return Err(RespErr::Bad("upstream response head too large".into()))
+                }
+                Err(HeadError::Io(e)) => {
+                    return Err(if up.buf.is_empty() && !got_any {
+                        RespErr::ClosedEarly
+                    } else {
+                        RespErr::Bad(format!("reading the response: {e}"))
+                    })
+                }
+            };
+        got_any = true;
+        let mut hdrs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut hdrs);
+        match resp.parse(&up.buf[..n]) {
+            Ok(httparse::Status::Complete(_)) => {}
+            _ => return Err(RespErr::Bad("malformed upstream response".into())),
+        }
+        let status = resp.code.unwrap_or(0);
+        let headers = &*resp.headers;
+        if status == 101 {
+            return Err(RespErr::Bad("upstream switched protocols".into()));
+        }
+        let framing = http::response_framing(&prep.method, status, headers)
+            .map_err(|e| RespErr::Bad(format!("upstream framing: {e}")))?;
+        let up_keep = resp.version == Some(1)
+            && !http::has_token(headers, "connection", "close")
+            && framing != Framing::Close;
+        let client_keep = prep.keep_alive && framing != Framing::Close;
+        let mut out = Vec::with_capacity(n + 32);
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.to_string().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for h in headers.iter() {
+            if http::hop_by_hop(h.name) || http::listed_in_connection(headers, h.name) {
+                continue;
+            }
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        let interim = (100..200).contains(&status);
+        if !client_keep && !interim {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        up.buf.drain(..n);
+        if client.write_all(&out).await.is_err() {
+            return Err(RespErr::ClientGone);
+        }
+        bytes_in.fetch_add(out.len() as u64, Ordering::Relaxed);
+        if interim {
+            continue;
+        }
+        let mut meter = InMeter(bytes_in);
+        match http::copy_body(
+            &mut up.buf,
+            &mut up.stream,
+            client,
+            framing,
+            timeout,
+            &mut meter,
+        )
+        .await
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(RespErr::Timeout),
+            Err(e) => return Err(RespErr::Bad(format!("copying the response body: {e}"))),
+        }
+        // Anything past the response is not ours to keep.
+        let up_keep = up_keep && up.buf.is_empty();
+        return Ok((status, up_keep, client_keep));
+    }
+}
+
+/// Peek the ClientHello: read until it is complete (or not TLS), keeping
+/// every byte in `buf` to forward later.
+async fn peek_hello<S: AsyncRead + Unpin>(
+    client: &mut S,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Option<Hello> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tls::parse_client_hello(buf) {
+            Hello::Partial => {}
+            h => return Some(h),
+        }
+        if buf.len() > tls::MAX_HELLO + 64 {
+            return Some(Hello::NotTls);
+        }
+        buf.reserve(4096);
+        match tokio::time::timeout_at(deadline, client.read_buf(buf)).await {
+            Err(_) | Ok(Err(_)) | Ok(Ok(0)) => return None,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+async fn connect_tunnel<S>(
+    mut client: S,
+    mut buf: Vec<u8>,
+    ctx: &Ctx<'_>,
+    prep: Prep,
+    mut ev: EgressEvent,
+    start: Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let s = ctx.s;
+    let (mut up, addr) = match dial_name(s, &prep.host, prep.port).await {
+        Ok(x) => x,
+        Err(DialFail::Denied(j)) => {
+            send_answer(
+                &mut client,
+                &http::answer(403, &[("X-Brig-Rule", &j.rule)], &j.body(), true),
+            )
+            .await;
+            ev.decision = j.verdict;
+            ev.rule = j.rule;
+            ev.explanation = j.expl;
+            ev.status = Some(403);
+            ev.duration_us = start.elapsed().as_micros() as u64;
+            ctx.emit(ev);
+            return;
+        }
+        Err(DialFail::Status(code, err)) => {
+            let body = format!("brig egress: {err} (rule: {})\n", rules::UPSTREAM);
+            send_answer(
+                &mut client,
+                &http::answer(code, &[("X-Brig-Rule", rules::UPSTREAM)], &body, true),
+            )
+            .await;
+            ev.status = Some(code);
+            ev.error = Some(err);
+            ev.duration_us = start.elapsed().as_micros() as u64;
+            ctx.emit(ev);
+            return;
+        }
+    };
+    ev.address = Some(addr);
+    if client
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return;
+    }
+    ev.status = Some(200);
+    if s.config.tls_ports.contains(&prep.port) {
+        // The tunnel is judged by the server name inside it too.
+        let hello = peek_hello(&mut client, &mut buf, s.config.tls_peek_timeout).await;
+        let host_s = prep.host.to_string();
+        let verdict = match (&hello, &prep.host) {
+            (Some(Hello::Sni(name)), _) => s
+                .policy
+                .check_same_host(&prep.host, prep.port, name, NameSource::Sni)
+                .err()
+                .map(|d| mismatch(d, &prep.host, prep.port)),
+            (Some(_), Host::Ip(_)) => None, // an IP target has no name to check
+            (_, _) => Some(no_sni(&host_s)),
+        };
+        if let Some(j) = verdict {
+            ev.decision = j.verdict;
+            ev.rule = j.rule;
+            ev.explanation = j.expl;
+            ev.bytes_out = buf.len() as u64;
+            ev.error = Some("tunnel closed after the ClientHello".into());
+            ev.duration_us = start.elapsed().as_micros() as u64;
+            ctx.emit(ev);
+            return;
+        }
+    }
+    splice_and_report(client, &mut up, buf, ctx, ev, start).await;
+}
+
+async fn splice_and_report<S>(
+    client: S,
+    up: &mut TcpStream,
+    pre: Vec<u8>,
+    ctx: &Ctx<'_>,
+    mut ev: EgressEvent,
+    start: Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let r = splice(client, up, pre, ctx.s).await;
+    ev.bytes_out = r.bytes_out;
+    ev.bytes_in = r.bytes_in;
+    if r.limited {
+        ev.decision = Verdict::Denied;
+        ev.rule = rules::RATE_BYTES_OUT.to_string();
+        ev.error = Some("bytes-out limit reached: tunnel closed".into());
+    } else if let Some(e) = r.error {
+        ev.error = Some(e);
+    }
+    ev.duration_us = start.elapsed().as_micros() as u64;
+    ctx.emit(ev);
+}
+
+struct SpliceResult {
+    bytes_in: u64,
+    bytes_out: u64,
+    limited: bool,
+    error: Option<String>,
+}
+
+/// Copy both ways until both sides are done (or one fails, or the tunnel
+/// is idle for `tunnel_idle_timeout` in both directions, or the session's
+/// bytes-out budget is spent).
+async fn splice<S>(client: S, up: &mut TcpStream, pre: Vec<u8>, s: &SessionEgress) -> SpliceResult
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let idle = s.config.tunnel_idle_timeout;
+    let origin = Instant::now();
+    let last = AtomicU64::new(0);
+    let out_n = AtomicU64::new(0);
+    let in_n = AtomicU64::new(0);
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut ur, mut uw) = up.split();
+    let mut error = None;
+    let mut om = OutMeter {
+        s,
+        count: &out_n,
+        exhausted: false,
+    };
+    {
+        let up_dir = async {
+            if !pre.is_empty() {
+                uw.write_all(&pre).await?;
+                if !om.copied(pre.len()) {
+                    return Err(io::Error::other("bytes-out limit"));
+                }
+            }
+            drop(pre);
+            let r = pump(&mut cr, &mut uw, &mut om, &last, origin, idle).await;
+            if r.is_ok() {
+                let _ = uw.shutdown().await;
+            }
+            r
+        };
+        let mut im = InMeter(&in_n);
+        let down_dir = async {
+            let r = pump(&mut ur, &mut cw, &mut im, &last, origin, idle).await;
+            if r.is_ok() {
+                let _ = cw.shutdown().await;
+            }
+            r
+        };
+        tokio::pin!(up_dir, down_dir);
+        let (mut a, mut b) = (false, false);
+        while !(a && b) {
+            tokio::select! {
+                r = &mut up_dir, if !a => { a = true; if let Err(e) = r { error = Some(e.to_string()); break; } }
+                r = &mut down_dir, if !b => { b = true; if let Err(e) = r { error = Some(e.to_string()); break; } }
+            }
+        }
+    }
+    let limited = om.exhausted;
+    SpliceResult {
+        bytes_in: in_n.load(Ordering::Relaxed),
+        bytes_out: out_n.load(Ordering::Relaxed),
+        limited,
+        error,
+    }
+}
+
+async fn pump<R, W, M>(
+    r: &mut R,
+    w: &mut W,
+    meter: &mut M,
+    last: &AtomicU64,
+    origin: Instant,
+    idle: Duration,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    M: Meter,
+{
+    let mut buf = vec![0u8; 64 * 1024];
+    let tick = idle.min(Duration::from_secs(30));
+    loop {
+        let n = match tokio::time::timeout(tick, r.read(&mut buf)).await {
+            Err(_) => {
+                let quiet = origin.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
+                if quiet >= idle.as_millis() as u64 {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel idle"));
+                }
+                continue;
+            }
+            Ok(r) => r?,
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        w.write_all(&buf[..n]).await?;
+        last.store(origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if !meter.copied(n) {
+            return Err(io::Error::other("bytes-out limit"));
+        }
+    }
+}
+
+/// Transparent TLS (port 443): the SNI names the destination.
+async fn transparent_tls<S>(
+    mut client: S,
+    mut buf: Vec<u8>,
+    ctx: &Ctx<'_>,
+    dst: SocketAddr,
+    start: Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let s = ctx.s;
+    let mut ev = ctx.event(EventKind::Tunnel, start);
+    if let Err(w) = s
+        .limits
+        .request()
+        .and_then(|_| s.limits.bytes_out_available())
+    {
+        ev.rule = rules::RATE_REQUESTS.to_string();
+        ev.error = Some(format!("rate limited (retry after {} s)", retry_after(w)));
+        ctx.emit(ev);
+        return;
+    }
+    let hello = peek_hello(&mut client, &mut buf, s.config.tls_peek_timeout).await;
+    let name = match hello {
+        Some(Hello::Sni(n)) => n,
+        _ => {
+            let j = no_sni(&dst.ip().to_string());
+            ev.rule = j.rule;
+            ev.explanation = j.expl;
+            ev.error = Some("no server name".into());
+            ev.duration_us = start.elapsed().as_micros() as u64;
+            ctx.emit(ev);
+            return;
+        }
+    };
+    let (host, d) = s.policy.decide_raw(&name, dst.port(), None, None);
+    let shown = host
+        .as_ref()
+        .map(|h| h.to_string())
+        .unwrap_or_else(|| name.clone());
+    ev.host = Some(shown.clone());
+    let mut j = Judged::from_decision(&d, &shown, dst.port(), None);
+    if !j.denied() {
+        j = match &host {
+            Some(Host::Domain(n)) if !s.resolver.answered(n, dst.ip()) => ip_mismatch(n, dst),
+            Some(Host::Ip(ip)) if *ip != dst.ip() => ip_mismatch(&shown, dst),
+            _ => match s.policy.ssrf().check_ip(dst.ip()) {
+                Err(e) => {
+                    Judged::from_decision(&s.policy.ssrf_decision(e), &shown, dst.port(), None)
+                }
+                Ok(_) => j,
+            },
+        };
+    }
+    ev.decision = j.verdict;
+    ev.rule = j.rule.clone();
+    ev.explanation = j.expl.clone();
+    if j.denied() {
+        ev.duration_us = start.elapsed().as_micros() as u64;
+        ctx.emit(ev);
+        return;
+    }
+    let mut up = match dial(s, dst).await {
+        Ok(t) => t,
+        Err(DialFail::Status(_, e)) => {
+            ev.error = Some(e);
+            ev.duration_us = start.elapsed().as_micros() as u64;
+            ctx.emit(ev);
+            return;
+        }
+        Err(DialFail::Denied(_)) => return,
+    };
+    ev.address = Some(dst);
+    splice_and_report(client, &mut up, buf, ctx, ev, start).await;
+}
+
+/// Transparent TCP on other ports: judged by the names this session's
+/// resolver answered the destination address for.
+async fn transparent_tcp<S>(client: S, buf: Vec<u8>, ctx: &Ctx<'_>, dst: SocketAddr, start: Instant)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let s = ctx.s;
+    let mut ev = ctx.event(EventKind::Tunnel, start);
+    if let Err(w) = s
+        .limits
+        .request()
+        .and_then(|_| s.limits.bytes_out_available())
+    {
+        ev.rule = rules::RATE_REQUESTS.to_string();
+        ev.error = Some(format!("rate limited (retry after {} s)", retry_after(w)));
+        ctx.emit(ev);
+        return;
+    }
+    let names = s.resolver.names_for(dst.ip());
+    let mut chosen: Option<(String, Judged)> = None;
+    for n in &names {
+        let Ok(h) = Host::parse(n) else { continue };
+        let j = judge(s, &h, dst.port(), None, None);
+        let allowed = !j.denied();
+        if chosen.is_none() || allowed {
+            chosen = Some((n.clone(), j));
+        }
+        if allowed {
+            break;
+        }
+    }
+    let (name, mut j) = chosen.unwrap_or_else(|| {
+        (
+            dst.ip().to_string(),
+            Judged::builtin(
+                rules::TRANSPARENT_UNKNOWN_ADDRESS,
+                format!(
+                    "the connection was opened to {dst}, an address this session's resolver answered for no name"
+                ),
+                "connect by a host name resolved through the session's DNS resolver, to a port an egress rule allows".into(),
+            ),
+        )
+    });
+    if !j.denied() {
+        if let Err(e) = s.policy.ssrf().check_ip(dst.ip()) {
+            j = Judged::from_decision(&s.policy.ssrf_decision(e), &name, dst.port(), None);
+        }
+    }
+    ev.host = Some(name);
+    ev.decision = j.verdict;
+    ev.rule = j.rule.clone();
+    ev.explanation = j.expl.clone();
+    if j.denied() {
+        ctx.emit(ev);
+        return;
+    }
+    let mut up = match dial(s, dst).await {
+        Ok(t) => t,
+        Err(DialFail::Status(_, e)) => {
+            ev.error = Some(e);
+            ctx.emit(ev);
+            return;
+        }
+        Err(DialFail::Denied(_)) => return,
+    };
+    ev.address = Some(dst);
+    splice_and_report(client, &mut up, buf, ctx, ev, start).await;
+}

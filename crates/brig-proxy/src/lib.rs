@@ -1,0 +1,253 @@
+//! brig-proxy: the host side of a session's egress (issue 4). One job:
+//! serve a session's egress channels.
+//!
+//! - [`serve_unix`]: the proxy channel. Every stream is one connection the
+//!   sandbox made, forwarded by brig's in-sandbox forwarder and starting
+//!   with a PROXY protocol v1 header whose destination is the address the
+//!   sandbox program connected to. Destination `127.0.0.1:3128` (or
+//!   `[::1]:3128`, [`ProxyConfig::explicit_addrs`]) is explicit-proxy mode
+//!   (CONNECT, absolute-URI HTTP); anything else is transparent mode for
+//!   that destination (port 443: judged by the TLS SNI; port 80: by the
+//!   `Host` header; other ports: by the names this session's resolver
+//!   answered that address for).
+//! - [`serve_tcp`]: explicit mode on a TCP listener, no PROXY header
+//!   (tests, benchmarks).
+//! - [`serve_dns_unix`]: the resolver channel: DNS over TCP framing, one
+//!   query per message, many per connection.
+//!
+//! The session is the [`SessionEgress`] the listener was given, never
+//! anything inside a stream. Decisions come from `brig_egress::Policy`;
+//! every connection, request and query is one [`EgressEvent`] given to the
+//! session's [`EgressEvents`]. Dropping (aborting) a serve future drops
+//! every connection it accepted. docs/EGRESS.md, "The proxy" and "The
+//! resolver", is the reference.
+
+mod conn;
+mod dns_server;
+pub mod dns_wire;
+mod event;
+pub mod http;
+mod limits;
+pub mod proxy_proto;
+mod resolver;
+pub mod tls;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brig_egress::Policy;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
+
+pub use event::{EgressEvent, EgressEvents, EventKind, MemoryEvents, NoEvents, Verdict, Via};
+pub use limits::{Limits, SessionLimits};
+pub use resolver::{
+    resolv_conf_nameserver, Checked, ResolveError, ResolverConfig, SessionResolver,
+};
+
+/// The rule names the proxy and resolver decide by themselves (besides
+/// the policy's rules and `brig_egress::rules`).
+pub mod rules {
+    /// A TLS connection (CONNECT to a TLS port, transparent 443) whose
+    /// ClientHello names no server, or that is not TLS.
+    pub const TLS_NO_SNI: &str = "tls-no-sni";
+    /// A transparent connection to an address the session's resolver did
+    /// not answer for the name it shows (SNI or Host).
+    pub const TRANSPARENT_IP_MISMATCH: &str = "transparent-ip-mismatch";
+    /// A transparent connection (not 80/443) to an address the session's
+    /// resolver answered for no name.
+    pub const TRANSPARENT_UNKNOWN_ADDRESS: &str = "transparent-unknown-address";
+    /// Over the session's request rate.
+    pub const RATE_REQUESTS: &str = "rate-limit:requests";
+    /// Over the session's concurrent connections.
+    pub const RATE_CONNECTIONS: &str = "rate-limit:connections";
+    /// Over the session's bytes out per minute.
+    pub const RATE_BYTES_OUT: &str = "rate-limit:bytes-out";
+    /// Over the session's DNS query rate.
+    pub const RATE_DNS: &str = "rate-limit:dns";
+    /// A malformed request (400).
+    pub const BAD_REQUEST: &str = "bad-request";
+    /// Request line and headers over the cap, or too many header fields (431).
+    pub const HEADERS_TOO_LARGE: &str = "headers-too-large";
+    /// Headers not complete in time (408).
+    pub const HEADER_TIMEOUT: &str = "header-timeout";
+    /// A stream without a valid PROXY v1 header (closed).
+    pub const PROXY_PROTOCOL: &str = "proxy-protocol";
+    /// Upstream failed (502/504); the policy had allowed the request.
+    pub const UPSTREAM: &str = "upstream";
+    /// A malformed DNS message.
+    pub const DNS_MALFORMED: &str = "dns-malformed";
+    /// A DNS class other than IN.
+    pub const DNS_QCLASS: &str = "dns-qclass";
+}
+
+/// Timeouts, caps and the mode table.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// PROXY-header destinations that mean explicit-proxy mode.
+    pub explicit_addrs: Vec<SocketAddr>,
+    /// Transparent ports judged by the `Host` header.
+    pub http_ports: Vec<u16>,
+    /// Ports whose connections must be TLS with an SNI (transparent, and
+    /// CONNECT tunnels).
+    pub tls_ports: Vec<u16>,
+    /// Request line + headers cap (431 above it).
+    pub max_head_bytes: usize,
+    /// From a request's first byte to the end of its headers (408), and
+    /// for the PROXY header and a DNS message.
+    pub head_timeout: Duration,
+    /// Idle keep-alive connection between requests (closed quietly).
+    pub keepalive_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Waiting for an upstream response head, or between body reads (504).
+    pub response_timeout: Duration,
+    /// A tunnel with no bytes either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
+    /// Waiting for a tunnel's ClientHello.
+    pub tls_peek_timeout: Duration,
+    /// An idle DNS channel connection.
+    pub dns_idle_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> ProxyConfig {
+        ProxyConfig {
+            explicit_addrs: vec![
+                "127.0.0.1:3128".parse().unwrap(),
+                "[::1]:3128".parse().unwrap(),
+            ],
+            http_ports: vec![80],
+            tls_ports: vec![443],
+            max_head_bytes: 16 * 1024,
+            head_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(60),
+            tunnel_idle_timeout: Duration::from_secs(600),
+            tls_peek_timeout: Duration::from_secs(10),
+            dns_idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One session's egress: its id, policy, limits (and their state), event
+/// sink and resolver. Cheap to clone; clones share the limits' state and
+/// the resolver's memory, so give the proxy and DNS channels of one
+/// session clones of one value.
+#[derive(Clone)]
+pub struct SessionEgress {
+    pub session: Arc<str>,
+    pub policy: Arc<Policy>,
+    pub config: Arc<ProxyConfig>,
+    pub limits: Arc<SessionLimits>,
+    pub events: Arc<dyn EgressEvents>,
+    pub resolver: Arc<SessionResolver>,
+}
+
+impl SessionEgress {
+    /// Default limits and timeouts.
+    pub fn new(
+        session: impl Into<Arc<str>>,
+        policy: Arc<Policy>,
+        resolver: SessionResolver,
+        events: Arc<dyn EgressEvents>,
+    ) -> SessionEgress {
+        SessionEgress {
+            session: session.into(),
+            policy,
+            config: Arc::new(ProxyConfig::default()),
+            limits: Arc::new(SessionLimits::new(Limits::default())),
+            events,
+            resolver: Arc::new(resolver),
+        }
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> SessionEgress {
+        self.limits = Arc::new(SessionLimits::new(limits));
+        self
+    }
+
+    pub fn with_config(mut self, config: ProxyConfig) -> SessionEgress {
+        self.config = Arc::new(config);
+        self
+    }
+}
+
+/// Serve a session's proxy channel (PROXY v1 header first on every
+/// stream). Runs until the listener fails; drop the future to end every
+/// connection.
+pub async fn serve_unix(listener: UnixListener, s: SessionEgress) -> io::Result<()> {
+    let mut set = JoinSet::new();
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    set.spawn(conn::serve_stream(stream, s.clone(), true));
+                }
+                Err(e) => accept_error(e).await?,
+            },
+            Some(_) = set.join_next(), if !set.is_empty() => {}
+        }
+    }
+}
+
+/// Serve explicit-proxy mode on TCP (no PROXY header): tests and
+/// benchmarks.
+pub async fn serve_tcp(listener: TcpListener, s: SessionEgress) -> io::Result<()> {
+    let mut set = JoinSet::new();
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    set.spawn(conn::serve_stream(stream, s.clone(), false));
+                }
+                Err(e) => accept_error(e).await?,
+            },
+            Some(_) = set.join_next(), if !set.is_empty() => {}
+        }
+    }
+}
+
+/// Serve a session's DNS channel (DNS over TCP framing).
+pub async fn serve_dns_unix(listener: UnixListener, s: SessionEgress) -> io::Result<()> {
+    let mut set = JoinSet::new();
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    set.spawn(dns_server::serve_dns_stream(stream, s.clone()));
+                }
+                Err(e) => accept_error(e).await?,
+            },
+            Some(_) = set.join_next(), if !set.is_empty() => {}
+        }
+    }
+}
+
+/// Transient accept errors (out of descriptors, a connection reset while
+/// queued) pause briefly; others end the listener.
+async fn accept_error(e: io::Error) -> io::Result<()> {
+    match e.raw_os_error() {
+        // ENFILE, EMFILE, ECONNABORTED, ECONNRESET, ENOBUFS, ENOMEM
+        Some(code) if [23, 24, 103, 104, 105, 12].contains(&code) => {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(())
+        }
+        _ if e.kind() == io::ErrorKind::ConnectionAborted
+            || e.kind() == io::ErrorKind::ConnectionReset =>
+        {
+            Ok(())
+        }
+        _ => Err(e),
+    }
+}
+
+/// Answer one DNS message as the session's resolver would (the bytes of a
+/// response, or `None` when the message is not a query). For callers that
+/// carry DNS some other way.
+pub async fn answer_dns(s: &SessionEgress, msg: &[u8]) -> Option<Vec<u8>> {
+    dns_server::answer(s, msg).await
+}
