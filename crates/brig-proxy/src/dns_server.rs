@@ -1,6 +1,7 @@
-//! The per-session resolver's channel: DNS over TCP framing (2-byte length
-//! + message, RFC 1035 §4.2.2), many queries per connection, answered
-//! concurrently (possibly out of order, matched by id, RFC 7766).
+//! The per-session resolver's channel: DNS over TCP framing (a 2-byte
+//! length, then the message; RFC 1035 §4.2.2), many queries per
+//! connection, answered concurrently (possibly out of order, matched by
+//! id, RFC 7766).
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -244,7 +244,7 @@ impl SessionResolver {
                 v.push((now, n.clone()));
             }
         }
-        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.sort_by_key(|e| std::cmp::Reverse(e.0));
         v.dedup_by(|a, b| a.1 == b.1);
         v.into_iter().map(|(_, n)| n).collect()
     }
