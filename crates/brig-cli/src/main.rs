@@ -19,7 +19,7 @@ fn main() {
     let first = std::env::args_os().nth(1);
     let internal = matches!(
         first.as_deref().and_then(|a| a.to_str()),
-        Some("sandbox-init" | "oci-runtime")
+        Some("sandbox-init" | "sandbox-forwarder" | "oci-runtime")
     );
     let args: Vec<String> = if internal {
         std::env::args_os()
@@ -31,6 +31,9 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("sandbox-init") => {
             brig_sandbox::init::main(args.get(2).map(String::as_str).unwrap_or(""))
+        }
+        Some("sandbox-forwarder") => {
+            brig_sandbox::forwarder::main(args.get(2).map(String::as_str).unwrap_or(""))
         }
         Some("oci-runtime") => std::process::exit(brig_sandbox::native::cli_main(&args[2..])),
         _ => {}

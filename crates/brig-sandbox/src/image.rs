@@ -290,9 +290,7 @@ const GROUP: &str = "root:x:0:\nagent:x:1000:\nnogroup:x:65534:\n";
 // The hostname is the session id, different in every sandbox; `myhostname`
 // in nsswitch.conf resolves it where the host has that NSS module.
 const HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
-const RESOLV: &str = "# brig: the sandbox has loopback only. Nothing answers here until brig's\n\
-# egress resolver is added (egress issue); lookups fail fast instead of hanging.\n\
-nameserver 127.0.0.1\noptions timeout:1 attempts:1\n";
+const RESOLV: &str = crate::egress::RESOLV_CONF;
 const NSSWITCH: &str = "passwd: files\ngroup: files\nshadow: files\nhosts: files myhostname dns\n\
 networks: files\nprotocols: files\nservices: files\nethers: files\nrpc: files\nnetgroup: files\n";
 const CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";

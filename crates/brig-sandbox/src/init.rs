@@ -51,6 +51,11 @@ pub struct InitConfig {
     /// gVisor, which does not implement seccomp user notification.
     #[serde(default)]
     pub capture: bool,
+    /// The egress forwarder ([`crate::forwarder`]) init starts after
+    /// `Ready` and restarts whenever it dies; commands then get the proxy
+    /// environment ([`crate::egress::exec_env`]) unless they set it.
+    #[serde(default)]
+    pub egress: Option<crate::egress::ForwarderConfig>,
 }
 
 /// How long init keeps reading a command's output after its main process
@@ -65,12 +70,32 @@ const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 
+/// First and longest wait before init restarts a dead forwarder; a
+/// forwarder that lived [`FORWARDER_STABLE`] restarts after the first again.
+const FORWARDER_BACKOFF: Duration = Duration::from_millis(20);
+const FORWARDER_BACKOFF_MAX: Duration = Duration::from_secs(2);
+const FORWARDER_STABLE: Duration = Duration::from_secs(10);
+
+/// The egress forwarder as init keeps it alive.
+struct Forwarder {
+    spawn: wire::Spawn,
+    /// Defaults added to every command's environment.
+    env: Vec<(String, String)>,
+    pid: Option<i32>,
+    started: Instant,
+    backoff: Duration,
+    restart_at: Option<Instant>,
+}
+
 /// Entry point of `brig sandbox-init <json>`; never returns.
 pub fn main(config_json: &str) -> ! {
     if config_json == crate::initfs::PRINT_LIBS {
         crate::initfs::print_libs();
     }
     let out = HostOut { fd: 1 };
+    let egress = serde_json::from_str::<InitConfig>(config_json)
+        .ok()
+        .and_then(|c| c.egress);
     let (layers, capture) = match setup(config_json) {
         Ok(l) => l,
         Err(failed) => {
@@ -91,6 +116,19 @@ pub fn main(config_json: &str) -> ! {
     if out.send(&Frame::json(Kind::Ready, 0, &ready)).is_err() {
         std::process::exit(1);
     }
+    let forwarder = egress.map(|c| Forwarder {
+        spawn: wire::Spawn {
+            argv: c.args(),
+            env: vec![],
+            cwd: "/".into(),
+            tty: None,
+        },
+        env: crate::egress::exec_env(),
+        pid: None,
+        started: Instant::now(),
+        backoff: FORWARDER_BACKOFF,
+        restart_at: Some(Instant::now()),
+    });
     let mut init = Init {
         out,
         sigfd,
@@ -98,6 +136,7 @@ pub fn main(config_json: &str) -> ! {
         execs: HashMap::new(),
         capture,
         exits_taken: Instant::now(),
+        forwarder,
     };
     let code = init.serve();
     init.kill_everything(libc::SIGKILL);
@@ -345,6 +384,7 @@ struct Init {
     capture: Option<crate::capture::Capture>,
     /// When exits were last taken from the capture (see EXIT_COALESCE).
     exits_taken: Instant,
+    forwarder: Option<Forwarder>,
 }
 
 impl Init {
@@ -358,6 +398,9 @@ impl Init {
     fn run(&mut self) -> Stop {
         let mut buf = vec![0u8; wire::MAX_PAYLOAD];
         loop {
+            if self.start_forwarder().is_err() {
+                return Stop::Broken;
+            }
             let mut pfds = vec![
                 pollfd(0, libc::POLLIN),
                 pollfd(self.sigfd.as_raw_fd(), libc::POLLIN),
@@ -397,8 +440,9 @@ impl Init {
                 _ => None,
             };
             let deadlines = self.execs.values().filter_map(|e| e.deadline);
-            let deadlines =
-                deadlines.chain((self.capture.is_some() && !watch_exits).then_some(exits_due));
+            let deadlines = deadlines
+                .chain((self.capture.is_some() && !watch_exits).then_some(exits_due))
+                .chain(self.forwarder.as_ref().and_then(|f| f.restart_at));
             let timeout = deadlines
                 .min()
                 .map(|d| {
@@ -441,6 +485,34 @@ impl Init {
                 return Stop::Broken;
             }
         }
+    }
+
+    /// Start the forwarder if it is due (never running, or dead and its
+    /// back-off over). A failed start is retried later; only a broken host
+    /// pipe is an error.
+    fn start_forwarder(&mut self) -> Result<(), ()> {
+        let Some(f) = self.forwarder.as_mut() else {
+            return Ok(());
+        };
+        if f.pid.is_some() || f.restart_at.is_none_or(|t| Instant::now() < t) {
+            return Ok(());
+        }
+        f.restart_at = None;
+        let out = &self.out;
+        match spawn_command(&f.spawn, self.capture.as_mut(), out) {
+            Ok(exec) => {
+                // Its stdio is /dev/null in effect: nothing of it is read.
+                f.pid = Some(exec.pid);
+                f.started = Instant::now();
+                drop(exec);
+            }
+            Err(e) if e == "writing to brig failed" => return Err(()),
+            Err(_) => {
+                f.restart_at = Some(Instant::now() + f.backoff);
+                f.backoff = (f.backoff * 2).min(FORWARDER_BACKOFF_MAX);
+            }
+        }
+        Ok(())
     }
 
     /// SIGCHLD: reap everything (init is every orphan's reaper). TERM, INT,
@@ -517,6 +589,16 @@ impl Init {
             } else {
                 continue;
             };
+            if let Some(f) = self.forwarder.as_mut().filter(|f| f.pid == Some(pid)) {
+                // Fail closed until it is back: nothing listens meanwhile.
+                f.pid = None;
+                if f.started.elapsed() >= FORWARDER_STABLE {
+                    f.backoff = FORWARDER_BACKOFF;
+                }
+                f.restart_at = Some(Instant::now() + f.backoff);
+                f.backoff = (f.backoff * 2).min(FORWARDER_BACKOFF_MAX);
+                continue;
+            }
             if let Some(e) = self
                 .execs
                 .values_mut()
@@ -590,7 +672,16 @@ impl Init {
                     Ok(_) if self.execs.contains_key(&chan) => {
                         Err(format!("channel {chan} is already in use"))
                     }
-                    Ok(spawn) => spawn_command(&spawn, self.capture.as_mut(), &self.out),
+                    Ok(mut spawn) => {
+                        if let Some(f) = &self.forwarder {
+                            for (k, v) in &f.env {
+                                if !spawn.env.iter().any(|(have, _)| have == k) {
+                                    spawn.env.push((k.clone(), v.clone()));
+                                }
+                            }
+                        }
+                        spawn_command(&spawn, self.capture.as_mut(), &self.out)
+                    }
                 };
                 match reply {
                     Ok(exec) => {
@@ -645,8 +736,9 @@ impl Init {
             }
             Kind::Ping => {
                 let running = self.execs.values().filter(|e| e.status.is_none()).count() as u32;
+                let infra = self.forwarder.as_ref().and_then(|f| f.pid).is_some() as u32;
                 let status = wire::Status {
-                    processes: count_processes(),
+                    processes: count_processes().saturating_sub(infra),
                     running,
                 };
                 self.out.send(&Frame::json(Kind::Status, chan, &status))?;

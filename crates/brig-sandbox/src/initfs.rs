@@ -87,6 +87,14 @@ pub fn prepare(data_dir: &Path, brig_exe: &Path) -> Result<PathBuf> {
     if !dir.join("brig").exists() {
         build(&base, &dir, brig_exe)?;
     }
+    // The mountpoint of the session's egress dir (a copy built before
+    // it existed gets it now).
+    let egress = dir.join(crate::egress::DIR);
+    match std::fs::create_dir(&egress) {
+        Ok(()) => set_mode(&egress, 0o755)?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::guard("init", format!("{}: {e}", egress.display()))),
+    }
     cache().lock().unwrap().insert(cache_key, dir.clone());
     Ok(dir)
 }

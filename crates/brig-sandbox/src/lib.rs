@@ -12,6 +12,8 @@ pub mod capture;
 pub mod cgroup;
 pub mod channel;
 pub mod doctor;
+pub mod egress;
+pub mod forwarder;
 pub mod gvisor_trace;
 pub mod image;
 pub mod init;

@@ -82,7 +82,10 @@ impl Runtime {
         global.push(format!("--root={}", root.display()));
         if *kind == RuntimeKind::Gvisor {
             global.extend(
-                ["--network=none", "--platform=ptrace"]
+                // host-uds=open: the sandbox may connect to the host's unix
+                // sockets it can see, i.e. the egress sockets (the only
+                // host sockets brig mounts).
+                ["--network=none", "--platform=ptrace", "--host-uds=open"]
                     .iter()
                     .map(|s| s.to_string()),
             );
@@ -120,6 +123,14 @@ impl Runtime {
     /// Whether init records every exec with a seccomp user-notification
     /// filter ([`crate::capture`]): gVisor does not implement it.
     pub fn capture(&self) -> bool {
+        !matches!(self.kind, RuntimeKind::Gvisor)
+    }
+
+    /// Whether brig can enter the sandbox's network namespace from the host
+    /// and route every IPv4 destination to the forwarder
+    /// ([`crate::egress::setup_netns`]): not under gVisor, whose network
+    /// stack lives in its Sentry.
+    pub fn egress_transparent(&self) -> bool {
         !matches!(self.kind, RuntimeKind::Gvisor)
     }
 

@@ -302,6 +302,21 @@ async fn build(
     .map_err(|e| Error::internal(e.to_string()))?;
     std::fs::write(parts.session_dir.join(RECORD), record)?;
 
+    // The egress channel's directory: owner root, group = the host gid the
+    // sandbox's user has (native, oci: the mapped one, no host user's).
+    // gVisor checks the permission itself, against the sandbox's gid 1000
+    // as is, which may be a real group on the host: there the session dir
+    // is root's alone (0700; runsc and its gofer run as root), so no host
+    // user reaches the sockets (or the workspace) through it.
+    let transparent = runtime.egress_transparent();
+    if user_ns.is_none() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&parts.session_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::guard("egress", format!("chmod of the session dir: {e}")))?;
+    }
+    let egress_dir = crate::egress::create_dir(&parts.session_dir, owner.1)?;
+    let forwarder = crate::egress::ForwarderConfig::new(transparent);
+
     let mut left = req.upload_cap_bytes;
     for src in &req.uploads {
         let stats = crate::upload::copy_snapshot(src, &ws.path, left, owner)?;
@@ -326,6 +341,7 @@ async fn build(
         seccomp: true,
         nproc: matches!(req.runtime, RuntimeKind::Gvisor).then_some(req.limits.pids),
         capture: runtime.capture() && !req.no_capture,
+        egress: Some(forwarder.clone()),
     };
     let init_dir = crate::initfs::prepare(&paths.data_dir, &paths.brig_exe)?;
     let spec = spec::build(&spec::SpecInput {
@@ -336,6 +352,7 @@ async fn build(
         init_dir: &init_dir,
         init: &init,
         user_ns,
+        egress: Some(&egress_dir),
     })?;
     let bundle = parts.session_dir.join("bundle");
     spec::write_bundle(&bundle, &spec)?;
@@ -461,6 +478,27 @@ async fn build(
         ));
     }
     parts.cgroup.verify(l)?;
+    // The one way out: routes and port floor of the sandbox's network
+    // namespace, then the forwarder's listeners, before anyone may use it.
+    let egress_layer = match transparent {
+        true => {
+            let pid = parts
+                .adopted
+                .lock()
+                .ok()
+                .and_then(|a| a.first().map(|a| a.pid))
+                .ok_or_else(|| Error::guard("egress", "no sandbox init to enter"))?;
+            let fw = forwarder.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::egress::setup_netns(pid)?;
+                crate::egress::wait_listeners(pid, &fw)
+            })
+            .await
+            .map_err(|e| Error::guard("egress", format!("the setup task failed: {e}")))??;
+            crate::egress::LAYER_TRANSPARENT
+        }
+        false => crate::egress::LAYER_PROXY_ONLY,
+    };
     // The container's start must have come through the trace socket by now
     // (it precedes init's first instruction): points really flow.
     let traced = match trace_started {
@@ -498,6 +536,7 @@ async fn build(
             layers.push(x);
         }
     }
+    layers.push(egress_layer.to_string());
     if traced {
         layers.push(crate::gvisor_trace::LAYER.to_string());
     } else if !init.capture {

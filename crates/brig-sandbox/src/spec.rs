@@ -88,6 +88,10 @@ pub struct SpecInput<'a> {
     pub init_dir: &'a Path,
     pub init: &'a InitConfig,
     pub user_ns: Option<UserNs>,
+    /// The session's egress directory ([`crate::egress`]), bound read-only
+    /// at [`crate::egress::MOUNT`]; its generated resolv.conf is bound over
+    /// the image's /etc/resolv.conf where the image has that file.
+    pub egress: Option<&'a Path>,
 }
 
 /// The cgroup path (relative to each hierarchy's root) of a session.
@@ -238,6 +242,27 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
         input.init_dir,
         &["bind", "ro", "nosuid", "nodev"],
     )?);
+    if let Some(dir) = input.egress {
+        mounts.push(mount(
+            crate::egress::MOUNT,
+            "bind",
+            dir,
+            &["bind", "ro", "nosuid", "nodev", "noexec"],
+        )?);
+        // Only over a regular file: a mountpoint the runtime had to create
+        // (or a symlink it had to follow) would change the image. An image
+        // without one keeps its resolver settings, which reach nothing: only
+        // 127.0.0.53 answers inside.
+        let target = input.image.rootfs.join("etc/resolv.conf");
+        if std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_file()) {
+            mounts.push(mount(
+                "/etc/resolv.conf",
+                "bind",
+                &dir.join(crate::egress::RESOLV_FILE),
+                &["bind", "ro", "nosuid", "nodev", "noexec"],
+            )?);
+        }
+    }
     mounts.push(mount(
         WORKSPACE,
         "bind",
@@ -433,6 +458,7 @@ mod tests {
             seccomp: true,
             nproc: None,
             capture: true,
+            egress: Some(crate::egress::ForwarderConfig::new(true)),
         };
         let spec = build(&SpecInput {
             id: &id,
@@ -442,6 +468,7 @@ mod tests {
             init_dir: Path::new("/data/init/k"),
             init: &init,
             user_ns: Some(UserNs::standard()),
+            egress: Some(Path::new("/data/sessions/x/egress")),
         })
         .unwrap();
         let v = serde_json::to_value(&spec).unwrap();
@@ -512,6 +539,9 @@ mod tests {
             .unwrap()
             .contains(&"nosuid".into()));
         assert_eq!(find("/workspace")["source"], "/data/sessions/x/workspace");
+        let eg = find(crate::egress::MOUNT);
+        assert_eq!(eg["source"], "/data/sessions/x/egress");
+        assert!(eg["options"].as_array().unwrap().contains(&"ro".into()));
         assert!(find("/tmp")["options"]
             .as_array()
             .unwrap()

@@ -144,9 +144,23 @@ def main():
         s.settimeout(3)
         try:
             s.connect((host, port))
-            escaped(name, f"connected to {host}:{port}")
         except OSError as ex:
             blocked(name, f"{host}:{port}: {ex}")
+        # Connected: on native every IPv4 address is local (the egress
+        # channel's AnyIP route) and ports 80/443 are the sandbox's own
+        # forwarder, which hands the stream to brig's proxy or, with none
+        # serving (as here), resets it at once. Blocked means not one byte
+        # comes back; silence (a timeout) is not proof and counts as escaped.
+        try:
+            s.sendall(b"GET / HTTP/1.0\r\nHost: probe\r\n\r\n")
+            got = s.recv(1)
+        except TimeoutError:
+            escaped(name, f"connected to {host}:{port}, held open")
+        except OSError as ex:
+            blocked(name, f"{host}:{port}: accepted inside the sandbox, then reset ({ex})")
+        if got == b"":
+            blocked(name, f"{host}:{port}: accepted inside the sandbox, then closed")
+        escaped(name, f"connected to {host}:{port} and got {got!r}")
 
     if name == "connect-unix":
         for p in args:

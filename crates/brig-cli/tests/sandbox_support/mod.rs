@@ -127,6 +127,8 @@ pub fn make_host_rootfs(root: &Path) {
     )
     .unwrap();
     std::fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    // A regular file, so the session's generated resolv.conf is bound over it.
+    std::fs::write(root.join("etc/resolv.conf"), "nameserver 127.0.0.1\n").unwrap();
     for p in [root.to_path_buf(), root.join(".brig"), root.join("etc")] {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }

@@ -1,0 +1,384 @@
+//! The sandbox side of the egress channel (issue 4), in real sandboxes (as
+//! root): a fake host proxy binds the session's egress sockets with
+//! `brig_sandbox::egress::bind_egress_socket` and records what arrives;
+//! programs inside use the proxy variables, connect to IP literals, resolve
+//! names, and try every other way out.
+
+mod sandbox_support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use brig_core::session::{Limits, RuntimeKind};
+use brig_sandbox::egress::{self, bind_egress_socket, DNS_SOCK, PROXY_SOCK};
+use brig_sandbox::Sandbox;
+use sandbox_support::*;
+
+/// What the fake proxy saw: one (header line, first bytes) per stream, and
+/// the names the fake DNS server was asked.
+#[derive(Default)]
+struct Seen {
+    streams: Vec<(String, String)>,
+    names: Vec<String>,
+}
+
+struct FakeProxy {
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl FakeProxy {
+    fn start(sb: &Sandbox) -> FakeProxy {
+        let dir = egress::host_dir(sb.session_dir());
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let proxy = bind_egress_socket(&dir, PROXY_SOCK).expect("bind proxy.sock");
+        let s = seen.clone();
+        std::thread::spawn(move || {
+            for c in proxy.incoming().flatten() {
+                let s = s.clone();
+                std::thread::spawn(move || serve_stream(c, &s));
+            }
+        });
+        let dns = bind_egress_socket(&dir, DNS_SOCK).expect("bind dns.sock");
+        let s = seen.clone();
+        std::thread::spawn(move || {
+            for c in dns.incoming().flatten() {
+                let s = s.clone();
+                std::thread::spawn(move || serve_dns(c, &s));
+            }
+        });
+        FakeProxy { seen }
+    }
+
+    fn streams(&self) -> Vec<(String, String)> {
+        self.seen.lock().unwrap().streams.clone()
+    }
+}
+
+/// Header line, then one chunk; answers like an HTTP proxy to a request,
+/// otherwise `pong:` + the chunk; then keeps echoing until EOF.
+fn serve_stream(c: UnixStream, seen: &Mutex<Seen>) {
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let mut header = String::new();
+    if r.read_line(&mut header).is_err() {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    let n = r.read(&mut buf).unwrap_or(0);
+    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    seen.lock()
+        .unwrap()
+        .streams
+        .push((header.clone(), first.clone()));
+    let mut w = c;
+    if first.starts_with("GET ") {
+        let _ = w.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nfake-ok\r\n");
+        return;
+    }
+    let _ = w.write_all(format!("pong:{first}").as_bytes());
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let _ = w.write_all(&buf[..n]);
+            }
+        }
+    }
+    // The program half-closed: answer once more, then end our side too.
+    let _ = w.write_all(b"bye");
+}
+
+/// DNS over TCP framing: A queries for anything get 192.0.2.55, others an
+/// empty NOERROR answer.
+fn serve_dns(mut c: UnixStream, seen: &Mutex<Seen>) {
+    loop {
+        let mut len = [0u8; 2];
+        if c.read_exact(&mut len).is_err() {
+            return;
+        }
+        let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
+        if c.read_exact(&mut q).is_err() || q.len() < 12 {
+            return;
+        }
+        // The question: labels, then type and class.
+        let mut i = 12;
+        let mut name = vec![];
+        while i < q.len() && q[i] != 0 {
+            let l = q[i] as usize;
+            name.push(String::from_utf8_lossy(&q[i + 1..(i + 1 + l).min(q.len())]).into_owned());
+            i += 1 + l;
+        }
+        let qend = i + 5;
+        if qend > q.len() {
+            return;
+        }
+        let qtype = u16::from_be_bytes([q[i + 1], q[i + 2]]);
+        seen.lock().unwrap().names.push(name.join("."));
+        let mut a = q[..qend].to_vec();
+        a[2] = 0x81;
+        a[3] = 0x80;
+        a[6..12].copy_from_slice(&[0, 0, 0, 0, 0, 0]);
+        if qtype == 1 {
+            a[7] = 1;
+            a.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 55]);
+        }
+        let mut msg = (a.len() as u16).to_be_bytes().to_vec();
+        msg.extend_from_slice(&a);
+        if c.write_all(&msg).is_err() {
+            return;
+        }
+    }
+}
+
+/// Every check inside: one line `name: result` each.
+const INSIDE: &str = r#"
+import socket, sys, time, os
+def line(k, v): print(f"{k}: {v}", flush=True)
+def tcp(host, port, send=b"ping", fam=socket.AF_INET):
+    s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(5)
+    t = time.monotonic()
+    try:
+        s.connect((host, port))
+    except OSError as e:
+        return f"connect-failed {type(e).__name__} {e.errno} in {time.monotonic() - t:.2f}"
+    try:
+        s.sendall(send)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            b = s.recv(4096)
+            if not b: break
+            got += b
+        return f"got {got!r} in {time.monotonic() - t:.2f}"
+    except OSError as e:
+        return f"closed {type(e).__name__} in {time.monotonic() - t:.2f}"
+def udp(host, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
+    try:
+        s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x04test\x00\x00\x01\x00\x01", (host, port))
+        return f"answer {s.recvfrom(512)[0]!r}"
+    except OSError as e:
+        return f"nothing {type(e).__name__}"
+mode = sys.argv[1]
+line("env", os.environ.get("HTTPS_PROXY"))
+line("transparent", tcp("93.184.216.34", 443))
+line("port22", tcp("1.2.3.4", 22))
+line("udp-dns", udp("8.8.8.8", 53))
+line("quic", udp("1.2.3.4", 443))
+line("ipv6", tcp("2606:2800:220:1:248:1893:25c8:1946", 443, fam=socket.AF_INET6))
+if mode == "served":
+    line("resolve", sorted({a[4][0] for a in socket.getaddrinfo("example.test", 443, socket.AF_INET)}))
+    line("udp-local", udp("127.0.0.53", 53)[:40])
+"#;
+
+fn field<'a>(out: &'a str, k: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{k}: ")))
+        .unwrap_or_else(|| panic!("no {k} in {out}"))
+}
+
+async fn inside(sb: &Sandbox, mode: &str) -> String {
+    let o = run(sb, &["/usr/bin/python3", "-c", INSIDE, mode]).await;
+    assert_eq!(o.code, Some(0), "{o:?}");
+    o.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_egress_channel() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let host_floor =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap();
+    let env = TestEnv::new();
+    let sb = env.create(RuntimeKind::Native, Limits::default()).await;
+    assert!(
+        sb.layers.iter().any(|l| l == egress::LAYER_TRANSPARENT),
+        "{:?}",
+        sb.layers
+    );
+    // The host's own settings are untouched: only the sandbox's netns changed.
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap(),
+        host_floor
+    );
+    let dir = egress::host_dir(sb.session_dir());
+    let meta = std::fs::metadata(&dir).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.mode() & 0o777, 0o751, "egress dir mode");
+    assert_eq!(meta.uid(), 0);
+
+    // Nobody serves yet: every way out is closed at once.
+    let out = inside(&sb, "unserved").await;
+    eprintln!("unserved:\n{out}");
+    assert_eq!(field(&out, "env"), "http://127.0.0.1:3128");
+    let t = field(&out, "transparent");
+    // Accepted by the forwarder and reset at once (the reset may even
+    // beat the end of the program's connect).
+    assert!(
+        t.starts_with("closed")
+            || t.starts_with("got b''")
+            || t.starts_with("connect-failed ConnectionResetError"),
+        "unserved transparent connect: {t}"
+    );
+    let secs: f64 = t.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(secs < 1.0, "not refused at once: {t}");
+    let curl = run(
+        &sb,
+        &["/usr/bin/curl", "-sS", "-m", "5", "http://example.test/"],
+    )
+    .await;
+    assert_ne!(curl.code, Some(0), "curl without a proxy: {curl:?}");
+
+    // A host service on loopback: the sandbox's 127.0.0.1 is its own.
+    let host_srv = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = host_srv.local_addr().unwrap().port();
+    host_srv.set_nonblocking(true).unwrap();
+
+    let proxy = FakeProxy::start(&sb);
+    let out = inside(&sb, "served").await;
+    eprintln!("served:\n{out}");
+    let t = field(&out, "transparent");
+    assert!(t.starts_with("got b'pong:pingbye'"), "transparent: {t}");
+    assert!(field(&out, "port22").starts_with("connect-failed ConnectionRefusedError"));
+    assert!(field(&out, "udp-dns").starts_with("nothing"), "{out}");
+    assert!(field(&out, "quic").starts_with("nothing"), "{out}");
+    assert!(field(&out, "ipv6").starts_with("connect-failed"), "{out}");
+    assert_eq!(field(&out, "resolve"), "['192.0.2.55']");
+    assert!(field(&out, "udp-local").starts_with("answer"), "{out}");
+
+    let streams = proxy.streams();
+    let tr = streams
+        .iter()
+        .find(|(h, _)| h.contains(" 93.184.216.34 "))
+        .unwrap_or_else(|| panic!("no transparent stream: {streams:?}"));
+    let h: Vec<&str> = tr.0.trim_end().split(' ').collect();
+    assert_eq!(h[..2], ["PROXY", "TCP4"], "{tr:?}");
+    assert_eq!((h[3], h[5]), ("93.184.216.34", "443"), "{tr:?}");
+    assert!(tr.0.ends_with("\r\n"));
+    assert_eq!(tr.1, "ping");
+    assert!(
+        !streams.iter().any(|(h, _)| h.contains(" 1.2.3.4 ")),
+        "port 22 / QUIC reached the proxy: {streams:?}"
+    );
+    assert!(proxy
+        .seen
+        .lock()
+        .unwrap()
+        .names
+        .iter()
+        .any(|n| n == "example.test"));
+
+    // HTTP_PROXY from the environment init gives every command.
+    let curl = run(
+        &sb,
+        &["/usr/bin/curl", "-sS", "-m", "5", "http://example.test/"],
+    )
+    .await;
+    assert_eq!(curl.code, Some(0), "{curl:?}");
+    assert_eq!(curl.stdout.trim(), "fake-ok");
+    let streams = proxy.streams();
+    let ex = streams
+        .iter()
+        .find(|(_, b)| b.starts_with("GET http://example.test/"))
+        .unwrap_or_else(|| panic!("no explicit-proxy stream: {streams:?}"));
+    let h: Vec<&str> = ex.0.trim_end().split(' ').collect();
+    assert_eq!((h[3], h[5]), ("127.0.0.1", "3128"), "{ex:?}");
+
+    // The host's loopback service stays out of reach.
+    let o = run(
+        &sb,
+        &[
+            "/usr/bin/python3",
+            "-c",
+            "import socket,sys\ntry:\n socket.create_connection(('127.0.0.1', int(sys.argv[1])), 3); print('reached')\nexcept OSError as e: print('refused', e.errno)",
+            &host_port.to_string(),
+        ],
+    )
+    .await;
+    assert!(o.stdout.starts_with("refused"), "{o:?}");
+    assert!(host_srv.accept().is_err(), "the host's service was reached");
+
+    // The forwarder dies: connections fail closed until init restarted it.
+    let o = run(
+        &sb,
+        &[
+            "/bin/sh",
+            "-c",
+            "for p in /proc/[0-9]*; do grep -q sandbox-forwarder $p/cmdline 2>/dev/null && kill -9 ${p#/proc/} && echo killed; done; true",
+        ],
+    )
+    .await;
+    assert!(o.stdout.contains("killed"), "{o:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let out = inside(&sb, "served").await;
+    assert!(
+        field(&out, "transparent").starts_with("got b'pong:pingbye'"),
+        "after a restart: {out}"
+    );
+
+    let r = sb.destroy().await;
+    assert!(r.clean(), "{r:?}");
+}
+
+/// gVisor: its network stack is the Sentry's, whose routes brig cannot
+/// change from outside, so only the explicit proxy and DNS are served
+/// (`egress:proxy-only`); every other connect fails (no route).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gvisor_egress_channel() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let env = TestEnv::new();
+    let sb = env.create(RuntimeKind::Gvisor, Limits::default()).await;
+    assert!(
+        sb.layers.iter().any(|l| l == egress::LAYER_PROXY_ONLY),
+        "{:?}",
+        sb.layers
+    );
+    // gVisor checks the socket's permission against the sandbox's gid as
+    // is (1000, maybe a real host group): the session dir is root's alone.
+    use std::os::unix::fs::MetadataExt;
+    let sd = std::fs::metadata(sb.session_dir()).unwrap();
+    assert_eq!(sd.mode() & 0o777, 0o700, "gVisor session dir mode");
+
+    let unserved = run(
+        &sb,
+        &["/usr/bin/curl", "-sS", "-m", "5", "http://example.test/"],
+    )
+    .await;
+    assert_ne!(unserved.code, Some(0), "{unserved:?}");
+
+    let proxy = FakeProxy::start(&sb);
+    let curl = run(
+        &sb,
+        &["/usr/bin/curl", "-sS", "-m", "5", "http://example.test/"],
+    )
+    .await;
+    let out = inside(&sb, "served").await;
+    eprintln!("gvisor:\n{out}");
+    let r = sb.destroy().await;
+    assert!(r.clean(), "{r:?}");
+
+    assert_eq!(curl.code, Some(0), "{curl:?}");
+    assert_eq!(curl.stdout.trim(), "fake-ok");
+    let streams = proxy.streams();
+    let ex = streams
+        .iter()
+        .find(|(_, b)| b.starts_with("GET http://example.test/"))
+        .unwrap_or_else(|| panic!("no explicit-proxy stream: {streams:?}"));
+    let h: Vec<&str> = ex.0.trim_end().split(' ').collect();
+    assert_eq!((h[3], h[5]), ("127.0.0.1", "3128"), "{ex:?}");
+    assert_eq!(field(&out, "env"), "http://127.0.0.1:3128");
+    for k in ["transparent", "port22", "ipv6"] {
+        assert!(field(&out, k).starts_with("connect-failed"), "{k}: {out}");
+    }
+    assert!(field(&out, "udp-dns").starts_with("nothing"), "{out}");
+    assert!(field(&out, "quic").starts_with("nothing"), "{out}");
+    assert_eq!(field(&out, "resolve"), "['192.0.2.55']");
+    assert_eq!(streams.len(), 1, "only the explicit request: {streams:?}");
+}
