@@ -106,7 +106,16 @@ fn escapes(host_port: u16, api_socket: &Path, marker: &Path) -> Vec<Escape> {
         Escape {
             name: "internet",
             what: "connect to 1.1.1.1:443 (an IP literal on the internet)".into(),
-            argv: py("import socket\nsocket.create_connection(('1.1.1.1', 443), timeout=3)"),
+            // Every IPv4 address is local inside (the egress channel): the
+            // connect is accepted by the sandbox's own forwarder, which hands
+            // it to brig's proxy or, with none serving, resets it. Blocked
+            // means nothing comes back; silence is not proof.
+            argv: py("import socket\n\
+s = socket.create_connection(('1.1.1.1', 443), timeout=3)\n\
+s.sendall(b'hello')\n\
+try:\n    got = s.recv(1)\nexcept ConnectionResetError:\n    got = b''\n\
+except TimeoutError:\n    print('held open'); raise SystemExit(0)\n\
+if not got:\n    raise OSError(\"accepted by the sandbox's egress forwarder, then reset: nothing let it out\")"),
         },
         Escape {
             name: "host-loopback",
