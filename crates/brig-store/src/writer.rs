@@ -284,35 +284,58 @@ fn run(store: Arc<Store>, rx: mpsc::Receiver<Box<dyn Job>>, opts: WriterOptions)
 }
 
 impl Store {
-    /// Runs `jobs` in one IMMEDIATE transaction, each in its own savepoint.
-    /// Returns the chain head's seq if any job appended events.
+    /// Runs `jobs` in one IMMEDIATE transaction, each in its own savepoint
+    /// (a lone job needs none: the transaction is its savepoint). Returns
+    /// the chain head's seq if any job appended events.
     fn group_commit(&self, jobs: &mut [Box<dyn Job>]) -> Result<Option<i64>> {
         let red = self.redactor();
         let mut conn = self.conn();
-        let mut tx = conn
+        let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db_err("begin group commit"))?;
         let mut head = None;
-        for job in jobs.iter_mut() {
-            let sp = tx.savepoint().map_err(db_err("savepoint"))?;
+        if let [job] = jobs {
             let t = Tx {
-                conn: &sp,
+                conn: &tx,
+                red: &red,
+                last_seq: Cell::new(0),
+            };
+            if job.run(&t).is_err() {
+                // The job holds its own error; nothing of it stays.
+                tx.rollback().map_err(db_err("roll back a failed write"))?;
+                return Ok(None);
+            }
+            head = Some(t.last_seq.get()).filter(|&s| s > 0);
+            tx.commit().map_err(db_err("commit"))?;
+            return Ok(head);
+        }
+        // Savepoints by hand, with cached statements: one parse per
+        // connection, not two per write.
+        let sp = |sql: &str| -> Result<()> {
+            tx.prepare_cached(sql)
+                .and_then(|mut st| st.execute([]))
+                .map(|_| ())
+                .map_err(db_err("savepoint"))
+        };
+        for job in jobs.iter_mut() {
+            sp("SAVEPOINT brig_write")?;
+            let t = Tx {
+                conn: &tx,
                 red: &red,
                 last_seq: Cell::new(0),
             };
             let ok = job.run(&t).is_ok();
             let last = t.last_seq.get();
             if ok {
-                sp.commit().map_err(db_err("release savepoint"))?;
+                sp("RELEASE brig_write")?;
                 if last > 0 {
                     head = Some(last);
                 }
             } else {
                 // Nothing of the failed write stays, and the chain head is
                 // as it was before it.
-                let mut sp = sp;
-                sp.set_drop_behavior(rusqlite::DropBehavior::Rollback);
-                sp.finish().map_err(db_err("roll back a failed write"))?;
+                sp("ROLLBACK TO brig_write")?;
+                sp("RELEASE brig_write")?;
             }
         }
         tx.commit().map_err(db_err("commit"))?;

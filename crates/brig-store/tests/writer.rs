@@ -227,6 +227,42 @@ fn a_failing_commit_fails_every_write_of_its_batch_and_writes_none() {
 }
 
 #[test]
+fn a_lone_failing_write_leaves_nothing_behind() {
+    let (_d, s) = store();
+    let w = Writer::spawn(s.clone(), WriterOptions::default()).unwrap();
+    let first = ev(0, 0);
+    let dup = first.clone();
+    assert_eq!(
+        w.write_blocking(move |tx| tx.append_event(&first)).unwrap(),
+        1
+    );
+    let e = w
+        .write_blocking(move |tx| {
+            tx.append_event(&ev(1, 0))?;
+            tx.append_event(&dup)
+        })
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Conflict, "{e}");
+    let e = w
+        .write_blocking(|tx| -> brig_core::Result<i64> {
+            tx.append_event(&ev(2, 0))?;
+            panic!("boom")
+        })
+        .unwrap_err();
+    assert!(e.message.contains("panicked"), "{e}");
+    assert_eq!(
+        w.write_blocking(|tx| tx.append_event(&ev(3, 0))).unwrap(),
+        2
+    );
+    let writers: Vec<i64> = all_events(&s)
+        .iter()
+        .map(|e| e.details["writer"].as_i64().unwrap())
+        .collect();
+    assert_eq!(writers, vec![0, 3]);
+    chain_verifies(&s);
+}
+
+#[test]
 fn a_dropped_writer_finishes_what_was_queued() {
     let (_d, s) = store();
     let w = Writer::spawn(s.clone(), WriterOptions::default()).unwrap();
