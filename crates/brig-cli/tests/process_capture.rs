@@ -174,10 +174,18 @@ async fn exits_of_processes_reaped_by_their_own_parent_are_journaled() {
     let exit_of = |evs: &[Value], argv: &[&str]| {
         find_exec(evs, argv).and_then(|e| find_exit(evs, &e["details"]["pid"]))
     };
-    // Every exec of the session gets its exit: nothing is left untracked.
+    // Every exec of the script and its children gets its exit: nothing is
+    // left untracked (brig's own long-running helpers are not the script's).
     let all_exited = |evs: &[Value]| {
+        let Some(sh) = find_exec(evs, &["sh", "-c", script]) else {
+            return false;
+        };
+        let sh = &sh["details"]["pid"];
         evs.iter()
-            .filter(|e| e["action"] == "process.exec")
+            .filter(|e| {
+                e["action"] == "process.exec"
+                    && (&e["details"]["pid"] == sh || &e["details"]["ppid"] == sh)
+            })
             .all(|e| {
                 let pid = &e["details"]["pid"];
                 evs.iter()

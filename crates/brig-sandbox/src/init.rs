@@ -62,6 +62,11 @@ pub struct InitConfig {
 /// exited, when a background child still holds the pipes open.
 const LINGER: Duration = Duration::from_millis(100);
 
+/// Longest a process frame waits in init before going to the host.
+const PROCESS_HOLD: Duration = Duration::from_millis(5);
+/// Held process frames are written once they reach this size.
+const HOLD_BYTES: usize = 32 * 1024;
+
 /// Least time between two wake-ups of init for exits alone.
 const EXIT_COALESCE: Duration = Duration::from_millis(20);
 
@@ -92,7 +97,7 @@ pub fn main(config_json: &str) -> ! {
     if config_json == crate::initfs::PRINT_LIBS {
         crate::initfs::print_libs();
     }
-    let out = HostOut { fd: 1 };
+    let out = HostOut::new(1);
     let egress = serde_json::from_str::<InitConfig>(config_json)
         .ok()
         .and_then(|c| c.egress);
@@ -139,6 +144,7 @@ pub fn main(config_json: &str) -> ! {
         forwarder,
     };
     let code = init.serve();
+    let _ = init.out.flush();
     init.kill_everything(libc::SIGKILL);
     std::process::exit(code)
 }
@@ -296,11 +302,55 @@ fn strerror(e: i32) -> String {
 /// Writer of frames to the host (fd 1, blocking).
 struct HostOut {
     fd: RawFd,
+    /// Process frames wait here (at most PROCESS_HOLD, or until any other
+    /// frame goes out, which they precede) so that a burst of execs costs
+    /// the host one wake-up instead of one per process.
+    held: std::cell::RefCell<Vec<u8>>,
+    held_since: std::cell::Cell<Option<Instant>>,
 }
 
 impl HostOut {
+    fn new(fd: RawFd) -> HostOut {
+        HostOut {
+            fd,
+            held: Default::default(),
+            held_since: Default::default(),
+        }
+    }
+
     fn send(&self, frame: &Frame) -> Result<(), ()> {
+        self.flush()?;
         write_all(self.fd, &frame.encode())
+    }
+
+    /// Queue a frame that may wait a moment (process events).
+    fn hold(&self, frame: &Frame) -> Result<(), ()> {
+        let full = {
+            let mut held = self.held.borrow_mut();
+            held.extend_from_slice(&frame.encode());
+            held.len() >= HOLD_BYTES
+        };
+        if self.held_since.get().is_none() {
+            self.held_since.set(Some(Instant::now()));
+        }
+        if full {
+            return self.flush();
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), ()> {
+        self.held_since.set(None);
+        let held = std::mem::take(&mut *self.held.borrow_mut());
+        if held.is_empty() {
+            return Ok(());
+        }
+        write_all(self.fd, &held)
+    }
+
+    /// When held frames must go out.
+    fn flush_due(&self) -> Option<Instant> {
+        self.held_since.get().map(|t| t + PROCESS_HOLD)
     }
 }
 
@@ -442,6 +492,7 @@ impl Init {
             let deadlines = self.execs.values().filter_map(|e| e.deadline);
             let deadlines = deadlines
                 .chain((self.capture.is_some() && !watch_exits).then_some(exits_due))
+                .chain(self.out.flush_due())
                 .chain(self.forwarder.as_ref().and_then(|f| f.restart_at));
             let timeout = deadlines
                 .min()
@@ -455,6 +506,11 @@ impl Init {
             // SAFETY: pfds is a valid array of pollfd.
             let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
             if n < 0 && errno() != libc::EINTR {
+                return Stop::Broken;
+            }
+            if self.out.flush_due().is_some_and(|d| Instant::now() >= d)
+                && self.out.flush().is_err()
+            {
                 return Stop::Broken;
             }
             if n > 0 {
@@ -561,7 +617,7 @@ impl Init {
         self.exits_taken = Instant::now();
         if let Some(c) = self.capture.as_mut() {
             for exit in c.take_exits() {
-                self.out.send(&Frame::json(Kind::ProcessExit, 0, &exit))?;
+                self.out.hold(&Frame::json(Kind::ProcessExit, 0, &exit))?;
             }
         }
         Ok(())
@@ -812,7 +868,7 @@ impl Init {
 /// Handle one pending exec notification and report it to the host.
 fn send_exec(c: &mut crate::capture::Capture, out: &HostOut) -> Result<(), ()> {
     match c.handle_one() {
-        Some(msg) => out.send(&Frame::json(Kind::Process, 0, &msg)),
+        Some(msg) => out.hold(&Frame::json(Kind::Process, 0, &msg)),
         None => Ok(()),
     }
 }
