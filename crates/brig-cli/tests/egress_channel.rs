@@ -168,6 +168,17 @@ line("port22", tcp("1.2.3.4", 22))
 line("udp-dns", udp("8.8.8.8", 53))
 line("quic", udp("1.2.3.4", 443))
 line("ipv6", tcp("2606:2800:220:1:248:1893:25c8:1946", 443, fam=socket.AF_INET6))
+if mode == "tamper":
+    import subprocess
+    for f in ["proxy.sock", "resolv.conf"]:
+        try:
+            os.unlink("/.brig/egress/" + f); line("unlink-" + f, "done")
+        except OSError as e:
+            line("unlink-" + f, f"refused {e.errno}")
+    r = subprocess.run(["/usr/sbin/ip", "route", "del", "local", "0.0.0.0/0", "dev", "lo", "table", "local"], capture_output=True, text=True)
+    line("route-del", f"exit {r.returncode} {r.stderr.strip()}")
+    r = subprocess.run(["/usr/sbin/ip", "route", "show", "table", "local"], capture_output=True, text=True)
+    line("route-show", "anyip" if any(l.startswith("local default") or l.startswith("local 0.0.0.0/0") for l in r.stdout.splitlines()) else r.stdout.replace("\n", " | "))
 if mode == "served":
     line("resolve", sorted({a[4][0] for a in socket.getaddrinfo("example.test", 443, socket.AF_INET)}))
     line("udp-local", udp("127.0.0.53", 53)[:40])
@@ -288,6 +299,30 @@ async fn native_egress_channel() {
     let h: Vec<&str> = ex.0.trim_end().split(' ').collect();
     assert_eq!((h[3], h[5]), ("127.0.0.1", "3128"), "{ex:?}");
 
+    // The sandbox cannot take the channel apart: read-only mount, no
+    // capability over its network namespace.
+    let out = inside(&sb, "tamper").await;
+    eprintln!("tamper:\n{out}");
+    for k in ["unlink-proxy.sock", "unlink-resolv.conf"] {
+        assert_eq!(field(&out, k), "refused 30", "EROFS: {out}");
+    }
+    assert!(field(&out, "route-del").starts_with("exit 2"), "{out}");
+    assert_eq!(field(&out, "route-show"), "anyip", "{out}");
+
+    // Nobody else on the host can connect to the session's sockets.
+    let sock = dir.join(PROXY_SOCK);
+    let o = std::process::Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c"])
+        .arg("import socket,sys\ntry:\n socket.socket(socket.AF_UNIX).connect(sys.argv[1]); print('connected')\nexcept OSError as e: print('refused', e.errno)")
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "refused 13",
+        "{o:?}"
+    );
+
     // The host's loopback service stays out of reach.
     let o = run(
         &sb,
@@ -308,7 +343,7 @@ async fn native_egress_channel() {
         &[
             "/bin/sh",
             "-c",
-            "for p in /proc/[0-9]*; do grep -q sandbox-forwarder $p/cmdline 2>/dev/null && kill -9 ${p#/proc/} && echo killed; done; true",
+            "for p in /proc/[0-9]*; do [ ${p#/proc/} = $$ ] && continue; grep -q sandbox-forwarder $p/cmdline 2>/dev/null && kill -9 ${p#/proc/} && echo killed; done; true",
         ],
     )
     .await;
@@ -346,6 +381,8 @@ async fn gvisor_egress_channel() {
     let sd = std::fs::metadata(sb.session_dir()).unwrap();
     assert_eq!(sd.mode() & 0o777, 0o700, "gVisor session dir mode");
 
+    // Under gVisor the session dir is root's alone: no host user gets near
+    // the sockets (checked once they are bound, below).
     let unserved = run(
         &sb,
         &["/usr/bin/curl", "-sS", "-m", "5", "http://example.test/"],
@@ -361,6 +398,13 @@ async fn gvisor_egress_channel() {
     .await;
     let out = inside(&sb, "served").await;
     eprintln!("gvisor:\n{out}");
+    let o = std::process::Command::new("/usr/bin/setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "/usr/bin/python3", "-c"])
+        .arg("import socket,sys\ntry:\n socket.socket(socket.AF_UNIX).connect(sys.argv[1]); print('connected')\nexcept OSError as e: print('refused', e.errno)")
+        .arg(egress::host_dir(sb.session_dir()).join(PROXY_SOCK))
+        .output()
+        .unwrap();
+    let host_user = String::from_utf8_lossy(&o.stdout).trim().to_string();
     let r = sb.destroy().await;
     assert!(r.clean(), "{r:?}");
 
@@ -381,4 +425,22 @@ async fn gvisor_egress_channel() {
     assert!(field(&out, "quic").starts_with("nothing"), "{out}");
     assert_eq!(field(&out, "resolve"), "['192.0.2.55']");
     assert_eq!(streams.len(), 1, "only the explicit request: {streams:?}");
+    assert_eq!(
+        host_user, "refused 13",
+        "host uid/gid 1000 reached the socket"
+    );
+}
+
+/// A step of the egress setup that cannot be done names the layer.
+#[test]
+fn egress_setup_fails_closed_naming_the_layer() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let e = egress::setup_netns(i32::MAX).unwrap_err();
+    assert!(e.message.contains("'egress'"), "{e}");
+    let d = tempfile::tempdir().unwrap();
+    let e = bind_egress_socket(d.path(), PROXY_SOCK).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
 }
