@@ -444,11 +444,19 @@ pub fn wait_listeners(pid: i32, config: &ForwarderConfig) -> Result<()> {
     let deadline = Instant::now() + LISTEN_TIMEOUT;
     loop {
         let mut missing = vec![];
+        let mut tables: Vec<(&str, String)> = vec![];
         for (file, addr, state) in &want {
-            let table =
-                std::fs::read_to_string(format!("/proc/{pid}/net/{file}")).map_err(|e| {
-                    Error::guard("egress", format!("reading /proc/{pid}/net/{file}: {e}"))
-                })?;
+            if !tables.iter().any(|(f, _)| f == file) {
+                let path = format!("/proc/{pid}/net/{file}");
+                let t = std::fs::read_to_string(&path)
+                    .map_err(|e| Error::guard("egress", format!("reading {path}: {e}")))?;
+                tables.push((file, t));
+            }
+            let table = &tables
+                .iter()
+                .find(|(f, _)| f == file)
+                .expect("read above")
+                .1;
             let found = table.lines().skip(1).any(|l| {
                 let mut f = l.split_whitespace();
                 f.nth(1) == Some(addr.as_str()) && f.nth(1) == Some(*state)
@@ -470,7 +478,7 @@ pub fn wait_listeners(pid: i32, config: &ForwarderConfig) -> Result<()> {
                 ),
             ));
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

@@ -39,7 +39,7 @@ const DNS_TIMEOUT: Duration = Duration::from_secs(5);
 const DNS_TCP_IDLE: Duration = Duration::from_secs(10);
 const DNS_HEADER: usize = 12;
 /// How long a bind may fail with EACCES: the host lowers the netns's
-/// unprivileged port start right after init reported ready.
+/// unprivileged port start while init gets ready, usually before.
 const BIND_WAIT: Duration = Duration::from_secs(15);
 
 /// Entry point; never returns.
@@ -72,7 +72,7 @@ async fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
                 if e.kind() == std::io::ErrorKind::PermissionDenied
                     && tokio::time::Instant::now() < deadline =>
             {
-                tokio::time::sleep(Duration::from_millis(5)).await
+                tokio::time::sleep(Duration::from_millis(1)).await
             }
             r => return r,
         }
@@ -87,7 +87,7 @@ async fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
                 if e.kind() == std::io::ErrorKind::PermissionDenied
                     && tokio::time::Instant::now() < deadline =>
             {
-                tokio::time::sleep(Duration::from_millis(5)).await
+                tokio::time::sleep(Duration::from_millis(1)).await
             }
             r => return r,
         }

@@ -443,6 +443,24 @@ async fn build(
         }
         None => (Channel::new(to_init, from_init), None),
     };
+    // The sandbox's network namespace exists once the runtime has run it:
+    // route it while init gets ready, so the forwarder (started right
+    // after `Ready`) can bind its ports at once.
+    let netns = match transparent {
+        true => {
+            let pid = parts
+                .adopted
+                .lock()
+                .ok()
+                .and_then(|a| a.first().map(|a| a.pid))
+                .ok_or_else(|| Error::guard("egress", "no sandbox init to enter"))?;
+            Some((
+                pid,
+                tokio::task::spawn_blocking(move || crate::egress::setup_netns(pid)),
+            ))
+        }
+        false => None,
+    };
     let ready = match channel.wait_ready(READY_TIMEOUT).await {
         Ok(r) => r,
         Err(e) if e.kind == ErrorKind::GuardUnavailable => return Err(e),
@@ -480,24 +498,18 @@ async fn build(
     parts.cgroup.verify(l)?;
     // The one way out: routes and port floor of the sandbox's network
     // namespace, then the forwarder's listeners, before anyone may use it.
-    let egress_layer = match transparent {
-        true => {
-            let pid = parts
-                .adopted
-                .lock()
-                .ok()
-                .and_then(|a| a.first().map(|a| a.pid))
-                .ok_or_else(|| Error::guard("egress", "no sandbox init to enter"))?;
+    let task_failed =
+        |e: tokio::task::JoinError| Error::guard("egress", format!("the setup task failed: {e}"));
+    let egress_layer = match netns {
+        Some((pid, setup)) => {
+            setup.await.map_err(task_failed)??;
             let fw = forwarder.clone();
-            tokio::task::spawn_blocking(move || {
-                crate::egress::setup_netns(pid)?;
-                crate::egress::wait_listeners(pid, &fw)
-            })
-            .await
-            .map_err(|e| Error::guard("egress", format!("the setup task failed: {e}")))??;
+            tokio::task::spawn_blocking(move || crate::egress::wait_listeners(pid, &fw))
+                .await
+                .map_err(task_failed)??;
             crate::egress::LAYER_TRANSPARENT
         }
-        false => crate::egress::LAYER_PROXY_ONLY,
+        None => crate::egress::LAYER_PROXY_ONLY,
     };
     // The container's start must have come through the trace socket by now
     // (it precedes init's first instruction): points really flow.
