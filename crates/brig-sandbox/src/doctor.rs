@@ -99,6 +99,15 @@ pub fn probe() -> DoctorReport {
         },
     });
 
+    // The egress channel's routing (native and oci: runtimes).
+    let egress = crate::egress::probe();
+    let egress_ok = egress.is_ok();
+    checks.push(Check {
+        name: "egress".into(),
+        ok: egress_ok,
+        detail: egress.unwrap_or_else(|e| e),
+    });
+
     // cgroups.
     let mounts = read_mountinfo();
     let (v2_checks, v2_available) = check_cgroup_v2(&mounts);
@@ -166,6 +175,9 @@ pub fn probe() -> DoctorReport {
     if !capture_ok {
         native_missing.push("process capture (Linux 6.15 or newer)".to_string());
     }
+    if !egress_ok {
+        native_missing.push("egress routing in the sandbox's network namespace".to_string());
+    }
     if !cgroup_missing.is_empty() {
         native_missing.push(format!(
             "cgroup controllers ({})",
@@ -200,6 +212,15 @@ pub fn probe() -> DoctorReport {
             ok: trace.is_ok(),
             detail: trace.unwrap_or_else(|e| e),
         });
+        let uds = crate::egress::probe_runsc(p);
+        if uds.is_err() {
+            gvisor_missing.push("the egress channel (runsc --host-uds)".to_string());
+        }
+        checks.push(Check {
+            name: "egress.gvisor".into(),
+            ok: uds.is_ok(),
+            detail: uds.unwrap_or_else(|e| e),
+        });
     }
     if !cgroup_missing.is_empty() {
         gvisor_missing.push(format!(
@@ -226,6 +247,9 @@ pub fn probe() -> DoctorReport {
         }
         if !capture_ok {
             missing.push("process capture (Linux 6.15 or newer)".to_string());
+        }
+        if !egress_ok {
+            missing.push("egress routing in the sandbox's network namespace".to_string());
         }
         if !cgroup_missing.is_empty() {
             missing.push(format!(
@@ -725,6 +749,8 @@ mod tests {
             .contains("/sys/fs/cgroup/memory"));
         assert!(check(&r, "overlayfs").ok);
         assert!(check(&r, "tmpfs").ok);
+        let eg = check(&r, "egress");
+        assert!(eg.ok && eg.detail.contains("93.184.216.34:443"), "{eg:?}");
     }
 
     #[test]
@@ -734,6 +760,7 @@ mod tests {
         assert!(runsc.ok, "{runsc:?}");
         assert!(runsc.detail.contains("runsc version"), "{}", runsc.detail);
         assert!(r.runtime("gvisor").unwrap().works);
+        assert!(check(&r, "egress.gvisor").ok, "{r:#?}");
         let trace = check(&r, "capture.gvisor");
         assert!(trace.ok, "{trace:?}");
         let crun = find_binary("crun").unwrap();

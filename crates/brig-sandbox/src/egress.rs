@@ -232,24 +232,82 @@ pub fn setup_netns(pid: i32) -> Result<()> {
                     io::Error::last_os_error()
                 ));
             }
-            lo_up().map_err(|e| format!("bringing lo up: {e}"))?;
-            add_anyip_route().map_err(|e| {
-                format!("adding the route `local 0.0.0.0/0 dev lo table local`: {e}")
-            })?;
-            let path = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
-            std::fs::write(path, LOWEST_PORT.to_string())
-                .map_err(|e| format!("writing {path}: {e}"))?;
-            let back = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
-            if back.trim() != LOWEST_PORT.to_string() {
-                return Err(format!("{path} reads {} after writing", back.trim()));
-            }
-            Ok(())
+            configure_current_netns()
         })
         .map_err(|e| Error::guard("egress", format!("starting the netns thread: {e}")))?;
     match worker.join() {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(Error::guard("egress", e)),
         Err(_) => Err(Error::guard("egress", "the netns thread panicked")),
+    }
+}
+
+/// The routes and port floor, in the calling thread's network namespace.
+fn configure_current_netns() -> std::result::Result<(), String> {
+    lo_up().map_err(|e| format!("bringing lo up: {e}"))?;
+    add_anyip_route()
+        .map_err(|e| format!("adding the route `local 0.0.0.0/0 dev lo table local`: {e}"))?;
+    let path = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
+    std::fs::write(path, LOWEST_PORT.to_string()).map_err(|e| format!("writing {path}: {e}"))?;
+    let back = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
+    if back.trim() != LOWEST_PORT.to_string() {
+        return Err(format!("{path} reads {} after writing", back.trim()));
+    }
+    Ok(())
+}
+
+/// `brig doctor`'s check of the mechanism: in a throw-away network
+/// namespace (a thread of its own), configure it as a sandbox's and prove a
+/// connect to an outside address lands on a local `0.0.0.0:443` listener
+/// with the original destination as its local address.
+pub fn probe() -> std::result::Result<String, String> {
+    let t = std::thread::Builder::new()
+        .name("brig-egress-probe".into())
+        .spawn(|| -> std::result::Result<String, String> {
+            // SAFETY: only this thread's network namespace changes.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(format!(
+                    "a new network namespace: {} (needs root)",
+                    io::Error::last_os_error()
+                ));
+            }
+            configure_current_netns()?;
+            let l = std::net::TcpListener::bind("0.0.0.0:443")
+                .map_err(|e| format!("binding 0.0.0.0:443: {e}"))?;
+            let dst: std::net::SocketAddr = "93.184.216.34:443".parse().expect("literal");
+            let _c = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(2))
+                .map_err(|e| format!("connecting to {dst} through the route: {e}"))?;
+            let (s, _) = l.accept().map_err(|e| format!("accepting: {e}"))?;
+            let local = s.local_addr().map_err(|e| format!("getsockname: {e}"))?;
+            if local != dst {
+                return Err(format!("the accepted connection's local address is {local}, not {dst}"));
+            }
+            Ok(format!(
+                "netns routing (local 0.0.0.0/0 dev lo over rtnetlink, ip_unprivileged_port_start {LOWEST_PORT}): a connect to {dst} reaches a local listener as {local}"
+            ))
+        })
+        .map_err(|e| format!("starting the probe thread: {e}"))?;
+    t.join()
+        .map_err(|_| "the probe thread panicked".to_string())?
+}
+
+/// Whether `runsc` offers `--host-uds` (the gVisor side of the channel).
+pub fn probe_runsc(runsc: &Path) -> std::result::Result<String, String> {
+    let out = std::process::Command::new(runsc)
+        .arg("flags")
+        .output()
+        .map_err(|e| format!("running {} flags: {e}", runsc.display()))?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    match text.lines().any(|l| l.trim_start().starts_with("-host-uds")) {
+        true => Ok(format!(
+            "{} --host-uds=open: explicit proxy and DNS through the session's sockets (egress:proxy-only)",
+            runsc.display()
+        )),
+        false => Err(format!(
+            "{} has no --host-uds flag: the sandbox could not reach its egress sockets",
+            runsc.display()
+        )),
     }
 }
 
