@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub reaper: ReaperConfig,
     pub journal: JournalConfig,
     pub profiles: BTreeMap<String, Profile>,
+    /// How sessions' DNS queries are answered (`[resolver]`).
+    pub resolver: brig_proxy::ResolverConfig,
     /// Where this came from (a path, or `embedded defaults`), for messages.
     pub source: String,
 }
@@ -91,6 +93,9 @@ pub struct Profile {
     pub limits: Limits,
     /// The clean environment commands get (on top of the image's).
     pub env: Vec<(String, String)>,
+    /// The egress policy (`[profiles.NAME.egress]`, else the global
+    /// `[egress]`), checked by `brig_egress::Policy::compile` at load.
+    pub egress: brig_egress::EgressConfig,
 }
 
 // ---- the file as written ----
@@ -111,6 +116,19 @@ struct RawConfig {
     journal: RawJournal,
     #[serde(default)]
     profiles: BTreeMap<String, RawProfile>,
+    egress: Option<brig_egress::EgressConfig>,
+    #[serde(default)]
+    resolver: RawResolver,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawResolver {
+    /// `ip:port` of the DNS server brig asks; default: /etc/resolv.conf's first.
+    upstream: Option<String>,
+    /// Names answered without asking upstream: `"mirror.internal" = ["10.0.0.5"]`.
+    #[serde(default)]
+    hosts: BTreeMap<String, Vec<std::net::IpAddr>>,
 }
 
 #[derive(Deserialize)]
@@ -158,6 +176,7 @@ struct RawProfile {
     limits: RawLimits,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    egress: Option<brig_egress::EgressConfig>,
 }
 
 /// A size: `"2G"` or a number of bytes.
@@ -245,7 +264,8 @@ impl ServerConfig {
             upload_cap_bytes: DEFAULT_UPLOAD_CAP,
             reaper: ReaperConfig::default(),
             journal: JournalConfig::default(),
-            profiles: builtin_profiles(&Limits::default()),
+            profiles: builtin_profiles(&Limits::default(), &brig_egress::EgressConfig::default()),
+            resolver: brig_proxy::ResolverConfig::default(),
             source: "embedded defaults".into(),
         }
     }
@@ -340,15 +360,38 @@ impl ServerConfig {
                 Some(TcpConfig { listen, token_file })
             }
         };
+        let egress = raw.egress.unwrap_or_default();
+        check_egress(&egress, &at("[egress]"))?;
         let profiles = if raw.profiles.is_empty() {
-            builtin_profiles(&defaults)
+            builtin_profiles(&defaults, &egress)
         } else {
             let mut out = BTreeMap::new();
             for (name, p) in &raw.profiles {
-                out.insert(name.clone(), resolve_profile(name, p, &defaults, source)?);
+                out.insert(
+                    name.clone(),
+                    resolve_profile(name, p, &defaults, &egress, source)?,
+                );
             }
             out
         };
+        let mut resolver = brig_proxy::ResolverConfig::default();
+        if let Some(u) = &raw.resolver.upstream {
+            resolver.upstream = Some(u.parse().map_err(|_| {
+                Error::invalid(at(&format!("[resolver] upstream {u:?} is not an ip:port")))
+                    .hint("e.g. upstream = \"10.0.0.2:53\"")
+            })?);
+        }
+        for (name, addrs) in &raw.resolver.hosts {
+            let key = match brig_egress::Host::parse(name) {
+                Ok(brig_egress::Host::Domain(d)) => d,
+                _ => {
+                    return Err(Error::invalid(at(&format!(
+                        "[resolver.hosts] {name:?} is not a host name"
+                    ))))
+                }
+            };
+            resolver.static_hosts.insert(key, addrs.clone());
+        }
         Ok(ServerConfig {
             data_dir: raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             socket: raw.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
@@ -359,6 +402,7 @@ impl ServerConfig {
             reaper,
             journal,
             profiles,
+            resolver,
             source: source.to_string(),
         })
     }
@@ -387,7 +431,20 @@ impl ServerConfig {
     }
 }
 
-fn resolve_profile(name: &str, p: &RawProfile, defaults: &Limits, source: &str) -> Result<Profile> {
+/// An egress table must compile: every error names its rule and where it is.
+fn check_egress(c: &brig_egress::EgressConfig, at: &str) -> Result<()> {
+    brig_egress::Policy::compile(c).map(|_| ()).map_err(|e| {
+        Error::invalid(format!("{at}: {e}")).hint("the egress keys are in docs/EGRESS.md")
+    })
+}
+
+fn resolve_profile(
+    name: &str,
+    p: &RawProfile,
+    defaults: &Limits,
+    egress: &brig_egress::EgressConfig,
+    source: &str,
+) -> Result<Profile> {
     let at = format!("{source}: [profiles.{name}]");
     if name.is_empty()
         || !name
@@ -409,22 +466,29 @@ fn resolve_profile(name: &str, p: &RawProfile, defaults: &Limits, source: &str) 
             )));
         }
     }
+    let egress = p.egress.clone().unwrap_or_else(|| egress.clone());
+    check_egress(&egress, &format!("{at}.egress"))?;
     Ok(Profile {
         runtime,
         image: p.image.clone().unwrap_or_else(|| "host".into()),
         limits,
         env: p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        egress,
     })
 }
 
 /// `default` (native) and `gvisor`, both on the `host` image: what brig
 /// offers when brig.toml defines no profiles.
-pub fn builtin_profiles(defaults: &Limits) -> BTreeMap<String, Profile> {
+pub fn builtin_profiles(
+    defaults: &Limits,
+    egress: &brig_egress::EgressConfig,
+) -> BTreeMap<String, Profile> {
     let mk = |runtime| Profile {
         runtime,
         image: "host".into(),
         limits: defaults.clone(),
         env: Vec::new(),
+        egress: egress.clone(),
     };
     BTreeMap::from([
         (DEFAULT_PROFILE.to_string(), mk(RuntimeKind::Native)),

@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod egress;
 pub mod journal;
 pub mod manager;
 pub mod metrics;

@@ -137,6 +137,9 @@ struct Live {
     /// Stops the watcher of `Sandbox::died` once brig itself ends the session.
     stop_watch: Notify,
     closing: AtomicBool,
+    /// The session's egress sockets being served; dropped (unbound) first
+    /// at teardown.
+    egress: Mutex<Option<crate::egress::SessionChannels>>,
 }
 
 impl Live {
@@ -157,9 +160,11 @@ pub struct Manager {
     closing: AtomicBool,
     /// The journal's SIEM sink runner, when sinks are configured.
     pub sinks: Mutex<Option<brig_sinks::SinkRunner>>,
+    /// Each profile's compiled egress policy.
+    policies: HashMap<String, Arc<brig_egress::Policy>>,
 }
 
-fn session_event(info: &SessionInfo, action: &str, outcome: Outcome) -> Event {
+pub(crate) fn session_event(info: &SessionInfo, action: &str, outcome: Outcome) -> Event {
     let mut e = Event::new(action, outcome);
     e.session = Some(info.id.to_string());
     e.human = Some(info.human.clone());
@@ -221,7 +226,21 @@ fn apply_state(info: &mut SessionInfo, to: SessionState, reason: &str) {
 
 impl Manager {
     pub fn new(cfg: ServerConfig, store: Store) -> Manager {
+        // Checked when the configuration was loaded; a policy that does not
+        // compile here leaves its profile without sessions (fail closed).
+        let policies = cfg
+            .profiles
+            .iter()
+            .filter_map(|(name, p)| match brig_egress::Policy::compile(&p.egress) {
+                Ok(pol) => Some((name.clone(), Arc::new(pol))),
+                Err(e) => {
+                    tracing::error!(profile = %name, error = %e, "egress policy does not compile");
+                    None
+                }
+            })
+            .collect();
         Manager {
+            policies,
             paths: cfg.sandbox_paths(),
             cfg,
             db: Db::new(store),
@@ -457,6 +476,26 @@ impl Manager {
                 return Err(e);
             }
         };
+        // Its one way out, before anything of the agent's runs.
+        let egress = match self.start_egress(&info, &sandbox) {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(session = %id, error = %e, "session failed to start");
+                let report = sandbox.destroy().await;
+                for p in &report.problems {
+                    tracing::warn!(session = %id, problem = %p, "destroy problem");
+                }
+                let reason = format!("sandbox failed to start: {}", e.message);
+                if let Err(re) = self
+                    .record_state(&mut info, SessionState::Failed, &reason)
+                    .await
+                {
+                    tracing::error!(session = %id, error = %re, "could not record the failure");
+                }
+                return Err(e);
+            }
+        };
         info.layers = sandbox.layers.clone();
         info.image_digest = sandbox.image.digest.clone();
         info.last_activity_at = Some(now_rfc3339());
@@ -477,6 +516,7 @@ impl Manager {
             execs_done: Notify::new(),
             stop_watch: Notify::new(),
             closing: AtomicBool::new(false),
+            egress: Mutex::new(Some(egress)),
         });
         self.live_table().insert(id.clone(), live.clone());
         self.metrics
@@ -501,6 +541,19 @@ impl Manager {
         }
         tracing::info!(session = %id, ms = t0.elapsed().as_millis() as u64, "session running");
         Ok(info)
+    }
+
+    /// Serve the session's egress sockets under its profile's policy.
+    fn start_egress(
+        &self,
+        info: &SessionInfo,
+        sandbox: &Sandbox,
+    ) -> Result<crate::egress::SessionChannels> {
+        let policy = self.policies.get(&info.profile).cloned().ok_or_else(|| {
+            Error::internal(format!("no egress policy for profile {:?}", info.profile))
+        })?;
+        let dir = brig_sandbox::egress::host_dir(sandbox.session_dir());
+        crate::egress::start(&self.db, info, policy, &self.cfg.resolver, &dir)
     }
 
     /// Journal the sandbox's process events until its channel ends, in
@@ -961,6 +1014,8 @@ impl Manager {
                 }
             }
         }
+        // No new connection from here on; open ones are dropped.
+        drop(live.egress.lock().unwrap_or_else(|p| p.into_inner()).take());
         let report = live.sandbox.destroy().await;
         for p in &report.problems {
             tracing::warn!(session = %live.id, problem = %p, "destroy problem");

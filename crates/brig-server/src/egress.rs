@@ -1,0 +1,198 @@
+//! A session's way out, from the control plane: bind the session's two
+//! egress sockets (`brig_sandbox::egress`) and serve them with `brig-proxy`
+//! under that session's policy, journaling every connection, request and
+//! DNS query (docs/EGRESS.md).
+//!
+//! The session is the socket: the listeners are created here for exactly
+//! one session and handed to the proxy with that session's identity; nothing
+//! a stream says can change it. Dropping [`SessionChannels`] stops serving:
+//! the sockets are unlinked and every open connection is dropped, so the
+//! sandbox's connections are refused from then on (fail closed).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use brig_core::event::{Event, Outcome};
+use brig_core::session::SessionInfo;
+use brig_core::{Error, ErrorKind, Result};
+use brig_egress::Policy;
+use brig_proxy::{EgressEvent, EgressEvents, EventKind, ResolverConfig, SessionEgress, Verdict};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::manager::Db;
+
+/// Most egress events journaled in one transaction.
+const BATCH: usize = 256;
+/// How long the first event of a batch waits for others.
+const LINGER: Duration = Duration::from_millis(10);
+/// Events queued for the journal; past this they are counted and dropped
+/// (a flood of requests must not grow brig's memory), and the count is
+/// journaled as `net.journal_overflow`.
+const QUEUE: usize = 8192;
+
+/// The serving tasks of one session's egress sockets.
+pub struct SessionChannels {
+    tasks: Vec<JoinHandle<()>>,
+    paths: Vec<PathBuf>,
+}
+
+impl Drop for SessionChannels {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for p in &self.paths {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Bind `dir`'s sockets and serve them for `info`'s session. An error names
+/// the layer `egress`: the session must not start without its way out.
+pub fn start(
+    db: &Db,
+    info: &SessionInfo,
+    policy: Arc<Policy>,
+    resolver: &ResolverConfig,
+    dir: &Path,
+) -> Result<SessionChannels> {
+    let guard = |what: &str, e: std::io::Error| {
+        Error::new(
+            ErrorKind::GuardUnavailable,
+            format!("egress: {what} in {}: {e}", dir.display()),
+        )
+        .hint("the session's way out could not be set up, so it does not start")
+    };
+    let listen = |name: &str| -> Result<tokio::net::UnixListener> {
+        let l = brig_sandbox::egress::bind_egress_socket(dir, name)
+            .map_err(|e| guard(&format!("binding {name}"), e))?;
+        l.set_nonblocking(true)
+            .map_err(|e| guard(&format!("{name} non-blocking"), e))?;
+        tokio::net::UnixListener::from_std(l).map_err(|e| guard(&format!("serving {name}"), e))
+    };
+    let mut channels = SessionChannels {
+        tasks: Vec::new(),
+        paths: Vec::new(),
+    };
+    let proxy = listen(brig_sandbox::egress::PROXY_SOCK)?;
+    channels
+        .paths
+        .push(dir.join(brig_sandbox::egress::PROXY_SOCK));
+    let dns = listen(brig_sandbox::egress::DNS_SOCK)?;
+    channels
+        .paths
+        .push(dir.join(brig_sandbox::egress::DNS_SOCK));
+
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let sink = Arc::new(JournalSink {
+        tx,
+        dropped: Default::default(),
+    });
+    let session = SessionEgress::new(
+        info.id.to_string(),
+        policy,
+        brig_proxy::SessionResolver::new(resolver.clone()),
+        sink.clone(),
+    );
+    channels
+        .tasks
+        .push(tokio::spawn(journal(db.clone(), info.clone(), rx, sink)));
+    let id = info.id.to_string();
+    let s = session.clone();
+    channels.tasks.push(tokio::spawn(async move {
+        if let Err(e) = brig_proxy::serve_unix(proxy, s).await {
+            tracing::error!(session = %id, error = %e, "egress proxy channel stopped");
+        }
+    }));
+    let id = info.id.to_string();
+    channels.tasks.push(tokio::spawn(async move {
+        if let Err(e) = brig_proxy::serve_dns_unix(dns, session).await {
+            tracing::error!(session = %id, error = %e, "egress DNS channel stopped");
+        }
+    }));
+    Ok(channels)
+}
+
+/// The proxy's event sink: a bounded queue that never blocks a connection.
+struct JournalSink {
+    tx: mpsc::Sender<EgressEvent>,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl EgressEvents for JournalSink {
+    fn event(&self, event: EgressEvent) {
+        if self.tx.try_send(event).is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+async fn journal(
+    db: Db,
+    info: SessionInfo,
+    mut rx: mpsc::Receiver<EgressEvent>,
+    sink: Arc<JournalSink>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![journal_event(&info, first)];
+        let take = |rx: &mut mpsc::Receiver<EgressEvent>, batch: &mut Vec<Event>| {
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(e) => batch.push(journal_event(&info, e)),
+                    Err(_) => break,
+                }
+            }
+        };
+        take(&mut rx, &mut batch);
+        if batch.len() < BATCH {
+            tokio::time::sleep(LINGER).await;
+            take(&mut rx, &mut batch);
+        }
+        let dropped = sink.dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if dropped > 0 {
+            batch.push(
+                crate::manager::session_event(&info, "net.journal_overflow", Outcome::Failure)
+                    .rule("egress.queue")
+                    .details(serde_json::json!({ "dropped": dropped })),
+            );
+        }
+        if let Err(e) = db.write(move |s| s.append_events(&batch).map(|_| ())).await {
+            tracing::error!(session = %info.id, error = %e, "could not journal egress events");
+        }
+    }
+}
+
+/// The journal's form of one proxy/resolver event: `net.connect` (a tunnel
+/// or a refused connection), `net.request` (one plain-HTTP request),
+/// `net.dns` (one query); outcome `success` when allowed, `denied` when
+/// denied, `info` for report mode's would-deny (with `would_deny: true`).
+pub fn journal_event(info: &SessionInfo, e: EgressEvent) -> Event {
+    let action = match e.kind {
+        EventKind::Tunnel | EventKind::Connection => "net.connect",
+        EventKind::Http => "net.request",
+        EventKind::Dns => "net.dns",
+    };
+    let outcome = match e.decision {
+        Verdict::Allowed => Outcome::Success,
+        Verdict::Denied => Outcome::Denied,
+        Verdict::WouldDeny => Outcome::Info,
+    };
+    let rule = e.rule.clone();
+    let mut details = serde_json::to_value(&e).unwrap_or_default();
+    if let Some(o) = details.as_object_mut() {
+        // Already the event's own fields.
+        o.remove("session");
+        o.remove("rule");
+        if e.decision == Verdict::WouldDeny {
+            o.insert("would_deny".into(), true.into());
+        }
+    }
+    let mut ev = crate::manager::session_event(info, action, outcome).details(details);
+    if !rule.is_empty() {
+        ev = ev.rule(rule);
+    }
+    ev
+}
