@@ -112,6 +112,22 @@ pub mod rules {
     /// the proxy request's authority.
     pub const HOST_MISMATCH: &str = "host-mismatch";
 
+    /// The names the egress proxy and resolver (`brig-proxy`) decide by
+    /// themselves; a configured rule may not take them either (the
+    /// `rate-limit:*` names have a ':', which no configured name can).
+    pub const PROXY: &[&str] = &[
+        "tls-no-sni",
+        "transparent-ip-mismatch",
+        "transparent-unknown-address",
+        "bad-request",
+        "headers-too-large",
+        "header-timeout",
+        "proxy-protocol",
+        "upstream",
+        "dns-malformed",
+        "dns-qclass",
+    ];
+
     /// Names a configured rule may not take.
     pub const BUILTIN: &[&str] = &[
         DEFAULT_DENY,

@@ -349,6 +349,7 @@ fn valid_name(n: &str) -> bool {
             b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
         })
         && !rules::BUILTIN.contains(&n)
+        && !rules::PROXY.contains(&n)
 }
 
 fn is_token(m: &str) -> bool {

@@ -818,3 +818,20 @@ fn config_round_trips_through_toml() {
     assert_eq!(EgressConfig::from_toml(&text).unwrap(), cfg, "{text}");
     assert!(text.contains("203.0.113.0/24"));
 }
+
+#[test]
+fn proxy_rule_names_are_reserved() {
+    for name in [
+        "upstream",
+        "tls-no-sni",
+        "transparent-ip-mismatch",
+        "default-deny",
+    ] {
+        let toml = format!("[[allow]]\nname = \"{name}\"\ndomains = [\"a.example\"]\n");
+        assert!(Policy::from_toml(&toml).is_err(), "{name}");
+    }
+    assert!(Policy::from_toml(
+        "[[allow]]\nname = \"upstream-mirror\"\ndomains = [\"a.example\"]\n"
+    )
+    .is_ok());
+}

@@ -1280,6 +1280,9 @@ where
     }
 }
 
+const PUMP_MIN: usize = 4 * 1024;
+const PUMP_MAX: usize = 256 * 1024;
+
 async fn pump<R, W, M>(
     r: &mut R,
     w: &mut W,
@@ -1293,7 +1296,9 @@ where
     W: AsyncWrite + Unpin,
     M: Meter,
 {
-    let mut buf = vec![0u8; 64 * 1024];
+    // The buffer grows while reads fill it (bulk transfers) and shrinks
+    // back when the tunnel goes quiet: an idle tunnel holds 2 x 4 KiB.
+    let mut buf = vec![0u8; PUMP_MIN];
     let tick = idle.min(Duration::from_secs(30));
     loop {
         let n = match tokio::time::timeout(tick, r.read(&mut buf)).await {
@@ -1301,6 +1306,9 @@ where
                 let quiet = origin.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
                 if quiet >= idle.as_millis() as u64 {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel idle"));
+                }
+                if buf.len() > PUMP_MIN {
+                    buf = vec![0u8; PUMP_MIN];
                 }
                 continue;
             }
@@ -1313,6 +1321,9 @@ where
         last.store(origin.elapsed().as_millis() as u64, Ordering::Relaxed);
         if !meter.copied(n) {
             return Err(io::Error::other("bytes-out limit"));
+        }
+        if n == buf.len() && buf.len() < PUMP_MAX {
+            buf = vec![0u8; buf.len() * 4];
         }
     }
 }

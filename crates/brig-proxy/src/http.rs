@@ -396,7 +396,7 @@ where
     if left == 0 {
         return Ok(total);
     }
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; 16 * 1024];
     loop {
         let want = if let Framing::Length(_) = framing {
             left.min(buf.len() as u64) as usize
@@ -437,6 +437,10 @@ where
         }
         if done {
             return Ok(total);
+        }
+        // Bulk bodies get a bigger buffer (fewer system calls).
+        if n == buf.len() && buf.len() < 256 * 1024 {
+            buf = vec![0u8; buf.len() * 4];
         }
     }
 }

@@ -251,3 +251,31 @@ async fn accept_error(e: io::Error) -> io::Result<()> {
 pub async fn answer_dns(s: &SessionEgress, msg: &[u8]) -> Option<Vec<u8>> {
     dns_server::answer(s, msg).await
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn proxy_rule_names_are_reserved_in_brig_egress() {
+        use super::rules::*;
+        for name in [
+            TLS_NO_SNI,
+            TRANSPARENT_IP_MISMATCH,
+            TRANSPARENT_UNKNOWN_ADDRESS,
+            BAD_REQUEST,
+            HEADERS_TOO_LARGE,
+            HEADER_TIMEOUT,
+            PROXY_PROTOCOL,
+            UPSTREAM,
+            DNS_MALFORMED,
+            DNS_QCLASS,
+        ] {
+            assert!(brig_egress::rules::PROXY.contains(&name), "{name}");
+        }
+        for name in [RATE_REQUESTS, RATE_CONNECTIONS, RATE_BYTES_OUT, RATE_DNS] {
+            assert!(
+                name.contains(':'),
+                "{name} cannot be a configured rule name"
+            );
+        }
+    }
+}
