@@ -1,0 +1,345 @@
+//! Egress end to end (issue 4): real clients inside a real `native` session
+//! of `brig serve`, through the session's egress channel and brig's proxy
+//! and resolver, to the real package registries this machine reaches (they
+//! resolve into 203.0.113.0/24, a documentation range the SSRF guard denies
+//! unless trusted: these tests trust it explicitly). Every allowed attempt
+//! works; every bypass attempt is denied, and every decision is on the
+//! session's journal with the rule that made it.
+
+mod server_support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use server_support::*;
+
+const PROBE: &str = include_str!("egress/probe.py");
+
+fn registries_policy(cfg: &mut brig_server::ServerConfig) {
+    let egress: brig_egress::EgressConfig = toml::from_str(
+        r#"
+        presets = ["registries"]
+        [ssrf]
+        trusted_cidrs = ["203.0.113.0/24"]
+        "#,
+    )
+    .unwrap();
+    for p in cfg.profiles.values_mut() {
+        p.egress = egress.clone();
+    }
+}
+
+/// Whether this machine reaches the registries at all (the CI machine
+/// does); without them the allowed half of the test has nothing to reach.
+fn registries_reachable() -> bool {
+    use std::net::ToSocketAddrs;
+    ("pypi.org", 443)
+        .to_socket_addrs()
+        .map(|mut a| {
+            a.any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(5)).is_ok())
+        })
+        .unwrap_or(false)
+}
+
+async fn events(srv: &Srv, id: &str) -> Vec<Value> {
+    let (s, v) = srv
+        .call("GET", &format!("/v1/sessions/{id}/events"), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v.as_array().unwrap().clone()
+}
+
+fn net_events<'a>(evs: &'a [Value], outcome: &str) -> Vec<&'a Value> {
+    evs.iter()
+        .filter(|e| {
+            e["action"].as_str().unwrap_or("").starts_with("net.") && e["outcome"] == outcome
+        })
+        .collect()
+}
+
+fn has_denial(evs: &[Value], host: &str, rule_prefix: &str) -> bool {
+    net_events(evs, "denied").iter().any(|e| {
+        e["details"]["host"] == host && e["rule"].as_str().unwrap_or("").starts_with(rule_prefix)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_clients_reach_allowed_registries_and_every_bypass_is_denied_and_journaled() {
+    require_root!();
+    if !registries_reachable() {
+        eprintln!("skipped: the package registries are not reachable from this machine");
+        return;
+    }
+    // A service on the host's loopback: nothing in the sandbox may reach it.
+    let host_svc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    host_svc.set_nonblocking(true).unwrap();
+    let host_port = host_svc.local_addr().unwrap().port();
+
+    let srv = Srv::start_with(registries_policy).await;
+    let repo = project();
+    std::fs::write(repo.path().join("probe.py"), PROBE).unwrap();
+    let info = srv
+        .create(json!({ "task": "EGRESS-1", "repo": repo.path(), "memory": "1G" }))
+        .await;
+    let id = info["id"].as_str().unwrap().to_string();
+    assert!(
+        info["layers"].to_string().contains("egress:transparent"),
+        "{info}"
+    );
+
+    let r = srv
+        .exec_req(
+            &id,
+            json!({ "argv": ["python3", "/workspace/probe.py", host_port.to_string()], "timeout_ms": 300000 }),
+        )
+        .await;
+    assert_eq!(r["status"]["code"], 0, "probe failed: {r}");
+    let res: Value = serde_json::from_str(r["stdout"].as_str().unwrap())
+        .unwrap_or_else(|e| panic!("probe output: {e}: {r}"));
+    let get = |k: &str| res[k].clone();
+    let text = |k: &str| res[k].to_string();
+
+    // Allowed: honouring HTTPS_PROXY, and transparently without it.
+    assert_eq!(
+        get("urllib_allowed")["status"],
+        200,
+        "{}",
+        text("urllib_allowed")
+    );
+    assert_eq!(
+        get("curl_proxy_allowed")["out"],
+        "200",
+        "{}",
+        text("curl_proxy_allowed")
+    );
+    assert_eq!(
+        get("curl_transparent_allowed")["out"],
+        "200",
+        "{}",
+        text("curl_transparent_allowed")
+    );
+    // Denied with the rule and how to ask for access.
+    let d = get("urllib_denied");
+    assert_eq!(d["status"], 403, "{d}");
+    assert_eq!(d["rule"], "default-deny", "{d}");
+    assert!(
+        d["body"].as_str().unwrap().contains("[[egress.allow]]"),
+        "{d}"
+    );
+    assert_ne!(
+        get("curl_transparent_denied")["code"],
+        0,
+        "{}",
+        text("curl_transparent_denied")
+    );
+    // IP literals in every disguise: 403 from the proxy's SSRF guard or policy.
+    for k in [
+        "ip_v4",
+        "ip_decimal",
+        "ip_hex",
+        "ip_octal",
+        "ip_v6_loopback",
+        "ip_v4_mapped",
+        "metadata",
+    ] {
+        assert_eq!(get(k)["status"], 403, "{k}: {}", text(k));
+    }
+    for k in [
+        "connect_port_22",
+        "connect_host_loopback",
+        "absolute_uri_denied",
+    ] {
+        assert!(text(k).contains(" 403 "), "{k}: {}", text(k));
+    }
+    assert!(
+        text("host_header_mismatch").contains(" 400 ")
+            || text("host_header_mismatch").contains(" 403 "),
+        "{}",
+        text("host_header_mismatch")
+    );
+    let sni = get("sni_mismatch");
+    assert!(
+        sni["tls"].as_str().unwrap().starts_with("error"),
+        "domain fronting got through: {sni}"
+    );
+    // Around the proxy: nothing routes.
+    for k in ["direct_port_22", "direct_host_loopback", "ipv6_global"] {
+        assert!(text(k).contains("error"), "{k}: {}", text(k));
+    }
+    for k in ["udp_quic", "dns_outside_resolver"] {
+        assert!(!text(k).contains("answer"), "{k}: {}", text(k));
+    }
+    // brig's resolver: allowed names answered, the rest refused.
+    assert_eq!(get("dns_allowed")["rcode"], 0, "{}", text("dns_allowed"));
+    assert!(get("dns_allowed")["answers"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        get("dns_denied_name")["rcode"],
+        3,
+        "NXDOMAIN: {}",
+        text("dns_denied_name")
+    );
+    assert_eq!(get("dns_txt")["rcode"], 5, "REFUSED: {}", text("dns_txt"));
+    assert_ne!(get("dns_tunnel")["rcode"], 0, "{}", text("dns_tunnel"));
+    // The host's loopback service never saw a connection.
+    assert!(
+        host_svc.accept().is_err(),
+        "a sandbox reached the host's loopback"
+    );
+
+    // The journal has every decision, with its rule.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let evs = loop {
+        let evs = events(&srv, &id).await;
+        if has_denial(&evs, "example.com", "default-deny") && has_denial(&evs, "paste.ee", "exfil")
+            || tokio::time::Instant::now() > deadline
+        {
+            break evs;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let allowed = net_events(&evs, "success");
+    assert!(
+        allowed.iter().any(|e| e["action"] == "net.connect"
+            && e["details"]["host"] == "pypi.org"
+            && e["rule"] == "registries/pypi"
+            && e["details"]["address"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("203.0.113.")),
+        "no allowed pypi.org connection on the journal"
+    );
+    assert!(has_denial(&evs, "example.com", "default-deny"));
+    assert!(
+        has_denial(&evs, "paste.ee", "exfil"),
+        "the exfiltration deny-list"
+    );
+    assert!(
+        has_denial(&evs, "pypi.org", "tls-")
+            || net_events(&evs, "denied")
+                .iter()
+                .any(|e| e["rule"].as_str().unwrap_or("").contains("sni")),
+        "the SNI mismatch"
+    );
+    let ssrf = net_events(&evs, "denied")
+        .iter()
+        .filter(|e| e["rule"].as_str().unwrap_or("").starts_with("ssrf:"))
+        .count();
+    assert!(ssrf >= 5, "IP literals denied by the SSRF guard: {ssrf}");
+    assert!(
+        net_events(&evs, "denied")
+            .iter()
+            .any(|e| e["action"] == "net.dns" && e["rule"] == "dns-qtype"),
+        "TXT refused on the journal"
+    );
+    for e in net_events(&evs, "denied") {
+        assert!(
+            e["details"]["explanation"]["how_to_request_access"].is_string(),
+            "a denial without its explanation: {e}"
+        );
+    }
+
+    let (s, _) = srv
+        .call("DELETE", &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(s, 200);
+    srv.assert_gone(&id);
+    srv.stop().await;
+}
+
+/// Node's `fetch` ignores HTTP_PROXY: it is caught transparently, judged by
+/// its SNI, and works for an allowed registry; pip and npm (which honour the
+/// proxy variables) fetch a real package; a denied host fails for each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pip_npm_and_node_fetch_work_when_allowed_and_fail_when_denied() {
+    require_root!();
+    if !registries_reachable() {
+        eprintln!("skipped: the package registries are not reachable from this machine");
+        return;
+    }
+    let have = |p: &str| Path::new(p).exists();
+    let srv = Srv::start_with(registries_policy).await;
+    let info = srv
+        .create(json!({ "task": "EGRESS-2", "memory": "1G" }))
+        .await;
+    let id = info["id"].as_str().unwrap().to_string();
+    let run = |argv: Vec<&'static str>| {
+        let srv = &srv;
+        let id = id.clone();
+        async move {
+            srv.exec_req(&id, json!({ "argv": argv, "timeout_ms": 240000 }))
+                .await
+        }
+    };
+    let mut checked = 0;
+    if have("/usr/bin/pip3") {
+        let r = run(vec![
+            "pip3",
+            "download",
+            "--no-deps",
+            "--no-cache-dir",
+            "six==1.16.0",
+            "-d",
+            "/workspace/dl",
+        ])
+        .await;
+        assert_eq!(r["status"]["code"], 0, "pip download: {r}");
+        let r = run(vec!["sh", "-c", "ls /workspace/dl"]).await;
+        assert!(r["stdout"].as_str().unwrap().contains("six-1.16.0"), "{r}");
+        let r = run(vec![
+            "pip3",
+            "download",
+            "--no-deps",
+            "--no-cache-dir",
+            "--retries",
+            "0",
+            "--timeout",
+            "5",
+            "--index-url",
+            "https://example.com/simple",
+            "six",
+            "-d",
+            "/workspace/dl2",
+        ])
+        .await;
+        assert_ne!(r["status"]["code"], 0, "pip through a denied index: {r}");
+        checked += 1;
+    }
+    if have("/usr/bin/npm") {
+        let r = run(vec!["npm", "view", "is-number@7.0.0", "version"]).await;
+        assert_eq!(r["status"]["code"], 0, "npm view: {r}");
+        assert!(r["stdout"].as_str().unwrap().contains("7.0.0"), "{r}");
+        checked += 1;
+    }
+    if have("/usr/bin/node") {
+        // Node trusts only its own CA list; this machine's registries are
+        // served under a CA of the system bundle (which the sandbox has).
+        let ca = json!([["NODE_EXTRA_CA_CERTS", "/etc/ssl/certs/ca-certificates.crt"]]);
+        let js = "fetch('https://registry.npmjs.org/is-number').then(r=>{console.log(r.status)},e=>{console.log('error',e.cause&&e.cause.code);process.exit(3)})";
+        let r = srv
+            .exec_req(&id, json!({ "argv": ["node", "-e", js], "env": ca }))
+            .await;
+        assert_eq!(r["stdout"], "200\n", "node fetch, transparent: {r}");
+        let js = "fetch('https://example.com/').then(r=>{console.log(r.status)},e=>{console.log('error');process.exit(3)})";
+        let r = srv
+            .exec_req(&id, json!({ "argv": ["node", "-e", js], "env": ca }))
+            .await;
+        assert_eq!(r["status"]["code"], 3, "node fetch of a denied host: {r}");
+        checked += 1;
+    }
+    assert!(checked > 0, "no client to test (pip3, npm, node)");
+    let evs = events(&srv, &id).await;
+    assert!(
+        net_events(&evs, "success")
+            .iter()
+            .any(|e| e["details"]["via"] == "transparent"
+                && e["details"]["host"] == "registry.npmjs.org")
+            || !have("/usr/bin/node"),
+        "node's fetch was not caught transparently"
+    );
+    let (s, _) = srv
+        .call("DELETE", &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(s, 200);
+    srv.stop().await;
+}
