@@ -33,6 +33,9 @@ async fn every_attack_is_blocked_and_journaled() {
         vec!["read-path", &api_socket],
         vec!["connect-tcp", "127.0.0.1", "22"],
         vec!["connect-tcp", "1.1.1.1", "443"],
+        // Plain HTTP to an IP literal: brig's egress proxy answers with its
+        // refusal (the probe counts only that, a close or an error as blocked).
+        vec!["connect-tcp", "1.1.1.1", "80"],
         vec!["write-rootfs"],
         vec!["mount"],
         vec!["ptrace"],

@@ -148,19 +148,29 @@ def main():
             blocked(name, f"{host}:{port}: {ex}")
         # Connected: on native every IPv4 address is local (the egress
         # channel's AnyIP route) and ports 80/443 are the sandbox's own
-        # forwarder, which hands the stream to brig's proxy or, with none
-        # serving (as here), resets it at once. Blocked means not one byte
-        # comes back; silence (a timeout) is not proof and counts as escaped.
+        # forwarder, which hands the stream to brig's egress proxy (under
+        # brig serve; it refuses IP literals) or, with nobody serving,
+        # resets it at once. Blocked means nothing but that comes back: a
+        # close, a reset, or brig's own refusal (an HTTP error naming its
+        # rule in X-Brig-Rule). Silence (a timeout) is not proof: escaped.
         try:
             s.sendall(b"GET / HTTP/1.0\r\nHost: probe\r\n\r\n")
-            got = s.recv(1)
+            got = b""
+            while len(got) < 4096:
+                b = s.recv(4096)
+                if not b:
+                    break
+                got += b
         except TimeoutError:
             escaped(name, f"connected to {host}:{port}, held open")
         except OSError as ex:
             blocked(name, f"{host}:{port}: accepted inside the sandbox, then reset ({ex})")
         if got == b"":
             blocked(name, f"{host}:{port}: accepted inside the sandbox, then closed")
-        escaped(name, f"connected to {host}:{port} and got {got!r}")
+        head = got.split(b"\r\n\r\n", 1)[0].lower()
+        if head.startswith(b"http/1.") and b"\r\nx-brig-rule:" in head and not head.startswith((b"http/1.1 2", b"http/1.0 2")):
+            blocked(name, f"{host}:{port}: refused by brig's egress proxy: {got.splitlines()[0]!r}")
+        escaped(name, f"connected to {host}:{port} and got {got[:80]!r}")
 
     if name == "connect-unix":
         for p in args:
