@@ -657,4 +657,60 @@ mod tests {
         assert_eq!(c.db_path(), PathBuf::from("/tmp/x/brig.db"));
         assert!(c.profiles.contains_key("default") && c.profiles.contains_key("gvisor"));
     }
+
+    #[test]
+    fn egress_and_resolver_parse_per_profile_and_bad_policies_are_named() {
+        let text = r#"
+            [egress]
+            presets = ["registries"]
+            [[egress.allow]]
+            name = "github"
+            domains = ["github.com"]
+            [resolver]
+            upstream = "10.0.0.2:53"
+            hosts = { "Mirror.Internal." = ["10.0.0.5"] }
+            [profiles.default]
+            [profiles.locked]
+            egress = { presets = [] }
+        "#;
+        let c = ServerConfig::parse(text, "t.toml").unwrap();
+        assert_eq!(c.profiles["default"].egress.presets, vec!["registries"]);
+        assert_eq!(c.profiles["default"].egress.allow.len(), 1);
+        assert!(c.profiles["locked"].egress.presets.is_empty());
+        assert!(
+            c.profiles["locked"].egress.allow.is_empty(),
+            "a profile's table replaces [egress]"
+        );
+        assert_eq!(c.resolver.upstream, Some("10.0.0.2:53".parse().unwrap()));
+        assert_eq!(
+            c.resolver.static_hosts["mirror.internal"],
+            vec!["10.0.0.5".parse::<std::net::IpAddr>().unwrap()]
+        );
+        // Builtin profiles take the global table too.
+        let c = ServerConfig::parse("[egress]\npresets = [\"registries\"]", "t.toml").unwrap();
+        assert_eq!(c.profiles["gvisor"].egress.presets, vec!["registries"]);
+
+        let e = ServerConfig::parse(
+            "[[egress.allow]]\nname = \"all-com\"\ndomains = [\"*.com\"]",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("[egress]") && e.message.contains("all-com"),
+            "{e}"
+        );
+        let e = ServerConfig::parse(
+            "[profiles.x.egress]\npresets = [\"no-such-preset\"]",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("[profiles.x].egress"), "{e}");
+        let e = ServerConfig::parse("[egress]\nmode = \"audit\"", "t.toml").unwrap_err();
+        assert!(
+            e.message.contains("mode") || e.message.contains("audit"),
+            "{e}"
+        );
+        let e = ServerConfig::parse("[resolver]\nupstream = \"nope\"", "t.toml").unwrap_err();
+        assert!(e.message.contains("[resolver] upstream"), "{e}");
+    }
 }
