@@ -359,6 +359,44 @@ async fn native_egress_channel() {
     assert!(r.clean(), "{r:?}");
 }
 
+/// An OCI runtime binary (runc here; crun refuses this host's hybrid
+/// cgroups) gets the same channel as native: brig routes the netns of the
+/// init the runtime left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_runc_egress_channel() {
+    let runc = "/usr/sbin/runc";
+    if !is_root() || !std::path::Path::new(runc).exists() {
+        eprintln!("skipped: needs root and {runc}");
+        return;
+    }
+    let env = TestEnv::new();
+    let req = env.request(RuntimeKind::Oci { path: runc.into() }, Limits::default());
+    let sb = Sandbox::create_with_image(&env.paths, req, env.host_image())
+        .await
+        .unwrap_or_else(|e| panic!("create failed: {e}"));
+    assert!(
+        sb.layers.iter().any(|l| l == egress::LAYER_TRANSPARENT),
+        "{:?}",
+        sb.layers
+    );
+    let proxy = FakeProxy::start(&sb);
+    let out = inside(&sb, "served").await;
+    let r = sb.destroy().await;
+    assert!(r.clean(), "{r:?}");
+    assert!(
+        field(&out, "transparent").starts_with("got b'pong:pingbye'"),
+        "{out}"
+    );
+    assert!(field(&out, "port22").starts_with("connect-failed ConnectionRefusedError"));
+    assert!(field(&out, "udp-dns").starts_with("nothing"), "{out}");
+    assert!(field(&out, "ipv6").starts_with("connect-failed"), "{out}");
+    assert_eq!(field(&out, "resolve"), "['192.0.2.55']");
+    assert!(proxy
+        .streams()
+        .iter()
+        .any(|(h, _)| h.starts_with("PROXY TCP4 ") && h.contains(" 93.184.216.34 ")));
+}
+
 /// gVisor: its network stack is the Sentry's, whose routes brig cannot
 /// change from outside, so only the explicit proxy and DNS are served
 /// (`egress:proxy-only`); every other connect fails (no route).
