@@ -218,6 +218,7 @@ async fn session(c: &Client, cmd: &SessionCmd, out: Out) -> Result<i32> {
                 out.json_value(&raw);
             } else {
                 out.text(&session_details(&info));
+                out.text(&denials_text(&raw["egress_denials"]));
             }
             Ok(0)
         }
@@ -775,6 +776,36 @@ fn session_details(s: &SessionInfo) -> String {
     rows.iter()
         .map(|(k, v)| format!("{k:<w$}  {v}\n"))
         .collect()
+}
+
+/// The session's recent egress denials, as the agent was told them.
+fn denials_text(denials: &serde_json::Value) -> String {
+    let Some(list) = denials.as_array().filter(|l| !l.is_empty()) else {
+        return String::new();
+    };
+    let mut t = format!("\negress denied ({}, newest first):\n", list.len());
+    for d in list {
+        let s = |k: &str| d[k].as_str().unwrap_or("").to_string();
+        let what = match (s("method"), s("path")) {
+            (m, p) if !m.is_empty() && !p.is_empty() => {
+                format!("{m} {}:{}{p}", s("host"), d["port"])
+            }
+            _ => format!("{}:{}", s("host"), d["port"]),
+        };
+        t.push_str(&format!(
+            "  {}  {}  {what}  rule={}\n",
+            s("time"),
+            s("action"),
+            s("rule")
+        ));
+        if !s("reason").is_empty() {
+            t.push_str(&format!("      {}\n", s("reason")));
+        }
+        for line in s("how_to_request_access").lines() {
+            t.push_str(&format!("      {line}\n"));
+        }
+    }
+    t
 }
 
 pub fn summary_text(s: &SessionSummary) -> String {

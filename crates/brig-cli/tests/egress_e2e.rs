@@ -238,6 +238,20 @@ async fn real_clients_reach_allowed_registries_and_every_bypass_is_denied_and_jo
             "a denial without its explanation: {e}"
         );
     }
+    // `brig session show` explains the same denials.
+    let (s, shown) = srv.call("GET", &format!("/v1/sessions/{id}"), None).await;
+    assert_eq!(s, 200, "{shown}");
+    let denials = shown["egress_denials"].as_array().expect("egress_denials");
+    assert!(!denials.is_empty() && denials.len() <= 20, "{shown}");
+    assert!(
+        denials.iter().any(|d| d["host"] == "paste.ee"
+            && d["rule"].as_str().unwrap_or("").starts_with("exfil")
+            && d["how_to_request_access"]
+                .as_str()
+                .unwrap_or("")
+                .contains("disable_default_deny")),
+        "{denials:?}"
+    );
 
     let (s, _) = srv
         .call("DELETE", &format!("/v1/sessions/{id}"), None)

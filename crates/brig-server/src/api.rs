@@ -277,9 +277,16 @@ async fn list_sessions(
     Ok(axum::Json(st.mgr.list(q.all).await?).into_response())
 }
 
+/// Most egress denials `GET /v1/sessions/{id}` explains.
+const SHOWN_DENIALS: i64 = 20;
+
 async fn get_session(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = parse_id(&id)?;
-    Ok(axum::Json(st.mgr.get(&id).await?).into_response())
+    let info = st.mgr.get(&id).await?;
+    let mut v = serde_json::to_value(&info)
+        .map_err(|e| brig_core::Error::internal(format!("session as JSON: {e}")))?;
+    v["egress_denials"] = st.mgr.egress_denials(&id, SHOWN_DENIALS).await?.into();
+    Ok(axum::Json(v).into_response())
 }
 
 async fn session_events(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {

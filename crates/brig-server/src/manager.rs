@@ -336,6 +336,30 @@ impl Manager {
         self.db.run(move |s| s.events(Some(&id))).await
     }
 
+    /// The session's last `limit` egress denials, newest first, each as
+    /// the agent was told: rule, what was asked, and how to request access.
+    pub async fn egress_denials(
+        &self,
+        id: &SessionId,
+        limit: i64,
+    ) -> Result<Vec<serde_json::Value>> {
+        let id = id.clone();
+        let evs = self.db.run(move |s| s.denials(&id, "net.", limit)).await?;
+        Ok(evs
+            .into_iter()
+            .map(|e| {
+                let d = &e.details;
+                serde_json::json!({
+                    "seq": e.seq, "time": e.time, "action": e.action, "rule": e.rule,
+                    "host": d["host"], "port": d["port"], "method": d["method"],
+                    "path": d["path"], "via": d["via"],
+                    "reason": d["explanation"]["reason"],
+                    "how_to_request_access": d["explanation"]["how_to_request_access"],
+                })
+            })
+            .collect())
+    }
+
     pub async fn metrics_text(&self) -> Result<String> {
         let counts = self.db.run(|s| s.count_by_state()).await?;
         Ok(self.metrics.render(&counts))

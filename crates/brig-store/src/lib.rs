@@ -532,6 +532,26 @@ impl Store {
         }
     }
 
+    /// The session's last `limit` denied events whose action starts with
+    /// `prefix` (e.g. `net.`), newest first: what `brig session show` explains.
+    pub fn denials(&self, session: &SessionId, prefix: &str, limit: i64) -> Result<Vec<Event>> {
+        let conn = self.conn();
+        // LIKE with an escaped prefix: '_' and '%' in it match themselves.
+        let pattern = prefix
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+            + "%";
+        query_events(
+            &conn,
+            &format!(
+                "SELECT {EVENT_COLS} FROM events WHERE session = ?1 AND outcome = 'denied' \
+                 AND action LIKE ?2 ESCAPE '\\' ORDER BY seq DESC LIMIT ?3"
+            ),
+            params![session.as_str(), pattern, limit],
+        )
+    }
+
     /// Up to `limit` events with seq > `after_seq`, of every session, in
     /// seq order (the journal as sinks and `tail -f` read it).
     pub fn events_after(&self, after_seq: i64, limit: i64) -> Result<Vec<Event>> {
