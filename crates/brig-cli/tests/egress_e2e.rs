@@ -357,3 +357,63 @@ async fn pip_npm_and_node_fetch_work_when_allowed_and_fail_when_denied() {
     assert_eq!(s, 200);
     srv.stop().await;
 }
+
+/// A session over its request rate gets 429s (with Retry-After), journaled
+/// under the rate-limit rule; brig.toml's `[egress_limits]` sets the rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_over_its_request_rate_gets_429_and_it_is_journaled() {
+    require_root!();
+    let srv = Srv::start_with(|cfg| {
+        cfg.egress_limits.requests_per_sec = 0.2;
+        cfg.egress_limits.request_burst = 2.0;
+    })
+    .await;
+    let info = srv.create(json!({ "task": "EGRESS-3" })).await;
+    let id = info["id"].as_str().unwrap().to_string();
+    let py = r#"
+import urllib.request, urllib.error
+out = []
+for i in range(5):
+    try:
+        urllib.request.urlopen("http://example.com/", timeout=10)
+        out.append("200")
+    except urllib.error.HTTPError as e:
+        out.append("%d:%s" % (e.code, e.headers.get("Retry-After") or "-"))
+print(" ".join(out))
+"#;
+    let r = srv.exec(&id, &["python3", "-c", py]).await;
+    assert_eq!(r["status"]["code"], 0, "{r}");
+    let got: Vec<&str> = r["stdout"].as_str().unwrap().split_whitespace().collect();
+    assert_eq!(got.len(), 5, "{r}");
+    assert!(
+        got[..2].iter().all(|s| s.starts_with("403")),
+        "the burst is judged by policy: {got:?}"
+    );
+    assert!(
+        got[2..]
+            .iter()
+            .all(|s| s.starts_with("429:") && !s.ends_with(":-")),
+        "{got:?}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let evs = events(&srv, &id).await;
+        let limited = net_events(&evs, "denied")
+            .iter()
+            .filter(|e| e["rule"] == "rate-limit:requests")
+            .count();
+        if limited >= 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rate-limit denials journaled: {limited}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (s, _) = srv
+        .call("DELETE", &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(s, 200);
+    srv.stop().await;
+}

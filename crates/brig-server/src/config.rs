@@ -36,6 +36,8 @@ pub struct ServerConfig {
     pub profiles: BTreeMap<String, Profile>,
     /// How sessions' DNS queries are answered (`[resolver]`).
     pub resolver: brig_proxy::ResolverConfig,
+    /// Each session's egress rate limits (`[egress_limits]`).
+    pub egress_limits: brig_proxy::Limits,
     /// Where this came from (a path, or `embedded defaults`), for messages.
     pub source: String,
 }
@@ -119,6 +121,59 @@ struct RawConfig {
     egress: Option<brig_egress::EgressConfig>,
     #[serde(default)]
     resolver: RawResolver,
+    #[serde(default)]
+    egress_limits: RawEgressLimits,
+}
+
+/// Per-session egress rate limits; unset keys keep brig-proxy's defaults.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEgressLimits {
+    requests_per_sec: Option<f64>,
+    request_burst: Option<f64>,
+    max_connections: Option<usize>,
+    bytes_out_per_min: Option<Size>,
+    dns_queries_per_sec: Option<f64>,
+    dns_burst: Option<f64>,
+}
+
+impl RawEgressLimits {
+    fn apply(&self, at: &str) -> Result<brig_proxy::Limits> {
+        let mut l = brig_proxy::Limits::default();
+        let rate = |v: f64, key: &str| -> Result<f64> {
+            if v.is_finite() && v > 0.0 {
+                Ok(v)
+            } else {
+                Err(Error::invalid(format!(
+                    "{at} {key} must be a positive number"
+                )))
+            }
+        };
+        if let Some(v) = self.requests_per_sec {
+            l.requests_per_sec = rate(v, "requests_per_sec")?;
+        }
+        if let Some(v) = self.request_burst {
+            l.request_burst = rate(v, "request_burst")?;
+        }
+        if let Some(v) = self.max_connections {
+            if v == 0 {
+                return Err(Error::invalid(format!(
+                    "{at} max_connections must be at least 1"
+                )));
+            }
+            l.max_connections = v;
+        }
+        if let Some(v) = &self.bytes_out_per_min {
+            l.bytes_out_per_min = v.bytes().map_err(|e| e.context(at))?;
+        }
+        if let Some(v) = self.dns_queries_per_sec {
+            l.dns_queries_per_sec = rate(v, "dns_queries_per_sec")?;
+        }
+        if let Some(v) = self.dns_burst {
+            l.dns_burst = rate(v, "dns_burst")?;
+        }
+        Ok(l)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -266,6 +321,7 @@ impl ServerConfig {
             journal: JournalConfig::default(),
             profiles: builtin_profiles(&Limits::default(), &brig_egress::EgressConfig::default()),
             resolver: brig_proxy::ResolverConfig::default(),
+            egress_limits: brig_proxy::Limits::default(),
             source: "embedded defaults".into(),
         }
     }
@@ -403,6 +459,7 @@ impl ServerConfig {
             journal,
             profiles,
             resolver,
+            egress_limits: raw.egress_limits.apply(&at("[egress_limits]"))?,
             source: source.to_string(),
         })
     }
@@ -712,5 +769,21 @@ mod tests {
         );
         let e = ServerConfig::parse("[resolver]\nupstream = \"nope\"", "t.toml").unwrap_err();
         assert!(e.message.contains("[resolver] upstream"), "{e}");
+        let c = ServerConfig::parse(
+            "[egress_limits]\nrequests_per_sec = 5\nbytes_out_per_min = \"1M\"",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.egress_limits.requests_per_sec, 5.0);
+        assert_eq!(c.egress_limits.bytes_out_per_min, 1 << 20);
+        assert_eq!(
+            c.egress_limits.max_connections,
+            brig_proxy::Limits::default().max_connections
+        );
+        let e = ServerConfig::parse("[egress_limits]\nrequests_per_sec = 0", "t.toml").unwrap_err();
+        assert!(
+            e.message.contains("[egress_limits] requests_per_sec"),
+            "{e}"
+        );
     }
 }

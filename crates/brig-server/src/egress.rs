@@ -56,6 +56,7 @@ pub fn start(
     info: &SessionInfo,
     policy: Arc<Policy>,
     resolver: &ResolverConfig,
+    limits: &brig_proxy::Limits,
     dir: &Path,
 ) -> Result<SessionChannels> {
     let guard = |what: &str, e: std::io::Error| {
@@ -95,7 +96,8 @@ pub fn start(
         policy,
         brig_proxy::SessionResolver::new(resolver.clone()),
         sink.clone(),
-    );
+    )
+    .with_limits(limits.clone());
     channels
         .tasks
         .push(tokio::spawn(journal(db.clone(), info.clone(), rx, sink)));

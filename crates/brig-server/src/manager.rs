@@ -577,7 +577,14 @@ impl Manager {
             Error::internal(format!("no egress policy for profile {:?}", info.profile))
         })?;
         let dir = brig_sandbox::egress::host_dir(sandbox.session_dir());
-        crate::egress::start(&self.db, info, policy, &self.cfg.resolver, &dir)
+        crate::egress::start(
+            &self.db,
+            info,
+            policy,
+            &self.cfg.resolver,
+            &self.cfg.egress_limits,
+            &dir,
+        )
     }
 
     /// Journal the sandbox's process events until its channel ends, in
