@@ -469,6 +469,41 @@ async fn gvisor_egress_channel() {
     );
 }
 
+/// Init does not report ready without its forwarder listening: here (init
+/// run on the host, where `/.brig` does not exist) the forwarder cannot
+/// start, and init's answer is `Fatal` naming the layer `egress`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_without_its_forwarder_is_not_ready() {
+    let cfg = serde_json::json!({
+        "rw_paths": [],
+        "landlock": false,
+        "seccomp": false,
+        "egress": egress::ForwarderConfig::new(true),
+    })
+    .to_string();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_brig"))
+        .arg("sandbox-init")
+        .arg(&cfg)
+        .env_clear()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let chan = brig_sandbox::channel::Channel::new(
+        child.stdin.take().unwrap(),
+        child.stdout.take().unwrap(),
+    );
+    let e = chan.wait_ready(Duration::from_secs(20)).await.unwrap_err();
+    assert!(e.message.contains("'egress'"), "{e}");
+    assert!(e.message.contains("forwarder"), "{e}");
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+}
+
 /// A step of the egress setup that cannot be done names the layer.
 #[test]
 fn egress_setup_fails_closed_naming_the_layer() {

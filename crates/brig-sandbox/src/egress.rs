@@ -67,6 +67,8 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Layer names (`Ready.layers` / session layers).
 pub const LAYER_TRANSPARENT: &str = "egress:transparent";
 pub const LAYER_PROXY_ONLY: &str = "egress:proxy-only";
+/// Init's layer: its forwarder reported every listener before `Ready`.
+pub const LAYER_FORWARDER: &str = "egress:forwarder";
 
 /// The resolv.conf every sandbox gets.
 pub const RESOLV_CONF: &str =

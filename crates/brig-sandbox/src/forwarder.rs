@@ -2,8 +2,10 @@
 //! channel ([`crate::egress`]).
 //!
 //! Started by init after its guards are in force (so it runs as the sandbox
-//! user under the same seccomp and Landlock as everything else) and
-//! restarted by init when it dies; in between, connections are refused.
+//! user under the same seccomp and Landlock as everything else), before
+//! init reports ready (it writes one byte, `R`, on its stdout once every
+//! listener is bound, which init waits for), and restarted by init when it
+//! dies; in between, connections are refused.
 //! One thread (tokio's current-thread runtime: a single epoll loop, no
 //! worker threads):
 //!
@@ -133,6 +135,10 @@ async fn run(config: ForwarderConfig) -> i32 {
         spawn(Box::pin(dns_udp(u, config.clone(), dns.clone())));
         spawn(Box::pin(dns_tcp(t, config.clone(), dns)));
     }
+    // Every listener is bound: tell init (the first start waits for it;
+    // later ones have nobody reading, which is fine).
+    // SAFETY: writing one byte from a static buffer.
+    unsafe { libc::write(1, b"R".as_ptr().cast(), 1) };
     let _ = done.recv().await;
     6
 }

@@ -14,7 +14,10 @@
 //!    process's end (whoever reaps it) as `ProcessExit`;
 //! 3. on any failure writes one `Fatal` frame naming the layer and exits 1:
 //!    it never serves with a weaker guard;
-//! 4. writes `Ready` and serves [`brig_core::wire`] on fd 0 (host → init) and
+//! 4. starts the egress forwarder ([`crate::forwarder`]) if asked and waits
+//!    until it listens (else `Fatal`, layer `egress`); it restarts it
+//!    whenever it dies;
+//! 5. writes `Ready` and serves [`brig_core::wire`] on fd 0 (host → init) and
 //!    fd 1 (init → host) from a single-threaded poll loop.
 //!
 //! When fd 0 reaches EOF (brig went away) or fd 1 cannot be written, init
@@ -51,8 +54,8 @@ pub struct InitConfig {
     /// gVisor, which does not implement seccomp user notification.
     #[serde(default)]
     pub capture: bool,
-    /// The egress forwarder ([`crate::forwarder`]) init starts after
-    /// `Ready` and restarts whenever it dies; commands then get the proxy
+    /// The egress forwarder ([`crate::forwarder`]) init starts (and waits
+    /// for) before `Ready` and restarts whenever it dies; commands then get the proxy
     /// environment ([`crate::egress::exec_env`]) unless they set it.
     #[serde(default)]
     pub egress: Option<crate::egress::ForwarderConfig>,
@@ -80,6 +83,8 @@ const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 const FORWARDER_BACKOFF: Duration = Duration::from_millis(20);
 const FORWARDER_BACKOFF_MAX: Duration = Duration::from_secs(2);
 const FORWARDER_STABLE: Duration = Duration::from_secs(10);
+/// How long the first forwarder may take to bind its listeners.
+const FORWARDER_READY: Duration = Duration::from_secs(10);
 
 /// The egress forwarder as init keeps it alive.
 struct Forwarder {
@@ -101,7 +106,7 @@ pub fn main(config_json: &str) -> ! {
     let egress = serde_json::from_str::<InitConfig>(config_json)
         .ok()
         .and_then(|c| c.egress);
-    let (layers, capture) = match setup(config_json) {
+    let (mut layers, mut capture) = match setup(config_json) {
         Ok(l) => l,
         Err(failed) => {
             let _ = out.send(&Frame::json(Kind::Fatal, 0, &failed));
@@ -115,13 +120,7 @@ pub fn main(config_json: &str) -> ! {
             std::process::exit(1);
         }
     };
-    // SAFETY: getuid/getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let ready = wire::Ready { layers, uid, gid };
-    if out.send(&Frame::json(Kind::Ready, 0, &ready)).is_err() {
-        std::process::exit(1);
-    }
-    let forwarder = egress.map(|c| Forwarder {
+    let mut forwarder = egress.map(|c| Forwarder {
         spawn: wire::Spawn {
             argv: c.args(),
             env: vec![],
@@ -132,8 +131,25 @@ pub fn main(config_json: &str) -> ! {
         pid: None,
         started: Instant::now(),
         backoff: FORWARDER_BACKOFF,
-        restart_at: Some(Instant::now()),
+        restart_at: None,
     });
+    // The way out is up before the sandbox is ready: the first forwarder
+    // must report its listeners, or the session does not start.
+    if let Some(f) = forwarder.as_mut() {
+        match first_forwarder(f, capture.as_mut(), &out) {
+            Ok(()) => layers.push(crate::egress::LAYER_FORWARDER.to_string()),
+            Err(e) => {
+                let _ = out.send(&Frame::json(Kind::Fatal, 0, &failed("egress", e)));
+                std::process::exit(1);
+            }
+        }
+    }
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let ready = wire::Ready { layers, uid, gid };
+    if out.send(&Frame::json(Kind::Ready, 0, &ready)).is_err() {
+        std::process::exit(1);
+    }
     let mut init = Init {
         out,
         sigfd,
@@ -147,6 +163,47 @@ pub fn main(config_json: &str) -> ! {
     let _ = init.out.flush();
     init.kill_everything(libc::SIGKILL);
     std::process::exit(code)
+}
+
+/// Start the forwarder for the first time and wait (at most
+/// [`FORWARDER_READY`]) for the byte it writes on its stdout once every
+/// listener is bound.
+fn first_forwarder(
+    f: &mut Forwarder,
+    capture: Option<&mut crate::capture::Capture>,
+    out: &HostOut,
+) -> Result<(), String> {
+    let exec = spawn_command(&f.spawn, capture, out)
+        .map_err(|e| format!("starting the forwarder: {e}"))?;
+    f.pid = Some(exec.pid);
+    f.started = Instant::now();
+    let Some(fd) = exec.out.as_ref().map(|o| o.as_raw_fd()) else {
+        return Err("the forwarder has no stdout".into());
+    };
+    let deadline = Instant::now() + FORWARDER_READY;
+    let mut b = [0u8; 1];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "the forwarder did not report its listeners within {} s",
+                FORWARDER_READY.as_secs()
+            ));
+        }
+        let mut pfd = [pollfd(fd, libc::POLLIN)];
+        // SAFETY: a valid array of one pollfd.
+        unsafe { libc::poll(pfd.as_mut_ptr(), 1, left.as_millis() as i32 + 1) };
+        match read_fd(fd, &mut b) {
+            ReadResult::Data(_) if b[0] == b'R' => return Ok(()),
+            ReadResult::Data(_) => return Err("the forwarder wrote garbage".into()),
+            ReadResult::Eof => {
+                return Err(
+                    "the forwarder exited before listening (its ports could not be bound)".into(),
+                )
+            }
+            ReadResult::Again => {}
+        }
+    }
 }
 
 fn failed(layer: &str, error: impl std::fmt::Display) -> wire::Failed {

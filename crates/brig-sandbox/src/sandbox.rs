@@ -444,9 +444,9 @@ async fn build(
         None => (Channel::new(to_init, from_init), None),
     };
     // The sandbox's network namespace exists once the runtime has run it:
-    // route it while init gets ready, so the forwarder (started right
-    // after `Ready`) can bind its ports at once.
-    let netns = match transparent {
+    // route it while init gets ready, so the forwarder (which init waits
+    // for before `Ready`) can bind its ports at once.
+    let mut netns = match transparent {
         true => {
             let pid = parts
                 .adopted
@@ -463,21 +463,32 @@ async fn build(
     };
     let ready = match channel.wait_ready(READY_TIMEOUT).await {
         Ok(r) => r,
-        Err(e) if e.kind == ErrorKind::GuardUnavailable => return Err(e),
         Err(e) => {
+            // A route that could not be set is why init's forwarder failed.
+            if let Some((_, setup)) = netns.take() {
+                if setup.is_finished() {
+                    if let Ok(Err(why)) = setup.await {
+                        return Err(why);
+                    }
+                }
+            }
+            if e.kind == ErrorKind::GuardUnavailable {
+                return Err(e);
+            }
             return Err(Error::runtime(format!(
                 "{}: the sandbox's init did not get ready: {}; runtime log: {}",
                 runtime.name(),
                 e.message,
                 log_tail(&log_path)
             ))
-            .hint("run `brig doctor` to check the runtime; the runtime log is quoted above"))
+            .hint("run `brig doctor` to check the runtime; the runtime log is quoted above"));
         }
     };
     for (wanted, prefix) in [
         (init.seccomp, "seccomp"),
         (init.landlock, "landlock"),
         (init.capture, "capture"),
+        (init.egress.is_some(), "egress"),
     ] {
         if wanted && !ready.layers.iter().any(|x| x.starts_with(prefix)) {
             return Err(Error::guard(
