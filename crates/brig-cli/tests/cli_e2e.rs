@@ -276,7 +276,18 @@ fn demo_exits_0() {
     assert_eq!(report["ok"], true);
     let steps = report["steps"].as_array().unwrap();
     let escapes = steps.iter().find(|s| s["step"] == "escapes").unwrap();
-    assert!(escapes["attempts"].as_array().unwrap().len() >= 6);
+    let attempts = escapes["attempts"].as_array().unwrap();
+    assert!(attempts.len() >= 9, "{escapes}");
+    // The egress attempts are refused by brig's proxy with the rule that did it.
+    let paste = attempts
+        .iter()
+        .find(|a| a["name"] == "exfil-paste")
+        .expect("exfil-paste");
+    assert_eq!(paste["blocked"], true, "{paste}");
+    assert!(
+        paste["error"].as_str().unwrap().contains("exfil/pastebins"),
+        "{paste}"
+    );
     assert_eq!(report["summary"]["workspace_shredded"], true);
 }
 
