@@ -64,8 +64,14 @@ fn main() {
 fn serve_brig(port: u16, http_port: u16, tls_port: u16) {
     use brig_egress::Policy;
     use brig_proxy::*;
+    // BRIG_BENCH_PROXY_THREADS: the proxy runtime's worker threads
+    // (default 2, one per core).
+    let threads = std::env::var("BRIG_BENCH_PROXY_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads)
         .enable_all()
         .build()
         .unwrap();
@@ -700,8 +706,6 @@ async fn run(d: Duration, rounds: usize) {
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average at start: {}", load.trim());
-    println!("| | plain HTTP req/s (16 conns) | CONNECT+TLS tx/s (8 threads) | p50 / p99 latency µs | added p50 / p99 µs | 1 GiB download MiB/s | idle tunnels held (of 1,000) | KiB per idle tunnel |");
-    println!("|---|---|---|---|---|---|---|---|");
     // Rates and latencies in rounds, the targets interleaved in each, so
     // that the other load on this shared machine falls on all of them
     // alike; the medians of the rounds are reported (min-max in brackets).
@@ -721,10 +725,32 @@ async fn run(d: Duration, rounds: usize) {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         format!("{:.0} ({:.0}-{:.0})", v[v.len() / 2], v[0], v[v.len() - 1])
     };
+    // Paired ratios: each round's figure over the same round's reference
+    // (the load of the moment falls on both).
+    let ratio = |a: &Vec<f64>, b: &Vec<f64>| {
+        let mut r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+        r.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        format!("{:.2} ({:.2}-{:.2})", r[r.len() / 2], r[0], r[r.len() - 1])
+    };
+    let squid = targets.iter().position(|t| t.kind == Kind::Squid);
+    for (i, t) in targets.iter().enumerate().skip(1) {
+        let vs_squid = squid
+            .map(|q| ratio(&rates[i], &rates[q]))
+            .unwrap_or_else(|| "—".into());
+        println!(
+            "paired, {}: CONNECT+TLS / direct {}; plain HTTP / direct {}; plain HTTP / squid {}",
+            t.kind.name(),
+            ratio(&tlss[i], &tlss[0]),
+            ratio(&rates[i], &rates[0]),
+            vs_squid
+        );
+    }
     for l in lats.iter_mut() {
         l.sort_by(|a, b| a.partial_cmp(b).unwrap());
     }
     let direct_lat = (pct(&lats[0], 0.5), pct(&lats[0], 0.99));
+    println!("| | plain HTTP req/s (16 conns) | CONNECT+TLS tx/s (8 threads) | p50 / p99 latency µs | added p50 / p99 µs | 1 GiB download MiB/s | idle tunnels held (of 1,000) | KiB per idle tunnel |");
+    println!("|---|---|---|---|---|---|---|---|");
     for (i, t) in targets.iter().enumerate() {
         let (p50, p99) = (pct(&lats[i], 0.5), pct(&lats[i], 0.99));
         let dl = download(t, http_port).await;

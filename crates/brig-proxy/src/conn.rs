@@ -783,6 +783,23 @@ where
             ctx.emit(ev);
             return;
         }
+        // brig's own artifact endpoint: never judged by the policy, never
+        // dialed (crate::artifact).
+        if crate::artifact::is_artifact_host(s, &prep.host) {
+            let req = crate::artifact::Req {
+                method: &prep.method,
+                path: prep.log_path.as_deref(),
+                framing: prep.framing,
+                keep_alive: prep.keep_alive,
+                connect: prep.connect,
+            };
+            let keep = crate::artifact::serve(&mut client, &mut buf, s, req, &mut ev, start).await;
+            ctx.emit(ev);
+            if keep {
+                continue;
+            }
+            return;
+        }
         if prep.judged.denied() {
             let keep = prep.keep_alive && !prep.connect && prep.framing == Framing::None;
             let body = prep.judged.body();

@@ -22,6 +22,7 @@
 //! every connection it accepted. docs/EGRESS.md, "The proxy" and "The
 //! resolver", is the reference.
 
+pub mod artifact;
 mod conn;
 mod dns_server;
 pub mod dns_wire;
@@ -144,6 +145,9 @@ pub struct SessionEgress {
     pub limits: Arc<SessionLimits>,
     pub events: Arc<dyn EgressEvents>,
     pub resolver: Arc<SessionResolver>,
+    /// brig's artifact endpoint for this session (`artifact`); `None`:
+    /// requests for the artifact host get a 404 that says so.
+    pub artifacts: Option<Arc<dyn artifact::ArtifactSink>>,
 }
 
 impl SessionEgress {
@@ -161,7 +165,13 @@ impl SessionEgress {
             limits: Arc::new(SessionLimits::new(Limits::default())),
             events,
             resolver: Arc::new(resolver),
+            artifacts: None,
         }
+    }
+
+    pub fn with_artifacts(mut self, sink: Arc<dyn artifact::ArtifactSink>) -> SessionEgress {
+        self.artifacts = Some(sink);
+        self
     }
 
     pub fn with_limits(mut self, limits: Limits) -> SessionEgress {
