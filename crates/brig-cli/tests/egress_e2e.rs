@@ -30,6 +30,73 @@ fn registries_policy(cfg: &mut brig_server::ServerConfig) {
     }
 }
 
+/// A project with one dependency, this toolchain's cargo binary and a
+/// stand-in for rustc that only answers cargo's questions (`cargo fetch`
+/// compiles nothing), or None when cargo or rustc is not at hand.
+fn cargo_upload() -> Option<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let cargo = std::path::PathBuf::from(std::env::var_os("CARGO")?);
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let ask = |args: &[&str]| {
+        std::process::Command::new(&rustc)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| o.stdout)
+    };
+    let version = ask(&["-vV"])?;
+    let print = ask(&[
+        "-",
+        "--crate-name",
+        "___",
+        "--print=file-names",
+        "--crate-type",
+        "bin",
+        "--crate-type",
+        "rlib",
+        "--crate-type",
+        "dylib",
+        "--crate-type",
+        "cdylib",
+        "--crate-type",
+        "staticlib",
+        "--crate-type",
+        "proc-macro",
+        "--print=sysroot",
+        "--print=split-debuginfo",
+        "--print=crate-name",
+        "--print=cfg",
+        "-Wwarnings",
+    ])?;
+    let d = tempfile::Builder::new()
+        .prefix("brig-cargo-")
+        .tempdir()
+        .ok()?;
+    let p = d.path();
+    std::fs::create_dir(p.join("src")).ok()?;
+    std::fs::write(
+        p.join("Cargo.toml"),
+        "[package]\nname = \"fetchme\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\nitoa = \"1\"\n",
+    )
+    .ok()?;
+    std::fs::write(p.join("src/main.rs"), "fn main() {}\n").ok()?;
+    std::fs::write(p.join("rustc-vV.txt"), version).ok()?;
+    std::fs::write(p.join("rustc-print.txt"), print).ok()?;
+    std::fs::write(
+        p.join("fake-rustc"),
+        "#!/bin/sh\nd=\"$(dirname \"$0\")\"\ncase \"$*\" in\n  *--print=file-names*) cat \"$d/rustc-print.txt\" ;;\n  *) cat \"$d/rustc-vV.txt\" ;;\nesac\n",
+    )
+    .ok()?;
+    std::fs::copy(&cargo, p.join("cargo")).ok()?;
+    for (f, mode) in [("fake-rustc", 0o755), ("cargo", 0o755)] {
+        std::fs::set_permissions(p.join(f), std::fs::Permissions::from_mode(mode)).ok()?;
+    }
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).ok()?;
+    Some(d)
+}
+
 /// Whether this machine reaches the registries at all (the CI machine
 /// does); without them the allowed half of the test has nothing to reach.
 fn registries_reachable() -> bool {
@@ -48,6 +115,28 @@ async fn events(srv: &Srv, id: &str) -> Vec<Value> {
         .await;
     assert_eq!(s, 200, "{v}");
     v.as_array().unwrap().clone()
+}
+
+/// Poll the session's journal until `done` holds (egress events are
+/// journaled in batches, a moment after they happen).
+async fn wait_events(
+    srv: &Srv,
+    id: &str,
+    done: impl Fn(&[Value]) -> bool,
+    what: &str,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let evs = events(srv, id).await;
+        if done(&evs) {
+            return evs;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not journaled: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn net_events<'a>(evs: &'a [Value], outcome: &str) -> Vec<&'a Value> {
@@ -262,10 +351,11 @@ async fn real_clients_reach_allowed_registries_and_every_bypass_is_denied_and_jo
 }
 
 /// Node's `fetch` ignores HTTP_PROXY: it is caught transparently, judged by
-/// its SNI, and works for an allowed registry; pip and npm (which honour the
-/// proxy variables) fetch a real package; a denied host fails for each.
+/// its SNI, and works for an allowed registry; pip, npm, `cargo fetch` and
+/// `apt-get download` (which honour the proxy variables) fetch a real
+/// package; a denied host or mirror fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pip_npm_and_node_fetch_work_when_allowed_and_fail_when_denied() {
+async fn pip_npm_node_cargo_and_apt_work_when_allowed_and_fail_when_denied() {
     require_root!();
     if !registries_reachable() {
         eprintln!("skipped: the package registries are not reachable from this machine");
@@ -341,16 +431,84 @@ async fn pip_npm_and_node_fetch_work_when_allowed_and_fail_when_denied() {
         assert_eq!(r["status"]["code"], 3, "node fetch of a denied host: {r}");
         checked += 1;
     }
-    assert!(checked > 0, "no client to test (pip3, npm, node)");
-    let evs = events(&srv, &id).await;
+    if let Some(dir) = cargo_upload() {
+        // cargo honours HTTPS_PROXY (libcurl); the project and a cargo binary
+        // are uploaded (the host image has no Rust toolchain).
+        let repo = dir.path().to_str().unwrap().to_string();
+        let c = srv
+            .create(json!({ "task": "EGRESS-2c", "memory": "1G", "repo": repo }))
+            .await;
+        let cid = c["id"].as_str().unwrap().to_string();
+        let r = srv
+            .exec_req(
+                &cid,
+                json!({ "argv": ["sh", "-c", "CARGO_HOME=/workspace/home RUSTC=/workspace/fake-rustc ./cargo fetch && ls home/registry/cache/*/"], "timeout_ms": 240000 }),
+            )
+            .await;
+        assert_eq!(r["status"]["code"], 0, "cargo fetch: {r}");
+        assert!(r["stdout"].as_str().unwrap().contains("itoa-1."), "{r}");
+        let fetched = |evs: &[Value]| {
+            net_events(evs, "success")
+                .iter()
+                .any(|e| e["details"]["host"] == "index.crates.io")
+        };
+        wait_events(&srv, &cid, fetched, "cargo's index fetch").await;
+        let (s, _) = srv
+            .call("DELETE", &format!("/v1/sessions/{cid}"), None)
+            .await;
+        assert_eq!(s, 200);
+        checked += 1;
+    }
+    if have("/usr/bin/apt-get") && have("/usr/share/keyrings/debian-archive-keyring.gpg") {
+        // apt-get as the sandbox's user, with its state under /workspace;
+        // plain HTTP to deb.debian.org (the preset allows port 80 there).
+        let apt = |mirror: &str, then: &str| {
+            format!(
+                "mkdir -p apt/lists/partial apt/cache/archives/partial dl && \
+                 echo 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} bookworm main' > apt/sources.list && \
+                 O='-o Dir::Etc::SourceList=/workspace/apt/sources.list -o Dir::Etc::SourceParts=/nonexistent \
+                 -o Dir::State::Lists=/workspace/apt/lists -o Dir::Cache=/workspace/apt/cache \
+                 -o Debug::NoLocking=1 -o Acquire::Languages=none -o Acquire::Retries=0' && \
+                 apt-get $O update -q && cd dl && {then}"
+            )
+        };
+        let ok = apt(
+            "http://deb.debian.org/debian",
+            "apt-get $O download hostname && ls",
+        );
+        let r = srv
+            .exec_req(
+                &id,
+                json!({ "argv": ["sh", "-c", ok], "timeout_ms": 240000 }),
+            )
+            .await;
+        assert_eq!(r["status"]["code"], 0, "apt-get download: {r}");
+        assert!(r["stdout"].as_str().unwrap().contains("hostname_"), "{r}");
+        let denied = apt("http://ftp.us.debian.org/debian", "true");
+        let r = srv
+            .exec_req(
+                &id,
+                json!({ "argv": ["sh", "-c", denied], "timeout_ms": 120000 }),
+            )
+            .await;
+        assert!(
+            r["status"]["code"] != 0 || r["stderr"].as_str().unwrap_or("").contains("403"),
+            "apt-get update from an unlisted mirror: {r}"
+        );
+        checked += 1;
+    }
     assert!(
-        net_events(&evs, "success")
-            .iter()
-            .any(|e| e["details"]["via"] == "transparent"
-                && e["details"]["host"] == "registry.npmjs.org")
-            || !have("/usr/bin/node"),
-        "node's fetch was not caught transparently"
+        checked > 0,
+        "no client to test (pip3, npm, node, cargo, apt-get)"
     );
+    if have("/usr/bin/node") {
+        let caught = |evs: &[Value]| {
+            net_events(evs, "success").iter().any(|e| {
+                e["details"]["via"] == "transparent" && e["details"]["host"] == "registry.npmjs.org"
+            })
+        };
+        wait_events(&srv, &id, caught, "node's fetch caught transparently").await;
+    }
     let (s, _) = srv
         .call("DELETE", &format!("/v1/sessions/{id}"), None)
         .await;
