@@ -12,7 +12,7 @@ use clap::Parser;
 use hyper::Method;
 
 use crate::attach::{self, AttachOpts, Outcome};
-use crate::cli::{self, Cli, Command, CreateArgs, ExecOpts, ImageCmd, SessionCmd};
+use crate::cli::{self, ArtifactCmd, Cli, Command, CreateArgs, ExecOpts, ImageCmd, SessionCmd};
 use crate::client::{decode, Client, Endpoint};
 use crate::output::Out;
 use crate::term::{self, age, short_digest, RawMode, Spinner};
@@ -168,6 +168,7 @@ async fn dispatch(cli: Cli, out: Out) -> Result<i32> {
             kill_all(&client(&cli)?, out).await
         }
         Command::Image(cmd) => image(&client(&cli)?, cmd, out).await,
+        Command::Artifact(cmd) => artifact(&client(&cli)?, cmd, out).await,
         Command::Journal(cmd) => {
             let config = config_path(&cli)?;
             crate::journal::run(|| client(&cli), config.as_deref(), cmd, out).await
@@ -637,6 +638,134 @@ async fn image(c: &Client, cmd: &ImageCmd, out: Out) -> Result<i32> {
                 out.json_value(&raw);
             } else {
                 out.text(&format!("{} {}", img.name, img.digest));
+            }
+            Ok(0)
+        }
+    }
+}
+
+// --------------------------------------------------------------- artifacts
+
+/// A path segment, percent-encoded (everything but RFC 3986 unreserved).
+fn path_segment(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            o.push(b as char);
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
+}
+
+async fn artifact(c: &Client, cmd: &ArtifactCmd, out: Out) -> Result<i32> {
+    match cmd {
+        ArtifactCmd::Url { session, ttl, name } => {
+            let id = session_id(session)?;
+            brig_server::artifacts::check_name(name)?;
+            let body = serde_json::json!({ "name": name, "ttl": ttl });
+            let raw = c
+                .call_value(
+                    Method::POST,
+                    &format!("/v1/sessions/{id}/artifacts"),
+                    Some(&body),
+                )
+                .await?;
+            if out.json {
+                out.json_value(&raw);
+            } else {
+                out.text(raw["url"].as_str().unwrap_or_default());
+                out.note(&format!(
+                    "single use, until {}; inside the session: curl -fsS -T FILE URL",
+                    raw["expires_at"].as_str().unwrap_or("?")
+                ));
+            }
+            Ok(0)
+        }
+        ArtifactCmd::List { session } => {
+            let id = session_id(session)?;
+            let (list, raw) = c
+                .get::<Vec<serde_json::Value>>(&format!("/v1/sessions/{id}/artifacts"))
+                .await?;
+            if out.json {
+                out.json_value(&raw);
+            } else if list.is_empty() {
+                out.note(&format!("session {id} has no artifacts"));
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            a["name"].as_str().unwrap_or_default().to_string(),
+                            format_size(a["size"].as_u64().unwrap_or(0)),
+                            a["sha256"].as_str().unwrap_or_default().to_string(),
+                            a["uploaded_at"].as_str().unwrap_or_default().to_string(),
+                        ]
+                    })
+                    .collect();
+                out.text(&term::table(&["NAME", "SIZE", "SHA256", "UPLOADED"], &rows));
+            }
+            Ok(0)
+        }
+        ArtifactCmd::Get {
+            session,
+            name,
+            output,
+        } => {
+            let id = session_id(session)?;
+            brig_server::artifacts::check_name(name)?;
+            let path = format!("/v1/sessions/{id}/artifacts/{}", path_segment(name));
+            let mut hash = brig_server::artifacts::Sha256Hex::default();
+            let (headers, n, written) = match output {
+                Some(p) => {
+                    let dir = p
+                        .parent()
+                        .filter(|d| !d.as_os_str().is_empty())
+                        .unwrap_or(Path::new("."));
+                    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| {
+                        Error::invalid(format!("cannot write in {}: {e}", dir.display()))
+                    })?;
+                    let mut f =
+                        tokio::fs::File::from_std(tmp.reopen().map_err(|e| {
+                            Error::internal(format!("{}: {e}", tmp.path().display()))
+                        })?);
+                    let (h, n) = c.download(&path, &mut f, |b| hash.update(b)).await?;
+                    (h, n, Some(tmp))
+                }
+                None => {
+                    let mut so = tokio::io::stdout();
+                    let (h, n) = c.download(&path, &mut so, |b| hash.update(b)).await?;
+                    (h, n, None)
+                }
+            };
+            let got = hash.finish();
+            let want = headers
+                .get("x-brig-sha256")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            if got != want {
+                return Err(Error::internal(format!(
+                    "artifact {name:?}: received {n} bytes with SHA-256 {got}, brig recorded {want}"
+                ))
+                .hint("nothing was written; fetch it again"));
+            }
+            if let (Some(tmp), Some(p)) = (written, output) {
+                tmp.persist(p).map_err(|e| {
+                    Error::internal(format!("cannot write {}: {}", p.display(), e.error))
+                })?;
+                if out.json {
+                    out.json_value(&serde_json::json!({
+                        "name": name, "size": n, "sha256": got, "path": p,
+                    }));
+                } else {
+                    out.note(&format!(
+                        "{} ({}, sha256 {got})",
+                        p.display(),
+                        format_size(n)
+                    ));
+                }
             }
             Ok(0)
         }

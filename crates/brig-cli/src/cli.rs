@@ -56,6 +56,9 @@ pub enum Command {
     /// List and import images.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Hand build artifacts out of a session: upload URLs, list, fetch.
+    #[command(subcommand)]
+    Artifact(ArtifactCmd),
     /// Show, follow, export and verify the tamper-evident journal.
     #[command(subcommand)]
     Journal(crate::journal::JournalCmd),
@@ -205,6 +208,37 @@ pub enum ImageCmd {
         /// Name to use with --image.
         #[arg(long, value_name = "NAME")]
         name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ArtifactCmd {
+    /// Issue a signed, time-bounded, single-use upload URL for NAME on
+    /// brig's own artifact endpoint; inside the session: `curl -T FILE URL`.
+    Url {
+        /// The session that may upload.
+        #[arg(long, value_name = "ID")]
+        session: String,
+        /// How long the URL is valid.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10m")]
+        ttl: String,
+        /// The artifact's file name (no '/', no '..').
+        name: String,
+    },
+    /// List a session's artifacts.
+    #[command(alias = "ls")]
+    List {
+        #[arg(long, value_name = "ID")]
+        session: String,
+    },
+    /// Fetch an artifact (to stdout, or to -o FILE), checking its SHA-256.
+    Get {
+        #[arg(long, value_name = "ID")]
+        session: String,
+        name: String,
+        /// Write to FILE instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
 }
 

@@ -214,6 +214,41 @@ impl Client {
         self.call::<T, ()>(Method::GET, path, None).await
     }
 
+    /// GET raw bytes, streamed to `w`; returns the response's headers and
+    /// the byte count. An API error is mapped back to an [`Error`].
+    pub async fn download<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        path: &str,
+        w: &mut W,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<(hyper::HeaderMap, u64)> {
+        use tokio::io::AsyncWriteExt;
+        let resp = self
+            .send(self.request(Method::GET, path, None), false)
+            .await?;
+        let status = resp.status();
+        let (parts, mut body) = resp.into_parts();
+        if !status.is_success() {
+            let bytes = body.collect().await.map_err(|e| self.broken(e))?.to_bytes();
+            return Err(api_error(status, &bytes));
+        }
+        let mut n = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.broken(e))?;
+            if let Ok(data) = frame.into_data() {
+                each(&data);
+                w.write_all(&data)
+                    .await
+                    .map_err(|e| Error::internal(format!("writing {path}: {e}")))?;
+                n += data.len() as u64;
+            }
+        }
+        w.flush()
+            .await
+            .map_err(|e| Error::internal(format!("writing {path}: {e}")))?;
+        Ok((parts.headers, n))
+    }
+
     /// Open an attached exec: the request, the `101`, then the raw stream
     /// that carries `brig_core::wire` frames.
     pub async fn attach(

@@ -163,17 +163,37 @@ impl Meter for SizeMeter {
     }
 }
 
-/// Serve one request for the artifact endpoint; fills `ev` (path, rule,
-/// decision, status, bytes). Returns whether the client connection may
-/// carry another request.
+/// Serve one request for the artifact endpoint and report its event
+/// (path, rule, decision, status, bytes) before any lingering close.
+/// Returns whether the client connection may carry another request.
 pub(crate) async fn serve<S>(
     client: &mut S,
     buf: &mut Vec<u8>,
     s: &SessionEgress,
     req: Req<'_>,
-    ev: &mut EgressEvent,
+    mut ev: EgressEvent,
     start: Instant,
 ) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (keep, linger) = serve_inner(client, buf, s, req, &mut ev).await;
+    ev.duration_us = start.elapsed().as_micros() as u64;
+    s.events.event(ev);
+    if linger {
+        linger_close(client).await;
+    }
+    keep
+}
+
+/// (keep the connection, linger before closing it).
+async fn serve_inner<S>(
+    client: &mut S,
+    buf: &mut Vec<u8>,
+    s: &SessionEgress,
+    req: Req<'_>,
+    ev: &mut EgressEvent,
+) -> (bool, bool)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -225,7 +245,10 @@ where
         Some(Refusal::new(
             405,
             rules::ENDPOINT,
-            format!("{} is not an upload; use PUT (curl -T FILE URL)", req.method),
+            format!(
+                "{} is not an upload; use PUT (curl -T FILE URL)",
+                req.method
+            ),
         ))
     } else {
         None
@@ -234,11 +257,7 @@ where
         let r = refuse(r, ev);
         let keep = req.keep_alive && !body_pending && !req.connect;
         let _ = client.write_all(&send(&r, !keep)).await;
-        if !keep {
-            linger_close(client).await;
-        }
-        ev.duration_us = start.elapsed().as_micros() as u64;
-        return keep;
+        return (keep, !keep);
     }
     let sink = s.artifacts.as_ref().expect("checked above");
     let token = token.expect("checked above");
@@ -253,13 +272,14 @@ where
             let r = refuse(r, ev);
             let keep = req.keep_alive && !body_pending;
             let _ = client.write_all(&send(&r, !keep)).await;
-            if !keep {
-                linger_close(client).await;
-            }
-            ev.duration_us = start.elapsed().as_micros() as u64;
-            return keep;
+            return (keep, !keep);
         }
     };
+    // A client waiting for `100 Continue` (curl -T) gets it now; one that
+    // is not may ignore it (RFC 9110 §15.2: clients parse unexpected 1xx).
+    if body_pending && buf.is_empty() {
+        let _ = client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+    }
     let mut meter = SizeMeter {
         max: upload.max_size(),
         n: 0,
@@ -275,9 +295,10 @@ where
     .await;
     ev.bytes_out = meter.n;
     let copied = match copied {
-        Ok(_) => upload.flush().await.map_err(|e| {
-            Refusal::new(500, rules::STORE, format!("writing the artifact: {e}"))
-        }),
+        Ok(_) => upload
+            .flush()
+            .await
+            .map_err(|e| Refusal::new(500, rules::STORE, format!("writing the artifact: {e}"))),
         Err(_) if meter.n > meter.max => Err(Refusal::new(
             413,
             rules::SIZE,
@@ -296,9 +317,7 @@ where
         upload.abort(r.clone()).await;
         let r = refuse(r, ev);
         let _ = client.write_all(&send(&r, true)).await;
-        linger_close(client).await;
-        ev.duration_us = start.elapsed().as_micros() as u64;
-        return false;
+        return (false, true);
     }
     match upload.finish().await {
         Ok(rc) => {
@@ -321,14 +340,12 @@ where
                     !req.keep_alive,
                 ))
                 .await;
-            ev.duration_us = start.elapsed().as_micros() as u64;
-            req.keep_alive
+            (req.keep_alive, false)
         }
         Err(r) => {
             let r = refuse(r, ev);
             let _ = client.write_all(&send(&r, !req.keep_alive)).await;
-            ev.duration_us = start.elapsed().as_micros() as u64;
-            req.keep_alive
+            (req.keep_alive, false)
         }
     }
 }

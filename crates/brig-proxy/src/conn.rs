@@ -793,8 +793,7 @@ where
                 keep_alive: prep.keep_alive,
                 connect: prep.connect,
             };
-            let keep = crate::artifact::serve(&mut client, &mut buf, s, req, &mut ev, start).await;
-            ctx.emit(ev);
+            let keep = crate::artifact::serve(&mut client, &mut buf, s, req, ev, start).await;
             if keep {
                 continue;
             }

@@ -136,6 +136,9 @@ pub(crate) fn routes() -> Routes {
     .get("/v1/sessions/{id}", get_session)
     .delete("/v1/sessions/{id}", destroy_session)
     .get("/v1/sessions/{id}/events", session_events)
+    .post("/v1/sessions/{id}/artifacts", issue_artifact_url)
+    .get("/v1/sessions/{id}/artifacts", list_artifacts)
+    .get("/v1/sessions/{id}/artifacts/{name}", get_artifact)
     .get("/v1/journal", journal)
     .get("/v1/journal/verify", journal_verify)
     .get("/v1/journal/sinks", journal_sinks)
@@ -292,6 +295,112 @@ async fn get_session(State(st): State<AppState>, Path(id): Path<String>) -> ApiR
 async fn session_events(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     Ok(axum::Json(st.mgr.events(&id).await?).into_response())
+}
+
+// ---- artifacts: upload URLs (crate::artifacts) ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArtifactUrlRequest {
+    name: String,
+    /// e.g. "10m"; default 10 minutes.
+    ttl: Option<String>,
+}
+
+/// An upload URL's lifetime when the request names none.
+const DEFAULT_ARTIFACT_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn artifacts_service(st: &AppState) -> ApiResult<Arc<crate::artifacts::Artifacts>> {
+    let cfg = st.mgr.config();
+    Ok(crate::artifacts::service(
+        st.mgr.db(),
+        &cfg.data_dir,
+        &cfg.artifacts,
+    )?)
+}
+
+async fn issue_artifact_url(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ArtifactUrlRequest>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    crate::artifacts::check_name(&req.name)?;
+    let ttl = match &req.ttl {
+        Some(t) => brig_core::units::parse_duration(t)?,
+        None => DEFAULT_ARTIFACT_TTL,
+    };
+    let info = st.mgr.get(&id).await?;
+    let svc = artifacts_service(&st)?;
+    let issued = svc.issue(st.mgr.db(), &info, &req.name, ttl).await?;
+    Ok((StatusCode::CREATED, axum::Json(issued)).into_response())
+}
+
+async fn list_artifacts(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    st.mgr.get(&id).await?;
+    let list = st.mgr.db().run(move |s| s.artifacts(&id)).await?;
+    let out: Vec<serde_json::Value> = list
+        .into_iter()
+        .map(|a| {
+            serde_json::json!({
+                "name": a.name,
+                "size": a.size,
+                "sha256": a.sha256,
+                "uploaded_at": a.uploaded_at,
+            })
+        })
+        .collect();
+    Ok(axum::Json(out).into_response())
+}
+
+async fn get_artifact(
+    State(st): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    crate::artifacts::check_name(&name)?;
+    st.mgr.get(&id).await?;
+    let id2 = id.clone();
+    let n2 = name.clone();
+    let rec = st
+        .mgr
+        .db()
+        .run(move |s| s.artifact(&id2, &n2))
+        .await?
+        .ok_or_else(|| {
+            Error::not_found(format!("session {id} has no artifact {name:?}"))
+                .hint("list them with `brig artifact list --session ID`")
+        })?;
+    let svc = artifacts_service(&st)?;
+    let path = svc.session_dir(id.as_str()).join(&rec.name);
+    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        Error::internal(format!("artifact {name:?} of session {id}: {e}"))
+            .hint("the file under data_dir/artifacts was removed or is unreadable")
+    })?;
+    let stream = futures_util::stream::unfold(Some(file), |f| async move {
+        let mut f = f?;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), Some(f)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(rec.size));
+    if let Ok(v) = HeaderValue::from_str(&rec.sha256) {
+        h.insert("x-brig-sha256", v);
+    }
+    Ok(resp)
 }
 
 /// `GET /v1/journal` filters; `user` is the human behind the events.

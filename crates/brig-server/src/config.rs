@@ -38,8 +38,69 @@ pub struct ServerConfig {
     pub resolver: brig_proxy::ResolverConfig,
     /// Each session's egress rate limits (`[egress_limits]`).
     pub egress_limits: brig_proxy::Limits,
+    /// brig's artifact endpoint and its upload URLs (`[artifacts]`).
+    pub artifacts: ArtifactsConfig,
     /// Where this came from (a path, or `embedded defaults`), for messages.
     pub source: String,
+}
+
+/// `[artifacts]`: the endpoint sessions upload artifacts to (docs/EGRESS.md,
+/// "Upload URLs").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArtifactsConfig {
+    /// The endpoint's host name, served by the proxy itself (never dialed).
+    pub host: String,
+    /// Largest artifact (413 above it; nothing is kept).
+    pub max_size: u64,
+    /// Longest lifetime an upload URL may be given.
+    pub max_ttl: Duration,
+}
+
+impl Default for ArtifactsConfig {
+    fn default() -> Self {
+        ArtifactsConfig {
+            host: brig_proxy::artifact::DEFAULT_HOST.to_string(),
+            max_size: 1 << 30,
+            max_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawArtifacts {
+    host: Option<String>,
+    max_size: Option<Size>,
+    max_ttl: Option<Dur>,
+}
+
+impl RawArtifacts {
+    fn apply(&self, at: &str) -> Result<ArtifactsConfig> {
+        let mut a = ArtifactsConfig::default();
+        if let Some(h) = &self.host {
+            a.host = match brig_egress::Host::parse(h) {
+                Ok(brig_egress::Host::Domain(d)) if d.contains('.') => d,
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "{at} host {h:?} is not a host name"
+                    ))
+                    .hint("use a name under a TLD that is not delegated, e.g. host = \"artifacts.brig\""))
+                }
+            };
+        }
+        if let Some(m) = &self.max_size {
+            a.max_size = m.bytes().map_err(|e| e.context(at))?;
+        }
+        if let Some(t) = &self.max_ttl {
+            a.max_ttl = t.get().map_err(|e| e.context(at))?;
+            if a.max_ttl.is_zero() {
+                return Err(Error::invalid(format!(
+                    "{at} max_ttl must be greater than zero"
+                )));
+            }
+        }
+        Ok(a)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -121,6 +182,8 @@ struct RawConfig {
     egress: Option<brig_egress::EgressConfig>,
     #[serde(default)]
     resolver: RawResolver,
+    #[serde(default)]
+    artifacts: RawArtifacts,
     #[serde(default)]
     egress_limits: RawEgressLimits,
 }
@@ -322,6 +385,7 @@ impl ServerConfig {
             profiles: builtin_profiles(&Limits::default(), &brig_egress::EgressConfig::default()),
             resolver: brig_proxy::ResolverConfig::default(),
             egress_limits: brig_proxy::Limits::default(),
+            artifacts: ArtifactsConfig::default(),
             source: "embedded defaults".into(),
         }
     }
@@ -460,6 +524,7 @@ impl ServerConfig {
             profiles,
             resolver,
             egress_limits: raw.egress_limits.apply(&at("[egress_limits]"))?,
+            artifacts: raw.artifacts.apply(&at("[artifacts]"))?,
             source: source.to_string(),
         })
     }

@@ -101,6 +101,16 @@ pub fn start(
     channels
         .tasks
         .push(tokio::spawn(journal(db.clone(), info.clone(), rx, sink)));
+    // brig's artifact endpoint, answered by this session's proxy itself
+    // (crate::artifacts; no service: the proxy answers 404).
+    let session = match crate::artifacts::lookup(db) {
+        Some(a) => session.with_artifacts(Arc::new(crate::artifacts::SessionSink::new(
+            db.clone(),
+            info.clone(),
+            a.cfg.host.clone(),
+        ))),
+        None => session,
+    };
     let id = info.id.to_string();
     let s = session.clone();
     channels.tasks.push(tokio::spawn(async move {

@@ -6,6 +6,7 @@
 //! Sessions are run by the [`manager::Manager`], state lives in brig-store.
 
 pub mod api;
+pub mod artifacts;
 pub mod auth;
 pub mod client;
 pub mod config;
@@ -158,6 +159,8 @@ async fn listen(
     // values join the patterns when brig holds secrets (secrets issue).
     store.set_redactor(Arc::new(brig_redact::Redactor::patterns_only()));
     let mgr = Arc::new(Manager::new(cfg.clone(), store));
+    // The upload-URL service (its signing key is made or checked now).
+    artifacts::service(mgr.db(), &cfg.data_dir, &cfg.artifacts)?;
     // No signing key, no journal: refuse to start rather than record
     // events nobody can later prove untouched.
     let journal = Arc::new(journal::Journal::open(

@@ -124,6 +124,25 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE sink_cursors ADD COLUMN checkpoint_seq INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 4: artifacts handed over through upload URLs (issue 4), and the
+    // nonces of the upload tokens used (each token is single use).
+    r#"
+    CREATE TABLE artifacts (
+        session     TEXT NOT NULL REFERENCES sessions(id),
+        name        TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        sha256      TEXT NOT NULL,
+        uploaded_at TEXT NOT NULL,
+        PRIMARY KEY (session, name)
+    );
+    CREATE TABLE artifact_tokens (
+        nonce      TEXT PRIMARY KEY,
+        session    TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        used_at    TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this binary writes.
@@ -165,6 +184,16 @@ pub struct ExecEnd {
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
     pub error: Option<String>,
+}
+
+/// One artifact a session handed over through an upload URL.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ArtifactRecord {
+    pub session: SessionId,
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    pub uploaded_at: String,
 }
 
 /// The database. Cheap to share behind an `Arc`.
@@ -804,6 +833,103 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether the upload token with this nonce was used.
+    pub fn artifact_token_used(&self, nonce: &str) -> Result<bool> {
+        self.conn()
+            .query_row(
+                "SELECT COUNT(*) FROM artifact_tokens WHERE nonce = ?1",
+                [nonce],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(db_err("read artifact tokens"))
+    }
+
+    /// Accept an upload, in one IMMEDIATE transaction: use the token's
+    /// nonce up (single use), record the artifact (replacing one of the
+    /// same name), append `ev`, and run `place` (which moves the bytes into
+    /// place) before the commit; if `place` fails, nothing is recorded.
+    /// `Ok(false)`: the nonce was already used, nothing changed and `place`
+    /// was not run.
+    pub fn accept_artifact(
+        &self,
+        rec: &ArtifactRecord,
+        nonce: &str,
+        expires_at: &str,
+        ev: &Event,
+        place: impl FnOnce() -> Result<()>,
+    ) -> Result<bool> {
+        let red = self.redactor();
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err("begin artifact"))?;
+        let fresh = tx
+            .execute(
+                "INSERT OR IGNORE INTO artifact_tokens (nonce, session, name, expires_at, used_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    nonce,
+                    rec.session.as_str(),
+                    rec.name,
+                    expires_at,
+                    rec.uploaded_at
+                ],
+            )
+            .map_err(db_err("use artifact token"))?;
+        if fresh == 0 {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO artifacts (session, name, size, sha256, uploaded_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                rec.session.as_str(),
+                rec.name,
+                rec.size as i64,
+                rec.sha256,
+                rec.uploaded_at
+            ],
+        )
+        .map_err(db_err("record artifact"))?;
+        append_events_on(&tx, &red, std::slice::from_ref(ev))?;
+        place()?;
+        tx.commit().map_err(db_err("commit artifact"))?;
+        Ok(true)
+    }
+
+    /// A session's artifacts, by name.
+    pub fn artifacts(&self, session: &SessionId) -> Result<Vec<ArtifactRecord>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT name, size, sha256, uploaded_at FROM artifacts WHERE session = ?1
+                 ORDER BY name",
+            )
+            .map_err(db_err("read artifacts"))?;
+        let rows = st
+            .query_map([session.as_str()], |r| {
+                Ok(ArtifactRecord {
+                    session: session.clone(),
+                    name: r.get(0)?,
+                    size: r.get::<_, i64>(1)? as u64,
+                    sha256: r.get(2)?,
+                    uploaded_at: r.get(3)?,
+                })
+            })
+            .map_err(db_err("read artifacts"))?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(db_err("read artifacts"))
+    }
+
+    /// One artifact of a session.
+    pub fn artifact(&self, session: &SessionId, name: &str) -> Result<Option<ArtifactRecord>> {
+        Ok(self
+            .artifacts(session)?
+            .into_iter()
+            .find(|a| a.name == name))
+    }
+
     /// (execs, failed execs) of a session: failed = did not exit 0.
     pub fn exec_counts(&self, session: &SessionId) -> Result<(u64, u64)> {
         let conn = self.conn();
@@ -1284,6 +1410,46 @@ mod tests {
             exec_count: 0,
             last_activity_at: None,
         }
+    }
+
+    #[test]
+    fn an_artifact_token_is_used_once_and_a_failed_placement_records_nothing() {
+        let s = Store::open_in_memory().unwrap();
+        let info = session(SessionState::Running);
+        s.insert_session(&info, "created").unwrap();
+        let rec = ArtifactRecord {
+            session: info.id.clone(),
+            name: "out.tar".into(),
+            size: 3,
+            sha256: "ab".into(),
+            uploaded_at: brig_core::event::now_rfc3339(),
+        };
+        let ev = Event::new("artifact.upload", Outcome::Success);
+        // A placement that fails: nothing recorded, the token not used.
+        let r = s.accept_artifact(&rec, "n1", "t", &ev, || Err(Error::internal("disk full")));
+        assert!(r.is_err());
+        assert!(!s.artifact_token_used("n1").unwrap());
+        assert!(s.artifacts(&info.id).unwrap().is_empty());
+        let mut placed = 0;
+        assert!(s
+            .accept_artifact(&rec, "n1", "t", &ev, || {
+                placed += 1;
+                Ok(())
+            })
+            .unwrap());
+        assert!(s.artifact_token_used("n1").unwrap());
+        assert!(!s
+            .accept_artifact(&rec, "n1", "t", &ev, || {
+                placed += 1;
+                Ok(())
+            })
+            .unwrap());
+        assert_eq!(placed, 1);
+        assert_eq!(s.artifacts(&info.id).unwrap(), vec![rec.clone()]);
+        assert_eq!(s.artifact(&info.id, "out.tar").unwrap(), Some(rec));
+        assert_eq!(s.artifact(&info.id, "nope").unwrap(), None);
+        // The accepted upload's event was journaled with it.
+        assert_eq!(s.events(None).unwrap().len(), 1);
     }
 
     #[test]
