@@ -144,6 +144,30 @@ async fn an_agent_hands_over_an_artifact_once_and_only_through_its_own_session()
     assert_eq!(list[0]["sha256"], sha256_hex(&want));
     assert_eq!(list[0]["size"], want.len());
 
+    // A program that ignores HTTP_PROXY: brig's resolver answers the
+    // artifact host, the connection is caught on port 80 and served the same.
+    let (_, v) = issue(&srv, &a, "direct.txt", "10m").await;
+    let url_direct = v["url"].as_str().unwrap().to_string();
+    let r = srv
+        .exec(
+            &a,
+            &[
+                "curl",
+                "--noproxy",
+                "*",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-T",
+                "/workspace/out.txt",
+                &url_direct,
+            ],
+        )
+        .await;
+    assert_eq!(r["stdout"], "201", "{r}");
+
     // Single use.
     let (code, body) = upload(&srv, &a, "/workspace/out.txt", &url).await;
     assert_eq!(code, 409, "{body}");
@@ -182,11 +206,11 @@ async fn an_agent_hands_over_an_artifact_once_and_only_through_its_own_session()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
-    assert_eq!(files, vec!["out.txt".to_string()]);
+    assert_eq!(files, vec!["direct.txt".to_string(), "out.txt".to_string()]);
     let (_, list) = srv
         .call("GET", &format!("/v1/sessions/{a}/artifacts"), None)
         .await;
-    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
     let (s, _) = srv
         .call("GET", &format!("/v1/sessions/{a}/artifacts/big.bin"), None)
         .await;
@@ -206,7 +230,7 @@ async fn an_agent_hands_over_an_artifact_once_and_only_through_its_own_session()
             .iter()
             .filter(|e| e["action"] == "net.request" && e["details"]["host"] == "artifacts.brig")
             .count();
-        if n >= 5 || tokio::time::Instant::now() > deadline {
+        if n >= 6 || tokio::time::Instant::now() > deadline {
             break evs;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -214,14 +238,27 @@ async fn an_agent_hands_over_an_artifact_once_and_only_through_its_own_session()
     let evs = evs.as_array().unwrap();
     let of =
         |action: &str| -> Vec<&Value> { evs.iter().filter(|e| e["action"] == action).collect() };
-    assert_eq!(of("artifact.url").len(), 4, "{evs:?}");
+    assert_eq!(of("artifact.url").len(), 5, "{evs:?}");
     let stored: Vec<_> = of("artifact.upload")
         .into_iter()
         .filter(|e| e["outcome"] == "success")
         .collect();
-    assert_eq!(stored.len(), 1);
+    assert_eq!(stored.len(), 2);
     assert_eq!(stored[0]["details"]["sha256"], sha256_hex(&want));
     assert_eq!(stored[0]["details"]["name"], "out.txt");
+    assert_eq!(stored[1]["details"]["name"], "direct.txt");
+    assert!(
+        of("net.request")
+            .iter()
+            .any(|e| e["details"]["via"] == "transparent" && e["rule"] == "artifact:upload"),
+        "the transparent upload is not journaled"
+    );
+    assert!(
+        of("net.dns")
+            .iter()
+            .any(|e| e["details"]["host"] == "artifacts.brig" && e["outcome"] == "success"),
+        "the artifact host's DNS answer is not journaled"
+    );
     let refused: Vec<_> = of("artifact.upload")
         .into_iter()
         .filter(|e| e["outcome"] == "denied")
@@ -234,7 +271,7 @@ async fn an_agent_hands_over_an_artifact_once_and_only_through_its_own_session()
         .into_iter()
         .filter(|e| e["details"]["host"] == "artifacts.brig")
         .collect();
-    assert!(reqs.len() >= 5, "{reqs:?}");
+    assert!(reqs.len() >= 6, "{reqs:?}");
     assert!(reqs
         .iter()
         .all(|e| e["details"]["path"] == "/v1/upload/[token]"));
@@ -255,6 +292,7 @@ async fn an_agent_hands_over_an_artifact_once_and_only_through_its_own_session()
             &token_of(&url_ab),
             &token_of(&url_late),
             &token_of(&url_big),
+            &token_of(&url_direct),
         ] {
             let mac = t.rsplit('.').next().unwrap();
             assert!(!text.contains(mac), "a token is in {what}");

@@ -27,6 +27,10 @@ pub const DEFAULT_HOST: &str = "artifacts.brig";
 pub const UPLOAD_PREFIX: &str = "/v1/upload/";
 /// What an upload's path is logged as (never the token).
 pub const LOGGED_UPLOAD_PATH: &str = "/v1/upload/[token]";
+/// The address the session's resolver answers for the artifact host, so a
+/// program that ignores HTTP_PROXY is caught on port 80 and served here.
+/// It is never dialed (TEST-NET-1: routed nowhere).
+pub const ENDPOINT_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 0, 2, 80);
 
 /// Rule names of the artifact endpoint's answers (they hold a `:`, which no
 /// configured rule name can).
@@ -110,6 +114,40 @@ pub(crate) fn is_artifact_host(s: &SessionEgress, host: &Host) -> bool {
         Some(a) => d == a.host() || d == DEFAULT_HOST,
         None => d == DEFAULT_HOST,
     }
+}
+
+/// The resolver's answer for the artifact host (A: [`ENDPOINT_V4`];
+/// AAAA: no data), when the session has an endpoint; `None` for every
+/// other name and type (the policy decides those).
+pub(crate) fn dns_answer(
+    s: &SessionEgress,
+    q: &crate::dns_wire::Query,
+    raw_name: &str,
+    ev: &mut EgressEvent,
+) -> Option<Vec<u8>> {
+    use crate::dns_wire;
+    if s.artifacts.is_none() || (q.qtype != dns_wire::A && q.qtype != dns_wire::AAAA) {
+        return None;
+    }
+    let host = Host::parse(raw_name).ok()?;
+    if !is_artifact_host(s, &host) {
+        return None;
+    }
+    let answers: Vec<(std::net::IpAddr, u32)> = if q.qtype == dns_wire::A {
+        vec![(ENDPOINT_V4.into(), 60)]
+    } else {
+        Vec::new()
+    };
+    ev.decision = Verdict::Allowed;
+    ev.rule = rules::ENDPOINT.to_string();
+    ev.rcode = Some(dns_wire::rcode_name(dns_wire::NOERROR));
+    ev.answers = answers.iter().map(|(ip, _)| *ip).collect();
+    Some(dns_wire::build_response(
+        q,
+        dns_wire::NOERROR,
+        &answers,
+        None,
+    ))
 }
 
 /// The parts of a parsed request the endpoint needs.

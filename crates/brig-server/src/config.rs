@@ -773,6 +773,30 @@ mod tests {
     }
 
     #[test]
+    fn artifacts_table_is_checked() {
+        let c = ServerConfig::parse("", "t").unwrap();
+        assert_eq!(c.artifacts, ArtifactsConfig::default());
+        assert_eq!(c.artifacts.host, "artifacts.brig");
+        let c = ServerConfig::parse(
+            "[artifacts]\nhost = \"Drop.Example.Internal.\"\nmax_size = \"10M\"\nmax_ttl = \"1h\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.artifacts.host, "drop.example.internal");
+        assert_eq!(c.artifacts.max_size, 10 << 20);
+        assert_eq!(c.artifacts.max_ttl, Duration::from_secs(3600));
+        for bad in [
+            "[artifacts]\nhost = \"1.2.3.4\"\n",
+            "[artifacts]\nhost = \"nodot\"\n",
+            "[artifacts]\nmax_ttl = \"0s\"\n",
+            "[artifacts]\nmax_size = \"lots\"\n",
+            "[artifacts]\nhots = \"x.brig\"\n",
+        ] {
+            assert!(ServerConfig::parse(bad, "t").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn embedded_puts_everything_under_the_data_dir() {
         let c = ServerConfig::embedded(Path::new("/tmp/x"));
         assert_eq!(c.socket, PathBuf::from("/tmp/x/brig.sock"));
