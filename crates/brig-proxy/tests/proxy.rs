@@ -25,7 +25,7 @@ async fn world(o: Opts) -> World {
     let wip = web.addr.ip();
     let tip = tls.addr.ip();
     let dns = test_dns(std::sync::Arc::new(move |name: &str, _q, _n| match name {
-        "origin.test" | "other.test" => vec![(wip, 60), (tip, 60)],
+        "origin.test" | "other.test" | "unlisted.test" => vec![(wip, 60), (tip, 60)],
         "ssh.test" => vec![(wip, 60)],
         _ => vec![],
     }))
@@ -772,4 +772,60 @@ async fn serve_tcp_explicit_mode() {
         .unwrap();
     assert_eq!(r.status, 400);
     t.abort();
+}
+
+const REPORT: &str = r#"
+mode = "report"
+
+[[allow]]
+name = "origin"
+domains = ["origin.test"]
+
+[ssrf]
+trusted_cidrs = ["127.0.0.0/8"]
+"#;
+
+#[tokio::test]
+async fn report_mode_lets_misses_through_as_would_deny() {
+    let w = world(Opts {
+        policy: REPORT,
+        ..Opts::default()
+    })
+    .await;
+    let mut c = w.s.explicit().await;
+    let r = roundtrip(
+        &mut c,
+        "GET http://unlisted.test/x HTTP/1.1\r\nHost: unlisted.test\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "hello /x"));
+    // The deny-list and mismatches are enforced in report mode too.
+    let r = roundtrip(
+        &mut c,
+        "GET http://pastebin.com/ HTTP/1.1\r\nHost: pastebin.com\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.status, r.header("x-brig-rule").as_deref()),
+        (403, Some("exfil/pastebins"))
+    );
+    let mut c = w.s.explicit().await;
+    let r = roundtrip(
+        &mut c,
+        "GET http://origin.test/ HTTP/1.1\r\nHost: unlisted.test\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 403);
+    let ev = w.s.wait_events(3).await;
+    assert_eq!(
+        (ev[0].decision, ev[0].rule.as_str()),
+        (Verdict::WouldDeny, "default-deny")
+    );
+    let x = ev[0].explanation.as_ref().unwrap();
+    assert!(x.would_deny && x.how_to_request_access.is_some());
+    assert_eq!(ev[1].decision, Verdict::Denied);
+    assert_eq!(ev[2].rule, "host-mismatch");
 }
