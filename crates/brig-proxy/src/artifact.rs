@@ -158,6 +158,8 @@ pub(crate) struct Req<'a> {
     pub framing: Framing,
     pub keep_alive: bool,
     pub connect: bool,
+    /// The Host header names another host than the request's target.
+    pub host_mismatch: bool,
 }
 
 fn reason(status: u16) -> &'static str {
@@ -261,7 +263,13 @@ where
             close,
         )
     };
-    let early = if req.connect {
+    let early = if req.host_mismatch {
+        Some(Refusal::new(
+            403,
+            brig_egress::rules::HOST_MISMATCH,
+            "the Host header names another host than the request's target",
+        ))
+    } else if req.connect {
         Some(Refusal::new(
             403,
             rules::ENDPOINT,
@@ -424,6 +432,213 @@ fn json_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncReadExt;
+
+    type Kept = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+    /// A sink that accepts the token "good" (once) into memory.
+    #[derive(Default)]
+    struct MemSink {
+        kept: Kept,
+        used: Arc<Mutex<bool>>,
+    }
+
+    struct MemUpload {
+        buf: Vec<u8>,
+        kept: Kept,
+        used: Arc<Mutex<bool>>,
+    }
+
+    impl AsyncWrite for MemUpload {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            b: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.buf.extend_from_slice(b);
+            std::task::Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    impl ArtifactUpload for MemUpload {
+        fn max_size(&self) -> u64 {
+            8
+        }
+        fn finish(self: Box<Self>) -> BoxFuture<'static, Result<Receipt, Refusal>> {
+            Box::pin(async move {
+                let mut used = self.used.lock().unwrap();
+                if *used {
+                    return Err(Refusal::new(409, rules::USED, "already used"));
+                }
+                *used = true;
+                self.kept
+                    .lock()
+                    .unwrap()
+                    .push(("a.txt".into(), self.buf.clone()));
+                Ok(Receipt {
+                    name: "a.txt".into(),
+                    size: self.buf.len() as u64,
+                    sha256: "00".into(),
+                })
+            })
+        }
+        fn abort(self: Box<Self>, _: Refusal) -> BoxFuture<'static, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    impl ArtifactSink for MemSink {
+        fn begin<'a>(
+            &'a self,
+            session: &'a str,
+            token: &'a str,
+            len: Option<u64>,
+        ) -> BoxFuture<'a, Result<Box<dyn ArtifactUpload>, Refusal>> {
+            Box::pin(async move {
+                assert_eq!(session, "s-test");
+                if token != "good" {
+                    return Err(Refusal::new(403, rules::TOKEN, "bad token"));
+                }
+                if len.is_some_and(|n| n > 8) {
+                    return Err(Refusal::new(413, rules::SIZE, "too big"));
+                }
+                Ok(Box::new(MemUpload {
+                    buf: Vec::new(),
+                    kept: self.kept.clone(),
+                    used: self.used.clone(),
+                }) as Box<dyn ArtifactUpload>)
+            })
+        }
+    }
+
+    async fn start(sink: Option<Arc<MemSink>>) -> (std::net::SocketAddr, Arc<crate::MemoryEvents>) {
+        let policy = brig_egress::Policy::compile(&Default::default()).unwrap();
+        let events = Arc::new(crate::MemoryEvents::new());
+        let mut s = SessionEgress::new(
+            "s-test",
+            Arc::new(policy),
+            crate::SessionResolver::new(crate::ResolverConfig::default()),
+            events.clone(),
+        );
+        if let Some(k) = sink {
+            s = s.with_artifacts(k);
+        }
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(crate::serve_tcp(l, s));
+        (addr, events)
+    }
+
+    async fn roundtrip(addr: std::net::SocketAddr, req: &str) -> String {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), c.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn the_proxy_serves_uploads_itself_and_logs_no_token() {
+        let sink = Arc::new(MemSink::default());
+        let (addr, events) = start(Some(sink.clone())).await;
+        let put = |tok: &str, body: &str, extra: &str| {
+            format!(
+                "PUT http://artifacts.brig/v1/upload/{tok} HTTP/1.1\r\nHost: artifacts.brig\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        // The head first: `100 Continue` once the token is accepted, then the body.
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let full = put("good", "hello", "Expect: 100-continue\r\n");
+        let (head, body) = full.split_at(full.len() - 5);
+        c.write_all(head.as_bytes()).await.unwrap();
+        let mut got = vec![0u8; 25];
+        c.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"HTTP/1.1 100 Continue\r\n\r\n");
+        c.write_all(body.as_bytes()).await.unwrap();
+        let mut r = String::new();
+        c.read_to_string(&mut r).await.unwrap();
+        assert!(r.starts_with("HTTP/1.1 201 Created"), "{r}");
+        assert_eq!(sink.kept.lock().unwrap()[0].1, b"hello");
+        // Used up; a bad token; too large (refused before the body).
+        let r = roundtrip(addr, &put("good", "again", "")).await;
+        assert!(r.starts_with("HTTP/1.1 409"), "{r}");
+        let r = roundtrip(addr, &put("bad", "x", "")).await;
+        assert!(
+            r.starts_with("HTTP/1.1 403") && r.contains("artifact:token"),
+            "{r}"
+        );
+        let r = roundtrip(addr, &put("good", "123456789", "")).await;
+        assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+        // Chunked over the cap: 413 after reading past it.
+        let r = roundtrip(
+            addr,
+            "PUT http://artifacts.brig/v1/upload/good HTTP/1.1\r\nHost: artifacts.brig\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n",
+        )
+        .await;
+        assert!(r.contains("HTTP/1.1 413"), "{r}");
+        // Not an upload; a GET; a CONNECT; a Host that is not the URI's host.
+        let r = roundtrip(addr, "GET http://artifacts.brig/ HTTP/1.1\r\nHost: artifacts.brig\r\nConnection: close\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+        let r = roundtrip(addr, "GET http://artifacts.brig/v1/upload/good HTTP/1.1\r\nHost: artifacts.brig\r\nConnection: close\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 405"), "{r}");
+        let r = roundtrip(
+            addr,
+            "CONNECT artifacts.brig:443 HTTP/1.1\r\nHost: artifacts.brig:443\r\n\r\n",
+        )
+        .await;
+        assert!(
+            r.starts_with("HTTP/1.1 403") && r.contains("artifact:endpoint"),
+            "{r}"
+        );
+        let r = roundtrip(addr, "PUT http://artifacts.brig/v1/upload/good HTTP/1.1\r\nHost: elsewhere.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+        assert!(
+            r.starts_with("HTTP/1.1 403") && r.contains("host-mismatch"),
+            "{r}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let evs = events.snapshot();
+        assert!(evs.len() >= 8, "{evs:?}");
+        for e in &evs {
+            let p = e.path.clone().unwrap_or_default();
+            assert!(
+                !p.contains("good") && !p.contains("bad"),
+                "token logged: {e:?}"
+            );
+        }
+        assert!(evs
+            .iter()
+            .any(|e| e.rule == rules::UPLOAD && e.status == Some(201) && e.bytes_out == 5));
+    }
+
+    #[tokio::test]
+    async fn without_a_sink_the_host_is_a_404_never_dialed() {
+        let (addr, events) = start(None).await;
+        let r = roundtrip(addr, "PUT http://artifacts.brig/v1/upload/t HTTP/1.1\r\nHost: artifacts.brig\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx").await;
+        assert!(
+            r.starts_with("HTTP/1.1 404") && r.contains("no artifact endpoint"),
+            "{r}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let evs = events.snapshot();
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        assert_eq!(evs[0].address, None);
+        assert_eq!(evs[0].path.as_deref(), Some(LOGGED_UPLOAD_PATH));
+    }
 
     #[test]
     fn names_escape_in_json() {

@@ -792,6 +792,7 @@ where
                 framing: prep.framing,
                 keep_alive: prep.keep_alive,
                 connect: prep.connect,
+                host_mismatch: prep.judged.rule == brig_egress::rules::HOST_MISMATCH,
             };
             let keep = crate::artifact::serve(&mut client, &mut buf, s, req, ev, start).await;
             if keep {
