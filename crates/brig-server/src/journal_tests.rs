@@ -206,7 +206,10 @@ async fn file_sink_checkpoints_prove_a_truncated_tail_that_local_evidence_cannot
         let v: Value = serde_json::from_str(line).unwrap();
         if v["record"] == "checkpoint" {
             let seq = v["seq"].as_i64().unwrap();
-            assert!(event_seqs.contains(&seq), "checkpoint {seq} before its event");
+            assert!(
+                event_seqs.contains(&seq),
+                "checkpoint {seq} before its event"
+            );
             cp_seqs.push(seq);
         } else {
             event_seqs.push(v["seq"].as_i64().unwrap());
