@@ -9,7 +9,8 @@
 //! - A token is `hex(payload) "." hex(mac)`, payload =
 //!   `session "\n" expires_ms "\n" nonce "\n" name`, mac =
 //!   HMAC-SHA256(key, `"brig-artifact-v1\n" || payload`). The key is 32
-//!   random bytes brig makes once at `<data_dir>/artifacts.key` (0600);
+//!   random bytes brig makes once at `<data_dir>/keys/artifact-url.key`
+//!   (0600, directory 0700);
 //!   it never enters a sandbox.
 //! - An upload is checked against the channel's session (never anything
 //!   the request says), the expiry, the nonce's single use and the size
@@ -46,8 +47,8 @@ use crate::manager::{session_event, Db};
 
 /// The MAC's domain: a token for anything else never verifies here.
 const DOMAIN: &[u8] = b"brig-artifact-v1\n";
-/// The key file under the data dir.
-pub const KEY_FILE: &str = "artifacts.key";
+/// The key file under the data dir (beside the journal's signing key).
+pub const KEY_FILE: &str = "keys/artifact-url.key";
 /// The artifacts' directory under the data dir.
 pub const DIR: &str = "artifacts";
 /// Longest token payload accepted (session, expiry, nonce, a 255-byte name).
@@ -238,7 +239,8 @@ impl std::fmt::Debug for Artifacts {
     }
 }
 
-/// Load `<data_dir>/artifacts.key`, or make it (32 random bytes, 0600).
+/// Load `<data_dir>/keys/artifact-url.key`, or make it (32 random bytes,
+/// 0600, in a 0700 directory).
 /// A key file others can read, or of the wrong size, is refused.
 pub fn load_or_create_key(data_dir: &Path) -> Result<[u8; 32]> {
     let path = data_dir.join(KEY_FILE);
@@ -246,6 +248,14 @@ pub fn load_or_create_key(data_dir: &Path) -> Result<[u8; 32]> {
         Error::internal(format!("artifact key {}: {what}: {e}", path.display()))
             .hint("brig keeps the upload-URL signing key under data_dir; check it is writable")
     };
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| fail("creating its directory", e))?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
     match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
