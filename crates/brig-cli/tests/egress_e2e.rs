@@ -6,11 +6,13 @@
 //! works; every bypass attempt is denied, and every decision is on the
 //! session's journal with the rule that made it.
 
+mod journal_support;
 mod server_support;
 
 use std::path::Path;
 use std::time::Duration;
 
+use journal_support::*;
 use serde_json::{json, Value};
 use server_support::*;
 
@@ -107,36 +109,6 @@ fn registries_reachable() -> bool {
             a.any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(5)).is_ok())
         })
         .unwrap_or(false)
-}
-
-async fn events(srv: &Srv, id: &str) -> Vec<Value> {
-    let (s, v) = srv
-        .call("GET", &format!("/v1/sessions/{id}/events"), None)
-        .await;
-    assert_eq!(s, 200, "{v}");
-    v.as_array().unwrap().clone()
-}
-
-/// Poll the session's journal until `done` holds (egress events are
-/// journaled in batches, a moment after they happen).
-async fn wait_events(
-    srv: &Srv,
-    id: &str,
-    done: impl Fn(&[Value]) -> bool,
-    what: &str,
-) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let evs = events(srv, id).await;
-        if done(&evs) {
-            return evs;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not journaled: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn net_events<'a>(evs: &'a [Value], outcome: &str) -> Vec<&'a Value> {
@@ -452,7 +424,7 @@ async fn pip_npm_node_cargo_and_apt_work_when_allowed_and_fail_when_denied() {
                 .iter()
                 .any(|e| e["details"]["host"] == "index.crates.io")
         };
-        wait_events(&srv, &cid, fetched, "cargo's index fetch").await;
+        wait_events(&srv, &cid, fetched).await;
         let (s, _) = srv
             .call("DELETE", &format!("/v1/sessions/{cid}"), None)
             .await;
@@ -507,7 +479,7 @@ async fn pip_npm_node_cargo_and_apt_work_when_allowed_and_fail_when_denied() {
                 e["details"]["via"] == "transparent" && e["details"]["host"] == "registry.npmjs.org"
             })
         };
-        wait_events(&srv, &id, caught, "node's fetch caught transparently").await;
+        wait_events(&srv, &id, caught).await;
     }
     let (s, _) = srv
         .call("DELETE", &format!("/v1/sessions/{id}"), None)

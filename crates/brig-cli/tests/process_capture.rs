@@ -5,63 +5,14 @@
 //! their own parent reaps. gVisor sessions say honestly that
 //! capture is unavailable there.
 
+mod journal_support;
 mod server_support;
 
 use std::path::Path;
-use std::time::Duration;
 
+use journal_support::*;
 use serde_json::{json, Value};
 use server_support::*;
-
-async fn events(srv: &Srv, id: &str) -> Vec<Value> {
-    let (s, v) = srv
-        .call("GET", &format!("/v1/sessions/{id}/events"), None)
-        .await;
-    assert_eq!(s, 200, "{v}");
-    v.as_array().unwrap().clone()
-}
-
-fn argv_of(e: &Value) -> Vec<String> {
-    e["details"]["argv"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|x| x.as_str().unwrap_or_default().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn find_exec<'a>(evs: &'a [Value], argv: &[&str]) -> Option<&'a Value> {
-    evs.iter()
-        .find(|e| e["action"] == "process.exec" && argv_of(e) == argv)
-}
-
-fn find_exit(evs: &[Value], pid: &Value) -> Option<Value> {
-    evs.iter()
-        .find(|e| e["action"] == "process.exit" && &e["details"]["pid"] == pid)
-        .cloned()
-}
-
-/// Poll the journal until `done` holds (capture is journaled asynchronously).
-async fn wait_events(srv: &Srv, id: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let evs = events(srv, id).await;
-        if done(&evs) {
-            return evs;
-        }
-        if tokio::time::Instant::now() > deadline {
-            let procs: Vec<_> = evs
-                .iter()
-                .filter(|e| e["action"].as_str().unwrap_or("").starts_with("process."))
-                .map(|e| format!("{} {}", e["action"], e["details"]))
-                .collect();
-            panic!("journal incomplete; process events:\n{}", procs.join("\n"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_process_of_a_native_session_is_journaled() {

@@ -6,6 +6,7 @@
 //! program, a binary executed from a memfd; with sandbox-visible pids. And
 //! capture fails closed: if it cannot be set up, the session does not start.
 
+mod journal_support;
 mod sandbox_support;
 mod server_support;
 
@@ -13,6 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use brig_core::session::{Limits, RuntimeKind};
+use journal_support::*;
 use serde_json::{json, Value};
 use server_support::*;
 
@@ -24,67 +26,11 @@ fn has_runsc() -> bool {
     true
 }
 
-async fn events(srv: &Srv, id: &str) -> Vec<Value> {
-    let (s, v) = srv
-        .call("GET", &format!("/v1/sessions/{id}/events"), None)
-        .await;
-    assert_eq!(s, 200, "{v}");
-    v.as_array().unwrap().clone()
-}
-
-fn argv_of(e: &Value) -> Vec<String> {
-    e["details"]["argv"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|x| x.as_str().unwrap_or_default().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn find_exec<'a>(evs: &'a [Value], argv: &[&str]) -> Option<&'a Value> {
-    evs.iter()
-        .find(|e| e["action"] == "process.exec" && argv_of(e) == argv)
-}
-
-fn find_exit(evs: &[Value], pid: &Value) -> Option<Value> {
-    evs.iter()
-        .find(|e| e["action"] == "process.exit" && &e["details"]["pid"] == pid)
-        .cloned()
-}
-
 fn exit_code_of(evs: &[Value], argv: &[&str]) -> Value {
     let e = find_exec(evs, argv).unwrap_or_else(|| panic!("no process.exec of {argv:?}"));
     let x = find_exit(evs, &e["details"]["pid"])
         .unwrap_or_else(|| panic!("no process.exit of {argv:?} ({e})"));
     x["details"]["code"].clone()
-}
-
-fn process_lines(evs: &[Value]) -> String {
-    evs.iter()
-        .filter(|e| e["action"].as_str().unwrap_or("").starts_with("process."))
-        .map(|e| format!("{} {}", e["action"], e["details"]))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Poll the journal until `done` holds (capture is journaled asynchronously).
-async fn wait_events(srv: &Srv, id: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let evs = events(srv, id).await;
-        if done(&evs) {
-            return evs;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!(
-                "journal incomplete; process events:\n{}",
-                process_lines(&evs)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,7 +89,7 @@ async fn every_process_of_a_gvisor_session_is_journaled() {
                 .is_some_and(|e| find_exit(evs, &e["details"]["pid"]).is_some())
     })
     .await;
-    let all = process_lines(&evs);
+    let all = event_lines(&evs, "process.");
 
     let sh = find_exec(&evs, &["sh", "-c", script]).expect("the script");
     assert_eq!(sh["session"], id.as_str());
