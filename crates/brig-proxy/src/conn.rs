@@ -613,6 +613,26 @@ async fn send_answer<S: AsyncWrite + Unpin>(client: &mut S, bytes: &[u8]) {
     let _ = client.write_all(bytes).await;
 }
 
+/// Answer `code` with brig's one-line text (`why` and the rule), closing
+/// the connection, and journal the stream as refused with `error`.
+async fn refuse<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    ctx: &Ctx<'_>,
+    start: Instant,
+    code: u16,
+    rule: &str,
+    why: &str,
+    error: String,
+) {
+    let body = format!("brig egress: {why} (rule: {rule})\n");
+    send_answer(
+        client,
+        &http::answer(code, &[("X-Brig-Rule", rule)], &body, true),
+    )
+    .await;
+    ctx.refused(start, rule, Some(code), error);
+}
+
 fn retry_after(d: Duration) -> String {
     d.as_secs_f64().ceil().max(1.0).to_string()
 }
@@ -648,46 +668,39 @@ where
                 return;
             }
             Err(HeadError::TooLarge) => {
-                let body = format!(
-                    "brig egress: the request line and headers exceed {} bytes (rule: {})\n",
-                    cfg.max_head_bytes,
-                    rules::HEADERS_TOO_LARGE
+                let why = format!(
+                    "the request line and headers exceed {} bytes",
+                    cfg.max_head_bytes
                 );
-                send_answer(
+                let err = "request head too large".into();
+                refuse(
                     &mut client,
-                    &http::answer(
-                        431,
-                        &[("X-Brig-Rule", rules::HEADERS_TOO_LARGE)],
-                        &body,
-                        true,
-                    ),
+                    ctx,
+                    conn_start,
+                    431,
+                    rules::HEADERS_TOO_LARGE,
+                    &why,
+                    err,
                 )
                 .await;
-                ctx.refused(
-                    conn_start,
-                    rules::HEADERS_TOO_LARGE,
-                    Some(431),
-                    "request head too large".into(),
-                );
                 return;
             }
             Err(HeadError::Timeout) => {
-                let body = format!(
-                    "brig egress: the request headers were not complete within {:?} (rule: {})\n",
-                    cfg.head_timeout,
-                    rules::HEADER_TIMEOUT
+                let why = format!(
+                    "the request headers were not complete within {:?}",
+                    cfg.head_timeout
                 );
-                send_answer(
+                let err = "request head timeout".into();
+                refuse(
                     &mut client,
-                    &http::answer(408, &[("X-Brig-Rule", rules::HEADER_TIMEOUT)], &body, true),
+                    ctx,
+                    conn_start,
+                    408,
+                    rules::HEADER_TIMEOUT,
+                    &why,
+                    err,
                 )
                 .await;
-                ctx.refused(
-                    conn_start,
-                    rules::HEADER_TIMEOUT,
-                    Some(408),
-                    "request head timeout".into(),
-                );
                 return;
             }
             Err(HeadError::Io(_)) => return,
@@ -697,36 +710,22 @@ where
         let prep = match prepare(&buf[..n], ctx) {
             Ok(p) => p,
             Err(Early::TooLarge) => {
-                let body = format!(
-                    "brig egress: too many header fields (rule: {})\n",
-                    rules::HEADERS_TOO_LARGE
-                );
-                send_answer(
+                let why = "too many header fields";
+                let err = "too many headers".into();
+                refuse(
                     &mut client,
-                    &http::answer(
-                        431,
-                        &[("X-Brig-Rule", rules::HEADERS_TOO_LARGE)],
-                        &body,
-                        true,
-                    ),
+                    ctx,
+                    start,
+                    431,
+                    rules::HEADERS_TOO_LARGE,
+                    why,
+                    err,
                 )
                 .await;
-                ctx.refused(
-                    start,
-                    rules::HEADERS_TOO_LARGE,
-                    Some(431),
-                    "too many headers".into(),
-                );
                 return;
             }
             Err(Early::Status(code, rule, err)) => {
-                let body = format!("brig egress: {err} (rule: {rule})\n");
-                send_answer(
-                    &mut client,
-                    &http::answer(code, &[("X-Brig-Rule", rule)], &body, true),
-                )
-                .await;
-                ctx.refused(start, rule, Some(code), err);
+                refuse(&mut client, ctx, start, code, rule, &err, err.clone()).await;
                 return;
             }
         };
