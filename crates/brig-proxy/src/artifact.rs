@@ -116,6 +116,15 @@ pub(crate) fn is_artifact_host(s: &SessionEgress, host: &Host) -> bool {
     }
 }
 
+/// An artifact request's path as logged: an upload's never holds its token.
+pub(crate) fn logged_path(path: &str) -> &str {
+    if path.starts_with(UPLOAD_PREFIX) {
+        LOGGED_UPLOAD_PATH
+    } else {
+        path
+    }
+}
+
 /// The resolver's answer for the artifact host (A: [`ENDPOINT_V4`];
 /// AAAA: no data), when the session has an endpoint; `None` for every
 /// other name and type (the policy decides those).
@@ -239,12 +248,9 @@ where
 {
     let path = req.path.unwrap_or("");
     let token = path.strip_prefix(UPLOAD_PREFIX);
-    ev.path = Some(match token {
-        Some(_) => LOGGED_UPLOAD_PATH.to_string(),
-        None if req.connect => String::new(),
-        None => path.to_string(),
-    })
-    .filter(|p| !p.is_empty());
+    ev.path = Some(logged_path(path))
+        .filter(|p| !p.is_empty() && !req.connect)
+        .map(str::to_string);
     let body_pending = req.framing != Framing::None;
     let refuse = |r: Refusal, ev: &mut EgressEvent| {
         ev.decision = Verdict::Denied;

@@ -746,7 +746,13 @@ where
         }
         ev.port = prep.port;
         ev.method = Some(prep.method.clone());
-        ev.path = prep.log_path.clone();
+        // An upload's path holds its token: logged redacted on every path
+        // (the rate limit below answers before the artifact endpoint).
+        let artifact = crate::artifact::is_artifact_host(s, &prep.host);
+        ev.path = match &prep.log_path {
+            Some(p) if artifact => Some(crate::artifact::logged_path(p).to_string()),
+            p => p.clone(),
+        };
         ev.decision = prep.judged.verdict;
         ev.rule = prep.judged.rule.clone();
         ev.explanation = prep.judged.expl.clone();
@@ -784,7 +790,7 @@ where
         }
         // brig's own artifact endpoint: never judged by the policy, never
         // dialed (crate::artifact).
-        if crate::artifact::is_artifact_host(s, &prep.host) {
+        if artifact {
             let req = crate::artifact::Req {
                 method: &prep.method,
                 path: prep.log_path.as_deref(),

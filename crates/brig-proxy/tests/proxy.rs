@@ -829,3 +829,35 @@ async fn report_mode_lets_misses_through_as_would_deny() {
     assert_eq!(ev[1].decision, Verdict::Denied);
     assert_eq!(ev[2].rule, "host-mismatch");
 }
+
+#[tokio::test]
+async fn a_rate_limited_upload_never_logs_its_token() {
+    let w = world(Opts {
+        limits: Limits {
+            requests_per_sec: 0.01,
+            request_burst: 1.0,
+            ..Limits::default()
+        },
+        ..Opts::default()
+    })
+    .await;
+    let mut c = w.s.explicit().await;
+    let r = roundtrip(
+        &mut c,
+        "GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let r = roundtrip(
+        &mut c,
+        "PUT http://artifacts.brig/v1/upload/SECRET-TOKEN HTTP/1.1\r\nHost: artifacts.brig\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 429);
+    let ev = w.s.wait_events(2).await;
+    assert_eq!(ev[1].path.as_deref(), Some("/v1/upload/[token]"));
+    let all = format!("{ev:?}");
+    assert!(!all.contains("SECRET-TOKEN"), "{all}");
+}
