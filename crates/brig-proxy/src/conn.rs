@@ -633,6 +633,36 @@ async fn refuse<S: AsyncWrite + Unpin>(
     ctx.refused(start, rule, Some(code), error);
 }
 
+/// Whether the session is over its request rate or its bytes-out budget:
+/// the rule, and how long until it is not. Each call costs one request.
+fn over_limit(s: &SessionEgress) -> Option<(&'static str, Duration)> {
+    match s.limits.request() {
+        Err(w) => Some((rules::RATE_REQUESTS, w)),
+        Ok(()) => s
+            .limits
+            .bytes_out_available()
+            .err()
+            .map(|w| (rules::RATE_BYTES_OUT, w)),
+    }
+}
+
+/// An opaque stream over the limits is closed and journaled (no answer:
+/// there is no protocol to answer in).
+fn tunnel_limited(ctx: &Ctx<'_>, start: Instant) -> bool {
+    let Some((rule, wait)) = over_limit(ctx.s) else {
+        return false;
+    };
+    let mut e = ctx.event(EventKind::Tunnel, start);
+    e.decision = Verdict::Denied;
+    e.rule = rule.to_string();
+    e.error = Some(format!(
+        "rate limited (retry after {} s)",
+        retry_after(wait)
+    ));
+    ctx.emit(e);
+    true
+}
+
 fn retry_after(d: Duration) -> String {
     d.as_secs_f64().ceil().max(1.0).to_string()
 }
@@ -758,15 +788,7 @@ where
         ev.explanation = prep.judged.expl.clone();
 
         // Limits first: a flood of requests is refused whatever it asks.
-        let limited = match s.limits.request() {
-            Err(w) => Some((rules::RATE_REQUESTS, w)),
-            Ok(()) => s
-                .limits
-                .bytes_out_available()
-                .err()
-                .map(|w| (rules::RATE_BYTES_OUT, w)),
-        };
-        if let Some((rule, wait)) = limited {
+        if let Some((rule, wait)) = over_limit(s) {
             let ra = retry_after(wait);
             let body = format!("brig egress: this session is over its rate limit (rule: {rule}); retry after {ra} s\n");
             send_answer(
@@ -1361,17 +1383,10 @@ async fn transparent_tls<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let s = ctx.s;
-    let mut ev = ctx.event(EventKind::Tunnel, start);
-    if let Err(w) = s
-        .limits
-        .request()
-        .and_then(|_| s.limits.bytes_out_available())
-    {
-        ev.rule = rules::RATE_REQUESTS.to_string();
-        ev.error = Some(format!("rate limited (retry after {} s)", retry_after(w)));
-        ctx.emit(ev);
+    if tunnel_limited(ctx, start) {
         return;
     }
+    let mut ev = ctx.event(EventKind::Tunnel, start);
     let hello = peek_hello(&mut client, &mut buf, s.config.tls_peek_timeout).await;
     let name = match hello {
         Some(Hello::Sni(n)) => n,
@@ -1433,17 +1448,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let s = ctx.s;
-    let mut ev = ctx.event(EventKind::Tunnel, start);
-    if let Err(w) = s
-        .limits
-        .request()
-        .and_then(|_| s.limits.bytes_out_available())
-    {
-        ev.rule = rules::RATE_REQUESTS.to_string();
-        ev.error = Some(format!("rate limited (retry after {} s)", retry_after(w)));
-        ctx.emit(ev);
+    if tunnel_limited(ctx, start) {
         return;
     }
+    let mut ev = ctx.event(EventKind::Tunnel, start);
     let names = s.resolver.names_for(dst.ip());
     let mut chosen: Option<(String, Judged)> = None;
     for n in &names {
