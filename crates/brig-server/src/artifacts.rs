@@ -39,6 +39,7 @@ use brig_proxy::artifact::{
     rules, ArtifactSink, ArtifactUpload, BoxFuture, Receipt, Refusal, UPLOAD_PREFIX,
 };
 use brig_store::{ArtifactRecord, Store};
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWrite;
 
@@ -117,58 +118,29 @@ pub fn rfc3339_ms(ms: u64) -> String {
 }
 
 fn to_hex(b: &[u8]) -> String {
-    const D: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for &x in b {
-        s.push(D[(x >> 4) as usize] as char);
-        s.push(D[(x & 15) as usize] as char);
-    }
-    s
+    hex::encode(b)
 }
 
+/// Lower-case hex only: a token has one spelling (the one the redactor
+/// knows).
 fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
+    if s.bytes().any(|c| c.is_ascii_uppercase()) {
         return None;
     }
-    let v = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| Some(v(p[0])? << 4 | v(p[1])?))
-        .collect()
+    hex::decode(s).ok()
 }
 
-/// HMAC-SHA256 (RFC 2104) over sha2.
-pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut ipad = [0x36u8; 64];
-    let mut opad = [0x5cu8; 64];
-    for i in 0..64 {
-        ipad[i] ^= k[i];
-        opad[i] ^= k[i];
-    }
-    let mut inner = Sha256::new();
-    inner.update(ipad);
+fn mac_of(key: &[u8], parts: &[&[u8]]) -> Hmac<Sha256> {
+    let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
     for p in parts {
-        inner.update(p);
+        m.update(p);
     }
-    let inner = inner.finalize();
-    let mut outer = Sha256::new();
-    outer.update(opad);
-    outer.update(inner);
-    outer.finalize().into()
+    m
 }
 
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// HMAC-SHA256 (RFC 2104).
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    mac_of(key, parts).finalize().into_bytes().into()
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N]> {
@@ -376,8 +348,11 @@ impl Artifacts {
         let (Some(payload), Some(mac)) = (from_hex(p), from_hex(m)) else {
             return Err(invalid("is not one brig issued"));
         };
-        let want = hmac_sha256(&self.key, &[DOMAIN, &payload]);
-        if !ct_eq(&want, &mac) {
+        // Constant-time comparison.
+        if mac_of(&self.key, &[DOMAIN, &payload])
+            .verify_slice(&mac)
+            .is_err()
+        {
             return Err(invalid(
                 "has a bad signature (not issued by this brig, or altered)",
             ));
