@@ -633,6 +633,28 @@ async fn refuse<S: AsyncWrite + Unpin>(
     ctx.refused(start, rule, Some(code), error);
 }
 
+/// Answer a denial with its `403` and explanation, and journal it.
+async fn deny<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    ctx: &Ctx<'_>,
+    mut ev: EgressEvent,
+    j: Judged,
+    start: Instant,
+    close: bool,
+) {
+    send_answer(
+        client,
+        &http::answer(403, &[("X-Brig-Rule", &j.rule)], &j.body(), close),
+    )
+    .await;
+    ev.decision = j.verdict;
+    ev.rule = j.rule;
+    ev.explanation = j.expl;
+    ev.status = Some(403);
+    ev.duration_us = start.elapsed().as_micros() as u64;
+    ctx.emit(ev);
+}
+
 /// Whether the session is over its request rate or its bytes-out budget:
 /// the rule, and how long until it is not. Each call costs one request.
 fn over_limit(s: &SessionEgress) -> Option<(&'static str, Duration)> {
@@ -829,15 +851,7 @@ where
         }
         if prep.judged.denied() {
             let keep = prep.keep_alive && !prep.connect && prep.framing == Framing::None;
-            let body = prep.judged.body();
-            send_answer(
-                &mut client,
-                &http::answer(403, &[("X-Brig-Rule", &prep.judged.rule)], &body, !keep),
-            )
-            .await;
-            ev.status = Some(403);
-            ev.duration_us = start.elapsed().as_micros() as u64;
-            ctx.emit(ev);
+            deny(&mut client, ctx, ev, prep.judged, start, !keep).await;
             if keep {
                 continue;
             }
@@ -855,17 +869,7 @@ where
             if !s.resolver.answered(name, dst.ip()) {
                 let j = ip_mismatch(name, dst);
                 let keep = prep.keep_alive && prep.framing == Framing::None;
-                send_answer(
-                    &mut client,
-                    &http::answer(403, &[("X-Brig-Rule", &j.rule)], &j.body(), !keep),
-                )
-                .await;
-                ev.decision = j.verdict;
-                ev.rule = j.rule;
-                ev.explanation = j.expl;
-                ev.status = Some(403);
-                ev.duration_us = start.elapsed().as_micros() as u64;
-                ctx.emit(ev);
+                deny(&mut client, ctx, ev, j, start, !keep).await;
                 if keep {
                     continue;
                 }
@@ -905,17 +909,7 @@ where
                         })
                     }
                     Err(DialFail::Denied(j)) => {
-                        send_answer(
-                            &mut client,
-                            &http::answer(403, &[("X-Brig-Rule", &j.rule)], &j.body(), true),
-                        )
-                        .await;
-                        ev.decision = j.verdict;
-                        ev.rule = j.rule;
-                        ev.explanation = j.expl;
-                        ev.status = Some(403);
-                        ev.duration_us = start.elapsed().as_micros() as u64;
-                        ctx.emit(ev);
+                        deny(&mut client, ctx, ev, j, start, true).await;
                         return;
                     }
                     Err(DialFail::Status(code, err)) => break Err((code, err)),
@@ -1169,17 +1163,7 @@ async fn connect_tunnel<S>(
     let (mut up, addr) = match dial_name(s, &prep.host, prep.port).await {
         Ok(x) => x,
         Err(DialFail::Denied(j)) => {
-            send_answer(
-                &mut client,
-                &http::answer(403, &[("X-Brig-Rule", &j.rule)], &j.body(), true),
-            )
-            .await;
-            ev.decision = j.verdict;
-            ev.rule = j.rule;
-            ev.explanation = j.expl;
-            ev.status = Some(403);
-            ev.duration_us = start.elapsed().as_micros() as u64;
-            ctx.emit(ev);
+            deny(&mut client, ctx, ev, j, start, true).await;
             return;
         }
         Err(DialFail::Status(code, err)) => {
