@@ -97,6 +97,14 @@ struct Forwarder {
     restart_at: Option<Instant>,
 }
 
+impl Forwarder {
+    /// Try again after the current back-off, and double it for next time.
+    fn schedule_restart(&mut self) {
+        self.restart_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(FORWARDER_BACKOFF_MAX);
+    }
+}
+
 /// Entry point of `brig sandbox-init <json>`; never returns.
 pub fn main(config_json: &str) -> ! {
     if config_json == crate::initfs::PRINT_LIBS {
@@ -620,10 +628,7 @@ impl Init {
                 drop(exec);
             }
             Err(e) if e == "writing to brig failed" => return Err(()),
-            Err(_) => {
-                f.restart_at = Some(Instant::now() + f.backoff);
-                f.backoff = (f.backoff * 2).min(FORWARDER_BACKOFF_MAX);
-            }
+            Err(_) => f.schedule_restart(),
         }
         Ok(())
     }
@@ -708,8 +713,7 @@ impl Init {
                 if f.started.elapsed() >= FORWARDER_STABLE {
                     f.backoff = FORWARDER_BACKOFF;
                 }
-                f.restart_at = Some(Instant::now() + f.backoff);
-                f.backoff = (f.backoff * 2).min(FORWARDER_BACKOFF_MAX);
+                f.schedule_restart();
                 continue;
             }
             if let Some(e) = self
