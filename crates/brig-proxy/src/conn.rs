@@ -793,9 +793,8 @@ where
             },
             start,
         );
-        if !prep.host.to_string().is_empty() {
-            ev.host = Some(prep.host.to_string());
-        }
+        let host = prep.host.to_string();
+        ev.host = (!host.is_empty()).then_some(host);
         ev.port = prep.port;
         ev.method = Some(prep.method.clone());
         // An upload's path holds its token: logged redacted on every path
