@@ -100,10 +100,7 @@ async fn connect_denied_gets_403_with_explanation() {
         assert!(r.body.contains(&format!("(rule: {rule})")), "{}", r.body);
         assert!(closed(&mut c).await);
     }
-    let mut c = w.s.explicit().await;
-    let r = roundtrip(&mut c, "CONNECT evil.example:443 HTTP/1.1\r\n\r\n")
-        .await
-        .unwrap();
+    let r = w.s.ask("CONNECT evil.example:443 HTTP/1.1\r\n\r\n").await;
     assert!(
         r.body.contains("[[egress.allow]]") && r.body.contains("evil.example"),
         "{}",
@@ -129,10 +126,7 @@ async fn connect_to_an_allowed_non_tls_port_is_opaque() {
     let w = world(Opts::default()).await;
     // ssh.test:22 has a rule; nothing listens on the origin's port 22, so
     // the dial fails: 502 from an allowed decision.
-    let mut c = w.s.explicit().await;
-    let r = roundtrip(&mut c, "CONNECT ssh.test:22 HTTP/1.1\r\n\r\n")
-        .await
-        .unwrap();
+    let r = w.s.ask("CONNECT ssh.test:22 HTTP/1.1\r\n\r\n").await;
     assert_eq!(r.status, 502);
     assert_eq!(r.header("x-brig-rule").as_deref(), Some("upstream"));
     let ev = w.s.wait_events(1).await;
@@ -231,55 +225,35 @@ async fn absolute_uri_get_keep_alive_and_per_request_decisions() {
 #[tokio::test]
 async fn host_mismatch_and_relative_uri() {
     let w = world(Opts::default()).await;
-    let mut c = w.s.explicit().await;
-    let r = roundtrip(
-        &mut c,
-        "GET http://origin.test/ HTTP/1.1\r\nHost: evil.example\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let r =
+        w.s.ask("GET http://origin.test/ HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+            .await;
     assert_eq!(
         (r.status, r.header("x-brig-rule").as_deref()),
         (403, Some("host-mismatch"))
     );
-    let mut c = w.s.explicit().await;
-    let r = roundtrip(
-        &mut c,
-        "GET http://origin.test/ HTTP/1.1\r\nHost: origin.test:8080\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let r =
+        w.s.ask("GET http://origin.test/ HTTP/1.1\r\nHost: origin.test:8080\r\n\r\n")
+            .await;
     assert_eq!(
         (r.status, r.header("x-brig-rule").as_deref()),
         (403, Some("host-mismatch"))
     );
-    let mut c = w.s.explicit().await;
-    let r = roundtrip(
-        &mut c,
-        "CONNECT origin.test:443 HTTP/1.1\r\nHost: other.test:443\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let r =
+        w.s.ask("CONNECT origin.test:443 HTTP/1.1\r\nHost: other.test:443\r\n\r\n")
+            .await;
     assert_eq!(
         (r.status, r.header("x-brig-rule").as_deref()),
         (403, Some("host-mismatch"))
     );
-    let mut c = w.s.explicit().await;
-    let r = roundtrip(
-        &mut c,
-        "GET /relative HTTP/1.1\r\nHost: origin.test\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let r =
+        w.s.ask("GET /relative HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+            .await;
     assert_eq!(r.status, 400);
     assert!(r.body.contains("relative URI"));
-    let mut c = w.s.explicit().await;
-    let r = roundtrip(
-        &mut c,
-        "GET http://user:pw@origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let r =
+        w.s.ask("GET http://user:pw@origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+            .await;
     assert_eq!(
         (r.status, r.header("x-brig-rule").as_deref()),
         (403, Some("invalid-host"))
@@ -315,23 +289,18 @@ async fn ip_literals_in_every_form_are_denied() {
         ("[fe80::1%25eth0]:443".to_string(), "invalid-host"),
     ];
     for (target, rule) in &forms {
-        let mut c = w.s.explicit().await;
-        let r = roundtrip(&mut c, &format!("CONNECT {target} HTTP/1.1\r\n\r\n"))
-            .await
-            .unwrap();
+        let r = w.s.ask(&format!("CONNECT {target} HTTP/1.1\r\n\r\n")).await;
         assert_eq!(
             (r.status, r.header("x-brig-rule")),
             (403, Some(rule.to_string())),
             "CONNECT {target}"
         );
         let host = target.rsplit_once(':').unwrap().0;
-        let mut c = w.s.explicit().await;
-        let r = roundtrip(
-            &mut c,
-            &format!("GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n"),
-        )
-        .await
-        .unwrap();
+        let r =
+            w.s.ask(&format!(
+                "GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n\r\n"
+            ))
+            .await;
         assert_eq!(r.status, 403, "GET http://{host}/");
     }
     assert_eq!(w.web.connections.load(Ordering::SeqCst), 0);
@@ -485,13 +454,9 @@ async fn rate_limits_answer_429() {
     let body = "x".repeat(4000);
     let r = roundtrip(&mut c, &format!("POST http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 4000\r\n\r\n{body}")).await;
     assert!(r.map(|r| r.status == 429).unwrap_or(true));
-    let mut c = w.s.explicit().await;
-    let r = roundtrip(
-        &mut c,
-        "GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let r =
+        w.s.ask("GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+            .await;
     assert_eq!(
         (r.status, r.header("x-brig-rule").as_deref()),
         (429, Some("rate-limit:bytes-out"))
@@ -811,13 +776,9 @@ async fn report_mode_lets_misses_through_as_would_deny() {
         (r.status, r.header("x-brig-rule").as_deref()),
         (403, Some("exfil/pastebins"))
     );
-    let mut c = w.s.explicit().await;
-    let r = roundtrip(
-        &mut c,
-        "GET http://origin.test/ HTTP/1.1\r\nHost: unlisted.test\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let r =
+        w.s.ask("GET http://origin.test/ HTTP/1.1\r\nHost: unlisted.test\r\n\r\n")
+            .await;
     assert_eq!(r.status, 403);
     let ev = w.s.wait_events(3).await;
     assert_eq!(

@@ -302,6 +302,12 @@ impl Session {
         self.open("127.0.0.1:3128".parse().unwrap()).await
     }
 
+    /// One request on a fresh explicit-proxy stream, and its answer.
+    pub async fn ask(&self, req: &str) -> Resp {
+        let mut c = self.explicit().await;
+        roundtrip(&mut c, req).await.unwrap()
+    }
+
     /// Ask the session's resolver.
     pub async fn dns_query(&self, name: &str, qtype: u16) -> Vec<u8> {
         let mut s = UnixStream::connect(&self.dns).await.unwrap();
