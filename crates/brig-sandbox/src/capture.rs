@@ -141,8 +141,8 @@ fn probe_pidfd_exit() -> Result<(), String> {
     }
 }
 
-/// (exit code, signal) of a wait status.
-fn wait_status(st: i32) -> (Option<i32>, Option<i32>) {
+/// (exit code, signal) of a wait status; (None, None) for a stop or continue.
+pub(crate) fn wait_status(st: i32) -> (Option<i32>, Option<i32>) {
     if libc::WIFEXITED(st) {
         (Some(libc::WEXITSTATUS(st)), None)
     } else if libc::WIFSIGNALED(st) {

@@ -694,18 +694,9 @@ impl Init {
                 // Their exits go out before the commands' `Exited`.
                 return self.on_exits();
             }
-            let exited = if libc::WIFEXITED(st) {
-                wire::Exited {
-                    code: Some(libc::WEXITSTATUS(st)),
-                    signal: None,
-                }
-            } else if libc::WIFSIGNALED(st) {
-                wire::Exited {
-                    code: None,
-                    signal: Some(libc::WTERMSIG(st)),
-                }
-            } else {
-                continue;
+            let exited = match crate::capture::wait_status(st) {
+                (None, None) => continue,
+                (code, signal) => wire::Exited { code, signal },
             };
             if let Some(f) = self.forwarder.as_mut().filter(|f| f.pid == Some(pid)) {
                 // Fail closed until it is back: nothing listens meanwhile.
