@@ -311,12 +311,7 @@ struct ArtifactUrlRequest {
 const DEFAULT_ARTIFACT_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 fn artifacts_service(st: &AppState) -> ApiResult<Arc<crate::artifacts::Artifacts>> {
-    let cfg = st.mgr.config();
-    Ok(crate::artifacts::service(
-        st.mgr.db(),
-        &cfg.data_dir,
-        &cfg.artifacts,
-    )?)
+    Ok(st.mgr.artifacts()?)
 }
 
 async fn issue_artifact_url(

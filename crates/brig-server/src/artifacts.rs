@@ -23,12 +23,11 @@
 //!   carries it is masked), and the proxy logs an upload's path as
 //!   `/v1/upload/[token]`.
 
-use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -263,47 +262,17 @@ pub fn load_or_create_key(data_dir: &Path) -> Result<[u8; 32]> {
     })
 }
 
-type Registry = Mutex<HashMap<usize, (Weak<Store>, Arc<Artifacts>)>>;
-
-/// The service of each running control plane, by its store (the API and
-/// the egress channels of one `brig serve` share it).
-fn registry() -> &'static Registry {
-    static R: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
-    R.get_or_init(Default::default)
-}
-
-fn store_key(db: &Db) -> (usize, Weak<Store>) {
-    let s = db.store();
-    (Arc::as_ptr(&s) as usize, Arc::downgrade(&s))
-}
-
-/// The control plane's artifact service (made on first use: the key is
-/// loaded or created then).
-pub fn service(db: &Db, data_dir: &Path, cfg: &ArtifactsConfig) -> Result<Arc<Artifacts>> {
-    if let Some(a) = lookup(db) {
-        return Ok(a);
+impl Artifacts {
+    /// The control plane's artifact service; the key is loaded or created
+    /// now. `brig serve` holds one, in its `Manager`.
+    pub fn open(data_dir: &Path, cfg: &ArtifactsConfig) -> Result<Artifacts> {
+        Ok(Artifacts {
+            key: load_or_create_key(data_dir)?,
+            root: data_dir.join(DIR),
+            cfg: cfg.clone(),
+            issued: Mutex::new(Vec::new()),
+        })
     }
-    let key = load_or_create_key(data_dir)?;
-    let a = Arc::new(Artifacts {
-        key,
-        root: data_dir.join(DIR),
-        cfg: cfg.clone(),
-        issued: Mutex::new(Vec::new()),
-    });
-    let (k, w) = store_key(db);
-    let mut r = registry().lock().unwrap_or_else(|p| p.into_inner());
-    r.retain(|_, (w, _)| w.strong_count() > 0);
-    Ok(r.entry(k).or_insert((w, a)).1.clone())
-}
-
-/// The service if one was made for this store (no service: no URL was
-/// ever issued, so no token can be valid).
-pub fn lookup(db: &Db) -> Option<Arc<Artifacts>> {
-    let (k, w) = store_key(db);
-    let r = registry().lock().unwrap_or_else(|p| p.into_inner());
-    r.get(&k)
-        .filter(|(sw, _)| sw.ptr_eq(&w))
-        .map(|(_, a)| a.clone())
 }
 
 impl Artifacts {
@@ -468,11 +437,18 @@ pub struct SessionSink {
     db: Db,
     info: SessionInfo,
     host: String,
+    svc: Arc<Artifacts>,
 }
 
 impl SessionSink {
-    pub fn new(db: Db, info: SessionInfo, host: String) -> SessionSink {
-        SessionSink { db, info, host }
+    pub fn new(db: Db, info: SessionInfo, svc: Arc<Artifacts>) -> SessionSink {
+        let host = svc.cfg.host.clone();
+        SessionSink {
+            db,
+            info,
+            host,
+            svc,
+        }
     }
 }
 
@@ -523,12 +499,7 @@ impl SessionSink {
         token: &str,
         content_length: Option<u64>,
     ) -> std::result::Result<Box<dyn ArtifactUpload>, (Option<String>, Refusal)> {
-        let Some(svc) = lookup(&self.db) else {
-            return Err((
-                None,
-                Refusal::new(403, rules::TOKEN, "the upload URL is not one brig issued"),
-            ));
-        };
+        let svc = &self.svc;
         // The channel's session, twice over: the proxy's and this sink's.
         if session != self.info.id.as_str() {
             return Err((

@@ -57,6 +57,7 @@ pub fn start(
     policy: Arc<Policy>,
     resolver: &ResolverConfig,
     limits: &brig_proxy::Limits,
+    artifacts: Option<Arc<crate::artifacts::Artifacts>>,
     dir: &Path,
 ) -> Result<SessionChannels> {
     let guard = |what: &str, e: std::io::Error| {
@@ -103,11 +104,11 @@ pub fn start(
         .push(tokio::spawn(journal(db.clone(), info.clone(), rx, sink)));
     // brig's artifact endpoint, answered by this session's proxy itself
     // (crate::artifacts; no service: the proxy answers 404).
-    let session = match crate::artifacts::lookup(db) {
+    let session = match artifacts {
         Some(a) => session.with_artifacts(Arc::new(crate::artifacts::SessionSink::new(
             db.clone(),
             info.clone(),
-            a.cfg.host.clone(),
+            a,
         ))),
         None => session,
     };

@@ -160,7 +160,7 @@ async fn listen(
     store.set_redactor(Arc::new(brig_redact::Redactor::patterns_only()));
     let mgr = Arc::new(Manager::new(cfg.clone(), store));
     // The upload-URL service (its signing key is made or checked now).
-    artifacts::service(mgr.db(), &cfg.data_dir, &cfg.artifacts)?;
+    mgr.artifacts()?;
     // No signing key, no journal: refuse to start rather than record
     // events nobody can later prove untouched.
     let journal = Arc::new(journal::Journal::open(

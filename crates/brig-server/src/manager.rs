@@ -162,6 +162,9 @@ pub struct Manager {
     pub sinks: Mutex<Option<brig_sinks::SinkRunner>>,
     /// Each profile's compiled egress policy.
     policies: HashMap<String, Arc<brig_egress::Policy>>,
+    /// The artifact service (made on first use: the key is loaded or
+    /// created then; `brig serve` makes it at start).
+    artifacts: std::sync::OnceLock<Arc<crate::artifacts::Artifacts>>,
 }
 
 pub(crate) fn session_event(info: &SessionInfo, action: &str, outcome: Outcome) -> Event {
@@ -248,7 +251,17 @@ impl Manager {
             live: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
             sinks: Mutex::new(None),
+            artifacts: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The artifact service, made on first use.
+    pub fn artifacts(&self) -> Result<Arc<crate::artifacts::Artifacts>> {
+        if let Some(a) = self.artifacts.get() {
+            return Ok(a.clone());
+        }
+        let a = crate::artifacts::Artifacts::open(&self.cfg.data_dir, &self.cfg.artifacts)?;
+        Ok(self.artifacts.get_or_init(|| Arc::new(a)).clone())
     }
 
     /// Each journal sink's cursor, lag and last error (`brig journal sinks`).
@@ -583,6 +596,8 @@ impl Manager {
             policy,
             &self.cfg.resolver,
             &self.cfg.egress_limits,
+            // No service yet: no URL was ever issued, so the proxy answers 404.
+            self.artifacts.get().cloned(),
             &dir,
         )
     }
