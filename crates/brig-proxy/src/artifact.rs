@@ -131,15 +131,14 @@ pub(crate) fn logged_path(path: &str) -> &str {
 pub(crate) fn dns_answer(
     s: &SessionEgress,
     q: &crate::dns_wire::Query,
-    raw_name: &str,
+    host: Option<&Host>,
     ev: &mut EgressEvent,
 ) -> Option<Vec<u8>> {
     use crate::dns_wire;
     if s.artifacts.is_none() || (q.qtype != dns_wire::A && q.qtype != dns_wire::AAAA) {
         return None;
     }
-    let host = Host::parse(raw_name).ok()?;
-    if !is_artifact_host(s, &host) {
+    if !is_artifact_host(s, host?) {
         return None;
     }
     let answers: Vec<(std::net::IpAddr, u32)> = if q.qtype == dns_wire::A {

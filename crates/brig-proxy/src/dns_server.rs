@@ -130,7 +130,7 @@ pub(crate) async fn answer(s: &SessionEgress, msg: &[u8]) -> Option<Vec<u8>> {
         };
         dns_wire::build_response(&q, rcode, answers, ede)
     };
-    let Some(raw_name) = q.name.clone() else {
+    let Some(raw_name) = q.name.as_deref() else {
         let j = Judged::builtin(
             brig_egress::rules::INVALID_HOST,
             "the query name holds bytes that cannot be in a host name".into(),
@@ -141,9 +141,12 @@ pub(crate) async fn answer(s: &SessionEgress, msg: &[u8]) -> Option<Vec<u8>> {
         s.events.event(ev);
         return Some(out);
     };
-    ev.host = Some(match Host::parse(&raw_name) {
-        Ok(h) => h.to_string(),
-        Err(_) => raw_name.chars().take(253).collect(),
+    // Parsed once: the event's host, the artifact check and the name
+    // resolved.
+    let host = Host::parse(raw_name).ok();
+    ev.host = Some(match &host {
+        Some(h) => h.to_string(),
+        None => raw_name.chars().take(253).collect(),
     });
     if q.qclass != 1 {
         let j = Judged::builtin(
@@ -170,12 +173,12 @@ pub(crate) async fn answer(s: &SessionEgress, msg: &[u8]) -> Option<Vec<u8>> {
         s.events.event(ev);
         return Some(out);
     }
-    if let Some(out) = crate::artifact::dns_answer(s, &q, &raw_name, &mut ev) {
+    if let Some(out) = crate::artifact::dns_answer(s, &q, host.as_ref(), &mut ev) {
         ev.duration_us = start.elapsed().as_micros() as u64;
         s.events.event(ev);
         return Some(out);
     }
-    let dd = s.policy.decide_dns(&raw_name, q.qtype);
+    let dd = s.policy.decide_dns(raw_name, q.qtype);
     let shown = ev.host.clone().unwrap_or_default();
     let j = Judged::from_decision(&dd.decision, &shown, 53, None);
     let out = match dd.answer {
@@ -183,11 +186,11 @@ pub(crate) async fn answer(s: &SessionEgress, msg: &[u8]) -> Option<Vec<u8>> {
         DnsAnswer::Refused => reply(&mut ev, dns_wire::REFUSED, &[], Some(&j)),
         DnsAnswer::NoData => reply(&mut ev, dns_wire::NOERROR, &[], None),
         DnsAnswer::Resolve => {
-            let name = match Host::parse(&raw_name) {
-                Ok(Host::Domain(d)) => d,
-                _ => shown.clone(),
+            let name = match &host {
+                Some(Host::Domain(d)) => d.as_str(),
+                _ => shown.as_str(),
             };
-            return Some(resolve(s, &q, &name, ev, j, start).await);
+            return Some(resolve(s, &q, name, ev, j, start).await);
         }
     };
     fill(&mut ev, j, start);
