@@ -130,16 +130,20 @@ pub(crate) async fn answer(s: &SessionEgress, msg: &[u8]) -> Option<Vec<u8>> {
         };
         dns_wire::build_response(&q, rcode, answers, ede)
     };
+    // REFUSED with the explanation, journaled.
+    let refused = |mut ev: EgressEvent, j: Judged| {
+        let out = reply(&mut ev, dns_wire::REFUSED, &[], Some(&j));
+        fill(&mut ev, j, start);
+        s.events.event(ev);
+        Some(out)
+    };
     let Some(raw_name) = q.name.as_deref() else {
         let j = Judged::builtin(
             brig_egress::rules::INVALID_HOST,
             "the query name holds bytes that cannot be in a host name".into(),
             "query host names only (letters, digits, '-', IDNA for other scripts)".into(),
         );
-        let out = reply(&mut ev, dns_wire::REFUSED, &[], Some(&j));
-        fill(&mut ev, j, start);
-        s.events.event(ev);
-        return Some(out);
+        return refused(ev, j);
     };
     // Parsed once: the event's host, the artifact check and the name
     // resolved.
@@ -154,10 +158,7 @@ pub(crate) async fn answer(s: &SessionEgress, msg: &[u8]) -> Option<Vec<u8>> {
             format!("DNS class {} is not answered (only IN)", q.qclass),
             "only class IN A and AAAA lookups are answered inside a session".into(),
         );
-        let out = reply(&mut ev, dns_wire::REFUSED, &[], Some(&j));
-        fill(&mut ev, j, start);
-        s.events.event(ev);
-        return Some(out);
+        return refused(ev, j);
     }
     if let Err(wait) = s.limits.dns_query() {
         let j = Judged::builtin(
@@ -168,10 +169,7 @@ pub(crate) async fn answer(s: &SessionEgress, msg: &[u8]) -> Option<Vec<u8>> {
             ),
             format!("retry after {} ms", wait.as_millis()),
         );
-        let out = reply(&mut ev, dns_wire::REFUSED, &[], Some(&j));
-        fill(&mut ev, j, start);
-        s.events.event(ev);
-        return Some(out);
+        return refused(ev, j);
     }
     if let Some(out) = crate::artifact::dns_answer(s, &q, host.as_ref(), &mut ev) {
         ev.duration_us = start.elapsed().as_micros() as u64;
