@@ -23,6 +23,7 @@
 //! Bounded: at most [`MAX_CONNS`] relayed connections and [`MAX_DNS`]
 //! queries in flight; more are refused or dropped.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -66,25 +67,13 @@ pub fn main(config_json: &str) -> ! {
     std::process::exit(code)
 }
 
-async fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// `bind()` again while it fails with EACCES, for at most [`BIND_WAIT`].
+async fn bind_retry<T, F: Future<Output = std::io::Result<T>>>(
+    bind: impl Fn() -> F,
+) -> std::io::Result<T> {
     let deadline = tokio::time::Instant::now() + BIND_WAIT;
     loop {
-        match TcpListener::bind(addr).await {
-            Err(e)
-                if e.kind() == std::io::ErrorKind::PermissionDenied
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(1)).await
-            }
-            r => return r,
-        }
-    }
-}
-
-async fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let deadline = tokio::time::Instant::now() + BIND_WAIT;
-    loop {
-        match UdpSocket::bind(addr).await {
+        match bind().await {
             Err(e)
                 if e.kind() == std::io::ErrorKind::PermissionDenied
                     && tokio::time::Instant::now() < deadline =>
@@ -118,7 +107,7 @@ async fn run(config: ForwarderConfig) -> i32 {
         });
     };
     for a in addrs {
-        let l = match bind_tcp(a).await {
+        let l = match bind_retry(|| TcpListener::bind(a)).await {
             Ok(l) => l,
             Err(_) => return 4,
         };
@@ -128,7 +117,10 @@ async fn run(config: ForwarderConfig) -> i32 {
         let Ok(a) = d.parse::<SocketAddr>() else {
             return 2;
         };
-        let (Ok(u), Ok(t)) = (bind_udp(a).await, bind_tcp(a).await) else {
+        let (Ok(u), Ok(t)) = (
+            bind_retry(|| UdpSocket::bind(a)).await,
+            bind_retry(|| TcpListener::bind(a)).await,
+        ) else {
             return 5;
         };
         let dns = Arc::new(Semaphore::new(MAX_DNS));
@@ -158,7 +150,14 @@ fn transient(e: &std::io::Error) -> bool {
     )
 }
 
-async fn accept_loop(l: TcpListener, config: Rc<ForwarderConfig>, conns: Arc<Semaphore>) {
+/// Accept connections and serve each in its own task while `limit` has a
+/// permit (a connection over it is reset); returns on an accept error that
+/// is not transient.
+async fn accept_each<F: Future<Output = ()> + 'static>(
+    l: TcpListener,
+    limit: Arc<Semaphore>,
+    serve: impl Fn(TcpStream, SocketAddr) -> F,
+) {
     loop {
         let (client, peer) = match l.accept().await {
             Ok(x) => x,
@@ -168,16 +167,24 @@ async fn accept_loop(l: TcpListener, config: Rc<ForwarderConfig>, conns: Arc<Sem
             }
             Err(_) => return,
         };
-        let Ok(permit) = conns.clone().try_acquire_owned() else {
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
             reset(client);
             continue;
         };
-        let config = config.clone();
+        let conn = serve(client, peer);
         tokio::task::spawn_local(async move {
-            relay(client, peer, &config).await;
+            conn.await;
             drop(permit);
         });
     }
+}
+
+async fn accept_loop(l: TcpListener, config: Rc<ForwarderConfig>, conns: Arc<Semaphore>) {
+    accept_each(l, conns, move |client, peer| {
+        let config = config.clone();
+        async move { relay(client, peer, &config).await }
+    })
+    .await
 }
 
 /// Close with RST: the program sees its connection refused, not a clean end.
@@ -244,14 +251,19 @@ pub fn valid_query(q: &[u8]) -> bool {
     q.len() >= DNS_HEADER && q[2] & 0x80 == 0 && u16::from_be_bytes([q[4], q[5]]) >= 1
 }
 
+/// A DNS message with its 2-byte length prefix (DNS over TCP framing).
+fn framed(m: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(m.len() + 2);
+    msg.extend_from_slice(&(m.len() as u16).to_be_bytes());
+    msg.extend_from_slice(m);
+    msg
+}
+
 /// One query over a connection to the DNS socket; the answer, if it came
 /// in time and carries the query's id.
 async fn ask(conn: &mut UnixStream, q: &[u8]) -> Option<Vec<u8>> {
     let exchange = async {
-        let mut msg = Vec::with_capacity(q.len() + 2);
-        msg.extend_from_slice(&(q.len() as u16).to_be_bytes());
-        msg.extend_from_slice(q);
-        conn.write_all(&msg).await.ok()?;
+        conn.write_all(&framed(q)).await.ok()?;
         let mut len = [0u8; 2];
         conn.read_exact(&mut len).await.ok()?;
         let mut a = vec![0u8; u16::from_be_bytes(len) as usize];
@@ -292,25 +304,11 @@ async fn dns_udp(sock: UdpSocket, config: Rc<ForwarderConfig>, inflight: Arc<Sem
 }
 
 async fn dns_tcp(l: TcpListener, config: Rc<ForwarderConfig>, inflight: Arc<Semaphore>) {
-    loop {
-        let (client, _) = match l.accept().await {
-            Ok(x) => x,
-            Err(e) if transient(&e) => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-            Err(_) => return,
-        };
-        let Ok(permit) = inflight.clone().try_acquire_owned() else {
-            reset(client);
-            continue;
-        };
+    accept_each(l, inflight, move |client, _| {
         let config = config.clone();
-        tokio::task::spawn_local(async move {
-            dns_tcp_client(client, &config).await;
-            drop(permit);
-        });
-    }
+        async move { dns_tcp_client(client, &config).await }
+    })
+    .await
 }
 
 async fn dns_tcp_client(mut client: TcpStream, config: &ForwarderConfig) {
@@ -336,10 +334,7 @@ async fn dns_tcp_client(mut client: TcpStream, config: &ForwarderConfig) {
         let Some(a) = ask(&mut up, &q).await else {
             return;
         };
-        let mut msg = Vec::with_capacity(a.len() + 2);
-        msg.extend_from_slice(&(a.len() as u16).to_be_bytes());
-        msg.extend_from_slice(&a);
-        if client.write_all(&msg).await.is_err() {
+        if client.write_all(&framed(&a)).await.is_err() {
             return;
         }
     }
