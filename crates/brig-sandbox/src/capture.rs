@@ -116,19 +116,37 @@ pub fn probe() -> Result<(), String> {
 /// Whether the kernel keeps a reaped process's wait status for its pidfd
 /// holders: fork a child that exits at once, reap it, ask its pidfd.
 fn probe_pidfd_exit() -> Result<(), String> {
-    // SAFETY: the child only calls _exit.
+    // The child waits for the pipe to close, so its pidfd is opened while it
+    // surely lives (in a multi-threaded caller another thread may reap).
+    let mut p = [0; 2];
+    // SAFETY: pipe2 fills two descriptors.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the child only calls read, then _exit (async-signal-safe).
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+        let e = std::io::Error::last_os_error();
+        unsafe { libc::close(p[0]) };
+        unsafe { libc::close(p[1]) };
+        return Err(format!("fork: {e}"));
     }
     if pid == 0 {
-        unsafe { libc::_exit(7) };
+        let mut b = 0u8;
+        unsafe {
+            libc::close(p[1]);
+            libc::read(p[0], (&mut b as *mut u8).cast(), 1);
+            libc::_exit(7)
+        };
     }
     let fd = pidfd_open(pid);
+    let open_err = std::io::Error::last_os_error();
+    // SAFETY: closing our ends; the child sees EOF and exits; reap it.
+    unsafe { libc::close(p[0]) };
+    unsafe { libc::close(p[1]) };
     let mut st = 0;
-    // SAFETY: reaping our own child.
     unsafe { libc::waitpid(pid, &mut st, 0) };
-    let fd = fd.ok_or_else(|| format!("pidfd_open: {}", std::io::Error::last_os_error()))?;
+    let fd = fd.ok_or_else(|| format!("pidfd_open: {open_err}"))?;
     match pidfd_info(fd.as_raw_fd(), PIDFD_INFO_EXIT) {
         Some(i) if i.mask & PIDFD_INFO_EXIT != 0 && wait_status(i.exit_code) == (Some(7), None) => {
             Ok(())
