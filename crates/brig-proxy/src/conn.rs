@@ -177,19 +177,17 @@ async fn dial_name(
         let addr = SocketAddr::new(ip, port);
         match dial(s, addr).await {
             Ok(t) => return Ok((t, addr)),
-            Err(f) => last = f,
+            Err((code, e)) => last = DialFail::Status(code, e),
         }
     }
     Err(last)
 }
 
-async fn dial(s: &SessionEgress, addr: SocketAddr) -> Result<TcpStream, DialFail> {
+/// Connect to one checked address; `Err((status, error))`.
+async fn dial(s: &SessionEgress, addr: SocketAddr) -> Result<TcpStream, (u16, String)> {
     match tokio::time::timeout(s.config.connect_timeout, TcpStream::connect(addr)).await {
-        Err(_) => Err(DialFail::Status(
-            504,
-            format!("connecting to {addr}: timed out"),
-        )),
-        Ok(Err(e)) => Err(DialFail::Status(502, format!("connecting to {addr}: {e}"))),
+        Err(_) => Err((504, format!("connecting to {addr}: timed out"))),
+        Ok(Err(e)) => Err((502, format!("connecting to {addr}: {e}"))),
         Ok(Ok(t)) => {
             let _ = t.set_nodelay(true);
             Ok(t)
@@ -895,7 +893,10 @@ where
                             dst.port(),
                             None,
                         ))),
-                        Ok(_) => dial(s, dst).await.map(|t| (t, dst)),
+                        Ok(_) => dial(s, dst)
+                            .await
+                            .map(|t| (t, dst))
+                            .map_err(|(code, e)| DialFail::Status(code, e)),
                     },
                 };
                 match dialed {
@@ -1412,13 +1413,12 @@ async fn transparent_tls<S>(
     }
     let mut up = match dial(s, dst).await {
         Ok(t) => t,
-        Err(DialFail::Status(_, e)) => {
+        Err((_, e)) => {
             ev.error = Some(e);
             ev.duration_us = start.elapsed().as_micros() as u64;
             ctx.emit(ev);
             return;
         }
-        Err(DialFail::Denied(_)) => return,
     };
     ev.address = Some(dst);
     splice_and_report(client, &mut up, buf, ctx, ev, start).await;
@@ -1475,12 +1475,11 @@ where
     }
     let mut up = match dial(s, dst).await {
         Ok(t) => t,
-        Err(DialFail::Status(_, e)) => {
+        Err((_, e)) => {
             ev.error = Some(e);
             ctx.emit(ev);
             return;
         }
-        Err(DialFail::Denied(_)) => return,
     };
     ev.address = Some(dst);
     splice_and_report(client, &mut up, buf, ctx, ev, start).await;
