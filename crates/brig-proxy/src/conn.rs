@@ -27,9 +27,11 @@ pub(crate) struct Judged {
 }
 
 impl Judged {
+    /// `host` is formatted only for an explanation (not on the allowed
+    /// path, the per-request one).
     pub(crate) fn from_decision(
         d: &Decision<'_>,
-        host: &str,
+        host: impl std::fmt::Display,
         port: u16,
         method: Option<&str>,
     ) -> Judged {
@@ -43,7 +45,7 @@ impl Judged {
         Judged {
             verdict,
             rule: d.rule.as_str().to_string(),
-            expl: (verdict != Verdict::Allowed).then(|| d.explain(host, port, method)),
+            expl: (verdict != Verdict::Allowed).then(|| d.explain(&host.to_string(), port, method)),
         }
     }
 
@@ -80,10 +82,9 @@ pub(crate) fn judge(
     method: Option<&str>,
     path: Option<&str>,
 ) -> Judged {
-    let name = host.to_string();
     if let Host::Ip(ip) = host {
         if let Err(e) = s.policy.ssrf().check_ip(*ip) {
-            return Judged::from_decision(&s.policy.ssrf_decision(e), &name, port, method);
+            return Judged::from_decision(&s.policy.ssrf_decision(e), host, port, method);
         }
     }
     let d = s.policy.decide(&Request {
@@ -92,11 +93,11 @@ pub(crate) fn judge(
         method,
         path,
     });
-    Judged::from_decision(&d, &name, port, method)
+    Judged::from_decision(&d, host, port, method)
 }
 
 fn mismatch(d: Decision<'_>, host: &Host, port: u16) -> Judged {
-    Judged::from_decision(&d, &host.to_string(), port, None)
+    Judged::from_decision(&d, host, port, None)
 }
 
 fn ip_mismatch(name: &str, dst: SocketAddr) -> Judged {
@@ -166,7 +167,7 @@ async fn dial_name(
         Err(e) => {
             return Err(DialFail::Denied(Judged::from_decision(
                 &s.policy.ssrf_decision(e),
-                &host.to_string(),
+                host,
                 port,
                 None,
             )))
@@ -889,7 +890,7 @@ where
                     Some(dst) => match s.policy.ssrf().check_ip(dst.ip()) {
                         Err(e) => Err(DialFail::Denied(Judged::from_decision(
                             &s.policy.ssrf_decision(e),
-                            &prep.host.to_string(),
+                            &prep.host,
                             dst.port(),
                             None,
                         ))),
