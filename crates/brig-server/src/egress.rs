@@ -11,7 +11,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use brig_core::event::{Event, Outcome};
 use brig_core::session::SessionInfo;
@@ -23,10 +22,6 @@ use tokio::task::JoinHandle;
 
 use crate::manager::Db;
 
-/// Most egress events journaled in one transaction.
-const BATCH: usize = 256;
-/// How long the first event of a batch waits for others.
-const LINGER: Duration = Duration::from_millis(10);
 /// Events queued for the journal; past this they are counted and dropped
 /// (a flood of requests must not grow brig's memory), and the count is
 /// journaled as `net.journal_overflow`.
@@ -150,20 +145,10 @@ async fn journal(
     sink: Arc<JournalSink>,
 ) {
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![journal_event(&info, first)];
-        let take = |rx: &mut mpsc::Receiver<EgressEvent>, batch: &mut Vec<Event>| {
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(e) => batch.push(journal_event(&info, e)),
-                    Err(_) => break,
-                }
-            }
-        };
-        take(&mut rx, &mut batch);
-        if batch.len() < BATCH {
-            tokio::time::sleep(LINGER).await;
-            take(&mut rx, &mut batch);
-        }
+        let mut batch = crate::manager::gather_batch(journal_event(&info, first), || {
+            rx.try_recv().ok().map(|e| journal_event(&info, e))
+        })
+        .await;
         let dropped = sink.dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
         if dropped > 0 {
             batch.push(

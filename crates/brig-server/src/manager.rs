@@ -177,10 +177,37 @@ pub(crate) fn session_event(info: &SessionInfo, action: &str, outcome: Outcome) 
     e
 }
 
-/// Most process events journaled in one append (one transaction).
-const PROCESS_BATCH: usize = 256;
-/// How long the first process event of a batch waits for others.
-const PROCESS_LINGER: Duration = Duration::from_millis(10);
+/// Most events (process or egress) journaled in one append (one
+/// transaction).
+const JOURNAL_BATCH: usize = 256;
+/// How long the first event of a batch waits for others.
+const JOURNAL_LINGER: Duration = Duration::from_millis(10);
+
+/// One batch for the journal: `first`, what `next` has ready now, and,
+/// unless the batch is full, what it has after [`JOURNAL_LINGER`]. Events
+/// come in bursts (a script's processes, a build's fetches): a moment's
+/// wait lets one transaction take many of them instead of one each, which
+/// keeps the journal's share of the CPUs small. A full batch does not wait.
+pub(crate) async fn gather_batch(
+    first: Event,
+    mut next: impl FnMut() -> Option<Event>,
+) -> Vec<Event> {
+    let mut batch = vec![first];
+    let mut take = |batch: &mut Vec<Event>| {
+        while batch.len() < JOURNAL_BATCH {
+            match next() {
+                Some(e) => batch.push(e),
+                None => break,
+            }
+        }
+    };
+    take(&mut batch);
+    if batch.len() < JOURNAL_BATCH {
+        tokio::time::sleep(JOURNAL_LINGER).await;
+        take(&mut batch);
+    }
+    batch
+}
 
 /// The journal event for one captured process event.
 fn process_event(info: &SessionInfo, pe: ProcessEvent) -> Event {
@@ -610,24 +637,10 @@ impl Manager {
         let info = info.clone();
         tokio::spawn(async move {
             while let Some(first) = events.recv().await {
-                let mut batch = vec![process_event(&info, first)];
-                let mut take = |batch: &mut Vec<Event>| {
-                    while batch.len() < PROCESS_BATCH {
-                        match events.try_recv() {
-                            Some(pe) => batch.push(process_event(&info, pe)),
-                            None => break,
-                        }
-                    }
-                };
-                take(&mut batch);
-                // A script's processes come in bursts: a moment's wait lets
-                // one transaction take many of them instead of one each,
-                // which keeps the journal's share of the CPUs small. A full
-                // batch does not wait.
-                if batch.len() < PROCESS_BATCH {
-                    tokio::time::sleep(PROCESS_LINGER).await;
-                    take(&mut batch);
-                }
+                let batch = gather_batch(process_event(&info, first), || {
+                    events.try_recv().map(|pe| process_event(&info, pe))
+                })
+                .await;
                 if let Err(e) = db.write(move |s| s.append_events(&batch).map(|_| ())).await {
                     tracing::error!(session = %info.id, error = %e, "could not journal process events");
                 }
