@@ -68,10 +68,8 @@ fn wait_caught_up(s: &Server) -> serde_json::Value {
     }
 }
 
-#[test]
-fn file_sink_gets_every_event_even_across_a_kill_9() {
-    let mut s = Server::start_with(Some(&config));
-    let dir = s.dir.path().to_path_buf();
+/// A session on `<dir>/proj` for `task`, after `n` execs of `echo i`.
+fn session_with_execs(s: &Server, dir: &Path, task: &str, n: usize) -> String {
     let proj = dir.join("proj");
     std::fs::create_dir_all(&proj).unwrap();
     let id = s.json(&[
@@ -80,12 +78,12 @@ fn file_sink_gets_every_event_even_across_a_kill_9() {
         "--repo",
         proj.to_str().unwrap(),
         "--task",
-        "SINK-1",
+        task,
     ])["id"]
         .as_str()
         .unwrap()
         .to_string();
-    for i in 0..5 {
+    for i in 0..n {
         let o = s.brig(&[
             "session",
             "exec",
@@ -97,6 +95,14 @@ fn file_sink_gets_every_event_even_across_a_kill_9() {
         ]);
         assert!(o.status.success(), "{}", text(&o.stderr));
     }
+    id
+}
+
+#[test]
+fn file_sink_gets_every_event_even_across_a_kill_9() {
+    let mut s = Server::start_with(Some(&config));
+    let dir = s.dir.path().to_path_buf();
+    let id = session_with_execs(&s, &dir, "SINK-1", 5);
     let sink = wait_caught_up(&s);
     assert_eq!(sink["name"], "audit-file");
     assert_eq!(sink["kind"], "file");
@@ -160,31 +166,7 @@ fn file_sink_checkpoints_verify_the_journal_and_catch_a_truncated_tail() {
     let mut s = Server::start_with(Some(&write_cfg));
     let dir = s.dir.path().to_path_buf();
     let data = dir.join("data");
-    let proj = dir.join("proj");
-    std::fs::create_dir_all(&proj).unwrap();
-    let id = s.json(&[
-        "session",
-        "create",
-        "--repo",
-        proj.to_str().unwrap(),
-        "--task",
-        "CP-1",
-    ])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    for i in 0..3 {
-        let o = s.brig(&[
-            "session",
-            "exec",
-            &id,
-            "--",
-            "sh",
-            "-c",
-            &format!("echo {i}"),
-        ]);
-        assert!(o.status.success(), "{}", text(&o.stderr));
-    }
+    session_with_execs(&s, &dir, "CP-1", 3);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let v = s.json(&["journal", "sinks"]);
