@@ -238,6 +238,9 @@ where
         via: Via::Explicit,
         dst: None,
     };
+    // The slot is taken before the PROXY header is read: a stream that
+    // sends nothing holds one for the header's 10 s, so it counts.
+    let slot = s.limits.connection();
     if proxied {
         match read_proxy_header(&mut client, &mut buf, s.config.head_timeout).await {
             Ok(h) => {
@@ -252,7 +255,7 @@ where
             }
         }
     }
-    let Some(_slot) = s.limits.connection() else {
+    let Some(_slot) = slot else {
         if ctx.dst.is_none()
             || ctx
                 .dst

@@ -822,3 +822,24 @@ async fn a_rate_limited_upload_never_logs_its_token() {
     let all = format!("{ev:?}");
     assert!(!all.contains("SECRET-TOKEN"), "{all}");
 }
+
+#[tokio::test]
+async fn a_stream_still_sending_its_proxy_header_holds_a_connection_slot() {
+    let w = world(Opts {
+        limits: Limits {
+            max_connections: 1,
+            ..Limits::default()
+        },
+        ..Opts::default()
+    })
+    .await;
+    // Connected, PROXY header not sent yet.
+    let _silent = tokio::net::UnixStream::connect(&w.s.proxy).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut c = w.s.explicit().await;
+    let r = read_resp(&mut c).await.unwrap();
+    assert_eq!(
+        (r.status, r.header("x-brig-rule").as_deref()),
+        (429, Some("rate-limit:connections"))
+    );
+}
