@@ -32,27 +32,39 @@ impl FakeProxy {
     fn start(sb: &Sandbox) -> FakeProxy {
         let dir = egress::host_dir(sb.session_dir());
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let proxy = bind_egress_socket(&dir, PROXY_SOCK).expect("bind proxy.sock");
-        let s = seen.clone();
-        std::thread::spawn(move || {
-            for c in proxy.incoming().flatten() {
-                let s = s.clone();
-                std::thread::spawn(move || serve_stream(c, &s));
-            }
-        });
-        let dns = bind_egress_socket(&dir, DNS_SOCK).expect("bind dns.sock");
-        let s = seen.clone();
-        std::thread::spawn(move || {
-            for c in dns.incoming().flatten() {
-                let s = s.clone();
-                std::thread::spawn(move || serve_dns(c, &s));
-            }
-        });
+        let serve = |name: &str, f: fn(UnixStream, &Mutex<Seen>)| {
+            let l = bind_egress_socket(&dir, name).unwrap_or_else(|e| panic!("bind {name}: {e}"));
+            let s = seen.clone();
+            std::thread::spawn(move || {
+                for c in l.incoming().flatten() {
+                    let s = s.clone();
+                    std::thread::spawn(move || f(c, &s));
+                }
+            });
+        };
+        serve(PROXY_SOCK, serve_stream);
+        serve(DNS_SOCK, serve_dns);
         FakeProxy { seen }
     }
 
     fn streams(&self) -> Vec<(String, String)> {
         self.seen.lock().unwrap().streams.clone()
+    }
+
+    /// `curl` fetched http://example.test/ through HTTP_PROXY: it got the
+    /// fake answer, and its stream came from 127.0.0.1 to port 3128. The
+    /// streams seen so far.
+    fn assert_explicit_request(&self, curl: &Output) -> Vec<(String, String)> {
+        assert_eq!(curl.code, Some(0), "{curl:?}");
+        assert_eq!(curl.stdout.trim(), "fake-ok");
+        let streams = self.streams();
+        let ex = streams
+            .iter()
+            .find(|(_, b)| b.starts_with("GET http://example.test/"))
+            .unwrap_or_else(|| panic!("no explicit-proxy stream: {streams:?}"));
+        let h: Vec<&str> = ex.0.trim_end().split(' ').collect();
+        assert_eq!((h[3], h[5]), ("127.0.0.1", "3128"), "{ex:?}");
+        streams
     }
 }
 
@@ -289,15 +301,7 @@ async fn native_egress_channel() {
         &["/usr/bin/curl", "-sS", "-m", "5", "http://example.test/"],
     )
     .await;
-    assert_eq!(curl.code, Some(0), "{curl:?}");
-    assert_eq!(curl.stdout.trim(), "fake-ok");
-    let streams = proxy.streams();
-    let ex = streams
-        .iter()
-        .find(|(_, b)| b.starts_with("GET http://example.test/"))
-        .unwrap_or_else(|| panic!("no explicit-proxy stream: {streams:?}"));
-    let h: Vec<&str> = ex.0.trim_end().split(' ').collect();
-    assert_eq!((h[3], h[5]), ("127.0.0.1", "3128"), "{ex:?}");
+    proxy.assert_explicit_request(&curl);
 
     // The sandbox cannot take the channel apart: read-only mount, no
     // capability over its network namespace.
@@ -446,15 +450,7 @@ async fn gvisor_egress_channel() {
     let r = sb.destroy().await;
     assert!(r.clean(), "{r:?}");
 
-    assert_eq!(curl.code, Some(0), "{curl:?}");
-    assert_eq!(curl.stdout.trim(), "fake-ok");
-    let streams = proxy.streams();
-    let ex = streams
-        .iter()
-        .find(|(_, b)| b.starts_with("GET http://example.test/"))
-        .unwrap_or_else(|| panic!("no explicit-proxy stream: {streams:?}"));
-    let h: Vec<&str> = ex.0.trim_end().split(' ').collect();
-    assert_eq!((h[3], h[5]), ("127.0.0.1", "3128"), "{ex:?}");
+    let streams = proxy.assert_explicit_request(&curl);
     assert_eq!(field(&out, "env"), "http://127.0.0.1:3128");
     for k in ["transparent", "port22", "ipv6"] {
         assert!(field(&out, k).starts_with("connect-failed"), "{k}: {out}");
