@@ -400,7 +400,14 @@ fn prepare(head: &[u8], ctx: &Ctx<'_>) -> Result<Prep, Early> {
             Err(e) => {
                 let j = Judged::builtin(
                     brig_egress::rules::INVALID_HOST,
-                    format!("the CONNECT target {target:?} is not valid: {e}"),
+                    // Never the userinfo of `user:password@host` (the
+                    // explanation is journaled).
+                    match target.rsplit_once('@') {
+                        Some((_, host)) => {
+                            format!("the CONNECT target [userinfo]@{host:?} is not valid: {e}")
+                        }
+                        None => format!("the CONNECT target {target:?} is not valid: {e}"),
+                    },
                     "CONNECT to host:port, the host's canonical name and a port".into(),
                 );
                 return Ok(Prep {

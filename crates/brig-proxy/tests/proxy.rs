@@ -264,6 +264,21 @@ async fn host_mismatch_and_relative_uri() {
 }
 
 #[tokio::test]
+async fn connect_userinfo_never_reaches_the_answer_or_the_journal() {
+    let w = world(Opts::default()).await;
+    let r =
+        w.s.ask("CONNECT user:s3cret@origin.test:443 HTTP/1.1\r\n\r\n")
+            .await;
+    assert_eq!(
+        (r.status, r.header("x-brig-rule").as_deref()),
+        (403, Some("invalid-host"))
+    );
+    assert!(!r.body.contains("s3cret"), "{}", r.body);
+    let all = serde_json::to_string(&w.s.wait_events(1).await).unwrap();
+    assert!(!all.contains("s3cret"), "{all}");
+}
+
+#[tokio::test]
 async fn ip_literals_in_every_form_are_denied() {
     let w = world(Opts::default()).await;
     let web = w.web.addr.ip().to_string();
