@@ -160,8 +160,9 @@ pub struct Manager {
     closing: AtomicBool,
     /// The journal's SIEM sink runner, when sinks are configured.
     pub sinks: Mutex<Option<brig_sinks::SinkRunner>>,
-    /// Each profile's compiled egress policy.
-    policies: HashMap<String, Arc<brig_egress::Policy>>,
+    /// Each profile's compiled egress policy, or why it does not compile
+    /// (its sessions are then refused, with that reason).
+    policies: HashMap<String, std::result::Result<Arc<brig_egress::Policy>, String>>,
     /// The artifact service (made on first use: the key is loaded or
     /// created then; `brig serve` makes it at start).
     artifacts: std::sync::OnceLock<Arc<crate::artifacts::Artifacts>>,
@@ -261,12 +262,12 @@ impl Manager {
         let policies = cfg
             .profiles
             .iter()
-            .filter_map(|(name, p)| match brig_egress::Policy::compile(&p.egress) {
-                Ok(pol) => Some((name.clone(), Arc::new(pol))),
-                Err(e) => {
+            .map(|(name, p)| {
+                let pol = brig_egress::Policy::compile(&p.egress).map(Arc::new).map_err(|e| {
                     tracing::error!(profile = %name, error = %e, "egress policy does not compile");
-                    None
-                }
+                    e.to_string()
+                });
+                (name.clone(), pol)
             })
             .collect();
         Manager {
@@ -613,9 +614,25 @@ impl Manager {
         info: &SessionInfo,
         sandbox: &Sandbox,
     ) -> Result<crate::egress::SessionChannels> {
-        let policy = self.policies.get(&info.profile).cloned().ok_or_else(|| {
-            Error::internal(format!("no egress policy for profile {:?}", info.profile))
-        })?;
+        let policy = match self.policies.get(&info.profile) {
+            Some(Ok(p)) => p.clone(),
+            Some(Err(e)) => {
+                return Err(Error::new(
+                    ErrorKind::GuardUnavailable,
+                    format!(
+                        "profile {:?}: its egress policy does not compile: {e}",
+                        info.profile
+                    ),
+                )
+                .hint("fix the profile's egress section in brig.toml and restart brig serve"))
+            }
+            None => {
+                return Err(Error::internal(format!(
+                    "no egress policy for profile {:?}",
+                    info.profile
+                )))
+            }
+        };
         let dir = brig_sandbox::egress::host_dir(sandbox.session_dir());
         crate::egress::start(
             &self.db,
