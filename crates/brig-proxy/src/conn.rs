@@ -203,26 +203,27 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn event(&self, kind: EventKind, start: Instant) -> EgressEvent {
+    fn event(&self, kind: EventKind) -> EgressEvent {
         let mut e = EgressEvent::new(&self.s.session, kind, self.via);
         e.original_dst = self.dst;
         if let Some(d) = self.dst {
             e.port = d.port();
         }
-        e.duration_us = start.elapsed().as_micros() as u64;
         e
     }
 
-    fn emit(&self, e: EgressEvent) {
+    /// Hand the event over, its duration measured from `start`.
+    fn emit(&self, mut e: EgressEvent, start: Instant) {
+        e.duration_us = start.elapsed().as_micros() as u64;
         self.s.events.event(e);
     }
 
     fn refused(&self, start: Instant, rule: &str, status: Option<u16>, error: String) {
-        let mut e = self.event(EventKind::Connection, start);
+        let mut e = self.event(EventKind::Connection);
         e.rule = rule.to_string();
         e.status = status;
         e.error = Some(error);
-        self.emit(e);
+        self.emit(e, start);
     }
 }
 
@@ -660,8 +661,7 @@ async fn deny<S: AsyncWrite + Unpin>(
     ev.rule = j.rule;
     ev.explanation = j.expl;
     ev.status = Some(403);
-    ev.duration_us = start.elapsed().as_micros() as u64;
-    ctx.emit(ev);
+    ctx.emit(ev, start);
 }
 
 /// Whether the session is over its request rate or its bytes-out budget:
@@ -683,14 +683,14 @@ fn tunnel_limited(ctx: &Ctx<'_>, start: Instant) -> bool {
     let Some((rule, wait)) = over_limit(ctx.s) else {
         return false;
     };
-    let mut e = ctx.event(EventKind::Tunnel, start);
+    let mut e = ctx.event(EventKind::Tunnel);
     e.decision = Verdict::Denied;
     e.rule = rule.to_string();
     e.error = Some(format!(
         "rate limited (retry after {} s)",
         retry_after(wait)
     ));
-    ctx.emit(e);
+    ctx.emit(e, start);
     true
 }
 
@@ -794,14 +794,11 @@ where
         if buf.capacity() > 64 * 1024 && buf.len() < 1024 {
             buf.shrink_to(4096);
         }
-        let mut ev = ctx.event(
-            if prep.connect {
-                EventKind::Tunnel
-            } else {
-                EventKind::Http
-            },
-            start,
-        );
+        let mut ev = ctx.event(if prep.connect {
+            EventKind::Tunnel
+        } else {
+            EventKind::Http
+        });
         let host = prep.host.to_string();
         ev.host = (!host.is_empty()).then_some(host);
         ev.port = prep.port;
@@ -836,8 +833,7 @@ where
             ev.status = Some(429);
             ev.explanation = None;
             ev.error = Some("rate limited".into());
-            ev.duration_us = start.elapsed().as_micros() as u64;
-            ctx.emit(ev);
+            ctx.emit(ev, start);
             return;
         }
         // brig's own artifact endpoint: never judged by the policy, never
@@ -977,8 +973,7 @@ where
                     ev.bytes_in = bytes_in.load(Ordering::Relaxed);
                     ev.bytes_out = bytes_out.load(Ordering::Relaxed);
                     ev.error = Some("client went away".into());
-                    ev.duration_us = start.elapsed().as_micros() as u64;
-                    ctx.emit(ev);
+                    ctx.emit(ev, start);
                     return;
                 }
             }
@@ -988,8 +983,7 @@ where
         match outcome {
             Ok((status, up_keep, client_keep)) => {
                 ev.status = Some(status);
-                ev.duration_us = start.elapsed().as_micros() as u64;
-                ctx.emit(ev);
+                ctx.emit(ev, start);
                 if !up_keep {
                     upstream = None;
                 }
@@ -1018,8 +1012,7 @@ where
                     ev.decision = Verdict::Denied;
                     ev.rule = rule.to_string();
                 }
-                ev.duration_us = start.elapsed().as_micros() as u64;
-                ctx.emit(ev);
+                ctx.emit(ev, start);
                 return;
             }
         }
@@ -1186,8 +1179,7 @@ async fn connect_tunnel<S>(
             .await;
             ev.status = Some(code);
             ev.error = Some(err);
-            ev.duration_us = start.elapsed().as_micros() as u64;
-            ctx.emit(ev);
+            ctx.emit(ev, start);
             return;
         }
     };
@@ -1219,8 +1211,7 @@ async fn connect_tunnel<S>(
             ev.explanation = j.expl;
             ev.bytes_out = buf.len() as u64;
             ev.error = Some("tunnel closed after the ClientHello".into());
-            ev.duration_us = start.elapsed().as_micros() as u64;
-            ctx.emit(ev);
+            ctx.emit(ev, start);
             return;
         }
     }
@@ -1247,8 +1238,7 @@ async fn splice_and_report<S>(
     } else if let Some(e) = r.error {
         ev.error = Some(e);
     }
-    ev.duration_us = start.elapsed().as_micros() as u64;
-    ctx.emit(ev);
+    ctx.emit(ev, start);
 }
 
 struct SpliceResult {
@@ -1381,7 +1371,7 @@ async fn transparent_tls<S>(
     if tunnel_limited(ctx, start) {
         return;
     }
-    let mut ev = ctx.event(EventKind::Tunnel, start);
+    let mut ev = ctx.event(EventKind::Tunnel);
     let hello = peek_hello(&mut client, &mut buf, s.config.tls_peek_timeout).await;
     let name = match hello {
         Some(Hello::Sni(n)) => n,
@@ -1390,8 +1380,7 @@ async fn transparent_tls<S>(
             ev.rule = j.rule;
             ev.explanation = j.expl;
             ev.error = Some("no server name".into());
-            ev.duration_us = start.elapsed().as_micros() as u64;
-            ctx.emit(ev);
+            ctx.emit(ev, start);
             return;
         }
     };
@@ -1418,16 +1407,14 @@ async fn transparent_tls<S>(
     ev.rule = j.rule.clone();
     ev.explanation = j.expl.clone();
     if j.denied() {
-        ev.duration_us = start.elapsed().as_micros() as u64;
-        ctx.emit(ev);
+        ctx.emit(ev, start);
         return;
     }
     let mut up = match dial(s, dst).await {
         Ok(t) => t,
         Err((_, e)) => {
             ev.error = Some(e);
-            ev.duration_us = start.elapsed().as_micros() as u64;
-            ctx.emit(ev);
+            ctx.emit(ev, start);
             return;
         }
     };
@@ -1445,7 +1432,7 @@ where
     if tunnel_limited(ctx, start) {
         return;
     }
-    let mut ev = ctx.event(EventKind::Tunnel, start);
+    let mut ev = ctx.event(EventKind::Tunnel);
     let names = s.resolver.names_for(dst.ip());
     let mut chosen: Option<(String, Judged)> = None;
     for n in &names {
@@ -1481,14 +1468,14 @@ where
     ev.rule = j.rule.clone();
     ev.explanation = j.expl.clone();
     if j.denied() {
-        ctx.emit(ev);
+        ctx.emit(ev, start);
         return;
     }
     let mut up = match dial(s, dst).await {
         Ok(t) => t,
         Err((_, e)) => {
             ev.error = Some(e);
-            ctx.emit(ev);
+            ctx.emit(ev, start);
             return;
         }
     };
