@@ -1357,6 +1357,39 @@ where
     }
 }
 
+/// The end of a transparent tunnel once judged: denied, it is closed;
+/// else brig dials exactly `dst` and splices. Journaled either way.
+async fn opaque_to<S>(
+    client: S,
+    buf: Vec<u8>,
+    ctx: &Ctx<'_>,
+    mut ev: EgressEvent,
+    j: Judged,
+    dst: SocketAddr,
+    start: Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let denied = j.denied();
+    ev.decision = j.verdict;
+    ev.rule = j.rule;
+    ev.explanation = j.expl;
+    if denied {
+        ctx.emit(ev, start);
+        return;
+    }
+    let mut up = match dial(ctx.s, dst).await {
+        Ok(t) => t,
+        Err((_, e)) => {
+            ev.error = Some(e);
+            ctx.emit(ev, start);
+            return;
+        }
+    };
+    ev.address = Some(dst);
+    splice_and_report(client, &mut up, buf, ctx, ev, start).await;
+}
+
 /// Transparent TLS (port 443): the SNI names the destination.
 async fn transparent_tls<S>(
     mut client: S,
@@ -1403,23 +1436,7 @@ async fn transparent_tls<S>(
             },
         };
     }
-    ev.decision = j.verdict;
-    ev.rule = j.rule.clone();
-    ev.explanation = j.expl.clone();
-    if j.denied() {
-        ctx.emit(ev, start);
-        return;
-    }
-    let mut up = match dial(s, dst).await {
-        Ok(t) => t,
-        Err((_, e)) => {
-            ev.error = Some(e);
-            ctx.emit(ev, start);
-            return;
-        }
-    };
-    ev.address = Some(dst);
-    splice_and_report(client, &mut up, buf, ctx, ev, start).await;
+    opaque_to(client, buf, ctx, ev, j, dst, start).await;
 }
 
 /// Transparent TCP on other ports: judged by the names this session's
@@ -1464,21 +1481,5 @@ where
         }
     }
     ev.host = Some(name);
-    ev.decision = j.verdict;
-    ev.rule = j.rule.clone();
-    ev.explanation = j.expl.clone();
-    if j.denied() {
-        ctx.emit(ev, start);
-        return;
-    }
-    let mut up = match dial(s, dst).await {
-        Ok(t) => t,
-        Err((_, e)) => {
-            ev.error = Some(e);
-            ctx.emit(ev, start);
-            return;
-        }
-    };
-    ev.address = Some(dst);
-    splice_and_report(client, &mut up, buf, ctx, ev, start).await;
+    opaque_to(client, buf, ctx, ev, j, dst, start).await;
 }
