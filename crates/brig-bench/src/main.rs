@@ -169,6 +169,17 @@ impl Samples {
 const TABLE_HEAD: &str =
     "| what | n | p50 ms | p99 ms | min ms | mean ms | max ms |\n|---|---:|---:|---:|---:|---:|---:|";
 
+/// A table of samples: [`TABLE_HEAD`], one row each, a blank line.
+fn table(rows: &[(&Samples, &str)]) -> String {
+    let mut s = String::from(TABLE_HEAD);
+    for (v, name) in rows {
+        s.push('\n');
+        s.push_str(&v.row(name));
+    }
+    s.push_str("\n\n");
+    s
+}
+
 fn mib(bytes: f64) -> String {
     format!("{:.2}", bytes / (1024.0 * 1024.0))
 }
@@ -434,16 +445,15 @@ async fn spinup(b: &Bench, args: &Args) -> Result<String, String> {
          each session killed between iterations (not timed); one warm-up of each not counted.\n\n",
         args.n
     ));
-    s.push_str(TABLE_HEAD);
-    s.push('\n');
-    s.push_str(&native.row("brig `native` session"));
-    s.push('\n');
-    s.push_str(&gvisor.row("brig `gvisor` session"));
-    s.push('\n');
-    s.push_str(&bwrap.row("bare `bwrap ... true` (reference)"));
-    s.push('\n');
-    s.push_str(&rsc.row("bare `runsc --network=none --platform=ptrace do true` (reference)"));
-    s.push_str("\n\n");
+    s.push_str(&table(&[
+        (&native, "brig `native` session"),
+        (&gvisor, "brig `gvisor` session"),
+        (&bwrap, "bare `bwrap ... true` (reference)"),
+        (
+            &rsc,
+            "bare `runsc --network=none --platform=ptrace do true` (reference)",
+        ),
+    ]));
     s.push_str(&format!(
         "native p50 / bwrap p50 = **{ratio:.2}×**; gvisor p50 / runsc-do p50 = {:.2}×.\n\n",
         gvisor.p(50.0) / rsc.p(50.0)
@@ -494,12 +504,10 @@ async fn exec_overhead(b: &Bench, args: &Args) -> Result<String, String> {
          (`std::process::Command::status`); 10 warm-ups of each not counted.\n\n",
         args.exec_n
     ));
-    s.push_str(TABLE_HEAD);
-    s.push('\n');
-    s.push_str(&api.row("exec through the API"));
-    s.push('\n');
-    s.push_str(&direct.row("direct spawn + wait"));
-    s.push_str("\n\n");
+    s.push_str(&table(&[
+        (&api, "exec through the API"),
+        (&direct, "direct spawn + wait"),
+    ]));
     s.push_str(&format!(
         "Overhead: p50 **{diff50:.2} ms**, p99 {diff99:.2} ms (difference of the percentiles). \
          Target ≤ 3 ms p50: **{}**.\n\n",
@@ -659,14 +667,11 @@ async fn capture(b: &Bench, args: &Args) -> Result<String, String> {
              the same way whose process events are drained but not journaled. Wall time of the \
              exec, ms. The last captured round left {journaled} `process.exec` events on the journal.\n\n"
         ));
-        s.push_str(TABLE_HEAD);
-        s.push('\n');
-        s.push_str(&on.row("capture on"));
-        s.push('\n');
-        s.push_str(&bare.row("capture on, events drained, no journal"));
-        s.push('\n');
-        s.push_str(&off.row("capture off"));
-        s.push_str("\n\n");
+        s.push_str(&table(&[
+            (&on, "capture on"),
+            (&bare, "capture on, events drained, no journal"),
+            (&off, "capture off"),
+        ]));
         s.push_str(&format!(
             "Overhead (p50 on / p50 off − 1): **{overhead:.1} %** with the journal, \
              {init_only:.1} % for the capture itself (no journal). Target ≤ 5 %: **{}**.\n\n",
@@ -914,12 +919,10 @@ async fn concurrent(b: &Bench, args: &Args) -> Result<String, String> {
          (`sh -c 'echo ok'`) in every one at once, then `POST /v1/kill-all`; afterwards every \
          session dir, mount, cgroup and runtime state is checked to be gone.\n\n"
     ));
-    s.push_str(TABLE_HEAD);
-    s.push('\n');
-    s.push_str(&creates.row(&format!("create (each of {c}, concurrent)")));
-    s.push('\n');
-    s.push_str(&execs.row(&format!("exec (each of {c}, concurrent)")));
-    s.push_str("\n\n");
+    s.push_str(&table(&[
+        (&creates, &format!("create (each of {c}, concurrent)")),
+        (&execs, &format!("exec (each of {c}, concurrent)")),
+    ]));
     s.push_str(&format!(
         "| figure | value |\n|---|---|\n\
          | sessions created | {} of {c} ({} errors) |\n\
