@@ -111,10 +111,7 @@ pub fn main(config_json: &str) -> ! {
         crate::initfs::print_libs();
     }
     let out = HostOut::new(1);
-    let egress = serde_json::from_str::<InitConfig>(config_json)
-        .ok()
-        .and_then(|c| c.egress);
-    let (mut layers, mut capture) = match setup(config_json) {
+    let (mut layers, mut capture, egress) = match setup(config_json) {
         Ok(l) => l,
         Err(failed) => {
             let _ = out.send(&Frame::json(Kind::Fatal, 0, &failed));
@@ -221,10 +218,15 @@ fn failed(layer: &str, error: impl std::fmt::Display) -> wire::Failed {
     }
 }
 
+/// The guards in force, the capture if asked, and the forwarder to start.
+type Setup = (
+    Vec<String>,
+    Option<crate::capture::Capture>,
+    Option<crate::egress::ForwarderConfig>,
+);
+
 /// Steps 1-2: every guard, in order; the first failure names its layer.
-fn setup(
-    config_json: &str,
-) -> Result<(Vec<String>, Option<crate::capture::Capture>), wire::Failed> {
+fn setup(config_json: &str) -> Result<Setup, wire::Failed> {
     let config: InitConfig = serde_json::from_str(config_json)
         .map_err(|e| failed("config", format!("bad sandbox-init configuration: {e}")))?;
     // A closed fd 2 would be reused by the first pipe and then lost in the
@@ -289,7 +291,7 @@ fn setup(
     } else {
         None
     };
-    Ok((layers, capture))
+    Ok((layers, capture, config.egress))
 }
 
 fn prctl(option: libc::c_int, value: libc::c_ulong) -> std::io::Result<()> {
