@@ -82,6 +82,13 @@ const PATTERNS: &[(&str, &str)] = &[
         "url_credentials",
         r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:(?P<s>[^/\s@\[]+)@",
     ),
+    // brig's own upload URLs (`/v1/upload/<hex payload>.<hex HMAC>`): masked
+    // by their shape, so a token is never journaled in clear even when the
+    // issuer no longer lists it as a known secret (a restart, an evicted one).
+    (
+        "brig_upload_token",
+        r"/v1/upload/(?P<s>[0-9a-f]{16,}\.[0-9a-f]{64})\b",
+    ),
 ];
 
 /// JSON object keys whose string values are secret whatever they look like
@@ -452,6 +459,21 @@ mod tests {
             out.contains(&format!("[REDACTED:{rule}]")),
             "{text:?} -> {out:?} lacks {rule}"
         );
+    }
+
+    #[test]
+    fn brig_upload_urls_are_masked_by_shape() {
+        let red = Redactor::patterns_only();
+        let token = format!("{}.{}", "6a".repeat(40), "0f".repeat(32));
+        let text = format!("curl -T app.tgz http://artifacts.brig/v1/upload/{token}");
+        let out = red.redact_str(&text);
+        assert_eq!(
+            out,
+            "curl -T app.tgz http://artifacts.brig/v1/upload/[REDACTED:brig_upload_token]"
+        );
+        // The logged path form and other hex stay as they are.
+        assert_eq!(red.redact_str("/v1/upload/[token]"), "/v1/upload/[token]");
+        assert_eq!(red.redact_str("sha256 0f0f0f"), "sha256 0f0f0f");
     }
 
     #[test]
