@@ -73,6 +73,10 @@ const HOLD_BYTES: usize = 32 * 1024;
 /// Least time between two wake-ups of init for exits alone.
 const EXIT_COALESCE: Duration = Duration::from_millis(20);
 
+/// [`spawn_command`]'s error when the host pipe broke (as opposed to the
+/// command failing to start), which ends init.
+const HOST_WRITE_FAILED: &str = "writing to brig failed";
+
 /// PATH used when the command's environment has none.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
@@ -629,7 +633,7 @@ impl Init {
                 f.started = Instant::now();
                 drop(exec);
             }
-            Err(e) if e == "writing to brig failed" => return Err(()),
+            Err(e) if e == HOST_WRITE_FAILED => return Err(()),
             Err(_) => f.schedule_restart(),
         }
         Ok(())
@@ -1230,7 +1234,7 @@ fn spawn_command(
                 break;
             }
             if pfds[1].revents != 0 {
-                send_exec(c, host).map_err(|_| "writing to brig failed".to_string())?;
+                send_exec(c, host).map_err(|_| HOST_WRITE_FAILED.to_string())?;
             }
             if pfds[0].revents == 0 {
                 continue;
