@@ -27,6 +27,19 @@ pub(crate) async fn serve_dns_stream<S>(stream: S, s: SessionEgress)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // DNS streams count against the session's open connections like proxy
+    // streams: anything in the sandbox can connect to the socket itself.
+    let Some(_slot) = s.limits.connection() else {
+        let mut ev = EgressEvent::new(&s.session, EventKind::Connection, Via::Dns);
+        ev.port = 53;
+        ev.rule = rules::RATE_CONNECTIONS.to_string();
+        ev.error = Some(format!(
+            "over the session's {} open egress connections",
+            s.limits.limits.max_connections
+        ));
+        s.events.event(ev);
+        return;
+    };
     let (mut r, mut w) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
     let writer = async move {

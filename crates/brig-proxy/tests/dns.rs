@@ -207,3 +207,49 @@ async fn upstream_down_is_servfail() {
     assert_eq!(rcode(&r), SERVFAIL);
     assert!(s.events().pop().unwrap().error.is_some());
 }
+
+/// DNS streams count against the session's open connections: anything in
+/// the sandbox can connect to the socket, so a flood of idle DNS streams is
+/// bounded like proxy streams are.
+#[tokio::test]
+async fn dns_streams_count_against_the_connection_limit() {
+    let (s, _up) = setup(Limits {
+        max_connections: 2,
+        ..Limits::default()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = tokio::net::UnixStream::connect(&s.dns).await.unwrap();
+        let q = dns_wire::build_query(7, "origin.test", A);
+        assert_eq!(rcode(&dns_exchange(&mut c, &q).await), NOERROR);
+        held.push(c);
+    }
+    // The third is closed without an answer, and that is an event.
+    let mut c = tokio::net::UnixStream::connect(&s.dns).await.unwrap();
+    let q = dns_wire::build_query(8, "origin.test", A);
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&q);
+    let _ = c.write_all(&framed).await;
+    let mut buf = [0u8; 2];
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut c, &mut buf),
+    )
+    .await
+    .expect("closed at once")
+    .unwrap_or(0);
+    assert_eq!(n, 0, "no answer over the limit");
+    let evs = s.events();
+    assert!(
+        evs.iter().any(|e| e.kind == EventKind::Connection
+            && e.rule == "rate-limit:connections"
+            && e.decision == Verdict::Denied),
+        "{evs:?}"
+    );
+    // Once one is closed, a new stream is served again.
+    drop(held.pop());
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut c = tokio::net::UnixStream::connect(&s.dns).await.unwrap();
+    assert_eq!(rcode(&dns_exchange(&mut c, &q).await), NOERROR);
+}
