@@ -58,6 +58,15 @@ const NAMESPACES: [(&str, &str, libc::c_int); 7] = [
 const NEEDED_CGROUP_CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
 const V1_CONTROLLERS: [&str; 5] = ["memory", "pids", "cpu", "cpuacct", "freezer"];
 
+/// A check from a probe's answer: what works, or why not.
+fn probe_check(name: &str, r: Result<String, String>) -> Check {
+    Check {
+        name: name.into(),
+        ok: r.is_ok(),
+        detail: r.unwrap_or_else(|e| e),
+    }
+}
+
 /// Probe the host. Cheap enough to run on every `brig doctor` and at `brig serve` start.
 pub fn probe() -> DoctorReport {
     let mut checks = Vec::new();
@@ -88,25 +97,17 @@ pub fn probe() -> DoctorReport {
     checks.push(check_no_new_privs());
 
     // Process capture (native and oci: runtimes).
-    let capture = crate::capture::probe();
-    let capture_ok = capture.is_ok();
-    checks.push(Check {
-        name: "capture".into(),
-        ok: capture_ok,
-        detail: match capture {
-            Ok(()) => "seccomp user notification and PIDFD_INFO_EXIT: every exec and every exit is recorded".into(),
-            Err(e) => e,
-        },
+    let capture = crate::capture::probe().map(|()| {
+        "seccomp user notification and PIDFD_INFO_EXIT: every exec and every exit is recorded"
+            .to_string()
     });
+    let capture_ok = capture.is_ok();
+    checks.push(probe_check("capture", capture));
 
     // The egress channel's routing (native and oci: runtimes).
     let egress = crate::egress::probe();
     let egress_ok = egress.is_ok();
-    checks.push(Check {
-        name: "egress".into(),
-        ok: egress_ok,
-        detail: egress.unwrap_or_else(|e| e),
-    });
+    checks.push(probe_check("egress", egress));
 
     // cgroups.
     let mounts = read_mountinfo();
@@ -207,20 +208,12 @@ pub fn probe() -> DoctorReport {
         if trace.is_err() {
             gvisor_missing.push("process capture (runsc's trace points)".to_string());
         }
-        checks.push(Check {
-            name: "capture.gvisor".into(),
-            ok: trace.is_ok(),
-            detail: trace.unwrap_or_else(|e| e),
-        });
+        checks.push(probe_check("capture.gvisor", trace));
         let uds = crate::egress::probe_runsc(p);
         if uds.is_err() {
             gvisor_missing.push("the egress channel (runsc --host-uds)".to_string());
         }
-        checks.push(Check {
-            name: "egress.gvisor".into(),
-            ok: uds.is_ok(),
-            detail: uds.unwrap_or_else(|e| e),
-        });
+        checks.push(probe_check("egress.gvisor", uds));
     }
     if !cgroup_missing.is_empty() {
         gvisor_missing.push(format!(
