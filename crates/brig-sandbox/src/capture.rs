@@ -204,7 +204,11 @@ pub struct Capture {
     resp_size: usize,
     /// The pidfds of every live process seen exec, by pid; their hang-ups
     /// (the process was reaped) wake `exits`.
-    tracked: HashMap<i32, OwnedFd>,
+    /// Each entry's epoll key carries its own generation, so a stale hang-up
+    /// (of a pidfd already reported through `pending`, or still open in a
+    /// child forked before it closed) can never report a second exit.
+    tracked: HashMap<i32, (u32, OwnedFd)>,
+    generation: u32,
     exits: OwnedFd,
     /// Exits found outside `take_exits` (a reused pid), reported by it.
     pending: Vec<wire::ProcessExit>,
@@ -278,6 +282,7 @@ impl Capture {
             fd,
             resp_size: sizes.resp as usize,
             tracked: HashMap::new(),
+            generation: 0,
             pending: Vec::new(),
             exits,
             buf: vec![0u8; (sizes.notif as usize).max(80)],
@@ -360,18 +365,19 @@ impl Capture {
     /// tries PATH candidates) is already watched; a pid still in the map
     /// whose process is gone was reused, so its exit is taken first.
     fn track(&mut self, pid: i32, fd: OwnedFd) {
-        if let Some(old) = self.tracked.get(&pid) {
+        if let Some((_, old)) = self.tracked.get(&pid) {
             if !hung_up(old.as_raw_fd()) {
                 return;
             }
         }
+        self.generation = self.generation.wrapping_add(1);
         let mut ev = libc::epoll_event {
             // Only the hang-up: a zombie is readable (POLLIN) until reaped,
             // and its status is kept only from the reap on.
             events: 0,
-            u64: pid as u32 as u64,
+            u64: (u64::from(self.generation) << 32) | u64::from(pid as u32),
         };
-        if let Some(old) = self.tracked.remove(&pid) {
+        if let Some((_, old)) = self.tracked.remove(&pid) {
             // Reported by the next take_exits through `pending`.
             self.pending.push(exit_of(pid, &old));
         }
@@ -385,7 +391,7 @@ impl Capture {
             )
         } == 0;
         if added {
-            self.tracked.insert(pid, fd);
+            self.tracked.insert(pid, (self.generation, fd));
         }
     }
 
@@ -407,9 +413,15 @@ impl Capture {
                 return out;
             }
             for ev in &events[..n as usize] {
-                let pid = ev.u64 as u32 as i32;
-                // Closing the pidfd also takes it out of the epoll set.
-                if let Some(fd) = self.tracked.remove(&pid) {
+                let (pid, generation) = (ev.u64 as u32 as i32, (ev.u64 >> 32) as u32);
+                // Closing the pidfd takes it out of the epoll set (once no
+                // forked child holds a copy of it either).
+                if self
+                    .tracked
+                    .get(&pid)
+                    .is_some_and(|(g, _)| *g == generation)
+                {
+                    let (_, fd) = self.tracked.remove(&pid).expect("just seen");
                     out.push(exit_of(pid, &fd));
                 }
             }
