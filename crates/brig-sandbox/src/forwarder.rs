@@ -280,7 +280,11 @@ async fn dns_udp(sock: UdpSocket, config: Rc<ForwarderConfig>, inflight: Arc<Sem
     loop {
         let (n, from) = match sock.recv_from(&mut buf).await {
             Ok(x) => x,
-            Err(_) => continue,
+            // A lasting error must not spin the forwarder: pause, retry.
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
         };
         let q = &buf[..n];
         if !valid_query(q) {
