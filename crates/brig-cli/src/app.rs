@@ -173,6 +173,7 @@ async fn dispatch(cli: Cli, out: Out) -> Result<i32> {
             let config = config_path(&cli)?;
             crate::journal::run(|| client(&cli), config.as_deref(), cmd, out).await
         }
+        Command::Scan(a) => crate::scan::run(a, out),
         Command::Session(cmd) => session(&client(&cli)?, cmd, out).await,
         Command::Run(a) => run_cmd(&client(&cli)?, &a.create, &a.opts, &a.cmd, out).await,
     }

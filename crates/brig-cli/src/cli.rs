@@ -62,6 +62,8 @@ pub enum Command {
     /// Show, follow, export and verify the tamper-evident journal.
     #[command(subcommand)]
     Journal(crate::journal::JournalCmd),
+    /// Scan a directory or a git range for secrets, private keys, large binaries and denied files.
+    Scan(crate::scan::ScanArgs),
     /// Report what this host supports and which runtimes will work.
     Doctor,
     /// Print brig's version.

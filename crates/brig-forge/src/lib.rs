@@ -1,0 +1,1 @@
+//! brig's forges (issue 5). See docs/GIT.md, "Forges".

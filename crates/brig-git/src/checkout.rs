@@ -1,0 +1,1 @@
+//! Pinned, shallow, optionally sparse checkout of a session's repository.

@@ -1,0 +1,3 @@
+//! brig's repo access (issue 5). See docs/GIT.md.
+
+pub mod checkout;
