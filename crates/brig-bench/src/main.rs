@@ -592,6 +592,7 @@ async fn loop_direct(
             image: "host".into(),
             limits: brig_core::session::Limits::default(),
             uploads: vec![],
+            checkout: None,
             upload_cap_bytes: 0,
             no_capture: !capture,
         },

@@ -230,7 +230,7 @@ impl Ctx<'_> {
 /// Serve one stream of the proxy channel.
 pub(crate) async fn serve_stream<S>(mut client: S, s: SessionEgress, proxied: bool)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let start = Instant::now();
     let mut buf: Vec<u8> = Vec::new();
@@ -700,7 +700,7 @@ fn retry_after(d: Duration) -> String {
 
 async fn http_loop<S>(mut client: S, mut buf: Vec<u8>, ctx: &Ctx<'_>, conn_start: Instant)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let s = ctx.s;
     let cfg = &s.config;
@@ -790,6 +790,10 @@ where
                 return;
             }
         };
+        // brig's own service on this host gets the connection whole, the
+        // head it sent included.
+        let local = crate::local::service_for(s, &prep.host).cloned();
+        let head = local.as_ref().map(|_| buf[..n].to_vec());
         buf.drain(..n);
         if buf.capacity() > 64 * 1024 && buf.len() < 1024 {
             buf.shrink_to(4096);
@@ -834,6 +838,33 @@ where
             ev.explanation = None;
             ev.error = Some("rate limited".into());
             ctx.emit(ev, start);
+            return;
+        }
+        if let (Some(svc), Some(mut head)) = (local, head) {
+            if prep.connect {
+                let why = format!(
+                    "{} is brig's own service and speaks plain HTTP on the session's channel: use http://{}/",
+                    svc.host(),
+                    svc.host()
+                );
+                refuse(
+                    &mut client,
+                    ctx,
+                    start,
+                    400,
+                    crate::local::rules::NO_TUNNEL,
+                    &why,
+                    "CONNECT to a local service".into(),
+                )
+                .await;
+                return;
+            }
+            ev.decision = Verdict::Allowed;
+            ev.rule = crate::local::rules::SERVICE.to_string();
+            ev.explanation = None;
+            ctx.emit(ev, start);
+            head.extend_from_slice(&buf);
+            svc.serve(s.session.clone(), Box::new(client), head).await;
             return;
         }
         // brig's own artifact endpoint: never judged by the policy, never

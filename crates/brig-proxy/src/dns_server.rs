@@ -184,7 +184,9 @@ pub(crate) async fn answer(s: &SessionEgress, msg: &[u8]) -> Option<Vec<u8>> {
         );
         return refused(ev, j);
     }
-    if let Some(out) = crate::artifact::dns_answer(s, &q, host.as_ref(), &mut ev) {
+    if let Some(out) = crate::artifact::dns_answer(s, &q, host.as_ref(), &mut ev)
+        .or_else(|| crate::local::dns_answer(s, &q, host.as_ref(), &mut ev))
+    {
         ev.duration_us = start.elapsed().as_micros() as u64;
         s.events.event(ev);
         return Some(out);

@@ -29,6 +29,7 @@ pub mod dns_wire;
 mod event;
 pub mod http;
 mod limits;
+pub mod local;
 pub mod proxy_proto;
 mod resolver;
 pub mod tls;
@@ -148,6 +149,9 @@ pub struct SessionEgress {
     /// brig's artifact endpoint for this session (`artifact`); `None`:
     /// requests for the artifact host get a 404 that says so.
     pub artifacts: Option<Arc<dyn artifact::ArtifactSink>>,
+    /// brig's own services on reserved hosts (the git gateway): requests
+    /// for them are handed over whole (`local`).
+    pub local: Vec<Arc<dyn local::LocalService>>,
 }
 
 impl SessionEgress {
@@ -166,11 +170,17 @@ impl SessionEgress {
             events,
             resolver: Arc::new(resolver),
             artifacts: None,
+            local: Vec::new(),
         }
     }
 
     pub fn with_artifacts(mut self, sink: Arc<dyn artifact::ArtifactSink>) -> SessionEgress {
         self.artifacts = Some(sink);
+        self
+    }
+
+    pub fn with_local(mut self, service: Arc<dyn local::LocalService>) -> SessionEgress {
+        self.local.push(service);
         self
     }
 

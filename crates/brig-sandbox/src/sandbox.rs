@@ -66,6 +66,9 @@ pub struct SandboxRequest {
     /// Host directories whose snapshot is copied into /workspace, in order
     /// (honouring .gitignore, `.git` excluded), capped at `upload_cap_bytes` in total.
     pub uploads: Vec<PathBuf>,
+    /// A checkout brig made (brig-git's workspace tree), copied in first
+    /// and whole, `.git` included; counted against `upload_cap_bytes`.
+    pub checkout: Option<PathBuf>,
     pub upload_cap_bytes: u64,
     /// Turn process capture off on a runtime that has it. Only for
     /// measuring its cost (brig-bench's baseline): `brig serve` never sets it.
@@ -318,6 +321,10 @@ async fn build(
     let forwarder = crate::egress::ForwarderConfig::new(transparent);
 
     let mut left = req.upload_cap_bytes;
+    if let Some(src) = &req.checkout {
+        let stats = crate::upload::copy_checkout(src, &ws.path, left, owner)?;
+        left = left.saturating_sub(stats.bytes);
+    }
     for src in &req.uploads {
         let stats = crate::upload::copy_snapshot(src, &ws.path, left, owner)?;
         left = left.saturating_sub(stats.bytes);

@@ -39,6 +39,28 @@ pub fn copy_snapshot(
     cap_bytes: u64,
     owner: (u32, u32),
 ) -> Result<UploadStats> {
+    copy_tree(src, dst, cap_bytes, owner, false)
+}
+
+/// Copy a checkout brig made (brig-git) into `dst` as it is: its `.git`
+/// included and no ignore rules (a fresh checkout has nothing ignored, and
+/// its `.git` is the sandbox's clone). Otherwise as [`copy_snapshot`].
+pub fn copy_checkout(
+    src: &Path,
+    dst: &Path,
+    cap_bytes: u64,
+    owner: (u32, u32),
+) -> Result<UploadStats> {
+    copy_tree(src, dst, cap_bytes, owner, true)
+}
+
+fn copy_tree(
+    src: &Path,
+    dst: &Path,
+    cap_bytes: u64,
+    owner: (u32, u32),
+    exact: bool,
+) -> Result<UploadStats> {
     let src_meta = fs::metadata(src).map_err(|e| {
         Error::invalid(format!(
             "upload source {} cannot be read: {e}",
@@ -68,16 +90,17 @@ pub fn copy_snapshot(
 
     let walker = ignore::WalkBuilder::new(src)
         .hidden(false) // dotfiles are part of a project
-        .ignore(true)
-        .git_ignore(true)
-        .git_exclude(true)
+        .ignore(!exact)
+        .git_ignore(!exact)
+        .git_exclude(!exact)
         .git_global(false) // the host user's config must not shape the snapshot
         .parents(false) // never read ignore files outside src
         .require_git(false)
         .follow_links(false)
         .same_file_system(false)
-        // `.git` (a directory, or a file pointing at one) never goes in.
-        .filter_entry(|e| e.file_name() != ".git")
+        // `.git` (a directory, or a file pointing at one) never goes in,
+        // except a checkout's own.
+        .filter_entry(move |e| exact || e.file_name() != ".git")
         .build();
 
     let mut stats = UploadStats::default();

@@ -81,6 +81,7 @@ impl TestEnv {
             image: "host".into(),
             limits,
             uploads: vec![],
+            checkout: None,
             upload_cap_bytes: 64 << 20,
             no_capture: false,
         }

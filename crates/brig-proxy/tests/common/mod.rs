@@ -239,6 +239,8 @@ pub struct Opts {
     pub limits: Limits,
     pub config: ProxyConfig,
     pub dns: Option<SocketAddr>,
+    /// brig's own services on reserved hosts.
+    pub local: Vec<Arc<dyn brig_proxy::local::LocalService>>,
 }
 
 impl Default for Opts {
@@ -248,6 +250,7 @@ impl Default for Opts {
             limits: Limits::default(),
             config: ProxyConfig::default(),
             dns: None,
+            local: Vec::new(),
         }
     }
 }
@@ -263,9 +266,10 @@ pub async fn session(name: &str, o: Opts) -> Session {
         ..ResolverConfig::default()
     });
     let events = Arc::new(MemoryEvents::new());
-    let egress = SessionEgress::new(name, policy, resolver, events.clone())
+    let mut egress = SessionEgress::new(name, policy, resolver, events.clone())
         .with_limits(o.limits)
         .with_config(o.config);
+    egress.local = o.local;
     let pl = UnixListener::bind(&proxy).unwrap();
     let dl = UnixListener::bind(&dns).unwrap();
     let tasks = vec![
