@@ -523,6 +523,7 @@ impl Manager {
             image: image_name,
             limits,
             uploads: repo.into_iter().chain(upload).collect(),
+            checkout: None,
             upload_cap_bytes: self.cfg.upload_cap_bytes,
             no_capture: false,
         };
