@@ -143,6 +143,20 @@ impl GitRemote {
         self
     }
 
+    /// A forge's remote: Basic auth for `user`, the forge's CA file and git
+    /// deadline; `http://` only gets here when `allow_http` let it through.
+    pub(crate) fn https(url: &str, user: &str, token: &Secret, opts: &crate::HttpOptions) -> Self {
+        let protocols = if url.starts_with("http://") {
+            "http"
+        } else {
+            "https"
+        };
+        GitRemote::new(url.to_string(), protocols)
+            .with_basic_auth(user, token)
+            .with_ca_file(opts.ca_file.as_deref())
+            .with_timeout(opts.git_timeout)
+    }
+
     /// The URL to give git (it carries no credential).
     pub fn url(&self) -> &str {
         &self.url

@@ -18,21 +18,21 @@ use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
-//TMP pub mod config;
+pub mod config;
 mod error;
 mod git;
-//TMP pub mod github;
-//TMP pub mod gitlab;
-//TMP mod http;
+pub mod github;
+pub mod gitlab;
+mod http;
 pub mod local;
 mod token;
 
-//TMP pub use config::{ForgeConfig, TokenConfig};
+pub use config::{ForgeConfig, GithubConfig, GitlabConfig, LocalConfig};
 pub use error::ForgeError;
 pub use git::{validate_branch, validate_sha, GitRemote};
-//TMP pub use github::GitHubForge;
-//TMP pub use gitlab::GitLabForge;
-//TMP pub use http::HttpOptions;
+pub use github::GitHubForge;
+pub use gitlab::{GitLabAuth, GitLabForge};
+pub use http::HttpOptions;
 pub use local::LocalForge;
 pub use token::{Access, EnvToken, FileToken, Secret, StaticToken, TokenSource};
 

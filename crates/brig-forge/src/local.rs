@@ -57,10 +57,11 @@ impl LocalForge {
 
     /// Opens the bare repository at `path`, creating it (`git init --bare`)
     /// when the directory does not exist yet.
-    pub async fn open_or_init(path: &Path, initial_branch: &str) -> Result<Self, ForgeError> {
+    /// (Synchronous: a one-time startup step.)
+    pub fn open_or_init(path: &Path, initial_branch: &str) -> Result<Self, ForgeError> {
         if !path.exists() {
             crate::validate_branch(initial_branch).map_err(ForgeError::Config)?;
-            let out = tokio::process::Command::new("git")
+            let out = std::process::Command::new("git")
                 .arg("init")
                 .arg("--bare")
                 .arg(format!("--initial-branch={initial_branch}"))
@@ -68,7 +69,6 @@ impl LocalForge {
                 .env("GIT_CONFIG_NOSYSTEM", "1")
                 .env("GIT_CONFIG_GLOBAL", "/dev/null")
                 .output()
-                .await
                 .map_err(|e| {
                     ForgeError::Io(format!("cannot start git: {e} (is git installed?)"))
                 })?;

@@ -21,9 +21,7 @@ async fn fixture() -> Fx {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("work");
     work_repo(&work);
-    let forge = LocalForge::open_or_init(&dir.path().join("upstream.git"), "main")
-        .await
-        .unwrap();
+    let forge = LocalForge::open_or_init(&dir.path().join("upstream.git"), "main").unwrap();
     let main = git(&work, &["rev-parse", "HEAD"]);
     forge.push_branch(&work, &main, "main").await.unwrap();
     Fx {
