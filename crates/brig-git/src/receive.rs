@@ -29,6 +29,9 @@ use crate::{commit, GitSession, Violation};
 const CAPABILITIES: &str =
     "report-status delete-refs side-band-64k quiet ofs-delta push-options object-format=sha1 agent=brig-git";
 
+/// How far past the pack limit a rejected push is still read (and discarded).
+const DRAIN_FACTOR: u64 = 4;
+
 const RESULT_TYPE: &str = "application/x-git-receive-pack-result";
 
 /// The ref advertisement for a push: the gateway's branches (never brig's own refs).
@@ -118,9 +121,12 @@ impl BodyReader {
             None => Ok(false),
         }
     }
-    /// Read and discard the rest, up to `limit` bytes in all, so the client gets
-    /// its answer on a clean connection; past the limit, stop reading.
-    async fn drain(&mut self, limit: u64) {
+    /// Read and discard (never store) the rest of a rejected push, so that git,
+    /// which sends its whole body before it reads the answer, gets the answer and
+    /// shows the reason; past [`DRAIN_FACTOR`] × the pack limit, stop reading (the
+    /// connection is cut and git reports only a failed RPC).
+    async fn drain(&mut self, max_pack: u64) {
+        let limit = max_pack.saturating_mul(DRAIN_FACTOR);
         while self.total <= limit {
             match self.next().await {
                 Ok(Some(_)) => {}
@@ -514,7 +520,8 @@ async fn push(
             reply.messages.push(format!("rejected: {why}"));
             reply.unpack = Err(format!("pack exceeds {} bytes", limits.max_pack_bytes));
             reject_all(cmds, PushRule::PackSize, &why);
-            // Reading stops here: the rest of the body is never read.
+            // Nothing past the limit reaches git; the rest is only discarded.
+            rd.drain(limits.max_pack_bytes).await;
             return Some(quarantine);
         }
         Err(IndexError::Corrupt(e)) => {
@@ -595,12 +602,20 @@ async fn push(
                 reject_all(cmds, PushRule::ScanUnavailable, &why);
                 return Some(quarantine);
             }
-            Ok(v) if !v.is_empty() => {
-                reject_for_violations(cmds, reply, &v);
-                ev.violations = v;
-                return Some(quarantine);
+            // A finding in a commit the push does not add (the pinned commit, an
+            // accepted push) is already upstream: a scanner that walks history past
+            // the new commits must not block the push for it.
+            Ok(v) => {
+                let v: Vec<Violation> = v
+                    .into_iter()
+                    .filter(|x| x.commit.is_empty() || commits.contains(&x.commit))
+                    .collect();
+                if !v.is_empty() {
+                    reject_for_violations(cmds, reply, &v);
+                    ev.violations = v;
+                    return Some(quarantine);
+                }
             }
-            Ok(_) => {}
         }
     }
 

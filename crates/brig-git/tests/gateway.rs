@@ -73,7 +73,7 @@ impl PushScanner for MarkerScanner {
 }
 
 struct Services {
-    scanner: MarkerScanner,
+    scanner: Box<dyn PushScanner>,
     upstream: LocalUpstream,
     signer: SshSigner,
     events: Mutex<Vec<GitEvent>>,
@@ -81,7 +81,7 @@ struct Services {
 
 impl GatewayServices for Services {
     fn scanner(&self) -> &dyn PushScanner {
-        &self.scanner
+        self.scanner.as_ref()
     }
     fn upstream(&self) -> &dyn Upstream {
         &self.upstream
@@ -135,10 +135,15 @@ impl Drop for Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
-        Self::with(|_| {}, false).await
+        Self::with(|_| {}, Box::new(MarkerScanner { fail: false }), None).await
     }
 
-    async fn with(tune: impl FnOnce(&mut SessionRepo), scanner_fails: bool) -> Fixture {
+    /// `base_file`: one more file in the pinned commit.
+    async fn with(
+        tune: impl FnOnce(&mut SessionRepo),
+        scanner: Box<dyn PushScanner>,
+        base_file: Option<(&str, &str)>,
+    ) -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
         std::fs::create_dir_all(root.join("home")).unwrap();
@@ -150,6 +155,9 @@ impl Fixture {
         ok(git_in(&src, &home, &["init", "-q", "-b", "main"]).await);
         for i in 1..=3 {
             std::fs::write(src.join("README"), format!("version {i}\n")).unwrap();
+            if let (3, Some((path, content))) = (i, base_file) {
+                std::fs::write(src.join(path), content).unwrap();
+            }
             ok(git_in(&src, &home, &["add", "."]).await);
             ok(git_in(
                 &src,
@@ -206,9 +214,7 @@ impl Fixture {
         repo.identity.email = "bot@brig.example".into();
         tune(&mut repo);
         let services = Arc::new(Services {
-            scanner: MarkerScanner {
-                fail: scanner_fails,
-            },
+            scanner,
             upstream: LocalUpstream::new(&upstream),
             signer: SshSigner::generate(),
             events: Mutex::new(vec![]),
@@ -654,7 +660,7 @@ async fn secrets_in_any_pushed_commit_reject_the_push() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_scanner_fails_closed() {
-    let f = Fixture::with(|_| {}, true).await;
+    let f = Fixture::with(|_| {}, Box::new(MarkerScanner { fail: true }), None).await;
     let work = f.clone().await;
     f.commit(&work, "a.txt", "a\n", "a").await;
     f.assert_rejected(
@@ -668,10 +674,16 @@ async fn a_failing_scanner_fails_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_pack_is_refused() {
-    let f = Fixture::with(|r| r.limits.max_pack_bytes = 64 << 10, false).await;
+    let f = Fixture::with(
+        |r| r.limits.max_pack_bytes = 1 << 20,
+        Box::new(MarkerScanner { fail: false }),
+        None,
+    )
+    .await;
     let work = f.clone().await;
-    // Past http.postBuffer (1 MiB): git probes first, then streams chunked.
-    let mut noise = vec![0u8; 3 << 20];
+    // Past http.postBuffer (1 MiB): git probes first, then streams chunked; within
+    // the drain allowance (4 x the limit), so git reads brig's answer.
+    let mut noise = vec![0u8; 2 << 20];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut noise);
     std::fs::write(work.join("blob.bin"), &noise).unwrap();
     f.ok(&work, &["add", "."]).await;
@@ -679,7 +691,7 @@ async fn an_oversized_pack_is_refused() {
     f.assert_rejected(
         &work,
         &["push", "origin", &format!("HEAD:{BOT}/big")],
-        &["exceeds the gateway's limit of 65536 bytes"],
+        &["exceeds the gateway's limit of 1048576 bytes"],
     )
     .await;
     f.assert_upstream_untouched().await;
@@ -843,4 +855,79 @@ async fn the_router_needs_a_session_extension() {
         "{text}"
     );
     assert!(text.contains("report-status"), "{text}");
+}
+
+/// brig-scan as the scanner (the control plane's adapter does the same mapping).
+struct RealScanner(brig_scan::Scanner);
+
+impl PushScanner for RealScanner {
+    fn scan(
+        &self,
+        repo: &Path,
+        env: &[(OsString, OsString)],
+        revs: &[String],
+    ) -> Result<Vec<Violation>, String> {
+        let report = self
+            .0
+            .scan_git(repo, env, revs)
+            .map_err(|e| e.to_string())?;
+        Ok(report
+            .findings
+            .into_iter()
+            .map(|f| Violation {
+                commit: f.commit.unwrap_or_default(),
+                path: f.path,
+                line: (f.line > 0).then_some(f.line),
+                rule: f.rule,
+                description: f.description,
+            })
+            .collect())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brig_scan_blocks_new_secrets_but_not_what_the_pinned_commit_has() {
+    // The pinned commit carries a key already (a test fixture upstream).
+    let old_key = "aws_access_key_id = AKIAQ4HZT7SX2LMN5WJP\n";
+    let f = Fixture::with(
+        |_| {},
+        Box::new(RealScanner(brig_scan::Scanner::builtin())),
+        Some(("fixture.txt", old_key)),
+    )
+    .await;
+    let work = f.clone().await;
+    let branch = format!("{BOT}/real");
+    f.commit(&work, "src/ok.rs", "fn ok() {}\n", "clean").await;
+    let o = f
+        .git(&work, &["push", "origin", &format!("HEAD:{branch}")])
+        .await;
+    assert!(
+        o.status.success(),
+        "a clean push is accepted: {}",
+        stderr(&o)
+    );
+    assert!(f.upstream_ref(&branch).await.is_some());
+
+    let key = "AKIAR7TG3KQ2WX5ZNB4M";
+    let leak = f
+        .commit(
+            &work,
+            "conf/deploy.ini",
+            &format!("[aws]\naws_access_key_id = {key}\n"),
+            "deploy",
+        )
+        .await;
+    let err = f
+        .assert_rejected(
+            &work,
+            &["push", "origin", &format!("HEAD:{branch}")],
+            &[
+                &leak[..12],
+                "conf/deploy.ini:2",
+                "aws-access-key-id",
+                "git.push.scan",
+            ],
+        )
+        .await;
+    assert!(!err.contains(key), "the key reached the agent:\n{err}");
 }
