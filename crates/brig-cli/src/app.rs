@@ -173,6 +173,7 @@ async fn dispatch(cli: Cli, out: Out) -> Result<i32> {
             let config = config_path(&cli)?;
             crate::journal::run(|| client(&cli), config.as_deref(), cmd, out).await
         }
+        Command::Pr(cmd) => crate::pr::run(&client(&cli)?, cmd, out).await,
         Command::Scan(a) => crate::scan::run(a, out),
         Command::Session(cmd) => session(&client(&cli)?, cmd, out).await,
         Command::Run(a) => run_cmd(&client(&cli)?, &a.create, &a.opts, &a.cmd, out).await,
@@ -269,11 +270,7 @@ fn session_id(s: &str) -> Result<String> {
 fn create_body(a: &CreateArgs) -> Result<CreateSession> {
     Ok(CreateSession {
         task: a.task.clone(),
-        repo: a
-            .repo
-            .as_deref()
-            .map(|p| local_dir("--repo", p))
-            .transpose()?,
+        repo: a.repo.as_deref().map(repo_arg).transpose()?,
         upload: a
             .upload
             .as_deref()
@@ -289,7 +286,21 @@ fn create_body(a: &CreateArgs) -> Result<CreateSession> {
         idle: a.idle.clone(),
         timebox: a.timebox.clone(),
         human: Some(local_human()),
+        git_ref: a.git_ref.clone(),
+        sparse: a.sparse.clone(),
+        depth: a.depth,
     })
+}
+
+/// `--repo`: a path (made absolute, it must exist) or a `[repos.NAME]`
+/// of brig.toml (a bare name: no '/', and no such directory here).
+fn repo_arg(r: &str) -> Result<String> {
+    let p = Path::new(r);
+    let is_name = !r.is_empty() && !r.contains('/') && r != "." && r != ".." && !p.exists();
+    if is_name {
+        return Ok(r.to_string());
+    }
+    local_dir("--repo", p)
 }
 
 fn local_dir(flag: &str, p: &Path) -> Result<String> {
@@ -648,7 +659,7 @@ async fn image(c: &Client, cmd: &ImageCmd, out: Out) -> Result<i32> {
 // --------------------------------------------------------------- artifacts
 
 /// A path segment, percent-encoded (everything but RFC 3986 unreserved).
-fn path_segment(s: &str) -> String {
+pub(crate) fn path_segment(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

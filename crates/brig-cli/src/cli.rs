@@ -62,6 +62,9 @@ pub enum Command {
     /// Show, follow, export and verify the tamper-evident journal.
     #[command(subcommand)]
     Journal(crate::journal::JournalCmd),
+    /// Before a pull request: preview a pushed branch, run the test gate, open the PR.
+    #[command(subcommand)]
+    Pr(crate::pr::PrCmd),
     /// Scan a directory or a git range for secrets, private keys, large binaries and denied files.
     Scan(crate::scan::ScanArgs),
     /// Report what this host supports and which runtimes will work.
@@ -121,9 +124,20 @@ pub struct KillAllArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct CreateArgs {
-    /// Directory copied into /workspace (never mounted).
-    #[arg(long, value_name = "PATH")]
-    pub repo: Option<PathBuf>,
+    /// The repository: a git repository (working tree or bare) checked out
+    /// at a pinned commit, a `[repos.NAME]` of brig.toml, or a plain
+    /// directory copied in (never mounted).
+    #[arg(long, value_name = "PATH|NAME")]
+    pub repo: Option<String>,
+    /// Branch, tag or commit of the repository to pin (default: its HEAD).
+    #[arg(long = "ref", value_name = "REF")]
+    pub git_ref: Option<String>,
+    /// Check out only these directories (cone mode), e.g. pkg/a,pkg/b.
+    #[arg(long, value_name = "DIRS", value_delimiter = ',')]
+    pub sparse: Vec<String>,
+    /// History depth of the checkout (default 1: the pinned commit alone).
+    #[arg(long, value_name = "N")]
+    pub depth: Option<u32>,
     /// The task this session works on (a ticket key, e.g. JIRA-1234).
     #[arg(long, value_name = "ID", value_parser = parse_task)]
     pub task: String,

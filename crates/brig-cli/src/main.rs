@@ -7,6 +7,7 @@ mod client;
 mod demo;
 mod journal;
 mod output;
+mod pr;
 mod scan;
 mod server;
 mod term;

@@ -137,6 +137,15 @@ pub struct CreateSession {
     /// The human who asked (until OIDC lands: the local user name).
     #[serde(default)]
     pub human: Option<String>,
+    /// A git source's branch, tag or commit to pin (resolved to a SHA once).
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    /// Cone-mode sparse directories of a git source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sparse: Vec<String>,
+    /// History depth of a git source's checkout (default `[git] depth`, 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -139,6 +139,11 @@ pub(crate) fn routes() -> Routes {
     .post("/v1/sessions/{id}/artifacts", issue_artifact_url)
     .get("/v1/sessions/{id}/artifacts", list_artifacts)
     .get("/v1/sessions/{id}/artifacts/{name}", get_artifact)
+    .get("/v1/git/signing-key", git_signing_key)
+    .get("/v1/sessions/{id}/pr/preview", pr_preview)
+    .post("/v1/sessions/{id}/gate", run_gate)
+    .post("/v1/sessions/{id}/pulls", create_pr)
+    .get("/v1/sessions/{id}/pulls", list_prs)
     .get("/v1/journal", journal)
     .get("/v1/journal/verify", journal_verify)
     .get("/v1/journal/sinks", journal_sinks)
@@ -289,12 +294,89 @@ async fn get_session(State(st): State<AppState>, Path(id): Path<String>) -> ApiR
     let mut v = serde_json::to_value(&info)
         .map_err(|e| brig_core::Error::internal(format!("session as JSON: {e}")))?;
     v["egress_denials"] = st.mgr.egress_denials(&id, SHOWN_DENIALS).await?.into();
+    if let Some(g) = st.mgr.session_git(&id).await? {
+        v["git"] = serde_json::to_value(g).unwrap_or_default();
+    }
     Ok(axum::Json(v).into_response())
 }
 
 async fn session_events(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     Ok(axum::Json(st.mgr.events(&id).await?).into_response())
+}
+
+// ---- pull requests: preview, test gate, open (crate::pr) ----
+
+/// brig's deployment key: what a forge or a reviewer needs to verify the
+/// commits brig signs (`git verify-commit` with gpg.format=ssh).
+async fn git_signing_key(State(st): State<AppState>) -> ApiResult<Response> {
+    let k = st.mgr.git_signer()?;
+    Ok(axum::Json(serde_json::json!({
+        "public_key": k.public_key_openssh(),
+        "allowed_signers": k.allowed_signers_line("*"),
+        "namespace": "git",
+    }))
+    .into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct BranchQuery {
+    branch: Option<String>,
+}
+
+async fn pr_preview(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<BranchQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let Query(q) = q.map_err(|e| {
+        ApiError(Error::invalid(format!("bad query: {}", e.body_text())).hint("use ?branch=NAME"))
+    })?;
+    Ok(axum::Json(crate::pr::preview(&st.mgr, &id, q.branch).await?).into_response())
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GateRequest {
+    #[serde(default)]
+    branch: Option<String>,
+}
+
+async fn run_gate(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    // The body is optional: empty means the latest pushed branch.
+    let req: GateRequest = if body.is_empty() {
+        GateRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError(Error::invalid(format!("request body is not valid: {e}"))))?
+    };
+    Ok(axum::Json(crate::pr::run_gate(&st.mgr, &id, req.branch).await?).into_response())
+}
+
+async fn create_pr(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<crate::pr::CreatePr>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let (pr, gate) = crate::pr::create(&st.mgr, &id, req).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({"pull_request": pr, "gate": gate})),
+    )
+        .into_response())
+}
+
+async fn list_prs(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    st.mgr.get(&id).await?;
+    Ok(axum::Json(crate::pr::pull_requests(&st.mgr, &id).await?).into_response())
 }
 
 // ---- artifacts: upload URLs (crate::artifacts) ----

@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub egress_limits: brig_proxy::Limits,
     /// brig's artifact endpoint and its upload URLs (`[artifacts]`).
     pub artifacts: ArtifactsConfig,
+    /// `[git]`: the git gateway (issue 5).
+    pub git: crate::git_config::GitConfig,
     /// Where this came from (a path, or `embedded defaults`), for messages.
     pub source: String,
 }
@@ -159,6 +161,8 @@ pub struct Profile {
     /// The egress policy (`[profiles.NAME.egress]`, else the global
     /// `[egress]`), checked by `brig_egress::Policy::compile` at load.
     pub egress: brig_egress::EgressConfig,
+    /// `[profiles.NAME.gate]`: what must pass before a PR opens.
+    pub gate: Option<crate::git_config::Gate>,
 }
 
 // ---- the file as written ----
@@ -186,6 +190,8 @@ struct RawConfig {
     artifacts: RawArtifacts,
     #[serde(default)]
     egress_limits: RawEgressLimits,
+    #[serde(default)]
+    git: crate::git_config::RawGit,
 }
 
 /// Per-session egress rate limits; unset keys keep brig-proxy's defaults.
@@ -295,6 +301,7 @@ struct RawProfile {
     #[serde(default)]
     env: BTreeMap<String, String>,
     egress: Option<brig_egress::EgressConfig>,
+    gate: Option<crate::git_config::RawGate>,
 }
 
 /// A size: `"2G"` or a number of bytes.
@@ -386,6 +393,7 @@ impl ServerConfig {
             resolver: brig_proxy::ResolverConfig::default(),
             egress_limits: brig_proxy::Limits::default(),
             artifacts: ArtifactsConfig::default(),
+            git: crate::git_config::GitConfig::default(),
             source: "embedded defaults".into(),
         }
     }
@@ -525,6 +533,7 @@ impl ServerConfig {
             resolver,
             egress_limits: raw.egress_limits.apply(&at("[egress_limits]"))?,
             artifacts: raw.artifacts.apply(&at("[artifacts]"))?,
+            git: raw.git.apply(&at("[git]"))?,
             source: source.to_string(),
         })
     }
@@ -596,6 +605,11 @@ fn resolve_profile(
         limits,
         env: p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         egress,
+        gate: p
+            .gate
+            .as_ref()
+            .map(|g| g.apply(&format!("{at}.gate")))
+            .transpose()?,
     })
 }
 
@@ -611,6 +625,7 @@ pub fn builtin_profiles(
         limits: defaults.clone(),
         env: Vec::new(),
         egress: egress.clone(),
+        gate: None,
     };
     BTreeMap::from([
         (DEFAULT_PROFILE.to_string(), mk(RuntimeKind::Native)),

@@ -44,6 +44,15 @@ impl Drop for SessionChannels {
     }
 }
 
+/// brig's own endpoints a session's proxy channel answers itself.
+#[derive(Default)]
+pub struct OwnServices {
+    /// The artifact endpoint (none: the proxy answers 404).
+    pub artifacts: Option<Arc<crate::artifacts::Artifacts>>,
+    /// Local services on reserved hosts (the git gateway).
+    pub local: Vec<Arc<dyn brig_proxy::local::LocalService>>,
+}
+
 /// Bind `dir`'s sockets and serve them for `info`'s session. An error names
 /// the layer `egress`: the session must not start without its way out.
 pub fn start(
@@ -52,9 +61,10 @@ pub fn start(
     policy: Arc<Policy>,
     resolver: &ResolverConfig,
     limits: &brig_proxy::Limits,
-    artifacts: Option<Arc<crate::artifacts::Artifacts>>,
+    own: OwnServices,
     dir: &Path,
 ) -> Result<SessionChannels> {
+    let OwnServices { artifacts, local } = own;
     let guard = |what: &str, e: std::io::Error| {
         Error::new(
             ErrorKind::GuardUnavailable,
@@ -107,6 +117,8 @@ pub fn start(
         ))),
         None => session,
     };
+    // brig's own services on this channel (the git gateway).
+    let session = local.into_iter().fold(session, |s, l| s.with_local(l));
     let id = info.id.to_string();
     let s = session.clone();
     channels.tasks.push(tokio::spawn(async move {

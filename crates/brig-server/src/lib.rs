@@ -11,9 +11,13 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod egress;
+pub mod git;
+pub mod git_config;
+pub mod git_gateway;
 pub mod journal;
 pub mod manager;
 pub mod metrics;
+pub mod pr;
 pub mod sinks;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};

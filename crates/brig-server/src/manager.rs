@@ -166,6 +166,10 @@ pub struct Manager {
     /// The artifact service (made on first use: the key is loaded or
     /// created then; `brig serve` makes it at start).
     artifacts: std::sync::OnceLock<Arc<crate::artifacts::Artifacts>>,
+    /// The pre-push scanner every session's git gateway uses.
+    scanner: Arc<brig_scan::Scanner>,
+    /// brig's deployment key (made on first use).
+    git_signer: std::sync::OnceLock<Arc<brig_git::SshSigner>>,
 }
 
 pub(crate) fn session_event(info: &SessionInfo, action: &str, outcome: Outcome) -> Event {
@@ -280,6 +284,8 @@ impl Manager {
             closing: AtomicBool::new(false),
             sinks: Mutex::new(None),
             artifacts: std::sync::OnceLock::new(),
+            scanner: Arc::new(brig_scan::Scanner::builtin()),
+            git_signer: std::sync::OnceLock::new(),
         }
     }
 
@@ -377,6 +383,12 @@ impl Manager {
         self.db.run(move |s| s.events(Some(&id))).await
     }
 
+    /// What the session's checkout pinned (none for a copied directory).
+    pub async fn session_git(&self, id: &SessionId) -> Result<Option<crate::git::SessionGit>> {
+        let id = id.clone();
+        crate::git::from_record(self.db.run(move |s| s.session_git(&id)).await?)
+    }
+
     /// The session's last `limit` egress denials, newest first, each as
     /// the agent was told: rule, what was asked, and how to request access.
     pub async fn egress_denials(
@@ -458,6 +470,10 @@ impl Manager {
             .as_deref()
             .map(|p| check_dir(p, "--upload"))
             .transpose()?;
+        let id = SessionId::generate();
+        // A git source is checked out at a pinned commit (issue 5); a plain
+        // directory is copied as it is.
+        let git_plan = crate::git::plan(&self.cfg.git, &id, &req, repo.as_deref())?;
         let human = match req.human.as_deref() {
             None | Some("") => "local".to_string(),
             Some(h) if h.len() <= 128 && !h.chars().any(char::is_control) => h.to_string(),
@@ -478,7 +494,6 @@ impl Manager {
         };
         let env = merge_env(&[base_env(), resolved.env.clone(), profile.env.clone()]);
 
-        let id = SessionId::generate();
         let mut info = SessionInfo {
             principal: id.principal(),
             id: id.clone(),
@@ -517,19 +532,52 @@ impl Manager {
         }
         tracing::info!(session = %id, task = %info.task, runtime = %info.runtime, image = %info.image, "creating session");
 
+        let checkout = match &git_plan {
+            None => None,
+            Some(plan) => {
+                let prefix = self.cfg.git.bot_prefix_for(id.as_str());
+                match crate::git::run_checkout(&self.cfg.data_dir, &id, plan, prefix).await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        self.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
+                        let reason = format!("checkout failed: {}", e.message);
+                        if let Err(re) = self
+                            .record_state(&mut info, SessionState::Failed, &reason)
+                            .await
+                        {
+                            tracing::error!(session = %id, error = %re, "could not record the failure");
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let copied = match &checkout {
+            Some(_) => None,
+            None => repo,
+        };
+
         let sreq = SandboxRequest {
             id: id.clone(),
             runtime,
             image: image_name,
             limits,
-            uploads: repo.into_iter().chain(upload).collect(),
-            checkout: None,
+            uploads: copied.into_iter().chain(upload).collect(),
+            checkout: checkout.as_ref().map(|(_, work)| work.clone()),
             upload_cap_bytes: self.cfg.upload_cap_bytes,
             no_capture: false,
         };
-        let sandbox = match Sandbox::create_with_image(&self.paths, sreq, resolved).await {
+        let made = Sandbox::create_with_image(&self.paths, sreq, resolved).await;
+        // The workspace tree is in /workspace now (or nothing is).
+        if let Some((_, work)) = &checkout {
+            let _ = std::fs::remove_dir_all(work);
+        }
+        let sandbox = match made {
             Ok(sb) => Arc::new(sb),
             Err(e) => {
+                for p in crate::git::remove(&self.cfg.data_dir, &id) {
+                    tracing::warn!(session = %id, problem = %p, "cleanup problem");
+                }
                 self.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(session = %id, error = %e, "session failed to start");
                 let reason = format!("sandbox failed to start: {}", e.message);
@@ -543,12 +591,12 @@ impl Manager {
             }
         };
         // Its one way out, before anything of the agent's runs.
-        let egress = match self.start_egress(&info, &sandbox) {
+        let egress = match self.start_egress(&info, &sandbox, checkout.as_ref().map(|(g, _)| g)) {
             Ok(c) => c,
             Err(e) => {
                 self.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(session = %id, error = %e, "session failed to start");
-                let report = sandbox.destroy().await;
+                let report = self.destroy_sandbox(&id, &sandbox).await;
                 for p in &report.problems {
                     tracing::warn!(session = %id, problem = %p, "destroy problem");
                 }
@@ -567,6 +615,14 @@ impl Manager {
         info.last_activity_at = Some(now_rfc3339());
         self.record_state(&mut info, SessionState::Running, "sandbox started")
             .await?;
+        if let Some((g, _)) = &checkout {
+            let ev = crate::git::checkout_event(&info, g);
+            let rec = serde_json::to_value(g).map_err(|e| Error::internal(e.to_string()))?;
+            let sid = id.clone();
+            self.db
+                .write(move |s| s.set_session_git(&sid, &rec, &ev))
+                .await?;
+        }
         let live = Arc::new(Live {
             id: id.clone(),
             sandbox: sandbox.clone(),
@@ -614,6 +670,7 @@ impl Manager {
         &self,
         info: &SessionInfo,
         sandbox: &Sandbox,
+        git: Option<&crate::git::SessionGit>,
     ) -> Result<crate::egress::SessionChannels> {
         let policy = match self.policies.get(&info.profile) {
             Some(Ok(p)) => p.clone(),
@@ -635,16 +692,80 @@ impl Manager {
             }
         };
         let dir = brig_sandbox::egress::host_dir(sandbox.session_dir());
+        let local = match git {
+            Some(g) => vec![self.git_gateway(info, g)?],
+            None => vec![],
+        };
         crate::egress::start(
             &self.db,
             info,
             policy,
             &self.cfg.resolver,
             &self.cfg.egress_limits,
-            // No service yet: no URL was ever issued, so the proxy answers 404.
-            self.artifacts.get().cloned(),
+            crate::egress::OwnServices {
+                // No service yet: no URL was ever issued, so the proxy answers 404.
+                artifacts: self.artifacts.get().cloned(),
+                local,
+            },
             &dir,
         )
+    }
+
+    /// The git gateway of a session with a checkout, as a local service of
+    /// its egress channel.
+    fn git_gateway(
+        &self,
+        info: &SessionInfo,
+        g: &crate::git::SessionGit,
+    ) -> Result<Arc<dyn brig_proxy::local::LocalService>> {
+        let signer = self.git_signer()?;
+        let forge = crate::git::upstream_forge(g)?;
+        let services = crate::git_gateway::Services::new(
+            self.db.clone(),
+            info,
+            self.scanner.clone(),
+            forge,
+            signer,
+        );
+        let repo = brig_git::SessionRepo {
+            dir: crate::git::gateway_dir(&self.cfg.data_dir, &info.id),
+            name: g.name.clone(),
+            session: info.id.to_string(),
+            identity: brig_git::Identity {
+                name: g.author_name.clone(),
+                email: g.author_email.clone(),
+            },
+            bot_prefix: g.bot_prefix.clone(),
+            protected: self.cfg.git.protected.clone(),
+            base_branch: g.pinned.base_branch.clone(),
+            limits: brig_git::Limits {
+                max_pack_bytes: self.cfg.git.max_pack_bytes,
+                ..brig_git::Limits::default()
+            },
+        };
+        Ok(Arc::new(crate::git_gateway::GatewayService {
+            host: self.cfg.git.host.clone(),
+            session: brig_git::GitSession {
+                repo: Arc::new(repo),
+                services: Arc::new(services),
+            },
+        }))
+    }
+
+    /// brig's deployment key (made on first use, 0600 under the data dir).
+    pub fn git_signer(&self) -> Result<Arc<brig_git::SshSigner>> {
+        if let Some(s) = self.git_signer.get() {
+            return Ok(s.clone());
+        }
+        let path = self.cfg.data_dir.join(crate::git_gateway::SIGNING_KEY_FILE);
+        let s = brig_git::SshSigner::load_or_create(&path).map_err(|e| {
+            Error::new(
+                ErrorKind::GuardUnavailable,
+                format!("git signing key {}: {e}", path.display()),
+            )
+            .hint("brig signs every accepted commit; fix the key file (0600, owned by brig) or remove it to make a new one")
+        })?;
+        Ok(self.git_signer.get_or_init(|| Arc::new(s)).clone())
     }
 
     /// Journal the sandbox's process events until its channel ends, in
@@ -682,7 +803,7 @@ impl Manager {
             };
             tracing::warn!(session = %l.id, "sandbox died on its own");
             me.metrics.reaper_action(ReaperAction::Died);
-            let report = l.sandbox.destroy().await;
+            let report = me.destroy_sandbox(&l.id, &l.sandbox).await;
             let mut info = l.info.lock().await;
             let reason = "sandbox died: its init exited";
             me.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
@@ -1093,7 +1214,7 @@ impl Manager {
         }
         // No new connection from here on; open ones are dropped.
         drop(live.egress.lock().unwrap_or_else(|p| p.into_inner()).take());
-        let report = live.sandbox.destroy().await;
+        let report = self.destroy_sandbox(&live.id, &live.sandbox).await;
         for p in &report.problems {
             tracing::warn!(session = %live.id, problem = %p, "destroy problem");
         }
@@ -1256,6 +1377,20 @@ impl Manager {
                 me.reap_once().await;
             }
         })
+    }
+
+    /// Shred a sandbox and what brig keeps beside it for the session (its
+    /// git directory).
+    async fn destroy_sandbox(
+        &self,
+        id: &SessionId,
+        sandbox: &Sandbox,
+    ) -> brig_sandbox::DestroyReport {
+        let mut report = sandbox.destroy().await;
+        report
+            .problems
+            .extend(crate::git::remove(&self.cfg.data_dir, id));
+        report
     }
 
     // ---- startup ----

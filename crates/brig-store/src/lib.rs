@@ -143,6 +143,23 @@ const MIGRATIONS: &[&str] = &[
         used_at    TEXT NOT NULL
     );
     "#,
+    // 5: repo access (issue 5): what a session's checkout pinned, its test
+    // gate's results and the pull requests opened for it, each a JSON
+    // record (brig-server's types; the journal holds the same as events).
+    r#"
+    CREATE TABLE session_git (
+        session TEXT PRIMARY KEY REFERENCES sessions(id),
+        record  TEXT NOT NULL
+    );
+    CREATE TABLE session_records (
+        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        session TEXT NOT NULL REFERENCES sessions(id),
+        kind    TEXT NOT NULL,
+        at      TEXT NOT NULL,
+        record  TEXT NOT NULL
+    );
+    CREATE INDEX session_records_by_kind ON session_records (session, kind, seq);
+    "#,
 ];
 
 /// The schema version this binary writes.
@@ -898,6 +915,49 @@ impl Store {
         Ok(true)
     }
 
+    pub fn session_git(&self, session: &SessionId) -> Result<Option<serde_json::Value>> {
+        let conn = self.conn();
+        let text: Option<String> = conn
+            .query_row(
+                "SELECT record FROM session_git WHERE session = ?1",
+                [session.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err("read session git"))?;
+        text.map(|t| {
+            serde_json::from_str(&t)
+                .map_err(|e| Error::internal(format!("session git record: {e}")))
+        })
+        .transpose()
+    }
+
+    /// A session's records of `kind`, oldest first.
+    pub fn session_records(
+        &self,
+        session: &SessionId,
+        kind: &str,
+    ) -> Result<Vec<serde_json::Value>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT record FROM session_records WHERE session = ?1 AND kind = ?2 ORDER BY seq",
+            )
+            .map_err(db_err("read session records"))?;
+        let rows = st
+            .query_map([session.as_str(), kind], |r| r.get::<_, String>(0))
+            .map_err(db_err("read session records"))?;
+        let mut out = vec![];
+        for t in rows {
+            let t = t.map_err(db_err("read session records"))?;
+            out.push(
+                serde_json::from_str(&t)
+                    .map_err(|e| Error::internal(format!("session record: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
     /// A session's artifacts, by name.
     pub fn artifacts(&self, session: &SessionId) -> Result<Vec<ArtifactRecord>> {
         let conn = self.conn();
@@ -1196,6 +1256,36 @@ fn migrate(conn: &mut Connection, name: &str) -> Result<()> {
 }
 
 /// Insert a new session row with its first transition.
+/// What a session's checkout pinned (issue 5), replacing any record.
+pub(crate) fn set_session_git_on(
+    tx: &Connection,
+    session: &SessionId,
+    record: &serde_json::Value,
+) -> Result<()> {
+    tx.execute(
+        "INSERT OR REPLACE INTO session_git (session, record) VALUES (?1, ?2)",
+        params![session.as_str(), record.to_string()],
+    )
+    .map(|_| ())
+    .map_err(db_err("record session git"))
+}
+
+/// One of a session's records of `kind` (a gate result, a pull request).
+pub(crate) fn add_session_record_on(
+    tx: &Connection,
+    session: &SessionId,
+    kind: &str,
+    at: &str,
+    record: &serde_json::Value,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO session_records (session, kind, at, record) VALUES (?1, ?2, ?3, ?4)",
+        params![session.as_str(), kind, at, record.to_string()],
+    )
+    .map(|_| ())
+    .map_err(db_err("add session record"))
+}
+
 fn insert_session_on(tx: &Connection, info: &SessionInfo, reason: &str) -> Result<()> {
     tx.execute(
         "INSERT INTO sessions (id, human, task, profile, runtime, image, image_digest, state,

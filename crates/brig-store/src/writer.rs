@@ -37,8 +37,8 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use crate::{
-    append_events_on, db_err, finish_exec_on, insert_exec_on, insert_session_on, update_session_on,
-    ExecEnd, ExecRecord, Store,
+    add_session_record_on, append_events_on, db_err, finish_exec_on, insert_exec_on,
+    insert_session_on, set_session_git_on, update_session_on, ExecEnd, ExecRecord, Store,
 };
 
 /// The store's write operations inside one write of a group commit.
@@ -88,6 +88,32 @@ impl Tx<'_> {
     ) -> Result<()> {
         update_session_on(self.conn, info, "exec started")?;
         insert_exec_on(self.conn, self.red, rec)?;
+        self.append_events(std::slice::from_ref(ev)).map(|_| ())
+    }
+
+    /// What a session's checkout pinned, with its event (issue 5).
+    pub fn set_session_git(
+        &self,
+        session: &brig_core::SessionId,
+        record: &serde_json::Value,
+        ev: &Event,
+    ) -> Result<()> {
+        set_session_git_on(self.conn, session, record)?;
+        self.append_events(std::slice::from_ref(ev)).map(|_| ())
+    }
+
+    /// One of a session's records of `kind` (read back with
+    /// [`Store::session_records`]), with its event.
+    pub fn add_session_record(
+        &self,
+        session: &brig_core::SessionId,
+        kind: &str,
+        record: &serde_json::Value,
+        ev: &Event,
+    ) -> Result<()> {
+        // Kept redacted, like the event that carries the same record.
+        let record = self.red.redact_value(record);
+        add_session_record_on(self.conn, session, kind, &ev.time, &record)?;
         self.append_events(std::slice::from_ref(ev)).map(|_| ())
     }
 

@@ -1,0 +1,370 @@
+//! Repo access end to end (issue 5) in a real `native` session: the
+//! session's checkout at a pinned commit, the agent's git talking to brig's
+//! gateway through the session's egress channel (HTTP_PROXY), pushes judged
+//! and scanned, accepted commits signed and landed upstream, the test gate
+//! and the pull request on the embedded forge, every step journaled.
+
+mod server_support;
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{json, Value};
+use server_support::*;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=Human",
+            "-c",
+            "user.email=human@example.com",
+        ])
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn git_ok(dir: &Path, args: &[&str]) -> bool {
+    Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// An upstream working tree: two commits on main, `app/` and `docs/`, a
+/// test script the gate runs.
+fn upstream() -> (tempfile::TempDir, String, String) {
+    let t = tempfile::Builder::new()
+        .prefix("brig-up-")
+        .tempdir()
+        .unwrap();
+    let up = t.path().join("app");
+    std::fs::create_dir_all(up.join("app")).unwrap();
+    std::fs::create_dir_all(up.join("docs")).unwrap();
+    git(&up, &["init", "-q", "-b", "main"]);
+    std::fs::write(up.join("app/calc.sh"), "add() { echo $(( $1 + $2 )); }\n").unwrap();
+    std::fs::write(
+        up.join("app/test.sh"),
+        ". ./app/calc.sh\n[ \"$(add 2 2)\" = 4 ] || { echo 'FAIL add'; exit 1; }\necho 'ok 1 add'\n",
+    )
+    .unwrap();
+    std::fs::write(up.join("docs/guide.md"), "# guide\n").unwrap();
+    git(&up, &["add", "."]);
+    git(&up, &["commit", "-qm", "first"]);
+    let first = git(&up, &["rev-parse", "HEAD"]);
+    std::fs::write(up.join("docs/guide.md"), "# guide\nmore\n").unwrap();
+    git(&up, &["commit", "-qam", "second"]);
+    let second = git(&up, &["rev-parse", "HEAD"]);
+    // The sandbox's mapped users only need to traverse to it (brig reads it as root).
+    std::fs::set_permissions(
+        t.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    (t, first, second)
+}
+
+/// Run a shell script in /workspace; (exit code, stdout, stderr).
+async fn sh(srv: &Srv, id: &str, script: &str) -> (i64, String, String) {
+    let r = srv.exec(id, &["/bin/sh", "-c", script]).await;
+    (
+        r["status"]["code"].as_i64().unwrap_or(-1),
+        r["stdout"].as_str().unwrap_or("").to_string(),
+        r["stderr"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+async fn events(srv: &Srv, id: &str, action: &str) -> Vec<Value> {
+    let (_, v) = srv
+        .call("GET", &format!("/v1/sessions/{id}/events"), None)
+        .await;
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == action)
+        .cloned()
+        .collect()
+}
+
+fn gated(cfg: &mut brig_server::ServerConfig) {
+    let p = cfg.profiles.get_mut("default").unwrap();
+    p.gate = Some(brig_server::git_config::Gate {
+        test: "sh app/test.sh".into(),
+        coverage: None,
+        max_coverage_drop: 0.0,
+        timeout: std::time::Duration::from_secs(60),
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_scan_sign_gate_and_pull_request_through_the_gateway() {
+    require_root!();
+    let (up_dir, first, second) = upstream();
+    let up = up_dir.path().join("app");
+    let srv = Srv::start_with(gated).await;
+    let s = srv
+        .create(json!({"task": "GIT-1", "repo": up.display().to_string(), "ref": "main", "sparse": ["app"]}))
+        .await;
+    let id = s["id"].as_str().unwrap().to_string();
+    let show = srv.state(&id).await;
+    assert_eq!(show["git"]["commit"], second.as_str(), "{show}");
+    assert_eq!(show["git"]["origin"], "http://git.brig/app.git");
+    let prefix = show["git"]["bot_prefix"].as_str().unwrap().to_string();
+    assert_eq!(prefix, format!("brig/{id}/"));
+
+    // Pinned, sparse, no other history, origin is the gateway.
+    let (code, out, err) = sh(
+        &srv,
+        &id,
+        "cd /workspace && git rev-parse HEAD && git rev-list --all --count && ls && git remote get-url origin",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], second);
+    assert_eq!(lines[1], "1");
+    assert!(lines.contains(&"app") && !lines.contains(&"docs"), "{out}");
+    let (code, _, _) = sh(
+        &srv,
+        &id,
+        &format!("cd /workspace && git cat-file -e {first}"),
+    )
+    .await;
+    assert_ne!(code, 0, "the older commit must not be in the sandbox");
+
+    // A fetch through the gateway works (and is journaled).
+    let (code, _, err) = sh(&srv, &id, "cd /workspace && git fetch -q origin").await;
+    assert_eq!(code, 0, "fetch: {err}");
+
+    // An accepted push: lands upstream, re-written with the session's identity, signed.
+    let (code, _, err) = sh(
+        &srv,
+        &id,
+        &format!(
+            "cd /workspace && printf 'sub() {{ echo $(( $1 - $2 )); }}\\n' >> app/calc.sh && \
+             git commit -qam 'add sub' && git push -q origin HEAD:{prefix}feature 2>&1"
+        ),
+    )
+    .await;
+    assert_eq!(code, 0, "push: {err}");
+    let branch = format!("{prefix}feature");
+    let tip = git(&up, &["rev-parse", &branch]);
+    assert_eq!(git(&up, &["rev-parse", &format!("{tip}^")]), second);
+    assert_eq!(
+        git(&up, &["log", "-1", "--format=%an <%ae>", &tip]),
+        format!("brig agent {id} <{id}@agents.brig.invalid>")
+    );
+    let (st, key) = srv.call("GET", "/v1/git/signing-key", None).await;
+    assert_eq!(st, 200, "{key}");
+    let signers = up_dir.path().join("allowed_signers");
+    std::fs::write(
+        &signers,
+        format!("{}\n", key["allowed_signers"].as_str().unwrap()),
+    )
+    .unwrap();
+    let verify = Command::new("git")
+        .arg("-C")
+        .arg(&up)
+        .args(["-c", "gpg.format=ssh", "-c"])
+        .arg(format!("gpg.ssh.allowedSignersFile={}", signers.display()))
+        .args(["verify-commit", &tip])
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "verify-commit: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    // Rejected, in git's own output, nothing upstream: a protected branch,
+    // a secret (in an older commit of the push), a tag.
+    let (code, out, _) = sh(&srv, &id, "cd /workspace && git push origin HEAD:main 2>&1").await;
+    assert_ne!(code, 0);
+    assert!(out.contains("main"), "{out}");
+    let secret = "AKIA".to_string() + "Z7QWERTYUIOPASDF";
+    let (code, out, _) = sh(
+        &srv,
+        &id,
+        &format!(
+            "cd /workspace && printf 'aws_access_key_id = {secret}\\n' > app/conf.ini && git add app/conf.ini && \
+             git commit -qm 'config' && echo fine >> app/calc.sh && git commit -qam 'more' && \
+             git push origin HEAD:{prefix}leak 2>&1"
+        ),
+    )
+    .await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("app/conf.ini"), "{out}");
+    assert!(
+        !out.contains(&secret),
+        "the secret must never be echoed: {out}"
+    );
+    assert!(!git_ok(
+        &up,
+        &["rev-parse", "--verify", "-q", &format!("{prefix}leak")]
+    ));
+    let (code, _, _) = sh(
+        &srv,
+        &id,
+        "cd /workspace && git tag v9 && git push origin v9 2>&1",
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(!git_ok(
+        &up,
+        &["rev-parse", "--verify", "-q", "refs/tags/v9"]
+    ));
+
+    // Preview, gate, pull request on the embedded forge.
+    let (st, p) = srv
+        .call(
+            "GET",
+            &format!("/v1/sessions/{id}/pr/preview?branch={branch}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{p}");
+    assert!(
+        p["diffstat"].as_str().unwrap().contains("app/calc.sh"),
+        "{p}"
+    );
+    assert!(p["diff"].as_str().unwrap().contains("+sub()"), "{p}");
+    let (st, pr) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/pulls"),
+            Some(json!({"title": "Add sub", "body": "Adds sub().", "branch": branch})),
+        )
+        .await;
+    assert_eq!(st, 201, "{pr}");
+    assert_eq!(pr["gate"]["passed"], true, "{pr}");
+    assert_eq!(pr["pull_request"]["head"], branch.as_str());
+    assert_eq!(pr["pull_request"]["base"], "main");
+    assert!(
+        pr["pull_request"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("test gate: passed"),
+        "{pr}"
+    );
+    let n = pr["pull_request"]["number"].as_u64().unwrap();
+    assert!(up.join(format!(".git/brig/pulls/{n}.json")).is_file());
+
+    // A failing gate opens nothing.
+    let (code, _, err) = sh(
+        &srv,
+        &id,
+        &format!(
+            "cd /workspace && git reset -q --hard {prefix}feature 2>/dev/null || git reset -q --hard HEAD~2; \
+             sed -i 's/+ \\$2/+ $2 + 1/' app/calc.sh && git commit -qam 'break add' && git push -q origin HEAD:{prefix}broken 2>&1"
+        ),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let (st, e) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/pulls"),
+            Some(json!({"title": "Broken", "branch": format!("{prefix}broken")})),
+        )
+        .await;
+    assert_eq!(st, 403, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("test gate failed"),
+        "{e}"
+    );
+    let (_, list) = srv
+        .call("GET", &format!("/v1/sessions/{id}/pulls"), None)
+        .await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    // The journal: checkout, fetches, pushes (accepted and rejected), gate, PR.
+    assert_eq!(events(&srv, &id, "git.checkout").await.len(), 1);
+    assert!(!events(&srv, &id, "git.fetch").await.is_empty());
+    let pushes = events(&srv, &id, "git.push").await;
+    assert!(
+        pushes.iter().any(|e| e["outcome"] == "success"),
+        "{pushes:?}"
+    );
+    assert!(
+        pushes.iter().filter(|e| e["outcome"] == "denied").count() >= 3,
+        "{pushes:?}"
+    );
+    let all = serde_json::to_string(&pushes).unwrap();
+    assert!(!all.contains(&secret), "no secret in the journal");
+    let gates = events(&srv, &id, "git.gate").await;
+    assert!(
+        gates.iter().any(|e| e["outcome"] == "success")
+            && gates.iter().any(|e| e["outcome"] == "failure")
+    );
+    assert_eq!(events(&srv, &id, "git.pr.open").await.len(), 2);
+
+    let (st, _) = srv
+        .call("DELETE", &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(st, 200);
+    assert!(
+        !srv.data().join("git").join(&id).exists(),
+        "the session's git directory goes with it"
+    );
+    srv.assert_gone(&id);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_git_input_is_a_clear_error_and_leaves_nothing() {
+    require_root!();
+    let (up_dir, _, _) = upstream();
+    let up = up_dir.path().join("app");
+    let srv = Srv::start().await;
+    let repo = up.display().to_string();
+    for (body, want) in [
+        (
+            json!({"task": "G-2", "repo": repo, "ref": "no-such-branch"}),
+            "no-such-branch",
+        ),
+        (
+            json!({"task": "G-2", "repo": repo, "sparse": ["nope"]}),
+            "nope",
+        ),
+        (
+            json!({"task": "G-2", "repo": repo, "ref": "--upload-pack=x"}),
+            "not a valid git ref",
+        ),
+        (
+            json!({"task": "G-2", "repo": srv.data().display().to_string(), "ref": "main"}),
+            "not a git repository",
+        ),
+    ] {
+        let (st, e) = srv.call("POST", "/v1/sessions", Some(body.clone())).await;
+        assert!((400..500).contains(&st), "{body}: {st} {e}");
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains(want),
+            "{body}: {e}"
+        );
+    }
+    // Nothing of those sessions is left: no git directory, no live session.
+    let git_dir = srv.data().join("git");
+    assert!(!git_dir.exists() || std::fs::read_dir(&git_dir).unwrap().next().is_none());
+    let (_, list) = srv.call("GET", "/v1/sessions", None).await;
+    assert!(list.as_array().unwrap().is_empty(), "{list}");
+    srv.stop().await;
+}

@@ -1,0 +1,260 @@
+//! The git gateway on a session's egress channel (issue 5; docs/GIT.md):
+//! requests for `[git] host` (default `git.brig`) are handed over by the
+//! proxy (`brig_proxy::local`) with the channel's session, and served by
+//! brig-git against that session's gateway repository, with brig-scan as
+//! the pre-push scanner, brig's deployment key as the signer and the
+//! session's forge as the upstream. Every fetch and push is journaled
+//! (`git.fetch`, `git.push`).
+
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use brig_core::event::{Event, Outcome};
+use brig_core::session::SessionInfo;
+use brig_forge::Forge;
+use brig_git::{
+    GatewayServices, GitEvent, GitSession, PushScanner, SshSigner, Upstream, Violation,
+};
+use brig_proxy::local::{BoxFuture, LocalService, LocalStream};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+
+use crate::manager::{session_event, Db};
+
+/// The deployment key that signs accepted commits, under the data dir.
+pub const SIGNING_KEY_FILE: &str = "keys/git-signing.key";
+
+/// Git events queued for the journal per session; past this they are
+/// dropped and counted (logged): a push storm must not grow brig's memory.
+const QUEUE: usize = 1024;
+
+/// brig-scan as the gateway's pre-push scanner.
+pub struct Scan(pub Arc<brig_scan::Scanner>);
+
+impl PushScanner for Scan {
+    fn scan(
+        &self,
+        repo: &Path,
+        env: &[(OsString, OsString)],
+        revs: &[String],
+    ) -> Result<Vec<Violation>, String> {
+        let report = self
+            .0
+            .scan_git(repo, env, revs)
+            .map_err(|e| e.to_string())?;
+        Ok(report
+            .findings
+            .into_iter()
+            .map(|f| Violation {
+                commit: f.commit.unwrap_or_default(),
+                path: f.path,
+                line: (f.line > 0).then_some(f.line),
+                rule: f.rule,
+                description: f.description,
+            })
+            .collect())
+    }
+}
+
+/// A forge as the gateway's upstream.
+pub struct ForgeUpstream(pub Arc<dyn Forge>);
+
+impl Upstream for ForgeUpstream {
+    fn push<'a>(
+        &'a self,
+        repo: &'a Path,
+        sha: &'a str,
+        branch: &'a str,
+    ) -> brig_git::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.0
+                .push_branch(repo, sha, branch)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// What one session's gateway is served with.
+pub struct Services {
+    pub scanner: Scan,
+    pub upstream: ForgeUpstream,
+    pub signer: Arc<SshSigner>,
+    events: mpsc::Sender<GitEvent>,
+}
+
+impl GatewayServices for Services {
+    fn scanner(&self) -> &dyn PushScanner {
+        &self.scanner
+    }
+    fn upstream(&self) -> &dyn Upstream {
+        &self.upstream
+    }
+    fn signer(&self) -> &SshSigner {
+        &self.signer
+    }
+    fn record(&self, event: GitEvent) {
+        if self.events.try_send(event).is_err() {
+            tracing::warn!("git event dropped: the journal queue is full");
+        }
+    }
+}
+
+impl Services {
+    /// The services of `info`'s session, journaling through `db`. The
+    /// journal task ends when the last handle on these services goes.
+    pub fn new(
+        db: Db,
+        info: &SessionInfo,
+        scanner: Arc<brig_scan::Scanner>,
+        forge: Arc<dyn Forge>,
+        signer: Arc<SshSigner>,
+    ) -> Services {
+        let (tx, mut rx) = mpsc::channel::<GitEvent>(QUEUE);
+        let info = info.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                let e = journal_event(&info, &ev);
+                if let Err(err) = db.write(move |s| s.append_event(&e)).await {
+                    tracing::error!(error = %err, "could not journal a git event");
+                }
+            }
+        });
+        Services {
+            scanner: Scan(scanner),
+            upstream: ForgeUpstream(forge),
+            signer,
+            events: tx,
+        }
+    }
+}
+
+/// A gateway event as a journal event: outcome, deciding rule, the first
+/// ref's branch, the details as brig-git reports them (violations name
+/// file, line and rule, never the secret).
+pub fn journal_event(info: &SessionInfo, ev: &GitEvent) -> Event {
+    let (outcome, rule, branch) = match ev {
+        GitEvent::Fetch(f) => (outcome_of(&f.outcome), None, None),
+        GitEvent::Push(p) => (
+            outcome_of(&p.outcome),
+            p.rule.clone(),
+            p.refs
+                .first()
+                .map(|r| r.refname.trim_start_matches("refs/heads/").to_string()),
+        ),
+    };
+    let mut e = session_event(info, ev.action(), outcome);
+    e.rule = rule;
+    e.branch = branch;
+    let mut details = serde_json::to_value(ev).unwrap_or_default();
+    if let Some(o) = details.as_object_mut() {
+        o.remove("action");
+        o.remove("session");
+    }
+    e.details(details)
+}
+
+fn outcome_of(o: &brig_git::events::Outcome) -> Outcome {
+    match o {
+        brig_git::events::Outcome::Ok => Outcome::Success,
+        brig_git::events::Outcome::Rejected => Outcome::Denied,
+        brig_git::events::Outcome::Error => Outcome::Failure,
+    }
+}
+
+/// The gateway as a local service of one session's proxy channel.
+pub struct GatewayService {
+    pub host: String,
+    pub session: GitSession,
+}
+
+impl LocalService for GatewayService {
+    fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn serve(
+        &self,
+        session: Arc<str>,
+        stream: Box<dyn LocalStream>,
+        buffered: Vec<u8>,
+    ) -> BoxFuture<'static, ()> {
+        let git = self.session.clone();
+        Box::pin(async move {
+            // The channel's session and the gateway's are one by
+            // construction; a mismatch is a brig bug: serve nothing.
+            if *session != *git.repo.session {
+                tracing::error!(channel = %session, gateway = %git.repo.session, "git gateway: session mismatch");
+                return;
+            }
+            let io = TokioIo::new(Rewind::new(buffered, stream));
+            let svc = hyper::service::service_fn(move |req| {
+                let git = git.clone();
+                async move { Ok::<_, Infallible>(brig_git::serve(git, req).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(io, svc)
+                .await
+            {
+                tracing::debug!(error = %e, "git gateway connection ended");
+            }
+        })
+    }
+}
+
+/// A stream that first yields bytes already read from it.
+struct Rewind {
+    pre: Vec<u8>,
+    at: usize,
+    inner: Box<dyn LocalStream>,
+}
+
+impl Rewind {
+    fn new(pre: Vec<u8>, inner: Box<dyn LocalStream>) -> Rewind {
+        Rewind { pre, at: 0, inner }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.at < self.pre.len() {
+            let n = buf.remaining().min(self.pre.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.pre[at..at + n]);
+            self.at += n;
+            if self.at == self.pre.len() {
+                self.pre = Vec::new();
+                self.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
