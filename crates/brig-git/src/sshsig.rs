@@ -384,18 +384,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k");
         let s = SshSigner::load_or_create(&path).unwrap();
-        let out = std::process::Command::new("ssh-keygen")
-            .arg("-y")
-            .arg("-f")
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let keygen = |cmd: &mut std::process::Command| {
+            let out = cmd.output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "ssh-keygen: {err}");
+            out.stdout
+        };
+        let out = keygen(
+            std::process::Command::new("ssh-keygen")
+                .arg("-y")
+                .arg("-f")
+                .arg(&path),
         );
-        let line = String::from_utf8(out.stdout).unwrap();
+        let line = String::from_utf8(out).unwrap();
         let want = s.public_key_openssh();
         assert_eq!(
             line.split_whitespace().take(2).collect::<Vec<_>>(),
@@ -412,18 +413,13 @@ mod tests {
             format!("{}\n", s.allowed_signers_line("bot@brig")),
         )
         .unwrap();
-        let out = std::process::Command::new("ssh-keygen")
-            .args(["-Y", "verify", "-n", "git", "-I", "bot@brig", "-f"])
-            .arg(&allowed)
-            .arg("-s")
-            .arg(&sig)
-            .stdin(std::fs::File::open(&msg).unwrap())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        keygen(
+            std::process::Command::new("ssh-keygen")
+                .args(["-Y", "verify", "-n", "git", "-I", "bot@brig", "-f"])
+                .arg(&allowed)
+                .arg("-s")
+                .arg(&sig)
+                .stdin(std::fs::File::open(&msg).unwrap()),
         );
     }
 }

@@ -291,39 +291,21 @@ impl Fixture {
         self.ok(work, &["rev-parse", "HEAD"]).await
     }
 
-    /// The upstream's value of `branch`, if it has one.
-    async fn upstream_ref(&self, branch: &str) -> Option<String> {
-        let o = self
-            .git(
-                &self.upstream,
-                &[
-                    "rev-parse",
-                    "--verify",
-                    "-q",
-                    &format!("refs/heads/{branch}"),
-                ],
-            )
-            .await;
+    /// `repo`'s value of `branch`, if it has one.
+    async fn branch_in(&self, repo: &Path, branch: &str) -> Option<String> {
+        let r = format!("refs/heads/{branch}");
+        let o = self.git(repo, &["rev-parse", "--verify", "-q", &r]).await;
         o.status
             .success()
             .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
     }
 
+    async fn upstream_ref(&self, branch: &str) -> Option<String> {
+        self.branch_in(&self.upstream, branch).await
+    }
+
     async fn gateway_ref(&self, branch: &str) -> Option<String> {
-        let o = self
-            .git(
-                &self.gateway,
-                &[
-                    "rev-parse",
-                    "--verify",
-                    "-q",
-                    &format!("refs/heads/{branch}"),
-                ],
-            )
-            .await;
-        o.status
-            .success()
-            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        self.branch_in(&self.gateway, branch).await
     }
 
     async fn gateway_has(&self, sha: &str) -> bool {
@@ -777,10 +759,14 @@ async fn unknown_repos_and_missing_refs_are_clear_errors() {
 
 /// One raw HTTP/1.1 exchange with the gateway (`Connection: close`).
 async fn raw_http(url: &str, path: &str, body: &[u8]) -> String {
+    raw_http_with(url, path, "", body).await
+}
+
+async fn raw_http_with(url: &str, path: &str, headers: &str, body: &[u8]) -> String {
     let addr = url.trim_start_matches("http://").split('/').next().unwrap();
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: git.brig\r\nContent-Type: application/x-git-receive-pack-request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: git.brig\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).await.unwrap();
@@ -930,4 +916,41 @@ async fn brig_scan_blocks_new_secrets_but_not_what_the_pinned_commit_has() {
         )
         .await;
     assert!(!err.contains(key), "the key reached the agent:\n{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_fetch_request_is_served_and_a_gzip_bomb_is_refused() {
+    use std::io::Write;
+    let f = Fixture::with(
+        |r| r.limits.max_fetch_request_bytes = 64 << 10,
+        Box::new(MarkerScanner { fail: false }),
+        None,
+    )
+    .await;
+    let gzip = |data: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    };
+    let want = format!("want {}\n", f.base);
+    let req = format!("{:04x}{want}00000009done\n", want.len() + 4);
+    let r = raw_http_with(
+        &f.url,
+        "/app.git/git-upload-pack",
+        "Content-Encoding: gzip\r\n",
+        &gzip(req.as_bytes()),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.contains("PACK"), "{r}");
+    // Small on the wire, past the limit once inflated.
+    let r = raw_http_with(
+        &f.url,
+        "/app.git/git-upload-pack",
+        "Content-Encoding: gzip\r\n",
+        &gzip(&vec![b'0'; 1 << 20]),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+    assert!(r.contains("inflates past 65536 bytes"), "{r}");
 }
