@@ -454,6 +454,18 @@ async fn push_to_a_bot_branch_lands_upstream_signed_and_chains() {
     assert!(f.verify_upstream(&s2).await.status.success());
     assert_eq!(f.gateway_ref(&branch).await.as_deref(), Some(c2.as_str()));
 
+    // brig's own refs are never advertised, in protocol v0 or v2; v0 fetches work.
+    for v in ["0", "2"] {
+        let pv = format!("protocol.version={v}");
+        let refs = f.ok(&work, &["-c", &pv, "ls-remote", "origin"]).await;
+        assert!(
+            refs.contains(&format!("{c2}\trefs/heads/{branch}")),
+            "{refs}"
+        );
+        assert!(!refs.contains("refs/brig"), "{refs}");
+        f.ok(&work, &["-c", &pv, "fetch", "-q", "origin"]).await;
+    }
+
     // A tampered commit does not verify (the check can fail).
     let raw = f.ok(&f.upstream, &["cat-file", "commit", &s2]).await;
     let forged = raw.replace("add g", "add h");
@@ -481,8 +493,12 @@ async fn push_to_a_bot_branch_lands_upstream_signed_and_chains() {
     assert!(events
         .iter()
         .any(|e| matches!(e, GitEvent::Fetch(x) if x.stage == "upload-pack" && x.outcome == Outcome::Ok && x.protocol == 2 && x.bytes_out > 0)));
-    let json = serde_json::to_value(&events[events.len() - 1]).unwrap();
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, GitEvent::Fetch(x) if x.protocol == 0 && x.stage == "advertise")));
+    let json = serde_json::to_value(GitEvent::Push(pushes[1].clone())).unwrap();
     assert_eq!(json["action"], "git.push");
+    assert_eq!(json["refs"][0]["signed_tip"], s2.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
