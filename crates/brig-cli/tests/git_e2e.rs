@@ -368,3 +368,142 @@ async fn bad_git_input_is_a_clear_error_and_leaves_nothing() {
     assert!(list.as_array().unwrap().is_empty(), "{list}");
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_forge_repo_and_a_coverage_gate() {
+    require_root!();
+    let (up_dir, _, second) = upstream();
+    let up = up_dir.path().join("app");
+    std::fs::write(up.join("app/coverage.txt"), "TOTAL 80.0%\n").unwrap();
+    git(&up, &["add", "."]);
+    git(&up, &["commit", "-qm", "coverage"]);
+    let bare = up_dir.path().join("upstream.git");
+    let st = Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&up)
+        .arg(&bare)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let bare2 = bare.clone();
+    let srv = Srv::start_with(move |cfg| {
+        gated(cfg);
+        let g = cfg
+            .profiles
+            .get_mut("default")
+            .unwrap()
+            .gate
+            .as_mut()
+            .unwrap();
+        g.coverage = Some("cat app/coverage.txt".into());
+        g.max_coverage_drop = 5.0;
+        cfg.repos.insert(
+            "widgets".into(),
+            toml::from_str(&format!(
+                "kind = \"local\"\npath = {:?}",
+                bare2.display().to_string()
+            ))
+            .unwrap(),
+        );
+    })
+    .await;
+    let s = srv
+        .create(json!({"task": "GIT-3", "repo": "widgets"}))
+        .await;
+    let id = s["id"].as_str().unwrap().to_string();
+    let show = srv.state(&id).await;
+    assert_eq!(show["git"]["upstream"], "widgets", "{show}");
+    assert_eq!(show["git"]["origin"], "http://git.brig/widgets.git");
+    assert_ne!(
+        show["git"]["commit"],
+        second.as_str(),
+        "pinned at the newest commit"
+    );
+    let prefix = show["git"]["bot_prefix"].as_str().unwrap().to_string();
+
+    // Coverage drops 2 points: within 5, the PR opens on the named forge.
+    let (code, _, err) = sh(
+        &srv,
+        &id,
+        &format!(
+            "cd /workspace && echo 'TOTAL 78.0%' > app/coverage.txt && git commit -qam 'cov 78' && \
+             git push -q origin HEAD:{prefix}ok 2>&1"
+        ),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(git_ok(
+        &bare,
+        &[
+            "rev-parse",
+            "--verify",
+            "-q",
+            &format!("refs/heads/{prefix}ok")
+        ]
+    ));
+    let (st, pr) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/pulls"),
+            Some(json!({"title": "ok", "branch": format!("{prefix}ok")})),
+        )
+        .await;
+    assert_eq!(st, 201, "{pr}");
+    assert_eq!(pr["gate"]["coverage"]["head"], 78.0);
+    assert_eq!(pr["gate"]["coverage"]["base"], 80.0);
+    assert!(bare.join("brig/pulls/1.json").is_file());
+
+    // 20 points: refused, and the gate says why.
+    let (code, _, err) = sh(
+        &srv,
+        &id,
+        &format!(
+            "cd /workspace && echo 'TOTAL 60.0%' > app/coverage.txt && git commit -qam 'cov 60' && \
+             git push -q origin HEAD:{prefix}low 2>&1"
+        ),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let (st, g) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/gate"),
+            Some(json!({"branch": format!("{prefix}low")})),
+        )
+        .await;
+    assert_eq!(st, 200, "{g}");
+    assert_eq!(g["passed"], false);
+    assert!(
+        g["reason"]
+            .as_str()
+            .unwrap()
+            .contains("coverage dropped 20.00"),
+        "{g}"
+    );
+    let gates = events(&srv, &id, "git.gate").await;
+    assert_eq!(gates.last().unwrap()["rule"], "gate:coverage");
+    let (st, e) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/pulls"),
+            Some(json!({"title": "low", "branch": format!("{prefix}low")})),
+        )
+        .await;
+    assert_eq!(st, 403, "{e}");
+    assert!(!bare.join("brig/pulls/2.json").exists());
+
+    // An unknown name is a clear error.
+    let (st, e) = srv
+        .call(
+            "POST",
+            "/v1/sessions",
+            Some(json!({"task": "GIT-3", "repo": "nope"})),
+        )
+        .await;
+    assert_eq!(st, 404, "{e}");
+    assert!(
+        e["error"]["hint"].as_str().unwrap().contains("widgets"),
+        "{e}"
+    );
+    srv.stop().await;
+}

@@ -42,6 +42,10 @@ pub struct ServerConfig {
     pub artifacts: ArtifactsConfig,
     /// `[git]`: the git gateway (issue 5).
     pub git: crate::git_config::GitConfig,
+    /// `[scan]`: the pre-push scanner (brig-scan; docs/SCANNER.md).
+    pub scan: brig_scan::ScanConfig,
+    /// `[repos.NAME]`: upstreams on a forge, named by `--repo NAME`.
+    pub repos: BTreeMap<String, brig_forge::ForgeConfig>,
     /// Where this came from (a path, or `embedded defaults`), for messages.
     pub source: String,
 }
@@ -192,6 +196,9 @@ struct RawConfig {
     egress_limits: RawEgressLimits,
     #[serde(default)]
     git: crate::git_config::RawGit,
+    scan: Option<brig_scan::ScanConfig>,
+    #[serde(default)]
+    repos: BTreeMap<String, brig_forge::ForgeConfig>,
 }
 
 /// Per-session egress rate limits; unset keys keep brig-proxy's defaults.
@@ -394,6 +401,8 @@ impl ServerConfig {
             egress_limits: brig_proxy::Limits::default(),
             artifacts: ArtifactsConfig::default(),
             git: crate::git_config::GitConfig::default(),
+            scan: brig_scan::ScanConfig::default(),
+            repos: BTreeMap::new(),
             source: "embedded defaults".into(),
         }
     }
@@ -534,6 +543,8 @@ impl ServerConfig {
             egress_limits: raw.egress_limits.apply(&at("[egress_limits]"))?,
             artifacts: raw.artifacts.apply(&at("[artifacts]"))?,
             git: raw.git.apply(&at("[git]"))?,
+            scan: check_scan(raw.scan.unwrap_or_default(), &at("[scan]"))?,
+            repos: check_repos(raw.repos, &at("[repos]"))?,
             source: source.to_string(),
         })
     }
@@ -560,6 +571,36 @@ impl ServerConfig {
             ))
         })
     }
+}
+
+/// The scanner's rules must compile (a rules file that does not is an
+/// error here, not a scanner silently weaker).
+fn check_scan(c: brig_scan::ScanConfig, at: &str) -> Result<brig_scan::ScanConfig> {
+    brig_scan::Scanner::new(&c).map_err(|e| {
+        Error::invalid(format!("{at}: {e}")).hint("the [scan] keys are in docs/SCANNER.md")
+    })?;
+    Ok(c)
+}
+
+/// Repo names are what `--repo NAME` and the gateway URL use.
+fn check_repos(
+    repos: BTreeMap<String, brig_forge::ForgeConfig>,
+    at: &str,
+) -> Result<BTreeMap<String, brig_forge::ForgeConfig>> {
+    for name in repos.keys() {
+        let ok = !name.is_empty()
+            && name.len() <= 100
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !ok {
+            return Err(Error::invalid(format!(
+                "{at}: repo name {name:?} must be 1-100 characters of [A-Za-z0-9._-], not starting with '.'"
+            )));
+        }
+    }
+    Ok(repos)
 }
 
 /// An egress table must compile: every error names its rule and where it is.

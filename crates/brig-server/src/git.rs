@@ -37,48 +37,82 @@ pub struct SessionGit {
     pub bot_prefix: String,
     pub author_name: String,
     pub author_email: String,
+    /// `[repos.NAME]` accepted pushes go to; absent: the local source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
 }
 
 /// A session's checkout, planned from the request before anything is made.
 pub struct Plan {
     pub req: CheckoutRequest,
     pub source_display: String,
-    /// The local repository the upstream is (the embedded forge).
-    pub local_upstream: PathBuf,
+    /// `[repos.NAME]` the upstream is; `None`: the local source itself.
+    pub upstream: Option<String>,
+}
+
+/// What `--repo` names.
+pub enum RepoArg {
+    /// A path on brig's host (a git repository, or a directory to copy).
+    Path(PathBuf),
+    /// A `[repos.NAME]` of brig.toml, with its forge.
+    Named(String, std::sync::Arc<dyn brig_forge::Forge>),
 }
 
 /// `Some` when the request's `--repo` is a git source to check out; `None`
 /// when it is a plain directory (copied as before) or absent. Flags that
 /// only apply to git sources are refused for anything else.
-pub fn plan(
+pub async fn plan(
     cfg: &GitConfig,
     id: &SessionId,
     req: &CreateSession,
-    repo: Option<&Path>,
+    repo: Option<&RepoArg>,
 ) -> Result<Option<Plan>> {
     let git_flags = req.git_ref.is_some() || !req.sparse.is_empty() || req.depth.is_some();
-    let Some(path) = repo else {
-        if git_flags {
-            return Err(Error::invalid(
-                "--ref, --sparse and --depth need --repo naming a git repository",
-            ));
+    let (source, name, upstream) = match repo {
+        None => {
+            if git_flags {
+                return Err(Error::invalid(
+                    "--ref, --sparse and --depth need --repo naming a git repository",
+                ));
+            }
+            return Ok(None);
         }
-        return Ok(None);
+        Some(RepoArg::Path(path)) if !checkout::is_repository(path) => {
+            if git_flags {
+                return Err(Error::invalid(format!(
+                    "--repo {} is not a git repository, so --ref, --sparse and --depth do not apply",
+                    path.display()
+                ))
+                .hint("pass a git working tree or bare repository, or drop those flags to copy the directory as it is"));
+            }
+            return Ok(None);
+        }
+        Some(RepoArg::Path(path)) => (Source::local(path), repo_name(path), None),
+        Some(RepoArg::Named(name, forge)) => {
+            // Read credentials stay on brig's side: in git's environment here,
+            // never in a URL, an argument or the sandbox.
+            let remote = forge.fetch_source().await.map_err(|e| {
+                let e: Error = e.into();
+                e.context(format!("--repo {name}"))
+            })?;
+            let mut cmd = std::process::Command::new("git");
+            remote.configure(&mut cmd);
+            let env = cmd
+                .get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_os_string(), v.to_os_string())))
+                .collect();
+            let source = Source {
+                url: remote.url().to_string(),
+                env,
+                display: format!("{name} ({})", forge.describe()),
+            };
+            (source, name.clone(), Some(name.clone()))
+        }
     };
-    if !checkout::is_repository(path) {
-        if git_flags {
-            return Err(Error::invalid(format!(
-                "--repo {} is not a git repository, so --ref, --sparse and --depth do not apply",
-                path.display()
-            ))
-            .hint("pass a git working tree or bare repository, or drop those flags to copy the directory as it is"));
-        }
-        return Ok(None);
-    }
-    let name = repo_name(path);
     let (author_name, author_email) = cfg.author_for(id.as_str());
+    let display = source.display.clone();
     let r = CheckoutRequest {
-        source: Source::local(path),
+        source,
         reference: req.git_ref.clone(),
         depth: req.depth.unwrap_or(cfg.depth),
         sparse: req
@@ -95,8 +129,8 @@ pub fn plan(
     checkout::validate(&r)?;
     Ok(Some(Plan {
         req: r,
-        source_display: path.display().to_string(),
-        local_upstream: path.to_path_buf(),
+        source_display: display,
+        upstream,
     }))
 }
 
@@ -152,6 +186,7 @@ pub async fn run_checkout(
     let work = dir.join("work");
     let req = plan.req.clone();
     let source = plan.source_display.clone();
+    let upstream = plan.upstream.clone();
     let sid = id.to_string();
     let made = tokio::task::spawn_blocking(move || -> Result<SessionGit> {
         use std::os::unix::fs::DirBuilderExt;
@@ -170,6 +205,7 @@ pub async fn run_checkout(
                 bot_prefix,
                 author_name: req.author_name.clone(),
                 author_email: req.author_email.clone(),
+                upstream,
             }),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -182,10 +218,10 @@ pub async fn run_checkout(
     Ok((made, session_dir(data_dir, id).join("work")))
 }
 
-/// The upstream a session's accepted pushes go to: for a local source,
-/// the repository itself (the embedded forge: its git directory, PR
-/// records beside it).
-pub fn upstream_forge(g: &SessionGit) -> Result<std::sync::Arc<dyn brig_forge::Forge>> {
+/// The upstream of a session checked out from a local source: the
+/// repository itself (the embedded forge: its git directory, PR records
+/// beside it).
+pub fn local_forge(g: &SessionGit) -> Result<std::sync::Arc<dyn brig_forge::Forge>> {
     let dir = checkout::git_dir(Path::new(&g.source));
     let f = brig_forge::LocalForge::open(&dir).map_err(|e| {
         Error::new(

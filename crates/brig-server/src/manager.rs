@@ -166,8 +166,11 @@ pub struct Manager {
     /// The artifact service (made on first use: the key is loaded or
     /// created then; `brig serve` makes it at start).
     artifacts: std::sync::OnceLock<Arc<crate::artifacts::Artifacts>>,
-    /// The pre-push scanner every session's git gateway uses.
-    scanner: Arc<brig_scan::Scanner>,
+    /// The pre-push scanner every session's git gateway uses, or why its
+    /// rules do not compile.
+    scanner: std::result::Result<Arc<brig_scan::Scanner>, String>,
+    /// The forge of each `[repos.NAME]`, or why it cannot be built.
+    forges: HashMap<String, std::result::Result<Arc<dyn brig_forge::Forge>, String>>,
     /// brig's deployment key (made on first use).
     git_signer: std::sync::OnceLock<Arc<brig_git::SshSigner>>,
 }
@@ -274,6 +277,23 @@ impl Manager {
                 (name.clone(), pol)
             })
             .collect();
+        let scanner = brig_scan::Scanner::new(&cfg.scan)
+            .map(Arc::new)
+            .map_err(|e| {
+                tracing::error!(error = %e, "the pre-push scanner's rules do not compile");
+                e.to_string()
+            });
+        let forges: HashMap<_, _> = cfg
+            .repos
+            .iter()
+            .map(|(name, f)| {
+                let built = f.build().map_err(|e| {
+                    tracing::error!(repo = %name, error = %e, "forge cannot be built");
+                    e.to_string()
+                });
+                (name.clone(), built)
+            })
+            .collect();
         Manager {
             policies,
             paths: cfg.sandbox_paths(),
@@ -284,7 +304,8 @@ impl Manager {
             closing: AtomicBool::new(false),
             sinks: Mutex::new(None),
             artifacts: std::sync::OnceLock::new(),
-            scanner: Arc::new(brig_scan::Scanner::builtin()),
+            scanner,
+            forges,
             git_signer: std::sync::OnceLock::new(),
         }
     }
@@ -460,11 +481,25 @@ impl Manager {
         };
         let limits = request_limits(&profile.limits, &req)?;
         limits.validate()?;
-        let repo = req
-            .repo
-            .as_deref()
-            .map(|p| check_dir(p, "--repo"))
-            .transpose()?;
+        let repo = match req.repo.as_deref() {
+            None => None,
+            Some(name) if self.cfg.repos.contains_key(name) => Some(crate::git::RepoArg::Named(
+                name.to_string(),
+                self.forge(name)?,
+            )),
+            Some(p) if !p.starts_with('/') && !p.contains('/') => {
+                let known: Vec<&str> = self.cfg.repos.keys().map(String::as_str).collect();
+                return Err(Error::not_found(format!(
+                    "--repo {p:?} is neither an absolute path nor a [repos] entry of brig.toml"
+                ))
+                .hint(if known.is_empty() {
+                    "pass an absolute path, or define [repos.NAME] in brig.toml".to_string()
+                } else {
+                    format!("repos in brig.toml: {}", known.join(", "))
+                }));
+            }
+            Some(p) => Some(crate::git::RepoArg::Path(check_dir(p, "--repo")?)),
+        };
         let upload = req
             .upload
             .as_deref()
@@ -473,7 +508,7 @@ impl Manager {
         let id = SessionId::generate();
         // A git source is checked out at a pinned commit (issue 5); a plain
         // directory is copied as it is.
-        let git_plan = crate::git::plan(&self.cfg.git, &id, &req, repo.as_deref())?;
+        let git_plan = crate::git::plan(&self.cfg.git, &id, &req, repo.as_ref()).await?;
         let human = match req.human.as_deref() {
             None | Some("") => "local".to_string(),
             Some(h) if h.len() <= 128 && !h.chars().any(char::is_control) => h.to_string(),
@@ -505,7 +540,10 @@ impl Manager {
             image_digest: resolved.image.digest.clone(),
             state: SessionState::Created,
             limits: limits.clone(),
-            repo: repo.as_ref().map(|p| p.display().to_string()),
+            repo: repo.as_ref().map(|r| match r {
+                crate::git::RepoArg::Path(p) => p.display().to_string(),
+                crate::git::RepoArg::Named(n, _) => n.clone(),
+            }),
             created_at: now_rfc3339(),
             started_at: None,
             ended_at: None,
@@ -552,9 +590,9 @@ impl Manager {
                 }
             }
         };
-        let copied = match &checkout {
-            Some(_) => None,
-            None => repo,
+        let copied = match (&checkout, repo) {
+            (None, Some(crate::git::RepoArg::Path(p))) => Some(p),
+            _ => None,
         };
 
         let sreq = SandboxRequest {
@@ -719,11 +757,11 @@ impl Manager {
         g: &crate::git::SessionGit,
     ) -> Result<Arc<dyn brig_proxy::local::LocalService>> {
         let signer = self.git_signer()?;
-        let forge = crate::git::upstream_forge(g)?;
+        let forge = self.session_forge(g)?;
         let services = crate::git_gateway::Services::new(
             self.db.clone(),
             info,
-            self.scanner.clone(),
+            self.scanner()?,
             forge,
             signer,
         );
@@ -750,6 +788,38 @@ impl Manager {
                 services: Arc::new(services),
             },
         }))
+    }
+
+    /// The forge of `[repos.NAME]` (built at start; fails closed with why).
+    pub fn forge(&self, name: &str) -> Result<Arc<dyn brig_forge::Forge>> {
+        match self.forges.get(name) {
+            Some(Ok(f)) => Ok(f.clone()),
+            Some(Err(e)) => Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("[repos.{name}] is not usable: {e}"),
+            )
+            .hint("fix it in brig.toml (docs/FORGES.md) and restart brig serve")),
+            None => Err(Error::not_found(format!("no [repos.{name}] in brig.toml"))),
+        }
+    }
+
+    /// Where a session's accepted pushes and pull requests go.
+    pub fn session_forge(&self, g: &crate::git::SessionGit) -> Result<Arc<dyn brig_forge::Forge>> {
+        match &g.upstream {
+            Some(name) => self.forge(name),
+            None => crate::git::local_forge(g),
+        }
+    }
+
+    /// The pre-push scanner (its rules compiled at start; fails closed).
+    fn scanner(&self) -> Result<Arc<brig_scan::Scanner>> {
+        self.scanner.clone().map_err(|e| {
+            Error::new(
+                ErrorKind::GuardUnavailable,
+                format!("the pre-push scanner is not usable: {e}"),
+            )
+            .hint("fix [scan] in brig.toml (docs/SCANNER.md) and restart brig serve")
+        })
     }
 
     /// brig's deployment key (made on first use, 0600 under the data dir).
