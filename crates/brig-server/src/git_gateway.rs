@@ -44,9 +44,14 @@ impl PushScanner for Scan {
         env: &[(OsString, OsString)],
         revs: &[String],
     ) -> Result<Vec<Violation>, String> {
+        // Exactly the push's new commits: without --no-walk rev-list would
+        // walk down to the pinned commit and scan its whole tree as added.
+        let mut walk = Vec::with_capacity(revs.len() + 1);
+        walk.push("--no-walk".to_string());
+        walk.extend(revs.iter().cloned());
         let report = self
             .0
-            .scan_git(repo, env, revs)
+            .scan_git(repo, env, &walk)
             .map_err(|e| e.to_string())?;
         Ok(report
             .findings
