@@ -1,21 +1,181 @@
 //! `brig scan PATH|--git-range A..B`: the pre-push scanner as a command
-//! (issue 5). The scanning itself is brig-scan's.
+//! (issue 5). The scanning itself is brig-scan's; this file turns arguments
+//! into a `Scanner`, a report into text, JSON or SARIF, and findings into
+//! exit code 1.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use brig_core::{Error, Result};
+use brig_scan::{Report, ScanConfig, Scanner};
+use clap::Parser;
 
 use crate::output::Out;
 
-#[derive(clap::Args, Debug)]
-pub struct ScanArgs {
-    /// A directory (or file) to scan.
-    pub path: Option<PathBuf>,
-    /// Scan the commits of a git range (A..B) in the current repository instead.
-    #[arg(long, value_name = "A..B")]
-    pub git_range: Option<String>,
+/// Exit code when the scan found something.
+const EXIT_FINDINGS: i32 = 1;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanFormat {
+    Text,
+    Json,
+    Sarif,
 }
 
-pub fn run(_a: &ScanArgs, _out: Out) -> Result<i32> {
-    Err(Error::internal("brig scan is being built (issue 5)"))
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "The scan settings come from the `[scan]` table of brig.toml \
+    (the global --config / BRIG_CONFIG, else /etc/brig/brig.toml if present; a file that \
+    is only a [scan] table works too). Exit codes: 0 clean, 1 findings, 2 bad input."
+)]
+pub struct ScanArgs {
+    /// A directory (or file) to scan: .gitignore honoured, .git skipped.
+    #[arg(required_unless_present = "git_range", conflicts_with = "git_range")]
+    pub path: Option<PathBuf>,
+    /// Scan every commit of a git range (A..B) instead: the lines each commit adds.
+    #[arg(long, value_name = "A..B")]
+    pub git_range: Option<String>,
+    /// The repository for --git-range (default: the current directory).
+    #[arg(long, value_name = "DIR", requires = "git_range")]
+    pub repo: Option<PathBuf>,
+    /// A rules file in gitleaks' TOML format (overrides [scan] rules_file).
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+    /// With --rules: use only that file's rules, not brig's built-in ones.
+    #[arg(long, requires = "rules")]
+    pub no_builtin: bool,
+    /// Output format (--json is the same as --format json).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ScanFormat,
+}
+
+/// The global `--config` / BRIG_CONFIG, which the dispatcher does not hand
+/// over: parse the (already validated) command line again.
+fn global_config() -> Option<PathBuf> {
+    crate::cli::Cli::try_parse().ok().and_then(|c| c.config)
+}
+
+/// `[scan]` of a brig.toml (a missing table means defaults; other tables are
+/// someone else's and ignored here). A relative rules_file is taken from the
+/// file's directory.
+fn load_config(path: &Path) -> Result<ScanConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::invalid(format!("cannot read config file {}: {e}", path.display())))?;
+    let mut cfg = ScanConfig::from_brig_toml(&text, &path.display().to_string()).map_err(|e| {
+        Error::invalid(e.to_string()).hint("see docs/SCANNER.md for the [scan] settings")
+    })?;
+    if let (Some(rf), Some(dir)) = (&cfg.rules_file, path.parent()) {
+        if rf.is_relative() {
+            cfg.rules_file = Some(dir.join(rf));
+        }
+    }
+    Ok(cfg)
+}
+
+fn scanner(a: &ScanArgs) -> Result<Scanner> {
+    let mut cfg = match global_config() {
+        Some(p) if !p.exists() => {
+            return Err(
+                Error::invalid(format!("config file {} does not exist", p.display())).hint(
+                    "pass an existing brig.toml with --config or BRIG_CONFIG, or leave it out",
+                ),
+            )
+        }
+        Some(p) => load_config(&p)?,
+        None => {
+            let p = Path::new(crate::cli::DEFAULT_CONFIG);
+            if p.exists() {
+                load_config(p)?
+            } else {
+                ScanConfig::default()
+            }
+        }
+    };
+    if let Some(r) = &a.rules {
+        cfg.rules_file = Some(r.clone());
+        cfg.extend_builtin = !a.no_builtin;
+    }
+    Scanner::new(&cfg).map_err(|e| {
+        Error::invalid(e.to_string()).hint("fix the rules or [scan] settings named above")
+    })
+}
+
+/// A path or excerpt as safe terminal text.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
+fn print_text(r: &Report, out: Out) {
+    let mut s = String::new();
+    for f in &r.findings {
+        let mut loc = clean(&f.path);
+        if f.line > 0 {
+            loc.push_str(&format!(":{}:{}", f.line, f.column));
+        }
+        let commit = f
+            .commit
+            .as_deref()
+            .map(|c| format!(" (commit {})", &c[..c.len().min(12)]))
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "{loc}: {} [{}]{commit}: {}\n",
+            f.rule,
+            f.kind.as_str(),
+            f.description
+        ));
+        if !f.excerpt.is_empty() {
+            s.push_str(&format!("    {}\n", clean(&f.excerpt)));
+        }
+    }
+    if !s.is_empty() {
+        out.text(&s);
+    }
+}
+
+pub fn run(a: &ScanArgs, out: Out) -> Result<i32> {
+    let sc = scanner(a)?;
+    let report = match (&a.git_range, &a.path) {
+        (Some(range), _) => {
+            let repo = a.repo.clone().unwrap_or_else(|| PathBuf::from("."));
+            sc.scan_git_range(&repo, range).map_err(|e| {
+                Error::invalid(e.to_string()).hint(
+                    "give a range of existing commits (A..B) in a git repository (--repo DIR)",
+                )
+            })?
+        }
+        (None, Some(path)) => sc
+            .scan_dir(path)
+            .map_err(|e| Error::invalid(e.to_string()))?,
+        (None, None) => {
+            return Err(Error::invalid("nothing to scan").hint("give a PATH or --git-range A..B"))
+        }
+    };
+    let format = if out.json { ScanFormat::Json } else { a.format };
+    match format {
+        ScanFormat::Json => out.json_value(
+            &serde_json::to_value(&report).map_err(|e| Error::internal(e.to_string()))?,
+        ),
+        ScanFormat::Sarif => out.json_value(&brig_scan::to_sarif(&report)),
+        ScanFormat::Text => print_text(&report, out),
+    }
+    for u in &report.unreadable {
+        eprintln!("brig: warning: not scanned: {}", clean(u));
+    }
+    if format == ScanFormat::Text {
+        let what = if a.git_range.is_some() {
+            format!(
+                "{} commits, {} files",
+                report.commits_scanned, report.files_scanned
+            )
+        } else {
+            format!("{} files", report.files_scanned)
+        };
+        out.note(&format!(
+            "{} finding(s) in {what}, {:.1} MB scanned",
+            report.findings.len(),
+            report.bytes_scanned as f64 / 1e6
+        ));
+    }
+    Ok(if report.is_clean() { 0 } else { EXIT_FINDINGS })
 }

@@ -68,3 +68,22 @@ impl Default for ScanConfig {
         }
     }
 }
+
+impl ScanConfig {
+    /// The `[scan]` table of a brig.toml text (absent: defaults). Other
+    /// tables belong to other parts of brig and are not looked at.
+    pub fn from_brig_toml(text: &str, origin: &str) -> Result<ScanConfig, crate::ScanError> {
+        let doc: toml::Table = toml::from_str(text).map_err(|e| {
+            crate::ScanError::config(
+                origin,
+                format!("not valid TOML: {}", e.to_string().trim_end()),
+            )
+        })?;
+        match doc.get("scan") {
+            None => Ok(ScanConfig::default()),
+            Some(scan) => scan.clone().try_into().map_err(|e: toml::de::Error| {
+                crate::ScanError::config(&format!("{origin}: [scan]"), e.to_string().trim_end())
+            }),
+        }
+    }
+}

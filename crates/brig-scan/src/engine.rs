@@ -429,7 +429,7 @@ fn excerpt(data: &[u8], ls: usize, le: usize, at: usize, spans: &[(usize, usize)
     if we < le {
         out.push('…');
     }
-    out.trim_end().to_string()
+    out.trim().to_string()
 }
 
 fn push_clean(out: &mut String, bytes: &[u8]) {

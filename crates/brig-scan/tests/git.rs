@@ -97,7 +97,9 @@ fn only_added_lines_count_and_the_root_commit_is_scanned_whole() {
     );
     let sc = Scanner::builtin();
     // The whole history: the root commit adds it; the second does not re-add it.
-    let r = sc.scan_git(d.path(), &[], std::slice::from_ref(&second)).unwrap();
+    let r = sc
+        .scan_git(d.path(), &[], std::slice::from_ref(&second))
+        .unwrap();
     assert_eq!(r.commits_scanned, 2);
     assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
     assert_eq!(r.findings[0].commit.as_deref(), Some(root.as_str()));
