@@ -1,8 +1,10 @@
 //! `brig demo`: the main job end to end on embedded defaults. An in-process
 //! control plane on a private socket, a session on the bundled example
-//! project, a scripted agent that runs the tests, fixes the bug and reruns
-//! them, a battery of escape attempts that must all be blocked, then destroy
-//! and the session summary. Everything goes through the real API with the
+//! project (a git repository, checked out at a pinned commit), a scripted
+//! agent that runs the tests, fixes the bug, reruns them, commits and pushes
+//! through brig's git gateway (a leaked secret is refused, the fix lands
+//! signed), a pull request opened after the test gate, a battery of escape
+//! attempts that must all be blocked, then destroy and the session summary. Everything goes through the real API with the
 //! same client the CLI uses.
 
 use std::path::{Path, PathBuf};
@@ -219,7 +221,19 @@ pub async fn run(a: &DemoArgs, out: Out) -> Result<i32> {
     };
 
     rep.heading("Start an embedded control plane (SQLite, native runtime, host image)");
-    let server = Embedded::start(&data_dir).await.map_err(|e| {
+    // The example's tests are the profile's gate before a pull request.
+    let server = Embedded::start_with(&data_dir, |cfg| {
+        if let Some(p) = cfg.profiles.get_mut(brig_server::config::DEFAULT_PROFILE) {
+            p.gate = Some(brig_server::git_config::Gate {
+                test: format!("{PYTHON} -m unittest"),
+                coverage: None,
+                max_coverage_drop: 0.0,
+                timeout: std::time::Duration::from_secs(120),
+            });
+        }
+    })
+    .await
+    .map_err(|e| {
         if nix::unistd::geteuid().is_root() {
             e.context("starting the embedded control plane")
         } else {
@@ -280,7 +294,7 @@ pub async fn run(a: &DemoArgs, out: Out) -> Result<i32> {
         }
         if rep.ok {
             println!(
-                "{} in {}: the agent fixed the bug inside the sandbox, and every escape was blocked.",
+                "{} in {}: the agent fixed the bug inside the sandbox, its secret was refused, its fix landed signed with a pull request, and every escape was blocked.",
                 style("1;32", "✓ demo passed"),
                 format_duration(duration)
             );
@@ -294,11 +308,48 @@ pub async fn run(a: &DemoArgs, out: Out) -> Result<i32> {
     Ok(if rep.ok { 0 } else { 1 })
 }
 
+/// The example project as a git repository with one commit on `main`: the
+/// session's upstream (the embedded forge).
 fn write_example(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     for (name, text) in EXAMPLE {
         std::fs::write(dir.join(name), text)
             .map_err(|e| Error::internal(format!("cannot write the example project: {e}")))?;
+    }
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "."],
+        &[
+            "-c",
+            "user.name=Demo Human",
+            "-c",
+            "user.email=human@example.com",
+            "commit",
+            "-qm",
+            "example project",
+        ],
+    ] {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .output()
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::GuardUnavailable,
+                    format!("brig demo needs git on the host: {e}"),
+                )
+                .hint("install it, e.g. `apt-get install -y git`")
+            })?;
+        if !out.status.success() {
+            return Err(Error::internal(format!(
+                "git {} in the example project: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
     }
     Ok(())
 }
@@ -356,10 +407,23 @@ async fn drive(
         short_digest(&info.image_digest)
     ));
     rep.line(&format!("layers: {}", info.layers.join(", ")));
-    rep.step(json!({"step": "create", "ok": true, "session": id}), true);
+    let (_, detail) = c.get::<Value>(&format!("/v1/sessions/{id}")).await?;
+    let g = &detail["git"];
+    rep.line(&format!(
+        "checkout: {} at {} (depth {}), origin {} → pushes only to {}…",
+        g["base_branch"].as_str().unwrap_or("?"),
+        short_digest(g["commit"].as_str().unwrap_or("")),
+        g["depth"],
+        g["origin"].as_str().unwrap_or("?"),
+        g["bot_prefix"].as_str().unwrap_or("?"),
+    ));
+    rep.step(
+        json!({"step": "create", "ok": true, "session": id, "git": g}),
+        true,
+    );
 
     // From here on, the session is destroyed whatever happens.
-    let agent = agent(rep, c, &id, socket).await;
+    let agent = agent(rep, c, &id, socket, project).await;
     rep.heading("Destroy the session");
     let destroyed = c
         .call::<SessionSummary, ()>(Method::DELETE, &format!("/v1/sessions/{id}"), None)
@@ -420,7 +484,13 @@ async fn run_tests(
     Ok(())
 }
 
-async fn agent(rep: &mut Report, c: &Client, id: &str, socket: &Path) -> Result<()> {
+async fn agent(
+    rep: &mut Report,
+    c: &Client,
+    id: &str,
+    socket: &Path,
+    project: &Path,
+) -> Result<()> {
     run_tests(rep, c, id, false, 8).await?;
 
     rep.heading("Agent edits the code: mean() divides by len + 1");
@@ -435,6 +505,7 @@ async fn agent(rep: &mut Report, c: &Client, id: &str, socket: &Path) -> Result<
     );
 
     run_tests(rep, c, id, true, 3).await?;
+    git_path(rep, c, id, project).await?;
 
     rep.heading("What the sandbox blocks: escape attempts from inside");
     // A real service on the host's loopback, to prove the sandbox cannot
@@ -480,4 +551,143 @@ async fn agent(rep: &mut Report, c: &Client, id: &str, socket: &Path) -> Result<
         all,
     );
     Ok(())
+}
+
+/// Run a shell script in the session and show its last lines.
+async fn shown(
+    rep: &mut Report,
+    c: &Client,
+    id: &str,
+    script: &str,
+    lines: usize,
+) -> Result<ExecResult> {
+    rep.line(&format!("$ {script}"));
+    let r = exec(c, id, sh(script)).await?;
+    rep.output(&r, lines);
+    Ok(r)
+}
+
+/// Commit and push through brig's git gateway: a leaked secret is refused
+/// in git's own output, the fix lands upstream signed by brig, and the pull
+/// request opens after the test gate.
+async fn git_path(rep: &mut Report, c: &Client, id: &str, project: &Path) -> Result<()> {
+    let branch = format!("brig/{id}/fix-mean");
+    rep.heading("Agent commits the fix and pushes its bot branch through brig's git gateway");
+    let r = shown(
+        rep,
+        c,
+        id,
+        &format!("git commit -qam 'Fix mean(): divide by len' && git push -q origin HEAD:{branch} 2>&1 && echo pushed"),
+        4,
+    )
+    .await?;
+    let pushed = r.status.success();
+    rep.step(
+        json!({"step": "push", "ok": pushed, "branch": branch}),
+        pushed,
+    );
+
+    rep.heading("Agent tries to push a credential: refused before anything reaches the upstream");
+    // The key is assembled by the shell so this file holds no key-shaped text.
+    let r = shown(
+        rep,
+        c,
+        id,
+        &format!(
+            "printf 'AWS_ACCESS_KEY_ID = \"AKIA%s\"\\n' Q7WERTYUIOPASDFG > settings.py && git add settings.py && \
+             git commit -qm 'Add settings' && git push origin HEAD:brig/{id}/settings 2>&1; s=$?; \
+             git reset -q --hard HEAD~1; exit $s"
+        ),
+        6,
+    )
+    .await?;
+    let text = format!("{}{}", r.stdout, r.stderr);
+    let refused =
+        !r.status.success() && text.contains("settings.py") && !text.contains("Q7WERTYUIOPASDFG");
+    rep.line(&format!(
+        "{} git push failed with the file, line and rule, never the secret",
+        if refused { "✓" } else { "✗" }
+    ));
+    rep.step(
+        json!({"step": "push_secret_refused", "ok": refused}),
+        refused,
+    );
+
+    rep.heading("Preview, test gate in the sandbox, pull request on the embedded forge");
+    let (p, _) = c
+        .get::<Value>(&format!(
+            "/v1/sessions/{id}/pr/preview?branch={}",
+            crate::app::path_segment(&branch)
+        ))
+        .await?;
+    for l in p["diffstat"].as_str().unwrap_or("").lines() {
+        rep.line(&format!("│ {l}"));
+    }
+    let req =
+        json!({"title": "Fix mean()", "body": "mean() divided by len + 1.", "branch": branch});
+    let created = c
+        .call_value(
+            Method::POST,
+            &format!("/v1/sessions/{id}/pulls"),
+            Some(&req),
+        )
+        .await;
+    let ok = match &created {
+        Ok(v) => {
+            rep.line(&format!(
+                "✓ test gate {} · pull request #{} {} → {}",
+                if v["gate"]["passed"].as_bool() == Some(true) {
+                    "passed"
+                } else {
+                    "FAILED"
+                },
+                v["pull_request"]["number"],
+                v["pull_request"]["head"].as_str().unwrap_or(""),
+                v["pull_request"]["base"].as_str().unwrap_or("")
+            ));
+            rep.line(v["pull_request"]["url"].as_str().unwrap_or(""));
+            true
+        }
+        Err(e) => {
+            rep.line(&format!("✗ {e}"));
+            false
+        }
+    };
+    // The upstream has the branch, signed by brig's deployment key.
+    let signed = verify_upstream(c, project, &branch)
+        .await
+        .unwrap_or_else(|e| {
+            rep.line(&format!("✗ {e}"));
+            false
+        });
+    if signed {
+        rep.line(&format!(
+            "✓ upstream {branch} is signed by brig (git verify-commit)"
+        ));
+    }
+    rep.step(
+        json!({"step": "pull_request", "ok": ok && signed, "result": created.ok()}),
+        ok && signed,
+    );
+    Ok(())
+}
+
+/// `git verify-commit` of the branch's tip in the upstream, with brig's key
+/// as the allowed signer.
+async fn verify_upstream(c: &Client, project: &Path, branch: &str) -> Result<bool> {
+    let (key, _) = c.get::<Value>("/v1/git/signing-key").await?;
+    let signers = project.with_file_name("allowed_signers");
+    std::fs::write(
+        &signers,
+        format!("{}\n", key["allowed_signers"].as_str().unwrap_or("")),
+    )?;
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(project)
+        .args(["-c", "gpg.format=ssh", "-c"])
+        .arg(format!("gpg.ssh.allowedSignersFile={}", signers.display()))
+        .args(["verify-commit", branch])
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()?;
+    Ok(out.status.success())
 }

@@ -46,8 +46,13 @@ pub struct Embedded {
 }
 
 impl Embedded {
-    pub async fn start(data_dir: &Path) -> Result<Embedded> {
-        let cfg = ServerConfig::embedded(data_dir);
+    /// With the embedded defaults changed by `tweak` (the demo's test gate).
+    pub async fn start_with(
+        data_dir: &Path,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> Result<Embedded> {
+        let mut cfg = ServerConfig::embedded(data_dir);
+        tweak(&mut cfg);
         Ok(Embedded {
             inner: brig_server::start(cfg).await?,
         })

@@ -288,6 +288,16 @@ fn demo_exits_0() {
         paste["error"].as_str().unwrap().contains("exfil/pastebins"),
         "{paste}"
     );
+    // The git path: pushed, the secret refused, the PR opened, signed upstream.
+    for step in ["push", "push_secret_refused", "pull_request"] {
+        let st = steps
+            .iter()
+            .find(|s| s["step"] == step)
+            .unwrap_or_else(|| panic!("{step}"));
+        assert_eq!(st["ok"], true, "{st}");
+    }
+    let pr = steps.iter().find(|s| s["step"] == "pull_request").unwrap();
+    assert_eq!(pr["result"]["gate"]["passed"], true, "{pr}");
     assert_eq!(report["summary"]["workspace_shredded"], true);
 }
 
