@@ -347,12 +347,35 @@ pub async fn create(
     body: &CreateSession,
     out: Out,
 ) -> Result<(SessionInfo, serde_json::Value)> {
-    let spin = Spinner::start("starting sandbox", !out.json && !out.quiet);
+    let shown = !out.json && !out.quiet && std::io::stderr().is_terminal();
+    if !shown {
+        return c
+            .call::<SessionInfo, _>(Method::POST, "/v1/sessions", Some(body))
+            .await;
+    }
+    // On a terminal: what it is doing (a checkout's git progress among it).
+    let message = std::sync::Arc::new(std::sync::Mutex::new("starting sandbox".to_string()));
+    let spin = Spinner::start_shared(message.clone(), true);
     let r = c
-        .call::<SessionInfo, _>(Method::POST, "/v1/sessions", Some(body))
+        .call_lines(
+            Method::POST,
+            "/v1/sessions?progress=true",
+            Some(body),
+            |v| {
+                if let (Some(p), Ok(mut m)) = (v["progress"].as_str(), message.lock()) {
+                    *m = p.chars().take(100).collect();
+                }
+            },
+        )
         .await;
     spin.stop().await;
-    r
+    let last = r?;
+    if last["status"].as_u64() == Some(201) {
+        let raw = last["session"].clone();
+        return Ok((crate::client::decode("/v1/sessions", &raw)?, raw));
+    }
+    Err(serde_json::from_value::<Error>(last["error"].clone())
+        .unwrap_or_else(|_| Error::internal(format!("unexpected answer from brig: {last}"))))
 }
 
 fn exec_request(o: &ExecOpts, argv: Vec<String>) -> Result<ExecRequest> {

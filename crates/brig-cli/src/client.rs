@@ -214,6 +214,54 @@ impl Client {
         self.call::<T, ()>(Method::GET, path, None).await
     }
 
+    /// Call an endpoint that answers NDJSON: `each` gets every line but
+    /// the last as JSON; the last is returned.
+    pub async fn call_lines<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        mut each: impl FnMut(&serde_json::Value),
+    ) -> Result<serde_json::Value> {
+        let body = body
+            .map(|b| serde_json::to_vec(b).map_err(|e| Error::internal(e.to_string())))
+            .transpose()?;
+        let resp = self.send(self.request(method, path, body), false).await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await.map_err(|e| self.broken(e))?.to_bytes();
+            return Err(api_error(status, &bytes));
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        let mut last = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.broken(e))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                let v: serde_json::Value = serde_json::from_slice(&line).map_err(|e| {
+                    Error::internal(format!("brig answered {path} with an invalid line: {e}"))
+                })?;
+                if let Some(prev) = last.replace(v) {
+                    each(&prev);
+                }
+            }
+        }
+        last.ok_or_else(|| self.broken_stream(path))
+    }
+
+    fn broken_stream(&self, path: &str) -> Error {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("brig at {} ended {path} without an answer", self.endpoint),
+        )
+        .hint("the server may have stopped or restarted; check its logs and `brig session list`")
+    }
+
     /// GET raw bytes, streamed to `w`; returns the response's headers and
     /// the byte count. An API error is mapped back to an [`Error`].
     pub async fn download<W: tokio::io::AsyncWrite + Unpin>(

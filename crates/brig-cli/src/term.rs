@@ -3,6 +3,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::termios::{self, SetArg, Termios};
@@ -59,13 +60,17 @@ pub struct Spinner {
 
 impl Spinner {
     pub fn start(message: impl Into<String>, enabled: bool) -> Spinner {
+        Self::start_shared(Arc::new(Mutex::new(message.into())), enabled)
+    }
+
+    /// A spinner whose message the caller may change while it spins.
+    pub fn start_shared(message: Arc<Mutex<String>>, enabled: bool) -> Spinner {
         if !enabled || !std::io::stderr().is_terminal() {
             return Spinner {
                 stop: None,
                 task: None,
             };
         }
-        let message = message.into();
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             const FRAMES: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
@@ -73,6 +78,7 @@ impl Spinner {
             let mut i = 0;
             loop {
                 let secs = start.elapsed().as_secs_f64();
+                let message = message.lock().map(|m| m.clone()).unwrap_or_default();
                 {
                     let mut err = std::io::stderr().lock();
                     let _ = write!(

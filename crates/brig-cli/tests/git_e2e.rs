@@ -507,3 +507,64 @@ async fn a_named_forge_repo_and_a_coverage_gate() {
     );
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_with_progress_streams_the_checkout_then_the_answer() {
+    require_root!();
+    let (up_dir, _, second) = upstream();
+    let up = up_dir.path().join("app");
+    let srv = Srv::start().await;
+    let lines = |bytes: Vec<u8>| -> Vec<Value> {
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let body = json!({"task": "GIT-4", "repo": up.display().to_string()});
+    let (st, raw) = brig_server::client::request_raw(
+        &srv.sock,
+        "POST",
+        "/v1/sessions?progress=true",
+        Some(&body),
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, 200);
+    let l = lines(raw);
+    let (last, steps) = l.split_last().unwrap();
+    assert!(
+        steps
+            .iter()
+            .any(|v| v["progress"].as_str().unwrap().starts_with("checking out")),
+        "{l:?}"
+    );
+    assert!(
+        steps
+            .iter()
+            .any(|v| v["progress"] == "starting the sandbox"),
+        "{l:?}"
+    );
+    assert_eq!(last["status"], 201, "{last}");
+    let id = last["session"]["id"].as_str().unwrap().to_string();
+    assert_eq!(srv.state(&id).await["git"]["commit"], second.as_str());
+
+    let bad = json!({"task": "GIT-4", "repo": up.display().to_string(), "ref": "nope"});
+    let (st, raw) = brig_server::client::request_raw(
+        &srv.sock,
+        "POST",
+        "/v1/sessions?progress=true",
+        Some(&bad),
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, 200);
+    let l = lines(raw);
+    let last = l.last().unwrap();
+    assert_eq!(last["status"], 404, "{last}");
+    assert!(
+        last["error"]["message"].as_str().unwrap().contains("nope"),
+        "{last}"
+    );
+    srv.stop().await;
+}

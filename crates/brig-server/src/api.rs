@@ -261,12 +261,54 @@ async fn doctor(
     ))
 }
 
+#[derive(Deserialize, Default)]
+struct CreateQuery {
+    #[serde(default)]
+    progress: bool,
+}
+
+/// `?progress=true`: a `200` NDJSON stream of `{"progress": "..."}` lines
+/// while the session starts (its checkout's git progress among them), then
+/// one `{"status": 201, "session": ...}` or `{"status": N, "error": ...}`.
 async fn create_session(
     State(st): State<AppState>,
+    q: Result<Query<CreateQuery>, QueryRejection>,
     ApiJson(req): ApiJson<CreateSession>,
 ) -> ApiResult<Response> {
-    let info = st.mgr.create(req).await?;
-    Ok((StatusCode::CREATED, axum::Json(info)).into_response())
+    let Query(q) = q.map_err(|e| {
+        ApiError(Error::invalid(format!("bad query: {}", e.body_text())).hint("use ?progress=true"))
+    })?;
+    if !q.progress {
+        let info = st.mgr.create(req).await?;
+        return Ok((StatusCode::CREATED, axum::Json(info)).into_response());
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
+    let lines = tx.clone();
+    // Progress never blocks the create: a slow reader just misses lines.
+    let report: crate::git::Progress = Arc::new(move |m: &str| {
+        let _ = lines.try_send(serde_json::json!({ "progress": m }).to_string() + "\n");
+    });
+    let mgr = st.mgr.clone();
+    tokio::spawn(async move {
+        let last = match mgr.create_reporting(req, Some(report)).await {
+            Ok(info) => serde_json::json!({ "status": 201, "session": info }),
+            Err(e) => serde_json::json!({ "status": e.kind.http_status(), "error": e }),
+        };
+        let _ = tx.send(last.to_string() + "\n").await;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|l| {
+            (
+                Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(l)),
+                rx,
+            )
+        })
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]

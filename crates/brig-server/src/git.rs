@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::git_config::GitConfig;
 
+/// Where a long wait tells what it is doing (a line at a time).
+pub type Progress = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
 /// The git directory under the data dir.
 pub const DIR: &str = "git";
 
@@ -180,6 +183,7 @@ pub async fn run_checkout(
     id: &SessionId,
     plan: &Plan,
     bot_prefix: String,
+    report: Option<Progress>,
 ) -> Result<(SessionGit, PathBuf)> {
     let dir = session_dir(data_dir, id);
     let gateway = dir.join("gateway.git");
@@ -195,7 +199,12 @@ pub async fn run_checkout(
             .mode(0o700)
             .create(&dir)
             .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
-        let progress = |line: &str| tracing::debug!(session = %sid, "checkout: {line}");
+        let progress = |line: &str| {
+            tracing::debug!(session = %sid, "checkout: {line}");
+            if let Some(r) = &report {
+                r(line)
+            }
+        };
         match checkout::checkout(&req, &gateway, &work, &progress) {
             Ok(pinned) => Ok(SessionGit {
                 source,

@@ -444,13 +444,32 @@ impl Manager {
     /// Validate, record, start the sandbox. Runs to completion even if the
     /// caller goes away, so no half-made session is left behind.
     pub async fn create(self: &Arc<Self>, req: CreateSession) -> Result<SessionInfo> {
+        self.create_reporting(req, None).await
+    }
+
+    /// [`Manager::create`], telling `progress` what it is doing (the
+    /// checkout's git progress lines among it) on the way.
+    pub async fn create_reporting(
+        self: &Arc<Self>,
+        req: CreateSession,
+        progress: Option<crate::git::Progress>,
+    ) -> Result<SessionInfo> {
         let me = self.clone();
-        tokio::spawn(async move { me.create_inner(req).await })
+        tokio::spawn(async move { me.create_inner(req, progress).await })
             .await
             .map_err(|e| Error::internal(format!("session create task failed: {e}")))?
     }
 
-    async fn create_inner(self: Arc<Self>, req: CreateSession) -> Result<SessionInfo> {
+    async fn create_inner(
+        self: Arc<Self>,
+        req: CreateSession,
+        progress: Option<crate::git::Progress>,
+    ) -> Result<SessionInfo> {
+        let say = |m: &str| {
+            if let Some(p) = &progress {
+                p(m)
+            }
+        };
         let t0 = Instant::now();
         if self.closing.load(Ordering::SeqCst) {
             return Err(
@@ -574,7 +593,16 @@ impl Manager {
             None => None,
             Some(plan) => {
                 let prefix = self.cfg.git.bot_prefix_for(id.as_str());
-                match crate::git::run_checkout(&self.cfg.data_dir, &id, plan, prefix).await {
+                say(&format!("checking out {}", plan.source_display));
+                match crate::git::run_checkout(
+                    &self.cfg.data_dir,
+                    &id,
+                    plan,
+                    prefix,
+                    progress.clone(),
+                )
+                .await
+                {
                     Ok(c) => Some(c),
                     Err(e) => {
                         self.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
@@ -605,6 +633,7 @@ impl Manager {
             upload_cap_bytes: self.cfg.upload_cap_bytes,
             no_capture: false,
         };
+        say("starting the sandbox");
         let made = Sandbox::create_with_image(&self.paths, sreq, resolved).await;
         // The workspace tree is in /workspace now (or nothing is).
         if let Some((_, work)) = &checkout {
