@@ -41,6 +41,17 @@ const SCRUBBED_ENV: &[&str] = &[
     "GIT_TRACE_CURL",
     "GIT_TRACE_PACKET",
     "GIT_CURL_VERBOSE",
+    // These beat the command-scope config: GIT_SSL_NO_VERIFY in brig's
+    // environment would turn certificate checks off, GIT_SSL_CAINFO would
+    // hide the forge's ca_file.
+    "GIT_SSL_NO_VERIFY",
+    "GIT_SSL_CAINFO",
+    "GIT_SSL_CAPATH",
+    "GIT_SSL_CERT",
+    "GIT_SSL_KEY",
+    "GIT_SSL_CERT_PASSWORD_PROTECTED",
+    "GIT_SSL_VERSION",
+    "GIT_SSL_CIPHER_LIST",
 ];
 
 /// Default deadline of one git push or fetch against a forge.
