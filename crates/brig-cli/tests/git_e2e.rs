@@ -163,6 +163,9 @@ async fn push_scan_sign_gate_and_pull_request_through_the_gateway() {
     .await;
     assert_eq!(code, 0, "push: {err}");
     let branch = format!("{prefix}feature");
+    // The agent's own commit (upstream has its signed re-write).
+    let (_, mine, _) = sh(&srv, &id, "cd /workspace && git rev-parse HEAD").await;
+    let mine = mine.trim().to_string();
     let tip = git(&up, &["rev-parse", &branch]);
     assert_eq!(git(&up, &["rev-parse", &format!("{tip}^")]), second);
     assert_eq!(
@@ -218,6 +221,32 @@ async fn push_scan_sign_gate_and_pull_request_through_the_gateway() {
         &up,
         &["rev-parse", "--verify", "-q", &format!("{prefix}leak")]
     ));
+    // A large binary and a denied file name, each named in git's output.
+    for (what, script, shown) in [
+        (
+            "large binary",
+            "head -c 3000000 /dev/urandom > app/blob.bin && git add app/blob.bin && git commit -qm blob",
+            "app/blob.bin",
+        ),
+        (
+            "denied file",
+            "printf 'DB_URL=postgres://localhost/x\\n' > app/.env && git add -f app/.env && git commit -qm env",
+            "app/.env",
+        ),
+    ] {
+        let (code, out, _) = sh(
+            &srv,
+            &id,
+            &format!(
+                "cd /workspace && git reset -q --hard {mine}; \
+                 {script} && git push origin HEAD:{prefix}bad 2>&1"
+            ),
+        )
+        .await;
+        assert_ne!(code, 0, "{what}: {out}");
+        assert!(out.contains(shown), "{what}: {out}");
+        assert!(!git_ok(&up, &["rev-parse", "--verify", "-q", &format!("{prefix}bad")]), "{what}");
+    }
     let (code, _, _) = sh(
         &srv,
         &id,
@@ -270,7 +299,7 @@ async fn push_scan_sign_gate_and_pull_request_through_the_gateway() {
         &srv,
         &id,
         &format!(
-            "cd /workspace && git reset -q --hard {prefix}feature 2>/dev/null || git reset -q --hard HEAD~2; \
+            "cd /workspace && git reset -q --hard {mine}; \
              sed -i 's/+ \\$2/+ $2 + 1/' app/calc.sh && git commit -qam 'break add' && git push -q origin HEAD:{prefix}broken 2>&1"
         ),
     )
