@@ -3,6 +3,8 @@
 //!
 //! The first run warms the page cache and is not counted; the best of the
 //! remaining runs is reported (MB = 10^6 bytes of file content read).
+//! `scan_bench --json DIR` prints the report as JSON instead (bench/peers.sh
+//! scores the labelled set with it).
 
 use std::time::Instant;
 
@@ -12,6 +14,14 @@ fn main() {
         eprintln!("usage: scan_bench DIR [RUNS]");
         std::process::exit(2);
     };
+    if dir == "--json" {
+        let dir = args.next().expect("usage: scan_bench --json DIR");
+        let r = brig_scan::Scanner::builtin()
+            .scan_dir(dir.as_ref())
+            .expect("scan");
+        println!("{}", serde_json::to_string_pretty(&r).expect("json"));
+        return;
+    }
     let runs: usize = args.next().and_then(|r| r.parse().ok()).unwrap_or(3);
     let scanner = brig_scan::Scanner::builtin();
     let warm = scanner.scan_dir(dir.as_ref()).expect("scan");
@@ -40,6 +50,7 @@ fn main() {
         mb / best,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    println!("best_seconds={best:.4}");
     println!("findings: {} {:?}", warm.findings.len(), by_kind);
     println!("by rule: {by_rule:?}");
     if std::env::var_os("SCAN_BENCH_LIST").is_some() {

@@ -1,6 +1,6 @@
 //! Scanning one file: names, size, content type, then content rules.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use aho_corasick::Input;
 use sha2::{Digest, Sha256};
@@ -10,8 +10,6 @@ use crate::rules::{Candidate, Rule};
 use crate::sniff::{sniff, Sniff};
 use crate::Scanner;
 
-/// How far past its keyword's line a multi-line rule (a PEM block) may match.
-const MULTILINE_WINDOW: usize = 256 * 1024;
 /// Excerpts are capped to this many bytes of the line, around the secret.
 const EXCERPT_BYTES: usize = 160;
 const MASK: &str = "[REDACTED]";
@@ -198,6 +196,8 @@ impl Scanner {
 
     fn scan_content(&self, f: &FileInput<'_>, data: &[u8], out: &mut Vec<Finding>) {
         let mut hits: Vec<Hit> = Vec::new();
+        let mut seen: HashSet<(u32, usize, usize)> = HashSet::new();
+        let mut multiline_done = vec![false; self.rules.len()];
         // Per-file cache of path-scoped rules: 0 unknown, 1 applies, 2 not.
         let mut applies = vec![0u8; self.rules.len()];
         let mut check = |i: u32| -> bool {
@@ -213,7 +213,7 @@ impl Scanner {
         };
         for &i in &self.nokw_rules {
             if check(i) {
-                self.run_rule(i, f, data, 0, data.len(), &mut hits);
+                self.run_rule(i, f, data, 0, data.len(), &mut hits, &mut seen);
             }
         }
         if let Some(ac) = &self.ac {
@@ -235,13 +235,20 @@ impl Scanner {
                     }
                 }
                 for &r in &on_line {
-                    if check(r) {
-                        let end = if self.rules[r as usize].multiline {
-                            data.len().min(ls + MULTILINE_WINDOW)
-                        } else {
-                            le
-                        };
-                        self.run_rule(r, f, data, ls, end, &mut hits);
+                    if !check(r) {
+                        continue;
+                    }
+                    if self.rules[r as usize].multiline {
+                        // Once, from its first keyword line to the end: every
+                        // later match is found by the same left-to-right search
+                        // (re-running it per keyword line was quadratic on
+                        // certificate bundles).
+                        if !multiline_done[r as usize] {
+                            multiline_done[r as usize] = true;
+                            self.run_rule(r, f, data, ls, data.len(), &mut hits, &mut seen);
+                        }
+                    } else {
+                        self.run_rule(r, f, data, ls, le, &mut hits, &mut seen);
                     }
                 }
                 pos = le + 1;
@@ -255,6 +262,7 @@ impl Scanner {
 
     /// Run rule `ri` on `data[from..to]` (the regex sees the bytes before
     /// `from` for `\b` and `^`), keeping matches that pass entropy and allowlists.
+    #[allow(clippy::too_many_arguments)]
     fn run_rule(
         &self,
         ri: u32,
@@ -263,6 +271,7 @@ impl Scanner {
         from: usize,
         to: usize,
         hits: &mut Vec<Hit>,
+        seen: &mut HashSet<(u32, usize, usize)>,
     ) {
         let r = &self.rules[ri as usize];
         let Some(re) = &r.regex else { return };

@@ -553,3 +553,29 @@ fn a_rule_without_keywords_runs_on_the_whole_file_and_multiline_regexes_span_lin
     let f = sc.scan_blob("a", b"x\nBEGIN-X\nabcdefghijkl\nmnop\nEND-X\n");
     assert_eq!((f[0].rule.as_str(), f[0].line), ("block", 2));
 }
+
+#[test]
+fn a_key_after_a_large_certificate_bundle_is_found_once_and_quickly() {
+    let sc = Scanner::builtin();
+    let mut text = String::new();
+    for i in 0..2000 {
+        text.push_str(&pem("CERTIFICATE", 1000 + i));
+    }
+    text.push_str(&pem("EC PRIVATE KEY", 7));
+    let lines_before = text[..text.find("-----BEGIN EC").unwrap()]
+        .matches('\n')
+        .count() as u32;
+    let t = std::time::Instant::now();
+    let f = sc.scan_blob("bundle.txt", text.as_bytes());
+    assert!(
+        t.elapsed().as_secs() < 5,
+        "{:?} for {} bytes",
+        t.elapsed(),
+        text.len()
+    );
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(
+        (f[0].rule.as_str(), f[0].line),
+        ("private-key", lines_before + 1)
+    );
+}
