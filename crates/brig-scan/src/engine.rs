@@ -298,7 +298,7 @@ impl Scanner {
                     .unwrap_or((m.start(), m.end())),
             };
             let secret = &data[s..e];
-            if secret.is_empty() {
+            if secret.is_empty() || !seen.insert((ri, s, e)) {
                 continue;
             }
             if let Some(min) = r.entropy {
@@ -315,12 +315,6 @@ impl Scanner {
                 line: &data[ls..le],
             };
             if self.allowed(r, &c) {
-                continue;
-            }
-            if hits
-                .iter()
-                .any(|h| h.rule == ri && h.start == s && h.end == e)
-            {
                 continue;
             }
             hits.push(Hit {
