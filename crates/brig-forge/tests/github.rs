@@ -5,19 +5,19 @@
 #[path = "common/tls.rs"]
 mod tls;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use brig_forge::{
     Forge, ForgeError, GitHubForge, HttpOptions, NewPullRequest, PrState, Secret, StaticToken,
 };
 use serde_json::{json, Value};
-use tls::{json_resp, record, serve, Handler, Req, Resp, Seen, Server, TestPki};
+use tls::{fake, json_resp, record, serve, Fake, Handler, Req, Resp, Seen, TestPki};
 
 const TOKEN: &str = "ghs_GoodTokenForTheFakeGitHub000000000000";
 
 #[derive(Default)]
-struct Fake {
+struct State {
     /// Every request: method, path, headers of interest, JSON body.
     seen: Vec<Seen>,
     pulls: Vec<Value>,
@@ -62,8 +62,7 @@ fn not_found() -> Resp {
     )
 }
 
-fn handle(state: &Mutex<Fake>, base: &str, r: Req) -> Resp {
-    let mut st = state.lock().unwrap();
+fn handle(st: &mut State, base: &str, r: Req) -> Resp {
     let keep = [
         "accept",
         "x-github-api-version",
@@ -184,41 +183,15 @@ fn handle(state: &Mutex<Fake>, base: &str, r: Req) -> Resp {
     }
 }
 
-struct Fx {
-    _dir: tempfile::TempDir,
-    pki: TestPki,
-    server: Server,
-    state: Arc<Mutex<Fake>>,
-}
+type Fx = Fake<State>;
 
 async fn fixture() -> Fx {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new(dir.path());
-    let state = Arc::new(Mutex::new(Fake::default()));
-    let st = state.clone();
-    let base = Arc::new(Mutex::new(String::new()));
-    let b2 = base.clone();
-    let handler: Handler = Arc::new(move |r| {
-        let resp = handle(&st, &b2.lock().unwrap().clone(), r);
-        Box::pin(async move { resp })
-    });
-    let server = serve(&pki, handler).await;
-    *base.lock().unwrap() = server.base();
-    Fx {
-        _dir: dir,
-        pki,
-        server,
-        state,
-    }
+    fake(handle).await
 }
 
 impl Fx {
     fn forge(&self, owner: &str, token: &str) -> GitHubForge {
-        let opts = HttpOptions {
-            ca_file: Some(self.pki.ca_pem_file.clone()),
-            timeout: Duration::from_secs(10),
-            ..HttpOptions::default()
-        };
+        let opts = self.opts();
         GitHubForge::new(
             &self.server.base(),
             owner,

@@ -5,7 +5,7 @@
 #[path = "common/tls.rs"]
 mod tls;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use brig_forge::{
@@ -13,13 +13,13 @@ use brig_forge::{
     StaticToken,
 };
 use serde_json::{json, Value};
-use tls::{json_resp, record, serve, Handler, Req, Resp, Seen, Server, TestPki};
+use tls::{fake, json_resp, record, Fake, Req, Resp, Seen};
 
 const TOKEN: &str = "glpat-GoodTokenForTheFakeGitLab0000";
 const PROJECT: &str = "/api/v4/projects/group%2Fsub%2Fproj";
 
 #[derive(Default)]
-struct Fake {
+struct State {
     seen: Vec<Seen>,
     mrs: Vec<Value>,
 }
@@ -52,8 +52,7 @@ fn mr_json(iid: u64, b: &Value) -> Value {
     })
 }
 
-fn handle(state: &Mutex<Fake>, r: Req) -> Resp {
-    let mut st = state.lock().unwrap();
+fn handle(st: &mut State, _base: &str, r: Req) -> Resp {
     let keep = [
         "private-token",
         "authorization",
@@ -124,29 +123,10 @@ fn handle(state: &Mutex<Fake>, r: Req) -> Resp {
     }
 }
 
-struct Fx {
-    _dir: tempfile::TempDir,
-    pki: TestPki,
-    server: Server,
-    state: Arc<Mutex<Fake>>,
-}
+type Fx = Fake<State>;
 
 async fn fixture() -> Fx {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new(dir.path());
-    let state = Arc::new(Mutex::new(Fake::default()));
-    let st = state.clone();
-    let handler: Handler = Arc::new(move |r| {
-        let resp = handle(&st, r);
-        Box::pin(async move { resp })
-    });
-    let server = serve(&pki, handler).await;
-    Fx {
-        _dir: dir,
-        pki,
-        server,
-        state,
-    }
+    fake(handle).await
 }
 
 impl Fx {
@@ -156,11 +136,7 @@ impl Fx {
             project,
             auth,
             Arc::new(StaticToken(Secret::new(token))),
-            HttpOptions {
-                ca_file: Some(self.pki.ca_pem_file.clone()),
-                timeout: Duration::from_secs(10),
-                ..HttpOptions::default()
-            },
+            self.opts(),
         )
         .unwrap()
     }

@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -248,5 +249,46 @@ pub async fn serve(pki: &TestPki, handler: Handler) -> Server {
         failed_handshakes: failed,
         requests,
         task,
+    }
+}
+
+/// A fake forge: its state, and a handler over it served over HTTPS with a
+/// CA of its own. The handler is told the server's base URL.
+pub struct Fake<S> {
+    _dir: tempfile::TempDir,
+    pub pki: TestPki,
+    pub server: Server,
+    pub state: Arc<Mutex<S>>,
+}
+
+pub async fn fake<S: Default + Send + 'static>(handle: fn(&mut S, &str, Req) -> Resp) -> Fake<S> {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path());
+    let state = Arc::new(Mutex::new(S::default()));
+    let base = Arc::new(Mutex::new(String::new()));
+    let (st, b2) = (state.clone(), base.clone());
+    let handler: Handler = Arc::new(move |r| {
+        let base = b2.lock().unwrap().clone();
+        let resp = handle(&mut st.lock().unwrap(), &base, r);
+        Box::pin(async move { resp })
+    });
+    let server = serve(&pki, handler).await;
+    *base.lock().unwrap() = server.base();
+    Fake {
+        _dir: dir,
+        pki,
+        server,
+        state,
+    }
+}
+
+impl<S> Fake<S> {
+    /// Client options that trust this server's CA.
+    pub fn opts(&self) -> brig_forge::HttpOptions {
+        brig_forge::HttpOptions {
+            ca_file: Some(self.pki.ca_pem_file.clone()),
+            timeout: Duration::from_secs(10),
+            ..brig_forge::HttpOptions::default()
+        }
     }
 }
