@@ -109,21 +109,8 @@ fn clean(s: &str) -> String {
 fn print_text(r: &Report, out: Out) {
     let mut s = String::new();
     for f in &r.findings {
-        let mut loc = clean(&f.path);
-        if f.line > 0 {
-            loc.push_str(&format!(":{}:{}", f.line, f.column));
-        }
-        let commit = f
-            .commit
-            .as_deref()
-            .map(|c| format!(" (commit {})", &c[..c.len().min(12)]))
-            .unwrap_or_default();
-        s.push_str(&format!(
-            "{loc}: {} [{}]{commit}: {}\n",
-            f.rule,
-            f.kind.as_str(),
-            f.description
-        ));
+        s.push_str(&f.summary());
+        s.push('\n');
         if !f.excerpt.is_empty() {
             s.push_str(&format!("    {}\n", clean(&f.excerpt)));
         }
@@ -137,6 +124,10 @@ pub fn run(a: &ScanArgs, out: Out) -> Result<i32> {
     let sc = scanner(a)?;
     let report = match (&a.git_range, &a.path) {
         (Some(range), _) => {
+            if range.starts_with('-') || range.trim().is_empty() {
+                return Err(Error::invalid(format!("`{range}` is not a git range"))
+                    .hint("give a range of commits such as main..HEAD"));
+            }
             let repo = a.repo.clone().unwrap_or_else(|| PathBuf::from("."));
             sc.scan_git_range(&repo, range).map_err(|e| {
                 Error::invalid(e.to_string()).hint(

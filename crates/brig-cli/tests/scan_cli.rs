@@ -158,6 +158,10 @@ fn bad_input_exits_2_with_a_clear_message() {
             "git",
         ),
         (
+            vec!["scan".into(), "--git-range=--all".into()],
+            "not a git range",
+        ),
+        (
             vec![
                 "scan".into(),
                 ".".into(),

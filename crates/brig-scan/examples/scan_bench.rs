@@ -55,7 +55,7 @@ fn main() {
     println!("by rule: {by_rule:?}");
     if std::env::var_os("SCAN_BENCH_LIST").is_some() {
         for f in &warm.findings {
-            println!("{}  {}  {}", f.location(), f.rule, f.excerpt);
+            println!("{}\n    {}", f.summary(), f.excerpt);
         }
     }
 }

@@ -303,3 +303,12 @@ fn combine(
     set.check_targets(origin)?;
     Ok(set)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_scanner_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<super::Scanner>();
+    }
+}

@@ -62,15 +62,24 @@ pub struct Finding {
 }
 
 impl Finding {
-    /// `path:line` (or `path` for a whole-file finding), with `@commit` for git scans.
-    pub fn location(&self) -> String {
-        let mut s = self.path.clone();
+    /// One line for people (git's remote output, terminals): `path:line:column:
+    /// rule [kind] (commit abc123def456): description`. Control characters in
+    /// the path are replaced; the secret is not in it.
+    pub fn summary(&self) -> String {
+        let mut s: String = self
+            .path
+            .chars()
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .collect();
         if self.line > 0 {
-            s.push_str(&format!(":{}", self.line));
+            s.push_str(&format!(":{}:{}", self.line, self.column));
         }
+        s.push_str(&format!(": {} [{}]", self.rule, self.kind.as_str()));
         if let Some(c) = &self.commit {
-            s.push_str(&format!(" @{}", &c[..c.len().min(12)]));
+            s.push_str(&format!(" (commit {})", &c[..c.len().min(12)]));
         }
+        s.push_str(": ");
+        s.push_str(&self.description);
         s
     }
 }
