@@ -1,9 +1,13 @@
 //! One stream of a session's proxy channel, from its PROXY header to its
 //! last byte.
 
+use std::collections::BTreeSet;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use brig_egress::{Decision, Explanation, Host, NameSource, Request};
@@ -12,6 +16,8 @@ use tokio::net::TcpStream;
 
 use crate::event::{EgressEvent, EventKind, Verdict, Via};
 use crate::http::{self, Framing, HeadError, Meter};
+use crate::inject::{self, Blocked, BodyFilter, FilterError, OutFraming};
+use crate::mitm::{self, Io, Prefixed};
 use crate::proxy_proto::{self, MAX_V1_LEN};
 use crate::resolver::ResolveError;
 use crate::tls::{self, Hello};
@@ -200,11 +206,23 @@ struct Ctx<'a> {
     s: &'a SessionEgress,
     via: Via,
     dst: Option<SocketAddr>,
+    /// Inside an intercepted TLS connection: the host and port it is for.
+    tls: Option<TlsTarget>,
+}
+
+/// What an intercepted connection is for: every request inside must name
+/// this host, and goes to it over verified TLS.
+struct TlsTarget {
+    host: Host,
+    port: u16,
+    /// The TCP connection a CONNECT already dialed (used first).
+    pre: Mutex<Option<(TcpStream, SocketAddr)>>,
 }
 
 impl Ctx<'_> {
     fn event(&self, kind: EventKind) -> EgressEvent {
         let mut e = EgressEvent::new(&self.s.session, kind, self.via);
+        e.intercepted = self.tls.is_some();
         e.original_dst = self.dst;
         if let Some(d) = self.dst {
             e.port = d.port();
@@ -238,6 +256,7 @@ where
         s: &s,
         via: Via::Explicit,
         dst: None,
+        tls: None,
     };
     // The slot is taken before the PROXY header is read: a stream that
     // sends nothing holds one for the header's 10 s, so it counts.
@@ -337,6 +356,7 @@ struct Prep {
     upstream_head: Vec<u8>,
     framing: Framing,
     keep_alive: bool,
+    http11: bool,
     judged: Judged,
 }
 
@@ -393,7 +413,7 @@ fn prepare(head: &[u8], ctx: &Ctx<'_>) -> Result<Prep, Early> {
     let keep_alive = version == 1 && !http::has_token(headers, "connection", "close");
 
     if method == "CONNECT" {
-        if ctx.via == Via::Transparent {
+        if ctx.via == Via::Transparent || ctx.tls.is_some() {
             return Err(bad("CONNECT sent to a server that is not the proxy".into()));
         }
         let (host, port) = match brig_egress::parse_authority(target, None) {
@@ -420,6 +440,7 @@ fn prepare(head: &[u8], ctx: &Ctx<'_>) -> Result<Prep, Early> {
                     upstream_head: Vec::new(),
                     framing: Framing::None,
                     keep_alive: false,
+                    http11: version == 1,
                     judged: j,
                 });
             }
@@ -442,6 +463,7 @@ fn prepare(head: &[u8], ctx: &Ctx<'_>) -> Result<Prep, Early> {
             upstream_head: Vec::new(),
             framing: Framing::None,
             keep_alive: false,
+            http11: version == 1,
             judged,
         });
     }
@@ -449,10 +471,29 @@ fn prepare(head: &[u8], ctx: &Ctx<'_>) -> Result<Prep, Early> {
     let framing =
         http::request_framing(headers).map_err(|e| bad(format!("request framing: {e}")))?;
     // Where the request goes, and its origin-form target.
-    let (host, port, origin_path, mut judged_host): (Host, u16, &str, Option<Judged>) = match ctx
-        .dst
-    {
-        None => {
+    let (host, port, origin_path, mut judged_host): (Host, u16, &str, Option<Judged>) = match (
+        ctx.tls.as_ref(),
+        ctx.dst,
+    ) {
+        // Inside intercepted TLS: origin form, and the Host header must
+        // name the host the connection is for.
+        (Some(t), _) => {
+            if !target.starts_with('/') {
+                return Err(bad(
+                    "a request inside TLS must use an origin-form target (/path)".into(),
+                ));
+            }
+            let Some(h) = host_hdr else {
+                return Err(bad("a request without a Host header".into()));
+            };
+            let j = s
+                .policy
+                .check_same_host(&t.host, t.port, h, NameSource::HostHeader)
+                .err()
+                .map(|d| mismatch(d, &t.host, t.port));
+            (t.host.clone(), t.port, target, j)
+        }
+        (None, None) => {
             let rest = match target.get(..7) {
                 Some(p) if p.eq_ignore_ascii_case("http://") => &target[7..],
                 _ if target.starts_with('/') || target == "*" => {
@@ -493,7 +534,7 @@ fn prepare(head: &[u8], ctx: &Ctx<'_>) -> Result<Prep, Early> {
             }
             (host, port, path, j)
         }
-        Some(dst) => {
+        (None, Some(dst)) => {
             if !target.starts_with('/') {
                 return Err(bad(
                     "a transparent request must use an origin-form target (/path)".into(),
@@ -573,6 +614,7 @@ fn prepare(head: &[u8], ctx: &Ctx<'_>) -> Result<Prep, Early> {
         upstream_head: up,
         framing,
         keep_alive,
+        http11: version == 1,
         judged,
     })
 }
@@ -589,7 +631,8 @@ fn http_scheme(target: &str) -> &str {
 struct Upstream {
     key: (Host, u16),
     addr: SocketAddr,
-    stream: TcpStream,
+    /// TCP, or TLS for an intercepted connection.
+    stream: Box<dyn Io>,
     buf: Vec<u8>,
 }
 
@@ -664,6 +707,108 @@ async fn deny<S: AsyncWrite + Unpin>(
     ctx.emit(ev, start);
 }
 
+/// A request that would give a secret away: `403` naming the secret (by
+/// name) and the rule, journaled as an exfiltration attempt.
+#[allow(clippy::too_many_arguments)]
+async fn exfil<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    ctx: &Ctx<'_>,
+    mut ev: EgressEvent,
+    b: &Blocked,
+    host: &str,
+    start: Instant,
+    close: bool,
+) {
+    let expl = b.explanation(host);
+    send_answer(
+        client,
+        &http::answer(403, &[("X-Brig-Rule", b.rule)], &expl.to_text(), close),
+    )
+    .await;
+    ev.decision = Verdict::Denied;
+    ev.rule = b.rule.to_string();
+    ev.explanation = Some(expl);
+    ev.status = Some(403);
+    ev.error = Some(format!("exfiltration attempt: secret {}", b.secret));
+    ctx.emit(ev, start);
+}
+
+/// Whether TLS to `host` is intercepted (a secret is bound to it).
+fn intercepts(s: &SessionEgress, host: &Host) -> bool {
+    match (host, &s.secrets) {
+        (Host::Domain(d), Some(i)) => i.intercept(d),
+        _ => false,
+    }
+}
+
+/// Terminate the sandbox's TLS to `host` with brig's leaf and serve the
+/// requests inside it like plain HTTP, upstream over verified TLS. `pre`:
+/// the TCP connection a CONNECT already dialed. The tunnel's own event is
+/// emitted when it ends; each request inside has its own.
+#[allow(clippy::too_many_arguments)]
+async fn intercept<S>(
+    client: S,
+    buf: Vec<u8>,
+    ctx: &Ctx<'_>,
+    host: Host,
+    port: u16,
+    pre: Option<(TcpStream, SocketAddr)>,
+    mut ev: EgressEvent,
+    start: Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let s = ctx.s;
+    ev.intercepted = true;
+    let name = host.to_string();
+    if s.ca.is_none() {
+        // Splicing would let placeholders through unchecked: refuse.
+        ev.decision = Verdict::Denied;
+        ev.rule = inject::rules::NO_CA.to_string();
+        ev.error = Some(format!(
+            "a secret is bound to {name}, so its TLS must be intercepted, and this brig has no CA configured"
+        ));
+        ctx.emit(ev, start);
+        return;
+    }
+    let tls = match mitm::accept_client(
+        s,
+        &name,
+        Prefixed::new(buf, client),
+        s.config.tls_peek_timeout,
+    )
+    .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            ev.error = Some(e);
+            ctx.emit(ev, start);
+            return;
+        }
+    };
+    let inner = Ctx {
+        s,
+        via: ctx.via,
+        dst: ctx.dst,
+        tls: Some(TlsTarget {
+            host,
+            port,
+            pre: Mutex::new(pre),
+        }),
+    };
+    serve_intercepted(Box::new(tls), &inner).await;
+    ctx.emit(ev, start);
+}
+
+/// The requests inside an intercepted connection. A plain fn with a boxed
+/// future: http_loop is what called us (through connect_tunnel).
+fn serve_intercepted<'a>(
+    client: Box<dyn Io>,
+    inner: &'a Ctx<'a>,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    Box::pin(http_loop(client, Vec::new(), inner, Instant::now()))
+}
+
 /// Whether the session is over its request rate or its bytes-out budget:
 /// the rule, and how long until it is not. Each call costs one request.
 fn over_limit(s: &SessionEgress) -> Option<(&'static str, Duration)> {
@@ -723,7 +868,7 @@ where
         {
             Ok(n) => n,
             Err(HeadError::Closed) => {
-                if first && buf.is_empty() && ctx.via == Via::Transparent {
+                if first && buf.is_empty() && ctx.via == Via::Transparent && ctx.tls.is_none() {
                     ctx.refused(conn_start, rules::BAD_REQUEST, None, "no request".into());
                 }
                 return;
@@ -768,7 +913,7 @@ where
         };
         first = false;
         let start = Instant::now();
-        let prep = match prepare(&buf[..n], ctx) {
+        let mut prep = match prepare(&buf[..n], ctx) {
             Ok(p) => p,
             Err(Early::TooLarge) => {
                 let why = "too many header fields";
@@ -914,6 +1059,37 @@ where
         if upstream.as_ref().is_some_and(|u| u.key != key) {
             upstream = None;
         }
+        // Secrets: placeholders of the secrets bound to this host become
+        // their values; anything that gives a secret away elsewhere blocks
+        // the request (crate::inject).
+        let host_s = prep.host.to_string();
+        let plan = s.secrets.as_ref().map(|i| i.placeholders().plan(&host_s));
+        let mut injected = BTreeSet::new();
+        if let Some(plan) = &plan {
+            match plan.rewrite_head(&prep.upstream_head) {
+                Ok(h) => {
+                    prep.upstream_head = h.head;
+                    injected = h.injected;
+                }
+                Err(b) => {
+                    let keep = prep.keep_alive && prep.framing == Framing::None;
+                    exfil(&mut client, ctx, ev, &b, &host_s, start, !keep).await;
+                    if keep {
+                        continue;
+                    }
+                    return;
+                }
+            }
+        }
+        let mut filter = match &plan {
+            Some(p) if prep.framing != Framing::None => Some(p.request_filter()),
+            _ => None,
+        };
+        let body_out = match (&plan, prep.framing) {
+            (Some(p), Framing::Length(_)) if p.injects_body() => OutFraming::Buffer,
+            (_, Framing::Length(_)) => OutFraming::Same,
+            _ => OutFraming::Chunked,
+        };
         let bytes_out = AtomicU64::new(0);
         let bytes_in = AtomicU64::new(0);
         let mut reused = upstream.is_some();
@@ -922,9 +1098,11 @@ where
             attempt += 1;
             if upstream.is_none() {
                 reused = false;
-                let dialed = match ctx.dst {
-                    None => dial_name(s, &prep.host, prep.port).await,
-                    Some(dst) => match s.policy.ssrf().check_ip(dst.ip()) {
+                let pre = ctx.tls.as_ref().and_then(|t| t.pre.lock().unwrap().take());
+                let dialed = match (pre, ctx.dst) {
+                    (Some(p), _) => Ok(p),
+                    (None, None) => dial_name(s, &prep.host, prep.port).await,
+                    (None, Some(dst)) => match s.policy.ssrf().check_ip(dst.ip()) {
                         Err(e) => Err(DialFail::Denied(Judged::from_decision(
                             &s.policy.ssrf_decision(e),
                             &prep.host,
@@ -936,6 +1114,20 @@ where
                             .map(|t| (t, dst))
                             .map_err(|(code, e)| DialFail::Status(code, e)),
                     },
+                };
+                // An intercepted connection goes on over verified TLS.
+                let dialed = match (dialed, &ctx.tls) {
+                    (Ok((tcp, addr)), Some(_)) => {
+                        match mitm::connect_upstream(s, &host_s, tcp).await {
+                            Ok(t) => Ok((Box::new(t) as Box<dyn Io>, addr)),
+                            Err(e) => {
+                                ev.address = Some(addr);
+                                Err(DialFail::Status(502, e))
+                            }
+                        }
+                    }
+                    (Ok((tcp, addr)), None) => Ok((Box::new(tcp) as Box<dyn Io>, addr)),
+                    (Err(e), _) => Err(e),
                 };
                 match dialed {
                     Ok((stream, addr)) => {
@@ -961,22 +1153,53 @@ where
                 exhausted: false,
             };
             // Head (and what is buffered of the body) in one write.
-            let sent = async {
-                up.stream.write_all(&prep.upstream_head).await?;
-                meter.copied(prep.upstream_head.len());
-                http::copy_body(
-                    &mut buf,
-                    &mut client,
-                    &mut up.stream,
-                    prep.framing,
-                    cfg.head_timeout,
-                    &mut meter,
-                )
+            let sent = match filter.as_mut() {
+                None => async {
+                    up.stream.write_all(&prep.upstream_head).await?;
+                    meter.copied(prep.upstream_head.len());
+                    http::copy_body(
+                        &mut buf,
+                        &mut client,
+                        &mut up.stream,
+                        prep.framing,
+                        cfg.head_timeout,
+                        &mut meter,
+                    )
+                    .await
+                }
                 .await
-            }
-            .await;
+                .map_err(FilterError::Io),
+                Some(f) => {
+                    inject::copy_filtered(
+                        &prep.upstream_head,
+                        &mut buf,
+                        &mut client,
+                        &mut up.stream,
+                        prep.framing,
+                        cfg.head_timeout,
+                        &mut meter,
+                        f,
+                        body_out,
+                    )
+                    .await
+                }
+            };
             if meter.exhausted {
                 break Err((429, "bytes-out limit reached while sending".into()));
+            }
+            let sent = match sent {
+                Err(FilterError::Blocked(b)) => {
+                    // The upstream has at most a partial request: it is
+                    // dropped with this connection.
+                    ev.bytes_out = bytes_out.load(Ordering::Relaxed);
+                    exfil(&mut client, ctx, ev, &b, &host_s, start, true).await;
+                    return;
+                }
+                Err(FilterError::Io(e)) => Err(e),
+                Ok(n) => Ok(n),
+            };
+            if let Some(f) = &filter {
+                injected.extend(f.injected.iter().cloned());
             }
             if let Err(e) = sent {
                 if reused && attempt == 1 && prep.framing == Framing::None {
@@ -985,7 +1208,22 @@ where
                 }
                 break Err((502, format!("sending the request upstream: {e}")));
             }
-            match read_response(&mut client, up, &prep, cfg.response_timeout, &bytes_in).await {
+            // Responses are scrubbed of real values (headers always, the
+            // body when this request carried one).
+            let scrub = s
+                .secrets
+                .as_ref()
+                .map(|i| (i.placeholders(), !injected.is_empty()));
+            match read_response(
+                &mut client,
+                up,
+                &prep,
+                cfg.response_timeout,
+                &bytes_in,
+                scrub,
+            )
+            .await
+            {
                 Ok(r) => break Ok(r),
                 Err(RespErr::ClosedEarly)
                     if reused && attempt == 1 && prep.framing == Framing::None =>
@@ -1011,6 +1249,12 @@ where
         };
         ev.bytes_in = bytes_in.load(Ordering::Relaxed);
         ev.bytes_out = bytes_out.load(Ordering::Relaxed);
+        if let Some(inj) = &s.secrets {
+            for name in &injected {
+                inj.used(name, &host_s);
+            }
+        }
+        ev.secrets = injected.into_iter().collect();
         match outcome {
             Ok((status, up_keep, client_keep)) => {
                 ev.status = Some(status);
@@ -1065,6 +1309,7 @@ async fn read_response<S>(
     prep: &Prep,
     timeout: Duration,
     bytes_in: &AtomicU64,
+    scrub: Option<(&inject::Placeholders, bool)>,
 ) -> Result<(u16, bool, bool), RespErr>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -1110,7 +1355,22 @@ where
         let up_keep = resp.version == Some(1)
             && !http::has_token(headers, "connection", "close")
             && framing != Framing::Close;
-        let client_keep = prep.keep_alive && framing != Framing::Close;
+        let interim = (100..200).contains(&status);
+        // A body to scrub is re-framed (its length may change).
+        let body_scrub = match scrub {
+            Some((p, true)) if framing != Framing::None && !interim => Some((
+                p,
+                match framing {
+                    Framing::Length(_) => OutFraming::Buffer,
+                    _ if prep.http11 => OutFraming::Chunked,
+                    _ => OutFraming::Close,
+                },
+            )),
+            _ => None,
+        };
+        let client_keep = prep.keep_alive
+            && framing != Framing::Close
+            && !matches!(body_scrub, Some((_, OutFraming::Close)));
         let mut out = Vec::with_capacity(n + 32);
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(status.to_string().as_bytes());
@@ -1126,12 +1386,42 @@ where
             out.extend_from_slice(h.value);
             out.extend_from_slice(b"\r\n");
         }
-        let interim = (100..200).contains(&status);
         if !client_keep && !interim {
             out.extend_from_slice(b"Connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
+        if let Some((p, _)) = scrub {
+            if let Some(o) = p.scrub(&out) {
+                out = o;
+            }
+        }
         up.buf.drain(..n);
+        if let Some((p, mode)) = body_scrub {
+            let mut meter = InMeter(bytes_in);
+            let mut f = BodyFilter::response(p);
+            let r = inject::copy_filtered(
+                &out,
+                &mut up.buf,
+                &mut up.stream,
+                client,
+                framing,
+                timeout,
+                &mut meter,
+                &mut f,
+                mode,
+            )
+            .await;
+            return match r {
+                Ok(_) => Ok((status, up_keep && up.buf.is_empty(), client_keep)),
+                Err(FilterError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                    Err(RespErr::Timeout)
+                }
+                Err(FilterError::Io(e)) => {
+                    Err(RespErr::Bad(format!("copying the response body: {e}")))
+                }
+                Err(FilterError::Blocked(_)) => Err(RespErr::Bad("response body refused".into())),
+            };
+        }
         if client.write_all(&out).await.is_err() {
             return Err(RespErr::ClientGone);
         }
@@ -1192,7 +1482,7 @@ async fn connect_tunnel<S>(
     mut ev: EgressEvent,
     start: Instant,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let s = ctx.s;
     let (mut up, addr) = match dial_name(s, &prep.host, prep.port).await {
@@ -1243,6 +1533,11 @@ async fn connect_tunnel<S>(
             ev.bytes_out = buf.len() as u64;
             ev.error = Some("tunnel closed after the ClientHello".into());
             ctx.emit(ev, start);
+            return;
+        }
+        if intercepts(s, &prep.host) {
+            let pre = Some((up, addr));
+            intercept(client, buf, ctx, prep.host, prep.port, pre, ev, start).await;
             return;
         }
     }
@@ -1429,7 +1724,7 @@ async fn transparent_tls<S>(
     dst: SocketAddr,
     start: Instant,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let s = ctx.s;
     if tunnel_limited(ctx, start) {
@@ -1466,6 +1761,13 @@ async fn transparent_tls<S>(
                 Ok(_) => j,
             },
         };
+    }
+    if let Some(h) = host.filter(|h| !j.denied() && intercepts(s, h)) {
+        ev.decision = j.verdict;
+        ev.rule = j.rule;
+        ev.explanation = j.expl;
+        intercept(client, buf, ctx, h, dst.port(), None, ev, start).await;
+        return;
     }
     opaque_to(client, buf, ctx, ev, j, dst, start).await;
 }

@@ -98,6 +98,14 @@ pub struct EgressEvent {
     /// DNS: addresses upstream returned that the SSRF guard dropped.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dropped: Vec<IpAddr>,
+    /// brig terminated this TLS connection (a host secrets are bound to),
+    /// or this request came through such a connection.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub intercepted: bool,
+    /// Names of the secrets whose real values brig injected into this
+    /// request (never a value or a placeholder).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 impl EgressEvent {
@@ -124,6 +132,8 @@ impl EgressEvent {
             rcode: None,
             answers: Vec::new(),
             dropped: Vec::new(),
+            intercepted: false,
+            secrets: Vec::new(),
         }
     }
 }

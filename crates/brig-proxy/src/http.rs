@@ -234,12 +234,33 @@ const MAX_CHUNK_LINE: usize = 4096;
 impl Chunked {
     /// Feed bytes; `Ok(Some(n))` when the body ends after `n` of them.
     pub fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, &'static str> {
+        self.feed_inner(data, None)
+    }
+
+    /// As [`Chunked::feed`], also appending the chunks' data (the body
+    /// itself, without framing or trailers) to `out`.
+    pub fn feed_data(
+        &mut self,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Option<usize>, &'static str> {
+        self.feed_inner(data, Some(out))
+    }
+
+    fn feed_inner(
+        &mut self,
+        data: &[u8],
+        mut out: Option<&mut Vec<u8>>,
+    ) -> Result<Option<usize>, &'static str> {
         let mut i = 0;
         while i < data.len() {
             let b = data[i];
             match self.state {
                 ChunkState::Data(left) => {
                     let take = (left as usize).min(data.len() - i) as u64;
+                    if let Some(o) = out.as_deref_mut() {
+                        o.extend_from_slice(&data[i..i + take as usize]);
+                    }
                     i += take as usize;
                     self.state = if take == left {
                         ChunkState::DataCr

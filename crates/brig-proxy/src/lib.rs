@@ -23,27 +23,33 @@
 //! resolver", is the reference.
 
 pub mod artifact;
+pub mod ca;
 mod conn;
 mod dns_server;
 pub mod dns_wire;
 mod event;
 pub mod http;
+pub mod inject;
 mod limits;
 pub mod local;
+mod mitm;
 pub mod proxy_proto;
 mod resolver;
 pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use brig_egress::Policy;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
 
+pub use ca::{CaError, CertAuthority};
 pub use event::{EgressEvent, EgressEvents, EventKind, MemoryEvents, NoEvents, Verdict, Via};
+pub use inject::{Placeholders, Secret, SecretError};
 pub use limits::{Limits, SessionLimits};
 pub use resolver::{
     resolv_conf_nameserver, Checked, ResolveError, ResolverConfig, SessionResolver,
@@ -111,6 +117,9 @@ pub struct ProxyConfig {
     pub tls_peek_timeout: Duration,
     /// An idle DNS channel connection.
     pub dns_idle_timeout: Duration,
+    /// CA certificates (PEM) trusted for intercepted upstreams besides the
+    /// system bundle (a private registry's CA; tests' origins).
+    pub upstream_ca_file: Option<PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -130,6 +139,7 @@ impl Default for ProxyConfig {
             tunnel_idle_timeout: Duration::from_secs(600),
             tls_peek_timeout: Duration::from_secs(10),
             dns_idle_timeout: Duration::from_secs(60),
+            upstream_ca_file: None,
         }
     }
 }
@@ -152,6 +162,37 @@ pub struct SessionEgress {
     /// brig's own services on reserved hosts (the git gateway): requests
     /// for them are handed over whole (`local`).
     pub local: Vec<Arc<dyn local::LocalService>>,
+    /// The session's secrets (issue 6): which hosts are TLS-intercepted,
+    /// what is injected, what is blocked. `None`: nothing is intercepted
+    /// and nothing is scanned.
+    pub secrets: Option<Arc<dyn SecretInjector>>,
+    /// brig's CA, for the leaves of intercepted hosts. A host the
+    /// injector wants intercepted without a CA is refused (fail closed).
+    pub ca: Option<Arc<CertAuthority>>,
+    /// The upstream TLS client, built on first use from `config`.
+    tls_client: Arc<OnceLock<Result<openssl::ssl::SslConnector, String>>>,
+}
+
+/// What the proxy asks of a session's secrets. The control plane builds
+/// one per session (from brig-secrets' grants); [`Placeholders`] is the
+/// usual implementation.
+pub trait SecretInjector: Send + Sync + 'static {
+    /// The session's placeholders, values and bindings, compiled.
+    fn placeholders(&self) -> &Placeholders;
+    /// Whether TLS to `host` (normalized) is intercepted. Default: a
+    /// secret is bound to it.
+    fn intercept(&self, host: &str) -> bool {
+        self.placeholders().bound_to(host)
+    }
+    /// Secret `name` was injected into a request to `host` (for the
+    /// credential's use record). Must not block.
+    fn used(&self, _name: &str, _host: &str) {}
+}
+
+impl SecretInjector for Placeholders {
+    fn placeholders(&self) -> &Placeholders {
+        self
+    }
 }
 
 impl SessionEgress {
@@ -171,7 +212,33 @@ impl SessionEgress {
             resolver: Arc::new(resolver),
             artifacts: None,
             local: Vec::new(),
+            secrets: None,
+            ca: None,
+            tls_client: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// The session's secrets: their bound hosts are TLS-intercepted (with
+    /// `ca`), placeholders injected there, and every visible request
+    /// checked for placeholders and values going elsewhere.
+    pub fn with_secrets(mut self, secrets: Arc<dyn SecretInjector>) -> SessionEgress {
+        self.secrets = Some(secrets);
+        self
+    }
+
+    /// brig's CA (one per deployment, shared by every session).
+    pub fn with_ca(mut self, ca: Arc<CertAuthority>) -> SessionEgress {
+        self.ca = Some(ca);
+        self
+    }
+
+    /// The verified upstream TLS client (system CAs and
+    /// `config.upstream_ca_file`).
+    pub(crate) fn upstream_tls(&self) -> Result<&openssl::ssl::SslConnector, String> {
+        self.tls_client
+            .get_or_init(|| mitm::connector(self.config.upstream_ca_file.as_deref()))
+            .as_ref()
+            .map_err(|e| e.clone())
     }
 
     pub fn with_artifacts(mut self, sink: Arc<dyn artifact::ArtifactSink>) -> SessionEgress {
@@ -191,6 +258,7 @@ impl SessionEgress {
 
     pub fn with_config(mut self, config: ProxyConfig) -> SessionEgress {
         self.config = Arc::new(config);
+        self.tls_client = Arc::new(OnceLock::new());
         self
     }
 }
