@@ -1,5 +1,7 @@
-//! AWS Signature Version 4 for request headers, as CloudWatch Logs needs it.
-//! Public so a test server can recompute a received request's signature.
+//! AWS Signature Version 4 for request headers (the `Authorization` header
+//! form), as CloudWatch Logs, SSM, Secrets Manager and STS take it. No I/O:
+//! the caller sends the request. Public in full so a test server can
+//! recompute a received request's signature.
 
 use std::fmt;
 
@@ -76,7 +78,8 @@ pub fn amz_date(t: time::OffsetDateTime) -> String {
 
 /// Signs a request. `path` is the path as sent (already percent-encoded; each
 /// segment is encoded once more, as every service but S3 expects), `query`
-/// the raw query string without `?`, `headers` every header to sign
+/// the query's `k=v` pairs joined by `&` before percent-encoding (they
+/// are encoded here; send them encoded with `uri_encode`), `headers` every header to sign
 /// (including `host` and `x-amz-date`, whose value must be `amz_date`).
 #[allow(clippy::too_many_arguments)]
 pub fn sign(

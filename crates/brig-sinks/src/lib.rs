@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub mod config;
 mod http;
 mod runner;
-pub mod sigv4;
+pub use brig_sigv4 as sigv4;
 mod sinks;
 
 pub use config::{RetryConfig, SecretRef, SinkConfig, SinkKind, SyslogTransport};
