@@ -36,7 +36,7 @@ const MIN_ENCODED_CORE: usize = 8;
 /// the regex has a group named `s`, only that group is masked, so
 /// `password=hunter2` keeps its key: `password=[REDACTED:secret_assignment]`.
 struct Pattern {
-    rule: &'static str,
+    rule: String,
     re: Regex,
 }
 
@@ -103,6 +103,8 @@ const SENSITIVE_FLAG: &str = r"(?i)^--?[A-Za-z0-9_.-]*(?:password|passwd|secret|
 #[derive(Default)]
 pub struct RedactorBuilder {
     secrets: Vec<(String, String)>,
+    /// Extra patterns (the scanner's rules): `(rule, regex)`.
+    patterns: Vec<(String, Regex)>,
 }
 
 impl RedactorBuilder {
@@ -115,6 +117,19 @@ impl RedactorBuilder {
             self.secrets.push((name.into(), value));
         }
         self
+    }
+
+    /// An extra secret pattern, masked as `[REDACTED:<rule>]` (its `s`
+    /// group when it has one, else the whole match). A regex that does not
+    /// compile is an error naming the rule.
+    pub fn pattern(mut self, rule: impl Into<String>, regex: &str) -> Result<Self, String> {
+        let rule = rule.into();
+        let re = regex::RegexBuilder::new(regex)
+            .size_limit(1 << 22)
+            .build()
+            .map_err(|e| format!("pattern {rule}: {e}"))?;
+        self.patterns.push((rule, re));
+        Ok(self)
     }
 
     pub fn build(self) -> Redactor {
@@ -139,14 +154,24 @@ impl RedactorBuilder {
                 .build(&needles)
                 .expect("literal needles always build")
         });
-        let patterns: Vec<Pattern> = PATTERNS
+        let mut patterns: Vec<Pattern> = PATTERNS
             .iter()
             .map(|(rule, re)| Pattern {
-                rule,
+                rule: rule.to_string(),
                 re: Regex::new(re).expect("built-in pattern compiles"),
             })
             .collect();
-        let set = RegexSet::new(PATTERNS.iter().map(|(_, re)| *re)).expect("patterns compile");
+        patterns.extend(
+            self.patterns
+                .into_iter()
+                .map(|(rule, re)| Pattern { rule, re }),
+        );
+        // Each pattern compiled alone; the set gets room for all of them.
+        let set = regex::RegexSetBuilder::new(patterns.iter().map(|p| p.re.as_str()))
+            .size_limit(1 << 28)
+            .dfa_size_limit(1 << 24)
+            .build()
+            .expect("patterns compiled one by one");
         Redactor {
             values,
             value_rules: rules,
@@ -233,7 +258,7 @@ impl Redactor {
                 for c in p.re.captures_iter(s) {
                     let m = c.name("s").or_else(|| c.get(0)).expect("group 0 exists");
                     if m.start() < m.end() {
-                        spans.push((m.start(), m.end(), p.rule));
+                        spans.push((m.start(), m.end(), p.rule.as_str()));
                     }
                 }
             }
@@ -255,11 +280,15 @@ impl Redactor {
         let mut at = 0;
         let mut i = 0;
         while i < spans.len() {
-            let (start, mut end, rule) = spans[i];
+            let (start, mut end, mut rule) = spans[i];
             i += 1;
-            // Merge everything that overlaps or touches this span.
+            // Merge everything that overlaps or touches this span; a known
+            // value names the mask over a pattern that also matched it.
             while i < spans.len() && spans[i].0 <= end {
                 end = end.max(spans[i].1);
+                if !rule.starts_with("secret:") && spans[i].2.starts_with("secret:") {
+                    rule = spans[i].2;
+                }
                 i += 1;
             }
             let start = start.max(at);
@@ -451,6 +480,26 @@ mod tests {
 
     fn r() -> Redactor {
         Redactor::builder().secret("DB_PASSWORD", SECRET).build()
+    }
+
+    #[test]
+    fn extra_patterns_mask_their_group_or_match_and_bad_ones_are_named() {
+        let red = Redactor::builder()
+            .pattern("acme-token", r"acme_(?P<s>[a-z0-9]{12})")
+            .unwrap()
+            .pattern("whole", r"ZZ[0-9]{6}ZZ")
+            .unwrap()
+            .build();
+        assert_eq!(
+            red.redact_str("t=acme_abcdef123456 end"),
+            "t=acme_[REDACTED:acme-token] end"
+        );
+        assert_eq!(red.redact_str("x ZZ123456ZZ y"), "x [REDACTED:whole] y");
+        let e = Redactor::builder()
+            .pattern("broken", r"(unclosed")
+            .err()
+            .unwrap();
+        assert!(e.contains("broken"), "{e}");
     }
 
     fn assert_masked(red: &Redactor, text: &str, rule: &str) {

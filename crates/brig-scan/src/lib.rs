@@ -231,6 +231,18 @@ impl Scanner {
         self.rules.iter().filter_map(|r| r.source.clone()).collect()
     }
 
+    /// `(rule id, regex)` of the rules specific enough to mask on sight in
+    /// logs: secret and key rules that need no entropy check and have no
+    /// allowlist (a generic `key = value` rule would mask hashes and ids).
+    pub fn redaction_patterns(&self) -> Vec<(String, String)> {
+        self.rules
+            .iter()
+            .filter(|r| r.entropy.is_none() && r.allowlists.is_empty())
+            .filter(|r| matches!(r.kind, FindingKind::Secret | FindingKind::PrivateKey))
+            .filter_map(|r| r.source.clone().map(|s| (r.id.clone(), s)))
+            .collect()
+    }
+
     /// The ids of the rules in use.
     pub fn rule_ids(&self) -> Vec<String> {
         self.rules.iter().map(|r| r.id.clone()).collect()

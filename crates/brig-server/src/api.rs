@@ -451,7 +451,9 @@ async fn issue_artifact_url(
     };
     let info = st.mgr.get(&id).await?;
     let svc = artifacts_service(&st)?;
-    let issued = svc.issue(st.mgr.db(), &info, &req.name, ttl).await?;
+    let issued = svc
+        .issue(st.mgr.db(), st.mgr.known(), &info, &req.name, ttl)
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(issued)).into_response())
 }
 

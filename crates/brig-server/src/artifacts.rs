@@ -37,7 +37,7 @@ use brig_core::{Error, ErrorKind, Result};
 use brig_proxy::artifact::{
     rules, ArtifactSink, ArtifactUpload, BoxFuture, Receipt, Refusal, UPLOAD_PREFIX,
 };
-use brig_store::{ArtifactRecord, Store};
+use brig_store::ArtifactRecord;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWrite;
@@ -358,9 +358,9 @@ impl Artifacts {
         })
     }
 
-    /// Tell the store's redactor about `token` (with every other live one),
-    /// before it is handed out.
-    fn remember(&self, store: &Store, token: &str, expires_ms: u64) {
+    /// Tell the redactor about `token` (with every other live one), before
+    /// it is handed out.
+    fn remember(&self, known: &crate::known_secrets::KnownSecrets, token: &str, expires_ms: u64) {
         let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
         issued.retain(|(_, exp)| exp.saturating_add(REDACT_GRACE_MS) > now);
@@ -369,11 +369,15 @@ impl Artifacts {
             let extra = issued.len() - REDACT_MAX;
             issued.drain(..extra);
         }
-        let mut b = brig_redact::Redactor::builder();
-        for (t, _) in issued.iter() {
-            b = b.secret("artifact-url", t.clone());
-        }
-        store.set_redactor(Arc::new(b.build()));
+        let values = issued
+            .iter()
+            .map(|(t, exp)| crate::known_secrets::Known {
+                name: "artifact-url".into(),
+                value: t.clone(),
+                until_ms: Some(*exp),
+            })
+            .collect();
+        known.set_owner("artifact-urls", values);
     }
 
     /// Issue an upload URL for `name` in the live session `info` and
@@ -381,6 +385,7 @@ impl Artifacts {
     pub async fn issue(
         self: &Arc<Self>,
         db: &Db,
+        known: &Arc<crate::known_secrets::KnownSecrets>,
         info: &SessionInfo,
         name: &str,
         ttl: Duration,
@@ -407,8 +412,8 @@ impl Artifacts {
         let me = self.clone();
         let t = token.clone();
         let exp = claims.expires_ms;
-        let store = db.store();
-        tokio::task::spawn_blocking(move || me.remember(&store, &t, exp))
+        let known = known.clone();
+        tokio::task::spawn_blocking(move || me.remember(&known, &t, exp))
             .await
             .map_err(|e| Error::internal(format!("redactor task failed: {e}")))?;
         let expires_at = rfc3339_ms(claims.expires_ms);

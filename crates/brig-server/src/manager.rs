@@ -166,6 +166,8 @@ pub struct Manager {
     /// The artifact service (made on first use: the key is loaded or
     /// created then; `brig serve` makes it at start).
     artifacts: std::sync::OnceLock<Arc<crate::artifacts::Artifacts>>,
+    /// Every secret value brig knows, and the redactor built from them.
+    known: Arc<crate::known_secrets::KnownSecrets>,
     /// The pre-push scanner every session's git gateway uses, or why its
     /// rules do not compile.
     scanner: std::result::Result<Arc<brig_scan::Scanner>, String>,
@@ -294,11 +296,23 @@ impl Manager {
                 (name.clone(), built)
             })
             .collect();
+        let db = Db::new(store);
+        // The scanner's secret patterns join the redactor's own (one
+        // redactor for everything brig keeps).
+        let patterns = match &scanner {
+            Ok(sc) => sc.redaction_patterns(),
+            Err(_) => vec![],
+        };
+        let known = crate::known_secrets::KnownSecrets::new(db.store(), patterns).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the scanner's patterns do not compile in the redactor; redacting with brig's own");
+            crate::known_secrets::KnownSecrets::new(db.store(), vec![]).expect("no patterns compile")
+        });
         Manager {
+            known: Arc::new(known),
             policies,
             paths: cfg.sandbox_paths(),
             cfg,
-            db: Db::new(store),
+            db,
             metrics: Metrics::default(),
             live: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
@@ -817,6 +831,10 @@ impl Manager {
                 services: Arc::new(services),
             },
         }))
+    }
+
+    pub fn known(&self) -> &Arc<crate::known_secrets::KnownSecrets> {
+        &self.known
     }
 
     /// The forge of `[repos.NAME]` (built at start; fails closed with why).
