@@ -1085,11 +1085,54 @@ where
             Some(p) if prep.framing != Framing::None => Some(p.request_filter()),
             _ => None,
         };
+        // A small body is read whole before anything is sent, so a
+        // blocked one never reaches upstream; a larger one streams.
         let body_out = match (&plan, prep.framing) {
-            (Some(p), Framing::Length(_)) if p.injects_body() => OutFraming::Buffer,
-            (_, Framing::Length(_)) => OutFraming::Same,
+            (_, Framing::Length(n)) if n <= inject::MAX_BUFFERED_BODY => OutFraming::Buffer,
+            (Some(p), Framing::Length(_)) if !p.injects_body() => OutFraming::Same,
             _ => OutFraming::Chunked,
         };
+        // Such a body is filtered into memory before brig dials: a blocked
+        // request never opens a connection upstream.
+        let mut rendered: Option<Vec<u8>> = None;
+        if let (Some(f), OutFraming::Buffer) = (filter.as_mut(), body_out) {
+            let mut whole = Vec::new();
+            let uncounted = AtomicU64::new(0);
+            let r = inject::copy_filtered(
+                &prep.upstream_head,
+                &mut buf,
+                &mut client,
+                &mut whole,
+                prep.framing,
+                cfg.head_timeout,
+                &mut InMeter(&uncounted),
+                f,
+                OutFraming::Buffer,
+            )
+            .await;
+            match r {
+                Ok(_) => rendered = Some(whole),
+                Err(FilterError::Blocked(b)) => {
+                    exfil(&mut client, ctx, ev, &b, &host_s, start, true).await;
+                    return;
+                }
+                Err(FilterError::Io(e)) => {
+                    let err = format!("reading the request body: {e}");
+                    let body = format!("brig egress: {err} (rule: {})\n", rules::BAD_REQUEST);
+                    send_answer(
+                        &mut client,
+                        &http::answer(400, &[("X-Brig-Rule", rules::BAD_REQUEST)], &body, true),
+                    )
+                    .await;
+                    ev.status = Some(400);
+                    ev.error = Some(err);
+                    ctx.emit(ev, start);
+                    return;
+                }
+            }
+            injected.extend(f.injected.iter().cloned());
+            filter = None;
+        }
         let bytes_out = AtomicU64::new(0);
         let bytes_in = AtomicU64::new(0);
         let mut reused = upstream.is_some();
@@ -1153,8 +1196,15 @@ where
                 exhausted: false,
             };
             // Head (and what is buffered of the body) in one write.
-            let sent = match filter.as_mut() {
-                None => async {
+            let sent = match (filter.as_mut(), &rendered) {
+                (_, Some(whole)) => async {
+                    up.stream.write_all(whole).await?;
+                    meter.copied(whole.len());
+                    Ok(whole.len() as u64)
+                }
+                .await
+                .map_err(FilterError::Io),
+                (None, None) => async {
                     up.stream.write_all(&prep.upstream_head).await?;
                     meter.copied(prep.upstream_head.len());
                     http::copy_body(
@@ -1169,7 +1219,7 @@ where
                 }
                 .await
                 .map_err(FilterError::Io),
-                Some(f) => {
+                (Some(f), None) => {
                     inject::copy_filtered(
                         &prep.upstream_head,
                         &mut buf,
@@ -1202,7 +1252,7 @@ where
                 injected.extend(f.injected.iter().cloned());
             }
             if let Err(e) = sent {
-                if reused && attempt == 1 && prep.framing == Framing::None {
+                if reused && attempt == 1 && (prep.framing == Framing::None || rendered.is_some()) {
                     upstream = None;
                     continue;
                 }
@@ -1226,7 +1276,9 @@ where
             {
                 Ok(r) => break Ok(r),
                 Err(RespErr::ClosedEarly)
-                    if reused && attempt == 1 && prep.framing == Framing::None =>
+                    if reused
+                        && attempt == 1
+                        && (prep.framing == Framing::None || rendered.is_some()) =>
                 {
                     upstream = None;
                     continue;

@@ -946,18 +946,37 @@ mod tests {
             s.contains(&format!("Authorization: Bearer {VAL2}\r\n")),
             "{s}"
         );
-        let out = plan
-            .rewrite_head(&head(&[
-                "GET / HTTP/1.1",
-                "authorization: Basic dXNlcjpwdw==",
-            ]))
-            .unwrap();
+        let own = head(&["GET / HTTP/1.1", "authorization: Basic dXNlcjpwdw=="]);
+        let out = plan.rewrite_head(&own).unwrap();
         let s = String::from_utf8(out.head).unwrap();
         assert!(
             s.contains("authorization: Basic dXNlcjpwdw==\r\n") && !s.contains(VAL2),
             "{s}"
         );
         assert!(out.injected.is_empty());
+        // Unless the binding overrides it.
+        let mut secrets = vec![Secret {
+            name: "NPM".into(),
+            placeholder: PH2.into(),
+            value: VAL2.into(),
+            hosts: vec!["registry.npmjs.org".into()],
+            body: false,
+            authorization: Some("Bearer ".into()),
+            override_authorization: true,
+        }];
+        let o = Placeholders::new(secrets.clone()).unwrap();
+        let out = o.plan("registry.npmjs.org").rewrite_head(&own).unwrap();
+        let s = String::from_utf8(out.head).unwrap();
+        assert!(
+            s.contains(&format!("Authorization: Bearer {VAL2}\r\n")),
+            "{s}"
+        );
+        assert!(!s.contains("Basic"), "{s}");
+        // Not to another host, whatever the binding.
+        secrets[0].hosts = vec!["other.example".into()];
+        let o = Placeholders::new(secrets).unwrap();
+        let out = o.plan("registry.npmjs.org").rewrite_head(&own).unwrap();
+        assert!(!String::from_utf8(out.head).unwrap().contains(VAL2));
     }
 
     fn run_filter(f: &mut BodyFilter<'_>, body: &[u8], split: usize) -> Result<Vec<u8>, Blocked> {
