@@ -1096,6 +1096,10 @@ where
         // request never opens a connection upstream.
         let mut rendered: Option<Vec<u8>> = None;
         if let (Some(f), OutFraming::Buffer) = (filter.as_mut(), body_out) {
+            if let Some(h) = inject::take_expect_continue(&prep.upstream_head) {
+                prep.upstream_head = h;
+                send_answer(&mut client, b"HTTP/1.1 100 Continue\r\n\r\n").await;
+            }
             let mut whole = Vec::new();
             let uncounted = AtomicU64::new(0);
             let r = inject::copy_filtered(

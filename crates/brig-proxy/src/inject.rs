@@ -640,25 +640,40 @@ impl From<io::Error> for FilterError {
 /// `head` (complete, as it would be sent with the original framing) with
 /// its Content-Length / Transfer-Encoding replaced by `framing`.
 fn reframe(head: &[u8], framing: Option<String>) -> Vec<u8> {
+    strip_headers(head, &["content-length", "transfer-encoding"], framing)
+}
+
+/// `head` without the fields `names` (lower case), `add` appended.
+fn strip_headers(head: &[u8], names: &[&str], add: Option<String>) -> Vec<u8> {
     let body = head.strip_suffix(b"\r\n\r\n").unwrap_or(head);
     let mut out = Vec::with_capacity(head.len() + 32);
     for (n, line) in body.split(|&b| b == b'\n').enumerate() {
         let l = line.strip_suffix(b"\r").unwrap_or(line);
-        let lower = l.to_ascii_lowercase();
-        if n > 0
-            && (lower.starts_with(b"content-length:") || lower.starts_with(b"transfer-encoding:"))
-        {
+        let named = |h: &&str| {
+            l.len() > h.len()
+                && l[h.len()] == b':'
+                && l[..h.len()].eq_ignore_ascii_case(h.as_bytes())
+        };
+        if n > 0 && names.iter().any(named) {
             continue;
         }
         out.extend_from_slice(l);
         out.extend_from_slice(b"\r\n");
     }
-    if let Some(f) = framing {
+    if let Some(f) = add {
         out.extend_from_slice(f.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// A request head with `Expect: 100-continue`, without it: brig reads
+/// such a body itself before going upstream, so it answers the `100`.
+pub(crate) fn take_expect_continue(head: &[u8]) -> Option<Vec<u8>> {
+    let lower = head.to_ascii_lowercase();
+    memchr::memmem::find(&lower, b"\r\nexpect:")?;
+    Some(strip_headers(head, &["expect"], None))
 }
 
 async fn emit<W: AsyncWrite + Unpin, M: Meter>(

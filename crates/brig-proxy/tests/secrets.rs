@@ -122,10 +122,7 @@ async fn tls_origin(acceptor: Arc<SslAcceptor>) -> TlsOrigin {
     }
 }
 
-async fn serve_echo<S: AsyncRead + AsyncWrite + Unpin>(
-    mut s: S,
-    reqs: Requests,
-) {
+async fn serve_echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, reqs: Requests) {
     let mut buf = Vec::new();
     loop {
         let end = loop {
@@ -631,6 +628,24 @@ async fn a_real_value_in_a_body_to_a_non_injecting_host_is_blocked() {
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(w.plain.heads.lock().unwrap().len(), 1);
+    // A client waiting for `100 Continue` gets it from brig, which reads
+    // the body before going upstream (no Expect is forwarded).
+    let mut c = w.s.explicit().await;
+    let r = roundtrip(
+        &mut c,
+        "POST http://plain.test/e HTTP/1.1\r\nHost: plain.test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 100);
+    let r = roundtrip(&mut c, "hello").await.unwrap();
+    assert_eq!(r.status, 200);
+    let heads = w.plain.heads.lock().unwrap().clone();
+    assert!(
+        !heads[1].to_ascii_lowercase().contains("expect"),
+        "{}",
+        heads[1]
+    );
     w.assert_events_clean();
 }
 
