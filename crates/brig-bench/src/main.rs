@@ -593,6 +593,7 @@ async fn loop_direct(
             limits: brig_core::session::Limits::default(),
             uploads: vec![],
             checkout: None,
+            trust_ca: None,
             upload_cap_bytes: 0,
             no_capture: !capture,
         },

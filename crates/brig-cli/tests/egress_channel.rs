@@ -513,3 +513,61 @@ fn egress_setup_fails_closed_naming_the_layer() {
     let e = bind_egress_socket(d.path(), PROXY_SOCK).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
 }
+
+/// With a CA to trust (brig's egress CA), the sandbox's system bundle and
+/// `/.brig/egress/ca-bundle.pem` are the image's CAs followed by it, on
+/// `native` and `gvisor` alike; without one, the image's bundle is as is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trust_bundle_adds_brigs_ca_to_the_images() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let host = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+    let pem = "-----BEGIN CERTIFICATE-----\nYnJpZy10ZXN0LWNh\n-----END CERTIFICATE-----\n";
+    let env = TestEnv::new();
+    // The real `host` image (its generated /etc has the host's bundle).
+    let paths = env.paths.clone();
+    let image = move || brig_sandbox::image::resolve(&paths, "host").unwrap();
+    for runtime in [RuntimeKind::Native, RuntimeKind::Gvisor] {
+        let mut req = env.request(runtime.clone(), Limits::default());
+        req.trust_ca = Some(pem.to_string());
+        let sb = Sandbox::create_with_image(&env.paths, req, image())
+            .await
+            .unwrap_or_else(|e| panic!("{runtime:?}: {e}"));
+        for path in ["/etc/ssl/certs/ca-certificates.crt", egress::CA_BUNDLE_PATH] {
+            let out = run(&sb, &["/bin/cat", path]).await;
+            assert_eq!(out.code, Some(0), "{runtime:?} {path}: {}", out.stderr);
+            assert!(
+                out.stdout.ends_with(pem),
+                "{runtime:?} {path}: ends {:?}",
+                &out.stdout[out.stdout.len().saturating_sub(80)..]
+            );
+            assert!(
+                out.stdout.starts_with(&host[..host.len().min(200)]),
+                "{runtime:?} {path}"
+            );
+        }
+        // Read-only like the rest of the image.
+        let out = run(
+            &sb,
+            &[
+                "/bin/sh",
+                "-c",
+                "echo x >> /etc/ssl/certs/ca-certificates.crt",
+            ],
+        )
+        .await;
+        assert_ne!(out.code, Some(0), "{runtime:?}");
+        sb.destroy().await;
+    }
+    let req = env.request(RuntimeKind::Native, Limits::default());
+    let sb = Sandbox::create_with_image(&env.paths, req, image())
+        .await
+        .unwrap();
+    let out = run(&sb, &["/bin/cat", "/etc/ssl/certs/ca-certificates.crt"]).await;
+    assert_eq!(out.stdout, host);
+    let out = run(&sb, &["/bin/cat", egress::CA_BUNDLE_PATH]).await;
+    assert_ne!(out.code, Some(0));
+    sb.destroy().await;
+}

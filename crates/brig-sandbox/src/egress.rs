@@ -53,6 +53,56 @@ pub const PROXY_SOCK: &str = "proxy.sock";
 pub const DNS_SOCK: &str = "dns.sock";
 /// The generated resolv.conf, bound over the image's /etc/resolv.conf.
 pub const RESOLV_FILE: &str = "resolv.conf";
+/// The trust bundle (the image's CAs plus brig's egress CA, which signs the
+/// certificates of the hosts the proxy intercepts to inject secrets).
+pub const CA_BUNDLE_FILE: &str = "ca-bundle.pem";
+/// Where programs find it inside the sandbox.
+pub const CA_BUNDLE_PATH: &str = "/.brig/egress/ca-bundle.pem";
+/// The image file it is bound over (Debian's and Alpine's system bundle).
+pub const SYSTEM_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
+
+/// The variables that point common TLS clients at the trust bundle.
+pub fn ca_env() -> Vec<(String, String)> {
+    [
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "CARGO_HTTP_CAINFO",
+        "GIT_SSL_CAINFO",
+        "CURL_CA_BUNDLE",
+        "PIP_CERT",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), CA_BUNDLE_PATH.to_string()))
+    .collect()
+}
+
+/// Write the trust bundle into the session's egress directory: the image's
+/// system bundle (a regular file only: never a symlink out of the image)
+/// followed by `extra_pem`.
+pub fn write_ca_bundle(dir: &Path, rootfs: &Path, extra_pem: &str) -> Result<()> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |what: &str, e: io::Error| Error::guard("egress", format!("{what}: {e}"));
+    let mut bundle = Vec::new();
+    let system = rootfs.join(SYSTEM_BUNDLE);
+    if std::fs::symlink_metadata(&system).is_ok_and(|m| m.is_file()) {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&system)
+            .and_then(|mut f| f.by_ref().take(16 << 20).read_to_end(&mut bundle))
+            .map_err(|e| fail("reading the image's CA bundle", e))?;
+        if !bundle.ends_with(b"\n") {
+            bundle.push(b'\n');
+        }
+    }
+    bundle.extend_from_slice(extra_pem.as_bytes());
+    let path = dir.join(CA_BUNDLE_FILE);
+    std::fs::write(&path, &bundle).map_err(|e| fail("writing the CA bundle", e))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| fail("chmod the CA bundle", e))
+}
 /// The explicit-proxy address programs get in `HTTP_PROXY` and friends.
 pub const EXPLICIT_PROXY: &str = "127.0.0.1:3128";
 /// The sandbox's resolver (resolv.conf's nameserver).

@@ -66,6 +66,10 @@ pub struct SandboxRequest {
     /// Host directories whose snapshot is copied into /workspace, in order
     /// (honouring .gitignore, `.git` excluded), capped at `upload_cap_bytes` in total.
     pub uploads: Vec<PathBuf>,
+    /// PEM of a CA the sandbox must trust on top of the image's (brig's
+    /// egress CA): written with the image's bundle into the egress dir, bound
+    /// over the system bundle, named by [`crate::egress::ca_env`].
+    pub trust_ca: Option<String>,
     /// A checkout brig made (brig-git's workspace tree), copied in first
     /// and whole, `.git` included; counted against `upload_cap_bytes`.
     pub checkout: Option<PathBuf>,
@@ -318,6 +322,9 @@ async fn build(
             .map_err(|e| Error::guard("egress", format!("chmod of the session dir: {e}")))?;
     }
     let egress_dir = crate::egress::create_dir(&parts.session_dir, owner.1)?;
+    if let Some(pem) = &req.trust_ca {
+        crate::egress::write_ca_bundle(&egress_dir, &image.rootfs, pem)?;
+    }
     let forwarder = crate::egress::ForwarderConfig::new(transparent);
 
     let mut left = req.upload_cap_bytes;

@@ -262,6 +262,18 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
                 &["bind", "ro", "nosuid", "nodev", "noexec"],
             )?);
         }
+        // The trust bundle (when brig intercepts hosts) over the system one,
+        // under the same rule: only over a regular file of the image.
+        let bundle = dir.join(crate::egress::CA_BUNDLE_FILE);
+        let system = input.image.rootfs.join(crate::egress::SYSTEM_BUNDLE);
+        if bundle.is_file() && std::fs::symlink_metadata(&system).is_ok_and(|m| m.is_file()) {
+            mounts.push(mount(
+                &format!("/{}", crate::egress::SYSTEM_BUNDLE),
+                "bind",
+                &bundle,
+                &["bind", "ro", "nosuid", "nodev", "noexec"],
+            )?);
+        }
     }
     mounts.push(mount(
         WORKSPACE,

@@ -644,6 +644,7 @@ impl Manager {
             limits,
             uploads: copied.into_iter().chain(upload).collect(),
             checkout: checkout.as_ref().map(|(_, work)| work.clone()),
+            trust_ca: None,
             upload_cap_bytes: self.cfg.upload_cap_bytes,
             no_capture: false,
         };

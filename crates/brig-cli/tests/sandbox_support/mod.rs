@@ -82,6 +82,7 @@ impl TestEnv {
             limits,
             uploads: vec![],
             checkout: None,
+            trust_ca: None,
             upload_cap_bytes: 64 << 20,
             no_capture: false,
         }
