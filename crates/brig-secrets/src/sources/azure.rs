@@ -57,17 +57,7 @@ pub struct AzureSource {
 }
 
 fn plain(what: &str, v: &str, extra: &str) -> Result<(), SecretError> {
-    let ok = !v.is_empty()
-        && v.len() <= 127
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || extra.contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(SecretError::config(format!(
-            "{what} `{v}` may hold only letters, digits and `-{extra}`"
-        )))
-    }
+    super::check_word(what, v, 127, extra)
 }
 
 impl AzureSource {

@@ -74,17 +74,7 @@ pub struct GcpSource {
 }
 
 fn check_segment(upstream: &str, what: &str, s: &str) -> Result<(), SecretError> {
-    let ok = !s.is_empty()
-        && s.len() <= 255
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(SecretError::config(format!(
-            "{upstream}: {what} `{s}` may hold only letters, digits, `-` and `_`"
-        )))
-    }
+    super::check_word(&format!("{upstream}: {what}"), s, 255, "_")
 }
 
 impl GcpSource {

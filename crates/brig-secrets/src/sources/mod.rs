@@ -45,6 +45,22 @@ pub(crate) fn check_key(
     Ok(())
 }
 
+/// Checks a one-word name (a project, a secret name, a tenant id): 1 to
+/// `max` letters, digits, `-` and the characters of `extra`.
+pub(crate) fn check_word(what: &str, v: &str, max: usize, extra: &str) -> Result<(), SecretError> {
+    let ok = !v.is_empty()
+        && v.len() <= max
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || extra.contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(SecretError::config(format!(
+            "{what} `{v}` may hold only letters, digits and `-{extra}`"
+        )))
+    }
+}
+
 /// Splits `name#field` (a JSON field of the secret to return).
 pub(crate) fn split_field(key: &str) -> (&str, Option<&str>) {
     match key.rsplit_once('#') {
