@@ -1569,7 +1569,8 @@ async fn connect_tunnel<S>(
         return;
     }
     ev.status = Some(200);
-    if s.config.tls_ports.contains(&prep.port) {
+    // A bound host's tunnel is TLS on any port: brig must see inside it.
+    if s.config.tls_ports.contains(&prep.port) || intercepts(s, &prep.host) {
         // The tunnel is judged by the server name inside it too.
         let hello = peek_hello(&mut client, &mut buf, s.config.tls_peek_timeout).await;
         let host_s = prep.host.to_string();

@@ -21,6 +21,13 @@
 //! session's [`EgressEvents`]. Dropping (aborting) a serve future drops
 //! every connection it accepted. docs/EGRESS.md, "The proxy" and "The
 //! resolver", is the reference.
+//!
+//! Secrets (issue 6, docs/EGRESS.md "TLS interception and secret
+//! injection"): with [`SessionEgress::with_secrets`] and
+//! [`SessionEgress::with_ca`], TLS to the hosts secrets are bound to is
+//! terminated with a leaf of brig's [`CertAuthority`], placeholders are
+//! replaced by real values there ([`inject`]), and every request brig can
+//! see is checked for placeholders and values going elsewhere.
 
 pub mod artifact;
 pub mod ca;
