@@ -70,6 +70,15 @@ impl Judged {
         }
     }
 
+    /// A request that gives a secret away (crate::inject).
+    pub(crate) fn from_blocked(b: &Blocked, host: &str) -> Judged {
+        Judged {
+            verdict: Verdict::Denied,
+            rule: b.rule.to_string(),
+            expl: Some(b.explanation(host)),
+        }
+    }
+
     fn denied(&self) -> bool {
         self.verdict == Verdict::Denied
     }
@@ -733,6 +742,12 @@ async fn exfil<S: AsyncWrite + Unpin>(
     ctx.emit(ev, start);
 }
 
+/// A host name that carries a placeholder or a value (exfiltration by
+/// name: DNS, SNI, CONNECT, Host).
+pub(crate) fn name_leak(s: &SessionEgress, name: &str) -> Option<Blocked> {
+    s.secrets.as_ref()?.placeholders().in_name(name)
+}
+
 /// Whether TLS to `host` is intercepted (a secret is bound to it).
 fn intercepts(s: &SessionEgress, host: &Host) -> bool {
     match (host, &s.secrets) {
@@ -983,6 +998,10 @@ where
             ev.explanation = None;
             ev.error = Some("rate limited".into());
             ctx.emit(ev, start);
+            return;
+        }
+        if let Some(b) = name_leak(s, &ev.host.clone().unwrap_or_default()) {
+            exfil(&mut client, ctx, ev, &b, "", start, true).await;
             return;
         }
         if let (Some(svc), Some(mut head)) = (local, head) {
@@ -1800,6 +1819,16 @@ async fn transparent_tls<S>(
             return;
         }
     };
+    if let Some(b) = name_leak(s, &name) {
+        ev.host = Some(name);
+        let j = Judged::from_blocked(&b, "");
+        ev.decision = j.verdict;
+        ev.rule = j.rule;
+        ev.explanation = j.expl;
+        ev.error = Some(format!("exfiltration attempt: secret {}", b.secret));
+        ctx.emit(ev, start);
+        return;
+    }
     let (host, d) = s.policy.decide_raw(&name, dst.port(), None, None);
     let shown = host
         .as_ref()

@@ -165,6 +165,10 @@ pub(crate) async fn answer(s: &SessionEgress, msg: &[u8]) -> Option<Vec<u8>> {
         Some(h) => h.to_string(),
         None => raw_name.chars().take(253).collect(),
     });
+    if let Some(b) = crate::conn::name_leak(s, raw_name) {
+        ev.error = Some(format!("exfiltration attempt: secret {}", b.secret));
+        return refused(ev, Judged::from_blocked(&b, ""));
+    }
     if q.qclass != 1 {
         let j = Judged::builtin(
             rules::DNS_QCLASS,

@@ -143,6 +143,10 @@ pub struct Placeholders {
     ac: Option<AhoCorasick>,
     pats: Vec<(usize, Kind)>,
     max_len: usize,
+    /// Placeholders and raw values, ASCII case folded: for host names
+    /// (normalized to lower case) and for scrubbing events.
+    folded: Option<AhoCorasick>,
+    folded_pats: Vec<usize>,
 }
 
 impl std::fmt::Debug for Placeholders {
@@ -268,6 +272,29 @@ impl Placeholders {
             }
         }
         let max_len = patterns.iter().map(Vec::len).max().unwrap_or(0);
+        let mut folded_patterns: Vec<Vec<u8>> = Vec::new();
+        let mut folded_pats = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            if let Some(p) = &e.placeholder {
+                folded_patterns.push(p.clone());
+                folded_pats.push(i);
+            }
+            if e.value.len() >= MIN_SCANNED_VALUE {
+                folded_patterns.push(e.value.clone());
+                folded_pats.push(i);
+            }
+        }
+        let folded = if folded_patterns.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasickBuilder::new()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .ascii_case_insensitive(true)
+                    .build(&folded_patterns)
+                    .map_err(|e| SecretError(format!("building the matcher: {e}")))?,
+            )
+        };
         let ac = if patterns.is_empty() {
             None
         } else {
@@ -283,6 +310,8 @@ impl Placeholders {
             ac,
             pats,
             max_len,
+            folded,
+            folded_pats,
         })
     }
 
@@ -311,6 +340,49 @@ impl Placeholders {
             .map(|e| e.hosts.iter().any(|p| p.matches(host)))
             .collect();
         Plan { p: self, bound }
+    }
+
+    /// A host name (CONNECT target, SNI, Host, DNS query) that carries a
+    /// placeholder or a value, in any case: no real host name does, so it
+    /// is exfiltration whatever the host.
+    pub(crate) fn in_name(&self, name: &str) -> Option<Blocked> {
+        let m = self.folded.as_ref()?.find(name)?;
+        let i = self.folded_pats[m.pattern().as_usize()];
+        let e = &self.entries[i];
+        let kind = match &e.placeholder {
+            Some(p)
+                if p.len() == m.len() && p.eq_ignore_ascii_case(&name.as_bytes()[m.range()]) =>
+            {
+                Kind::Placeholder
+            }
+            _ => Kind::Value,
+        };
+        Some(Plan::blocked_entry(e, kind, NAME.into()))
+    }
+
+    /// `text` with every placeholder and raw value (any case) replaced by
+    /// `[secret:NAME]`: what events carry instead.
+    pub fn scrub_text<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        let Some(ac) = &self.folded else {
+            return text.into();
+        };
+        let mut out: Option<String> = None;
+        let mut at = 0;
+        for m in ac.find_iter(text) {
+            let o = out.get_or_insert_with(String::new);
+            o.push_str(&text[at..m.start()]);
+            o.push_str("[secret:");
+            o.push_str(&self.entries[self.folded_pats[m.pattern().as_usize()]].name);
+            o.push(']');
+            at = m.end();
+        }
+        match out {
+            None => text.into(),
+            Some(mut o) => {
+                o.push_str(&text[at..]);
+                o.into()
+            }
+        }
     }
 
     /// The real value of secret `name` appears in `data` (or an encoded
@@ -345,6 +417,8 @@ impl Placeholders {
     }
 }
 
+const NAME: &str = "a host name";
+
 /// Something a session may not send: which rule, which secret, where.
 #[derive(Clone, Debug)]
 pub(crate) struct Blocked {
@@ -356,7 +430,20 @@ pub(crate) struct Blocked {
 
 impl Blocked {
     pub(crate) fn explanation(&self, host: &str) -> Explanation {
-        let (what, how) = if self.rule == rules::PLACEHOLDER_EXFIL {
+        let what = if self.rule == rules::PLACEHOLDER_EXFIL {
+            "the placeholder"
+        } else {
+            "the real value"
+        };
+        let (what, how) = if self.place == NAME {
+            (
+                format!(
+                    "{what} of secret {} was sent as part of a host name (journaled as an exfiltration attempt)",
+                    self.secret
+                ),
+                "no real host name holds a secret; connect to the host itself".to_string(),
+            )
+        } else if self.rule == rules::PLACEHOLDER_EXFIL {
             (
                 format!(
                     "the placeholder of secret {} was sent in {} to {host}, a host the secret is not bound to (journaled as an exfiltration attempt)",
@@ -407,7 +494,10 @@ pub(crate) struct HeadOut {
 
 impl Plan<'_> {
     fn blocked(&self, i: usize, kind: Kind, place: String) -> Blocked {
-        let e = &self.p.entries[i];
+        Plan::blocked_entry(&self.p.entries[i], kind, place)
+    }
+
+    fn blocked_entry(e: &Entry, kind: Kind, place: String) -> Blocked {
         Blocked {
             rule: match kind {
                 Kind::Placeholder => rules::PLACEHOLDER_EXFIL,
@@ -851,6 +941,38 @@ where
         OutFraming::Close => {}
     }
     Ok(total + sent_body)
+}
+
+/// The session's event sink behind a scrubber: whatever a request named
+/// (a host, a path, an error, an explanation quoting them) reaches the
+/// journal with placeholders and values replaced by `[secret:NAME]`.
+pub(crate) struct ScrubEvents {
+    pub inner: std::sync::Arc<dyn crate::EgressEvents>,
+    pub secrets: std::sync::Arc<dyn crate::SecretInjector>,
+}
+
+impl crate::EgressEvents for ScrubEvents {
+    fn event(&self, mut e: crate::EgressEvent) {
+        let p = self.secrets.placeholders();
+        let fix = |s: &mut String| {
+            if let std::borrow::Cow::Owned(o) = p.scrub_text(s) {
+                *s = o;
+            }
+        };
+        for f in [&mut e.host, &mut e.path, &mut e.method, &mut e.error]
+            .into_iter()
+            .flatten()
+        {
+            fix(f);
+        }
+        if let Some(x) = &mut e.explanation {
+            fix(&mut x.reason);
+            if let Some(h) = &mut x.how_to_request_access {
+                fix(h);
+            }
+        }
+        self.inner.event(e);
+    }
 }
 
 #[cfg(test)]

@@ -228,7 +228,13 @@ impl SessionEgress {
     /// The session's secrets: their bound hosts are TLS-intercepted (with
     /// `ca`), placeholders injected there, and every visible request
     /// checked for placeholders and values going elsewhere.
+    /// Events are scrubbed from here on: a placeholder or value a request
+    /// carried in its host or path reaches the sink as `[secret:NAME]`.
     pub fn with_secrets(mut self, secrets: Arc<dyn SecretInjector>) -> SessionEgress {
+        self.events = Arc::new(inject::ScrubEvents {
+            inner: self.events.clone(),
+            secrets: secrets.clone(),
+        });
         self.secrets = Some(secrets);
         self
     }

@@ -290,8 +290,12 @@ async fn world(with_ca: bool) -> World {
     }
     let path = s.dir.path().join("egress-secrets.sock");
     let l = tokio::net::UnixListener::bind(&path).unwrap();
-    tokio::spawn(brig_proxy::serve_unix(l, e));
+    tokio::spawn(brig_proxy::serve_unix(l, e.clone()));
     s.proxy = path;
+    let dns_path = s.dir.path().join("dns-secrets.sock");
+    let l = tokio::net::UnixListener::bind(&dns_path).unwrap();
+    tokio::spawn(brig_proxy::serve_dns_unix(l, e));
+    s.dns = dns_path;
     World {
         s,
         ca,
@@ -343,10 +347,13 @@ impl World {
 
     /// Every event, serialized, holds no value and no placeholder.
     fn assert_events_clean(&self) {
-        let json = serde_json::to_string(&self.s.events()).unwrap();
+        // Case-folded: host names reach events in lower case.
+        let json = serde_json::to_string(&self.s.events())
+            .unwrap()
+            .to_ascii_lowercase();
         for v in ALL {
             assert!(
-                !json.contains(v),
+                !json.contains(&v.to_ascii_lowercase()),
                 "an event holds a secret or placeholder: {json}"
             );
         }
@@ -868,4 +875,48 @@ async fn a_custom_injector_sees_every_use() {
         *inj.1.lock().unwrap(),
         [("GH_TOKEN".to_string(), "api.bound.test".to_string())]
     );
+}
+
+#[tokio::test]
+async fn placeholders_in_names_and_paths_never_reach_the_journal() {
+    let w = world(true).await;
+    // A placeholder in a path to its bound host: injected, and the event's
+    // path names the secret instead.
+    let mut c = w.https("api.bound.test").await;
+    let r = roundtrip(
+        &mut c,
+        &format!("GET /p/{GH_PH} HTTP/1.1\r\nHost: api.bound.test\r\n\r\n"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(w.api.reqs.lock().unwrap()[0]
+        .0
+        .starts_with(&format!("GET /p/{GH_VAL} ")));
+    drop(c);
+    let ev = w.s.wait_events(2).await;
+    let e = ev.iter().find(|e| e.kind == EventKind::Http).unwrap();
+    assert_eq!(e.path.as_deref(), Some("/p/[secret:GH_TOKEN]"));
+    // In a host name: a DNS query, a CONNECT target, an SNI.
+    let name = format!("{}.other.test", GH_PH.to_ascii_lowercase());
+    let a = w.s.dns_query(&name, brig_proxy::dns_wire::A).await;
+    assert_eq!(a[3] & 0x0f, brig_proxy::dns_wire::REFUSED);
+    let r =
+        w.s.ask(&format!("CONNECT {name}:443 HTTP/1.1\r\n\r\n"))
+            .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.header("x-brig-rule").as_deref(),
+        Some("secret:placeholder-exfil")
+    );
+    assert!(r.body.contains("part of a host name"), "{}", r.body);
+    let c = w.s.open(w.other.addr).await;
+    assert!(tls_to(c, &name, &[w.ca.cert()]).await.is_err());
+    let ev = w.s.wait_events(5).await;
+    let blocked = ev
+        .iter()
+        .filter(|e| e.rule == "secret:placeholder-exfil")
+        .count();
+    assert_eq!(blocked, 3, "{ev:?}");
+    w.assert_events_clean();
 }
