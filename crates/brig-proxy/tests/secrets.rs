@@ -920,3 +920,81 @@ async fn placeholders_in_names_and_paths_never_reach_the_journal() {
     assert_eq!(blocked, 3, "{ev:?}");
     w.assert_events_clean();
 }
+
+/// Bodies over the 1 MiB buffer stream through the matcher.
+#[tokio::test]
+async fn large_bodies_stream_and_are_checked_to_their_end() {
+    let w = world(true).await;
+    let big = 2 << 20;
+    let body_with = |needle: &str, at: usize| {
+        let mut b = vec![b'a'; big];
+        b[at..at + needle.len()].copy_from_slice(needle.as_bytes());
+        b
+    };
+    // To a plain host: a value 1.5 MiB in is blocked; the origin never
+    // gets a complete request.
+    for (body, status) in [
+        (body_with(GH_VAL, (3 << 20) / 2), 403),
+        (body_with("clean", 100), 200),
+    ] {
+        let c = w.s.explicit().await;
+        let (mut rd, mut wr) = c.into_split();
+        let head = format!(
+            "POST http://plain.test/big HTTP/1.1\r\nHost: plain.test\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let writer = tokio::spawn(async move {
+            let _ = wr.write_all(head.as_bytes()).await;
+            let _ = wr.write_all(&body).await;
+            wr
+        });
+        let r = read_resp(&mut rd).await.unwrap();
+        assert_eq!(r.status, status, "{}", r.body);
+        if status == 403 {
+            assert_eq!(
+                r.header("x-brig-rule").as_deref(),
+                Some("secret:value-exfil")
+            );
+        }
+        drop(writer.await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let heads = w.plain.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1, "only the clean body arrived whole");
+    assert!(
+        heads[0].contains(&format!("Content-Length: {big}\r\n")),
+        "{}",
+        heads[0]
+    );
+
+    // To the bound host with body injection: re-chunked, the placeholder
+    // across a 16 KiB read boundary replaced.
+    let mut c = w.https("api.bound.test").await;
+    let body = body_with(FORM_PH, 16 * 1024 - 7);
+    c.write_all(
+        format!(
+            "POST /big HTTP/1.1\r\nHost: api.bound.test\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    c.write_all(&body).await.unwrap();
+    let r = read_resp(&mut c).await.unwrap();
+    assert_eq!(r.status, 200);
+    let reqs = w.api.reqs.lock().unwrap().clone();
+    let (h, b) = &reqs[0];
+    assert!(
+        h.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{h}"
+    );
+    assert_eq!(b.len(), big - FORM_PH.len() + FORM_VAL.len());
+    assert_eq!(
+        &b[16 * 1024 - 7..16 * 1024 - 7 + FORM_VAL.len()],
+        FORM_VAL.as_bytes()
+    );
+    assert!(find(b, FORM_PH.as_bytes()).is_none());
+    w.assert_events_clean();
+}
