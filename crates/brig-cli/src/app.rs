@@ -173,6 +173,7 @@ async fn dispatch(cli: Cli, out: Out) -> Result<i32> {
             let config = config_path(&cli)?;
             crate::journal::run(|| client(&cli), config.as_deref(), cmd, out).await
         }
+        Command::Creds(cmd) => crate::creds::run(&client(&cli)?, cmd, out).await,
         Command::Pr(cmd) => crate::pr::run(&client(&cli)?, cmd, out).await,
         Command::Scan(a) => crate::scan::run(a, out),
         Command::Session(cmd) => session(&client(&cli)?, cmd, out).await,

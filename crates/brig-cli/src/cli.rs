@@ -62,6 +62,9 @@ pub enum Command {
     /// Show, follow, export and verify the tamper-evident journal.
     #[command(subcommand)]
     Journal(crate::journal::JournalCmd),
+    /// What a session holds of its profile's secrets (never the values).
+    #[command(subcommand)]
+    Creds(crate::creds::CredsCmd),
     /// Before a pull request: preview a pushed branch, run the test gate, open the PR.
     #[command(subcommand)]
     Pr(crate::pr::PrCmd),

@@ -4,6 +4,7 @@ mod app;
 mod attach;
 mod cli;
 mod client;
+mod creds;
 mod demo;
 mod journal;
 mod output;

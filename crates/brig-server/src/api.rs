@@ -140,6 +140,7 @@ pub(crate) fn routes() -> Routes {
     .get("/v1/sessions/{id}/artifacts", list_artifacts)
     .get("/v1/sessions/{id}/artifacts/{name}", get_artifact)
     .get("/v1/git/signing-key", git_signing_key)
+    .get("/v1/sessions/{id}/credentials", list_credentials)
     .get("/v1/sessions/{id}/pr/preview", pr_preview)
     .post("/v1/sessions/{id}/gate", run_gate)
     .post("/v1/sessions/{id}/pulls", create_pr)
@@ -348,6 +349,17 @@ async fn session_events(State(st): State<AppState>, Path(id): Path<String>) -> A
 }
 
 // ---- pull requests: preview, test gate, open (crate::pr) ----
+
+/// What a session holds of its profile's secrets: names, scopes, hosts,
+/// expiry and state, never a value or a placeholder.
+async fn list_credentials(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    st.mgr.get(&id).await?;
+    Ok(axum::Json(crate::secrets::list(st.mgr.db(), &id).await?).into_response())
+}
 
 /// brig's deployment key: what a forge or a reviewer needs to verify the
 /// commits brig signs (`git verify-commit` with gpg.format=ssh).

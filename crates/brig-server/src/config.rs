@@ -46,6 +46,11 @@ pub struct ServerConfig {
     pub scan: brig_scan::ScanConfig,
     /// `[repos.NAME]`: upstreams on a forge, named by `--repo NAME`.
     pub repos: BTreeMap<String, brig_forge::ForgeConfig>,
+    /// `[secrets]`: sources, minters, TTL bounds (docs/SECRETS.md).
+    pub secrets: brig_secrets::SecretsConfig,
+    /// `secrets_upstream_ca`: extra CAs (PEM) the proxy trusts for the
+    /// upstream TLS of hosts it intercepts (a private registry's CA).
+    pub secrets_upstream_ca: Option<PathBuf>,
     /// Where this came from (a path, or `embedded defaults`), for messages.
     pub source: String,
 }
@@ -167,6 +172,8 @@ pub struct Profile {
     pub egress: brig_egress::EgressConfig,
     /// `[profiles.NAME.gate]`: what must pass before a PR opens.
     pub gate: Option<crate::git_config::Gate>,
+    /// `[profiles.NAME.secrets.GRANT]`: what its sessions hold (default: nothing).
+    pub secrets: BTreeMap<String, crate::secrets::Grant>,
 }
 
 // ---- the file as written ----
@@ -199,6 +206,9 @@ struct RawConfig {
     scan: Option<brig_scan::ScanConfig>,
     #[serde(default)]
     repos: BTreeMap<String, brig_forge::ForgeConfig>,
+    #[serde(default)]
+    secrets: brig_secrets::SecretsConfig,
+    secrets_upstream_ca: Option<PathBuf>,
 }
 
 /// Per-session egress rate limits; unset keys keep brig-proxy's defaults.
@@ -309,6 +319,8 @@ struct RawProfile {
     env: BTreeMap<String, String>,
     egress: Option<brig_egress::EgressConfig>,
     gate: Option<crate::git_config::RawGate>,
+    #[serde(default)]
+    secrets: BTreeMap<String, crate::secrets::Grant>,
 }
 
 /// A size: `"2G"` or a number of bytes.
@@ -403,6 +415,8 @@ impl ServerConfig {
             git: crate::git_config::GitConfig::default(),
             scan: brig_scan::ScanConfig::default(),
             repos: BTreeMap::new(),
+            secrets: brig_secrets::SecretsConfig::default(),
+            secrets_upstream_ca: None,
             source: "embedded defaults".into(),
         }
     }
@@ -511,6 +525,21 @@ impl ServerConfig {
             }
             out
         };
+        raw.secrets
+            .ttl
+            .validate()
+            .map_err(|e| Error::invalid(at(&format!("[secrets.ttl]: {e}"))))?;
+        for (pname, p) in &profiles {
+            for (gname, g) in &p.secrets {
+                let where_ = at(&format!("[profiles.{pname}.secrets.{gname}]"));
+                if !crate::secrets::check_grant_name(gname) {
+                    return Err(Error::invalid(format!(
+                        "{where_}: a grant's name is 1-64 of A-Z, a-z, 0-9 and _, not starting with a digit"
+                    )));
+                }
+                g.check(&where_, &raw.secrets)?;
+            }
+        }
         let mut resolver = brig_proxy::ResolverConfig::default();
         if let Some(u) = &raw.resolver.upstream {
             resolver.upstream = Some(u.parse().map_err(|_| {
@@ -545,6 +574,8 @@ impl ServerConfig {
             git: raw.git.apply(&at("[git]"))?,
             scan: check_scan(raw.scan.unwrap_or_default(), &at("[scan]"))?,
             repos: check_repos(raw.repos, &at("[repos]"))?,
+            secrets: raw.secrets,
+            secrets_upstream_ca: raw.secrets_upstream_ca,
             source: source.to_string(),
         })
     }
@@ -651,6 +682,7 @@ fn resolve_profile(
             .as_ref()
             .map(|g| g.apply(&format!("{at}.gate")))
             .transpose()?,
+        secrets: p.secrets.clone(),
     })
 }
 
@@ -667,6 +699,7 @@ pub fn builtin_profiles(
         env: Vec::new(),
         egress: egress.clone(),
         gate: None,
+        secrets: BTreeMap::new(),
     };
     BTreeMap::from([
         (DEFAULT_PROFILE.to_string(), mk(RuntimeKind::Native)),

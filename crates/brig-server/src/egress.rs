@@ -51,6 +51,14 @@ pub struct OwnServices {
     pub artifacts: Option<Arc<crate::artifacts::Artifacts>>,
     /// Local services on reserved hosts (the git gateway).
     pub local: Vec<Arc<dyn brig_proxy::local::LocalService>>,
+    /// The session's secrets and brig's CA: their hosts are intercepted.
+    pub secrets: Option<(
+        Arc<dyn brig_proxy::SecretInjector>,
+        Arc<brig_proxy::CertAuthority>,
+    )>,
+    /// Extra CAs trusted for intercepted hosts' upstream TLS (on top of the
+    /// system bundle): `secrets_upstream_ca` of brig.toml.
+    pub upstream_ca_file: Option<PathBuf>,
 }
 
 /// Bind `dir`'s sockets and serve them for `info`'s session. An error names
@@ -64,7 +72,12 @@ pub fn start(
     own: OwnServices,
     dir: &Path,
 ) -> Result<SessionChannels> {
-    let OwnServices { artifacts, local } = own;
+    let OwnServices {
+        artifacts,
+        local,
+        secrets,
+        upstream_ca_file,
+    } = own;
     let guard = |what: &str, e: std::io::Error| {
         Error::new(
             ErrorKind::GuardUnavailable,
@@ -119,6 +132,16 @@ pub fn start(
     };
     // brig's own services on this channel (the git gateway).
     let session = local.into_iter().fold(session, |s, l| s.with_local(l));
+    let session = match secrets {
+        Some((injector, ca)) => {
+            let cfg = brig_proxy::ProxyConfig {
+                upstream_ca_file,
+                ..brig_proxy::ProxyConfig::default()
+            };
+            session.with_config(cfg).with_secrets(injector).with_ca(ca)
+        }
+        None => session,
+    };
     let id = info.id.to_string();
     let s = session.clone();
     channels.tasks.push(tokio::spawn(async move {

@@ -19,6 +19,7 @@ pub mod known_secrets;
 pub mod manager;
 pub mod metrics;
 pub mod pr;
+pub mod secrets;
 pub mod sinks;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};

