@@ -426,6 +426,12 @@ pub fn encoded_forms(value: &[u8]) -> Vec<String> {
             }
         }
     }
+    // Hex, both cases (`xxd -p`, `od`-style dumps of the value).
+    let lower = hex::encode(value);
+    if lower.len() >= MIN_ENCODED_CORE {
+        push(lower.to_ascii_uppercase(), &mut out);
+        push(lower, &mut out);
+    }
     for engine in [&STANDARD, &URL_SAFE] {
         let full = engine.encode(value);
         if full.len() >= MIN_ENCODED_CORE {
@@ -480,6 +486,14 @@ mod tests {
 
     fn r() -> Redactor {
         Redactor::builder().secret("DB_PASSWORD", SECRET).build()
+    }
+
+    #[test]
+    fn a_known_value_is_masked_in_hex_too() {
+        let red = Redactor::builder().secret("K", "s3cr3t-hex-value").build();
+        let hex = hex::encode("s3cr3t-hex-value");
+        assert_eq!(red.redact_str(&format!("dump {hex} end")), "dump [REDACTED:secret:K] end");
+        assert_eq!(red.redact_str(&format!("DUMP {}", hex.to_uppercase())), "DUMP [REDACTED:secret:K]");
     }
 
     #[test]
