@@ -5,6 +5,7 @@
 # (PyPI) and ripsecrets (crates.io).
 #
 #   crates/brig-scan/bench/peers.sh [CORPUS_DIR]     (default ~/.cargo/registry/src)
+#   LABELLED_ONLY=1 crates/brig-scan/bench/peers.sh  (the labelled set only: seconds, not minutes)
 #
 # Peers are installed on first use under /tmp: detect-secrets in a venv
 # (/tmp/ds-venv), ripsecrets with `cargo install --root /tmp/peers`.
@@ -30,6 +31,7 @@ fi
 bench="$root/target/release/examples/scan_bench"
 
 now() { date +%s.%N; }
+if [ -z "${LABELLED_ONLY:-}" ]; then
 bytes=$(find "$corpus" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
 files=$(find "$corpus" -type f | wc -l)
 echo "corpus: $corpus: $files files, $(awk -v b="$bytes" 'BEGIN{printf "%.1f", b/1e6}') MB"
@@ -49,6 +51,8 @@ echo "ripsecrets:     $(rate "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')") 
 # detect-secrets must run from inside the tree (from inside another git repo it scans nothing).
 t0=$(now); (cd "$corpus" && "$ds" scan --all-files . >"$work/ds.json"); t1=$(now)
 echo "detect-secrets: $(rate "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')")   [$(python3 -c "import json,sys;d=json.load(open(sys.argv[1]));print(sum(len(v) for v in d['results'].values()), 'secrets')" "$work/ds.json")]"
+
+fi
 
 # ---- labelled set: one directory per case; a case is flagged if a tool reports anything in it.
 cases="$work/cases"

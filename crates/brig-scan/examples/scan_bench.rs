@@ -4,7 +4,8 @@
 //! The first run warms the page cache and is not counted; the best of the
 //! remaining runs is reported (MB = 10^6 bytes of file content read).
 //! `scan_bench --json DIR` prints the report as JSON instead (bench/peers.sh
-//! scores the labelled set with it).
+//! scores the labelled set with it); `scan_bench --git REPO REV...` times a
+//! git scan (`rev-list REV...`) instead.
 
 use std::time::Instant;
 
@@ -20,6 +21,24 @@ fn main() {
             .scan_dir(dir.as_ref())
             .expect("scan");
         println!("{}", serde_json::to_string_pretty(&r).expect("json"));
+        return;
+    }
+    if dir == "--git" {
+        let repo = args.next().expect("usage: scan_bench --git REPO REV...");
+        let revs: Vec<String> = args.collect();
+        let sc = brig_scan::Scanner::builtin();
+        let t = Instant::now();
+        let r = sc.scan_git(repo.as_ref(), &[], &revs).expect("git scan");
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "brig-scan git: {} commits, {} files, {:.1} MB of blobs in {secs:.3} s: {:.0} MB/s, {:.0} commits/s; {} findings",
+            r.commits_scanned,
+            r.files_scanned,
+            r.bytes_scanned as f64 / 1e6,
+            r.bytes_scanned as f64 / 1e6 / secs,
+            r.commits_scanned as f64 / secs,
+            r.findings.len()
+        );
         return;
     }
     let runs: usize = args.next().and_then(|r| r.parse().ok()).unwrap_or(3);

@@ -325,40 +325,66 @@ pub(crate) fn scan_git(
     let mut cmd = git(repo, env);
     cmd.args(["cat-file", "--batch"]);
     let commits = &commits;
+    let size = &size;
     let (files, bytes, findings) = pipe(cmd, "cat-file --batch", input, |out| {
-        let (mut files, mut bytes, mut findings) = (0u64, 0u64, Vec::new());
-        for c in commits {
-            for ch in &c.changes {
-                let new_size = size.get(&ch.new).copied().unwrap_or(0);
-                let new = if readable(&ch.new) {
-                    Some(read_object(out, &ch.new)?)
-                } else {
-                    None
-                };
-                let old = match &ch.old {
-                    Some(o) if readable(o) => Some(read_object(out, o)?),
-                    _ => None,
-                };
-                files += 1;
-                bytes += new.as_ref().map_or(0, |d| d.len() as u64);
-                sc.scan_file(
-                    &FileInput {
-                        path: &ch.path,
-                        data: new.as_deref(),
-                        size: new_size,
-                        commit: Some(&c.sha),
-                        // A modified file: only lines its parent lacks count.
-                        old: if ch.old.is_some() {
-                            Some(old.as_deref().unwrap_or(b""))
+        // This thread reads blobs while a second one scans them, so git's
+        // inflating and brig's scanning overlap (both cores). The channel is
+        // short: at most a few blobs wait in memory.
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(
+                &Commit,
+                &Change,
+                Option<Vec<u8>>,
+                Option<Vec<u8>>,
+            )>(8);
+            let worker = s.spawn(move || {
+                let (mut files, mut bytes, mut findings) = (0u64, 0u64, Vec::new());
+                for (c, ch, new, old) in rx {
+                    files += 1;
+                    bytes += new.as_ref().map_or(0, |d| d.len() as u64);
+                    sc.scan_file(
+                        &FileInput {
+                            path: &ch.path,
+                            data: new.as_deref(),
+                            size: size.get(&ch.new).copied().unwrap_or(0),
+                            commit: Some(&c.sha),
+                            // A modified file: only lines its parent lacks count.
+                            old: if ch.old.is_some() {
+                                Some(old.as_deref().unwrap_or(b""))
+                            } else {
+                                None
+                            },
+                        },
+                        &mut findings,
+                    );
+                }
+                (files, bytes, findings)
+            });
+            let read = (|| {
+                for c in commits {
+                    for ch in &c.changes {
+                        let new = if readable(&ch.new) {
+                            Some(read_object(out, &ch.new)?)
                         } else {
                             None
-                        },
-                    },
-                    &mut findings,
-                );
-            }
-        }
-        Ok((files, bytes, findings))
+                        };
+                        let old = match &ch.old {
+                            Some(o) if readable(o) => Some(read_object(out, o)?),
+                            _ => None,
+                        };
+                        if tx.send((c, ch, new, old)).is_err() {
+                            return Err(ScanError::Git("the scanning thread stopped".into()));
+                        }
+                    }
+                }
+                Ok(())
+            })();
+            drop(tx);
+            let scanned = worker
+                .join()
+                .map_err(|_| ScanError::Git("the scanning thread panicked".into()))?;
+            read.map(|()| scanned)
+        })
     })?;
     report.files_scanned = files;
     report.bytes_scanned = bytes;
