@@ -14,10 +14,31 @@ pub enum CredsCmd {
     /// The session's credentials, the latest state of each.
     #[command(alias = "ls")]
     List { session: String },
+    /// Revoke one credential now (its placeholder is refused from then on).
+    Revoke { session: String, name: String },
 }
 
 pub async fn run(c: &Client, cmd: &CredsCmd, out: Out) -> Result<i32> {
     match cmd {
+        CredsCmd::Revoke { session, name } => {
+            let id = session.parse::<brig_core::SessionId>().map(String::from)?;
+            let raw = c
+                .call_value::<()>(
+                    hyper::Method::POST,
+                    &format!(
+                        "/v1/sessions/{id}/credentials/{}/revoke",
+                        crate::app::path_segment(name)
+                    ),
+                    None,
+                )
+                .await?;
+            if out.json {
+                out.json_value(&raw);
+            } else {
+                out.text(&format!("{} revoked", raw["name"].as_str().unwrap_or(name)));
+            }
+            Ok(0)
+        }
         CredsCmd::List { session } => {
             let id = session.parse::<brig_core::SessionId>().map(String::from)?;
             let (list, raw) = c

@@ -320,6 +320,51 @@ async fn canaries_reach_only_their_bound_host_and_nothing_else_sees_them() {
         "{text}"
     );
 
+    // Revoked: refused within a second, nothing reaches the bound host.
+    let (st, r) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/credentials/CANARY_ENV/revoke"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["state"], "revoked");
+    let t0 = std::time::Instant::now();
+    let before = o.seen.lock().unwrap().len();
+    let (code, out) = sh(
+        &srv,
+        &id,
+        &format!(
+            "curl -sS -o /dev/null -w '%{{http_code}}' https://api.canary.test:{port}/again -H \"Authorization: Bearer $CANARY_ENV\""
+        ),
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "403"), "{out}");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(o.seen.lock().unwrap().len(), before);
+    let (_, creds) = srv
+        .call("GET", &format!("/v1/sessions/{id}/credentials"), None)
+        .await;
+    let state = |n: &str| {
+        creds
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == n)
+            .unwrap()["state"]
+            .clone()
+    };
+    assert_eq!(
+        (state("CANARY_ENV"), state("CANARY_FILE")),
+        (json!("revoked"), json!("active")),
+        "{creds}"
+    );
+
     let (st, _) = srv
         .call("DELETE", &format!("/v1/sessions/{id}"), None)
         .await;

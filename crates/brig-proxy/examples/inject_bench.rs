@@ -192,7 +192,7 @@ async fn run(n: usize) {
             upstream_ca_file: Some(ca_file),
             ..ProxyConfig::default()
         })
-        .with_secrets(Arc::new(secrets))
+        .with_secrets(Arc::new(Arc::new(secrets)))
         .with_ca(brig_ca.clone());
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = l.local_addr().unwrap().port();

@@ -1082,7 +1082,8 @@ where
         // their values; anything that gives a secret away elsewhere blocks
         // the request (crate::inject).
         let host_s = prep.host.to_string();
-        let plan = s.secrets.as_ref().map(|i| i.placeholders().plan(&host_s));
+        let placeholders = s.secrets.as_ref().map(|i| i.placeholders());
+        let plan = placeholders.as_ref().map(|p| p.plan(&host_s));
         let mut injected = BTreeSet::new();
         if let Some(plan) = &plan {
             match plan.rewrite_head(&prep.upstream_head) {
@@ -1283,10 +1284,9 @@ where
             }
             // Responses are scrubbed of real values (headers always, the
             // body when this request carried one).
-            let scrub = s
-                .secrets
-                .as_ref()
-                .map(|i| (i.placeholders(), !injected.is_empty()));
+            let scrub = placeholders
+                .as_deref()
+                .map(|p| (p, !injected.is_empty()));
             match read_response(
                 &mut client,
                 up,

@@ -184,8 +184,11 @@ pub struct SessionEgress {
 /// one per session (from brig-secrets' grants); [`Placeholders`] is the
 /// usual implementation.
 pub trait SecretInjector: Send + Sync + 'static {
-    /// The session's placeholders, values and bindings, compiled.
-    fn placeholders(&self) -> &Placeholders;
+    /// The session's placeholders, values and bindings, compiled. An
+    /// `Arc` so the control plane can swap them while the session lives (a
+    /// renewed credential, one expired or revoked): each request uses the
+    /// set it started with.
+    fn placeholders(&self) -> Arc<Placeholders>;
     /// Whether TLS to `host` (normalized) is intercepted. Default: a
     /// secret is bound to it.
     fn intercept(&self, host: &str) -> bool {
@@ -196,9 +199,10 @@ pub trait SecretInjector: Send + Sync + 'static {
     fn used(&self, _name: &str, _host: &str) {}
 }
 
-impl SecretInjector for Placeholders {
-    fn placeholders(&self) -> &Placeholders {
-        self
+/// A fixed set (tests, and sessions whose secrets never change).
+impl SecretInjector for Arc<Placeholders> {
+    fn placeholders(&self) -> Arc<Placeholders> {
+        self.clone()
     }
 }
 

@@ -284,7 +284,7 @@ async fn world(with_ca: bool) -> World {
     )
     .await;
     // The session's egress with secrets: served on a second socket.
-    let mut e = s.egress.clone().with_secrets(Arc::new(secrets()));
+    let mut e = s.egress.clone().with_secrets(Arc::new(Arc::new(secrets())));
     if with_ca {
         e = e.with_ca(ca.clone());
     }
@@ -829,17 +829,17 @@ async fn transparent_tls_to_a_bound_host_is_intercepted() {
 /// The injector trait: a custom one decides interception and sees uses.
 #[tokio::test]
 async fn a_custom_injector_sees_every_use() {
-    struct Counting(Placeholders, Mutex<Vec<(String, String)>>);
+    struct Counting(Arc<Placeholders>, Mutex<Vec<(String, String)>>);
     impl SecretInjector for Counting {
-        fn placeholders(&self) -> &Placeholders {
-            &self.0
+        fn placeholders(&self) -> Arc<Placeholders> {
+            self.0.clone()
         }
         fn used(&self, name: &str, host: &str) {
             self.1.lock().unwrap().push((name.into(), host.into()));
         }
     }
     let w = world(true).await;
-    let inj = Arc::new(Counting(secrets(), Mutex::new(Vec::new())));
+    let inj = Arc::new(Counting(Arc::new(secrets()), Mutex::new(Vec::new())));
     let e =
         w.s.egress
             .clone()

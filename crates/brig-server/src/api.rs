@@ -141,6 +141,10 @@ pub(crate) fn routes() -> Routes {
     .get("/v1/sessions/{id}/artifacts/{name}", get_artifact)
     .get("/v1/git/signing-key", git_signing_key)
     .get("/v1/sessions/{id}/credentials", list_credentials)
+    .post(
+        "/v1/sessions/{id}/credentials/{name}/revoke",
+        revoke_credential,
+    )
     .get("/v1/sessions/{id}/pr/preview", pr_preview)
     .post("/v1/sessions/{id}/gate", run_gate)
     .post("/v1/sessions/{id}/pulls", create_pr)
@@ -359,6 +363,14 @@ async fn list_credentials(
     let id = parse_id(&id)?;
     st.mgr.get(&id).await?;
     Ok(axum::Json(crate::secrets::list(st.mgr.db(), &id).await?).into_response())
+}
+
+async fn revoke_credential(
+    State(st): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    Ok(axum::Json(st.mgr.revoke_credential(&id, &name).await?).into_response())
 }
 
 /// brig's deployment key: what a forge or a reviewer needs to verify the

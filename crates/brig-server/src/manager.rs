@@ -985,9 +985,31 @@ impl Manager {
             &self.cfg.secrets.ttl,
             info,
             &profile.secrets,
+            &self.known,
         )
         .await?;
         Ok(Some((s, ca)))
+    }
+
+    /// Revoke one credential of a live session now (`brig creds revoke`):
+    /// from the next request on, its placeholder is refused everywhere.
+    pub async fn revoke_credential(
+        &self,
+        id: &SessionId,
+        name: &str,
+    ) -> Result<crate::secrets::CredentialInfo> {
+        let live = self.live_table().get(id).cloned();
+        let Some(live) = live else {
+            let info = self.get(id).await?;
+            return Err(not_live(&info));
+        };
+        let Some(s) = &live.secrets else {
+            return Err(Error::not_found(format!(
+                "session {id} holds no credentials"
+            )));
+        };
+        let info = live.info.lock().await.clone();
+        s.revoke_one(&self.db, &info, name).await
     }
 
     /// Revoke what a session holds and stop knowing its values after the

@@ -167,12 +167,22 @@ pub struct CredentialInfo {
 struct Held {
     info: CredentialInfo,
     minted: Option<(Arc<dyn brig_secrets::Minter>, Minted)>,
+    /// What was asked of the minter (to renew with the same scope).
+    req: Option<ScopeRequest>,
 }
+
+/// The host a revoked or expired secret is bound to: none that exists, so
+/// its placeholder is refused wherever it is sent.
+const DEAD_HOST: &str = "revoked.brig.invalid";
 
 /// A session's secrets while it lives: what the proxy injects, what the
 /// sandbox sees, what is revoked at the end.
 pub struct SessionSecrets {
-    placeholders: Placeholders,
+    /// What the proxy injects; swapped whole when a credential is renewed,
+    /// revoked or expires (each request uses the set it started with).
+    placeholders: std::sync::RwLock<Arc<Placeholders>>,
+    /// The secrets the set is built from.
+    entries: Mutex<Vec<Secret>>,
     held: Mutex<Vec<Held>>,
     /// Environment for commands (placeholders).
     pub env: Vec<(String, String)>,
@@ -192,8 +202,11 @@ impl std::fmt::Debug for SessionSecrets {
 }
 
 impl SecretInjector for SessionSecrets {
-    fn placeholders(&self) -> &Placeholders {
-        &self.placeholders
+    fn placeholders(&self) -> Arc<Placeholders> {
+        self.placeholders
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     fn used(&self, name: &str, host: &str) {
         // Never blocks a request: a full queue drops the use record (the
@@ -223,6 +236,17 @@ struct Obtained {
     origin: String,
     expires_at: Option<String>,
     granted: serde_json::Value,
+}
+
+fn scope_request(sid: &str, g: &Grant, ttl: Option<Duration>) -> ScopeRequest {
+    ScopeRequest {
+        session: sid.to_string(),
+        scope: g.scope.clone(),
+        repository: g.repository.clone(),
+        permissions: g.permissions.clone(),
+        policy: g.policy.clone(),
+        ttl,
+    }
 }
 
 async fn obtain(
@@ -303,6 +327,7 @@ pub async fn acquire(
     ttl_bounds: &brig_secrets::TtlBounds,
     info: &SessionInfo,
     grants: &BTreeMap<String, Grant>,
+    known: &Arc<crate::known_secrets::KnownSecrets>,
 ) -> Result<Arc<SessionSecrets>> {
     let mut entries = Vec::new();
     let mut held: Vec<Held> = Vec::new();
@@ -374,12 +399,20 @@ pub async fn acquire(
         let id = info.id.clone();
         db.write(move |s| s.add_session_record(&id, "credential", &rec, &ev))
             .await?;
+        let req = minted.as_ref().map(|_| {
+            let ttl = g
+                .ttl
+                .as_deref()
+                .and_then(|t| brig_core::units::parse_duration(t).ok());
+            scope_request(&sid, g, ttl_bounds.resolve(name, ttl).ok())
+        });
         held.push(Held {
             info: info_c,
             minted,
+            req,
         });
     }
-    let placeholders = match Placeholders::new(entries) {
+    let placeholders = match Placeholders::new(entries.clone()) {
         Ok(p) => p,
         Err(e) => {
             revoke_all(db, info, held, "session start failed").await;
@@ -397,14 +430,83 @@ pub async fn acquire(
             let _ = db2.write(move |s| s.append_event(&ev)).await;
         }
     });
-    Ok(Arc::new(SessionSecrets {
-        placeholders,
+    let out = Arc::new(SessionSecrets {
+        placeholders: std::sync::RwLock::new(Arc::new(placeholders)),
+        entries: Mutex::new(entries),
         held: Mutex::new(held),
         env,
         files,
         values,
         uses: tx,
-    }))
+    });
+    watch_lifetimes(db.clone(), info.clone(), known.clone(), &out);
+    Ok(out)
+}
+
+/// For every minted credential: renew it at 80% of its life while the
+/// session lives; if renewing fails, it expires at its time (brig stops
+/// injecting it). The tasks hold the session's secrets weakly: they end
+/// with it.
+fn watch_lifetimes(
+    db: Db,
+    info: SessionInfo,
+    known: Arc<crate::known_secrets::KnownSecrets>,
+    s: &Arc<SessionSecrets>,
+) {
+    let names: Vec<String> = s
+        .held
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|h| h.minted.is_some())
+        .map(|h| h.info.name.clone())
+        .collect();
+    for name in names {
+        let weak = Arc::downgrade(s);
+        let (db, info, known) = (db.clone(), info.clone(), known.clone());
+        tokio::spawn(async move {
+            loop {
+                let Some(me) = weak.upgrade() else { return };
+                let Some((minter, req, expires)) = me.minted_of(&name) else {
+                    return;
+                };
+                let now = time::OffsetDateTime::now_utc();
+                let left = (expires - now).max(time::Duration::ZERO);
+                let left = Duration::from_secs_f64(left.as_seconds_f64());
+                drop(me);
+                tokio::time::sleep(left.mul_f64(0.8)).await;
+                let Some(me) = weak.upgrade() else { return };
+                if !me.holds(&name) {
+                    return;
+                }
+                match minter.mint(&req).await {
+                    Ok(m) => me.renewed(&db, &info, &known, &name, m).await,
+                    Err(e) => {
+                        tracing::warn!(session = %info.id, credential = %name, error = %e, "renewal failed");
+                        let until = Duration::from_secs_f64(
+                            (expires - time::OffsetDateTime::now_utc())
+                                .max(time::Duration::ZERO)
+                                .as_seconds_f64(),
+                        );
+                        drop(me);
+                        tokio::time::sleep(until).await;
+                        if let Some(me) = weak.upgrade() {
+                            me.end_one(
+                                &db,
+                                &info,
+                                &name,
+                                "expired",
+                                "credential.expire",
+                                &e.to_string(),
+                            )
+                            .await;
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// Revoke what a session holds (its end, the kill switch, a failed start):
@@ -448,6 +550,169 @@ async fn revoke_all(db: &Db, info: &SessionInfo, held: Vec<Held>, reason: &str) 
 }
 
 impl SessionSecrets {
+    fn holds(&self, name: &str) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|h| h.info.name == name && h.info.state == "active")
+    }
+
+    fn minted_of(
+        &self,
+        name: &str,
+    ) -> Option<(
+        Arc<dyn brig_secrets::Minter>,
+        ScopeRequest,
+        time::OffsetDateTime,
+    )> {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let h = held
+            .iter()
+            .find(|h| h.info.name == name && h.info.state == "active")?;
+        let (m, minted) = h.minted.as_ref()?;
+        Some((m.clone(), h.req.clone()?, minted.expires_at))
+    }
+
+    /// Rebuild what the proxy injects from `entries`.
+    fn swap(&self, entries: &[Secret]) {
+        match Placeholders::new(entries.to_vec()) {
+            Ok(p) => *self.placeholders.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p),
+            // Built from entries that were valid: a bug; keep the old set.
+            Err(e) => tracing::error!(error = %e, "rebuilding the session's secrets failed"),
+        }
+    }
+
+    /// A renewed credential: the same placeholder now stands for the new
+    /// value; the old one is revoked upstream.
+    async fn renewed(
+        &self,
+        db: &Db,
+        info: &SessionInfo,
+        known: &crate::known_secrets::KnownSecrets,
+        name: &str,
+        m: Minted,
+    ) {
+        let Some(value) = m.value.expose_str().map(str::to_string) else {
+            return;
+        };
+        known.add(
+            &format!("session:{}", info.id),
+            crate::known_secrets::Known {
+                name: name.to_string(),
+                value: value.clone(),
+                until_ms: None,
+            },
+        );
+        {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = entries.iter_mut().find(|e| e.name == name) {
+                e.value = value;
+            }
+            self.swap(&entries);
+        }
+        let expires = m
+            .expires_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .ok();
+        let (old, rec) = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(h) = held.iter_mut().find(|h| h.info.name == name) else {
+                return;
+            };
+            h.info.expires_at = expires;
+            h.info.granted = m.granted.clone();
+            let minter = h.minted.as_ref().map(|(mi, _)| mi.clone());
+            let old = h.minted.take();
+            h.minted = minter.map(|mi| (mi, m));
+            (old, h.info.clone())
+        };
+        if let Some((mi, old)) = old {
+            let _ = tokio::time::timeout(Duration::from_secs(5), mi.revoke(&old)).await;
+        }
+        let mut ev = session_event(info, "credential.renew", Outcome::Success);
+        ev.rule = Some(format!("grant:{name}"));
+        let rec = serde_json::to_value(&rec).unwrap_or_default();
+        let ev = ev.details(rec.clone());
+        let id = info.id.clone();
+        let _ = db
+            .write(move |s| s.add_session_record(&id, "credential", &rec, &ev))
+            .await;
+    }
+
+    /// Stop injecting `name` now (its placeholder is refused everywhere
+    /// from the next request on), revoke it upstream, and record `state`.
+    async fn end_one(
+        &self,
+        db: &Db,
+        info: &SessionInfo,
+        name: &str,
+        state: &str,
+        action: &str,
+        why: &str,
+    ) -> Option<CredentialInfo> {
+        {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            let e = entries.iter_mut().find(|e| e.name == name)?;
+            e.name = format!("{name} ({state})");
+            e.hosts = vec![DEAD_HOST.to_string()];
+            e.body = false;
+            e.authorization = None;
+            self.swap(&entries);
+        }
+        let h = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            let i = held.iter().position(|h| h.info.name == name)?;
+            held.remove(i)
+        };
+        let mut rec = h.info.clone();
+        rec.state = state.to_string();
+        let upstream = match &h.minted {
+            Some((m, minted)) => {
+                match tokio::time::timeout(Duration::from_secs(5), m.revoke(minted)).await {
+                    Ok(Ok(())) => "revoked".to_string(),
+                    Ok(Err(e)) => format!("revocation failed: {e}"),
+                    Err(_) => "revocation timed out (5 s)".to_string(),
+                }
+            }
+            None => "nothing to revoke (a stored value: brig stops using it)".to_string(),
+        };
+        let mut ev = session_event(info, action, Outcome::Success);
+        ev.rule = Some(format!("grant:{name}"));
+        let ev = ev.details(serde_json::json!({"name": name, "scope": rec.scope, "reason": why, "upstream": upstream}));
+        let v = serde_json::to_value(&rec).unwrap_or_default();
+        let id = info.id.clone();
+        let _ = db
+            .write(move |s| s.add_session_record(&id, "credential", &v, &ev))
+            .await;
+        Some(rec)
+    }
+
+    /// `brig creds revoke`: one credential, now.
+    pub async fn revoke_one(
+        &self,
+        db: &Db,
+        info: &SessionInfo,
+        name: &str,
+    ) -> Result<CredentialInfo> {
+        self.end_one(
+            db,
+            info,
+            name,
+            "revoked",
+            "credential.revoke",
+            "revoked by request",
+        )
+        .await
+        .ok_or_else(|| {
+            Error::not_found(format!(
+                "session {} holds no active credential {name:?}",
+                info.id
+            ))
+            .hint("see `brig creds list SESSION`")
+        })
+    }
+
     /// End of the session: revoke and journal everything it holds.
     pub async fn revoke(&self, db: &Db, info: &SessionInfo, reason: &str) {
         let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
