@@ -125,7 +125,7 @@ impl Allowlist {
     pub fn allows(&self, c: &Candidate<'_>) -> bool {
         let commit = !self.commits.is_empty()
             && c.commit
-                .is_some_and(|cm| self.commits.iter().any(|a| cm.starts_with(a.as_str())));
+                .is_some_and(|cm| self.commits.iter().any(|a| cm.eq_ignore_ascii_case(a)));
         let path =
             !self.paths.is_empty() && self.paths.iter().any(|r| r.is_match(c.path.as_bytes()));
         let target = match self.target {

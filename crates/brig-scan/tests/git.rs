@@ -262,3 +262,29 @@ fn a_bad_range_is_a_clear_error() {
         .unwrap_err();
     assert!(e.to_string().contains("git"), "{e}");
 }
+
+#[test]
+fn an_allowlisted_commit_is_skipped_by_its_full_sha_only() {
+    let d = repo();
+    let base = commit(d.path(), &[("a.txt", b"a\n")], "base");
+    let leak = commit(
+        d.path(),
+        &[("b.txt", format!("t={GH}\n").as_bytes())],
+        "leak",
+    );
+    let range = format!("{base}..{leak}");
+    let rules =
+        |c: &str| format!("[extend]\nuseDefault = true\n\n[[allowlists]]\ncommits = [\"{c}\"]\n");
+    let sc = Scanner::from_gitleaks_toml(&rules(&leak), true).unwrap();
+    assert!(sc
+        .scan_git_range(d.path(), &range)
+        .unwrap()
+        .findings
+        .is_empty());
+    let sc = Scanner::from_gitleaks_toml(&rules(&leak[..7]), true).unwrap();
+    assert_eq!(
+        sc.scan_git_range(d.path(), &range).unwrap().findings.len(),
+        1,
+        "a prefix does not allowlist"
+    );
+}
