@@ -98,6 +98,9 @@ pub(crate) fn scan_dir(sc: &Scanner, root: &Path) -> Result<Report, ScanError> {
         .min(8);
     let walker = WalkBuilder::new(root)
         .hidden(false)
+        // .gitignore and .git/info/exclude only: what git itself would leave
+        // out, not ripgrep's .ignore files nor the user's global excludes.
+        .ignore(false)
         .git_global(false)
         .require_git(false)
         .follow_links(false)

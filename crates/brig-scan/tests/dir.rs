@@ -27,6 +27,12 @@ fn tree() -> tempfile::TempDir {
     w("build.log", format!("{TOKEN}\n").as_bytes());
     w(".git/config", format!("{TOKEN}\n").as_bytes());
     w(".env", b"A=1\n");
+    // ripgrep's .ignore does not hide files from brig.
+    w(".ignore", b"hidden.rs\n");
+    w(
+        "hidden.rs",
+        format!("const T: &str = \"{TOKEN}\";\n").as_bytes(),
+    );
     w("tools/run", b"\x7fELF\x02\x01\x01\0\0\0\0\0");
     d
 }
@@ -44,12 +50,13 @@ fn a_tree_is_scanned_with_gitignore_honoured_and_git_skipped() {
         got,
         vec![
             (".env".to_string(), FindingKind::DeniedFileName, 0),
+            ("hidden.rs".to_string(), FindingKind::Secret, 1),
             ("src/main.rs".to_string(), FindingKind::Secret, 2),
             ("tools/run".to_string(), FindingKind::BinaryFile, 0),
         ]
     );
-    // .gitignore, .env, src/main.rs, src/clean.rs, tools/run
-    assert_eq!(r.files_scanned, 5);
+    // .gitignore, .ignore, .env, hidden.rs, src/main.rs, src/clean.rs, tools/run
+    assert_eq!(r.files_scanned, 7);
     assert!(r.bytes_scanned > 50);
     assert!(r.unreadable.is_empty());
     // One file as the root.
@@ -70,7 +77,7 @@ fn json_and_sarif_shapes() {
     let json = serde_json::to_value(&r).unwrap();
     assert_eq!(json["findings"][1]["kind"], "secret");
     assert_eq!(json["findings"][1]["rule"], "github-token");
-    assert_eq!(json["files_scanned"], 5);
+    assert_eq!(json["files_scanned"], 7);
     let back: Report = serde_json::from_value(json.clone()).unwrap();
     assert_eq!(back, r);
     assert!(!json.to_string().contains(TOKEN));
@@ -83,7 +90,7 @@ fn json_and_sarif_shapes() {
     let ids: Vec<&str> = rules.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids, vec!["binary-file", "dotenv-file", "github-token"]);
     let results = run["results"].as_array().unwrap();
-    assert_eq!(results.len(), 3);
+    assert_eq!(results.len(), 4);
     let secret = results
         .iter()
         .find(|x| x["ruleId"] == "github-token")
