@@ -804,4 +804,151 @@ mod tests {
         let p = placeholder("s-1", "NPM_TOKEN");
         assert!(p.starts_with("brig-placeholder-s-1-NPM_TOKEN-") && p.len() > 40);
     }
+
+    /// A minter whose credentials live `life`; `fail` makes mint fail.
+    struct FakeMinter {
+        n: std::sync::atomic::AtomicU32,
+        fail: std::sync::atomic::AtomicBool,
+        revoked: Mutex<Vec<String>>,
+        life: Duration,
+    }
+
+    impl brig_secrets::Minter for FakeMinter {
+        fn kind(&self) -> &'static str {
+            "fake"
+        }
+        fn mint<'a>(
+            &'a self,
+            _req: &'a ScopeRequest,
+        ) -> brig_secrets::BoxFuture<'a, std::result::Result<Minted, brig_secrets::SecretError>>
+        {
+            Box::pin(async move {
+                if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(brig_secrets::SecretError::Unavailable {
+                        upstream: "fake".into(),
+                        detail: "upstream says no".into(),
+                    });
+                }
+                let n = self.n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(Minted {
+                    value: brig_secrets::SecretValue::from_string(format!(
+                        "minted-credential-{n:04}"
+                    )),
+                    expires_at: time::OffsetDateTime::now_utc() + self.life,
+                    revocation: brig_secrets::Revocation::Token,
+                    granted: serde_json::json!({"n": n}),
+                })
+            })
+        }
+        fn revoke<'a>(
+            &'a self,
+            m: &'a Minted,
+        ) -> brig_secrets::BoxFuture<'a, std::result::Result<(), brig_secrets::SecretError>>
+        {
+            Box::pin(async move {
+                self.revoked
+                    .lock()
+                    .unwrap()
+                    .push(m.value.expose_str().unwrap().to_string());
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn minted_credentials_renew_while_the_session_lives_then_expire() {
+        // A file: the writer and the readers share it (an in-memory
+        // database would be one per connection).
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::new(brig_store::Store::open(&dir.path().join("t.db")).unwrap());
+        let known = Arc::new(crate::known_secrets::KnownSecrets::new(db.store(), vec![]).unwrap());
+        let fake = Arc::new(FakeMinter {
+            n: Default::default(),
+            fail: Default::default(),
+            revoked: Mutex::new(vec![]),
+            life: Duration::from_millis(1000),
+        });
+        let mut minters: BTreeMap<String, Arc<dyn brig_secrets::Minter>> = BTreeMap::new();
+        minters.insert("m".into(), fake.clone());
+        let secrets = Secrets {
+            sources: BTreeMap::new(),
+            minters,
+            cache: brig_secrets::SecretCache::new(BTreeMap::new(), Duration::from_secs(60)),
+        };
+        let info = brig_core::session::SessionInfo {
+            id: brig_core::SessionId::generate(),
+            principal: "agent:test".into(),
+            human: "h".into(),
+            task: "T-1".parse().unwrap(),
+            profile: "default".into(),
+            runtime: "native".into(),
+            image: "host".into(),
+            image_digest: String::new(),
+            state: brig_core::session::SessionState::Running,
+            limits: Default::default(),
+            repo: None,
+            created_at: brig_core::event::now_rfc3339(),
+            started_at: None,
+            ended_at: None,
+            end_reason: None,
+            layers: vec![],
+            exec_count: 0,
+            last_activity_at: None,
+        };
+        db.write({
+            let info = info.clone();
+            move |s| s.insert_session(&info, "test")
+        })
+        .await
+        .unwrap();
+        let grant: Grant =
+            toml::from_str("minter = \"m\"\nscope = \"git.read\"\nhosts = [\"api.x.test\"]")
+                .unwrap();
+        let grants = BTreeMap::from([("TOK".to_string(), grant)]);
+        let s = acquire(
+            &db,
+            &secrets,
+            &brig_secrets::TtlBounds::default(),
+            &info,
+            &grants,
+            &known,
+        )
+        .await
+        .unwrap();
+        assert!(s.env[0].1.starts_with("brig-placeholder-"));
+        // Which value the placeholder stands for now, and whether it is
+        // still injected anywhere.
+        let knows =
+            |s: &SessionSecrets, v: &str| s.placeholders().find_value(v.as_bytes()).is_some();
+        let live = |s: &SessionSecrets| s.placeholders().bound_to("api.x.test");
+        assert!(knows(&s, "minted-credential-0000") && live(&s));
+        // Renewed at 80% of its life: the same placeholder, a new value, the old one revoked.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(
+            knows(&s, "minted-credential-0001") && !knows(&s, "minted-credential-0000") && live(&s)
+        );
+        assert_eq!(
+            fake.revoked.lock().unwrap().clone(),
+            vec!["minted-credential-0000".to_string()]
+        );
+        // Renewal fails: it expires at its time, and its placeholder is refused.
+        fake.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        assert!(!live(&s), "an expired credential is still injected");
+        assert!(s.placeholders().names().any(|n| n == "TOK (expired)"));
+        let list = list(&db, &info.id).await.unwrap();
+        assert_eq!(list[0].state, "expired", "{list:?}");
+        let sid = info.id.clone();
+        let evs = db.run(move |st| st.events(Some(&sid))).await.unwrap();
+        let actions: Vec<&str> = evs.iter().map(|e| e.action.as_str()).collect();
+        assert!(
+            actions.contains(&"credential.renew") && actions.contains(&"credential.expire"),
+            "{actions:?}"
+        );
+        let text = serde_json::to_string(&evs).unwrap();
+        assert!(
+            !text.contains("minted-credential-"),
+            "a credential value is in the journal"
+        );
+    }
 }
