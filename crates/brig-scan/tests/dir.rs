@@ -75,8 +75,8 @@ fn json_and_sarif_shapes() {
     let d = tree();
     let r = Scanner::builtin().scan_dir(d.path()).unwrap();
     let json = serde_json::to_value(&r).unwrap();
-    assert_eq!(json["findings"][1]["kind"], "secret");
-    assert_eq!(json["findings"][1]["rule"], "github-token");
+    assert_eq!(json["findings"][2]["kind"], "secret");
+    assert_eq!(json["findings"][2]["path"], "src/main.rs");
     assert_eq!(json["files_scanned"], 7);
     let back: Report = serde_json::from_value(json.clone()).unwrap();
     assert_eq!(back, r);
@@ -93,7 +93,10 @@ fn json_and_sarif_shapes() {
     assert_eq!(results.len(), 4);
     let secret = results
         .iter()
-        .find(|x| x["ruleId"] == "github-token")
+        .find(|x| {
+            x["ruleId"] == "github-token"
+                && x["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "src/main.rs"
+        })
         .unwrap();
     assert_eq!(secret["level"], "error");
     assert_eq!(
