@@ -288,3 +288,24 @@ fn an_allowlisted_commit_is_skipped_by_its_full_sha_only() {
         "a prefix does not allowlist"
     );
 }
+
+#[test]
+fn no_walk_scans_exactly_the_named_commits() {
+    // How the gateway calls it: `--no-walk` and the push's new commits.
+    let d = repo();
+    commit(
+        d.path(),
+        &[("old.txt", format!("t={GH}\n").as_bytes())],
+        "old leak, already upstream",
+    );
+    let a = commit(d.path(), &[("a.txt", b"a\n")], "a");
+    let b = commit(d.path(), &[("b.txt", format!("u={GH}\n").as_bytes())], "b");
+    let revs = vec!["--no-walk".to_string(), a.clone(), b.clone()];
+    let r = Scanner::builtin().scan_git(d.path(), &[], &revs).unwrap();
+    assert_eq!(r.commits_scanned, 2);
+    assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
+    assert_eq!(
+        (r.findings[0].path.as_str(), r.findings[0].commit.as_deref()),
+        ("b.txt", Some(b.as_str()))
+    );
+}
