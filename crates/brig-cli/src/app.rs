@@ -175,7 +175,7 @@ async fn dispatch(cli: Cli, out: Out) -> Result<i32> {
         }
         Command::Creds(cmd) => crate::creds::run(&client(&cli)?, cmd, out).await,
         Command::Pr(cmd) => crate::pr::run(&client(&cli)?, cmd, out).await,
-        Command::Scan(a) => crate::scan::run(a, out),
+        Command::Scan(a) => crate::scan::run(a, config_path(&cli)?.as_deref(), out),
         Command::Session(cmd) => session(&client(&cli)?, cmd, out).await,
         Command::Run(a) => run_cmd(&client(&cli)?, &a.create, &a.opts, &a.cmd, out).await,
     }

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use brig_core::{Error, Result};
 use brig_scan::{Report, ScanConfig, Scanner};
-use clap::Parser;
 
 use crate::output::Out;
 
@@ -48,12 +47,6 @@ pub struct ScanArgs {
     pub format: ScanFormat,
 }
 
-/// The global `--config` / BRIG_CONFIG, which the dispatcher does not hand
-/// over: parse the (already validated) command line again.
-fn global_config() -> Option<PathBuf> {
-    crate::cli::Cli::try_parse().ok().and_then(|c| c.config)
-}
-
 /// `[scan]` of a brig.toml (a missing table means defaults; other tables are
 /// someone else's and ignored here). A relative rules_file is taken from the
 /// file's directory.
@@ -71,24 +64,12 @@ fn load_config(path: &Path) -> Result<ScanConfig> {
     Ok(cfg)
 }
 
-fn scanner(a: &ScanArgs) -> Result<Scanner> {
-    let mut cfg = match global_config() {
-        Some(p) if !p.exists() => {
-            return Err(
-                Error::invalid(format!("config file {} does not exist", p.display())).hint(
-                    "pass an existing brig.toml with --config or BRIG_CONFIG, or leave it out",
-                ),
-            )
-        }
-        Some(p) => load_config(&p)?,
-        None => {
-            let p = Path::new(crate::cli::DEFAULT_CONFIG);
-            if p.exists() {
-                load_config(p)?
-            } else {
-                ScanConfig::default()
-            }
-        }
+/// `config`: the brig.toml the dispatcher resolved (`--config` /
+/// BRIG_CONFIG, else /etc/brig/brig.toml if present).
+fn scanner(a: &ScanArgs, config: Option<&Path>) -> Result<Scanner> {
+    let mut cfg = match config {
+        Some(p) => load_config(p)?,
+        None => ScanConfig::default(),
     };
     if let Some(r) = &a.rules {
         cfg.rules_file = Some(r.clone());
@@ -120,8 +101,8 @@ fn print_text(r: &Report, out: Out) {
     }
 }
 
-pub fn run(a: &ScanArgs, out: Out) -> Result<i32> {
-    let sc = scanner(a)?;
+pub fn run(a: &ScanArgs, config: Option<&Path>, out: Out) -> Result<i32> {
+    let sc = scanner(a, config)?;
     let report = match (&a.git_range, &a.path) {
         (Some(range), _) => {
             if range.starts_with('-') || range.trim().is_empty() {
