@@ -1284,9 +1284,7 @@ where
             }
             // Responses are scrubbed of real values (headers always, the
             // body when this request carried one).
-            let scrub = placeholders
-                .as_deref()
-                .map(|p| (p, !injected.is_empty()));
+            let scrub = placeholders.as_deref().map(|p| (p, !injected.is_empty()));
             match read_response(
                 &mut client,
                 up,

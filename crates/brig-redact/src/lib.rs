@@ -492,8 +492,14 @@ mod tests {
     fn a_known_value_is_masked_in_hex_too() {
         let red = Redactor::builder().secret("K", "s3cr3t-hex-value").build();
         let hex = hex::encode("s3cr3t-hex-value");
-        assert_eq!(red.redact_str(&format!("dump {hex} end")), "dump [REDACTED:secret:K] end");
-        assert_eq!(red.redact_str(&format!("DUMP {}", hex.to_uppercase())), "DUMP [REDACTED:secret:K]");
+        assert_eq!(
+            red.redact_str(&format!("dump {hex} end")),
+            "dump [REDACTED:secret:K] end"
+        );
+        assert_eq!(
+            red.redact_str(&format!("DUMP {}", hex.to_uppercase())),
+            "DUMP [REDACTED:secret:K]"
+        );
     }
 
     #[test]
