@@ -16,8 +16,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::HeaderMap;
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
-use openssl::ssl::{SslConnector, SslMethod, SslVersion};
-use openssl::x509::X509;
+use openssl::ssl::SslConnector;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -224,35 +223,9 @@ pub(crate) struct ApiClient {
     timeout: Duration,
 }
 
-/// The TLS client context: system CAs, the extra CA file, TLS >= 1.2.
+/// The TLS client context (brig-tls: system CAs, the extra CA file, TLS >= 1.2).
 fn connector(ca_file: Option<&Path>) -> Result<SslConnector, ForgeError> {
-    let ssl = |e: openssl::error::ErrorStack| ForgeError::Config(format!("TLS setup failed: {e}"));
-    // SslConnector::builder loads the system's default verify paths and
-    // verifies the peer; hostname checks come from `configure()` per connect.
-    let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(ssl)?;
-    b.set_min_proto_version(Some(SslVersion::TLS1_2))
-        .map_err(ssl)?;
-    b.set_alpn_protos(b"\x08http/1.1").map_err(ssl)?;
-    if let Some(ca) = ca_file {
-        let pem = std::fs::read(ca)
-            .map_err(|e| ForgeError::Config(format!("ca_file `{}`: {e}", ca.display())))?;
-        let certs = X509::stack_from_pem(&pem).map_err(|e| {
-            ForgeError::Config(format!(
-                "ca_file `{}` is not PEM certificates: {e}",
-                ca.display()
-            ))
-        })?;
-        if certs.is_empty() {
-            return Err(ForgeError::Config(format!(
-                "ca_file `{}` holds no certificate",
-                ca.display()
-            )));
-        }
-        for c in certs {
-            b.cert_store_mut().add_cert(c).map_err(ssl)?;
-        }
-    }
-    Ok(b.build())
+    brig_tls::client_connector(ca_file, "ca_file").map_err(ForgeError::Config)
 }
 
 impl ApiClient {

@@ -141,21 +141,28 @@ pub(crate) fn dns_answer(
     if !is_artifact_host(s, host?) {
         return None;
     }
+    Some(fixed_answer(q, ENDPOINT_V4, rules::ENDPOINT, ev))
+}
+
+/// brig's own answer for one of its reserved hosts: `ip` for A, no data
+/// for AAAA, journaled under `rule`.
+pub(crate) fn fixed_answer(
+    q: &crate::dns_wire::Query,
+    ip: std::net::Ipv4Addr,
+    rule: &str,
+    ev: &mut EgressEvent,
+) -> Vec<u8> {
+    use crate::dns_wire;
     let answers: Vec<(std::net::IpAddr, u32)> = if q.qtype == dns_wire::A {
-        vec![(ENDPOINT_V4.into(), 60)]
+        vec![(ip.into(), 60)]
     } else {
         Vec::new()
     };
     ev.decision = Verdict::Allowed;
-    ev.rule = rules::ENDPOINT.to_string();
+    ev.rule = rule.to_string();
     ev.rcode = Some(dns_wire::rcode_name(dns_wire::NOERROR));
     ev.answers = answers.iter().map(|(ip, _)| *ip).collect();
-    Some(dns_wire::build_response(
-        q,
-        dns_wire::NOERROR,
-        &answers,
-        None,
-    ))
+    dns_wire::build_response(q, dns_wire::NOERROR, &answers, None)
 }
 
 /// The parts of a parsed request the endpoint needs.

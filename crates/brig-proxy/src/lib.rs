@@ -58,6 +58,7 @@ pub use ca::{CaError, CertAuthority};
 pub use event::{EgressEvent, EgressEvents, EventKind, MemoryEvents, NoEvents, Verdict, Via};
 pub use inject::{Placeholders, Secret, SecretError};
 pub use limits::{Limits, SessionLimits};
+pub use mitm::Prefixed;
 pub use resolver::{
     resolv_conf_nameserver, Checked, ResolveError, ResolverConfig, SessionResolver,
 };

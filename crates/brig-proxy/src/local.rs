@@ -13,7 +13,7 @@ use std::sync::Arc;
 use brig_egress::Host;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::event::{EgressEvent, Verdict};
+use crate::event::EgressEvent;
 use crate::SessionEgress;
 
 /// A connection handed to a local service.
@@ -72,19 +72,10 @@ pub(crate) fn dns_answer(
         return None;
     }
     service_for(s, host?)?;
-    let answers: Vec<(std::net::IpAddr, u32)> = if q.qtype == dns_wire::A {
-        vec![(SERVICE_V4.into(), 60)]
-    } else {
-        Vec::new()
-    };
-    ev.decision = Verdict::Allowed;
-    ev.rule = rules::SERVICE.to_string();
-    ev.rcode = Some(dns_wire::rcode_name(dns_wire::NOERROR));
-    ev.answers = answers.iter().map(|(ip, _)| *ip).collect();
-    Some(dns_wire::build_response(
+    Some(crate::artifact::fixed_answer(
         q,
-        dns_wire::NOERROR,
-        &answers,
-        None,
+        SERVICE_V4,
+        rules::SERVICE,
+        ev,
     ))
 }

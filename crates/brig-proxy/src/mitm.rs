@@ -10,8 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use openssl::ssl::{Ssl, SslConnector, SslMethod, SslVersion};
-use openssl::x509::X509;
+use openssl::ssl::{Ssl, SslConnector};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_openssl::SslStream;
@@ -23,14 +22,14 @@ pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// A stream whose first bytes were already read (the peeked ClientHello).
-pub(crate) struct Prefixed<S> {
+pub struct Prefixed<S> {
     pre: Vec<u8>,
     at: usize,
     inner: S,
 }
 
 impl<S> Prefixed<S> {
-    pub(crate) fn new(pre: Vec<u8>, inner: S) -> Prefixed<S> {
+    pub fn new(pre: Vec<u8>, inner: S) -> Prefixed<S> {
         Prefixed { pre, at: 0, inner }
     }
 }
@@ -75,33 +74,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 /// The upstream TLS client: the system's CA bundle, plus
 /// `ProxyConfig::upstream_ca_file`; TLS >= 1.2; ALPN http/1.1 only.
 pub(crate) fn connector(extra_ca: Option<&Path>) -> Result<SslConnector, String> {
-    let ssl = |e: openssl::error::ErrorStack| format!("upstream TLS setup failed: {e}");
-    // builder() loads the default verify paths and verifies the peer;
-    // hostname checks come from configure() per connection.
-    let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(ssl)?;
-    b.set_min_proto_version(Some(SslVersion::TLS1_2))
-        .map_err(ssl)?;
-    b.set_alpn_protos(b"\x08http/1.1").map_err(ssl)?;
-    if let Some(ca) = extra_ca {
-        let pem =
-            std::fs::read(ca).map_err(|e| format!("upstream_ca_file `{}`: {e}", ca.display()))?;
-        let certs = X509::stack_from_pem(&pem).map_err(|e| {
-            format!(
-                "upstream_ca_file `{}` is not PEM certificates: {e}",
-                ca.display()
-            )
-        })?;
-        if certs.is_empty() {
-            return Err(format!(
-                "upstream_ca_file `{}` holds no certificate",
-                ca.display()
-            ));
-        }
-        for c in certs {
-            b.cert_store_mut().add_cert(c).map_err(ssl)?;
-        }
-    }
-    Ok(b.build())
+    brig_tls::client_connector(extra_ca, "upstream_ca_file").map_err(|e| format!("upstream {e}"))
 }
 
 /// TLS to `host` over `tcp`, verified (chain and name). Fails closed: no

@@ -8,11 +8,8 @@
 
 use std::convert::Infallible;
 use std::ffi::OsString;
-use std::io;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use brig_core::event::{Event, Outcome};
 use brig_core::session::SessionInfo;
@@ -22,7 +19,6 @@ use brig_git::{
 };
 use brig_proxy::local::{BoxFuture, LocalService, LocalStream};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 
 use crate::manager::{session_event, Db};
@@ -198,7 +194,7 @@ impl LocalService for GatewayService {
                 tracing::error!(channel = %session, gateway = %git.repo.session, "git gateway: session mismatch");
                 return;
             }
-            let io = TokioIo::new(Rewind::new(buffered, stream));
+            let io = TokioIo::new(brig_proxy::Prefixed::new(buffered, stream));
             let svc = hyper::service::service_fn(move |req| {
                 let git = git.clone();
                 async move { Ok::<_, Infallible>(brig_git::serve(git, req).await) }
@@ -211,55 +207,5 @@ impl LocalService for GatewayService {
                 tracing::debug!(error = %e, "git gateway connection ended");
             }
         })
-    }
-}
-
-/// A stream that first yields bytes already read from it.
-struct Rewind {
-    pre: Vec<u8>,
-    at: usize,
-    inner: Box<dyn LocalStream>,
-}
-
-impl Rewind {
-    fn new(pre: Vec<u8>, inner: Box<dyn LocalStream>) -> Rewind {
-        Rewind { pre, at: 0, inner }
-    }
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.at < self.pre.len() {
-            let n = buf.remaining().min(self.pre.len() - self.at);
-            let at = self.at;
-            buf.put_slice(&self.pre[at..at + n]);
-            self.at += n;
-            if self.at == self.pre.len() {
-                self.pre = Vec::new();
-                self.at = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
