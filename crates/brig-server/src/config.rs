@@ -48,6 +48,9 @@ pub struct ServerConfig {
     pub repos: BTreeMap<String, brig_forge::ForgeConfig>,
     /// `[secrets]`: sources, minters, TTL bounds (docs/SECRETS.md).
     pub secrets: brig_secrets::SecretsConfig,
+    /// `[repo_tokens]`: `[repos.NAME]` whose tokens a `[secrets.minters]`
+    /// mints per session (NAME = minter).
+    pub repo_tokens: BTreeMap<String, String>,
     /// `secrets_upstream_ca`: extra CAs (PEM) the proxy trusts for the
     /// upstream TLS of hosts it intercepts (a private registry's CA).
     pub secrets_upstream_ca: Option<PathBuf>,
@@ -209,6 +212,8 @@ struct RawConfig {
     #[serde(default)]
     secrets: brig_secrets::SecretsConfig,
     secrets_upstream_ca: Option<PathBuf>,
+    #[serde(default)]
+    repo_tokens: BTreeMap<String, String>,
 }
 
 /// Per-session egress rate limits; unset keys keep brig-proxy's defaults.
@@ -417,6 +422,7 @@ impl ServerConfig {
             repos: BTreeMap::new(),
             secrets: brig_secrets::SecretsConfig::default(),
             secrets_upstream_ca: None,
+            repo_tokens: BTreeMap::new(),
             source: "embedded defaults".into(),
         }
     }
@@ -540,6 +546,23 @@ impl ServerConfig {
                 g.check(&where_, &raw.secrets)?;
             }
         }
+        for (repo, minter) in &raw.repo_tokens {
+            let where_ = at(&format!("[repo_tokens] {repo}"));
+            match raw.repos.get(repo) {
+                Some(brig_forge::ForgeConfig::Github(_)) => {}
+                Some(_) => {
+                    return Err(Error::invalid(format!(
+                        "{where_}: minted tokens are for GitHub repos (a GitHub App's installation tokens)"
+                    )))
+                }
+                None => return Err(Error::invalid(format!("{where_}: no [repos.{repo}]"))),
+            }
+            if !raw.secrets.minters.contains_key(minter) {
+                return Err(Error::invalid(format!(
+                    "{where_}: no [secrets.minters.{minter}]"
+                )));
+            }
+        }
         let mut resolver = brig_proxy::ResolverConfig::default();
         if let Some(u) = &raw.resolver.upstream {
             resolver.upstream = Some(u.parse().map_err(|_| {
@@ -576,6 +599,7 @@ impl ServerConfig {
             repos: check_repos(raw.repos, &at("[repos]"))?,
             secrets: raw.secrets,
             secrets_upstream_ca: raw.secrets_upstream_ca,
+            repo_tokens: raw.repo_tokens,
             source: source.to_string(),
         })
     }
@@ -739,6 +763,37 @@ mod tests {
         let e = c.profile("nope").unwrap_err();
         assert_eq!(e.kind, brig_core::ErrorKind::NotFound);
         assert!(e.hint.unwrap().contains("default, gvisor"));
+    }
+
+    #[test]
+    fn repo_tokens_name_a_github_repo_and_a_minter() {
+        let base = r#"
+            [secrets.minters.gh]
+            kind = "github_app"
+            app_id = 1
+            installation_id = 2
+            private_key_file = "/nonexistent/key.pem"
+            permissions = { contents = "write", pull_requests = "write" }
+            [repos.api]
+            kind = "github"
+            owner = "acme"
+            repo = "api"
+            [repos.lab]
+            kind = "gitlab"
+            project = "g/p"
+            token_env = "T"
+        "#;
+        let ok = format!("{base}\n[repo_tokens]\napi = \"gh\"\n");
+        let c = ServerConfig::parse(&ok, "t.toml").unwrap();
+        assert_eq!(c.repo_tokens.get("api").map(String::as_str), Some("gh"));
+        for (extra, want) in [
+            ("[repo_tokens]\nnope = \"gh\"", "no [repos.nope]"),
+            ("[repo_tokens]\nlab = \"gh\"", "GitHub"),
+            ("[repo_tokens]\napi = \"other\"", "no [secrets.minters.other]"),
+        ] {
+            let e = ServerConfig::parse(&format!("{base}\n{extra}\n"), "t.toml").unwrap_err();
+            assert!(e.message.contains(want), "{extra}: {e}");
+        }
     }
 
     #[test]

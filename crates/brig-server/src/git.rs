@@ -57,8 +57,9 @@ pub struct Plan {
 pub enum RepoArg {
     /// A path on brig's host (a git repository, or a directory to copy).
     Path(PathBuf),
-    /// A `[repos.NAME]` of brig.toml, with its forge.
-    Named(String, std::sync::Arc<dyn brig_forge::Forge>),
+    /// A `[repos.NAME]` of brig.toml (its forge is the session's: see
+    /// [`named_source`]).
+    Named(String),
 }
 
 /// `Some` when the request's `--repo` is a git source to check out; `None`
@@ -91,23 +92,13 @@ pub async fn plan(
             return Ok(None);
         }
         Some(RepoArg::Path(path)) => (Source::local(path), repo_name(path), None),
-        Some(RepoArg::Named(name, forge)) => {
-            // Read credentials stay on brig's side: in git's environment here,
-            // never in a URL, an argument or the sandbox.
-            let remote = forge.fetch_source().await.map_err(|e| {
-                let e: Error = e.into();
-                e.context(format!("--repo {name}"))
-            })?;
-            let mut cmd = std::process::Command::new("git");
-            remote.configure(&mut cmd);
-            let env = cmd
-                .get_envs()
-                .filter_map(|(k, v)| v.map(|v| (k.to_os_string(), v.to_os_string())))
-                .collect();
+        Some(RepoArg::Named(name)) => {
+            // The source is the session's forge's, resolved once the
+            // session exists (its read token may be minted for it).
             let source = Source {
-                url: remote.url().to_string(),
-                env,
-                display: format!("{name} ({})", forge.describe()),
+                url: String::new(),
+                env: vec![],
+                display: name.clone(),
             };
             (source, name.clone(), Some(name.clone()))
         }
@@ -135,6 +126,27 @@ pub async fn plan(
         source_display: display,
         upstream,
     }))
+}
+
+/// Where brig's host side fetches a `[repos.NAME]` from: the forge's URL,
+/// with its read credentials in git's environment only (never a URL, an
+/// argument or the sandbox).
+pub async fn named_source(name: &str, forge: &dyn brig_forge::Forge) -> Result<Source> {
+    let remote = forge.fetch_source().await.map_err(|e| {
+        let e: Error = e.into();
+        e.context(format!("--repo {name}"))
+    })?;
+    let mut cmd = std::process::Command::new("git");
+    remote.configure(&mut cmd);
+    let env = cmd
+        .get_envs()
+        .filter_map(|(k, v)| v.map(|v| (k.to_os_string(), v.to_os_string())))
+        .collect();
+    Ok(Source {
+        url: remote.url().to_string(),
+        env,
+        display: format!("{name} ({})", forge.describe()),
+    })
 }
 
 /// The gateway URL's repository name from a path: its last component

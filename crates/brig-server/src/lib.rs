@@ -11,6 +11,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod egress;
+pub mod forge_tokens;
 pub mod git;
 pub mod git_config;
 pub mod git_gateway;
@@ -325,3 +326,32 @@ async fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener> {
 mod journal_tests;
 #[cfg(test)]
 mod tests;
+
+/// What unit tests of several modules share.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    /// A running session's record (insert it before journaling for it).
+    pub fn session_info() -> brig_core::session::SessionInfo {
+        let id = brig_core::SessionId::generate();
+        brig_core::session::SessionInfo {
+            principal: id.principal(),
+            id,
+            human: "h".into(),
+            task: "T-1".parse().unwrap(),
+            profile: "default".into(),
+            runtime: "native".into(),
+            image: "host".into(),
+            image_digest: String::new(),
+            state: brig_core::session::SessionState::Running,
+            limits: Default::default(),
+            repo: None,
+            created_at: brig_core::event::now_rfc3339(),
+            started_at: None,
+            ended_at: None,
+            end_reason: None,
+            layers: vec![],
+            exec_count: 0,
+            last_activity_at: None,
+        }
+    }
+}

@@ -142,6 +142,9 @@ struct Live {
     egress: Mutex<Option<crate::egress::SessionChannels>>,
     /// What the session holds of its profile's secrets (revoked at its end).
     secrets: Option<Arc<crate::secrets::SessionSecrets>>,
+    /// The session's own forge for a `[repos.NAME]`, and the tokens minted
+    /// for it (revoked at its end).
+    forge: Option<SessionForge>,
 }
 
 impl Live {
@@ -183,6 +186,13 @@ pub struct Manager {
     /// brig's deployment key (made on first use).
     git_signer: std::sync::OnceLock<Arc<brig_git::SshSigner>>,
 }
+
+/// A session's own forge for a `[repos.NAME]`, and the tokens minted for
+/// it (`[repo_tokens]`), revoked at its end.
+type SessionForge = (
+    Arc<dyn brig_forge::Forge>,
+    Option<Arc<crate::forge_tokens::SessionForgeTokens>>,
+);
 
 pub(crate) fn session_event(info: &SessionInfo, action: &str, outcome: Outcome) -> Event {
     let mut e = Event::new(action, outcome);
@@ -295,6 +305,8 @@ impl Manager {
         let forges: HashMap<_, _> = cfg
             .repos
             .iter()
+            // Those with minted tokens get a forge per session.
+            .filter(|(name, _)| !cfg.repo_tokens.contains_key(*name))
             .map(|(name, f)| {
                 let built = f.build().map_err(|e| {
                     tracing::error!(repo = %name, error = %e, "forge cannot be built");
@@ -532,10 +544,9 @@ impl Manager {
         limits.validate()?;
         let repo = match req.repo.as_deref() {
             None => None,
-            Some(name) if self.cfg.repos.contains_key(name) => Some(crate::git::RepoArg::Named(
-                name.to_string(),
-                self.forge(name)?,
-            )),
+            Some(name) if self.cfg.repos.contains_key(name) => {
+                Some(crate::git::RepoArg::Named(name.to_string()))
+            }
             Some(p) if !p.starts_with('/') && !p.contains('/') => {
                 let known: Vec<&str> = self.cfg.repos.keys().map(String::as_str).collect();
                 return Err(Error::not_found(format!(
@@ -557,7 +568,7 @@ impl Manager {
         let id = SessionId::generate();
         // A git source is checked out at a pinned commit (issue 5); a plain
         // directory is copied as it is.
-        let git_plan = crate::git::plan(&self.cfg.git, &id, &req, repo.as_ref()).await?;
+        let mut git_plan = crate::git::plan(&self.cfg.git, &id, &req, repo.as_ref()).await?;
         let human = match req.human.as_deref() {
             None | Some("") => "local".to_string(),
             Some(h) if h.len() <= 128 && !h.chars().any(char::is_control) => h.to_string(),
@@ -591,7 +602,7 @@ impl Manager {
             limits: limits.clone(),
             repo: repo.as_ref().map(|r| match r {
                 crate::git::RepoArg::Path(p) => p.display().to_string(),
-                crate::git::RepoArg::Named(n, _) => n.clone(),
+                crate::git::RepoArg::Named(n) => n.clone(),
             }),
             created_at: now_rfc3339(),
             started_at: None,
@@ -619,6 +630,40 @@ impl Manager {
         }
         tracing::info!(session = %id, task = %info.task, runtime = %info.runtime, image = %info.image, "creating session");
 
+        // A `[repos.NAME]`: the session's own forge (its tokens minted for
+        // it when `[repo_tokens]` says so), and the source it reads.
+        let mut forge: Option<SessionForge> = None;
+        if let Some(plan) = git_plan.as_mut() {
+            if let Some(name) = plan.upstream.clone() {
+                let got = match self.forge_for_session(&name, &info) {
+                    Ok(f) => {
+                        let source = crate::git::named_source(&name, f.0.as_ref()).await;
+                        forge = Some(f);
+                        source
+                    }
+                    Err(e) => Err(e),
+                };
+                match got {
+                    Ok(source) => {
+                        plan.source_display = source.display.clone();
+                        plan.req.source = source;
+                    }
+                    Err(e) => {
+                        self.revoke_forge_tokens(&forge, "session start failed")
+                            .await;
+                        self.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
+                        let reason = format!("repository: {}", e.message);
+                        if let Err(re) = self
+                            .record_state(&mut info, SessionState::Failed, &reason)
+                            .await
+                        {
+                            tracing::error!(session = %id, error = %re, "could not record the failure");
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        }
         let checkout = match &git_plan {
             None => None,
             Some(plan) => {
@@ -635,6 +680,8 @@ impl Manager {
                 {
                     Ok(c) => Some(c),
                     Err(e) => {
+                        self.revoke_forge_tokens(&forge, "session start failed")
+                            .await;
                         self.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
                         let reason = format!("checkout failed: {}", e.message);
                         if let Err(re) = self
@@ -652,6 +699,8 @@ impl Manager {
         let secrets = match self.acquire_secrets(&info, &profile).await {
             Ok(s) => s,
             Err(e) => {
+                self.revoke_forge_tokens(&forge, "session start failed")
+                    .await;
                 for p in crate::git::remove(&self.cfg.data_dir, &id) {
                     tracing::warn!(session = %id, problem = %p, "cleanup problem");
                 }
@@ -707,6 +756,10 @@ impl Manager {
                 if let Some((s, _)) = &secrets {
                     self.release_secrets(&info, s, "session start failed").await;
                 }
+                self.revoke_forge_tokens(&forge, "session start failed")
+                    .await;
+                self.revoke_forge_tokens(&forge, "session start failed")
+                    .await;
                 for p in crate::git::remove(&self.cfg.data_dir, &id) {
                     tracing::warn!(session = %id, problem = %p, "cleanup problem");
                 }
@@ -729,7 +782,9 @@ impl Manager {
                     self.start_egress(
                         &info,
                         &sandbox,
-                        checkout.as_ref().map(|(g, _)| g),
+                        checkout
+                            .as_ref()
+                            .map(|(g, _)| (g, forge.as_ref().map(|(f, _)| f.clone()))),
                         secrets.clone(),
                     )
                 });
@@ -789,6 +844,7 @@ impl Manager {
             closing: AtomicBool::new(false),
             egress: Mutex::new(Some(egress)),
             secrets: secrets.as_ref().map(|(s, _)| s.clone()),
+            forge: forge.clone(),
         });
         self.live_table().insert(id.clone(), live.clone());
         self.metrics
@@ -820,7 +876,7 @@ impl Manager {
         &self,
         info: &SessionInfo,
         sandbox: &Sandbox,
-        git: Option<&crate::git::SessionGit>,
+        git: Option<(&crate::git::SessionGit, Option<Arc<dyn brig_forge::Forge>>)>,
         secrets: Option<(
             Arc<crate::secrets::SessionSecrets>,
             Arc<brig_proxy::CertAuthority>,
@@ -847,7 +903,7 @@ impl Manager {
         };
         let dir = brig_sandbox::egress::host_dir(sandbox.session_dir());
         let local = match git {
-            Some(g) => vec![self.git_gateway(info, g)?],
+            Some((g, forge)) => vec![self.git_gateway(info, g, forge)?],
             None => vec![],
         };
         crate::egress::start(
@@ -873,9 +929,13 @@ impl Manager {
         &self,
         info: &SessionInfo,
         g: &crate::git::SessionGit,
+        forge: Option<Arc<dyn brig_forge::Forge>>,
     ) -> Result<Arc<dyn brig_proxy::local::LocalService>> {
         let signer = self.git_signer()?;
-        let forge = self.session_forge(g)?;
+        let forge = match forge {
+            Some(f) => f,
+            None => self.session_forge(g)?,
+        };
         let services = crate::git_gateway::Services::new(
             self.db.clone(),
             info,
@@ -922,6 +982,72 @@ impl Manager {
             )
             .hint("fix it in brig.toml (docs/FORGES.md) and restart brig serve")),
             None => Err(Error::not_found(format!("no [repos.{name}] in brig.toml"))),
+        }
+    }
+
+    /// The forge of a live session (its own, when it has one), else by `g`.
+    pub fn live_session_forge(
+        &self,
+        id: &SessionId,
+        g: &crate::git::SessionGit,
+    ) -> Result<Arc<dyn brig_forge::Forge>> {
+        let own = self
+            .live_table()
+            .get(id)
+            .and_then(|l| l.forge.as_ref().map(|(f, _)| f.clone()));
+        match own {
+            Some(f) => Ok(f),
+            None => self.session_forge(g),
+        }
+    }
+
+    /// A `[repos.NAME]`'s forge for one session: with tokens minted for it
+    /// when `[repo_tokens]` names a minter, else the deployment's.
+    fn forge_for_session(&self, name: &str, info: &SessionInfo) -> Result<SessionForge> {
+        let Some(minter_name) = self.cfg.repo_tokens.get(name) else {
+            return Ok((self.forge(name)?, None));
+        };
+        let secrets = match &self.secrets {
+            Some(Ok(s)) => s.clone(),
+            Some(Err(e)) => {
+                return Err(Error::new(
+                    ErrorKind::GuardUnavailable,
+                    format!("[secrets] is not usable: {e}"),
+                ))
+            }
+            None => {
+                return Err(Error::internal(
+                    "[repo_tokens] without [secrets] (checked at load)",
+                ))
+            }
+        };
+        let minter = secrets.minters.get(minter_name).cloned().ok_or_else(|| {
+            Error::internal(format!("no minter {minter_name:?} (checked at load)"))
+        })?;
+        let repository = match self.cfg.repos.get(name) {
+            Some(brig_forge::ForgeConfig::Github(c)) => format!("{}/{}", c.owner, c.repo),
+            _ => {
+                return Err(Error::internal(format!(
+                    "[repo_tokens] {name}: not a GitHub repo (checked at load)"
+                )))
+            }
+        };
+        let tokens = Arc::new(crate::forge_tokens::SessionForgeTokens::new(
+            minter,
+            repository,
+            self.db.clone(),
+            info.clone(),
+            self.known.clone(),
+        ));
+        let forge = self.cfg.repos[name]
+            .build_with_token(tokens.clone())
+            .map_err(|e| Error::from(e).context(format!("[repos.{name}]")))?;
+        Ok((forge, Some(tokens)))
+    }
+
+    async fn revoke_forge_tokens(&self, forge: &Option<SessionForge>, reason: &str) {
+        if let Some((_, Some(t))) = forge {
+            t.revoke_all(reason).await;
         }
     }
 
@@ -1116,6 +1242,7 @@ impl Manager {
                 let snapshot = l.info.lock().await.clone();
                 me.release_secrets(&snapshot, s, "sandbox died").await;
             }
+            me.revoke_forge_tokens(&l.forge, "sandbox died").await;
             let mut info = l.info.lock().await;
             let reason = "sandbox died: its init exited";
             me.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
@@ -1534,6 +1661,7 @@ impl Manager {
             let snapshot = live.info.lock().await.clone();
             self.release_secrets(&snapshot, s, reason).await;
         }
+        self.revoke_forge_tokens(&live.forge, reason).await;
         let mut info = live.info.lock().await;
         self.record_state(&mut info, SessionState::Destroyed, reason)
             .await?;

@@ -530,7 +530,7 @@ pub async fn create(
             Some(r)
         }
     };
-    let forge = mgr.session_forge(&g)?;
+    let forge = mgr.live_session_forge(id, &g)?;
     let new = NewPullRequest {
         title: req.title.clone(),
         body: format!("{}{}", req.body, gate_section(gate.as_ref())),

@@ -875,26 +875,7 @@ mod tests {
             minters,
             cache: brig_secrets::SecretCache::new(BTreeMap::new(), Duration::from_secs(60)),
         };
-        let info = brig_core::session::SessionInfo {
-            id: brig_core::SessionId::generate(),
-            principal: "agent:test".into(),
-            human: "h".into(),
-            task: "T-1".parse().unwrap(),
-            profile: "default".into(),
-            runtime: "native".into(),
-            image: "host".into(),
-            image_digest: String::new(),
-            state: brig_core::session::SessionState::Running,
-            limits: Default::default(),
-            repo: None,
-            created_at: brig_core::event::now_rfc3339(),
-            started_at: None,
-            ended_at: None,
-            end_reason: None,
-            layers: vec![],
-            exec_count: 0,
-            last_activity_at: None,
-        };
+        let info = crate::tests_support::session_info();
         db.write({
             let info = info.clone();
             move |s| s.insert_session(&info, "test")
