@@ -26,6 +26,51 @@ use server_support::*;
 
 const ENV_CANARY: &str = "canary-env-7c1e9f04b2d64a83";
 const FILE_CANARY: &str = "canary-file-5d2b8a61e0f94c17";
+const VAULT_CANARY: &str = "canary-vault-93fa0c7d1e2b6b58";
+const VAULT_TOKEN: &str = "hvs.brig-e2e-vault-token";
+
+/// A Vault speaking KV v2 on loopback: `GET /v1/secret/data/ci` with the
+/// right `X-Vault-Token` answers the canary; anything else is a 403 or 404
+/// as Vault would. Counts the reads.
+fn fake_vault() -> (u16, Arc<Mutex<u32>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let reads = Arc::new(Mutex::new(0u32));
+    let r2 = reads.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 8192];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let want = format!("x-vault-token: {}", VAULT_TOKEN.to_ascii_lowercase());
+            let authed = req.lines().any(|l| l.to_ascii_lowercase() == want);
+            let (status, body) = if !authed {
+                (
+                    "403 Forbidden",
+                    r#"{"errors":["permission denied"]}"#.to_string(),
+                )
+            } else if req.starts_with("GET /v1/secret/data/ci ") {
+                *r2.lock().unwrap() += 1;
+                (
+                    "200 OK",
+                    format!(
+                        r#"{{"data":{{"data":{{"token":"{VAULT_CANARY}"}},"metadata":{{"version":3}}}},"lease_duration":0,"renewable":false}}"#
+                    ),
+                )
+            } else {
+                ("404 Not Found", r#"{"errors":[]}"#.to_string())
+            };
+            let _ = stream.write_all(
+                format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    (port, reads)
+}
 
 fn cert(
     cn: &str,
@@ -166,11 +211,15 @@ fn configure(
     cfg: &mut brig_server::ServerConfig,
     o: &Origin,
     plain_port: u16,
+    vault_port: u16,
     secrets_dir: &std::path::Path,
     env_var: &str,
 ) {
     cfg.secrets = toml::from_str(&format!(
-        "[sources.env]\nkind = \"env\"\n[sources.files]\nkind = \"file\"\ndir = {:?}\n",
+        "[sources.env]\nkind = \"env\"\n[sources.files]\nkind = \"file\"\ndir = {:?}\n\
+         [sources.vault]\nkind = \"vault\"\naddress = \"http://127.0.0.1:{vault_port}\"\n\
+         auth = {{ method = \"token\", token = {{ env = \"BRIG_E2E_VAULT_TOKEN\" }} }}\n\
+         http = {{ allow_http = true }}\n",
         secrets_dir.display().to_string()
     ))
     .unwrap();
@@ -202,6 +251,12 @@ scope = "cloud:test"
 hosts = ["api.canary.test"]
 file = true
 body = true
+[CANARY_VAULT]
+source = "vault"
+key = "ci#token"
+scope = "cloud:test"
+hosts = ["api.canary.test"]
+authorization = "Token "
 "#
     ))
     .unwrap();
@@ -231,10 +286,14 @@ async fn canaries_reach_only_their_bound_host_and_nothing_else_sees_them() {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     std::env::set_var("BRIG_E2E_CANARY_ENV", ENV_CANARY);
+    std::env::set_var("BRIG_E2E_VAULT_TOKEN", VAULT_TOKEN);
+    let (vault_port, vault_reads) = fake_vault();
     let sd = secrets_dir.path().to_path_buf();
     let (plain_port, plain_seen) = plain_origin();
-    let srv =
-        Srv::start_with(|cfg| configure(cfg, &o, plain_port, &sd, "BRIG_E2E_CANARY_ENV")).await;
+    let srv = Srv::start_with(|cfg| {
+        configure(cfg, &o, plain_port, vault_port, &sd, "BRIG_E2E_CANARY_ENV")
+    })
+    .await;
     let s = srv.create(json!({"task": "SEC-1"})).await;
     let id = s["id"].as_str().unwrap().to_string();
     let port = o.port;
@@ -245,14 +304,14 @@ async fn canaries_reach_only_their_bound_host_and_nothing_else_sees_them() {
         &srv,
         &id,
         "echo ENV=$CANARY_ENV; echo FILE=$(cat /.brig/egress/secrets/CANARY_FILE); \
-         cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n' | grep -c -e 'canary-env-7c1e9f04[b]2d64a83' -e 'canary-file-5d2b8a61[e]0f94c17' || true",
+         cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n' | grep -c -e 'canary-env-7c1e9f04[b]2d64a83' -e 'canary-file-5d2b8a61[e]0f94c17' -e 'canary-vault-93fa0c7d[1]e2b6b58' || true",
     )
     .await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("ENV=brig-placeholder-"), "{out}");
     assert!(out.contains("FILE=brig-placeholder-"), "{out}");
     assert!(
-        !out.contains(ENV_CANARY) && !out.contains(FILE_CANARY),
+        !out.contains(ENV_CANARY) && !out.contains(FILE_CANARY) && !out.contains(VAULT_CANARY),
         "{out}"
     );
     assert!(
@@ -286,6 +345,22 @@ async fn canaries_reach_only_their_bound_host_and_nothing_else_sees_them() {
         !seen.iter().any(|r| r.contains("brig-placeholder-")),
         "{seen:?}"
     );
+    // The Vault grant: read once, just in time, and set as Authorization
+    // where the client set none.
+    let (code, out) = sh(
+        &srv,
+        &id,
+        &format!("curl -sS -f https://api.canary.test:{port}/vault"),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(*vault_reads.lock().unwrap(), 1);
+    let seen = o.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|r| r.contains("GET /vault") && r.contains(&format!("Token {VAULT_CANARY}"))),
+        "{seen:?}"
+    );
 
     // Any other host brig sees (plain HTTP here): the placeholder is
     // blocked before anything leaves, in a header or a body. (TLS to a host
@@ -312,7 +387,7 @@ async fn canaries_reach_only_their_bound_host_and_nothing_else_sees_them() {
         .await;
     assert_eq!(st, 200, "{creds}");
     let list = creds.as_array().unwrap();
-    assert_eq!(list.len(), 2, "{creds}");
+    assert_eq!(list.len(), 3, "{creds}");
     assert!(list.iter().all(|c| c["state"] == "active"));
     let text = creds.to_string();
     assert!(
@@ -387,8 +462,8 @@ async fn canaries_reach_only_their_bound_host_and_nothing_else_sees_them() {
         .await;
     let evs = evs.as_array().unwrap();
     let count = |a: &str| evs.iter().filter(|e| e["action"] == a).count();
-    assert_eq!(count("credential.grant"), 2);
-    assert_eq!(count("credential.revoke"), 2);
+    assert_eq!(count("credential.grant"), 3);
+    assert_eq!(count("credential.revoke"), 3);
     assert!(count("credential.use") >= 2, "{evs:?}");
     assert!(
         evs.iter()
@@ -400,7 +475,7 @@ async fn canaries_reach_only_their_bound_host_and_nothing_else_sees_them() {
     );
     let (_, all) = srv.call("GET", "/v1/journal?limit=10000", None).await;
     let all = all.to_string();
-    for c in [ENV_CANARY, FILE_CANARY] {
+    for c in [ENV_CANARY, FILE_CANARY, VAULT_CANARY] {
         assert!(!all.contains(c), "{c} is in the journal");
     }
     srv.stop().await;
@@ -413,7 +488,7 @@ async fn a_secret_that_cannot_be_fetched_stops_the_session_cleanly() {
     let secrets_dir = tempfile::tempdir().unwrap();
     let sd = secrets_dir.path().to_path_buf();
     // The env variable is not set and the file does not exist.
-    let srv = Srv::start_with(|cfg| configure(cfg, &o, 9, &sd, "BRIG_E2E_UNSET_CANARY")).await;
+    let srv = Srv::start_with(|cfg| configure(cfg, &o, 9, 9, &sd, "BRIG_E2E_UNSET_CANARY")).await;
     let (st, e) = srv
         .call("POST", "/v1/sessions", Some(json!({"task": "SEC-2"})))
         .await;

@@ -789,7 +789,10 @@ mod tests {
         for (extra, want) in [
             ("[repo_tokens]\nnope = \"gh\"", "no [repos.nope]"),
             ("[repo_tokens]\nlab = \"gh\"", "GitHub"),
-            ("[repo_tokens]\napi = \"other\"", "no [secrets.minters.other]"),
+            (
+                "[repo_tokens]\napi = \"other\"",
+                "no [secrets.minters.other]",
+            ),
         ] {
             let e = ServerConfig::parse(&format!("{base}\n{extra}\n"), "t.toml").unwrap_err();
             assert!(e.message.contains(want), "{extra}: {e}");

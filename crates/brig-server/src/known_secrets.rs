@@ -77,6 +77,18 @@ impl KnownSecrets {
         self.rebuild(&mut owners);
     }
 
+    /// Every known value (name, value) but `owner`'s: what a session must
+    /// not send anywhere.
+    pub fn values_except(&self, owner: &str) -> Vec<(String, String)> {
+        self.owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(o, _)| o.as_str() != owner)
+            .flat_map(|(_, v)| v.iter().map(|k| (k.name.clone(), k.value.clone())))
+            .collect()
+    }
+
     /// How many values are known now (not their forms).
     pub fn len(&self) -> usize {
         self.owners

@@ -183,6 +183,8 @@ pub struct SessionSecrets {
     placeholders: std::sync::RwLock<Arc<Placeholders>>,
     /// The secrets the set is built from.
     entries: Mutex<Vec<Secret>>,
+    /// Values of brig's that are not this session's (scanned for only).
+    others: Vec<(String, String)>,
     held: Mutex<Vec<Held>>,
     /// Environment for commands (placeholders).
     pub env: Vec<(String, String)>,
@@ -412,7 +414,10 @@ pub async fn acquire(
             req,
         });
     }
-    let placeholders = match Placeholders::new(entries.clone()) {
+    // Every other value brig knows (other sessions', its own tokens, upload
+    // URLs): scanned for in what this session sends, never injected.
+    let others = known.values_except(&format!("session:{}", info.id));
+    let placeholders = match Placeholders::with_known_values(entries.clone(), others.clone()) {
         Ok(p) => p,
         Err(e) => {
             revoke_all(db, info, held, "session start failed").await;
@@ -433,6 +438,7 @@ pub async fn acquire(
     let out = Arc::new(SessionSecrets {
         placeholders: std::sync::RwLock::new(Arc::new(placeholders)),
         entries: Mutex::new(entries),
+        others,
         held: Mutex::new(held),
         env,
         files,
@@ -576,7 +582,7 @@ impl SessionSecrets {
 
     /// Rebuild what the proxy injects from `entries`.
     fn swap(&self, entries: &[Secret]) {
-        match Placeholders::new(entries.to_vec()) {
+        match Placeholders::with_known_values(entries.to_vec(), self.others.clone()) {
             Ok(p) => *self.placeholders.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p),
             // Built from entries that were valid: a bug; keep the old set.
             Err(e) => tracing::error!(error = %e, "rebuilding the session's secrets failed"),
