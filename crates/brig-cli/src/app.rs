@@ -222,6 +222,17 @@ async fn session(c: &Client, cmd: &SessionCmd, out: Out) -> Result<i32> {
                 out.json_value(&raw);
             } else {
                 out.text(&session_details(&info));
+                if let Some(g) = raw["git"].as_object() {
+                    let s = |k: &str| g.get(k).and_then(|v| v.as_str()).unwrap_or("-");
+                    out.text(&format!(
+                        "git        {} at {} ({}), origin {}, pushes to {}…",
+                        s("source"),
+                        s("commit"),
+                        s("base_branch"),
+                        s("origin"),
+                        s("bot_prefix")
+                    ));
+                }
                 out.text(&denials_text(&raw["egress_denials"]));
             }
             Ok(0)
