@@ -306,11 +306,12 @@ fn create_body(a: &CreateArgs) -> Result<CreateSession> {
 
 /// `--repo`: a path (made absolute, it must exist) or a `[repos.NAME]`
 /// of brig.toml (a bare name: no '/', and no such directory here).
-fn repo_arg(r: &str) -> Result<String> {
-    let p = Path::new(r);
-    let is_name = !r.is_empty() && !r.contains('/') && r != "." && r != ".." && !p.exists();
+fn repo_arg(p: &Path) -> Result<String> {
+    let is_name = p
+        .to_str()
+        .is_some_and(|r| !r.is_empty() && !r.contains('/') && r != "." && r != ".." && !p.exists());
     if is_name {
-        return Ok(r.to_string());
+        return Ok(p.to_string_lossy().into_owned());
     }
     local_dir("--repo", p)
 }

@@ -131,7 +131,7 @@ pub struct CreateArgs {
     /// at a pinned commit, a `[repos.NAME]` of brig.toml, or a plain
     /// directory copied in (never mounted).
     #[arg(long, value_name = "PATH|NAME")]
-    pub repo: Option<String>,
+    pub repo: Option<PathBuf>,
     /// Branch, tag or commit of the repository to pin (default: its HEAD).
     #[arg(long = "ref", value_name = "REF")]
     pub git_ref: Option<String>,
