@@ -5,9 +5,10 @@
 //! - the session's **gateway repository** (bare): the pinned commit at
 //!   depth `depth`, on the base branch, nothing else. The git gateway
 //!   serves the sandbox's fetches and receives its pushes here.
-//! - the **workspace tree**: a partial (`blob:none`), shallow clone of the
-//!   gateway repository, sparse when asked, whose `origin` is the gateway's
-//!   URL as the sandbox sees it. It is copied into `/workspace` whole.
+//! - the **workspace tree**: a shallow clone of the gateway repository
+//!   (partial, `blob:none`, and sparse when directories are named), whose
+//!   `origin` is the gateway's URL as the sandbox sees it. It is copied
+//!   into `/workspace` whole.
 //!
 //! The ref a user names is resolved to a SHA once (`git ls-remote`), and
 //! that SHA is what is fetched and recorded: a branch moving upstream while
@@ -391,17 +392,23 @@ fn checkout_inner(
         "-q",
         "--template=",
         "--no-checkout",
-        "--filter=blob:none",
-        "--depth=1",
         "--no-tags",
         "--single-branch",
         "-b",
         &base_branch,
     ]);
-    if !req.sparse.is_empty() {
-        c.arg("--sparse");
+    // Sparse: a partial clone over the file transport, so only the named
+    // directories' blobs come along. The whole tree: a local clone (the
+    // gateway's objects linked, no pack made again; the gateway holds the
+    // pinned commit alone, so nothing more comes along), several times
+    // faster than either a new pack or blobs fetched lazily at checkout.
+    if req.sparse.is_empty() {
+        c.arg("--local").arg(gateway);
+    } else {
+        c.args(["--filter=blob:none", "--sparse", "--depth=1"])
+            .arg(format!("file://{}", gateway.display()));
     }
-    c.arg(format!("file://{}", gateway.display())).arg(work);
+    c.arg(work);
     run(c, "cannot create the workspace clone", &none)?;
     if !req.sparse.is_empty() {
         let mut c = git(no_env);
