@@ -187,6 +187,16 @@ pub struct Manager {
     git_signer: std::sync::OnceLock<Arc<brig_git::SshSigner>>,
 }
 
+/// What a failed create has made so far, to undo ([`Manager::fail_start`]).
+#[derive(Default)]
+struct Undo<'a> {
+    forge: Option<&'a SessionForge>,
+    secrets: Option<&'a crate::secrets::SessionSecrets>,
+    /// The checkout's directory (without a sandbox, which removes it).
+    git_dir: bool,
+    sandbox: Option<&'a Sandbox>,
+}
+
 /// A session's own forge for a `[repos.NAME]`, and the tokens minted for
 /// it (`[repo_tokens]`), revoked at its end.
 type SessionForge = (
@@ -649,17 +659,11 @@ impl Manager {
                         plan.req.source = source;
                     }
                     Err(e) => {
-                        self.revoke_forge_tokens(&forge, "session start failed")
-                            .await;
-                        self.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
-                        let reason = format!("repository: {}", e.message);
-                        if let Err(re) = self
-                            .record_state(&mut info, SessionState::Failed, &reason)
-                            .await
-                        {
-                            tracing::error!(session = %id, error = %re, "could not record the failure");
-                        }
-                        return Err(e);
+                        let undo = Undo {
+                            forge: forge.as_ref(),
+                            ..Undo::default()
+                        };
+                        return Err(self.fail_start(&mut info, e, "repository", undo).await);
                     }
                 }
             }
@@ -680,17 +684,11 @@ impl Manager {
                 {
                     Ok(c) => Some(c),
                     Err(e) => {
-                        self.revoke_forge_tokens(&forge, "session start failed")
-                            .await;
-                        self.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
-                        let reason = format!("checkout failed: {}", e.message);
-                        if let Err(re) = self
-                            .record_state(&mut info, SessionState::Failed, &reason)
-                            .await
-                        {
-                            tracing::error!(session = %id, error = %re, "could not record the failure");
-                        }
-                        return Err(e);
+                        let undo = Undo {
+                            forge: forge.as_ref(),
+                            ..Undo::default()
+                        };
+                        return Err(self.fail_start(&mut info, e, "checkout failed", undo).await);
                     }
                 }
             }
@@ -699,20 +697,12 @@ impl Manager {
         let secrets = match self.acquire_secrets(&info, &profile).await {
             Ok(s) => s,
             Err(e) => {
-                self.revoke_forge_tokens(&forge, "session start failed")
-                    .await;
-                for p in crate::git::remove(&self.cfg.data_dir, &id) {
-                    tracing::warn!(session = %id, problem = %p, "cleanup problem");
-                }
-                self.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
-                let reason = format!("secrets: {}", e.message);
-                if let Err(re) = self
-                    .record_state(&mut info, SessionState::Failed, &reason)
-                    .await
-                {
-                    tracing::error!(session = %id, error = %re, "could not record the failure");
-                }
-                return Err(e);
+                let undo = Undo {
+                    forge: forge.as_ref(),
+                    git_dir: true,
+                    ..Undo::default()
+                };
+                return Err(self.fail_start(&mut info, e, "secrets", undo).await);
             }
         };
         if let Some((s, _)) = &secrets {
@@ -753,26 +743,15 @@ impl Manager {
         let sandbox = match made {
             Ok(sb) => Arc::new(sb),
             Err(e) => {
-                if let Some((s, _)) = &secrets {
-                    self.release_secrets(&info, s, "session start failed").await;
-                }
-                self.revoke_forge_tokens(&forge, "session start failed")
-                    .await;
-                self.revoke_forge_tokens(&forge, "session start failed")
-                    .await;
-                for p in crate::git::remove(&self.cfg.data_dir, &id) {
-                    tracing::warn!(session = %id, problem = %p, "cleanup problem");
-                }
-                self.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(session = %id, error = %e, "session failed to start");
-                let reason = format!("sandbox failed to start: {}", e.message);
-                if let Err(re) = self
-                    .record_state(&mut info, SessionState::Failed, &reason)
-                    .await
-                {
-                    tracing::error!(session = %id, error = %re, "could not record the failure");
-                }
-                return Err(e);
+                let undo = Undo {
+                    forge: forge.as_ref(),
+                    secrets: secrets.as_ref().map(|(s, _)| s.as_ref()),
+                    git_dir: true,
+                    sandbox: None,
+                };
+                return Err(self
+                    .fail_start(&mut info, e, "sandbox failed to start", undo)
+                    .await);
             }
         };
         // Its one way out, before anything of the agent's runs.
@@ -791,23 +770,15 @@ impl Manager {
         let egress = match started {
             Ok(c) => c,
             Err(e) => {
-                if let Some((s, _)) = &secrets {
-                    self.release_secrets(&info, s, "session start failed").await;
-                }
-                self.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(session = %id, error = %e, "session failed to start");
-                let report = self.destroy_sandbox(&id, &sandbox).await;
-                for p in &report.problems {
-                    tracing::warn!(session = %id, problem = %p, "destroy problem");
-                }
-                let reason = format!("sandbox failed to start: {}", e.message);
-                if let Err(re) = self
-                    .record_state(&mut info, SessionState::Failed, &reason)
-                    .await
-                {
-                    tracing::error!(session = %id, error = %re, "could not record the failure");
-                }
-                return Err(e);
+                let undo = Undo {
+                    forge: forge.as_ref(),
+                    secrets: secrets.as_ref().map(|(s, _)| s.as_ref()),
+                    git_dir: true,
+                    sandbox: Some(&sandbox),
+                };
+                return Err(self
+                    .fail_start(&mut info, e, "sandbox failed to start", undo)
+                    .await);
             }
         };
         info.layers = sandbox.layers.clone();
@@ -1045,7 +1016,7 @@ impl Manager {
         Ok((forge, Some(tokens)))
     }
 
-    async fn revoke_forge_tokens(&self, forge: &Option<SessionForge>, reason: &str) {
+    async fn revoke_forge_tokens(&self, forge: Option<&SessionForge>, reason: &str) {
         if let Some((_, Some(t))) = forge {
             t.revoke_all(reason).await;
         }
@@ -1115,6 +1086,41 @@ impl Manager {
         )
         .await?;
         Ok(Some((s, ca)))
+    }
+
+    /// A create that failed after the session was recorded: undo what was
+    /// made for it (sandbox, secrets, forge tokens, git directory), count
+    /// it, record it failed with `what: <error>`, and hand the error back.
+    async fn fail_start(
+        &self,
+        info: &mut SessionInfo,
+        e: Error,
+        what: &str,
+        undo: Undo<'_>,
+    ) -> Error {
+        let id = info.id.clone();
+        tracing::warn!(session = %id, error = %e, "session failed to start");
+        if let Some(sb) = undo.sandbox {
+            // Its git directory goes with it.
+            for p in self.destroy_sandbox(&id, sb).await.problems {
+                tracing::warn!(session = %id, problem = %p, "destroy problem");
+            }
+        } else if undo.git_dir {
+            for p in crate::git::remove(&self.cfg.data_dir, &id) {
+                tracing::warn!(session = %id, problem = %p, "cleanup problem");
+            }
+        }
+        if let Some(s) = undo.secrets {
+            self.release_secrets(info, s, "session start failed").await;
+        }
+        self.revoke_forge_tokens(undo.forge, "session start failed")
+            .await;
+        self.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
+        let reason = format!("{what}: {}", e.message);
+        if let Err(re) = self.record_state(info, SessionState::Failed, &reason).await {
+            tracing::error!(session = %id, error = %re, "could not record the failure");
+        }
+        e
     }
 
     /// Revoke one credential of a live session now (`brig creds revoke`):
@@ -1242,7 +1248,8 @@ impl Manager {
                 let snapshot = l.info.lock().await.clone();
                 me.release_secrets(&snapshot, s, "sandbox died").await;
             }
-            me.revoke_forge_tokens(&l.forge, "sandbox died").await;
+            me.revoke_forge_tokens(l.forge.as_ref(), "sandbox died")
+                .await;
             let mut info = l.info.lock().await;
             let reason = "sandbox died: its init exited";
             me.metrics.sessions_failed.fetch_add(1, Ordering::Relaxed);
@@ -1661,7 +1668,7 @@ impl Manager {
             let snapshot = live.info.lock().await.clone();
             self.release_secrets(&snapshot, s, reason).await;
         }
-        self.revoke_forge_tokens(&live.forge, reason).await;
+        self.revoke_forge_tokens(live.forge.as_ref(), reason).await;
         let mut info = live.info.lock().await;
         self.record_state(&mut info, SessionState::Destroyed, reason)
             .await?;
