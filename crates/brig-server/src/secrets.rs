@@ -582,11 +582,16 @@ impl SessionSecrets {
 
     /// Rebuild what the proxy injects from `entries`.
     fn swap(&self, entries: &[Secret]) {
-        match Placeholders::with_known_values(entries.to_vec(), self.others.clone()) {
-            Ok(p) => *self.placeholders.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p),
-            // Built from entries that were valid: a bug; keep the old set.
-            Err(e) => tracing::error!(error = %e, "rebuilding the session's secrets failed"),
-        }
+        let p = match Placeholders::with_known_values(entries.to_vec(), self.others.clone()) {
+            Ok(p) => p,
+            // Built from entries that were valid, so a bug; keeping the old
+            // set could keep a revoked value injected: inject nothing.
+            Err(e) => {
+                tracing::error!(error = %e, "rebuilding the session's secrets failed: injecting none");
+                Placeholders::new(Vec::new()).expect("an empty set builds")
+            }
+        };
+        *self.placeholders.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
     }
 
     /// A renewed credential: the same placeholder now stands for the new
@@ -807,6 +812,8 @@ mod tests {
         assert!(
             check_grant_name("NPM_TOKEN") && !check_grant_name("1X") && !check_grant_name("a-b")
         );
+        // What a failed rebuild falls back to (inject nothing) must build.
+        assert!(Placeholders::new(Vec::new()).is_ok_and(|p| p.is_empty()));
         let p = placeholder("s-1", "NPM_TOKEN");
         assert!(p.starts_with("brig-placeholder-s-1-NPM_TOKEN-") && p.len() > 40);
     }
