@@ -11,7 +11,7 @@ pub mod checkout;
 pub mod commit;
 pub mod events;
 pub mod gateway;
-mod gitcmd;
+pub mod gitcmd;
 pub mod pkt;
 mod receive;
 pub mod repo;

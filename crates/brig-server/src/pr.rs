@@ -16,7 +16,6 @@
 //!   and runs the gate otherwise.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,29 +96,21 @@ pub struct CreatePr {
     pub branch: Option<String>,
 }
 
-fn git_in(dir: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_NO_LAZY_FETCH", "1")
-        .output()
-        .map_err(|e| Error::internal(format!("cannot run git: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::internal(format!(
-            "git {}: {}",
-            args.first().unwrap_or(&""),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+/// A read of the gateway repository, with brig-git's clean git
+/// environment (no host config, no prompts, killed when dropped).
+async fn git_in(repo: &Path, args: &[&str]) -> Result<String> {
+    let mut c = brig_git::gitcmd::git(repo, &[]);
+    c.args(args);
+    let what = format!("git {}", args.first().unwrap_or(&""));
+    let out = brig_git::gitcmd::run_ok(c, None, &what)
+        .await
+        .map_err(Error::internal)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// The session's pushed bot branches in its gateway repository, newest
 /// commit first: (branch, tip).
-pub fn pushed_branches(gateway: &Path, g: &SessionGit) -> Result<Vec<(String, String)>> {
+pub async fn pushed_branches(gateway: &Path, g: &SessionGit) -> Result<Vec<(String, String)>> {
     let prefix = format!("refs/heads/{}", g.bot_prefix);
     let out = git_in(
         gateway,
@@ -129,7 +120,8 @@ pub fn pushed_branches(gateway: &Path, g: &SessionGit) -> Result<Vec<(String, St
             "--format=%(refname) %(objectname)",
             &prefix,
         ],
-    )?;
+    )
+    .await?;
     Ok(out
         .lines()
         .filter_map(|l| l.split_once(' '))
@@ -142,8 +134,12 @@ pub fn pushed_branches(gateway: &Path, g: &SessionGit) -> Result<Vec<(String, St
         .collect())
 }
 
-fn pick_branch(gateway: &Path, g: &SessionGit, want: Option<&str>) -> Result<(String, String)> {
-    let pushed = pushed_branches(gateway, g)?;
+async fn pick_branch(
+    gateway: &Path,
+    g: &SessionGit,
+    want: Option<&str>,
+) -> Result<(String, String)> {
+    let pushed = pushed_branches(gateway, g).await?;
     match want {
         Some(b) => pushed.into_iter().find(|(n, _)| n == b).ok_or_else(|| {
             Error::not_found(format!("branch {b:?} was not pushed by this session")).hint(format!(
@@ -181,40 +177,36 @@ pub async fn preview(
     let gateway = crate::git::gateway_dir(&mgr.config().data_dir, id);
     let gate = latest_gate(mgr, id).await?;
     let pulls = pull_requests(mgr, id).await?;
-    let g2 = g.clone();
-    tokio::task::spawn_blocking(move || -> Result<Preview> {
-        let (branch, head) = pick_branch(&gateway, &g2, branch.as_deref())?;
-        let base = g2.pinned.commit.clone();
-        let range = format!("{base}..{head}");
-        let commits = git_in(&gateway, &["rev-list", "--reverse", &range])?
-            .lines()
-            .map(str::to_string)
-            .collect();
-        let diffstat = git_in(&gateway, &["diff", "--stat", &base, &head])?;
-        let mut diff = git_in(&gateway, &["diff", &base, &head])?;
-        let truncated = diff.len() > MAX_DIFF;
-        if truncated {
-            let mut cut = MAX_DIFF;
-            while !diff.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            diff.truncate(cut);
+    let (branch, head) = pick_branch(&gateway, &g, branch.as_deref()).await?;
+    let base = g.pinned.commit.clone();
+    let range = format!("{base}..{head}");
+    let commits = git_in(&gateway, &["rev-list", "--reverse", &range])
+        .await?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let diffstat = git_in(&gateway, &["diff", "--stat", &base, &head]).await?;
+    let mut diff = git_in(&gateway, &["diff", &base, &head]).await?;
+    let truncated = diff.len() > MAX_DIFF;
+    if truncated {
+        let mut cut = MAX_DIFF;
+        while !diff.is_char_boundary(cut) {
+            cut -= 1;
         }
-        Ok(Preview {
-            gate: gate.filter(|r| r.commit == head),
-            pull_requests: pulls.into_iter().filter(|p| p.head == branch).collect(),
-            branch,
-            base: g2.pinned.base_branch.clone(),
-            base_commit: base,
-            head_commit: head,
-            commits,
-            diffstat,
-            diff,
-            diff_truncated: truncated,
-        })
+        diff.truncate(cut);
+    }
+    Ok(Preview {
+        gate: gate.filter(|r| r.commit == head),
+        pull_requests: pulls.into_iter().filter(|p| p.head == branch).collect(),
+        branch,
+        base: g.pinned.base_branch.clone(),
+        base_commit: base,
+        head_commit: head,
+        commits,
+        diffstat,
+        diff,
+        diff_truncated: truncated,
     })
-    .await
-    .map_err(|e| Error::internal(format!("preview task failed: {e}")))?
 }
 
 async fn latest_gate(mgr: &Manager, id: &SessionId) -> Result<Option<GateResult>> {
@@ -339,11 +331,7 @@ pub async fn run_gate(
         .hint("add [profiles.NAME.gate] test = \"...\" to brig.toml"));
     };
     let gateway = crate::git::gateway_dir(&mgr.config().data_dir, id);
-    let g2 = g.clone();
-    let (branch, head) =
-        tokio::task::spawn_blocking(move || pick_branch(&gateway, &g2, branch.as_deref()))
-            .await
-            .map_err(|e| Error::internal(format!("gate task failed: {e}")))??;
+    let (branch, head) = pick_branch(&gateway, &g, branch.as_deref()).await?;
     let t0 = std::time::Instant::now();
     let mut result = GateResult {
         at: brig_core::event::now_rfc3339(),
@@ -495,12 +483,7 @@ pub async fn create(
     let info = mgr.get(id).await?;
     let g = git_of(mgr, id).await?;
     let gateway = crate::git::gateway_dir(&mgr.config().data_dir, id);
-    let g2 = g.clone();
-    let want = req.branch.clone();
-    let (branch, head) =
-        tokio::task::spawn_blocking(move || pick_branch(&gateway, &g2, want.as_deref()))
-            .await
-            .map_err(|e| Error::internal(format!("pr task failed: {e}")))??;
+    let (branch, head) = pick_branch(&gateway, &g, req.branch.as_deref()).await?;
     let gate = match gate_of(mgr, &info.profile)? {
         None => None,
         Some(_) => {
