@@ -1,0 +1,1 @@
+//! brig-model: the model gateway (work in progress).
