@@ -1,0 +1,1130 @@
+//! The engine: brig's schema, the policy sets (one per profile, one for the
+//! deployment), and `authorize`.
+//!
+//! Which set decides: an agent action (exec, net.connect, git.*, pr.open,
+//! secret.use, model.call) is decided by the set of the agent's profile
+//! (base + the profile's template + its extras + `[policy] extra`); a human
+//! action (session.create, session.kill, approval.grant, policy.change) by
+//! the deployment set (deployment.cedar + `[policy] deployment` + `[policy]
+//! extra`). The request names its principal, so the set is never a
+//! separate argument that could disagree with it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, PolicyId, PolicySet, RestrictedExpression, Schema, Validator,
+};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Diagnostic, Severity};
+use crate::request::{Action, AgentPrincipal, HumanPrincipal, Request};
+use crate::sensitive::Sensitivity;
+use crate::source::{load, Loaded, PolicyEffect, PolicyRef, PolicySource};
+use crate::PolicyError;
+
+/// brig's Cedar schema (human format), namespace `Brig`.
+pub const SCHEMA: &str = include_str!("../schema.cedarschema");
+
+/// The policies in every agent profile.
+pub const BASE: &str = include_str!("../policies/base.cedar");
+/// The deployment set: human actions.
+pub const DEPLOYMENT: &str = include_str!("../policies/deployment.cedar");
+
+/// The shipped profile templates, in rollout order.
+pub const TEMPLATES: &[(&str, &str)] = &[
+    ("read-only", include_str!("../policies/read-only.cedar")),
+    ("pr", include_str!("../policies/pr.cedar")),
+    ("privileged", include_str!("../policies/privileged.cedar")),
+];
+
+/// The name of the deployment set in decisions (`policy_set`).
+pub const DEPLOYMENT_SET: &str = "deployment";
+
+/// Every shipped source under the names decisions use
+/// (`shipped:base.cedar`, ...): what `brig policy show` prints.
+pub fn shipped_sources() -> Vec<PolicySource> {
+    let mut v = vec![
+        PolicySource::new("shipped:base.cedar", BASE),
+        PolicySource::new("shipped:deployment.cedar", DEPLOYMENT),
+    ];
+    for (name, text) in TEMPLATES {
+        v.push(PolicySource::new(format!("shipped:{name}.cedar"), *text));
+    }
+    v
+}
+
+fn template(name: &str) -> Option<&'static str> {
+    TEMPLATES.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+}
+
+/// `[policy]` of brig.toml.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Lets a human approve their own session's request (off: the shipped
+    /// `deploy.no-self-approval` forbids it).
+    pub allow_self_approval: bool,
+    /// Branch names (globs; `*` stays within one `/` component, `**`
+    /// crosses) that are protected: no agent pushes there, in any profile.
+    pub protected_branches: Vec<String>,
+    /// Policy files added to every agent profile and to the deployment set.
+    pub extra: Vec<PathBuf>,
+    /// Policy files added to the deployment set only.
+    pub deployment: Vec<PathBuf>,
+    /// Extra policy files of a shipped profile, or a new profile built on
+    /// a shipped template.
+    pub profiles: BTreeMap<String, ProfileConfig>,
+    pub sensitive: Sensitivity,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            allow_self_approval: false,
+            protected_branches: default_protected(),
+            extra: Vec::new(),
+            deployment: Vec::new(),
+            profiles: BTreeMap::new(),
+            sensitive: Sensitivity::default(),
+        }
+    }
+}
+
+fn default_protected() -> Vec<String> {
+    [
+        "main",
+        "master",
+        "trunk",
+        "develop",
+        "release/**",
+        "release-*",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// `[policy.profiles.NAME]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// The shipped template the profile starts from (default: its own
+    /// name, which must then be read-only, pr or privileged).
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub extra: Vec<PathBuf>,
+}
+
+/// One profile of the engine: a template and the policy sources added to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProfileSpec {
+    pub name: String,
+    pub template: String,
+    pub extra: Vec<PolicySource>,
+}
+
+/// Everything the engine is built from, as text (no I/O in [`PolicyEngine::new`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineSpec {
+    pub profiles: Vec<ProfileSpec>,
+    /// Added to every agent profile and to the deployment set.
+    pub extra: Vec<PolicySource>,
+    /// Added to the deployment set only.
+    pub deployment: Vec<PolicySource>,
+    pub allow_self_approval: bool,
+    pub protected_branches: Vec<String>,
+}
+
+impl Default for EngineSpec {
+    /// The three shipped profiles, the shipped deployment set, nothing extra.
+    fn default() -> Self {
+        Self {
+            profiles: TEMPLATES
+                .iter()
+                .map(|(n, _)| ProfileSpec {
+                    name: n.to_string(),
+                    template: n.to_string(),
+                    extra: Vec::new(),
+                })
+                .collect(),
+            extra: Vec::new(),
+            deployment: Vec::new(),
+            allow_self_approval: false,
+            protected_branches: default_protected(),
+        }
+    }
+}
+
+impl EngineSpec {
+    /// Read the files `[policy]` names; relative paths are under `base_dir`
+    /// (brig.toml's directory).
+    pub fn from_config(config: &PolicyConfig, base_dir: &Path) -> Result<Self, PolicyError> {
+        let read = |paths: &[PathBuf]| -> Result<Vec<PolicySource>, PolicyError> {
+            paths
+                .iter()
+                .map(|p| PolicySource::read(&base_dir.join(p)))
+                .collect()
+        };
+        let mut spec = Self {
+            extra: read(&config.extra)?,
+            deployment: read(&config.deployment)?,
+            allow_self_approval: config.allow_self_approval,
+            protected_branches: config.protected_branches.clone(),
+            ..Self::default()
+        };
+        for (name, p) in &config.profiles {
+            let tpl = p.template.clone().unwrap_or_else(|| name.clone());
+            if template(&tpl).is_none() {
+                return Err(PolicyError::UnknownTemplate {
+                    profile: name.clone(),
+                    template: tpl,
+                });
+            }
+            let extra = read(&p.extra)?;
+            match spec.profiles.iter_mut().find(|s| &s.name == name) {
+                Some(s) => {
+                    s.template = tpl;
+                    s.extra = extra;
+                }
+                None => spec.profiles.push(ProfileSpec {
+                    name: name.clone(),
+                    template: tpl,
+                    extra,
+                }),
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// The outcome of a decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Outcome {
+    Allow,
+    Deny,
+    /// Denied now, allowed once humans holding `roles` approve: every
+    /// forbid that decided carries `@approval`, and a permit applies
+    /// without them.
+    NeedsApproval {
+        roles: Vec<String>,
+        policies: Vec<String>,
+    },
+}
+
+/// A decision and what decided it: what the journal stores (`rule` =
+/// [`Decision::rule`], details = this, as JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    pub action: String,
+    /// `agent:<session>` or `human:<id>`.
+    pub principal: String,
+    /// The Cedar resource, e.g. `Brig::Branch::"acme/app:main"`.
+    pub resource: String,
+    /// `profile:<name>` or `deployment`.
+    pub policy_set: String,
+    /// Allow: the permits that applied. Deny / NeedsApproval: the forbids
+    /// that applied (empty: no permit applied, Cedar's default deny).
+    pub determining: Vec<PolicyRef>,
+    /// Evaluation errors. An error in a forbid makes the decision Deny
+    /// (fail closed: the forbid might have applied).
+    pub errors: Vec<String>,
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        self.outcome == Outcome::Allow
+    }
+
+    /// The one rule name for the journal: the first determining policy's
+    /// id, `default-deny` when nothing permitted, `error` when the request
+    /// could not be evaluated at all.
+    pub fn rule(&self) -> &str {
+        match self.determining.first() {
+            Some(p) => &p.id,
+            None if self.outcome == Outcome::Allow => "allow",
+            None if !self.errors.is_empty() => "error",
+            None => "default-deny",
+        }
+    }
+
+    fn failed(req: &Request, policy_set: String, error: String) -> Self {
+        Self {
+            outcome: Outcome::Deny,
+            action: req.action_name().to_string(),
+            principal: req.principal_name(),
+            resource: String::new(),
+            policy_set,
+            determining: Vec::new(),
+            errors: vec![error],
+        }
+    }
+}
+
+/// One action's policies in one set, so `authorize` evaluates only the
+/// policies that can apply (a policy's action scope is static).
+#[derive(Debug)]
+struct ActionSet {
+    all: PolicySet,
+    /// `all` without its `@approval` forbids: decides whether approval
+    /// would be enough. None when the action has no such forbid.
+    sans_approval: Option<PolicySet>,
+}
+
+#[derive(Debug)]
+struct CompiledSet {
+    name: String,
+    by_action: HashMap<String, ActionSet>,
+    meta: HashMap<PolicyId, PolicyRef>,
+    /// For an action no policy names: nothing applies, default deny.
+    empty: ActionSet,
+}
+
+impl CompiledSet {
+    fn actions(&self, action: &str) -> &ActionSet {
+        self.by_action.get(action).unwrap_or(&self.empty)
+    }
+}
+
+/// Cedar names, built once.
+#[derive(Debug)]
+struct Names {
+    agent: EntityTypeName,
+    human: EntityTypeName,
+    group: EntityTypeName,
+    repo: EntityTypeName,
+    branch: EntityTypeName,
+    host: EntityTypeName,
+    secret: EntityTypeName,
+    model: EntityTypeName,
+    command: EntityTypeName,
+    session: EntityTypeName,
+    approval_request: EntityTypeName,
+    deployment: EntityTypeName,
+}
+
+impl Names {
+    fn new() -> Result<Self, PolicyError> {
+        let t = |s: &str| {
+            EntityTypeName::from_str(&format!("Brig::{s}"))
+                .map_err(|e| PolicyError::Schema(format!("type name {s}: {e}")))
+        };
+        Ok(Self {
+            agent: t("Agent")?,
+            human: t("Human")?,
+            group: t("Group")?,
+            repo: t("Repo")?,
+            branch: t("Branch")?,
+            host: t("Host")?,
+            secret: t("Secret")?,
+            model: t("Model")?,
+            command: t("Command")?,
+            session: t("Session")?,
+            approval_request: t("ApprovalRequest")?,
+            deployment: t("Deployment")?,
+        })
+    }
+}
+
+fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
+}
+
+fn s(v: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(v.to_string())
+}
+
+fn set<'a>(v: impl IntoIterator<Item = &'a String>) -> RestrictedExpression {
+    RestrictedExpression::new_set(v.into_iter().map(|x| s(x)))
+}
+
+fn entity(
+    uid: EntityUid,
+    attrs: Vec<(&str, RestrictedExpression)>,
+    parents: HashSet<EntityUid>,
+) -> Result<Entity, String> {
+    let attrs: HashMap<String, RestrictedExpression> =
+        attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    Entity::new(uid, attrs, parents).map_err(|e| format!("entity: {e}"))
+}
+
+/// The policies and entities of one agent session, built once at session
+/// start so a decision builds only its resource and context.
+#[derive(Debug, Clone)]
+pub struct SessionPolicy {
+    agent: AgentPrincipal,
+    principal: EntityUid,
+    entities: Entities,
+}
+
+impl SessionPolicy {
+    pub fn agent(&self) -> &AgentPrincipal {
+        &self.agent
+    }
+}
+
+/// brig's policy engine. Cheap to share (`Send + Sync`); rebuild it to
+/// change policy.
+#[derive(Debug)]
+pub struct PolicyEngine {
+    schema: Schema,
+    authorizer: Authorizer,
+    profiles: HashMap<String, CompiledSet>,
+    deployment: CompiledSet,
+    protected: GlobSet,
+    allow_self_approval: bool,
+    names: Names,
+    actions: HashMap<String, EntityUid>,
+    digest: String,
+}
+
+impl PolicyEngine {
+    /// Build the engine. Every source is parsed and validated against the
+    /// schema in strict mode; any error (a parse error, an unknown type or
+    /// attribute, a duplicate `@id` within one set, a template) refuses the
+    /// whole engine, with every error named by file, line and column.
+    pub fn new(spec: &EngineSpec) -> Result<Self, PolicyError> {
+        let (schema, _) =
+            Schema::from_cedarschema_str(SCHEMA).map_err(|e| PolicyError::Schema(e.to_string()))?;
+        let validator = Validator::new(schema.clone());
+        let names = Names::new()?;
+        let actions: HashMap<String, EntityUid> = schema
+            .actions()
+            .map(|a| (a.id().unescaped().to_string(), a.clone()))
+            .collect();
+
+        // Load every distinct source once (base and extras are shared).
+        let mut errors: Vec<Diagnostic> = Vec::new();
+        let mut cache: HashMap<String, Vec<Loaded>> = HashMap::new();
+        let mut hasher = Sha256::new();
+        let mut get = |src: &PolicySource, errors: &mut Vec<Diagnostic>| -> Vec<Loaded> {
+            if let Some(l) = cache.get(&src.name) {
+                return l.clone();
+            }
+            hasher.update(src.name.len().to_be_bytes());
+            hasher.update(src.name.as_bytes());
+            hasher.update(src.text.len().to_be_bytes());
+            hasher.update(src.text.as_bytes());
+            let (loaded, diags) = load(src, &validator);
+            errors.extend(diags.into_iter().filter(|d| d.severity == Severity::Error));
+            cache.insert(src.name.clone(), loaded.clone());
+            loaded
+        };
+
+        let base = PolicySource::new("shipped:base.cedar", BASE);
+        let mut profiles = HashMap::new();
+        for p in &spec.profiles {
+            let Some(text) = template(&p.template) else {
+                return Err(PolicyError::UnknownTemplate {
+                    profile: p.name.clone(),
+                    template: p.template.clone(),
+                });
+            };
+            let tpl = PolicySource::new(format!("shipped:{}.cedar", p.template), text);
+            let mut policies = get(&base, &mut errors);
+            policies.extend(get(&tpl, &mut errors));
+            for x in spec.extra.iter().chain(&p.extra) {
+                policies.extend(get(x, &mut errors));
+            }
+            let set = compile(
+                &format!("profile:{}", p.name),
+                policies,
+                &actions,
+                &mut errors,
+            );
+            profiles.insert(p.name.clone(), set);
+        }
+        let dep = PolicySource::new("shipped:deployment.cedar", DEPLOYMENT);
+        let mut policies = get(&dep, &mut errors);
+        for x in spec.extra.iter().chain(&spec.deployment) {
+            policies.extend(get(x, &mut errors));
+        }
+        let deployment = compile(DEPLOYMENT_SET, policies, &actions, &mut errors);
+        if !errors.is_empty() {
+            errors.dedup();
+            return Err(PolicyError::Invalid(errors));
+        }
+
+        let mut b = GlobSetBuilder::new();
+        for pattern in &spec.protected_branches {
+            let g = GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| PolicyError::ProtectedBranches {
+                    pattern: pattern.clone(),
+                    message: e.kind().to_string(),
+                })?;
+            b.add(g);
+        }
+        let protected = b.build().map_err(|e| PolicyError::ProtectedBranches {
+            pattern: String::new(),
+            message: e.to_string(),
+        })?;
+        hasher.update([u8::from(spec.allow_self_approval)]);
+        for p in &spec.protected_branches {
+            hasher.update(p.as_bytes());
+            hasher.update([0]);
+        }
+
+        Ok(Self {
+            schema,
+            authorizer: Authorizer::new(),
+            profiles,
+            deployment,
+            protected,
+            allow_self_approval: spec.allow_self_approval,
+            names,
+            actions,
+            digest: hex::encode(hasher.finalize()),
+        })
+    }
+
+    /// The shipped profiles and deployment set, nothing extra.
+    pub fn shipped() -> Result<Self, PolicyError> {
+        Self::new(&EngineSpec::default())
+    }
+
+    /// sha256 over every loaded source and setting: journal it with a
+    /// policy change (old and new digest) and with each session's start.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The profile names, sorted.
+    pub fn profiles(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.profiles.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// The policies of a set (`profile:<name>` or a bare profile name, or
+    /// `deployment`), sorted by id.
+    pub fn policies(&self, set: &str) -> Option<Vec<PolicyRef>> {
+        let set = if set == DEPLOYMENT_SET {
+            &self.deployment
+        } else {
+            self.profiles
+                .get(set.strip_prefix("profile:").unwrap_or(set))?
+        };
+        let mut v: Vec<PolicyRef> = set.meta.values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        Some(v)
+    }
+
+    /// Whether `[policy] protected_branches` protects `branch`.
+    pub fn is_protected(&self, branch: &str) -> bool {
+        self.protected.is_match(branch)
+    }
+
+    /// Build an agent's entities once, at session start. Fails when the
+    /// profile is unknown or the principal does not fit the schema.
+    pub fn session(&self, agent: &AgentPrincipal) -> Result<SessionPolicy, String> {
+        if !self.profiles.contains_key(&agent.profile) {
+            return Err(self.unknown_profile(&agent.profile));
+        }
+        let (principal, ents) = self.agent_entities(agent)?;
+        let entities = Entities::from_entities(ents, Some(&self.schema))
+            .map_err(|e| format!("principal {}: {e}", agent.name()))?;
+        Ok(SessionPolicy {
+            agent: agent.clone(),
+            principal,
+            entities,
+        })
+    }
+
+    /// Decide a request. Never panics, never fails open: anything that
+    /// cannot be evaluated is a Deny with the reason in `errors`.
+    pub fn authorize(&self, req: &Request) -> Decision {
+        let (set, principal, mut ents) = match (req.agent(), req.human()) {
+            (Some(agent), _) => {
+                let Some(set) = self.profiles.get(&agent.profile) else {
+                    return Decision::failed(
+                        req,
+                        format!("profile:{}", agent.profile),
+                        self.unknown_profile(&agent.profile),
+                    );
+                };
+                match self.agent_entities(agent) {
+                    Ok((p, e)) => (set, p, e),
+                    Err(e) => return Decision::failed(req, set.name.clone(), e),
+                }
+            }
+            (None, Some(human)) => match self.human_entities(human) {
+                Ok((p, e)) => (&self.deployment, p, e),
+                Err(e) => return Decision::failed(req, self.deployment.name.clone(), e),
+            },
+            (None, None) => {
+                return Decision::failed(req, String::new(), "request has no principal".into())
+            }
+        };
+        let (resource, context, mut res_ents) = match self.resource_and_context(req) {
+            Ok(x) => x,
+            Err(e) => return Decision::failed(req, set.name.clone(), e),
+        };
+        ents.append(&mut res_ents);
+        let entities = match Entities::from_entities(ents, Some(&self.schema)) {
+            Ok(e) => e,
+            Err(e) => return Decision::failed(req, set.name.clone(), format!("entities: {e}")),
+        };
+        self.decide(req, set, principal, resource, context, &entities)
+    }
+
+    /// Decide a request of the session's agent with its prebuilt entities
+    /// (what the exec, connect and push paths call).
+    pub fn authorize_session(&self, session: &SessionPolicy, req: &Request) -> Decision {
+        let set_name = format!("profile:{}", session.agent.profile);
+        if req.agent() != Some(&session.agent) {
+            return Decision::failed(
+                req,
+                set_name,
+                format!(
+                    "request is not by this session's agent {} (a request names its own principal)",
+                    session.agent.name()
+                ),
+            );
+        }
+        let Some(set) = self.profiles.get(&session.agent.profile) else {
+            return Decision::failed(req, set_name, self.unknown_profile(&session.agent.profile));
+        };
+        let (resource, context, res_ents) = match self.resource_and_context(req) {
+            Ok(x) => x,
+            Err(e) => return Decision::failed(req, set.name.clone(), e),
+        };
+        // The resource entities are built here from typed fields, and the
+        // session's slice was checked against the schema when it was built.
+        let entities = match session.entities.clone().add_entities(res_ents, None) {
+            Ok(e) => e,
+            Err(e) => return Decision::failed(req, set.name.clone(), format!("entities: {e}")),
+        };
+        self.decide(
+            req,
+            set,
+            session.principal.clone(),
+            resource,
+            context,
+            &entities,
+        )
+    }
+
+    fn unknown_profile(&self, profile: &str) -> String {
+        format!(
+            "unknown profile {profile:?} (known: {}); add [policy.profiles.{profile}] to brig.toml",
+            self.profiles().join(", ")
+        )
+    }
+
+    fn decide(
+        &self,
+        req: &Request,
+        set: &CompiledSet,
+        principal: EntityUid,
+        resource: EntityUid,
+        context: Context,
+        entities: &Entities,
+    ) -> Decision {
+        let name = req.action_name();
+        let resource_name = resource.to_string();
+        let fail = |e: String| Decision {
+            resource: resource_name.clone(),
+            ..Decision::failed(req, set.name.clone(), e)
+        };
+        let Some(action) = self.actions.get(name) else {
+            return fail(format!(
+                "unknown action {name:?}: the schema has no such action, so nothing permits it"
+            ));
+        };
+        let creq = match cedar_policy::Request::new(
+            principal,
+            action.clone(),
+            resource,
+            context,
+            Some(&self.schema),
+        ) {
+            Ok(r) => r,
+            Err(e) => return fail(format!("request does not fit the schema: {e}")),
+        };
+        let aset = set.actions(name);
+        let resp = self.authorizer.is_authorized(&creq, &aset.all, entities);
+        let meta = |id: &PolicyId| -> PolicyRef {
+            set.meta.get(id).cloned().unwrap_or_else(|| PolicyRef {
+                id: id.to_string(),
+                reason: String::new(),
+                effect: PolicyEffect::Forbid,
+                approval: None,
+                source: String::new(),
+            })
+        };
+        let mut errors = Vec::new();
+        let mut forbid_errored = false;
+        for e in resp.diagnostics().errors() {
+            let cedar_policy::AuthorizationError::PolicyEvaluationError(pe) = e;
+            let m = meta(pe.policy_id());
+            if m.effect == PolicyEffect::Forbid {
+                forbid_errored = true;
+            }
+            errors.push(format!("policy {}: {}", m.id, pe.inner()));
+        }
+        let mut determining: Vec<PolicyRef> = resp.diagnostics().reason().map(meta).collect();
+        determining.sort_by(|a, b| a.id.cmp(&b.id));
+        let outcome = match resp.decision() {
+            CedarDecision::Allow if forbid_errored => {
+                errors.push("a forbid could not be evaluated: denied (fail closed)".into());
+                determining.clear();
+                Outcome::Deny
+            }
+            CedarDecision::Allow => Outcome::Allow,
+            CedarDecision::Deny => {
+                let all_approval = !determining.is_empty()
+                    && determining
+                        .iter()
+                        .all(|p| p.effect == PolicyEffect::Forbid && p.approval.is_some());
+                match &aset.sans_approval {
+                    Some(sans) if all_approval && !forbid_errored => {
+                        let r = self.authorizer.is_authorized(&creq, sans, entities);
+                        let sans_forbid_err = r.diagnostics().errors().any(|e| {
+                            let cedar_policy::AuthorizationError::PolicyEvaluationError(pe) = e;
+                            meta(pe.policy_id()).effect == PolicyEffect::Forbid
+                        });
+                        if r.decision() == CedarDecision::Allow && !sans_forbid_err {
+                            let roles: BTreeSet<String> = determining
+                                .iter()
+                                .filter_map(|p| p.approval.clone())
+                                .collect();
+                            Outcome::NeedsApproval {
+                                roles: roles.into_iter().collect(),
+                                policies: determining.iter().map(|p| p.id.clone()).collect(),
+                            }
+                        } else {
+                            Outcome::Deny
+                        }
+                    }
+                    _ => Outcome::Deny,
+                }
+            }
+        };
+        Decision {
+            outcome,
+            action: name.to_string(),
+            principal: req.principal_name(),
+            resource: resource_name,
+            policy_set: set.name.clone(),
+            determining,
+            errors,
+        }
+    }
+
+    fn human_entities(&self, h: &HumanPrincipal) -> Result<(EntityUid, Vec<Entity>), String> {
+        let n = &self.names;
+        let groups: BTreeSet<&String> = h.groups.iter().collect();
+        let mut out = Vec::with_capacity(groups.len() + 2);
+        let mut parents = HashSet::new();
+        for g in groups {
+            let g_uid = uid(&n.group, g);
+            parents.insert(g_uid.clone());
+            out.push(entity(g_uid, vec![("name", s(g))], HashSet::new())?);
+        }
+        let h_uid = uid(&n.human, &h.id);
+        out.push(entity(
+            h_uid.clone(),
+            vec![("roles", set(&h.roles))],
+            parents,
+        )?);
+        Ok((h_uid, out))
+    }
+
+    fn agent_entities(&self, a: &AgentPrincipal) -> Result<(EntityUid, Vec<Entity>), String> {
+        let (h_uid, mut out) = self.human_entities(&a.human)?;
+        let a_uid = uid(&self.names.agent, &a.session);
+        out.push(entity(
+            a_uid.clone(),
+            vec![
+                ("human", RestrictedExpression::new_entity_uid(h_uid)),
+                ("task", s(&a.task)),
+                ("profile", s(&a.profile)),
+            ],
+            HashSet::new(),
+        )?);
+        Ok((a_uid, out))
+    }
+
+    /// The resource uid, the context and the resource's entities.
+    fn resource_and_context(
+        &self,
+        req: &Request,
+    ) -> Result<(EntityUid, Context, Vec<Entity>), String> {
+        let n = &self.names;
+        let approval = {
+            let (granted, by, roles) = match &req.approval {
+                Some(a) => (true, a.by.as_str(), a.roles.as_slice()),
+                None => (false, "", &[][..]),
+            };
+            RestrictedExpression::new_record([
+                (
+                    "granted".to_string(),
+                    RestrictedExpression::new_bool(granted),
+                ),
+                ("by".to_string(), s(by)),
+                ("roles".to_string(), set(roles)),
+            ])
+            .map_err(|e| format!("approval: {e}"))?
+        };
+        let none = HashSet::new;
+        let mut ctx: Vec<(&str, RestrictedExpression)> = vec![("approval", approval)];
+        let mut ents = Vec::with_capacity(2);
+        let resource = match &req.action {
+            Action::Exec {
+                argv, sensitive, ..
+            } => {
+                let program = argv
+                    .first()
+                    .map(|a| a.rsplit('/').next().unwrap_or(a))
+                    .unwrap_or("");
+                ctx.push(("command", s(&argv.join(" "))));
+                ctx.push(("program", s(program)));
+                ctx.push(("args", set(argv.iter().skip(1))));
+                ctx.push(("sensitive", set(sensitive)));
+                let r = uid(&n.command, program);
+                ents.push(entity(r.clone(), vec![("name", s(program))], none())?);
+                r
+            }
+            Action::NetConnect {
+                host,
+                port,
+                method,
+                path,
+                sensitive,
+                ..
+            } => {
+                ctx.push(("host", s(host)));
+                ctx.push(("port", RestrictedExpression::new_long(i64::from(*port))));
+                if let Some(m) = method {
+                    ctx.push(("method", s(m)));
+                }
+                if let Some(p) = path {
+                    ctx.push(("path", s(p)));
+                }
+                ctx.push(("sensitive", set(sensitive)));
+                let r = uid(&n.host, host);
+                ents.push(entity(r.clone(), vec![("name", s(host))], none())?);
+                r
+            }
+            Action::GitFetch { repo, .. } => {
+                let r = uid(&n.repo, repo);
+                ents.push(entity(r.clone(), vec![("name", s(repo))], none())?);
+                r
+            }
+            Action::GitPush {
+                repo,
+                branch,
+                force,
+                bot_branch,
+                sensitive,
+                ..
+            } => {
+                ctx.push(("branch", s(branch)));
+                ctx.push(("force", RestrictedExpression::new_bool(*force)));
+                ctx.push(("is_bot_branch", RestrictedExpression::new_bool(*bot_branch)));
+                ctx.push(("sensitive", set(sensitive)));
+                self.branch(repo, branch, *bot_branch, &mut ents)?
+            }
+            Action::PrOpen {
+                repo,
+                head,
+                base,
+                bot_branch,
+                gate_passed,
+                ..
+            } => {
+                ctx.push(("base", s(base)));
+                ctx.push(("gate_passed", RestrictedExpression::new_bool(*gate_passed)));
+                self.branch(repo, head, *bot_branch, &mut ents)?
+            }
+            Action::SecretUse {
+                name,
+                scope,
+                sensitive,
+                ..
+            } => {
+                ctx.push(("sensitive", set(sensitive)));
+                let r = uid(&n.secret, name);
+                ents.push(entity(
+                    r.clone(),
+                    vec![("name", s(name)), ("scope", s(scope))],
+                    none(),
+                )?);
+                r
+            }
+            Action::ModelCall { model, .. } => {
+                let r = uid(&n.model, model);
+                ents.push(entity(r.clone(), vec![("name", s(model))], none())?);
+                r
+            }
+            Action::SessionCreate {
+                repo,
+                task,
+                profile,
+                ..
+            } => {
+                ctx.push(("task", s(task)));
+                ctx.push(("profile", s(profile)));
+                let r = uid(&n.repo, repo);
+                ents.push(entity(r.clone(), vec![("name", s(repo))], none())?);
+                r
+            }
+            Action::SessionKill {
+                session,
+                owner,
+                task,
+                profile,
+                ..
+            } => {
+                let r = uid(&n.session, session);
+                ents.push(entity(
+                    r.clone(),
+                    vec![
+                        (
+                            "human",
+                            RestrictedExpression::new_entity_uid(uid(&n.human, owner)),
+                        ),
+                        ("task", s(task)),
+                        ("profile", s(profile)),
+                    ],
+                    none(),
+                )?);
+                r
+            }
+            Action::ApprovalGrant {
+                approver,
+                requester,
+                request_id,
+                session,
+                roles,
+            } => {
+                ctx.push(("request_id", s(request_id)));
+                ctx.push(("approver", s(&approver.id)));
+                ctx.push(("requester", s(requester)));
+                ctx.push((
+                    "self_approval_allowed",
+                    RestrictedExpression::new_bool(self.allow_self_approval),
+                ));
+                let r = uid(&n.approval_request, request_id);
+                ents.push(entity(
+                    r.clone(),
+                    vec![
+                        (
+                            "requester",
+                            RestrictedExpression::new_entity_uid(uid(&n.human, requester)),
+                        ),
+                        ("session", s(session)),
+                        ("roles", set(roles)),
+                    ],
+                    none(),
+                )?);
+                r
+            }
+            Action::PolicyChange { profile, .. } => {
+                ctx.push(("profile", s(profile)));
+                let r = uid(&n.deployment, "brig");
+                ents.push(entity(r.clone(), Vec::new(), none())?);
+                r
+            }
+            Action::Custom { resource, .. } => {
+                // No context: whatever the action, a custom request carries
+                // none, so a declared action fails the schema check.
+                ctx.clear();
+                EntityUid::from_str(resource)
+                    .map_err(|e| format!("resource {resource:?} is not a Cedar entity uid: {e}"))?
+            }
+        };
+        let context = Context::from_pairs(ctx.into_iter().map(|(k, v)| (k.to_string(), v)))
+            .map_err(|e| format!("context: {e}"))?;
+        Ok((resource, context, ents))
+    }
+
+    /// A branch entity (in its repo), protected per `[policy]`.
+    fn branch(
+        &self,
+        repo: &str,
+        branch: &str,
+        bot: bool,
+        ents: &mut Vec<Entity>,
+    ) -> Result<EntityUid, String> {
+        let n = &self.names;
+        let repo_uid = uid(&n.repo, repo);
+        // Git ref names cannot contain ':', so `<repo>:<branch>` is unique.
+        let b = uid(&n.branch, &format!("{repo}:{branch}"));
+        ents.push(entity(
+            b.clone(),
+            vec![
+                ("name", s(branch)),
+                ("bot", RestrictedExpression::new_bool(bot)),
+                (
+                    "protected",
+                    RestrictedExpression::new_bool(self.is_protected(branch)),
+                ),
+            ],
+            HashSet::from([repo_uid.clone()]),
+        )?);
+        ents.push(entity(repo_uid, vec![("name", s(repo))], HashSet::new())?);
+        Ok(b)
+    }
+}
+
+/// Split a set's policies by the actions their scope can match, and check
+/// `@id`s are unique within the set.
+fn compile(
+    name: &str,
+    policies: Vec<Loaded>,
+    actions: &HashMap<String, EntityUid>,
+    errors: &mut Vec<Diagnostic>,
+) -> CompiledSet {
+    let mut meta: HashMap<PolicyId, PolicyRef> = HashMap::new();
+    let mut all: HashMap<String, PolicySet> = HashMap::new();
+    let mut sans: HashMap<String, PolicySet> = HashMap::new();
+    let mut has_approval: HashSet<String> = HashSet::new();
+    for l in policies {
+        let pid = l.policy.id().clone();
+        if let Some(first) = meta.get(&pid) {
+            errors.push(Diagnostic {
+                source: l.meta.source.clone(),
+                line: l.line,
+                col: l.col,
+                severity: Severity::Error,
+                policy: Some(l.meta.id.clone()),
+                message: format!(
+                    "duplicate @id {:?} in policy set {name} (also in {}): ids must be unique within a set",
+                    l.meta.id, first.source
+                ),
+            });
+            continue;
+        }
+        let targets: Vec<&String> = match l.policy.action_constraint() {
+            cedar_policy::ActionConstraint::Any => actions.keys().collect(),
+            cedar_policy::ActionConstraint::Eq(a) => actions
+                .iter()
+                .filter(|(_, u)| **u == a)
+                .map(|(k, _)| k)
+                .collect(),
+            // The schema has no action groups, so `in [..]` is membership.
+            cedar_policy::ActionConstraint::In(list) => actions
+                .iter()
+                .filter(|(_, u)| list.contains(u))
+                .map(|(k, _)| k)
+                .collect(),
+        };
+        let is_approval = l.meta.effect == PolicyEffect::Forbid && l.meta.approval.is_some();
+        for a in targets {
+            // Ids are unique (checked above), so add cannot fail.
+            let _ = all.entry(a.clone()).or_default().add(l.policy.clone());
+            if is_approval {
+                has_approval.insert(a.clone());
+            } else {
+                let _ = sans.entry(a.clone()).or_default().add(l.policy.clone());
+            }
+        }
+        meta.insert(pid, l.meta);
+    }
+    let by_action = all
+        .into_iter()
+        .map(|(a, set)| {
+            let sans_approval = if has_approval.contains(&a) {
+                Some(sans.remove(&a).unwrap_or_default())
+            } else {
+                None
+            };
+            (
+                a,
+                ActionSet {
+                    all: set,
+                    sans_approval,
+                },
+            )
+        })
+        .collect();
+    CompiledSet {
+        name: name.to_string(),
+        by_action,
+        meta,
+        empty: ActionSet {
+            all: PolicySet::new(),
+            sans_approval: None,
+        },
+    }
+}
+
+/// A decision as a human reads it: what was decided, by which policies and
+/// why, and how to get access.
+pub fn explain(d: &Decision) -> String {
+    let mut out = String::new();
+    let what = format!(
+        "{} by {} on {} ({})",
+        d.action, d.principal, d.resource, d.policy_set
+    );
+    let list = |out: &mut String, ps: &[PolicyRef]| {
+        for p in ps {
+            let effect = match p.effect {
+                PolicyEffect::Permit => "permit",
+                PolicyEffect::Forbid => "forbid",
+            };
+            out.push_str(&format!("\n  {effect} {} [{}]", p.id, p.source));
+            if !p.reason.is_empty() {
+                out.push_str(&format!(": {}", p.reason));
+            }
+        }
+    };
+    match &d.outcome {
+        Outcome::Allow => {
+            out.push_str(&format!("allowed: {what}"));
+            list(&mut out, &d.determining);
+        }
+        Outcome::NeedsApproval { roles, .. } => {
+            out.push_str(&format!(
+                "needs approval: {what} waits until a human with role {} approves it",
+                roles
+                    .iter()
+                    .map(|r| format!("{r:?}"))
+                    .collect::<Vec<_>>()
+                    .join(" and a human with role ")
+            ));
+            list(&mut out, &d.determining);
+            out.push_str(
+                "\n  to proceed: ask an approver (brig approve <request>); your own approval does not count unless [policy] allow_self_approval is set",
+            );
+        }
+        Outcome::Deny if !d.errors.is_empty() && d.determining.is_empty() => {
+            out.push_str(&format!(
+                "denied: {what}: it could not be evaluated, so it is denied (fail closed)"
+            ));
+            for e in &d.errors {
+                out.push_str(&format!("\n  error: {e}"));
+            }
+        }
+        Outcome::Deny if d.determining.is_empty() => {
+            out.push_str(&format!(
+                "denied: {what}: no policy permits it (Cedar denies by default)\n  to get access: ask for a session whose profile permits {}, or an admin to add a permit for it (brig policy test shows what decides)",
+                d.action
+            ));
+        }
+        Outcome::Deny => {
+            out.push_str(&format!("denied: {what}"));
+            list(&mut out, &d.determining);
+            out.push_str(
+                "\n  a forbid always beats a permit: to get access, follow the reason above",
+            );
+        }
+    }
+    if !d.errors.is_empty() && !(d.outcome == Outcome::Deny && d.determining.is_empty()) {
+        for e in &d.errors {
+            out.push_str(&format!("\n  error: {e}"));
+        }
+    }
+    out
+}
