@@ -12,7 +12,9 @@ use clap::Parser;
 use hyper::Method;
 
 use crate::attach::{self, AttachOpts, Outcome};
-use crate::cli::{self, ArtifactCmd, Cli, Command, CreateArgs, ExecOpts, ImageCmd, SessionCmd};
+use crate::cli::{
+    self, ArtifactCmd, Cli, Command, CreateArgs, DrillCmd, ExecOpts, ImageCmd, SessionCmd,
+};
 use crate::client::{decode, Client, Endpoint};
 use crate::output::Out;
 use crate::term::{self, age, short_digest, RawMode, Spinner};
@@ -159,13 +161,24 @@ async fn dispatch(cli: Cli, out: Out) -> Result<i32> {
         }
         Command::Demo(a) => crate::demo::run(a, out).await,
         Command::Kill(a) => {
-            if !a.all {
-                let e = Error::invalid("`brig kill` needs --all")
-                    .hint("kill one session with `brig session kill ID`, or every live one with `brig kill --all`");
-                out.error(&e);
-                return Ok(EXIT_USAGE);
-            }
-            kill_all(&client(&cli)?, out).await
+            let body = match (&a.session, &a.user, &a.task, a.all) {
+                (Some(id), ..) => serde_json::json!({ "session": id }),
+                (_, Some(u), ..) => serde_json::json!({ "user": u }),
+                (_, _, Some(t), _) => serde_json::json!({ "task": t }),
+                (.., true) => serde_json::json!({ "all": true }),
+                _ => {
+                    let e = Error::invalid("`brig kill` needs SESSION, --user, --task or --all")
+                        .hint(
+                        "e.g. `brig kill --user ada`, or every live session with `brig kill --all`",
+                    );
+                    out.error(&e);
+                    return Ok(EXIT_USAGE);
+                }
+            };
+            kill(&client(&cli)?, body, out).await
+        }
+        Command::Drill(DrillCmd::Kill { profile }) => {
+            drill_kill(&client(&cli)?, profile.clone(), out).await
         }
         Command::Image(cmd) => image(&client(&cli)?, cmd, out).await,
         Command::Artifact(cmd) => artifact(&client(&cli)?, cmd, out).await,
@@ -301,6 +314,7 @@ fn create_body(a: &CreateArgs) -> Result<CreateSession> {
         git_ref: a.git_ref.clone(),
         sparse: a.sparse.clone(),
         depth: a.depth,
+        drill: false,
     })
 }
 
@@ -624,14 +638,70 @@ async fn destroy_quietly(c: &Client, id: &str) -> Result<(SessionSummary, serde_
 
 // ---------------------------------------------------------------- others
 
-async fn kill_all(c: &Client, out: Out) -> Result<i32> {
+async fn drill_kill(c: &Client, profile: Option<String>, out: Out) -> Result<i32> {
+    #[derive(serde::Deserialize)]
+    struct Part {
+        part: String,
+        live_before: usize,
+        dead_ms: Option<f64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Report {
+        session: String,
+        parts: Vec<Part>,
+        target_ms: u64,
+        passed: bool,
+    }
+    let spin = Spinner::start(
+        "kill drill: starting a test session with live parts",
+        !out.json && !out.quiet,
+    );
+    let body = serde_json::json!({ "profile": profile, "human": local_human() });
+    let res = c
+        .call::<Report, _>(Method::POST, "/v1/drill/kill", Some(&body))
+        .await;
+    drop(spin);
+    let (r, raw) = res?;
+    if out.json {
+        out.json_value(&raw);
+    } else {
+        let mut t = format!(
+            "kill drill on session {} (target: every part dead within {} ms)\n",
+            r.session, r.target_ms
+        );
+        for p in &r.parts {
+            let dead = match p.dead_ms {
+                Some(ms) => format!("dead in {ms:.1} ms"),
+                None => "NOT DEAD after 10 s".to_string(),
+            };
+            let flag = if p.dead_ms.is_some_and(|ms| ms <= r.target_ms as f64) {
+                "ok"
+            } else {
+                "FAIL"
+            };
+            t.push_str(&format!(
+                "  {:<12} {:>3} live  {dead:<24} {flag}\n",
+                p.part, p.live_before
+            ));
+        }
+        t.push_str(if r.passed {
+            "passed"
+        } else {
+            "FAILED: a part outlived the target"
+        });
+        out.text(&t);
+    }
+    Ok(if r.passed { 0 } else { 1 })
+}
+
+async fn kill(c: &Client, body: serde_json::Value, out: Out) -> Result<i32> {
     #[derive(serde::Deserialize)]
     struct Killed {
         killed: Vec<String>,
         duration_ms: u64,
     }
     let (k, raw) = c
-        .call::<Killed, ()>(Method::POST, "/v1/kill-all", None)
+        .call::<Killed, _>(Method::POST, "/v1/kill", Some(&body))
         .await?;
     if out.json {
         out.json_value(&raw);

@@ -51,8 +51,11 @@ pub enum Command {
     Session(SessionCmd),
     /// Create a session, run one command in it, destroy it, print a summary.
     Run(RunArgs),
-    /// Kill switch: kill every live session now.
-    Kill(KillAllArgs),
+    /// Kill switch: kill a session, every session of a user or task, or all, now.
+    Kill(KillArgs),
+    /// Game days: rehearse the kill switch and time it.
+    #[command(subcommand)]
+    Drill(DrillCmd),
     /// List and import images.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -119,10 +122,30 @@ pub enum SessionCmd {
 }
 
 #[derive(Args, Debug)]
-pub struct KillAllArgs {
-    /// Every live session (required: the kill switch is explicit).
+pub struct KillArgs {
+    /// One session.
+    #[arg(value_name = "SESSION", conflicts_with_all = ["user", "task", "all"])]
+    pub session: Option<String>,
+    /// Every live session of this human.
+    #[arg(long, value_name = "USER", conflicts_with_all = ["task", "all"])]
+    pub user: Option<String>,
+    /// Every live session of this task.
+    #[arg(long, value_name = "TASK", conflicts_with = "all")]
+    pub task: Option<String>,
+    /// Every live session.
     #[arg(long)]
     pub all: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DrillCmd {
+    /// Start a test session with a running process, open connections and a
+    /// live credential, kill it, and report time-to-dead for each part.
+    Kill {
+        /// The profile the test session runs under.
+        #[arg(long, value_name = "NAME")]
+        profile: Option<String>,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

@@ -109,9 +109,10 @@ fn usage_errors_are_json_with_json() {
 }
 
 #[test]
-fn kill_without_all_says_how() {
+fn kill_without_a_target_says_how() {
     let o = brig(&["kill"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--user"), "{}", stderr(&o));
     assert!(stderr(&o).contains("--all"), "{}", stderr(&o));
 }
 
@@ -195,7 +196,7 @@ fn help_lists_every_command() {
     assert_eq!(o.status.code(), Some(0));
     let h = stdout(&o);
     for cmd in [
-        "serve", "session", "run", "kill", "image", "doctor", "version", "demo",
+        "serve", "session", "run", "kill", "drill", "image", "doctor", "version", "demo",
     ] {
         assert!(h.contains(cmd), "{cmd} missing from --help: {h}");
     }

@@ -264,6 +264,114 @@ fn kill_all_through_the_cli() {
 }
 
 #[test]
+fn kill_by_user_and_task_takes_only_theirs() {
+    let s = Server::start();
+    let create = |user: &str, task: &str| {
+        let o = s
+            .cmd(&["session", "create", "--task", task])
+            .env("SUDO_USER", user)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        text(&o.stdout).trim().to_string()
+    };
+    let ada1 = create("ada", "T-1");
+    let ada2 = create("ada", "T-2");
+    let bob = create("bob", "T-2");
+    let v = s.json(&["kill", "--user", "ada"]);
+    let mut killed: Vec<String> = serde_json::from_value(v["killed"].clone()).unwrap();
+    killed.sort();
+    let mut want = vec![ada1, ada2];
+    want.sort();
+    assert_eq!(killed, want, "{v}");
+    let live = s.json(&["session", "list"]);
+    assert_eq!(live.as_array().unwrap().len(), 1, "{live}");
+    assert_eq!(live[0]["id"], bob.as_str());
+    // A task with no live session kills nothing; bob's task does.
+    assert_eq!(
+        s.json(&["kill", "--task", "T-9"])["killed"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        s.json(&["kill", "--task", "T-2"])["killed"],
+        serde_json::json!([bob])
+    );
+    // Two selectors at once are a usage error.
+    let o = s.brig(&["kill", "--user", "ada", "--all"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    // The journal says who was killed and why.
+    let j = s.json(&["journal", "show", "--limit", "1000"]);
+    let reasons: Vec<String> = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "session.destroy")
+        .map(|e| e["details"]["reason"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .filter(|r| *r == "kill switch (user ada)")
+            .count()
+            == 2,
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r == "kill switch (task T-2)"),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn kill_drill_reports_every_part_dead_within_a_second() {
+    let s = Server::start();
+    let o = s.brig(&["--json", "drill", "kill"]);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "drill: {e}: {}{}\n{}",
+            text(&o.stdout),
+            text(&o.stderr),
+            s.log()
+        )
+    });
+    let parts = r["parts"].as_array().unwrap();
+    let names: Vec<&str> = parts.iter().map(|p| p["part"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["processes", "connections", "credentials", "sandbox"],
+        "{r}"
+    );
+    // Each part was live before the kill, and dead after it.
+    for p in parts {
+        assert!(p["live_before"].as_u64().unwrap() >= 1, "{r}");
+        assert!(p["dead_ms"].as_f64().is_some(), "{r}");
+    }
+    assert_eq!(parts[1]["live_before"], 2, "{r}");
+    assert_eq!(r["passed"], true, "{r}");
+    assert_eq!(o.status.code(), Some(0));
+    // Nothing of it is left, and the journal has the drill and the revocation.
+    assert_eq!(s.json(&["session", "list"]).as_array().unwrap().len(), 0);
+    let id = r["session"].as_str().unwrap();
+    let j = s.json(&["journal", "show", "--session", id]);
+    let actions: Vec<&str> = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for a in [
+        "credential.grant",
+        "credential.revoke",
+        "session.destroy",
+        "drill.kill",
+    ] {
+        assert!(actions.contains(&a), "{a} missing: {actions:?}");
+    }
+    let info = s.json(&["session", "show", id]);
+    assert_eq!(info["state"], "destroyed", "{info}");
+}
+
+#[test]
 fn demo_exits_0() {
     let o = Command::new(BRIG)
         .args(["demo", "--json"])

@@ -146,6 +146,10 @@ pub struct CreateSession {
     /// History depth of a git source's checkout (default `[git] depth`, 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub depth: Option<u32>,
+    /// A kill drill's session (`brig drill kill`): it also holds the
+    /// drill's own credential. Never read from the API.
+    #[serde(skip)]
+    pub drill: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -156,6 +156,8 @@ pub(crate) fn routes() -> Routes {
     .post("/v1/sessions/{id}/exec/attach", exec_attach)
     .post("/v1/sessions/{id}/kill", kill_session)
     .post("/v1/kill-all", kill_all)
+    .post("/v1/kill", kill)
+    .post("/v1/drill/kill", drill_kill)
     .get("/v1/images", list_images)
     .post("/v1/images/import", import_image)
 }
@@ -652,6 +654,83 @@ async fn kill_all(State(st): State<AppState>) -> ApiResult<Response> {
         "duration_ms": t0.elapsed().as_millis() as u64,
     }))
     .into_response())
+}
+
+/// `POST /v1/kill`: exactly one of the selectors.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KillBody {
+    #[serde(default)]
+    session: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    task: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+async fn kill(State(st): State<AppState>, ApiJson(b): ApiJson<KillBody>) -> ApiResult<Response> {
+    use crate::manager::KillTarget;
+    let picked = [
+        b.session.is_some(),
+        b.user.is_some(),
+        b.task.is_some(),
+        b.all,
+    ];
+    if picked.iter().filter(|x| **x).count() != 1 {
+        return Err(ApiError(
+            Error::invalid("the kill switch needs exactly one of session, user, task or all")
+                .hint("e.g. {\"user\": \"ada\"} or {\"all\": true}"),
+        ));
+    }
+    let (target, reason) = match (b.session, b.user, b.task) {
+        (Some(id), _, _) => (
+            KillTarget::Session(parse_id(&id)?),
+            "kill switch (session)".to_string(),
+        ),
+        (_, Some(u), _) => (
+            KillTarget::Human(u.clone()),
+            format!("kill switch (user {u})"),
+        ),
+        (_, _, Some(t)) => (
+            KillTarget::Task(t.clone()),
+            format!("kill switch (task {t})"),
+        ),
+        _ => (KillTarget::All, "kill switch (kill-all)".to_string()),
+    };
+    let t0 = Instant::now();
+    let mgr = st.mgr.clone();
+    // Runs to the end even if the client hangs up: a kill switch must not be half-pulled.
+    let killed = tokio::spawn(async move { mgr.kill_where(&target, &reason).await })
+        .await
+        .map_err(|e| ApiError(Error::internal(format!("kill task failed: {e}"))))?;
+    Ok(axum::Json(serde_json::json!({
+        "killed": killed,
+        "duration_ms": t0.elapsed().as_millis() as u64,
+    }))
+    .into_response())
+}
+
+/// `POST /v1/drill/kill`: the kill switch's game day.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DrillBody {
+    #[serde(default)]
+    profile: Option<String>,
+    #[serde(default)]
+    human: Option<String>,
+}
+
+async fn drill_kill(
+    State(st): State<AppState>,
+    ApiJson(b): ApiJson<DrillBody>,
+) -> ApiResult<Response> {
+    let mgr = st.mgr.clone();
+    let report = tokio::spawn(async move { mgr.drill_kill(b.human, b.profile).await })
+        .await
+        .map_err(|e| ApiError(Error::internal(format!("kill drill task failed: {e}"))))??;
+    Ok(axum::Json(report).into_response())
 }
 
 async fn list_images(State(st): State<AppState>) -> ApiResult<Response> {

@@ -31,6 +31,19 @@ const QUEUE: usize = 8192;
 pub struct SessionChannels {
     tasks: Vec<JoinHandle<()>>,
     paths: Vec<PathBuf>,
+    limits: Option<Arc<brig_proxy::SessionLimits>>,
+}
+
+impl SessionChannels {
+    /// Proxy streams open now (the kill drill watches them drop to 0).
+    pub fn open_connections(&self) -> usize {
+        self.limits.as_ref().map_or(0, |l| l.open_connections())
+    }
+
+    /// A handle that keeps counting after the channels are dropped.
+    pub fn connection_counter(&self) -> Option<Arc<brig_proxy::SessionLimits>> {
+        self.limits.clone()
+    }
 }
 
 impl Drop for SessionChannels {
@@ -95,6 +108,7 @@ pub fn start(
     let mut channels = SessionChannels {
         tasks: Vec::new(),
         paths: Vec::new(),
+        limits: None,
     };
     let proxy = listen(brig_sandbox::egress::PROXY_SOCK)?;
     channels
@@ -142,6 +156,7 @@ pub fn start(
         }
         None => session,
     };
+    channels.limits = Some(session.limits.clone());
     let id = info.id.to_string();
     let s = session.clone();
     channels.tasks.push(tokio::spawn(async move {

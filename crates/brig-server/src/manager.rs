@@ -22,7 +22,10 @@ use brig_store::{ExecEnd, ExecRecord, Store};
 use tokio::sync::{mpsc, Notify};
 
 use crate::config::{cpus_to_millis, ServerConfig, DEFAULT_PROFILE};
+
+mod drill;
 use crate::metrics::{ExecOutcome, Metrics, ReaperAction};
+pub use drill::{DrillPart, DrillReport};
 
 /// Grace between SIGTERM and SIGKILL on a graceful destroy.
 pub const DESTROY_GRACE: Duration = Duration::from_secs(2);
@@ -75,6 +78,17 @@ pub enum DestroyMode {
     Graceful,
     /// SIGKILL everything now, then shred.
     Kill,
+}
+
+/// Which live sessions the kill switch takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KillTarget {
+    All,
+    Session(SessionId),
+    /// Every session of this human.
+    Human(String),
+    /// Every session of this task.
+    Task(String),
 }
 
 /// What commands in a session see of the outside, streamed in order.
@@ -694,7 +708,7 @@ impl Manager {
             }
         };
         // Its secrets, just in time, before anything is made for it.
-        let secrets = match self.acquire_secrets(&info, &profile).await {
+        let secrets = match self.acquire_secrets(&info, &profile, req.drill).await {
             Ok(s) => s,
             Err(e) => {
                 let undo = Undo {
@@ -1047,12 +1061,28 @@ impl Manager {
         &self,
         info: &SessionInfo,
         profile: &crate::config::Profile,
+        drill: bool,
     ) -> Result<
         Option<(
             Arc<crate::secrets::SessionSecrets>,
             Arc<brig_proxy::CertAuthority>,
         )>,
     > {
+        if drill {
+            // The drill's own credential, through the same grant, injection
+            // and revocation path as every other (drill::secrets).
+            let (secrets, grants) = drill::secrets(self.cfg.secrets.ttl.max);
+            let s = crate::secrets::acquire(
+                &self.db,
+                &secrets,
+                &self.cfg.secrets.ttl,
+                info,
+                &grants,
+                &self.known,
+            )
+            .await?;
+            return Ok(Some((s, self.egress_ca()?)));
+        }
         if profile.secrets.is_empty() {
             return Ok(None);
         }
@@ -1660,15 +1690,19 @@ impl Manager {
         }
         // No new connection from here on; open ones are dropped.
         drop(live.egress.lock().unwrap_or_else(|p| p.into_inner()).take());
-        let report = self.destroy_sandbox(&live.id, &live.sandbox).await;
+        // Credentials are revoked while the sandbox is shredded, not after:
+        // a kill must not leave them valid for as long as a shred takes.
+        let revoke = async {
+            if let Some(s) = &live.secrets {
+                let snapshot = live.info.lock().await.clone();
+                self.release_secrets(&snapshot, s, reason).await;
+            }
+            self.revoke_forge_tokens(live.forge.as_ref(), reason).await;
+        };
+        let (report, ()) = tokio::join!(self.destroy_sandbox(&live.id, &live.sandbox), revoke);
         for p in &report.problems {
             tracing::warn!(session = %live.id, problem = %p, "destroy problem");
         }
-        if let Some(s) = &live.secrets {
-            let snapshot = live.info.lock().await.clone();
-            self.release_secrets(&snapshot, s, reason).await;
-        }
-        self.revoke_forge_tokens(live.forge.as_ref(), reason).await;
         let mut info = live.info.lock().await;
         self.record_state(&mut info, SessionState::Destroyed, reason)
             .await?;
@@ -1691,14 +1725,30 @@ impl Manager {
         Ok((info, report.workspace_shredded))
     }
 
-    /// The kill switch: SIGKILL every live sandbox first, then shred them in
-    /// parallel. Returns the sessions killed.
+    /// The kill switch for every live session.
     pub async fn kill_all(self: &Arc<Self>, reason: &str) -> Vec<SessionId> {
+        self.kill_where(&KillTarget::All, reason).await
+    }
+
+    /// The kill switch: SIGKILL the chosen live sandboxes first, then tear
+    /// them down in parallel (connections dropped, credentials revoked,
+    /// sandboxes shredded). Returns the sessions killed.
+    pub async fn kill_where(self: &Arc<Self>, target: &KillTarget, reason: &str) -> Vec<SessionId> {
         let t0 = Instant::now();
-        let lives: Vec<Arc<Live>> = {
-            let ids: Vec<SessionId> = self.live_table().keys().cloned().collect();
-            ids.iter().filter_map(|id| self.take_live(id)).collect()
-        };
+        let candidates: Vec<Arc<Live>> = self.live_table().values().cloned().collect();
+        let mut chosen = Vec::new();
+        for l in candidates {
+            let hit = match target {
+                KillTarget::All => true,
+                KillTarget::Session(id) => &l.id == id,
+                KillTarget::Human(h) => &l.info.lock().await.human == h,
+                KillTarget::Task(t) => l.info.lock().await.task.as_str() == t,
+            };
+            if hit {
+                chosen.push(l.id.clone());
+            }
+        }
+        let lives: Vec<Arc<Live>> = chosen.iter().filter_map(|id| self.take_live(id)).collect();
         for l in &lives {
             l.sandbox.kill_now();
         }

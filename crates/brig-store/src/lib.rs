@@ -22,6 +22,7 @@ use brig_core::session::{Limits, SessionInfo, SessionState};
 use brig_core::{Error, ErrorKind, Result, SessionId, TaskId};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+pub mod usage;
 pub mod writer;
 pub use writer::{Tx, Writer, WriterOptions};
 
@@ -159,6 +160,27 @@ const MIGRATIONS: &[&str] = &[
         record  TEXT NOT NULL
     );
     CREATE INDEX session_records_by_kind ON session_records (session, kind, seq);
+    "#,
+    // 6: the model gateway's captured calls (issue 8): one row per request
+    // with the columns the budgets and the cost report add up, and the
+    // whole (already redacted) record as JSON for `brig model log`.
+    r#"
+    CREATE TABLE model_calls (
+        seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+        id            TEXT NOT NULL UNIQUE,
+        session       TEXT NOT NULL REFERENCES sessions(id),
+        human         TEXT,
+        task          TEXT,
+        at            TEXT NOT NULL,
+        model         TEXT NOT NULL,
+        outcome       TEXT NOT NULL,
+        input_tokens  INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cost_usd      REAL NOT NULL,
+        record        TEXT NOT NULL
+    );
+    CREATE INDEX model_calls_by_session ON model_calls (session, seq);
+    CREATE INDEX model_calls_by_time ON model_calls (at);
     "#,
 ];
 
