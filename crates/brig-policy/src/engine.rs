@@ -1103,9 +1103,6 @@ pub fn explain(d: &Decision) -> String {
             out.push_str(&format!(
                 "denied: {what}: it could not be evaluated, so it is denied (fail closed)"
             ));
-            for e in &d.errors {
-                out.push_str(&format!("\n  error: {e}"));
-            }
         }
         Outcome::Deny if d.determining.is_empty() => {
             out.push_str(&format!(
@@ -1121,10 +1118,8 @@ pub fn explain(d: &Decision) -> String {
             );
         }
     }
-    if !d.errors.is_empty() && !(d.outcome == Outcome::Deny && d.determining.is_empty()) {
-        for e in &d.errors {
-            out.push_str(&format!("\n  error: {e}"));
-        }
+    for e in &d.errors {
+        out.push_str(&format!("\n  error: {e}"));
     }
     out
 }
