@@ -22,6 +22,7 @@ use brig_core::session::{Limits, SessionInfo, SessionState};
 use brig_core::{Error, ErrorKind, Result, SessionId, TaskId};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+pub mod approvals;
 pub mod usage;
 pub mod writer;
 pub use writer::{Tx, Writer, WriterOptions};
@@ -181,6 +182,38 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX model_calls_by_session ON model_calls (session, seq);
     CREATE INDEX model_calls_by_time ON model_calls (at);
+    "#,
+    // 7: human in the loop (issue 7): approval requests for sensitive
+    // capabilities and the plans agents submit. A request is decided once
+    // (the UPDATE only takes a pending row), so two approvers cannot both
+    // win.
+    r#"
+    CREATE TABLE approvals (
+        id           TEXT PRIMARY KEY,
+        session      TEXT NOT NULL REFERENCES sessions(id),
+        human        TEXT NOT NULL,
+        task         TEXT NOT NULL,
+        action       TEXT NOT NULL,
+        resource     TEXT NOT NULL,
+        capability   TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        requested_at TEXT NOT NULL,
+        expires_at   TEXT NOT NULL,
+        decided_by   TEXT,
+        decided_at   TEXT,
+        valid_until  TEXT,
+        record       TEXT NOT NULL
+    );
+    CREATE INDEX approvals_by_state ON approvals (state, requested_at);
+    CREATE INDEX approvals_by_session ON approvals (session, action, resource);
+    CREATE TABLE plans (
+        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+        id           TEXT NOT NULL UNIQUE,
+        session      TEXT NOT NULL REFERENCES sessions(id),
+        submitted_at TEXT NOT NULL,
+        record       TEXT NOT NULL
+    );
+    CREATE INDEX plans_by_session ON plans (session, seq);
     "#,
 ];
 
