@@ -1005,6 +1005,7 @@ fn token(inner: &Inner, f: &HashMap<String, String>) -> Resp {
             let Some(g) = st.devices.get_mut(get("device_code")) else {
                 return oauth_err(400, "invalid_grant", "unknown device_code");
             };
+            g.polls += 1;
             if now >= g.expires && g.status != DeviceStatus::Used {
                 g.status = DeviceStatus::Expired;
             }
@@ -1015,7 +1016,6 @@ fn token(inner: &Inner, f: &HashMap<String, String>) -> Resp {
                 .last_poll
                 .is_some_and(|t| now.duration_since(t) + POLL_TOLERANCE < g.interval);
             g.last_poll = Some(now);
-            g.polls += 1;
             if early || g.force_slow_down {
                 g.too_early += u32::from(early);
                 g.force_slow_down = false;
