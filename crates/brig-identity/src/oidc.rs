@@ -414,6 +414,10 @@ pub struct OidcClient {
     http: Arc<HttpClient>,
     client_secret: Option<String>,
     ready: OnceCell<Ready>,
+    /// The last failed discovery: retried at most once per
+    /// `jwks_refetch_interval`, so an IdP that is down is not asked again
+    /// for every API request.
+    discovery_failure: std::sync::Mutex<Option<(Instant, String)>>,
 }
 
 impl fmt::Debug for OidcClient {
@@ -455,6 +459,7 @@ impl OidcClient {
             http,
             client_secret,
             ready: OnceCell::new(),
+            discovery_failure: std::sync::Mutex::new(None),
         })
     }
 
@@ -470,13 +475,41 @@ impl OidcClient {
     }
 
     async fn ready(&self) -> Result<&Ready, IdentityError> {
-        self.ready
+        if let Some(r) = self.ready.get() {
+            return Ok(r);
+        }
+        {
+            let last = self
+                .discovery_failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some((at, why)) = last.as_ref() {
+                if at.elapsed() < self.cfg.jwks_refetch_interval {
+                    return Err(IdentityError::Unavailable {
+                        url: crate::discovery_url(&self.cfg.issuer),
+                        detail: format!(
+                            "{why} (discovery is retried at most every {})",
+                            brig_core::units::format_duration(self.cfg.jwks_refetch_interval)
+                        ),
+                    });
+                }
+            }
+        }
+        let r: Result<&Ready, IdentityError> = self
+            .ready
             .get_or_try_init(|| async {
                 let discovery = Discovery::fetch(&self.http, &self.cfg.issuer).await?;
                 let jwks = JwksCache::new(discovery.jwks.clone(), self.http.clone(), &self.cfg);
                 Ok(Ready { discovery, jwks })
             })
-            .await
+            .await;
+        if let Err(e) = &r {
+            *self
+                .discovery_failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), e.to_string()));
+        }
+        r
     }
 
     /// The IdP's metadata (fetched once).

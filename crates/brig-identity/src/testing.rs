@@ -273,6 +273,7 @@ struct State {
     next_kid: u32,
     advertised_issuer: Option<String>,
     jwks_available: bool,
+    discovery_requests: usize,
     jwks_requests: usize,
     token_requests: usize,
     /// By device code.
@@ -358,6 +359,7 @@ impl TestIdp {
                 next_kid: 1,
                 advertised_issuer: None,
                 jwks_available: true,
+                discovery_requests: 0,
                 jwks_requests: 0,
                 token_requests: 0,
                 devices: HashMap::new(),
@@ -530,6 +532,10 @@ impl TestIdp {
     /// impersonating IdP).
     pub fn set_advertised_issuer(&self, issuer: Option<&str>) {
         self.inner.state().advertised_issuer = issuer.map(str::to_string);
+    }
+
+    pub fn discovery_requests(&self) -> usize {
+        self.inner.state().discovery_requests
     }
 
     pub fn jwks_requests(&self) -> usize {
@@ -864,11 +870,11 @@ fn handle(inner: &Inner, r: Req) -> Resp {
 
 fn discovery(inner: &Inner) -> Resp {
     let iss = &inner.issuer;
-    let advertised = inner
-        .state()
-        .advertised_issuer
-        .clone()
-        .unwrap_or_else(|| iss.clone());
+    let advertised = {
+        let mut st = inner.state();
+        st.discovery_requests += 1;
+        st.advertised_issuer.clone().unwrap_or_else(|| iss.clone())
+    };
     json_resp(
         200,
         json!({

@@ -247,6 +247,14 @@ async fn discovery_must_name_the_configured_issuer_exactly() {
         .await
         .unwrap_err();
     assert!(e.is_unavailable(), "{e}");
+    // ... and the IdP is not asked again for every token.
+    let asked = idp.discovery_requests();
+    let e = c
+        .verify_id_token(&idp.id_token(&TestUser::new("a")), None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("retried at most every"), "{e}");
+    assert_eq!(idp.discovery_requests(), asked);
 
     // A trailing slash is another issuer.
     idp.set_advertised_issuer(None);
