@@ -206,10 +206,11 @@ async fn an_idp_outage_keeps_cached_keys_until_the_hard_max_age_then_fails_close
     cfg.jwks_hard_max_age = Duration::from_millis(2500);
     let c = OidcClient::new(cfg).unwrap();
     let alice = TestUser::new("alice");
-    let start = std::time::Instant::now();
     c.verify_id_token(&idp.id_token(&alice), None)
         .await
         .unwrap();
+    // The keys were fetched before this instant.
+    let start = std::time::Instant::now();
     idp.set_jwks_available(false);
     tokio::time::sleep(Duration::from_millis(700)).await;
     // Stale: a refetch is tried, fails, and the cached key still verifies.
