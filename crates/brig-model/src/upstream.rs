@@ -158,12 +158,17 @@ impl Client {
         reg: &Arc<Registry>,
         fresh: bool,
     ) -> Result<Conn, ConnectError> {
-        while !fresh {
+        // `fresh`: a pooled connection just failed; skip the pool.
+        let mut from_pool = !fresh;
+        while from_pool {
             let idle = {
                 let mut p = self.pool.lock().unwrap_or_else(|e| e.into_inner());
                 p.pop()
             };
-            let Some(mut idle) = idle else { break };
+            let Some(mut idle) = idle else {
+                from_pool = false;
+                continue;
+            };
             if idle.sender.is_closed() || idle.since.elapsed() > IDLE_FOR {
                 idle.task.abort();
                 continue;

@@ -708,3 +708,361 @@ impl hyper::body::Body for Chunked {
         std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
     }
 }
+
+// ---------------------------------------------------------------- budgets
+
+#[tokio::test]
+async fn a_token_budget_stops_a_runaway_loop() {
+    let mut h = harness(&base_config("[budgets.session]\nmax_tokens = 100")).await;
+    let mut c = Client::connect(h.addr).await;
+    let (mut ok, mut denied, mut last) = (0, 0, json!(null));
+    let mut headers = None;
+    for _ in 0..40 {
+        let r = c
+            .send(post(
+                "/v1/chat/completions",
+                &h.key,
+                &chat("gpt-4o-mini", "loop again"),
+            ))
+            .await;
+        if r.status() == 429 {
+            headers = Some(r.headers().clone());
+            denied += 1;
+            last = body_json(r).await.1;
+        } else {
+            assert_eq!(r.status(), 200);
+            ok += 1;
+            body_json(r).await;
+            // As a real loop does: the next request after this one's end.
+            h.settle().await;
+        }
+    }
+    // Each call is ~9 tokens: the budget lets ~11 through, then stops all.
+    assert!((10..=13).contains(&ok), "{ok} went through");
+    assert_eq!(ok + denied, 40);
+    assert_eq!(last["error"]["type"], "insufficient_quota");
+    let msg = last["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("budget:session:max_tokens") && msg.contains("of its 100 tokens"),
+        "{msg}"
+    );
+    assert!(msg.contains("[models.budgets.session] max_tokens"), "{msg}");
+    let hd = headers.unwrap();
+    assert_eq!(hd["x-should-retry"], "false");
+    assert_eq!(h.fake(0).requests().len(), ok);
+    let mut denials = 0;
+    for _ in 0..40 {
+        let r = h.call().await;
+        if r.outcome == CallOutcome::Denied {
+            denials += 1;
+            assert_eq!(r.rule.as_deref(), Some("budget:session:max_tokens"));
+            assert_eq!(r.status, 429);
+        }
+    }
+    assert_eq!(denials, denied);
+    // Anthropic's shape for the same refusal.
+    let areq = json!({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]});
+    let (s, v) = body_json(c.send(post_anthropic("/v1/messages", &h.key, &areq)).await).await;
+    assert_eq!(
+        (s, v["type"].as_str(), v["error"]["type"].as_str()),
+        (429, Some("error"), Some("rate_limit_error"))
+    );
+}
+
+#[tokio::test]
+async fn seeded_usage_and_spend_limits_count() {
+    let h = harness(&base_config(
+        "[budgets.human]\nmax_spend = 0.01\n[prices.\"*\"]\ninput = 0.1\noutput = 0.1",
+    ))
+    .await;
+    h.gw.seed_usage(Scope::Human, "ann", 10, 0.02);
+    let (s, v) = once(
+        h.addr,
+        post("/v1/chat/completions", &h.key, &chat("gpt-4o-mini", "x")),
+    )
+    .await;
+    assert_eq!(s, 429);
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("human `ann`") && m.contains("budget:human:max_spend"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn rpm_and_concurrency_limits() {
+    let mut h = harness(&base_config(
+        "[budgets.task]\nrpm = 3\n[budgets.session]\nconcurrent = 1",
+    ))
+    .await;
+    h.fake(0).script(Behavior {
+        chunk_delay: Duration::from_millis(100),
+        ..Default::default()
+    });
+    let mut req = chat("gpt-4o-mini", "x");
+    req["stream"] = json!(true);
+    let mut c1 = Client::connect(h.addr).await;
+    let r1 = c1.send(post("/v1/chat/completions", &h.key, &req)).await;
+    assert_eq!(r1.status(), 200);
+    // One in flight: the second is refused at once.
+    let (s, v) = once(
+        h.addr,
+        post("/v1/chat/completions", &h.key, &chat("gpt-4o-mini", "x")),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (429, Some("rate_limit_exceeded")),
+        "{v}"
+    );
+    body_text(r1).await;
+    // Freed when the stream ended; the task's rpm (3) refuses the 4th
+    // (the refused one was not counted).
+    let mut c = Client::connect(h.addr).await;
+    for _ in 0..2 {
+        let r = c
+            .send(post(
+                "/v1/chat/completions",
+                &h.key,
+                &chat("gpt-4o-mini", "x"),
+            ))
+            .await;
+        assert_eq!(r.status(), 200);
+        body_text(r).await;
+    }
+    let r = c
+        .send(post(
+            "/v1/chat/completions",
+            &h.key,
+            &chat("gpt-4o-mini", "x"),
+        ))
+        .await;
+    assert_eq!(r.status(), 429);
+    let ra: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((50..=60).contains(&ra), "retry-after {ra}");
+    let (_, v) = body_json(r).await;
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("budget:task:rpm"));
+    let mut rules = Vec::new();
+    for _ in 0..5 {
+        rules.push(h.call().await.rule);
+    }
+    assert!(
+        rules.contains(&Some("budget:session:concurrent".into())),
+        "{rules:?}"
+    );
+    assert!(rules.contains(&Some("budget:task:rpm".into())), "{rules:?}");
+}
+
+// ---------------------------------------------------------------- capture
+
+#[tokio::test]
+async fn secrets_and_pii_in_prompts_never_reach_the_record() {
+    let mut h = harness(&base_config(
+        "[pii]\npatterns = { employee_id = \"EMP-[0-9]{6}\" }",
+    ))
+    .await;
+    let planted = format!(
+        "my key is {CANARY}, mail jane.doe@example.com, card 4111 1111 1111 1111, ssn 123-45-6789, call +1 415 555 0134, host 10.20.30.40, id EMP-123456, gh ghp_abcdefghijklmnopqrstuvwxyz0123456789"
+    );
+    h.fake(0)
+        .set_default(Behavior::reply(&format!("echo {planted}")));
+    let mut req = chat("gpt-4o-mini", &planted);
+    req["user"] = json!("jane.doe@example.com");
+    let (s, v) = once(h.addr, post("/v1/chat/completions", &h.key, &req)).await;
+    assert_eq!(s, 200);
+    // The model sees the prompt as written: redaction is for the record.
+    assert!(v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .contains(CANARY));
+    req["stream"] = json!(true);
+    let mut c = Client::connect(h.addr).await;
+    body_text(c.send(post("/v1/chat/completions", &h.key, &req)).await).await;
+    for _ in 0..2 {
+        let rec = serde_json::to_string(&h.call().await).unwrap();
+        for leak in [
+            CANARY,
+            "jane.doe@example.com",
+            "4111 1111 1111 1111",
+            "123-45-6789",
+            "415 555 0134",
+            "10.20.30.40",
+            "EMP-123456",
+            "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+        ] {
+            assert!(!rec.contains(leak), "{leak} in the record: {rec}");
+        }
+        for mask in [
+            "[REDACTED:secret:CANARY]",
+            "[REDACTED:pii:email]",
+            "[REDACTED:pii:card]",
+            "[REDACTED:pii:national_id]",
+            "[REDACTED:pii:phone]",
+            "[REDACTED:pii:ip]",
+            "[REDACTED:pii:employee_id]",
+            "[REDACTED:github_token]",
+        ] {
+            assert!(rec.contains(mask), "{mask} missing: {rec}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn large_payloads_are_stored_as_digest_size_and_redacted_excerpt() {
+    let cfg = base_config("").replace("[upstreams.oa]", "capture_max = \"1K\"\n[upstreams.oa]");
+    let mut h = harness(&cfg).await;
+    let text = format!("{CANARY} bob@corp.example {}", "lorem ipsum ".repeat(300));
+    let (s, _) = once(
+        h.addr,
+        post("/v1/chat/completions", &h.key, &chat("gpt-4o-mini", &text)),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let c = h.call().await;
+    let r = c.request.unwrap();
+    assert_eq!(r["sha256"].as_str().unwrap().len(), 64);
+    assert!(r["size"].as_u64().unwrap() > 3000);
+    assert_eq!(r["truncated"], true);
+    let ex = r["excerpt"].as_str().unwrap();
+    assert!(
+        ex.contains("[REDACTED:secret:CANARY]") && ex.contains("[REDACTED:pii:email]"),
+        "{ex}"
+    );
+    assert!(!ex.contains(CANARY) && !ex.contains("bob@corp.example"));
+    // The response was small: stored whole.
+    assert_eq!(c.response.unwrap()["object"], "chat.completion");
+}
+
+#[tokio::test]
+async fn without_usage_tokens_are_counted() {
+    let mut h = harness(&base_config("")).await;
+    h.fake(0).set_default(Behavior {
+        no_usage: true,
+        reply: Some("abcd efgh".into()),
+        ..Default::default()
+    });
+    let (s, _) = once(
+        h.addr,
+        post(
+            "/v1/chat/completions",
+            &h.key,
+            &chat("gpt-4o-mini", "12345678"),
+        ),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let c = h.call().await;
+    assert_eq!(c.tokens_source, TokenSource::Counted);
+    // "user" + "12345678" = 12 bytes = 3 tokens; "abcd efgh" + "assistant" = 18 bytes = 5.
+    assert_eq!((c.input_tokens, c.output_tokens), (3, 5));
+    assert!(c.cost_usd.unwrap() > 0.0);
+}
+
+// ------------------------------------------------- disconnects and closing
+
+#[tokio::test]
+async fn a_client_gone_mid_stream_cancels_the_upstream_and_leaves_nothing_behind() {
+    let mut h = harness(&base_config("")).await;
+    let baseline = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    h.fake(0).script(Behavior {
+        chunk_delay: Duration::from_millis(100),
+        reply: Some("w ".repeat(100)),
+        ..Default::default()
+    });
+    let mut req = chat("gpt-4o-mini", "long");
+    req["stream"] = json!(true);
+    let mut c = Client::connect(h.addr).await;
+    let r = c.send(post("/v1/chat/completions", &h.key, &req)).await;
+    let mut body = r.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.is_data());
+    // The client goes away mid-stream.
+    drop(body);
+    c.conn.abort();
+    drop(c);
+    eventually("the fake saw its stream cancelled", || {
+        h.fake(0).streams_cancelled() == 1
+    })
+    .await;
+    eventually("the upstream connection closed", || {
+        h.fake(0).connections_open() == 0
+    })
+    .await;
+    let rec = h.call().await;
+    assert_eq!(rec.outcome, CallOutcome::ClientClosed);
+    assert_eq!(h.fake(0).streams_completed(), 0);
+    h.settle().await;
+    // Nothing left: the gateway's connection task ended with the client's.
+    eventually("the gateway connection task ended", || {
+        h.sessions.lock().unwrap().iter().all(|t| t.is_finished())
+    })
+    .await;
+    eventually("no task left behind", || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+            <= baseline
+    })
+    .await;
+    // Waiting for a slow head: the client leaving drops that exchange too.
+    h.fake(0)
+        .script(Behavior::slow_first_byte(Duration::from_secs(30)));
+    let mut c = Client::connect(h.addr).await;
+    let req = post("/v1/chat/completions", &h.key, &chat("gpt-4o-mini", "slow"));
+    let _ = tokio::time::timeout(Duration::from_millis(200), c.send(req)).await;
+    c.conn.abort();
+    drop(c);
+    eventually("the slow upstream connection closed", || {
+        h.fake(0).connections_open() == 0
+    })
+    .await;
+    assert_eq!(h.call().await.outcome, CallOutcome::ClientClosed);
+    h.settle().await;
+}
+
+#[tokio::test]
+async fn closing_the_session_aborts_its_streams_and_refuses_what_follows() {
+    let mut h = harness(&base_config("")).await;
+    h.fake(0).script(Behavior {
+        chunk_delay: Duration::from_millis(100),
+        reply: Some("w ".repeat(100)),
+        ..Default::default()
+    });
+    let areq = json!({"model": "claude-sonnet-4-5", "max_tokens": 500, "stream": true,
+        "messages": [{"role": "user", "content": "long"}]});
+    let mut c = Client::connect(h.addr).await;
+    let r = c.send(post_anthropic("/v1/messages", &h.key, &areq)).await;
+    let mut body = r.into_body();
+    body.frame().await.unwrap().unwrap();
+    assert!(h.gw.close_session(SESSION));
+    let t0 = Instant::now();
+    let mut rest = Vec::new();
+    while let Some(f) = body.frame().await {
+        rest.push(f.unwrap().into_data().unwrap());
+    }
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    let text = frames_text(&rest);
+    assert!(
+        text.contains("event: error") && text.contains("session was closed"),
+        "{text}"
+    );
+    assert!(!text.contains("message_stop"));
+    eventually("upstream cancelled", || h.fake(0).streams_cancelled() == 1).await;
+    let rec = h.call().await;
+    assert_eq!(
+        (rec.outcome, rec.rule.as_deref()),
+        (CallOutcome::Error, Some("session:closed"))
+    );
+    let (s, _) = body_json(c.send(post_anthropic("/v1/messages", &h.key, &areq)).await).await;
+    assert_eq!(s, 401);
+    h.settle().await;
+}
