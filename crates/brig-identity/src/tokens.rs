@@ -130,13 +130,20 @@ pub enum ApiTokenError {
 #[derive(Clone, Debug)]
 pub struct ApiTokens {
     max_ttl: Duration,
+    default_ttl: Duration,
 }
 
 impl ApiTokens {
     pub fn new(cfg: &ApiTokenConfig) -> ApiTokens {
         ApiTokens {
             max_ttl: cfg.max_ttl,
+            default_ttl: cfg.default_ttl,
         }
+    }
+
+    /// The ttl to use when the owner asks for none.
+    pub fn default_ttl(&self) -> Duration {
+        self.default_ttl
     }
 
     /// A new token for `principal_id`, valid for `ttl` (at most `max_ttl`).
