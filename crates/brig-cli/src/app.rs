@@ -187,6 +187,8 @@ async fn dispatch(cli: Cli, out: Out) -> Result<i32> {
             crate::journal::run(|| client(&cli), config.as_deref(), cmd, out).await
         }
         Command::Creds(cmd) => crate::creds::run(&client(&cli)?, cmd, out).await,
+        Command::Model(cmd) => crate::model::run(&client(&cli)?, cmd, out).await,
+        Command::Report(cmd) => crate::model::report(&client(&cli)?, cmd, out).await,
         Command::Pr(cmd) => crate::pr::run(&client(&cli)?, cmd, out).await,
         Command::Scan(a) => crate::scan::run(a, config_path(&cli)?.as_deref(), out),
         Command::Session(cmd) => session(&client(&cli)?, cmd, out).await,

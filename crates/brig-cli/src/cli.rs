@@ -68,6 +68,12 @@ pub enum Command {
     /// What a session holds of its profile's secrets (never the values).
     #[command(subcommand)]
     Creds(crate::creds::CredsCmd),
+    /// What sessions asked models through brig's gateway (captured, redacted).
+    #[command(subcommand)]
+    Model(crate::model::ModelCmd),
+    /// Reports: cost (tokens, model spend, sandbox-hours).
+    #[command(subcommand)]
+    Report(crate::model::ReportCmd),
     /// Before a pull request: preview a pushed branch, run the test gate, open the PR.
     #[command(subcommand)]
     Pr(crate::pr::PrCmd),

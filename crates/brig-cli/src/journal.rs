@@ -106,7 +106,7 @@ pub struct VerifyArgs {
     pub public_key: Option<PathBuf>,
 }
 
-fn parse_since(s: &str) -> Result<String> {
+pub(crate) fn parse_since(s: &str) -> Result<String> {
     use time::format_description::well_known::Rfc3339;
     if let Ok(t) = time::OffsetDateTime::parse(s, &Rfc3339) {
         return Ok(t.format(&Rfc3339).unwrap_or_else(|_| s.to_string()));
@@ -122,7 +122,7 @@ fn parse_since(s: &str) -> Result<String> {
 }
 
 /// A query string value, percent-encoded.
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         match b {

@@ -7,6 +7,7 @@ mod client;
 mod creds;
 mod demo;
 mod journal;
+mod model;
 mod output;
 mod pr;
 mod scan;

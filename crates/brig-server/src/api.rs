@@ -157,6 +157,8 @@ pub(crate) fn routes() -> Routes {
     .post("/v1/sessions/{id}/kill", kill_session)
     .post("/v1/kill-all", kill_all)
     .post("/v1/kill", kill)
+    .get("/v1/sessions/{id}/model-calls", model_calls)
+    .get("/v1/reports/cost", cost_report)
     .post("/v1/drill/kill", drill_kill)
     .get("/v1/images", list_images)
     .post("/v1/images/import", import_image)
@@ -654,6 +656,64 @@ async fn kill_all(State(st): State<AppState>) -> ApiResult<Response> {
         "duration_ms": t0.elapsed().as_millis() as u64,
     }))
     .into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelCallsQuery {
+    limit: Option<u64>,
+}
+
+/// `GET /v1/sessions/{id}/model-calls`: what the model gateway captured
+/// (redacted), oldest first.
+async fn model_calls(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<ModelCallsQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let Query(q) = q.map_err(|e| {
+        ApiError(Error::invalid(format!("bad query: {}", e.body_text())).hint("use limit=N"))
+    })?;
+    // The session must exist (404 names it otherwise).
+    st.mgr.get(&id).await?;
+    let calls = crate::models::log(st.mgr.db(), &id, q.limit).await?;
+    Ok(axum::Json(calls).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CostQuery {
+    since: Option<String>,
+    by: Option<String>,
+    period: Option<String>,
+}
+
+/// `GET /v1/reports/cost`: tokens, spend and sandbox-hours per period and
+/// key, next to the blueprint's cost model for the same usage.
+async fn cost_report(
+    State(st): State<AppState>,
+    q: Result<Query<CostQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q.map_err(|e| {
+        ApiError(
+            Error::invalid(format!("bad query: {}", e.body_text()))
+                .hint("use since=RFC3339, by=user|task|session, period=day|month"),
+        )
+    })?;
+    let by = brig_store::usage::UsageBy::parse(q.by.as_deref().unwrap_or("user"))?;
+    let period = match q.period.as_deref().unwrap_or("day") {
+        "day" => brig_store::usage::Period::Day,
+        "month" => brig_store::usage::Period::Month,
+        p => {
+            return Err(ApiError(
+                Error::invalid(format!("period {p:?} is not day or month"))
+                    .hint("use period=day or period=month"),
+            ))
+        }
+    };
+    let report = crate::models::cost_report(&st.mgr, q.since, by, period).await?;
+    Ok(axum::Json(report).into_response())
 }
 
 /// `POST /v1/kill`: exactly one of the selectors.

@@ -54,8 +54,43 @@ pub struct ServerConfig {
     /// `secrets_upstream_ca`: extra CAs (PEM) the proxy trusts for the
     /// upstream TLS of hosts it intercepts (a private registry's CA).
     pub secrets_upstream_ca: Option<PathBuf>,
+    /// `[models]`: the model gateway (brig-model; docs/MODELS.md). None:
+    /// sessions get no model endpoint.
+    pub models: Option<brig_model::GatewayConfig>,
+    /// `[cost]`: the cost model of `brig report cost`.
+    pub cost: CostConfig,
     /// Where this came from (a path, or `embedded defaults`), for messages.
     pub source: String,
+}
+
+/// `[cost]`: what `brig report cost` prices next to the model spend.
+#[derive(Clone, Debug, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostConfig {
+    /// USD per sandbox-hour (the compute a session holds; default 0.10).
+    #[serde(default = "default_sandbox_hour")]
+    pub sandbox_hour_usd: f64,
+    /// The blueprint's estimate: model spend per task-hour of agent work
+    /// the budget was planned with (default 2.00 USD), shown beside the
+    /// measured spend.
+    #[serde(default = "default_planned_model_hour")]
+    pub planned_model_usd_per_hour: f64,
+}
+
+fn default_sandbox_hour() -> f64 {
+    0.10
+}
+fn default_planned_model_hour() -> f64 {
+    2.0
+}
+
+impl Default for CostConfig {
+    fn default() -> Self {
+        CostConfig {
+            sandbox_hour_usd: default_sandbox_hour(),
+            planned_model_usd_per_hour: default_planned_model_hour(),
+        }
+    }
 }
 
 /// `[artifacts]`: the endpoint sessions upload artifacts to (docs/EGRESS.md,
@@ -214,6 +249,9 @@ struct RawConfig {
     secrets_upstream_ca: Option<PathBuf>,
     #[serde(default)]
     repo_tokens: BTreeMap<String, String>,
+    models: Option<brig_model::GatewayConfig>,
+    #[serde(default)]
+    cost: CostConfig,
 }
 
 /// Per-session egress rate limits; unset keys keep brig-proxy's defaults.
@@ -423,6 +461,8 @@ impl ServerConfig {
             secrets: brig_secrets::SecretsConfig::default(),
             secrets_upstream_ca: None,
             repo_tokens: BTreeMap::new(),
+            models: None,
+            cost: CostConfig::default(),
             source: "embedded defaults".into(),
         }
     }
@@ -563,6 +603,22 @@ impl ServerConfig {
                 )));
             }
         }
+        if let Some(m) = &raw.models {
+            crate::models::check_config(m, &raw.secrets).map_err(|e| Error::invalid(at(&e)))?;
+        }
+        for (k, v) in [
+            ("sandbox_hour_usd", raw.cost.sandbox_hour_usd),
+            (
+                "planned_model_usd_per_hour",
+                raw.cost.planned_model_usd_per_hour,
+            ),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::invalid(at(&format!(
+                    "[cost] {k} must be a number of USD, 0 or more"
+                ))));
+            }
+        }
         let mut resolver = brig_proxy::ResolverConfig::default();
         if let Some(u) = &raw.resolver.upstream {
             resolver.upstream = Some(u.parse().map_err(|_| {
@@ -600,6 +656,8 @@ impl ServerConfig {
             secrets: raw.secrets,
             secrets_upstream_ca: raw.secrets_upstream_ca,
             repo_tokens: raw.repo_tokens,
+            models: raw.models,
+            cost: raw.cost,
             source: source.to_string(),
         })
     }

@@ -19,6 +19,7 @@ pub mod journal;
 pub mod known_secrets;
 pub mod manager;
 pub mod metrics;
+pub mod models;
 pub mod pr;
 pub mod secrets;
 pub mod sinks;

@@ -190,6 +190,9 @@ pub struct Manager {
     /// `[secrets]` built (sources, minters, cache), or why it cannot be;
     /// `None` when brig.toml configures none.
     secrets: Option<std::result::Result<Arc<brig_secrets::config::Secrets>, String>>,
+    /// The model gateway of `[models]` (none without it); built at start,
+    /// an error leaves sessions refused with the reason (fail closed).
+    models: Option<std::result::Result<Arc<brig_model::Gateway>, String>>,
     /// brig's egress CA (made on first use under the data dir).
     egress_ca: std::sync::OnceLock<Arc<brig_proxy::CertAuthority>>,
     /// The pre-push scanner every session's git gateway uses, or why its
@@ -357,9 +360,18 @@ impl Manager {
                     e.to_string()
                 })
             });
+        let known = Arc::new(known);
+        let models = cfg.models.as_ref().map(|m| {
+            let sources = secrets.as_ref().and_then(|r| r.as_ref().ok().cloned());
+            crate::models::build(m, &db, sources, known.clone()).map_err(|e| {
+                tracing::error!(error = %e, "[models] cannot be built");
+                e
+            })
+        });
         Manager {
-            known: Arc::new(known),
+            known,
             secrets,
+            models,
             egress_ca: std::sync::OnceLock::new(),
             policies,
             paths: cfg.sandbox_paths(),
@@ -795,6 +807,21 @@ impl Manager {
                     .await);
             }
         };
+        // Its model endpoint: the gateway knows the session from now on,
+        // and its processes get the base URLs and a placeholder key.
+        let model_env = match &self.models {
+            Some(Ok(gw)) => {
+                let key = brig_model::placeholder_key();
+                gw.open_session(brig_model::SessionCtx {
+                    session: id.to_string(),
+                    human: Some(info.human.clone()),
+                    task: Some(info.task.to_string()),
+                    api_key: key.clone(),
+                });
+                gw.session_env(&key)
+            }
+            _ => vec![],
+        };
         info.layers = sandbox.layers.clone();
         info.image_digest = sandbox.image.digest.clone();
         info.last_activity_at = Some(now_rfc3339());
@@ -813,8 +840,13 @@ impl Manager {
             sandbox: sandbox.clone(),
             env: match &secrets {
                 // Placeholders and the trust bundle's variables.
-                Some((s, _)) => merge_env(&[env, s.env.clone(), brig_sandbox::egress::ca_env()]),
-                None => env,
+                Some((s, _)) => merge_env(&[
+                    env,
+                    model_env,
+                    s.env.clone(),
+                    brig_sandbox::egress::ca_env(),
+                ]),
+                None => merge_env(&[env, model_env]),
             },
             info: tokio::sync::Mutex::new(info.clone()),
             started: Instant::now(),
@@ -887,10 +919,21 @@ impl Manager {
             }
         };
         let dir = brig_sandbox::egress::host_dir(sandbox.session_dir());
-        let local = match git {
+        let mut local = match git {
             Some((g, forge)) => vec![self.git_gateway(info, g, forge)?],
             None => vec![],
         };
+        match &self.models {
+            Some(Ok(gw)) => local.push(Arc::new(gw.service())),
+            Some(Err(e)) => {
+                return Err(Error::new(
+                    ErrorKind::GuardUnavailable,
+                    format!("the model gateway is not usable: {e}"),
+                )
+                .hint("fix [models] in brig.toml (docs/MODELS.md) and restart brig serve"))
+            }
+            None => {}
+        }
         crate::egress::start(
             &self.db,
             info,
@@ -951,6 +994,11 @@ impl Manager {
                 services: Arc::new(services),
             },
         }))
+    }
+
+    /// The model gateway, when `[models]` is configured and usable.
+    pub fn model_gateway(&self) -> Option<&Arc<brig_model::Gateway>> {
+        self.models.as_ref().and_then(|m| m.as_ref().ok())
     }
 
     pub fn known(&self) -> &Arc<crate::known_secrets::KnownSecrets> {
@@ -1130,6 +1178,9 @@ impl Manager {
     ) -> Error {
         let id = info.id.clone();
         tracing::warn!(session = %id, error = %e, "session failed to start");
+        if let Some(Ok(gw)) = &self.models {
+            gw.close_session(id.as_str());
+        }
         if let Some(sb) = undo.sandbox {
             // Its git directory goes with it.
             for p in self.destroy_sandbox(&id, sb).await.problems {
@@ -1690,6 +1741,9 @@ impl Manager {
         }
         // No new connection from here on; open ones are dropped.
         drop(live.egress.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(Ok(gw)) = &self.models {
+            gw.close_session(live.id.as_str());
+        }
         // Credentials are revoked while the sandbox is shredded, not after:
         // a kill must not leave them valid for as long as a shred takes.
         let revoke = async {

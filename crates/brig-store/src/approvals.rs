@@ -4,9 +4,11 @@
 
 use brig_core::event::Event;
 use brig_core::{Error, Result, SessionId};
-use rusqlite::{params, OptionalExtension};
+use brig_redact::Redactor;
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+use crate::writer::Tx;
 use crate::{append_events_on, db_err, Store};
 
 /// One approval request, as stored and as the API shows it.
@@ -67,36 +69,131 @@ fn parse(text: String) -> Result<ApprovalRecord> {
     serde_json::from_str(&text).map_err(|e| Error::internal(format!("approval record: {e}")))
 }
 
+fn add_approval_on(
+    conn: &Connection,
+    red: &Redactor,
+    rec: &ApprovalRecord,
+    ev: &Event,
+) -> Result<Vec<i64>> {
+    let stored = red.redact_value(&serde_json::to_value(rec).unwrap_or_default());
+    conn.execute(
+        "INSERT INTO approvals (id, session, human, task, action, resource, capability, state,
+            requested_at, expires_at, record)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            rec.id,
+            rec.session,
+            rec.human,
+            rec.task,
+            rec.action,
+            rec.resource,
+            rec.capability,
+            rec.state,
+            rec.requested_at,
+            rec.expires_at,
+            stored.to_string()
+        ],
+    )
+    .map_err(db_err("record approval request"))?;
+    append_events_on(conn, red, std::slice::from_ref(ev))
+}
+
+fn decide_approval_on(
+    conn: &Connection,
+    red: &Redactor,
+    id: &str,
+    d: &Decision,
+    ev: &Event,
+) -> Result<Option<(ApprovalRecord, Vec<i64>)>> {
+    let cur: Option<String> = conn
+        .query_row(
+            "SELECT record FROM approvals WHERE id = ?1 AND state = 'pending'",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db_err("read approval"))?;
+    let Some(cur) = cur else {
+        return Ok(None);
+    };
+    let mut rec = parse(cur)?;
+    rec.state = d.state.to_string();
+    rec.decided_by = Some(d.by.clone());
+    rec.decided_at = Some(d.at.clone());
+    rec.valid_until = d.valid_until.clone();
+    rec.note = d.note.clone();
+    let stored = red.redact_value(&serde_json::to_value(&rec).unwrap_or_default());
+    conn.execute(
+        "UPDATE approvals SET state = ?2, decided_by = ?3, decided_at = ?4, valid_until = ?5,
+            record = ?6 WHERE id = ?1 AND state = 'pending'",
+        params![id, d.state, d.by, d.at, d.valid_until, stored.to_string()],
+    )
+    .map_err(db_err("decide approval"))?;
+    let seqs = append_events_on(conn, red, std::slice::from_ref(ev))?;
+    Ok(Some((rec, seqs)))
+}
+
+fn add_plan_on(
+    conn: &Connection,
+    red: &Redactor,
+    id: &str,
+    session: &SessionId,
+    at: &str,
+    plan: &serde_json::Value,
+    ev: &Event,
+) -> Result<Vec<i64>> {
+    conn.execute(
+        "INSERT INTO plans (id, session, submitted_at, record) VALUES (?1, ?2, ?3, ?4)",
+        params![id, session.as_str(), at, red.redact_value(plan).to_string()],
+    )
+    .map_err(db_err("record plan"))?;
+    append_events_on(conn, red, std::slice::from_ref(ev))
+}
+
+impl Tx<'_> {
+    /// See [`Store::add_approval`].
+    pub fn add_approval(&self, rec: &ApprovalRecord, ev: &Event) -> Result<()> {
+        let seqs = add_approval_on(self.conn, self.red, rec, ev)?;
+        self.appended(&seqs);
+        Ok(())
+    }
+
+    /// See [`Store::decide_approval`].
+    pub fn decide_approval(
+        &self,
+        id: &str,
+        d: &Decision,
+        ev: &Event,
+    ) -> Result<Option<ApprovalRecord>> {
+        Ok(
+            decide_approval_on(self.conn, self.red, id, d, ev)?.map(|(rec, seqs)| {
+                self.appended(&seqs);
+                rec
+            }),
+        )
+    }
+
+    /// See [`Store::add_plan`].
+    pub fn add_plan(
+        &self,
+        id: &str,
+        session: &SessionId,
+        at: &str,
+        plan: &serde_json::Value,
+        ev: &Event,
+    ) -> Result<()> {
+        let seqs = add_plan_on(self.conn, self.red, id, session, at, plan, ev)?;
+        self.appended(&seqs);
+        Ok(())
+    }
+}
+
 impl Store {
     /// A new pending request and its `approval.request` event.
     pub fn add_approval(&self, rec: &ApprovalRecord, ev: &Event) -> Result<()> {
-        let red = self.redactor();
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(db_err("begin"))?;
-        let stored = red.redact_value(&serde_json::to_value(rec).unwrap_or_default());
-        tx.execute(
-            "INSERT INTO approvals (id, session, human, task, action, resource, capability, state,
-                requested_at, expires_at, record)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
-                rec.id,
-                rec.session,
-                rec.human,
-                rec.task,
-                rec.action,
-                rec.resource,
-                rec.capability,
-                rec.state,
-                rec.requested_at,
-                rec.expires_at,
-                stored.to_string()
-            ],
-        )
-        .map_err(db_err("record approval request"))?;
-        append_events_on(&tx, &red, std::slice::from_ref(ev))?;
-        tx.commit().map_err(db_err("commit approval request"))
+        self.in_tx("approval request", |c, red| {
+            add_approval_on(c, red, rec, ev).map(|_| ())
+        })
     }
 
     pub fn approval(&self, id: &str) -> Result<Option<ApprovalRecord>> {
@@ -168,38 +265,9 @@ impl Store {
         d: &Decision,
         ev: &Event,
     ) -> Result<Option<ApprovalRecord>> {
-        let red = self.redactor();
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(db_err("begin"))?;
-        let cur: Option<String> = tx
-            .query_row(
-                "SELECT record FROM approvals WHERE id = ?1 AND state = 'pending'",
-                [id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db_err("read approval"))?;
-        let Some(cur) = cur else {
-            return Ok(None);
-        };
-        let mut rec = parse(cur)?;
-        rec.state = d.state.to_string();
-        rec.decided_by = Some(d.by.clone());
-        rec.decided_at = Some(d.at.clone());
-        rec.valid_until = d.valid_until.clone();
-        rec.note = d.note.clone();
-        let stored = red.redact_value(&serde_json::to_value(&rec).unwrap_or_default());
-        tx.execute(
-            "UPDATE approvals SET state = ?2, decided_by = ?3, decided_at = ?4, valid_until = ?5,
-                record = ?6 WHERE id = ?1 AND state = 'pending'",
-            params![id, d.state, d.by, d.at, d.valid_until, stored.to_string()],
-        )
-        .map_err(db_err("decide approval"))?;
-        append_events_on(&tx, &red, std::slice::from_ref(ev))?;
-        tx.commit().map_err(db_err("commit approval decision"))?;
-        Ok(Some(rec))
+        self.in_tx("approval decision", |c, red| {
+            decide_approval_on(c, red, id, d, ev).map(|r| r.map(|(rec, _)| rec))
+        })
     }
 
     /// A submitted plan and its `plan.submit` event.
@@ -211,18 +279,24 @@ impl Store {
         plan: &serde_json::Value,
         ev: &Event,
     ) -> Result<()> {
+        self.in_tx("plan", |c, red| {
+            add_plan_on(c, red, id, session, at, plan, ev).map(|_| ())
+        })
+    }
+
+    fn in_tx<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&Connection, &Redactor) -> Result<T>,
+    ) -> Result<T> {
         let red = self.redactor();
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db_err("begin"))?;
-        tx.execute(
-            "INSERT INTO plans (id, session, submitted_at, record) VALUES (?1, ?2, ?3, ?4)",
-            params![id, session.as_str(), at, red.redact_value(plan).to_string()],
-        )
-        .map_err(db_err("record plan"))?;
-        append_events_on(&tx, &red, std::slice::from_ref(ev))?;
-        tx.commit().map_err(db_err("commit plan"))
+        let out = f(&tx, &red)?;
+        tx.commit().map_err(|e| db_err(what)(e))?;
+        Ok(out)
     }
 
     /// A session's plans, oldest first.

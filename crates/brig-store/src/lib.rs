@@ -560,6 +560,12 @@ impl Store {
         *self.redactor.write().unwrap_or_else(|p| p.into_inner()) = r;
     }
 
+    /// The redactor in force now (brig's other capture paths, e.g. the
+    /// model gateway, mask with the same one).
+    pub fn current_redactor(&self) -> Arc<Redactor> {
+        self.redactor()
+    }
+
     fn redactor(&self) -> Arc<Redactor> {
         self.redactor
             .read()

@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 
 use brig_core::event::Event;
 use brig_core::{Error, Result, SessionId};
-use rusqlite::params;
+use brig_redact::Redactor;
+use rusqlite::{params, Connection};
 use serde::Serialize;
 
+use crate::writer::Tx;
 use crate::{append_events_on, db_err, Store};
 
 /// One captured model call: the columns that are added up, and the whole
@@ -102,45 +104,60 @@ pub struct UsageTotal {
     pub cost_usd: f64,
 }
 
+fn add_model_calls_on(
+    conn: &Connection,
+    red: &Redactor,
+    rows: &[(ModelCallRow, Event)],
+) -> Result<Vec<i64>> {
+    if rows.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut st = conn
+        .prepare_cached(
+            "INSERT INTO model_calls (id, session, human, task, at, model, outcome,
+                input_tokens, output_tokens, cost_usd, record)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )
+        .map_err(db_err("record model call"))?;
+    for (r, _) in rows {
+        let record = red.redact_value(&r.record);
+        st.execute(params![
+            r.id,
+            r.session.as_str(),
+            r.human,
+            r.task,
+            r.at,
+            r.model,
+            r.outcome,
+            r.input_tokens as i64,
+            r.output_tokens as i64,
+            r.cost_usd,
+            record.to_string()
+        ])
+        .map_err(db_err("record model call"))?;
+    }
+    let evs: Vec<Event> = rows.iter().map(|(_, e)| e.clone()).collect();
+    append_events_on(conn, red, &evs)
+}
+
+impl Tx<'_> {
+    /// See [`Store::add_model_calls`].
+    pub fn add_model_calls(&self, rows: &[(ModelCallRow, Event)]) -> Result<()> {
+        let seqs = add_model_calls_on(self.conn, self.red, rows)?;
+        self.appended(&seqs);
+        Ok(())
+    }
+}
+
 impl Store {
     /// Captured calls with their `model.call` events, in one transaction.
     pub fn add_model_calls(&self, rows: &[(ModelCallRow, Event)]) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
         let red = self.redactor();
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db_err("begin"))?;
-        {
-            let mut st = tx
-                .prepare_cached(
-                    "INSERT INTO model_calls (id, session, human, task, at, model, outcome,
-                        input_tokens, output_tokens, cost_usd, record)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )
-                .map_err(db_err("record model call"))?;
-            for (r, _) in rows {
-                let record = red.redact_value(&r.record);
-                st.execute(params![
-                    r.id,
-                    r.session.as_str(),
-                    r.human,
-                    r.task,
-                    r.at,
-                    r.model,
-                    r.outcome,
-                    r.input_tokens as i64,
-                    r.output_tokens as i64,
-                    r.cost_usd,
-                    record.to_string()
-                ])
-                .map_err(db_err("record model call"))?;
-            }
-        }
-        let evs: Vec<Event> = rows.iter().map(|(_, e)| e.clone()).collect();
-        append_events_on(&tx, &red, &evs)?;
+        add_model_calls_on(&tx, &red, rows)?;
         tx.commit().map_err(db_err("commit model calls"))
     }
 

@@ -43,14 +43,14 @@ use crate::{
 
 /// The store's write operations inside one write of a group commit.
 pub struct Tx<'a> {
-    conn: &'a Connection,
-    red: &'a Redactor,
+    pub(crate) conn: &'a Connection,
+    pub(crate) red: &'a Redactor,
     /// The highest seq this write appended (0 if none).
     last_seq: Cell<i64>,
 }
 
 impl Tx<'_> {
-    fn appended(&self, seqs: &[i64]) {
+    pub(crate) fn appended(&self, seqs: &[i64]) {
         if let Some(&s) = seqs.last() {
             self.last_seq.set(self.last_seq.get().max(s));
         }
