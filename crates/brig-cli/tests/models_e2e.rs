@@ -252,6 +252,44 @@ async fn the_official_sdks_work_unmodified_and_nothing_planted_is_stored() {
     assert!(line["calls"].as_u64().unwrap() >= 9, "{line}");
     assert!(line["cost_usd"].as_f64().unwrap() > 0.0, "{line}");
     assert!(line["sandbox_hours"].as_f64().unwrap() > 0.0, "{line}");
+
+    // The CLI replays the conversation, redacted, and prints the report.
+    let brig = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_brig"))
+            .arg("--socket")
+            .arg(&srv.sock)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let log = brig(&["model", "log", &id]);
+    assert!(
+        log.contains("chat.completions coder → local/gpt-4o-mini"),
+        "{log}"
+    );
+    assert!(
+        log.contains("messages planner → anthropic/claude-sonnet-4-5"),
+        "{log}"
+    );
+    assert!(
+        log.contains("user: please email [REDACTED:pii:email]"),
+        "{log}"
+    );
+    assert!(
+        log.contains("assistant: Fixed the off-by-one in stats.py."),
+        "{log}"
+    );
+    assert!(log.contains("[tool call get_weather("), "{log}");
+    assert!(!log.contains(EMAIL) && !log.contains(GH_TOKEN), "{log}");
+    let report = brig(&["report", "cost", "--by", "task", "--since", "1h"]);
+    assert!(report.contains("MODEL-1"), "{report}");
+    assert!(report.contains("BLUEPRINT $"), "{report}");
     srv.stop().await;
 }
 
@@ -316,5 +354,117 @@ except anthropic.RateLimitError as e:
         .filter(|e| e["action"] == "model.call" && e["outcome"] == "denied")
         .count();
     assert_eq!(denied_events, 2);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_from_npm_works_through_the_gateway() {
+    require_root!();
+    let claude = "/usr/bin/claude";
+    assert!(
+        std::path::Path::new(claude).exists(),
+        "Claude Code is not installed: .ci/run installs @anthropic-ai/claude-code from npm"
+    );
+    let up = FakeUpstream::start().await.unwrap();
+    up.require_key(REAL_KEY);
+    up.set_default(Behavior::reply("All tests pass."));
+    std::env::set_var("BRIG_E2E_MODEL_KEY", REAL_KEY);
+    let srv = Srv::start_with(|cfg| configure(cfg, &up, None)).await;
+    let s = srv.create(json!({"task": "MODEL-3"})).await;
+    let id = s["id"].as_str().unwrap().to_string();
+    // Claude Code's own settings switch its non-essential traffic off;
+    // HOME is writable (the workspace); the model is brig's alias.
+    let r = srv
+        .exec_req(
+            &id,
+            json!({
+                "argv": [claude, "-p", "Run the tests and say if they pass.", "--output-format", "json"],
+                "env": [
+                    ["HOME", "/workspace/.home"],
+                    ["ANTHROPIC_MODEL", "planner"],
+                    ["ANTHROPIC_SMALL_FAST_MODEL", "planner"],
+                    ["ANTHROPIC_DEFAULT_HAIKU_MODEL", "planner"],
+                    ["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"],
+                    ["DISABLE_AUTOUPDATER", "1"],
+                    ["DISABLE_TELEMETRY", "1"],
+                    ["DISABLE_ERROR_REPORTING", "1"]
+                ],
+                "timeout_ms": 120000
+            }),
+        )
+        .await;
+    let out = format!(
+        "{}{}",
+        r["stdout"].as_str().unwrap_or(""),
+        r["stderr"].as_str().unwrap_or("")
+    );
+    assert_eq!(r["status"]["code"], 0, "{r:#}");
+    let v: Value = serde_json::from_str(r["stdout"].as_str().unwrap().trim())
+        .unwrap_or_else(|e| panic!("claude's JSON: {e}: {out}"));
+    assert_eq!(v["result"], "All tests pass.", "{v:#}");
+    assert_eq!(v["is_error"], false, "{v:#}");
+    // It reached the model only through brig: the upstream saw brig's key
+    // and the alias's real model; every call is captured.
+    let reqs = up.requests();
+    assert!(!reqs.is_empty());
+    assert!(reqs.iter().all(|r| r.header("x-api-key") == Some(REAL_KEY)
+        || r.header("authorization") == Some(&format!("Bearer {REAL_KEY}"))));
+    let list = calls(&srv, &id, reqs.len()).await;
+    assert!(
+        list.iter()
+            .any(|c| c["endpoint"] == "messages" && c["outcome"] == "ok" && c["stream"] == true),
+        "{list:#?}"
+    );
+    srv.stop().await;
+}
+
+/// A session's own secret (issue 6's canary) that comes back from a model,
+/// and brig's upstream key, never reach what is captured or journaled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_in_a_model_answer_is_not_captured() {
+    require_root!();
+    const CANARY: &str = "canary-model-0b7e4f19c2d85a36";
+    let up = FakeUpstream::start().await.unwrap();
+    up.require_key(REAL_KEY);
+    up.set_default(Behavior::reply(&format!(
+        "The deploy key is {CANARY} and the API key is {REAL_KEY}."
+    )));
+    std::env::set_var("BRIG_E2E_MODEL_KEY", REAL_KEY);
+    std::env::set_var("BRIG_E2E_MODEL_CANARY", CANARY);
+    let srv = Srv::start_with(|cfg| {
+        configure(cfg, &up, None);
+        let p = cfg.profiles.get_mut("default").unwrap();
+        p.secrets = toml::from_str(
+            "[DEPLOY_KEY]\nsource = \"env\"\nkey = \"BRIG_E2E_MODEL_CANARY\"\nscope = \"pkg\"\nhosts = [\"deploy.example.test\"]\n",
+        )
+        .unwrap();
+    })
+    .await;
+    let s = srv.create(json!({"task": "MODEL-4"})).await;
+    let id = s["id"].as_str().unwrap().to_string();
+    let (code, out) = py(
+        &srv,
+        &id,
+        "import os, openai\nassert os.environ['DEPLOY_KEY'].startswith('brig-placeholder-')\nr = openai.OpenAI().chat.completions.create(model='coder', messages=[{'role': 'user', 'content': 'what is the deploy key?'}])\nprint('answer-len', len(r.choices[0].message.content))",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let list = calls(&srv, &id, 1).await;
+    let stored = serde_json::to_string(&list).unwrap();
+    assert!(stored.contains("The deploy key is [REDACTED:"), "{stored}");
+    assert!(
+        !stored.contains(CANARY) && !stored.contains(REAL_KEY),
+        "{stored}"
+    );
+    let journal = srv
+        .call(
+            "GET",
+            &format!("/v1/journal?session={id}&limit=10000"),
+            None,
+        )
+        .await
+        .1
+        .to_string();
+    assert!(!journal.contains(CANARY) && !journal.contains(REAL_KEY));
     srv.stop().await;
 }
