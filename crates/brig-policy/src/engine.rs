@@ -269,14 +269,46 @@ impl Decision {
     }
 }
 
-/// One action's policies in one set, so `authorize` evaluates only the
-/// policies that can apply (a policy's action scope is static).
-#[derive(Debug)]
+/// One action's policies in one set, indexed by their resource scope, so
+/// a decision evaluates only the policies that can apply. Cedar evaluates
+/// every policy it is given (about 1 µs each); a policy whose action or
+/// resource scope excludes the request can never apply, so leaving it out
+/// changes no decision.
+#[derive(Debug, Default)]
 struct ActionSet {
-    all: PolicySet,
-    /// `all` without its `@approval` forbids: decides whether approval
-    /// would be enough. None when the action has no such forbid.
-    sans_approval: Option<PolicySet>,
+    /// Policies whose resource scope names no entity (`resource`,
+    /// `resource is T`): candidates for every request.
+    unscoped: PolicySet,
+    /// Policies whose scope names an entity (`resource == E`, `resource in
+    /// E`, `resource is T in E`), by E; each set is `unscoped` plus them.
+    scoped: HashMap<EntityUid, PolicySet>,
+    /// Whether any of its forbids carries `@approval`.
+    has_approval: bool,
+}
+
+impl ActionSet {
+    /// The candidates for a resource with these scope keys (the resource
+    /// and its ancestors: exact, since brig builds every entity itself).
+    fn select(&self, keys: &[EntityUid]) -> std::borrow::Cow<'_, PolicySet> {
+        use std::borrow::Cow;
+        let mut hits = keys.iter().filter_map(|k| self.scoped.get(k));
+        match (hits.next(), hits.next()) {
+            (None, _) => Cow::Borrowed(&self.unscoped),
+            (Some(one), None) => Cow::Borrowed(one),
+            (Some(a), Some(b)) => {
+                // Scoped to the branch and to its repo: rare, merged here.
+                let mut merged = a.clone();
+                for extra in std::iter::once(b).chain(hits) {
+                    for p in extra.policies() {
+                        if merged.policy(p.id()).is_none() {
+                            let _ = merged.add(p.clone());
+                        }
+                    }
+                }
+                Cow::Owned(merged)
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -346,6 +378,56 @@ fn set<'a>(v: impl IntoIterator<Item = &'a String>) -> RestrictedExpression {
     RestrictedExpression::new_set(v.into_iter().map(|x| s(x)))
 }
 
+/// An entity not yet evaluated: built only when the session cache misses.
+type Raw = (
+    EntityUid,
+    Vec<(&'static str, RestrictedExpression)>,
+    HashSet<EntityUid>,
+);
+
+fn materialize(raw: Vec<Raw>) -> Result<Vec<Entity>, String> {
+    raw.into_iter().map(|(u, a, p)| entity(u, a, p)).collect()
+}
+
+/// What determines a session request's resource entities (none for human
+/// actions, which the session path does not take, and custom ones).
+fn cache_key(req: &Request) -> Option<String> {
+    Some(match &req.action {
+        Action::Exec { argv, .. } => {
+            let p = argv
+                .first()
+                .map_or("", |a| a.rsplit('/').next().unwrap_or(a));
+            format!("c\0{p}")
+        }
+        Action::NetConnect { host, .. } => format!("h\0{host}"),
+        Action::GitFetch { repo, .. } => format!("r\0{repo}"),
+        Action::GitPush {
+            repo,
+            branch,
+            bot_branch,
+            ..
+        } => format!("b\0{repo}\0{branch}\0{bot_branch}"),
+        Action::PrOpen {
+            repo,
+            head,
+            bot_branch,
+            ..
+        } => format!("b\0{repo}\0{head}\0{bot_branch}"),
+        Action::SecretUse { name, scope, .. } => format!("s\0{name}\0{scope}"),
+        Action::ModelCall { model, .. } => format!("m\0{model}"),
+        _ => return None,
+    })
+}
+
+/// The resource and its ancestors: the keys of the resource-scope index.
+fn scope_keys(resource: &EntityUid, raw: &[Raw]) -> Vec<EntityUid> {
+    let mut keys = vec![resource.clone()];
+    if let Some((_, _, parents)) = raw.iter().find(|(u, _, _)| u == resource) {
+        keys.extend(parents.iter().cloned());
+    }
+    keys
+}
+
 fn entity(
     uid: EntityUid,
     attrs: Vec<(&str, RestrictedExpression)>,
@@ -356,13 +438,20 @@ fn entity(
     Entity::new(uid, attrs, parents).map_err(|e| format!("entity: {e}"))
 }
 
-/// The policies and entities of one agent session, built once at session
-/// start so a decision builds only its resource and context.
-#[derive(Debug, Clone)]
+/// How many resources a session keeps complete entity sets for.
+const SESSION_CACHE: usize = 256;
+
+/// The entities of one agent session, built once at session start (the
+/// agent, its human, their groups), plus a small cache of complete entity
+/// sets per resource the session used (the programs it runs, the hosts it
+/// reaches, its branch), so a repeated decision builds only its context.
+/// Keep one per session (`Send + Sync`; share it behind an `Arc`).
+#[derive(Debug)]
 pub struct SessionPolicy {
     agent: AgentPrincipal,
     principal: EntityUid,
     entities: Entities,
+    by_resource: std::sync::Mutex<HashMap<String, std::sync::Arc<Entities>>>,
 }
 
 impl SessionPolicy {
@@ -537,6 +626,7 @@ impl PolicyEngine {
             agent: agent.clone(),
             principal,
             entities,
+            by_resource: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -565,16 +655,21 @@ impl PolicyEngine {
                 return Decision::failed(req, String::new(), "request has no principal".into())
             }
         };
-        let (resource, context, mut res_ents) = match self.resource_and_context(req) {
+        let (resource, context, raw) = match self.resource_and_context(req) {
             Ok(x) => x,
             Err(e) => return Decision::failed(req, set.name.clone(), e),
         };
-        ents.append(&mut res_ents);
-        let entities = match Entities::from_entities(ents, Some(&self.schema)) {
+        let keys = scope_keys(&resource, &raw);
+        let entities = match materialize(raw).and_then(|mut r| {
+            ents.append(&mut r);
+            Entities::from_entities(ents, Some(&self.schema)).map_err(|e| format!("entities: {e}"))
+        }) {
             Ok(e) => e,
-            Err(e) => return Decision::failed(req, set.name.clone(), format!("entities: {e}")),
+            Err(e) => return Decision::failed(req, set.name.clone(), e),
         };
-        self.decide(req, set, principal, resource, context, &entities)
+        self.decide(
+            req, set, principal, resource, &keys, context, &entities, true,
+        )
     }
 
     /// Decide a request of the session's agent with its prebuilt entities
@@ -594,23 +689,55 @@ impl PolicyEngine {
         let Some(set) = self.profiles.get(&session.agent.profile) else {
             return Decision::failed(req, set_name, self.unknown_profile(&session.agent.profile));
         };
-        let (resource, context, res_ents) = match self.resource_and_context(req) {
+        let (resource, context, raw) = match self.resource_and_context(req) {
             Ok(x) => x,
             Err(e) => return Decision::failed(req, set.name.clone(), e),
         };
-        // The resource entities are built here from typed fields, and the
-        // session's slice was checked against the schema when it was built.
-        let entities = match session.entities.clone().add_entities(res_ents, None) {
-            Ok(e) => e,
-            Err(e) => return Decision::failed(req, set.name.clone(), format!("entities: {e}")),
+        let keys = scope_keys(&resource, &raw);
+        let key = cache_key(req);
+        let cached = key.as_ref().and_then(|k| {
+            session
+                .by_resource
+                .lock()
+                .ok()
+                .and_then(|m| m.get(k).cloned())
+        });
+        let entities = match cached {
+            Some(e) => e,
+            None => {
+                let built = materialize(raw).and_then(|r| {
+                    session
+                        .entities
+                        .clone()
+                        .add_entities(r, Some(&self.schema))
+                        .map_err(|e| format!("entities: {e}"))
+                });
+                let built = match built {
+                    Ok(e) => std::sync::Arc::new(e),
+                    Err(e) => return Decision::failed(req, set.name.clone(), e),
+                };
+                if let (Some(k), Ok(mut m)) = (key, session.by_resource.lock()) {
+                    if m.len() < SESSION_CACHE {
+                        m.insert(k, built.clone());
+                    }
+                }
+                built
+            }
         };
+        // The context is built from typed fields (tests check it against the
+        // schema on the `authorize` path); only a custom request, whose
+        // shape nobody checked, is validated here. Either way a forbid that
+        // cannot be evaluated denies (fail closed).
+        let validate = matches!(req.action, Action::Custom { .. });
         self.decide(
             req,
             set,
             session.principal.clone(),
             resource,
+            &keys,
             context,
             &entities,
+            validate,
         )
     }
 
@@ -621,14 +748,17 @@ impl PolicyEngine {
         )
     }
 
+    #[allow(clippy::too_many_arguments)] // one private call shape, two callers
     fn decide(
         &self,
         req: &Request,
         set: &CompiledSet,
         principal: EntityUid,
         resource: EntityUid,
+        keys: &[EntityUid],
         context: Context,
         entities: &Entities,
+        validate: bool,
     ) -> Decision {
         let name = req.action_name();
         let resource_name = resource.to_string();
@@ -646,13 +776,14 @@ impl PolicyEngine {
             action.clone(),
             resource,
             context,
-            Some(&self.schema),
+            validate.then_some(&self.schema),
         ) {
             Ok(r) => r,
             Err(e) => return fail(format!("request does not fit the schema: {e}")),
         };
         let aset = set.actions(name);
-        let resp = self.authorizer.is_authorized(&creq, &aset.all, entities);
+        let candidates = aset.select(keys);
+        let resp = self.authorizer.is_authorized(&creq, &candidates, entities);
         let meta = |id: &PolicyId| -> PolicyRef {
             set.meta.get(id).cloned().unwrap_or_else(|| PolicyRef {
                 id: id.to_string(),
@@ -686,9 +817,17 @@ impl PolicyEngine {
                     && determining
                         .iter()
                         .all(|p| p.effect == PolicyEffect::Forbid && p.approval.is_some());
-                match &aset.sans_approval {
-                    Some(sans) if all_approval && !forbid_errored => {
-                        let r = self.authorizer.is_authorized(&creq, sans, entities);
+                match aset.has_approval {
+                    true if all_approval && !forbid_errored => {
+                        // Would a permit allow it without the @approval forbids?
+                        let mut sans = PolicySet::new();
+                        for p in candidates.policies() {
+                            let m = meta(p.id());
+                            if !(m.effect == PolicyEffect::Forbid && m.approval.is_some()) {
+                                let _ = sans.add(p.clone());
+                            }
+                        }
+                        let r = self.authorizer.is_authorized(&creq, &sans, entities);
                         let sans_forbid_err = r.diagnostics().errors().any(|e| {
                             let cedar_policy::AuthorizationError::PolicyEvaluationError(pe) = e;
                             meta(pe.policy_id()).effect == PolicyEffect::Forbid
@@ -759,7 +898,7 @@ impl PolicyEngine {
     fn resource_and_context(
         &self,
         req: &Request,
-    ) -> Result<(EntityUid, Context, Vec<Entity>), String> {
+    ) -> Result<(EntityUid, Context, Vec<Raw>), String> {
         let n = &self.names;
         let approval = {
             let (granted, by, roles) = match &req.approval {
@@ -792,7 +931,7 @@ impl PolicyEngine {
                 ctx.push(("args", set(argv.iter().skip(1))));
                 ctx.push(("sensitive", set(sensitive)));
                 let r = uid(&n.command, program);
-                ents.push(entity(r.clone(), vec![("name", s(program))], none())?);
+                ents.push((r.clone(), vec![("name", s(program))], none()));
                 r
             }
             Action::NetConnect {
@@ -813,12 +952,12 @@ impl PolicyEngine {
                 }
                 ctx.push(("sensitive", set(sensitive)));
                 let r = uid(&n.host, host);
-                ents.push(entity(r.clone(), vec![("name", s(host))], none())?);
+                ents.push((r.clone(), vec![("name", s(host))], none()));
                 r
             }
             Action::GitFetch { repo, .. } => {
                 let r = uid(&n.repo, repo);
-                ents.push(entity(r.clone(), vec![("name", s(repo))], none())?);
+                ents.push((r.clone(), vec![("name", s(repo))], none()));
                 r
             }
             Action::GitPush {
@@ -855,16 +994,16 @@ impl PolicyEngine {
             } => {
                 ctx.push(("sensitive", set(sensitive)));
                 let r = uid(&n.secret, name);
-                ents.push(entity(
+                ents.push((
                     r.clone(),
                     vec![("name", s(name)), ("scope", s(scope))],
                     none(),
-                )?);
+                ));
                 r
             }
             Action::ModelCall { model, .. } => {
                 let r = uid(&n.model, model);
-                ents.push(entity(r.clone(), vec![("name", s(model))], none())?);
+                ents.push((r.clone(), vec![("name", s(model))], none()));
                 r
             }
             Action::SessionCreate {
@@ -876,7 +1015,7 @@ impl PolicyEngine {
                 ctx.push(("task", s(task)));
                 ctx.push(("profile", s(profile)));
                 let r = uid(&n.repo, repo);
-                ents.push(entity(r.clone(), vec![("name", s(repo))], none())?);
+                ents.push((r.clone(), vec![("name", s(repo))], none()));
                 r
             }
             Action::SessionKill {
@@ -887,7 +1026,7 @@ impl PolicyEngine {
                 ..
             } => {
                 let r = uid(&n.session, session);
-                ents.push(entity(
+                ents.push((
                     r.clone(),
                     vec![
                         (
@@ -898,7 +1037,7 @@ impl PolicyEngine {
                         ("profile", s(profile)),
                     ],
                     none(),
-                )?);
+                ));
                 r
             }
             Action::ApprovalGrant {
@@ -916,7 +1055,7 @@ impl PolicyEngine {
                     RestrictedExpression::new_bool(self.allow_self_approval),
                 ));
                 let r = uid(&n.approval_request, request_id);
-                ents.push(entity(
+                ents.push((
                     r.clone(),
                     vec![
                         (
@@ -927,13 +1066,13 @@ impl PolicyEngine {
                         ("roles", set(roles)),
                     ],
                     none(),
-                )?);
+                ));
                 r
             }
             Action::PolicyChange { profile, .. } => {
                 ctx.push(("profile", s(profile)));
                 let r = uid(&n.deployment, "brig");
-                ents.push(entity(r.clone(), Vec::new(), none())?);
+                ents.push((r.clone(), Vec::new(), none()));
                 r
             }
             Action::Custom { resource, .. } => {
@@ -955,13 +1094,13 @@ impl PolicyEngine {
         repo: &str,
         branch: &str,
         bot: bool,
-        ents: &mut Vec<Entity>,
+        ents: &mut Vec<Raw>,
     ) -> Result<EntityUid, String> {
         let n = &self.names;
         let repo_uid = uid(&n.repo, repo);
         // Git ref names cannot contain ':', so `<repo>:<branch>` is unique.
         let b = uid(&n.branch, &format!("{repo}:{branch}"));
-        ents.push(entity(
+        ents.push((
             b.clone(),
             vec![
                 ("name", s(branch)),
@@ -972,8 +1111,8 @@ impl PolicyEngine {
                 ),
             ],
             HashSet::from([repo_uid.clone()]),
-        )?);
-        ents.push(entity(repo_uid, vec![("name", s(repo))], HashSet::new())?);
+        ));
+        ents.push((repo_uid, vec![("name", s(repo))], HashSet::new()));
         Ok(b)
     }
 }
@@ -987,8 +1126,12 @@ fn compile(
     errors: &mut Vec<Diagnostic>,
 ) -> CompiledSet {
     let mut meta: HashMap<PolicyId, PolicyRef> = HashMap::new();
-    let mut all: HashMap<String, PolicySet> = HashMap::new();
-    let mut sans: HashMap<String, PolicySet> = HashMap::new();
+    // action -> (unscoped policies, scope entity -> its policies)
+    type Split = (
+        Vec<cedar_policy::Policy>,
+        HashMap<EntityUid, Vec<cedar_policy::Policy>>,
+    );
+    let mut split: HashMap<String, Split> = HashMap::new();
     let mut has_approval: HashSet<String> = HashSet::new();
     for l in policies {
         let pid = l.policy.id().clone();
@@ -1020,43 +1163,56 @@ fn compile(
                 .map(|(k, _)| k)
                 .collect(),
         };
+        let scope = match l.policy.resource_constraint() {
+            cedar_policy::ResourceConstraint::Eq(u)
+            | cedar_policy::ResourceConstraint::In(u)
+            | cedar_policy::ResourceConstraint::IsIn(_, u) => Some(u),
+            cedar_policy::ResourceConstraint::Any | cedar_policy::ResourceConstraint::Is(_) => None,
+        };
         let is_approval = l.meta.effect == PolicyEffect::Forbid && l.meta.approval.is_some();
         for a in targets {
-            // Ids are unique (checked above), so add cannot fail.
-            let _ = all.entry(a.clone()).or_default().add(l.policy.clone());
+            let entry = split.entry(a.clone()).or_default();
+            match &scope {
+                None => entry.0.push(l.policy.clone()),
+                Some(u) => entry.1.entry(u.clone()).or_default().push(l.policy.clone()),
+            }
             if is_approval {
                 has_approval.insert(a.clone());
-            } else {
-                let _ = sans.entry(a.clone()).or_default().add(l.policy.clone());
             }
         }
         meta.insert(pid, l.meta);
     }
-    let by_action = all
+    // Ids are unique within the set (checked above), so `add` cannot fail.
+    let to_set = |ps: &[cedar_policy::Policy]| {
+        let mut set = PolicySet::new();
+        for p in ps {
+            let _ = set.add(p.clone());
+        }
+        set
+    };
+    let by_action = split
         .into_iter()
-        .map(|(a, set)| {
-            let sans_approval = if has_approval.contains(&a) {
-                Some(sans.remove(&a).unwrap_or_default())
-            } else {
-                None
+        .map(|(a, (unscoped, scoped))| {
+            let set = ActionSet {
+                unscoped: to_set(&unscoped),
+                scoped: scoped
+                    .into_iter()
+                    .map(|(u, ps)| {
+                        let mut all = unscoped.clone();
+                        all.extend(ps);
+                        (u, to_set(&all))
+                    })
+                    .collect(),
+                has_approval: has_approval.contains(&a),
             };
-            (
-                a,
-                ActionSet {
-                    all: set,
-                    sans_approval,
-                },
-            )
+            (a, set)
         })
         .collect();
     CompiledSet {
         name: name.to_string(),
         by_action,
         meta,
-        empty: ActionSet {
-            all: PolicySet::new(),
-            sans_approval: None,
-        },
+        empty: ActionSet::default(),
     }
 }
 

@@ -793,3 +793,92 @@ when { context.program == "terraform" && context.args.contains("plan") };
     assert!(err.contains("admin"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn resource_scoped_policies_apply_exactly_where_they_name() {
+    // The engine evaluates only policies whose resource scope can match;
+    // this proves the index keeps every one that can (==, in, is..in, on
+    // the resource and on its repo), including both at once.
+    let spec = EngineSpec {
+        extra: vec![PolicySource::new(
+            "scoped.cedar",
+            r#"
+@id("org.frozen") @reason("acme/frozen is frozen")
+forbid (principal, action == Brig::Action::"git.push", resource in Brig::Repo::"acme/frozen");
+@id("org.special-branch") @reason("this one branch is off limits")
+forbid (principal, action == Brig::Action::"git.push", resource == Brig::Branch::"acme/app:brig/special");
+@id("org.typed-in") @reason("release repo")
+forbid (principal, action == Brig::Action::"git.push", resource is Brig::Branch in Brig::Repo::"acme/rel")
+when { context.sensitive.contains("infra") };
+@id("org.tool") @reason("the linter may run")
+permit (principal, action == Brig::Action::"exec", resource == Brig::Command::"lint-tool");
+@id("org.rel-branch") @reason("and this branch of acme/rel too")
+forbid (principal, action == Brig::Action::"git.push", resource == Brig::Branch::"acme/rel:brig/x");
+"#,
+        )],
+        ..EngineSpec::default()
+    };
+    let e = PolicyEngine::new(&spec).unwrap();
+    let a = agent("pr");
+    let push = |repo: &str, branch: &str, l: &[&str]| {
+        Request::git_push(&a, repo, branch, false, true, &labels(l))
+    };
+    check(&e, push("acme/frozen", "brig/x", &[]), "deny", "org.frozen");
+    check(
+        &e,
+        push("acme/app", "brig/x", &[]),
+        "allow",
+        "pr.push-bot-branch",
+    );
+    check(
+        &e,
+        push("acme/app", "brig/special", &[]),
+        "deny",
+        "org.special-branch",
+    );
+    check(
+        &e,
+        push("acme/rel", "brig/y", &[]),
+        "allow",
+        "pr.push-bot-branch",
+    );
+    // Scoped on the repo and on the branch: both are candidates.
+    let d = check(
+        &e,
+        push("acme/rel", "brig/x", &["infra"]),
+        "deny",
+        "org.rel-branch",
+    );
+    let ids: Vec<&str> = d.determining.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["org.rel-branch", "org.typed-in", "pr.push-sensitive"]);
+    // read-only's exec permit plus a per-command one.
+    let ro = agent("read-only");
+    let d = check(
+        &e,
+        Request::exec(&ro, &argv("/usr/bin/lint-tool --fix"), &[]),
+        "allow",
+        "org.tool",
+    );
+    assert_eq!(d.determining.len(), 2, "{d:?}");
+}
+
+#[test]
+fn the_session_cache_is_keyed_by_every_resource_attribute() {
+    let e = engine();
+    let a = agent("pr");
+    let s = e.session(&a).unwrap();
+    // Same branch name, once as a bot branch and once not: the cached
+    // entity for one must not answer for the other.
+    let bot = Request::git_push(&a, "acme/app", "brig/s-1", false, true, &[]);
+    let not_bot = Request::git_push(&a, "acme/app", "brig/s-1", false, false, &[]);
+    for _ in 0..2 {
+        assert_eq!(e.authorize_session(&s, &bot).outcome, Outcome::Allow);
+        assert_eq!(e.authorize_session(&s, &not_bot).rule(), "pr.push-non-bot");
+    }
+    let reg = Request::secret_use(&a, "TOKEN", "registry");
+    let cloud = Request::secret_use(&a, "TOKEN", "cloud");
+    for _ in 0..2 {
+        assert_eq!(e.authorize_session(&s, &reg).outcome, Outcome::Allow);
+        assert_eq!(e.authorize_session(&s, &cloud).outcome, Outcome::Deny);
+    }
+}
