@@ -1,7 +1,9 @@
 //! `brig demo`: the main job end to end on embedded defaults. An in-process
 //! control plane on a private socket, a session on the bundled example
 //! project (a git repository, checked out at a pinned commit), a scripted
-//! agent that runs the tests, fixes the bug, reruns them, commits and pushes
+//! agent that runs the tests, asks a model through brig's model gateway (a
+//! local stand-in model; the call is captured redacted), fixes the bug,
+//! reruns them, commits and pushes
 //! through brig's git gateway (a leaked secret is refused, the fix lands
 //! signed), a pull request opened after the test gate, a battery of escape
 //! attempts that must all be blocked, then destroy and the session summary. Everything goes through the real API with the
@@ -35,6 +37,33 @@ const EXAMPLE: &[(&str, &str)] = &[
 ];
 
 const PYTHON: &str = "/usr/bin/python3";
+
+/// What the demo's stand-in model answers.
+const MODEL_ANSWER: &str = "mean() divides by len(values) + 1; divide by len(values).";
+
+/// `[models]` for the demo: the stand-in model as the `coder` alias, with a
+/// price so the report has something to add up.
+fn toml_models(base_url: &str) -> Result<brig_model::GatewayConfig> {
+    let text = format!(
+        "[upstreams.demo]\nkind = \"openai-compatible\"\nbase_url = {base_url:?}\n\
+         models = [\"demo-coder-7b\"]\n[routes.coder]\ntargets = [\"demo/demo-coder-7b\"]\n\
+         [prices.\"*\"]\ninput = 0.5\noutput = 1.5\n"
+    );
+    toml::from_str(&text).map_err(|e| Error::internal(format!("the demo's [models]: {e}")))
+}
+
+/// The agent's question to the model, with a planted e-mail address and an
+/// AWS key id that must not reach brig's capture as they are.
+const ASK_MODEL: &str = r#"
+import json, os, urllib.request
+prompt = ("test_mean_of_three fails: 1.5 != 2. Owner ada.lovelace@example.com, "
+          "CI key AKIAIOSFODNN7EXAMPLE. How do I fix stats.py?")
+req = urllib.request.Request(os.environ["OPENAI_BASE_URL"] + "/chat/completions",
+    data=json.dumps({"model": "coder", "messages": [{"role": "user", "content": prompt}]}).encode(),
+    headers={"Authorization": "Bearer " + os.environ["OPENAI_API_KEY"], "Content-Type": "application/json"})
+r = json.load(urllib.request.urlopen(req, timeout=30))
+print(r["choices"][0]["message"]["content"])
+"#;
 const TASK: &str = "DEMO-1";
 
 /// One escape attempt: what it tries, and a command that exits 0 only if
@@ -221,8 +250,16 @@ pub async fn run(a: &DemoArgs, out: Out) -> Result<i32> {
     };
 
     rep.heading("Start an embedded control plane (SQLite, native runtime, host image)");
+    // A stand-in for the company's model: a local server speaking the
+    // OpenAI wire format, behind brig's model gateway as the `coder` alias.
+    let model = brig_model::fake::FakeUpstream::start()
+        .await
+        .map_err(|e| Error::internal(format!("cannot start the demo's model: {e}")))?;
+    model.set_default(brig_model::fake::Behavior::reply(MODEL_ANSWER));
+    let models = toml_models(&model.openai_url())?;
     // The example's tests are the profile's gate before a pull request.
     let server = Embedded::start_with(&data_dir, |cfg| {
+        cfg.models = Some(models);
         if let Some(p) = cfg.profiles.get_mut(brig_server::config::DEFAULT_PROFILE) {
             p.gate = Some(brig_server::git_config::Gate {
                 test: format!("{PYTHON} -m unittest"),
@@ -294,7 +331,7 @@ pub async fn run(a: &DemoArgs, out: Out) -> Result<i32> {
         }
         if rep.ok {
             println!(
-                "{} in {}: the agent fixed the bug inside the sandbox, its secret was refused, its fix landed signed with a pull request, and every escape was blocked.",
+                "{} in {}: the agent fixed the bug inside the sandbox, asked the model only through brig (captured redacted), its secret was refused, its fix landed signed with a pull request, and every escape was blocked.",
                 style("1;32", "✓ demo passed"),
                 format_duration(duration)
             );
@@ -355,13 +392,27 @@ fn write_example(dir: &Path) -> Result<()> {
 }
 
 async fn exec(c: &Client, id: &str, argv: Vec<String>) -> Result<ExecResult> {
+    exec_with(c, id, argv, None).await
+}
+
+/// [`exec`] with `input` on stdin.
+async fn exec_stdin(c: &Client, id: &str, argv: Vec<String>, input: &str) -> Result<ExecResult> {
+    exec_with(c, id, argv, Some(input.to_string())).await
+}
+
+async fn exec_with(
+    c: &Client,
+    id: &str,
+    argv: Vec<String>,
+    stdin: Option<String>,
+) -> Result<ExecResult> {
     let req = ExecRequest {
         argv,
         env: vec![("PYTHONDONTWRITEBYTECODE".into(), "1".into())],
         cwd: None,
         tty: None,
         timeout_ms: Some(60_000),
-        stdin: None,
+        stdin,
     };
     let (r, _) = c
         .call::<ExecResult, _>(Method::POST, &format!("/v1/sessions/{id}/exec"), Some(&req))
@@ -492,6 +543,7 @@ async fn agent(
     project: &Path,
 ) -> Result<()> {
     run_tests(rep, c, id, false, 8).await?;
+    ask_model(rep, c, id).await?;
 
     rep.heading("Agent edits the code: mean() divides by len + 1");
     let fix = "sed -i 's/len(values) + 1/len(values)/' stats.py && grep -n 'return sum' stats.py";
@@ -549,6 +601,60 @@ async fn agent(
     rep.step(
         json!({"step": "escapes", "ok": all, "attempts": results}),
         all,
+    );
+    Ok(())
+}
+
+/// The agent asks the `coder` model through brig's model gateway (its
+/// SDK-style environment: base URL and a placeholder key); brig shows what
+/// it captured, redacted.
+async fn ask_model(rep: &mut Report, c: &Client, id: &str) -> Result<()> {
+    rep.heading("Agent asks the coder model, through brig's model gateway");
+    rep.line(
+        "$ python3 ask_model.py   # POST $OPENAI_BASE_URL/chat/completions (http://model.brig/v1)",
+    );
+    let r = exec_stdin(c, id, vec![PYTHON.into(), "-".into()], ASK_MODEL).await?;
+    rep.output(&r, 3);
+    let answered = r.status.success() && r.stdout.contains(MODEL_ANSWER);
+    // The call is recorded off the request path: give it a moment.
+    let mut call = Value::Null;
+    for _ in 0..50 {
+        let (calls, _) = c
+            .get::<Vec<Value>>(&format!("/v1/sessions/{id}/model-calls"))
+            .await?;
+        if let Some(first) = calls.into_iter().next() {
+            call = first;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let prompt = call["request"]["messages"][0]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let redacted = prompt.contains("[REDACTED:pii:email]")
+        && prompt.contains("[REDACTED:")
+        && !prompt.contains("ada.lovelace@example.com")
+        && !prompt.contains("AKIAIOSFODNN7EXAMPLE");
+    rep.line(&format!(
+        "captured: {} → {}/{} · {} in / {} out tokens · ${:.6}",
+        call["model"].as_str().unwrap_or("?"),
+        call["upstream"].as_str().unwrap_or("?"),
+        call["upstream_model"].as_str().unwrap_or("?"),
+        call["input_tokens"],
+        call["output_tokens"],
+        call["cost_usd"].as_f64().unwrap_or(0.0),
+    ));
+    rep.line(&format!("stored prompt: {prompt}"));
+    let ok = answered && redacted;
+    rep.line(if ok {
+        "✓ answered; the e-mail address and the key were masked before anything was stored (see `brig model log`)"
+    } else {
+        "✗ the model call did not behave"
+    });
+    rep.step(
+        json!({"step": "model", "ok": ok, "answer": r.stdout.trim(), "captured": call}),
+        ok,
     );
     Ok(())
 }
