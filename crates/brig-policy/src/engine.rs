@@ -615,13 +615,17 @@ impl PolicyEngine {
 
     /// Build an agent's entities once, at session start. Fails when the
     /// profile is unknown or the principal does not fit the schema.
-    pub fn session(&self, agent: &AgentPrincipal) -> Result<SessionPolicy, String> {
+    pub fn session(&self, agent: &AgentPrincipal) -> Result<SessionPolicy, PolicyError> {
+        let err = |message: String| PolicyError::Session {
+            session: agent.session.clone(),
+            message,
+        };
         if !self.profiles.contains_key(&agent.profile) {
-            return Err(self.unknown_profile(&agent.profile));
+            return Err(err(self.unknown_profile(&agent.profile)));
         }
-        let (principal, ents) = self.agent_entities(agent)?;
+        let (principal, ents) = self.agent_entities(agent).map_err(err)?;
         let entities = Entities::from_entities(ents, Some(&self.schema))
-            .map_err(|e| format!("principal {}: {e}", agent.name()))?;
+            .map_err(|e| err(format!("principal {}: {e}", agent.name())))?;
         Ok(SessionPolicy {
             agent: agent.clone(),
             principal,
@@ -739,6 +743,27 @@ impl PolicyEngine {
             &entities,
             validate,
         )
+    }
+
+    /// The profiles (sorted) under which this agent request would be
+    /// allowed or would need approval: the "how to ask for access" of a
+    /// denial. Evaluates the request once per profile; call it when
+    /// explaining a denial, not on the hot path. Empty for human actions.
+    pub fn profiles_allowing(&self, req: &Request) -> Vec<String> {
+        let Some(agent) = req.agent() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for name in self.profiles() {
+            let mut other = req.clone();
+            if let Some(a) = other.agent_mut() {
+                a.profile = name.clone();
+            }
+            if name != agent.profile && self.authorize(&other).outcome != Outcome::Deny {
+                out.push(name);
+            }
+        }
+        out
     }
 
     fn unknown_profile(&self, profile: &str) -> String {
@@ -1252,7 +1277,7 @@ pub fn explain(d: &Decision) -> String {
             ));
             list(&mut out, &d.determining);
             out.push_str(
-                "\n  to proceed: ask an approver (brig approve <request>); your own approval does not count unless [policy] allow_self_approval is set",
+                "\n  to proceed: ask a human holding the role to approve the request; approving your own request does not count unless [policy] allow_self_approval is set",
             );
         }
         Outcome::Deny if !d.errors.is_empty() && d.determining.is_empty() => {

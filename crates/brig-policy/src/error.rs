@@ -60,6 +60,10 @@ pub enum PolicyError {
         pattern: String,
         message: String,
     },
+    /// A session whose agent cannot be decided for (unknown profile, or a
+    /// principal that does not fit the schema).
+    #[error("session {session}: {message}")]
+    Session { session: String, message: String },
     #[error("[policy] protected_branches: pattern {pattern:?}: {message}")]
     ProtectedBranches { pattern: String, message: String },
 }

@@ -409,6 +409,20 @@ impl Request {
         }
     }
 
+    pub(crate) fn agent_mut(&mut self) -> Option<&mut AgentPrincipal> {
+        match &mut self.action {
+            Action::Exec { agent, .. }
+            | Action::NetConnect { agent, .. }
+            | Action::GitFetch { agent, .. }
+            | Action::GitPush { agent, .. }
+            | Action::PrOpen { agent, .. }
+            | Action::SecretUse { agent, .. }
+            | Action::ModelCall { agent, .. }
+            | Action::Custom { agent, .. } => Some(agent),
+            _ => None,
+        }
+    }
+
     /// The human, for human actions (evaluated with the deployment set).
     pub fn human(&self) -> Option<&HumanPrincipal> {
         match &self.action {

@@ -882,3 +882,38 @@ fn the_session_cache_is_keyed_by_every_resource_attribute() {
         assert_eq!(e.authorize_session(&s, &cloud).outcome, Outcome::Deny);
     }
 }
+
+#[test]
+fn requests_read_from_json_and_profiles_that_would_allow() {
+    // The form `brig policy test` can read and the journal keeps.
+    let text = r#"{
+        "action": "git.push",
+        "agent": {"session": "s-9", "human": {"id": "alice", "groups": ["eng"]},
+                  "task": "T-9", "profile": "read-only"},
+        "repo": "acme/app", "branch": "brig/s-9", "bot_branch": true,
+        "sensitive": []
+    }"#;
+    let req: Request = serde_json::from_str(text).unwrap();
+    assert_eq!(req.action_name(), "git.push");
+    let back: Request = serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();
+    assert_eq!(back, req);
+    let e = engine();
+    check(&e, req.clone(), "deny", "read-only.no-push");
+    assert_eq!(e.profiles_allowing(&req), ["pr", "privileged"]);
+    let migrate = Request::exec(
+        &agent("read-only"),
+        &argv("alembic upgrade head"),
+        &labels(&["migration"]),
+    );
+    // privileged would need approval: it is still a way to get access.
+    assert_eq!(e.profiles_allowing(&migrate), ["privileged"]);
+    let force = Request::git_push(&agent("pr"), "r", "brig/x", true, true, &[]);
+    assert!(e.profiles_allowing(&force).is_empty());
+    // Unknown fields and actions are refused when read.
+    assert!(serde_json::from_str::<Request>(r#"{"action": "repo.delete"}"#).is_err());
+    let with_approval = r#"{"action": "exec", "argv": ["ls"],
+        "agent": {"session": "s", "human": {"id": "a"}, "task": "t", "profile": "pr"},
+        "approval": {"by": "human:bob", "roles": ["db-approver"]}}"#;
+    let r: Request = serde_json::from_str(with_approval).unwrap();
+    assert_eq!(r.approval.unwrap().by, "human:bob");
+}
