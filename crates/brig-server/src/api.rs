@@ -175,7 +175,7 @@ pub fn router(state: AppState, token: Option<Arc<Token>>) -> Router {
         .with_state(state);
     match token {
         Some(t) => r.layer(axum::middleware::from_fn_with_state(t, require_token)),
-        None => r,
+        None => r.layer(axum::middleware::from_fn(crate::identity::local_caller)),
     }
 }
 
@@ -189,7 +189,12 @@ async fn require_token(State(token): State<Arc<Token>>, req: Request, next: Next
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        Some(t) if token.matches(t.trim()) => next.run(req).await,
+        Some(t) if token.matches(t.trim()) => {
+            let mut req = req;
+            req.extensions_mut()
+                .insert(crate::identity::Caller::static_token());
+            next.run(req).await
+        }
         // Never echo or log what was sent: it may be a near-miss of the token.
         Some(_) => ApiError(
             Error::new(ErrorKind::Unauthorized, "the bearer token is not valid")

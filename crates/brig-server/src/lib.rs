@@ -15,6 +15,7 @@ pub mod forge_tokens;
 pub mod git;
 pub mod git_config;
 pub mod git_gateway;
+pub mod identity;
 pub mod journal;
 pub mod known_secrets;
 pub mod manager;
