@@ -136,6 +136,33 @@ fn run(name: &str, e: &PolicyEngine, iters: usize) {
             s99.as_secs_f64() * 1e6,
         );
     }
+    // The other outcomes: a denial (default deny, so every candidate is
+    // evaluated) and a needs-approval (a second evaluation without the
+    // @approval forbids).
+    let deny = Request::git_push(&agent, "org/repo-3", "main", false, false, &[]);
+    let (d50, d99, o) = measure(iters, || e.authorize_session(&session, &deny));
+    println!(
+        "  git.push to main (pr)             authorize_session p50 {:>6.1} µs  p99 {:>6.1} µs  ({o:?})",
+        d50.as_secs_f64() * 1e6,
+        d99.as_secs_f64() * 1e6
+    );
+    let privileged = AgentPrincipal {
+        profile: "privileged".into(),
+        ..agent.clone()
+    };
+    let psession = e.session(&privileged).expect("session");
+    let migrate: Vec<String> = ["alembic", "upgrade", "head"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let req = Request::exec(&privileged, &migrate, &m.label_command(&migrate));
+    let (n50, n99, o) = measure(iters, || e.authorize_session(&psession, &req));
+    println!(
+        "  exec migration (privileged)       authorize_session p50 {:>6.1} µs  p99 {:>6.1} µs  ({})",
+        n50.as_secs_f64() * 1e6,
+        n99.as_secs_f64() * 1e6,
+        if matches!(o, Outcome::NeedsApproval { .. }) { "NeedsApproval" } else { "unexpected" }
+    );
     // Labelling is on the same path: measure it too.
     let (l50, l99) = {
         let mut t = Vec::with_capacity(iters);

@@ -492,10 +492,12 @@ impl PolicyEngine {
 
         // Load every distinct source once (base and extras are shared).
         let mut errors: Vec<Diagnostic> = Vec::new();
-        let mut cache: HashMap<String, Vec<Loaded>> = HashMap::new();
+        // Keyed by name and text: two different files may share a name.
+        let mut cache: HashMap<(String, String), Vec<Loaded>> = HashMap::new();
         let mut hasher = Sha256::new();
         let mut get = |src: &PolicySource, errors: &mut Vec<Diagnostic>| -> Vec<Loaded> {
-            if let Some(l) = cache.get(&src.name) {
+            let key = (src.name.clone(), src.text.clone());
+            if let Some(l) = cache.get(&key) {
                 return l.clone();
             }
             hasher.update(src.name.len().to_be_bytes());
@@ -504,7 +506,7 @@ impl PolicyEngine {
             hasher.update(src.text.as_bytes());
             let (loaded, diags) = load(src, &validator);
             errors.extend(diags.into_iter().filter(|d| d.severity == Severity::Error));
-            cache.insert(src.name.clone(), loaded.clone());
+            cache.insert(key, loaded.clone());
             loaded
         };
 
