@@ -23,6 +23,7 @@ use brig_core::{Error, ErrorKind, Result, SessionId, TaskId};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 pub mod approvals;
+pub mod tokens;
 pub mod usage;
 pub mod writer;
 pub use writer::{Tx, Writer, WriterOptions};
@@ -214,6 +215,24 @@ const MIGRATIONS: &[&str] = &[
         record       TEXT NOT NULL
     );
     CREATE INDEX plans_by_session ON plans (session, seq);
+    "#,
+    // 8: API tokens for automation (issue 7): kept as the SHA-256 of the
+    // token (the token itself is shown once and never stored), with the
+    // owner's roles and groups at issue time.
+    r#"
+    CREATE TABLE api_tokens (
+        id          TEXT PRIMARY KEY,
+        principal   TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        hash        TEXT NOT NULL UNIQUE,
+        created     TEXT NOT NULL,
+        expires     TEXT NOT NULL,
+        last_used   TEXT,
+        revoked     TEXT,
+        roles       TEXT NOT NULL DEFAULT '[]',
+        groups_json TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX api_tokens_by_principal ON api_tokens (principal, created);
     "#,
 ];
 
