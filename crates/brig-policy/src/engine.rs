@@ -681,11 +681,11 @@ impl PolicyEngine {
     /// Decide a request of the session's agent with its prebuilt entities
     /// (what the exec, connect and push paths call).
     pub fn authorize_session(&self, session: &SessionPolicy, req: &Request) -> Decision {
-        let set_name = format!("profile:{}", session.agent.profile);
+        let set_name = || format!("profile:{}", session.agent.profile);
         if req.agent() != Some(&session.agent) {
             return Decision::failed(
                 req,
-                set_name,
+                set_name(),
                 format!(
                     "request is not by this session's agent {} (a request names its own principal)",
                     session.agent.name()
@@ -693,7 +693,11 @@ impl PolicyEngine {
             );
         }
         let Some(set) = self.profiles.get(&session.agent.profile) else {
-            return Decision::failed(req, set_name, self.unknown_profile(&session.agent.profile));
+            return Decision::failed(
+                req,
+                set_name(),
+                self.unknown_profile(&session.agent.profile),
+            );
         };
         let (resource, context, raw) = match self.resource_and_context(req) {
             Ok(x) => x,
