@@ -68,6 +68,15 @@ pub(crate) struct Denial {
 
 type Entry = Arc<Mutex<Ledger>>;
 
+/// A scope key's ledger, looked up once per session (at open) instead of
+/// once per request.
+#[derive(Clone)]
+pub(crate) struct ScopeRef {
+    pub scope: Scope,
+    pub key: String,
+    entry: Entry,
+}
+
 #[derive(Default)]
 pub(crate) struct Budgets {
     ledgers: Mutex<HashMap<(Scope, String), Entry>>,
@@ -124,23 +133,37 @@ impl Budgets {
         })
     }
 
+    pub fn scope_ref(&self, scope: Scope, key: &str) -> ScopeRef {
+        ScopeRef {
+            scope,
+            key: key.to_string(),
+            entry: self.entry(scope, key),
+        }
+    }
+
     /// Checks every scope and, when all pass, counts the request (rpm and
     /// in flight) in all of them at once. `counted`: whether this request
     /// takes tokens or spend (count_tokens and models do not).
-    pub fn admit(&self, scopes: &[(Scope, &str, &Limits)], counted: bool) -> Result<Slot, Denial> {
+    pub fn admit(
+        &self,
+        scopes: &[ScopeRef],
+        limits: &[Limits; 3],
+        counted: bool,
+    ) -> Result<Slot, Denial> {
         let now = Instant::now();
-        let entries: Vec<(Scope, &str, &Limits, Entry)> = scopes
+        let entries: Vec<(&ScopeRef, &Limits)> = scopes
             .iter()
-            .filter(|(_, _, l)| !l.is_empty())
-            .map(|&(s, k, l)| (s, k, l, self.entry(s, k)))
+            .map(|r| (r, &limits[r.scope.index()]))
+            .filter(|(_, l)| !l.is_empty())
             .collect();
         // Locks taken in one order (session, human, task), so two requests
         // never deadlock.
         let mut guards: Vec<_> = entries
             .iter()
-            .map(|(_, _, _, e)| e.lock().unwrap_or_else(|p| p.into_inner()))
+            .map(|(r, _)| r.entry.lock().unwrap_or_else(|p| p.into_inner()))
             .collect();
-        for ((scope, key, limits, _), l) in entries.iter().zip(guards.iter_mut()) {
+        for ((r, limits), l) in entries.iter().zip(guards.iter_mut()) {
+            let (scope, key) = (r.scope, r.key.as_str());
             prune(&mut l.recent, now);
             let who = match scope {
                 Scope::Session => "this session".to_string(),
@@ -207,24 +230,27 @@ impl Budgets {
                 }
             }
         }
-        for l in guards.iter_mut() {
-            l.recent.push_back(now);
+        for ((_, limits), l) in entries.iter().zip(guards.iter_mut()) {
+            // The window only for scopes that have an rpm (it holds one
+            // instant per request of the last minute).
+            if limits.rpm.is_some() {
+                l.recent.push_back(now);
+            }
             l.in_flight += 1;
         }
         drop(guards);
         Ok(Slot {
-            entries: entries.into_iter().map(|(_, _, _, e)| e).collect(),
+            entries: entries.into_iter().map(|(r, _)| r.entry.clone()).collect(),
         })
     }
 
     /// Adds a finished call's usage to every scope it belongs to.
-    pub fn add(&self, scopes: &[(Scope, &str)], tokens: u64, spend: f64) {
+    pub fn add(&self, scopes: &[ScopeRef], tokens: u64, spend: f64) {
         if tokens == 0 && spend <= 0.0 {
             return;
         }
-        for &(s, k) in scopes {
-            let e = self.entry(s, k);
-            let mut l = e.lock().unwrap_or_else(|p| p.into_inner());
+        for r in scopes {
+            let mut l = r.entry.lock().unwrap_or_else(|p| p.into_inner());
             l.tokens = l.tokens.saturating_add(tokens);
             l.spend += spend;
         }
@@ -253,16 +279,17 @@ mod tests {
             concurrent: Some(2),
             ..Default::default()
         };
-        let s = [(Scope::Session, "s1", &lim)];
-        let a = b.admit(&s, true).unwrap();
-        let c = b.admit(&s, true).unwrap();
-        let d = b.admit(&s, true).unwrap_err();
+        let lims = [lim, Limits::default(), Limits::default()];
+        let s = [b.scope_ref(Scope::Session, "s1")];
+        let a = b.admit(&s, &lims, true).unwrap();
+        let c = b.admit(&s, &lims, true).unwrap();
+        let d = b.admit(&s, &lims, true).unwrap_err();
         assert_eq!(d.rule, "budget:session:concurrent");
         assert_eq!(d.retry_after, Some(1));
         drop(a);
         drop(c);
-        b.add(&[(Scope::Session, "s1")], 100, 0.0);
-        let d = b.admit(&s, true).unwrap_err();
+        b.add(&s, 100, 0.0);
+        let d = b.admit(&s, &lims, true).unwrap_err();
         assert_eq!(d.rule, "budget:session:max_tokens");
         assert!(
             d.quota && d.message.contains("100 of its 100"),
@@ -270,7 +297,7 @@ mod tests {
             d.message
         );
         // A request that takes no tokens still passes.
-        assert!(b.admit(&s, false).is_ok());
+        assert!(b.admit(&s, &lims, false).is_ok());
         assert_eq!(b.usage(Scope::Session, "s1").unwrap().in_flight, 0);
     }
 
@@ -281,11 +308,14 @@ mod tests {
             rpm: Some(2),
             ..Default::default()
         };
-        let none = Limits::default();
-        let s = [(Scope::Session, "s", &none), (Scope::Human, "ann", &lim)];
-        b.admit(&s, true).unwrap();
-        b.admit(&s, true).unwrap();
-        let d = b.admit(&s, true).unwrap_err();
+        let lims = [Limits::default(), lim, Limits::default()];
+        let s = [
+            b.scope_ref(Scope::Session, "s"),
+            b.scope_ref(Scope::Human, "ann"),
+        ];
+        b.admit(&s, &lims, true).unwrap();
+        b.admit(&s, &lims, true).unwrap();
+        let d = b.admit(&s, &lims, true).unwrap_err();
         assert_eq!(d.rule, "budget:human:rpm");
         assert!(d.retry_after.unwrap() >= 59, "{:?}", d.retry_after);
         assert!(d.message.contains("human `ann`"), "{}", d.message);

@@ -151,7 +151,12 @@ impl Drop for FakeUpstream {
 impl FakeUpstream {
     /// Listens on 127.0.0.1 (a free port).
     pub async fn start() -> std::io::Result<FakeUpstream> {
-        let l = TcpListener::bind("127.0.0.1:0").await?;
+        FakeUpstream::start_at("127.0.0.1:0".parse().expect("literal")).await
+    }
+
+    /// Listens on `addr` (a fixed port, for a peer configured in advance).
+    pub async fn start_at(addr: SocketAddr) -> std::io::Result<FakeUpstream> {
+        let l = TcpListener::bind(addr).await?;
         let addr = l.local_addr()?;
         let state = Arc::new(State::default());
         state.record.store(true, Ordering::SeqCst);

@@ -18,6 +18,7 @@ mod pii;
 mod record;
 mod relay;
 mod request;
+mod scrub;
 mod serve;
 mod shape;
 mod upstream;
@@ -159,6 +160,8 @@ impl Endpoint {
 
 pub(crate) struct SessionState {
     pub ctx: SessionCtx,
+    /// Its ledgers: session, then human and task when it has them.
+    pub scopes: Vec<budget::ScopeRef>,
     pub closed: AtomicBool,
     pub reg: Arc<upstream::Registry>,
 }
@@ -228,8 +231,17 @@ impl Gateway {
     /// the same id (its in-flight requests are aborted).
     pub fn open_session(&self, ctx: SessionCtx) {
         let id: Arc<str> = Arc::from(ctx.session.as_str());
+        let b = &self.inner.budgets;
+        let mut scopes = vec![b.scope_ref(Scope::Session, &ctx.session)];
+        if let Some(h) = &ctx.human {
+            scopes.push(b.scope_ref(Scope::Human, h));
+        }
+        if let Some(t) = &ctx.task {
+            scopes.push(b.scope_ref(Scope::Task, t));
+        }
         let s = Arc::new(SessionState {
             ctx,
+            scopes,
             closed: AtomicBool::new(false),
             reg: Arc::new(upstream::Registry::default()),
         });

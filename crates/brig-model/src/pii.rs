@@ -184,7 +184,13 @@ impl PiiRules {
         Cow::Owned(out)
     }
 
-    /// Every string (and object key) of `v`, in place.
+    /// Whether any detector could match in `s` (one pass of the set).
+    pub fn may_match(&self, s: &str) -> bool {
+        self.set.as_ref().is_some_and(|set| set.is_match(s))
+    }
+
+    /// Every string (and object key) of `v`, in place. Objects are rebuilt
+    /// only when one of their keys changes.
     pub fn redact_value_mut(&self, v: &mut Value) {
         if self.set.is_none() {
             return;
@@ -197,14 +203,19 @@ impl PiiRules {
             }
             Value::Array(a) => a.iter_mut().for_each(|x| self.redact_value_mut(x)),
             Value::Object(map) => {
-                let entries = std::mem::take(map);
-                for (k, mut val) in entries {
-                    self.redact_value_mut(&mut val);
-                    let k = match self.redact_str(&k) {
-                        Cow::Borrowed(_) => k,
-                        Cow::Owned(r) => r,
-                    };
-                    map.insert(k, val);
+                map.values_mut().for_each(|x| self.redact_value_mut(x));
+                if map
+                    .keys()
+                    .any(|k| matches!(self.redact_str(k), Cow::Owned(_)))
+                {
+                    let entries = std::mem::take(map);
+                    for (k, val) in entries {
+                        let k = match self.redact_str(&k) {
+                            Cow::Borrowed(_) => k,
+                            Cow::Owned(r) => r,
+                        };
+                        map.insert(k, val);
+                    }
                 }
             }
             _ => {}

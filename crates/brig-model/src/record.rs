@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use time::OffsetDateTime;
 
-use crate::budget::{Scope, Slot};
+use crate::budget::Slot;
 use crate::config::Protocol;
 use crate::{Endpoint, Inner, SessionState};
 
@@ -354,24 +354,16 @@ impl Done {
         if charged {
             let total = tokens.input + tokens.output;
             let spend = cost.unwrap_or(0.0);
-            let mut scopes: Vec<(Scope, &str)> = vec![(Scope::Session, &self.session_id)];
             if let Some(s) = &self.session {
-                if let Some(h) = &s.ctx.human {
-                    scopes.push((Scope::Human, h));
-                }
-                if let Some(t) = &s.ctx.task {
-                    scopes.push((Scope::Task, t));
-                }
+                inner.budgets.add(&s.scopes, total, spend);
             }
-            inner.budgets.add(&scopes, total, spend);
         }
 
         // Redaction: known secrets (the current set), then PII.
         let red = (inner.redactor)();
         let pii = &cfg.pii;
         let clean = |mut v: Value| {
-            red.redact_value_mut(&mut v);
-            pii.redact_value_mut(&mut v);
+            crate::scrub::scrub(&mut v, &red, pii);
             v
         };
         let clean_str = |s: &str| pii.redact_str(&red.redact_str(s)).into_owned();
@@ -384,9 +376,13 @@ impl Done {
             }
         };
         let response = response.map(|v| {
+            // A body's size is known; a stream's message is measured.
+            if !self.sse && body.len() > cfg.capture_max {
+                return capped(&inner, &body);
+            }
             let v = clean(v);
-            match serde_json::to_vec(&v) {
-                Ok(b) if b.len() > cfg.capture_max => capped(&inner, &b),
+            match self.sse.then(|| serde_json::to_vec(&v)) {
+                Some(Ok(b)) if b.len() > cfg.capture_max => capped(&inner, &b),
                 _ => v,
             }
         });

@@ -16,7 +16,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
-use crate::budget::Scope;
 use crate::config::{Protocol, UpstreamKind};
 use crate::record::{Attempt, Call, CallOutcome};
 use crate::relay::{GatewayBody, Relay, Stripper};
@@ -332,19 +331,10 @@ async fn run(
     call.route = resolved.route.clone();
 
     // Budgets.
-    let limits = &cfg.limits;
-    let mut scopes: Vec<(Scope, &str, &crate::config::Limits)> = vec![(
-        Scope::Session,
-        &call.session_id,
-        &limits[Scope::Session.index()],
-    )];
-    if let Some(h) = &session.ctx.human {
-        scopes.push((Scope::Human, h, &limits[Scope::Human.index()]));
-    }
-    if let Some(t) = &session.ctx.task {
-        scopes.push((Scope::Task, t, &limits[Scope::Task.index()]));
-    }
-    match inner.budgets.admit(&scopes, call.endpoint.charged()) {
+    match inner
+        .budgets
+        .admit(&session.scopes, &cfg.limits, call.endpoint.charged())
+    {
         Ok(slot) => call.slot = Some(slot),
         Err(d) => {
             let t = if d.quota {

@@ -175,8 +175,13 @@ impl Client {
             }
             // Ready at once for a connection whose last response was read
             // to the end; a closing one fails here and is dropped.
-            match tokio::time::timeout(Duration::from_millis(50), idle.sender.ready()).await {
-                Ok(Ok(())) => {
+            let ready = idle.sender.is_ready()
+                || matches!(
+                    tokio::time::timeout(Duration::from_millis(50), idle.sender.ready()).await,
+                    Ok(Ok(()))
+                );
+            match ready {
+                true => {
                     let id = reg.add(idle.task.clone());
                     return Ok(Conn {
                         sender: Some(idle.sender),
@@ -186,7 +191,7 @@ impl Client {
                         reused: true,
                     });
                 }
-                _ => idle.task.abort(),
+                false => idle.task.abort(),
             }
         }
         match tokio::time::timeout(u.connect_timeout, self.connect(u)).await {
