@@ -167,7 +167,7 @@ async fn main() {
         .expect("fake upstream");
     fake.keep_requests(false);
     fake.set_default(brig_model::fake::Behavior::reply(
-        &"hello ".repeat(a.stream_words).trim_end().to_string(),
+        "hello ".repeat(a.stream_words).trim_end(),
     ));
     let cfg: GatewayConfig = toml::from_str(&format!(
         r#"
