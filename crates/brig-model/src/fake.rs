@@ -31,6 +31,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::record::text_len;
+
 /// How the fake answers one request.
 #[derive(Clone, Debug, Default)]
 pub struct Behavior {
@@ -334,13 +336,19 @@ fn error_body(status: u16, anthropic: bool) -> Value {
     }
 }
 
-fn text_len(v: &Value) -> usize {
-    match v {
-        Value::String(s) => s.len(),
-        Value::Array(a) => a.iter().map(text_len).sum(),
-        Value::Object(o) => o.values().map(text_len).sum(),
-        _ => 0,
+/// `s` in pieces of about `n` bytes (tool arguments streamed in fragments).
+fn fragments(s: &str, n: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < s.len() {
+        let mut end = (at + n).min(s.len());
+        while !s.is_char_boundary(end) {
+            end += 1;
+        }
+        out.push(&s[at..end]);
+        at = end;
     }
+    out
 }
 
 /// Deterministic input tokens: the request's text, 4 bytes a token.
@@ -678,17 +686,11 @@ fn chat(
                 Value::Null,
             ));
             let a = args.to_string();
-            let mut at = 0;
-            while at < a.len() {
-                let mut end = (at + 8).min(a.len());
-                while !a.is_char_boundary(end) {
-                    end += 1;
-                }
+            for f in fragments(&a, 8) {
                 events.push(chunk(
-                    json!({"tool_calls": [{"index": 0, "function": {"arguments": &a[at..end]}}]}),
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": f}}]}),
                     Value::Null,
                 ));
-                at = end;
             }
         }
         None => {
@@ -907,14 +909,8 @@ fn messages(
             events.push(event("content_block_start", &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": tool_id, "name": name, "input": {}}})));
             events.push(event("ping", &json!({"type": "ping"})));
             let a = args.to_string();
-            let mut at = 0;
-            while at < a.len() {
-                let mut end = (at + 8).min(a.len());
-                while !a.is_char_boundary(end) {
-                    end += 1;
-                }
-                events.push(event("content_block_delta", &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": &a[at..end]}})));
-                at = end;
+            for f in fragments(&a, 8) {
+                events.push(event("content_block_delta", &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": f}})));
             }
         }
         None => {

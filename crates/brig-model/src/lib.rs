@@ -176,6 +176,7 @@ pub(crate) struct Inner {
     pub sink: Arc<dyn CallSink>,
     /// Calls whose record is not yet written.
     pub in_flight: AtomicUsize,
+    pub recorder: record::Recorder,
 }
 
 /// The gateway. Share it as `Arc<Gateway>`.
@@ -205,6 +206,7 @@ impl Gateway {
                 redactor: deps.redactor,
                 sink: deps.sink,
                 in_flight: AtomicUsize::new(0),
+                recorder: record::Recorder::default(),
             }),
         }))
     }

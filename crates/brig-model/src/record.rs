@@ -236,17 +236,40 @@ impl Drop for Call {
             sse: self.sse,
             error: self.error.take(),
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) => {
-                h.spawn(async move { done.finish() });
-            }
-            Err(_) => done.finish(),
+        self.inner.recorder.send(done);
+    }
+}
+
+/// One task makes the records, in arrival order: a queue instead of a
+/// task per call, so a busy gateway wakes no thread per request.
+#[derive(Default)]
+pub(crate) struct Recorder {
+    tx: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Done>>,
+}
+
+impl Recorder {
+    fn send(&self, done: Done) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return done.finish();
+        };
+        let tx = self.tx.get_or_init(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
+            rt.spawn(async move {
+                while let Some(d) = rx.recv().await {
+                    d.finish();
+                }
+            });
+            tx
+        });
+        if let Err(e) = tx.send(done) {
+            // The recorder's runtime is gone (a test's): record inline.
+            e.0.finish();
         }
     }
 }
 
 /// A finished call, moved off the request path.
-struct Done {
+pub(crate) struct Done {
     inner: Arc<Inner>,
     session: Option<Arc<SessionState>>,
     session_id: Arc<str>,
@@ -492,7 +515,7 @@ pub(crate) fn usage_of(endpoint: Endpoint, v: &Value) -> Option<Tokens> {
     })
 }
 
-fn text_len(v: &Value) -> usize {
+pub(crate) fn text_len(v: &Value) -> usize {
     match v {
         Value::String(s) => s.len(),
         Value::Array(a) => a.iter().map(text_len).sum(),

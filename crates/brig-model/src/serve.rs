@@ -58,7 +58,7 @@ enum Reply {
     Upstream {
         resp: Response<Incoming>,
         conn: Conn,
-        deadline: tokio::time::Instant,
+        deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
         strip: bool,
     },
 }
@@ -140,7 +140,7 @@ async fn handle(
                 upstream: body,
                 conn: Some(conn),
                 call: Some(call),
-                deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                deadline,
                 strip: strip.then(Stripper::default),
                 pending: None,
                 done: false,
@@ -536,12 +536,14 @@ async fn forward(
                 ));
             }
             let t0 = Instant::now();
-            let deadline = tokio::time::Instant::now() + u.timeout;
-            let r = tokio::time::timeout_at(
-                deadline,
-                exchange(client, u, session, &path, &headers, body.clone()),
-            )
-            .await;
+            // One timer per attempt: it bounds the head here and the body
+            // in the relay.
+            let mut deadline = Box::pin(tokio::time::sleep(u.timeout));
+            let r = tokio::select! {
+                biased;
+                r = exchange(client, u, session, &path, &headers, body.clone()) => Ok(r),
+                _ = deadline.as_mut() => Err(()),
+            };
             let latency_ms = t0.elapsed().as_secs_f64() * 1e3;
             let mut attempt_rec = Attempt {
                 upstream: u.name.to_string(),

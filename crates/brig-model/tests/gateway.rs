@@ -970,6 +970,19 @@ async fn without_usage_tokens_are_counted() {
 #[tokio::test]
 async fn a_client_gone_mid_stream_cancels_the_upstream_and_leaves_nothing_behind() {
     let mut h = harness(&base_config("")).await;
+    // One call first: it starts the gateway's one recorder task and the
+    // upstream pool's connection, which stay.
+    once(
+        h.addr,
+        post("/v1/chat/completions", &h.key, &chat("gpt-4o-mini", "warm")),
+    )
+    .await;
+    h.call().await;
+    h.settle().await;
+    eventually("the warm-up client's connection task ended", || {
+        h.sessions.lock().unwrap().iter().all(|t| t.is_finished())
+    })
+    .await;
     let baseline = tokio::runtime::Handle::current()
         .metrics()
         .num_alive_tasks();
