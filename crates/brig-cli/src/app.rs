@@ -191,6 +191,10 @@ async fn dispatch(cli: Cli, out: Out) -> Result<i32> {
         Command::Report(cmd) => crate::model::report(&client(&cli)?, cmd, out).await,
         Command::Pr(cmd) => crate::pr::run(&client(&cli)?, cmd, out).await,
         Command::Scan(a) => crate::scan::run(a, config_path(&cli)?.as_deref(), out),
+        Command::Login(a) => crate::login::login(&client(&cli)?, a, out).await,
+        Command::Logout => crate::login::logout(out),
+        Command::Whoami => crate::login::whoami(&client(&cli)?, out).await,
+        Command::Token(cmd) => crate::token::run(&client(&cli)?, cmd, out).await,
         Command::Session(cmd) => session(&client(&cli)?, cmd, out).await,
         Command::Run(a) => run_cmd(&client(&cli)?, &a.create, &a.opts, &a.cmd, out).await,
     }
@@ -376,6 +380,13 @@ pub async fn create(
     body: &CreateSession,
     out: Out,
 ) -> Result<(SessionInfo, serde_json::Value)> {
+    // Over TCP the session is the caller's own: only the local
+    // administrator on the socket names a human (the server refuses others).
+    let mut body = body.clone();
+    if !c.is_local() {
+        body.human = None;
+    }
+    let body = &body;
     let shown = !out.json && !out.quiet && std::io::stderr().is_terminal();
     if !shown {
         return c

@@ -83,6 +83,15 @@ pub enum Command {
     Doctor,
     /// Print brig's version.
     Version,
+    /// Log in with the IdP (OIDC device flow); the login is used over TCP (--url).
+    Login(crate::login::LoginArgs),
+    /// Forget the stored login.
+    Logout,
+    /// Who the server says you are.
+    Whoami,
+    /// API tokens for automation: create (shown once), list, revoke.
+    #[command(subcommand)]
+    Token(crate::token::TokenCmd),
     /// Run the whole job end to end on embedded defaults (no setup needed).
     Demo(DemoArgs),
 }

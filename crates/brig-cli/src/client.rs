@@ -1,8 +1,14 @@
 //! The HTTP client of brig's API (docs/API.md): hyper 1 over a unix socket
 //! (the default) or TCP with a bearer token. One connection per request:
 //! the socket is local and cheap, and it keeps the client stateless.
+//!
+//! Over TCP the bearer is BRIG_TOKEN (an API token, or the server's static
+//! token) or else the stored `brig login` (its ID token, refreshed when it
+//! has expired; see `crate::login`). The unix socket needs none: the
+//! server asks the kernel who connected.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use brig_core::error::ApiErrorBody;
 use brig_core::{Error, ErrorKind, Result};
@@ -65,11 +71,63 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 #[derive(Clone, Debug)]
 pub struct Client {
     endpoint: Endpoint,
+    /// Whether a TCP request without BRIG_TOKEN carries the stored login.
+    use_login: bool,
+    /// The stored login's bearer, read (and refreshed) once per client.
+    login: Arc<tokio::sync::OnceCell<Option<Secret>>>,
+}
+
+/// A bearer credential; Debug never shows it.
+#[derive(Clone)]
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 impl Client {
     pub fn new(endpoint: Endpoint) -> Client {
-        Client { endpoint }
+        Client {
+            endpoint,
+            use_login: true,
+            login: Arc::new(tokio::sync::OnceCell::new()),
+        }
+    }
+
+    /// The same endpoint without the stored login (`brig login` asking the
+    /// server which IdP to use, before there is one).
+    pub fn anonymous(&self) -> Client {
+        Client {
+            endpoint: self.endpoint.clone(),
+            use_login: false,
+            login: Arc::new(tokio::sync::OnceCell::new()),
+        }
+    }
+
+    /// The unix socket (where the server identifies the peer itself).
+    pub fn is_local(&self) -> bool {
+        matches!(self.endpoint, Endpoint::Unix(_))
+    }
+
+    /// The `Authorization` a request gets: BRIG_TOKEN, else the stored
+    /// login over TCP; nothing on the socket.
+    async fn bearer(&self) -> Result<Option<String>> {
+        match &self.endpoint {
+            Endpoint::Unix(_) => Ok(None),
+            Endpoint::Tcp { token: Some(t), .. } => Ok(Some(t.clone())),
+            Endpoint::Tcp { token: None, .. } if !self.use_login => Ok(None),
+            Endpoint::Tcp { token: None, .. } => {
+                let s = self
+                    .login
+                    .get_or_try_init(|| async {
+                        crate::login::stored_bearer().await.map(|b| b.map(Secret))
+                    })
+                    .await?;
+                Ok(s.as_ref().map(|s| s.0.clone()))
+            }
+        }
     }
 
     async fn connect(&self) -> Result<Box<dyn Io>> {
@@ -132,9 +190,6 @@ impl Client {
                 hyper::header::USER_AGENT,
                 concat!("brig/", env!("CARGO_PKG_VERSION")),
             );
-        if let Endpoint::Tcp { token: Some(t), .. } = &self.endpoint {
-            b = b.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
-        }
         if body.is_some() {
             b = b.header(hyper::header::CONTENT_TYPE, "application/json");
         }
@@ -142,7 +197,18 @@ impl Client {
             .expect("static request parts are valid")
     }
 
-    async fn send(&self, req: Request<Full<Bytes>>, upgrades: bool) -> Result<Response<Incoming>> {
+    async fn send(
+        &self,
+        mut req: Request<Full<Bytes>>,
+        upgrades: bool,
+    ) -> Result<Response<Incoming>> {
+        if let Some(t) = self.bearer().await? {
+            let v = hyper::header::HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
+                Error::invalid("the bearer token has characters a header cannot carry")
+                    .hint("check BRIG_TOKEN (or run `brig login` again)")
+            })?;
+            req.headers_mut().insert(hyper::header::AUTHORIZATION, v);
+        }
         let io = TokioIo::new(self.connect().await?);
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
             .await

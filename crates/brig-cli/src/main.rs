@@ -7,12 +7,14 @@ mod client;
 mod creds;
 mod demo;
 mod journal;
+mod login;
 mod model;
 mod output;
 mod pr;
 mod scan;
 mod server;
 mod term;
+mod token;
 
 fn main() {
     // Entry points that run inside or next to a sandbox. They must run

@@ -110,13 +110,25 @@ impl Routes {
         self.list.push((method, path));
         self
     }
-    fn get<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, h: H) -> Self {
+    /// Routes another module adds (its handlers stay in its own file).
+    fn with(self, f: impl FnOnce(Self) -> Self) -> Self {
+        f(self)
+    }
+    pub(crate) fn get<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, h: H) -> Self {
         self.add("get", path, axum::routing::get(h))
     }
-    fn post<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, h: H) -> Self {
+    pub(crate) fn post<H: Handler<T, AppState>, T: 'static>(
+        self,
+        path: &'static str,
+        h: H,
+    ) -> Self {
         self.add("post", path, axum::routing::post(h))
     }
-    fn delete<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, h: H) -> Self {
+    pub(crate) fn delete<H: Handler<T, AppState>, T: 'static>(
+        self,
+        path: &'static str,
+        h: H,
+    ) -> Self {
         self.add("delete", path, axum::routing::delete(h))
     }
 }
@@ -162,51 +174,72 @@ pub(crate) fn routes() -> Routes {
     .post("/v1/drill/kill", drill_kill)
     .get("/v1/images", list_images)
     .post("/v1/images/import", import_image)
+    .with(crate::identity::routes)
 }
 
-/// The API router. With a token, every route but `/healthz` needs
-/// `Authorization: Bearer <token>` (the TCP listener).
+/// Which listener a router serves: who its callers are is decided
+/// differently (`crate::identity`).
+pub enum Listener {
+    /// The unix socket: the connection's SO_PEERCRED uid (the server must
+    /// be served `into_make_service_with_connect_info::<auth::UnixPeer>()`;
+    /// without it every request is refused).
+    Unix,
+    /// TCP: a bearer credential (the static `[tcp] token_file` token, an
+    /// API token, or an OIDC ID token).
+    Tcp(Option<Arc<Token>>),
+}
+
+/// The API router. With a token, every route but `/healthz` and
+/// `/v1/identity` needs `Authorization: Bearer` (the TCP listener);
+/// without, the unix socket's peer is identified. Builds its own
+/// [`crate::identity::Identity`] from the manager's config; a server
+/// shares one between its listeners with [`router_with`].
 pub fn router(state: AppState, token: Option<Arc<Token>>) -> Router {
+    let identity = Arc::new(crate::identity::Identity::new_or_refusing(
+        &state.mgr.config().identity,
+    ));
+    let listener = match token {
+        Some(t) => Listener::Tcp(Some(t)),
+        None => Listener::Unix,
+    };
+    router_with(state, identity, listener)
+}
+
+pub fn router_with(
+    state: AppState,
+    identity: Arc<crate::identity::Identity>,
+    listener: Listener,
+) -> Router {
+    let mgr = state.mgr.clone();
     let r = routes()
         .router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state);
-    match token {
-        Some(t) => r.layer(axum::middleware::from_fn_with_state(t, require_token)),
-        None => r.layer(axum::middleware::from_fn(crate::identity::local_caller)),
+    let auth = |static_token| {
+        Arc::new(crate::identity::Auth {
+            mgr,
+            identity,
+            static_token,
+        })
+    };
+    match listener {
+        Listener::Tcp(t) => r.layer(axum::middleware::from_fn_with_state(auth(t), require_token)),
+        Listener::Unix => r.layer(axum::middleware::from_fn_with_state(
+            auth(None),
+            crate::identity::Auth::unix,
+        )),
     }
 }
 
-async fn require_token(State(token): State<Arc<Token>>, req: Request, next: Next) -> Response {
-    if req.uri().path() == "/healthz" {
-        return next.run(req).await;
-    }
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(t) if token.matches(t.trim()) => {
-            let mut req = req;
-            req.extensions_mut()
-                .insert(crate::identity::Caller::static_token());
-            next.run(req).await
-        }
-        // Never echo or log what was sent: it may be a near-miss of the token.
-        Some(_) => ApiError(
-            Error::new(ErrorKind::Unauthorized, "the bearer token is not valid")
-                .hint("use the token in the server's [tcp] token_file"),
-        )
-        .into_response(),
-        None => ApiError(
-            Error::new(ErrorKind::Unauthorized, "this endpoint needs a bearer token")
-                .hint("send `Authorization: Bearer <token>` with the token in the server's [tcp] token_file"),
-        )
-        .into_response(),
-    }
+/// The TCP listener's bearer auth (`crate::identity::Auth::tcp`).
+async fn require_token(
+    State(auth): State<Arc<crate::identity::Auth>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    crate::identity::Auth::tcp(State(auth), req, next).await
 }
 
 async fn not_found(req: Request) -> ApiError {
@@ -284,14 +317,24 @@ struct CreateQuery {
 /// `?progress=true`: a `200` NDJSON stream of `{"progress": "..."}` lines
 /// while the session starts (its checkout's git progress among them), then
 /// one `{"status": 201, "session": ...}` or `{"status": N, "error": ...}`.
+///
+/// The session's human is the caller; only a caller that
+/// [`crate::identity::Caller::may_act_for_others`] may name another in
+/// `human` (403 for anyone else).
 async fn create_session(
     State(st): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::identity::Caller>,
     q: Result<Query<CreateQuery>, QueryRejection>,
-    ApiJson(req): ApiJson<CreateSession>,
+    ApiJson(mut req): ApiJson<CreateSession>,
 ) -> ApiResult<Response> {
     let Query(q) = q.map_err(|e| {
         ApiError(Error::invalid(format!("bad query: {}", e.body_text())).hint("use ?progress=true"))
     })?;
+    // The caller's own session, unless it may act for others (403 if not).
+    req.human = Some(crate::identity::session_human(
+        &caller,
+        req.human.as_deref(),
+    )?);
     if !q.progress {
         let info = st.mgr.create(req).await?;
         return Ok((StatusCode::CREATED, axum::Json(info)).into_response());

@@ -1,4 +1,7 @@
-//! Bearer-token auth of the TCP listener.
+//! The listeners' credentials: the static bearer token of `[tcp]
+//! token_file`, and the kernel's word on who is at the other end of a unix
+//! socket connection ([`UnixPeer`]). Who that makes the caller is
+//! `crate::identity`'s.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -64,6 +67,44 @@ impl Token {
     }
 }
 
+/// A unix-socket connection's peer, from SO_PEERCRED: filled in by the
+/// kernel when the client connected, so a client cannot claim another uid.
+/// `None` when the kernel gave nothing (then nobody is let in).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixPeer {
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+}
+
+impl UnixPeer {
+    /// The peer of a connected stream.
+    pub fn of(stream: &tokio::net::UnixStream) -> UnixPeer {
+        match stream.peer_cred() {
+            Ok(c) => UnixPeer {
+                uid: Some(c.uid()),
+                pid: c.pid(),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "SO_PEERCRED failed; the connection is refused");
+                UnixPeer {
+                    uid: None,
+                    pid: None,
+                }
+            }
+        }
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
+    > for UnixPeer
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        UnixPeer::of(s.io())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +117,15 @@ mod tests {
         assert!(!t.matches(""));
         assert!(Token::new("short").is_err());
         assert!(!format!("{t:?}").contains("0123"));
+    }
+
+    #[tokio::test]
+    async fn the_peer_is_who_the_kernel_says() {
+        let (a, _b) = tokio::net::UnixStream::pair().unwrap();
+        let p = UnixPeer::of(&a);
+        // SAFETY: geteuid cannot fail.
+        assert_eq!(p.uid, Some(unsafe { libc::geteuid() }));
+        assert_eq!(p.pid, Some(std::process::id() as i32));
     }
 
     #[test]

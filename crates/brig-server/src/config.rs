@@ -27,6 +27,9 @@ pub struct ServerConfig {
     /// The `brig` binary run as `oci-runtime` and placed in sandboxes as init.
     pub brig_exe: PathBuf,
     pub tcp: Option<TcpConfig>,
+    /// `[identity]`: who may call the API (brig-identity; docs/IDENTITY.md).
+    /// The default: local users on the unix socket, no IdP.
+    pub identity: brig_identity::IdentityConfig,
     /// Limits of a session that neither its profile nor its request sets.
     pub defaults: Limits,
     /// Cap on everything `--repo` and `--upload` copy into one workspace.
@@ -155,7 +158,8 @@ impl RawArtifacts {
 #[derive(Clone, Debug)]
 pub struct TcpConfig {
     pub listen: SocketAddr,
-    pub token_file: PathBuf,
+    /// The static bearer token; optional when `[identity.oidc]` is set.
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -224,6 +228,8 @@ struct RawConfig {
     brig_exe: Option<PathBuf>,
     upload_cap: Option<Size>,
     tcp: Option<RawTcp>,
+    #[serde(default)]
+    identity: brig_identity::IdentityConfig,
     #[serde(default)]
     defaults: RawLimits,
     #[serde(default)]
@@ -447,6 +453,7 @@ impl ServerConfig {
             socket: data_dir.join("brig.sock"),
             brig_exe: default_brig_exe(),
             tcp: None,
+            identity: brig_identity::IdentityConfig::default(),
             defaults: Limits::default(),
             upload_cap_bytes: DEFAULT_UPLOAD_CAP,
             reaper: ReaperConfig::default(),
@@ -539,6 +546,9 @@ impl ServerConfig {
                 .map_err(|e| e.context(at(&format!("[[journal.sinks]] '{}'", sink.name))))?;
         }
         journal.sinks = raw.journal.sinks;
+        raw.identity.validate().map_err(|e| {
+            Error::invalid(at(&e.to_string())).hint("see docs/IDENTITY.md for [identity]")
+        })?;
         let tcp = match raw.tcp {
             None => None,
             Some(t) => {
@@ -549,12 +559,16 @@ impl ServerConfig {
                     )))
                     .hint("e.g. listen = \"127.0.0.1:7420\"")
                 })?;
-                // TCP without a token would be an open door: refuse outright.
-                let token_file = t.token_file.ok_or_else(|| {
-                    Error::invalid(at("[tcp] needs token_file: brig never listens on TCP without a bearer token"))
-                        .hint("write a random token (e.g. `openssl rand -hex 32`) to a file only root can read and set token_file")
-                })?;
-                Some(TcpConfig { listen, token_file })
+                // TCP without a way to authenticate would be an open door
+                // (API tokens need someone to issue them): refuse outright.
+                if t.token_file.is_none() && raw.identity.oidc.is_none() {
+                    return Err(Error::invalid(at("[tcp] needs token_file or [identity.oidc]: brig never listens on TCP without authentication"))
+                        .hint("write a random token (e.g. `openssl rand -hex 32`) to a file only root can read and set token_file, or configure [identity.oidc]"));
+                }
+                Some(TcpConfig {
+                    listen,
+                    token_file: t.token_file,
+                })
             }
         };
         let egress = raw.egress.unwrap_or_default();
@@ -642,6 +656,7 @@ impl ServerConfig {
             socket: raw.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
             brig_exe: raw.brig_exe.unwrap_or_else(default_brig_exe),
             tcp,
+            identity: raw.identity,
             defaults,
             upload_cap_bytes,
             reaper,
@@ -936,6 +951,44 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn identity_is_local_by_default_and_checked_at_load() {
+        let c = ServerConfig::parse("", "b.toml").unwrap();
+        assert!(c.identity.oidc.is_none());
+        assert_eq!(c.identity.local.default_roles, vec!["admin".to_string()]);
+        // [tcp] needs no token_file when an IdP authenticates.
+        let c = ServerConfig::parse(
+            "[tcp]\nlisten = \"127.0.0.1:7420\"\n[identity.oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"brig\"\n",
+            "b.toml",
+        )
+        .unwrap();
+        assert_eq!(c.tcp.unwrap().token_file, None);
+        assert_eq!(c.identity.oidc.unwrap().client_id, "brig");
+        for (text, key) in [
+            (
+                "[identity.oidc]\nissuer = \"http://idp.example.com\"\nclient_id = \"b\"",
+                "issuer",
+            ),
+            (
+                "[identity.oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"\"",
+                "client_id",
+            ),
+            (
+                "[identity.tokens]\nmax_ttl = \"1d\"\ndefault_ttl = \"2d\"",
+                "default_ttl",
+            ),
+            ("[identity.users.Bad]\n", "Bad"),
+            ("[identity]\nmode = \"x\"", "mode"),
+        ] {
+            let e = ServerConfig::parse(text, "b.toml").unwrap_err();
+            assert_eq!(e.kind, brig_core::ErrorKind::InvalidInput);
+            assert!(
+                e.message.contains(key) && e.message.contains("b.toml"),
+                "{key}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -28,7 +28,12 @@ fn exec_event(session: &str, human: &str, argv: &[&str]) -> Event {
 }
 
 async fn get(mgr: &Arc<Manager>, path: &str) -> (StatusCode, Value) {
-    let app = api::router(AppState { mgr: mgr.clone() }, None);
+    let app = api::router(AppState { mgr: mgr.clone() }, None).layer(
+        axum::extract::connect_info::MockConnectInfo(crate::auth::UnixPeer {
+            uid: Some(0),
+            pid: None,
+        }),
+    );
     let resp = app
         .oneshot(Request::get(path).body(Body::empty()).unwrap())
         .await

@@ -6,7 +6,9 @@
 //! Values are grouped by owner (`artifact-urls`, `session:<id>`, ...): an
 //! owner's set is replaced or forgotten whole. A value may carry an expiry;
 //! it stays known for [`GRACE_MS`] after it, so late logs of it are still
-//! masked. The scanner's secret patterns join brig-redact's own.
+//! masked. The scanner's secret patterns join brig-redact's own, and brig's
+//! own API tokens (`brig_pat_…`, [`brig_identity::TOKEN_REGEX`]) are always
+//! among them.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use brig_core::{Error, Result};
 use brig_redact::Redactor;
 use brig_store::Store;
+
+/// The redactor's rule for a leaked brig API token.
+pub const API_TOKEN_RULE: &str = "brig-api-token";
 
 /// How long an expired value stays known.
 pub const GRACE_MS: u64 = 24 * 3600 * 1000;
@@ -43,8 +48,13 @@ fn now_ms() -> u64 {
 
 impl KnownSecrets {
     /// `patterns` (rule, regex) are checked here: one that does not compile
-    /// is an error, not a redactor silently weaker.
-    pub fn new(store: Arc<Store>, patterns: Vec<(String, String)>) -> Result<KnownSecrets> {
+    /// is an error, not a redactor silently weaker. brig's API token
+    /// pattern is added to them.
+    pub fn new(store: Arc<Store>, mut patterns: Vec<(String, String)>) -> Result<KnownSecrets> {
+        patterns.push((
+            API_TOKEN_RULE.to_string(),
+            brig_identity::TOKEN_REGEX.to_string(),
+        ));
         let mut b = Redactor::builder();
         for (rule, re) in &patterns {
             b = b
@@ -142,17 +152,22 @@ mod tests {
                 until_ms: None,
             },
         );
+        let pat = "brig_pat_0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefg";
         let ev = Event::new("exec.start", Outcome::Info).details(
-            serde_json::json!({"argv": ["psql", "hunter2-but-longer", "acme_abcdefghij"]}),
+            serde_json::json!({"argv": ["psql", "hunter2-but-longer", "acme_abcdefghij", pat]}),
         );
         store.append_events(&[ev]).unwrap();
         let text = serde_json::to_string(&store.events(None).unwrap()).unwrap();
         assert!(
-            !text.contains("hunter2-but-longer") && !text.contains("acme_abcdefghij"),
+            !text.contains("hunter2-but-longer")
+                && !text.contains("acme_abcdefghij")
+                && !text.contains(pat),
             "{text}"
         );
         assert!(
-            text.contains("[REDACTED:secret:DB_PASSWORD]") && text.contains("[REDACTED:acme]"),
+            text.contains("[REDACTED:secret:DB_PASSWORD]")
+                && text.contains("[REDACTED:acme]")
+                && text.contains(&format!("[REDACTED:{API_TOKEN_RULE}]")),
             "{text}"
         );
         k.set_owner("session:s1", vec![]);

@@ -139,13 +139,16 @@ pub(crate) async fn start_inner(cfg: ServerConfig, reconcile: bool) -> Result<Ru
         ))
         .hint("set data_dir in brig.toml to a directory brig serve can write")
     })?;
-    let token = match &cfg.tcp {
-        Some(t) => Some(Arc::new(auth::Token::from_file(&t.token_file)?)),
+    let token = match cfg.tcp.as_ref().and_then(|t| t.token_file.as_ref()) {
+        Some(f) => Some(Arc::new(auth::Token::from_file(f)?)),
         None => None,
     };
+    // The IdP's client is built now (its CA and client secret read), so a
+    // broken [identity] stops the start; discovery waits for the first use.
+    let identity = Arc::new(identity::Identity::new(&cfg.identity)?);
     // Claim the socket first: a second brig serve must not touch the first one's sessions.
     let unix = bind_unix(&cfg.socket).await?;
-    match listen(&cfg, unix, token, reconcile).await {
+    match listen(&cfg, unix, token, identity, reconcile).await {
         Ok(s) => Ok(s),
         Err(e) => {
             let _ = std::fs::remove_file(&cfg.socket);
@@ -158,6 +161,7 @@ async fn listen(
     cfg: &ServerConfig,
     unix: tokio::net::UnixListener,
     token: Option<Arc<auth::Token>>,
+    identity: Arc<identity::Identity>,
     reconcile: bool,
 ) -> Result<RunningServer> {
     let db_path = cfg.db_path();
@@ -184,7 +188,7 @@ async fn listen(
     let state = api::AppState { mgr: mgr.clone() };
     let mut servers = Vec::new();
     let mut tcp_addr = None;
-    if let (Some(t), Some(token)) = (&cfg.tcp, token) {
+    if let Some(t) = &cfg.tcp {
         let l = tokio::net::TcpListener::bind(t.listen).await.map_err(|e| {
             Error::new(
                 ErrorKind::Unavailable,
@@ -193,28 +197,35 @@ async fn listen(
             .hint("change [tcp] listen in brig.toml or stop what uses that port")
         })?;
         tcp_addr = l.local_addr().ok();
-        let app = api::router(state.clone(), Some(token));
+        let app = api::router_with(state.clone(), identity.clone(), api::Listener::Tcp(token));
         let mut rx = stop_rx.clone();
         servers.push(tokio::spawn(async move {
-            let r = axum::serve(l, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "TCP listener failed");
-            }
-        }));
-        tracing::info!(addr = %t.listen, "listening on TCP (bearer token required)");
-    }
-    let app = api::router(state, None);
-    let mut rx = stop_rx;
-    servers.push(tokio::spawn(async move {
-        let r = axum::serve(unix, app)
+            let r = axum::serve(
+                l,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
             .with_graceful_shutdown(async move {
                 let _ = rx.wait_for(|s| *s).await;
             })
             .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "TCP listener failed");
+            }
+        }));
+        tracing::info!(addr = %t.listen, oidc = identity.oidc_configured(), "listening on TCP (bearer token required)");
+    }
+    let app = api::router_with(state, identity, api::Listener::Unix);
+    let mut rx = stop_rx;
+    servers.push(tokio::spawn(async move {
+        // Every connection's peer uid (SO_PEERCRED) names its caller.
+        let r = axum::serve(
+            unix,
+            app.into_make_service_with_connect_info::<auth::UnixPeer>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })
+        .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "unix listener failed");
         }

@@ -34,6 +34,7 @@ fn fixture() -> Fixture {
 }
 
 impl Fixture {
+    /// The unix router, called as root over the socket would be.
     fn app(&self) -> axum::Router {
         api::router(
             AppState {
@@ -41,6 +42,12 @@ impl Fixture {
             },
             None,
         )
+        .layer(axum::extract::connect_info::MockConnectInfo(
+            crate::auth::UnixPeer {
+                uid: Some(0),
+                pid: None,
+            },
+        ))
     }
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         call(self.app(), method, path, body, None).await
