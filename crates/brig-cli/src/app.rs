@@ -188,6 +188,13 @@ async fn dispatch(cli: Cli, out: Out) -> Result<i32> {
         }
         Command::Creds(cmd) => crate::creds::run(&client(&cli)?, cmd, out).await,
         Command::Model(cmd) => crate::model::run(&client(&cli)?, cmd, out).await,
+        Command::Approvals(cmd) => crate::human::approvals(&client(&cli)?, cmd, out).await,
+        Command::Approve { id, for_, note } => {
+            crate::human::approve(&client(&cli)?, id, for_.as_deref(), note.as_deref(), out).await
+        }
+        Command::Deny { id, reason } => crate::human::deny(&client(&cli)?, id, reason, out).await,
+        Command::Plan(cmd) => crate::human::plan(&client(&cli)?, cmd, out).await,
+        Command::Policy(cmd) => crate::human::policy(config_path(&cli)?.as_deref(), cmd, out),
         Command::Report(cmd) => crate::model::report(&client(&cli)?, cmd, out).await,
         Command::Pr(cmd) => crate::pr::run(&client(&cli)?, cmd, out).await,
         Command::Scan(a) => crate::scan::run(a, config_path(&cli)?.as_deref(), out),

@@ -68,6 +68,30 @@ pub enum Command {
     /// What a session holds of its profile's secrets (never the values).
     #[command(subcommand)]
     Creds(crate::creds::CredsCmd),
+    /// Approval requests of sensitive capabilities.
+    #[command(subcommand)]
+    Approvals(crate::human::ApprovalsCmd),
+    /// Approve a request (you must hold one of the roles it asks for).
+    Approve {
+        id: String,
+        /// How long the approval holds (default [approvals] default_for).
+        #[arg(long = "for", value_name = "DURATION")]
+        for_: Option<String>,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Deny a request; the agent is told the reason.
+    Deny {
+        id: String,
+        #[arg(long, required = true)]
+        reason: String,
+    },
+    /// A session's structured plans (goal, steps, blast radius, rollback).
+    #[command(subcommand)]
+    Plan(crate::human::PlanCmd),
+    /// Check, test and show the Cedar policies (offline, from brig.toml).
+    #[command(subcommand)]
+    Policy(crate::human::PolicyCmd),
     /// What sessions asked models through brig's gateway (captured, redacted).
     #[command(subcommand)]
     Model(crate::model::ModelCmd),

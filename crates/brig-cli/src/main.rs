@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod creds;
 mod demo;
+mod human;
 mod journal;
 mod login;
 mod model;

@@ -597,3 +597,129 @@ async fn create_with_progress_streams_the_checkout_then_the_answer() {
     );
     srv.stop().await;
 }
+
+/// Cedar decides every push after the gateway's own rules (issue 7): a
+/// read-only session never pushes; a pr session cannot push infrastructure
+/// paths; a privileged one can, once an infra-approver approved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_decides_pushes_by_profile_and_paths() {
+    require_root!();
+    let (up_dir, _, _) = upstream();
+    let up = up_dir.path().join("app");
+    let srv = Srv::start_with(|cfg| {
+        let base = cfg.profiles.get("default").unwrap().clone();
+        for (name, phase) in [("ro", "read-only"), ("ops", "privileged")] {
+            let mut p = base.clone();
+            p.policy = phase.into();
+            cfg.profiles.insert(name.into(), p);
+        }
+    })
+    .await;
+    let create = |profile: &'static str| {
+        let up = up.clone();
+        let srv = &srv;
+        async move {
+            let s = srv
+                .create(json!({"task": "GIT-9", "repo": up.display().to_string(), "profile": profile, "human": "ada"}))
+                .await;
+            let id = s["id"].as_str().unwrap().to_string();
+            let (_, show) = srv.call("GET", &format!("/v1/sessions/{id}"), None).await;
+            let prefix = show["git"]["bot_prefix"].as_str().unwrap().to_string();
+            (id, prefix)
+        }
+    };
+    let commit_infra = "cd /workspace && git config user.name A && git config user.email a@x && \
+         mkdir -p infra && echo 'resource \"x\" \"y\" {}' > infra/main.tf && git add infra && git commit -qm infra";
+
+    // read-only: even a bot branch is refused, by the policy that says so.
+    let (ro, prefix) = create("ro").await;
+    let (code, out, _) = sh(
+        &srv,
+        &ro,
+        &format!("cd /workspace && git config user.name A && git config user.email a@x && echo x >> docs/guide.md && git commit -qam doc && git push origin HEAD:{prefix}doc 2>&1"),
+    )
+    .await;
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("read-only.no-push") && out.contains("git.push.policy"),
+        "{out}"
+    );
+
+    // pr (the default profile): a doc change goes, infra/ does not.
+    let (pr, prefix) = create("default").await;
+    let (code, out, _) = sh(
+        &srv,
+        &pr,
+        &format!("{commit_infra} && git push origin HEAD:{prefix}infra 2>&1"),
+    )
+    .await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("pr.push-sensitive"), "{out}");
+
+    // privileged: the push asks for an infra-approver...
+    let (ops, prefix) = create("ops").await;
+    let (code, out, _) = sh(
+        &srv,
+        &ops,
+        &format!("{commit_infra} && git push origin HEAD:{prefix}infra 2>&1"),
+    )
+    .await;
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("needs approval apr-") && out.contains("infra-approver"),
+        "{out}"
+    );
+    let (_, reqs) = srv.call("GET", "/v1/approvals?state=pending", None).await;
+    let apr = reqs[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(reqs[0]["action"], "git.push");
+    assert_eq!(reqs[0]["capability"], "infra");
+    // ...another human with the role approves, and the same push goes.
+    let mgr = srv.server.as_ref().unwrap().manager().clone();
+    let dave = brig_policy::HumanPrincipal::new("dave").with_roles(&["infra-approver"]);
+    mgr.decide_human(&brig_policy::Request::approval_grant(
+        &dave,
+        "ada",
+        &apr,
+        &["infra-approver".to_string()],
+    ))
+    .await
+    .unwrap();
+    mgr.approvals()
+        .unwrap()
+        .decide(
+            &apr,
+            brig_server::approvals::HumanDecision {
+                by: "dave".into(),
+                approve: true,
+                for_: None,
+                note: None,
+                roles: vec!["infra-approver".into()],
+            },
+            true,
+        )
+        .await
+        .unwrap();
+    let (code, out, _) = sh(
+        &srv,
+        &ops,
+        &format!("cd /workspace && git push origin HEAD:{prefix}infra 2>&1"),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    // Each refusal and the acceptance are journaled with their rule.
+    let pushes = events(&srv, &pr, "git.push").await;
+    assert!(
+        pushes
+            .iter()
+            .any(|e| e["outcome"] == "denied" && e["rule"] == "git.push.policy"),
+        "{pushes:?}"
+    );
+    let decisions = events(&srv, &ops, "policy.decision").await;
+    assert!(
+        decisions
+            .iter()
+            .any(|e| e["rule"] == "privileged.push-infra"),
+        "{decisions:?}"
+    );
+    srv.stop().await;
+}

@@ -182,6 +182,17 @@ pub trait GatewayServices: Send + Sync {
     /// Every fetch and push, accepted or not (journal as `git.fetch` / `git.push`).
     /// Called on the request's task: do not block.
     fn record(&self, event: GitEvent);
+    /// Policy on one branch update, after the gateway's own rules and the
+    /// scan passed, with every path its new commits touch: `Err(why)`
+    /// refuses it (shown in git's output). Default: allowed.
+    fn authorize_push<'a>(
+        &'a self,
+        branch: &'a str,
+        paths: &'a [String],
+    ) -> BoxFuture<'a, Result<(), String>> {
+        let _ = (branch, paths);
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// The session a connection belongs to, decided by the channel it came in on (never

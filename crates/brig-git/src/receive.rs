@@ -619,6 +619,62 @@ async fn push(
         }
     }
 
+    // 4b. Policy on each branch, with the paths its new commits touch.
+    let mut c = git(&repo.dir, &env);
+    c.args([
+        "diff-tree",
+        "--stdin",
+        "--no-commit-id",
+        "--name-only",
+        "-r",
+        "--root",
+    ]);
+    let input = commits.join("\n") + "\n";
+    let paths: Vec<String> = if commits.is_empty() {
+        Vec::new()
+    } else {
+        match run_ok(
+            c,
+            Some(input.as_bytes()),
+            "listing the paths the push touches",
+        )
+        .await
+        {
+            Ok(out) => {
+                let mut p: Vec<String> = String::from_utf8_lossy(&out)
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                p.sort();
+                p.dedup();
+                p
+            }
+            Err(e) => {
+                reject_all(cmds, PushRule::Policy, &format!("gateway error: {e}"));
+                return Some(quarantine);
+            }
+        }
+    };
+    for c in cmds.iter_mut() {
+        let branch = c.branch().to_string();
+        if let Err(why) = session.services.authorize_push(&branch, &paths).await {
+            c.verdict = Some((PushRule::Policy, why));
+        }
+    }
+    if cmds.iter().any(|c| c.verdict.is_some()) {
+        reject_rest(cmds);
+        for c in cmds.iter().filter(|c| c.verdict.is_some()) {
+            let (rule, why) = c.verdict.as_ref().expect("filtered");
+            if *rule != PushRule::Atomic {
+                reply
+                    .messages
+                    .push(format!("rejected {}: {why} [{}]", c.refname, rule.name()));
+            }
+        }
+        return Some(quarantine);
+    }
+
     // 5. Accepted: the objects move in, then sign, push upstream, move the refs.
     if let Err(e) = migrate(&qdir, &repo.dir.join("objects")) {
         ev.outcome = Outcome::Error;

@@ -28,6 +28,8 @@ pub enum PushRule {
     Incomplete,
     TooManyCommits,
     Scan,
+    /// brig's policy (Cedar) refused it.
+    Policy,
     /// The scanner itself failed: fail closed.
     ScanUnavailable,
     Signing,
@@ -54,6 +56,7 @@ impl PushRule {
             PushRule::Incomplete => "incomplete",
             PushRule::TooManyCommits => "too_many_commits",
             PushRule::Scan => "scan",
+            PushRule::Policy => "policy",
             PushRule::ScanUnavailable => "scan_unavailable",
             PushRule::Signing => "signing",
             PushRule::Upstream => "upstream",

@@ -59,7 +59,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// `Json` whose rejections are API errors.
 pub struct ApiJson<T>(pub T);
@@ -93,7 +93,7 @@ fn json_rejection(status: StatusCode, text: String) -> Error {
     }
 }
 
-fn parse_id(s: &str) -> Result<SessionId, ApiError> {
+pub(crate) fn parse_id(s: &str) -> Result<SessionId, ApiError> {
     s.parse().map_err(ApiError)
 }
 
@@ -174,6 +174,7 @@ pub(crate) fn routes() -> Routes {
     .post("/v1/drill/kill", drill_kill)
     .get("/v1/images", list_images)
     .post("/v1/images/import", import_image)
+    .with(crate::approvals_api::routes)
     .with(crate::identity::routes)
 }
 
@@ -336,7 +337,7 @@ async fn create_session(
         req.human.as_deref(),
     )?);
     if !q.progress {
-        let info = st.mgr.create(req).await?;
+        let info = st.mgr.create_as(req, None, caller.human()).await?;
         return Ok((StatusCode::CREATED, axum::Json(info)).into_response());
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
@@ -347,7 +348,7 @@ async fn create_session(
     });
     let mgr = st.mgr.clone();
     tokio::spawn(async move {
-        let last = match mgr.create_reporting(req, Some(report)).await {
+        let last = match mgr.create_as(req, Some(report), caller.human()).await {
             Ok(info) => serde_json::json!({ "status": 201, "session": info }),
             Err(e) => serde_json::json!({ "status": e.kind.http_status(), "error": e }),
         };

@@ -62,6 +62,12 @@ pub struct ServerConfig {
     pub models: Option<brig_model::GatewayConfig>,
     /// `[cost]`: the cost model of `brig report cost`.
     pub cost: CostConfig,
+    /// `[policy]`: Cedar policies (brig-policy; docs/POLICY.md).
+    pub policy: brig_policy::PolicyConfig,
+    /// `[approvals]`: how sensitive capabilities wait for a human.
+    pub approvals: crate::approvals::ApprovalsConfig,
+    /// brig.toml's directory: relative policy files are under it.
+    pub config_dir: PathBuf,
     /// Where this came from (a path, or `embedded defaults`), for messages.
     pub source: String,
 }
@@ -216,6 +222,11 @@ pub struct Profile {
     pub gate: Option<crate::git_config::Gate>,
     /// `[profiles.NAME.secrets.GRANT]`: what its sessions hold (default: nothing).
     pub secrets: BTreeMap<String, crate::secrets::Grant>,
+    /// The rollout phase: the policy profile (`read-only`, `pr`,
+    /// `privileged`, or one of `[policy.profiles]`) that decides what its
+    /// agents may do (default: `pr`, or the profile's own name when that
+    /// names a policy profile).
+    pub policy: String,
 }
 
 // ---- the file as written ----
@@ -258,6 +269,10 @@ struct RawConfig {
     models: Option<brig_model::GatewayConfig>,
     #[serde(default)]
     cost: CostConfig,
+    #[serde(default)]
+    policy: brig_policy::PolicyConfig,
+    #[serde(default)]
+    approvals: crate::approvals::ApprovalsConfig,
 }
 
 /// Per-session egress rate limits; unset keys keep brig-proxy's defaults.
@@ -370,6 +385,7 @@ struct RawProfile {
     gate: Option<crate::git_config::RawGate>,
     #[serde(default)]
     secrets: BTreeMap<String, crate::secrets::Grant>,
+    policy: Option<String>,
 }
 
 /// A size: `"2G"` or a number of bytes.
@@ -470,6 +486,9 @@ impl ServerConfig {
             repo_tokens: BTreeMap::new(),
             models: None,
             cost: CostConfig::default(),
+            policy: brig_policy::PolicyConfig::default(),
+            approvals: crate::approvals::ApprovalsConfig::default(),
+            config_dir: PathBuf::from("."),
             source: "embedded defaults".into(),
         }
     }
@@ -480,7 +499,16 @@ impl ServerConfig {
             Error::invalid(format!("cannot read {}: {e}", path.display()))
                 .hint("pass --config PATH, or create the file (see docs/CONFIG.md)")
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let mut cfg = Self::parse(&text, &path.display().to_string())?;
+        cfg.config_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        // Policy files are read (and checked against the schema) now: a
+        // brig.toml whose policies do not compile does not start.
+        crate::policy::Policy::build(&cfg).map_err(|e| e.context(format!("{}", path.display())))?;
+        Ok(cfg)
     }
 
     /// `load` the file if it exists, the defaults (with the stock paths) if not.
@@ -673,6 +701,9 @@ impl ServerConfig {
             repo_tokens: raw.repo_tokens,
             models: raw.models,
             cost: raw.cost,
+            policy: raw.policy,
+            approvals: raw.approvals,
+            config_dir: PathBuf::from("."),
             source: source.to_string(),
         })
     }
@@ -780,7 +811,20 @@ fn resolve_profile(
             .map(|g| g.apply(&format!("{at}.gate")))
             .transpose()?,
         secrets: p.secrets.clone(),
+        policy: p
+            .policy
+            .clone()
+            .unwrap_or_else(|| default_policy_profile(name)),
     })
+}
+
+/// A profile named like a shipped policy profile is that phase; every
+/// other one starts in `pr` (bot branches and PRs behind the test gate).
+pub fn default_policy_profile(profile: &str) -> String {
+    match profile {
+        "read-only" | "pr" | "privileged" => profile.to_string(),
+        _ => "pr".to_string(),
+    }
 }
 
 /// `default` (native) and `gvisor`, both on the `host` image: what brig
@@ -797,6 +841,7 @@ pub fn builtin_profiles(
         egress: egress.clone(),
         gate: None,
         secrets: BTreeMap::new(),
+        policy: default_policy_profile(DEFAULT_PROFILE),
     };
     BTreeMap::from([
         (DEFAULT_PROFILE.to_string(), mk(RuntimeKind::Native)),

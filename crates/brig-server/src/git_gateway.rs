@@ -88,6 +88,10 @@ pub struct Services {
     pub upstream: ForgeUpstream,
     pub signer: Arc<SshSigner>,
     events: mpsc::Sender<GitEvent>,
+    /// The session's policy: every push is decided there (`git.push`).
+    pub gate: Option<Arc<crate::policy::AgentGate>>,
+    /// The repository's name in policy requests.
+    pub repo_name: String,
 }
 
 impl GatewayServices for Services {
@@ -104,6 +108,38 @@ impl GatewayServices for Services {
         if self.events.try_send(event).is_err() {
             tracing::warn!("git event dropped: the journal queue is full");
         }
+    }
+    fn authorize_push<'a>(
+        &'a self,
+        branch: &'a str,
+        paths: &'a [String],
+    ) -> brig_git::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let Some(gate) = &self.gate else {
+                return Ok(());
+            };
+            let labels = gate.policy.sensitivity.label_paths(paths);
+            // The gateway's own rules already took the push to a bot branch
+            // without force: policy decides the rest (the profile may not
+            // push at all; sensitive paths may need an approval).
+            let r = brig_policy::Request::git_push(
+                gate.session.agent(),
+                &self.repo_name,
+                branch,
+                false,
+                true,
+                &labels,
+            );
+            // A push does not wait: git's client would sit silent. The
+            // request is made; the agent pushes again once it is approved.
+            gate.decide(r, &format!("{}:{branch}", self.repo_name), false, &|_| {})
+                .await
+                .map(|_| ())
+                .map_err(|e| match e.hint {
+                    Some(h) => format!("{} ({h})", e.message),
+                    None => e.message,
+                })
+        })
     }
 }
 
@@ -132,6 +168,8 @@ impl Services {
             upstream: ForgeUpstream(forge),
             signer,
             events: tx,
+            gate: None,
+            repo_name: String::new(),
         }
     }
 }

@@ -6,6 +6,8 @@
 //! Sessions are run by the [`manager::Manager`], state lives in brig-store.
 
 pub mod api;
+pub mod approvals;
+pub mod approvals_api;
 pub mod artifacts;
 pub mod auth;
 pub mod client;
@@ -21,9 +23,11 @@ pub mod known_secrets;
 pub mod manager;
 pub mod metrics;
 pub mod models;
+pub mod policy;
 pub mod pr;
 pub mod secrets;
 pub mod sinks;
+pub mod webhook;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};

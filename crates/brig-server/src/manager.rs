@@ -159,6 +159,8 @@ struct Live {
     /// The session's own forge for a `[repos.NAME]`, and the tokens minted
     /// for it (revoked at its end).
     forge: Option<SessionForge>,
+    /// Its agent's policy: every exec and push is decided there.
+    gate: Arc<crate::policy::AgentGate>,
 }
 
 impl Live {
@@ -193,6 +195,11 @@ pub struct Manager {
     /// The model gateway of `[models]` (none without it); built at start,
     /// an error leaves sessions refused with the reason (fail closed).
     models: Option<std::result::Result<Arc<brig_model::Gateway>, String>>,
+    /// Cedar policies (checked at load; an error here refuses every
+    /// session with the reason: fail closed).
+    policy: std::result::Result<Arc<crate::policy::Policy>, String>,
+    /// Approval requests and decisions.
+    approvals: std::result::Result<Arc<crate::approvals::Approvals>, String>,
     /// brig's egress CA (made on first use under the data dir).
     egress_ca: std::sync::OnceLock<Arc<brig_proxy::CertAuthority>>,
     /// The pre-push scanner every session's git gateway uses, or why its
@@ -368,10 +375,24 @@ impl Manager {
                 e
             })
         });
+        let policy = crate::policy::Policy::build(&cfg)
+            .map(Arc::new)
+            .map_err(|e| {
+                tracing::error!(error = %e, "[policy] cannot be built: every session is refused");
+                e.to_string()
+            });
+        let approvals = crate::approvals::Approvals::new(db.clone(), &cfg.approvals)
+            .map(Arc::new)
+            .map_err(|e| {
+                tracing::error!(error = %e, "[approvals] cannot be built");
+                e.to_string()
+            });
         Manager {
             known,
             secrets,
             models,
+            policy,
+            approvals,
             egress_ca: std::sync::OnceLock::new(),
             policies,
             paths: cfg.sandbox_paths(),
@@ -525,6 +546,74 @@ impl Manager {
         self.create_reporting(req, None).await
     }
 
+    /// [`Manager::create`] on behalf of `caller`, whom policy must allow
+    /// (`session.create` in the deployment set).
+    pub async fn create_as(
+        self: &Arc<Self>,
+        req: CreateSession,
+        progress: Option<crate::git::Progress>,
+        caller: brig_policy::HumanPrincipal,
+    ) -> Result<SessionInfo> {
+        let profile = req
+            .profile
+            .clone()
+            .unwrap_or_else(|| DEFAULT_PROFILE.into());
+        let phase = self.cfg.profile(&profile)?.policy.clone();
+        let r = brig_policy::Request::session_create(
+            &caller,
+            req.repo.as_deref().unwrap_or(""),
+            &req.task,
+            &phase,
+        );
+        self.decide_human(&r).await?;
+        self.create_reporting(req, progress).await
+    }
+
+    /// The deployment's policies, or why there are none (fail closed).
+    pub fn policy(&self) -> Result<&Arc<crate::policy::Policy>> {
+        self.policy.as_ref().map_err(|e| {
+            Error::new(
+                ErrorKind::GuardUnavailable,
+                format!("policy is not usable: {e}"),
+            )
+            .hint("fix [policy] in brig.toml (docs/POLICY.md) and restart brig serve")
+        })
+    }
+
+    pub fn approvals(&self) -> Result<&Arc<crate::approvals::Approvals>> {
+        self.approvals.as_ref().map_err(|e| {
+            Error::new(
+                ErrorKind::GuardUnavailable,
+                format!("approvals are not usable: {e}"),
+            )
+            .hint("fix [approvals] in brig.toml and restart brig serve")
+        })
+    }
+
+    /// Decide a human's request (deployment set), journal the decision,
+    /// and refuse it with the policy's reason when denied.
+    pub async fn decide_human(&self, r: &brig_policy::Request) -> Result<brig_policy::Decision> {
+        let d = self.policy()?.engine.authorize(r);
+        self.journal(crate::policy::decision_event(None, &d)).await;
+        if d.is_allowed() {
+            Ok(d)
+        } else {
+            Err(crate::policy::denied(&d))
+        }
+    }
+
+    /// Decide an agent's request through its session's gate (see
+    /// [`crate::policy::AgentGate`]), waiting for an approval if needed.
+    async fn decide_agent(
+        &self,
+        live: &Live,
+        r: brig_policy::Request,
+        resource: &str,
+        say: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<brig_policy::Decision> {
+        live.gate.decide(r, resource, true, say).await
+    }
+
     /// [`Manager::create`], telling `progress` what it is doing (the
     /// checkout's git progress lines among it) on the way.
     pub async fn create_reporting(
@@ -647,6 +736,23 @@ impl Manager {
             layers: vec![],
             exec_count: 0,
             last_activity_at: None,
+        };
+        // Its agent's principal under its profile's policy, before anything
+        // is made for it: no policy, no session.
+        let session_gate = {
+            let policy = self.policy()?.clone();
+            let agent = policy.agent(&info, &profile.policy);
+            let session = Arc::new(policy.engine.session(&agent).map_err(|e| {
+                Error::new(ErrorKind::GuardUnavailable, format!("policy: {e}"))
+                    .hint("fix [policy] in brig.toml (docs/POLICY.md)")
+            })?);
+            Arc::new(crate::policy::AgentGate {
+                policy,
+                approvals: self.approvals.as_ref().ok().cloned(),
+                db: self.db.clone(),
+                session,
+                info: info.clone(),
+            })
         };
         {
             let snapshot = info.clone();
@@ -791,6 +897,7 @@ impl Manager {
                             .as_ref()
                             .map(|(g, _)| (g, forge.as_ref().map(|(f, _)| f.clone()))),
                         secrets.clone(),
+                        &session_gate,
                     )
                 });
         let egress = match started {
@@ -862,6 +969,7 @@ impl Manager {
             egress: Mutex::new(Some(egress)),
             secrets: secrets.as_ref().map(|(s, _)| s.clone()),
             forge: forge.clone(),
+            gate: session_gate.clone(),
         });
         self.live_table().insert(id.clone(), live.clone());
         self.metrics
@@ -898,6 +1006,7 @@ impl Manager {
             Arc<crate::secrets::SessionSecrets>,
             Arc<brig_proxy::CertAuthority>,
         )>,
+        gate: &Arc<crate::policy::AgentGate>,
     ) -> Result<crate::egress::SessionChannels> {
         let policy = match self.policies.get(&info.profile) {
             Some(Ok(p)) => p.clone(),
@@ -920,7 +1029,7 @@ impl Manager {
         };
         let dir = brig_sandbox::egress::host_dir(sandbox.session_dir());
         let mut local = match git {
-            Some((g, forge)) => vec![self.git_gateway(info, g, forge)?],
+            Some((g, forge)) => vec![self.git_gateway(info, g, forge, gate)?],
             None => vec![],
         };
         match &self.models {
@@ -958,19 +1067,22 @@ impl Manager {
         info: &SessionInfo,
         g: &crate::git::SessionGit,
         forge: Option<Arc<dyn brig_forge::Forge>>,
+        gate: &Arc<crate::policy::AgentGate>,
     ) -> Result<Arc<dyn brig_proxy::local::LocalService>> {
         let signer = self.git_signer()?;
         let forge = match forge {
             Some(f) => f,
             None => self.session_forge(g)?,
         };
-        let services = crate::git_gateway::Services::new(
+        let mut services = crate::git_gateway::Services::new(
             self.db.clone(),
             info,
             self.scanner()?,
             forge,
             signer,
         );
+        services.gate = Some(gate.clone());
+        services.repo_name = g.name.clone();
         let repo = brig_git::SessionRepo {
             dir: crate::git::gateway_dir(&self.cfg.data_dir, &info.id),
             name: g.name.clone(),
@@ -994,6 +1106,13 @@ impl Manager {
                 services: Arc::new(services),
             },
         }))
+    }
+
+    /// Whether the session is live (not ended, not being destroyed).
+    pub fn is_live(&self, id: &SessionId) -> bool {
+        self.live_table()
+            .get(id)
+            .is_some_and(|l| !l.closing.load(Ordering::SeqCst))
     }
 
     /// The model gateway, when `[models]` is configured and usable.
@@ -1371,6 +1490,13 @@ impl Manager {
         if live.closing.load(Ordering::SeqCst) {
             return Err(Error::conflict(format!("session {id} is being destroyed")));
         }
+        // Policy decides, before anything runs (approval may be waited for).
+        let labels = self.policy()?.sensitivity.label_command(&req.argv);
+        let preq = brig_policy::Request::exec(live.gate.session.agent(), &req.argv, &labels);
+        let msgs = std::sync::Mutex::new(Vec::new());
+        let say = |m: String| msgs.lock().unwrap_or_else(|p| p.into_inner()).push(m);
+        self.decide_agent(&live, preq, &req.argv.join(" "), &say)
+            .await?;
         let cwd = req.cwd.clone().unwrap_or_else(|| "/workspace".into());
         let mut env = live.env.clone();
         if req.tty.is_some() {
@@ -1437,6 +1563,10 @@ impl Manager {
         }
 
         let (tx, rx) = mpsc::channel(64);
+        // What the command waited for (an approval) comes first on stderr.
+        for m in msgs.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            let _ = tx.try_send(ExecOut::Stderr(format!("{m}\n").into_bytes()));
+        }
         let ctl = ExecCtl {
             exec_id: exec_id.clone(),
             handle: handle.clone(),
@@ -1744,6 +1874,10 @@ impl Manager {
         if let Some(Ok(gw)) = &self.models {
             gw.close_session(live.id.as_str());
         }
+        if let Ok(a) = &self.approvals {
+            let snapshot = live.info.lock().await.clone();
+            a.cancel_session(&snapshot).await;
+        }
         // Credentials are revoked while the sandbox is shredded, not after:
         // a kill must not leave them valid for as long as a shred takes.
         let revoke = async {
@@ -1851,6 +1985,9 @@ impl Manager {
 
     /// One pass of the reaper: timebox, idle timeout, idle marking.
     pub async fn reap_once(self: &Arc<Self>) {
+        if let Ok(a) = &self.approvals {
+            a.expire_due().await;
+        }
         let lives: Vec<Arc<Live>> = self.live_table().values().cloned().collect();
         let mark_after = self.cfg.reaper.mark_idle_after;
         for live in lives {

@@ -1,0 +1,323 @@
+//! Policy and human approval (issue 7) end to end in real `native`
+//! sessions: Cedar decides every exec; in a `privileged` session a
+//! migration waits for a db-approver, who is not the session's own human;
+//! a denial reaches the agent with its reason; two approvers cannot both
+//! decide; an approval for a killed session is refused; a `pr` session
+//! cannot run it at all; every step is in the journal.
+
+mod server_support;
+
+use std::time::Duration;
+
+use brig_policy::{HumanPrincipal, Request};
+use serde_json::{json, Value};
+use server_support::*;
+
+fn configure(cfg: &mut brig_server::ServerConfig) {
+    let mut ops = cfg.profiles.get("default").unwrap().clone();
+    ops.policy = "privileged".into();
+    cfg.profiles.insert("ops".into(), ops);
+    cfg.approvals.wait = "30s".into();
+}
+
+const MIGRATE: &str = "alembic upgrade head || echo migrated";
+const APPLY: &str = "terraform apply -auto-approve || echo applied";
+
+async fn pending(srv: &Srv, n: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        let (st, v) = srv.call("GET", "/v1/approvals?state=pending", None).await;
+        assert_eq!(st, 200, "{v}");
+        if v.as_array().unwrap().len() >= n {
+            return v.as_array().unwrap().clone();
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("fewer than {n} pending approval requests");
+}
+
+/// `who` decides `id`: policy first (approval.grant), then the store, as
+/// the API does for an authenticated caller.
+async fn decide(
+    srv: &Srv,
+    who: &HumanPrincipal,
+    id: &str,
+    approve: bool,
+    note: Option<&str>,
+) -> brig_core::Result<Value> {
+    let mgr = srv.server.as_ref().unwrap().manager().clone();
+    let rec = mgr.approvals()?.get(id).await?;
+    mgr.decide_human(&Request::approval_grant(who, &rec.human, id, &rec.roles))
+        .await?;
+    let live = mgr.is_live(&rec.session.parse().unwrap());
+    let roles: Vec<String> = rec
+        .roles
+        .iter()
+        .filter(|r| who.roles.contains(r))
+        .cloned()
+        .collect();
+    let done = mgr
+        .approvals()?
+        .decide(
+            id,
+            brig_server::approvals::HumanDecision {
+                by: who.id.clone(),
+                approve,
+                for_: Some(Duration::from_secs(600)),
+                note: note.map(str::to_string),
+                roles,
+            },
+            live,
+        )
+        .await?;
+    Ok(serde_json::to_value(done).unwrap())
+}
+
+fn sh(script: &str) -> Value {
+    json!({"argv": ["/bin/sh", "-c", script], "timeout_ms": 60000})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_waits_for_another_human_with_the_role() {
+    require_root!();
+    let srv = Srv::start_with(configure).await;
+    let s = srv
+        .create(json!({"task": "OPS-1", "profile": "ops", "human": "ada"}))
+        .await;
+    let id = s["id"].as_str().unwrap().to_string();
+
+    // An ordinary command runs at once.
+    let r = srv.exec_req(&id, sh("echo ok")).await;
+    assert_eq!(r["status"]["code"], 0, "{r}");
+
+    // The migration waits...
+    let sock = srv.sock.clone();
+    let id2 = id.clone();
+    let waiting = tokio::spawn(async move {
+        brig_server::client::request(
+            &sock,
+            "POST",
+            &format!("/v1/sessions/{id2}/exec"),
+            Some(&sh(MIGRATE)),
+        )
+        .await
+    });
+    let reqs = pending(&srv, 1).await;
+    let a = &reqs[0];
+    let apr = a["id"].as_str().unwrap().to_string();
+    assert_eq!(a["action"], "exec");
+    assert_eq!(a["capability"], "migration");
+    assert_eq!(a["roles"], json!(["db-approver"]));
+    assert_eq!(a["human"], "ada");
+    assert!(a["reason"].as_str().unwrap().contains("db-approver"), "{a}");
+    assert!(!waiting.is_finished());
+
+    // ...the session's own human cannot approve it, nor can someone
+    // without the role (the local admin over the socket, through the API).
+    let ada = HumanPrincipal::new("ada").with_roles(&["db-approver"]);
+    let e = decide(&srv, &ada, &apr, true, None).await.unwrap_err();
+    assert!(e.to_string().contains("deploy.no-self-approval"), "{e}");
+    let (st, v) = srv
+        .call(
+            "POST",
+            &format!("/v1/approvals/{apr}/approve"),
+            Some(json!({"for": "10m"})),
+        )
+        .await;
+    assert_eq!(st, 403, "{v}");
+    assert!(
+        v.to_string().contains("default-deny") || v.to_string().contains("approval"),
+        "{v}"
+    );
+
+    // bob holds the role: approved, and the command runs.
+    let bob = HumanPrincipal::new("bob").with_roles(&["db-approver"]);
+    let done = decide(&srv, &bob, &apr, true, None).await.unwrap();
+    assert_eq!(done["state"], "approved");
+    assert_eq!(done["decided_by"], "human:bob");
+    let (st, out) = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the exec ends once approved")
+        .unwrap()
+        .unwrap();
+    assert_eq!(st, 200, "{out}");
+    assert_eq!(out["status"]["code"], 0, "{out}");
+    assert!(
+        out["stdout"].as_str().unwrap().contains("migrated"),
+        "{out}"
+    );
+    assert!(
+        out["stderr"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("needs approval {apr}")),
+        "the agent was told what it waited for: {out}"
+    );
+
+    // A second approver finds it decided.
+    let carol = HumanPrincipal::new("carol").with_roles(&["db-approver"]);
+    let e = decide(&srv, &carol, &apr, false, Some("no"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("already approved (by human:bob)"),
+        "{e}"
+    );
+
+    // The approval holds for the same command: it runs at once.
+    let r = tokio::time::timeout(Duration::from_secs(10), srv.exec_req(&id, sh(MIGRATE)))
+        .await
+        .expect("a held approval does not wait");
+    assert_eq!(r["status"]["code"], 0, "{r}");
+    assert_eq!(pending(&srv, 0).await.len(), 0);
+
+    // A denial reaches the agent with its reason.
+    let sock = srv.sock.clone();
+    let id3 = id.clone();
+    let waiting = tokio::spawn(async move {
+        brig_server::client::request(
+            &sock,
+            "POST",
+            &format!("/v1/sessions/{id3}/exec"),
+            Some(&sh(APPLY)),
+        )
+        .await
+    });
+    let reqs = pending(&srv, 1).await;
+    let apr2 = reqs[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(reqs[0]["roles"], json!(["infra-approver"]));
+    let dave = HumanPrincipal::new("dave").with_roles(&["infra-approver"]);
+    decide(&srv, &dave, &apr2, false, Some("not during the freeze"))
+        .await
+        .unwrap();
+    let (st, out) = waiting.await.unwrap().unwrap();
+    assert_eq!(st, 403, "{out}");
+    let msg = out["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("denied by human:dave: not during the freeze"),
+        "{msg}"
+    );
+
+    // A request pending when the session is killed cannot be approved.
+    let sock = srv.sock.clone();
+    let id4 = id.clone();
+    let waiting = tokio::spawn(async move {
+        brig_server::client::request(
+            &sock,
+            "POST",
+            &format!("/v1/sessions/{id4}/exec"),
+            Some(&sh("alembic downgrade -1 || true")),
+        )
+        .await
+    });
+    let reqs = pending(&srv, 1).await;
+    let apr3 = reqs[0]["id"].as_str().unwrap().to_string();
+    let (st, _) = srv
+        .call("POST", &format!("/v1/sessions/{id}/kill"), None)
+        .await;
+    assert_eq!(st, 200);
+    let _ = waiting.await;
+    let e = decide(&srv, &bob, &apr3, true, None).await.unwrap_err();
+    assert!(e.to_string().contains("cancelled"), "{e}");
+
+    // The journal has each step, with the policies that decided.
+    let (_, j) = srv
+        .call(
+            "GET",
+            &format!("/v1/journal?session={id}&limit=10000"),
+            None,
+        )
+        .await;
+    let evs = j.as_array().unwrap();
+    let count = |a: &str| evs.iter().filter(|e| e["action"] == a).count();
+    assert_eq!(count("approval.request"), 3, "{j}");
+    assert_eq!(count("approval.grant"), 1);
+    assert_eq!(count("approval.deny"), 1);
+    assert_eq!(count("approval.cancel"), 1);
+    let needs: Vec<&Value> = evs
+        .iter()
+        .filter(|e| {
+            e["action"] == "policy.decision" && e["details"]["decision"] == "needs_approval"
+        })
+        .collect();
+    assert!(needs.len() >= 3, "{j}");
+    assert_eq!(needs[0]["rule"], "privileged.exec-migration");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pr_session_cannot_run_a_migration_and_is_told_why() {
+    require_root!();
+    let srv = Srv::start_with(configure).await;
+    let s = srv.create(json!({"task": "PR-1", "human": "ada"})).await;
+    let id = s["id"].as_str().unwrap().to_string();
+    let (st, v) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/exec"),
+            Some(sh(MIGRATE)),
+        )
+        .await;
+    assert_eq!(st, 403, "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("pr.exec-sensitive") && m.contains("privileged session"),
+        "{m}"
+    );
+    assert!(
+        v["error"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("brig policy test"),
+        "{v}"
+    );
+    // Nothing ran, nothing is pending, and the denial is journaled.
+    assert_eq!(pending(&srv, 0).await.len(), 0);
+    let (_, j) = srv
+        .call(
+            "GET",
+            &format!("/v1/journal?session={id}&limit=10000"),
+            None,
+        )
+        .await;
+    assert!(j
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "policy.decision"
+            && e["outcome"] == "denied"
+            && e["rule"] == "pr.exec-sensitive"));
+    assert!(!j
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "exec.start"));
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standing_rule_approves_at_once_and_says_so() {
+    require_root!();
+    let srv = Srv::start_with(|cfg| {
+        configure(cfg);
+        cfg.approvals.standing.insert(
+            "ops-migrations".into(),
+            toml::from_str(
+                "capability = \"migration\"\ntask_prefix = \"OPS-\"\nroles = [\"db-approver\"]\n",
+            )
+            .unwrap(),
+        );
+    })
+    .await;
+    let s = srv
+        .create(json!({"task": "OPS-7", "profile": "ops", "human": "ada"}))
+        .await;
+    let id = s["id"].as_str().unwrap().to_string();
+    let r = tokio::time::timeout(Duration::from_secs(10), srv.exec_req(&id, sh(MIGRATE)))
+        .await
+        .expect("a standing rule does not wait for a human");
+    assert_eq!(r["status"]["code"], 0, "{r}");
+    let (_, all) = srv.call("GET", "/v1/approvals", None).await;
+    assert_eq!(all[0]["state"], "approved", "{all}");
+    assert_eq!(all[0]["decided_by"], "rule:ops-migrations");
+    srv.stop().await;
+}

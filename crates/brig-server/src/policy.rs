@@ -1,0 +1,242 @@
+//! Cedar policy in the control plane (issue 7; docs/POLICY.md): the engine
+//! built from `[policy]` at start (a policy that does not compile stops
+//! brig from starting), each session's principal, and the journal's form
+//! of a decision. Handlers ask here; they never decide with `if`s.
+
+use std::sync::Arc;
+
+use brig_core::event::{Event, Outcome};
+use brig_core::session::SessionInfo;
+use brig_core::{Error, ErrorKind, Result};
+use brig_policy::{AgentPrincipal, Decision, HumanPrincipal, PolicyEngine, SensitivityMatcher};
+
+use crate::config::ServerConfig;
+use crate::manager::session_event;
+
+/// The deployment's policies and sensitivity patterns.
+pub struct Policy {
+    pub engine: Arc<PolicyEngine>,
+    pub sensitivity: SensitivityMatcher,
+}
+
+impl Policy {
+    /// Read and check `[policy]` (files relative to brig.toml's directory),
+    /// and that every `[profiles.NAME] policy` names a policy profile.
+    pub fn build(cfg: &ServerConfig) -> Result<Policy> {
+        let bad = |e: brig_policy::PolicyError| {
+            Error::invalid(format!("[policy]: {e}")).hint("the [policy] keys and the shipped policies are in docs/POLICY.md; `brig policy lint FILE` checks a policy file")
+        };
+        let spec =
+            brig_policy::EngineSpec::from_config(&cfg.policy, &cfg.config_dir).map_err(bad)?;
+        let engine = PolicyEngine::new(&spec).map_err(bad)?;
+        let sensitivity = cfg.policy.sensitive.compile().map_err(bad)?;
+        let known = engine.profiles();
+        for (name, p) in &cfg.profiles {
+            if !known.contains(&p.policy) {
+                return Err(Error::invalid(format!(
+                    "[profiles.{name}] policy = {:?} is not a policy profile",
+                    p.policy
+                ))
+                .hint(format!(
+                    "use one of {} (or add [policy.profiles.{}])",
+                    known.join(", "),
+                    p.policy
+                )));
+            }
+        }
+        Ok(Policy {
+            engine: Arc::new(engine),
+            sensitivity,
+        })
+    }
+
+    /// The principal of `info`'s session under its profile's policy.
+    pub fn agent(&self, info: &SessionInfo, policy_profile: &str) -> AgentPrincipal {
+        AgentPrincipal::new(
+            info.id.to_string(),
+            HumanPrincipal::new(info.human.clone()),
+            info.task.to_string(),
+            policy_profile.to_string(),
+        )
+    }
+}
+
+/// The journal's form of a decision: `policy.decision`, its rule the
+/// deciding policy, its details the whole decision (the policies and their
+/// reasons).
+pub fn decision_event(info: Option<&SessionInfo>, d: &Decision) -> Event {
+    let outcome = match d.outcome {
+        brig_policy::Outcome::Allow => Outcome::Success,
+        brig_policy::Outcome::Deny => Outcome::Denied,
+        brig_policy::Outcome::NeedsApproval { .. } => Outcome::Info,
+    };
+    let mut ev = match info {
+        Some(i) => session_event(i, "policy.decision", outcome),
+        None => Event::new("policy.decision", outcome),
+    };
+    if info.is_none() && d.principal.starts_with("human:") {
+        ev.human = Some(d.principal.trim_start_matches("human:").to_string());
+    }
+    ev.rule(d.rule().to_string())
+        .details(serde_json::to_value(d).unwrap_or_default())
+}
+
+/// A denial as the API's error: which policy denied it, why, and how to
+/// ask for access.
+pub fn denied(d: &Decision) -> Error {
+    let reason = d
+        .determining
+        .first()
+        .map(|p| p.reason.clone())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "no policy permits it (default deny)".to_string());
+    Error::new(
+        ErrorKind::Denied,
+        format!(
+            "policy denied {} on {}: {reason} [{}]",
+            d.action,
+            d.resource,
+            d.rule()
+        ),
+    )
+    .hint(match &d.outcome {
+        brig_policy::Outcome::NeedsApproval { roles, .. } => format!(
+            "this needs a human's approval (role {}): see `brig approvals list`",
+            roles.join(" or ")
+        ),
+        _ => format!(
+            "ask an administrator to change the session's policy profile or the policy {}; `brig policy test` shows what decides a request",
+            d.rule()
+        ),
+    })
+}
+
+/// One session's agent before policy: its prebuilt entities, the
+/// approvals it may wait for, and the journal its decisions go to. The
+/// exec path and the git gateway both decide through it.
+pub struct AgentGate {
+    pub policy: Arc<Policy>,
+    pub approvals: Option<Arc<crate::approvals::Approvals>>,
+    pub db: crate::manager::Db,
+    pub session: Arc<brig_policy::SessionPolicy>,
+    /// The session as created (its id, human, task and repo name events).
+    pub info: SessionInfo,
+}
+
+impl AgentGate {
+    async fn journal(&self, d: &Decision) {
+        let ev = decision_event(Some(&self.info), d);
+        if let Err(e) = self
+            .db
+            .write(move |s| s.append_event(&ev).map(|_| ()))
+            .await
+        {
+            tracing::error!(session = %self.info.id, error = %e, "could not journal a policy decision");
+        }
+    }
+
+    /// Decide `r` (on `resource`, as an approval request names it). When
+    /// policy asks for a human's approval: an approval already held is
+    /// used; otherwise a request is made (or the pending one reused) and,
+    /// with `wait`, waited for up to `[approvals] wait` after `say` tells
+    /// the agent what it waits for. Every decision is journaled.
+    pub async fn decide(
+        &self,
+        r: brig_policy::Request,
+        resource: &str,
+        wait: bool,
+        say: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<Decision> {
+        let d = self.policy.engine.authorize_session(&self.session, &r);
+        self.journal(&d).await;
+        let (roles, policies) = match &d.outcome {
+            brig_policy::Outcome::Allow => return Ok(d),
+            brig_policy::Outcome::Deny => return Err(denied(&d)),
+            brig_policy::Outcome::NeedsApproval { roles, policies } => {
+                (roles.clone(), policies.clone())
+            }
+        };
+        let approvals = self.approvals.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::GuardUnavailable,
+                "this needs a human's approval, but [approvals] is not usable",
+            )
+        })?;
+        let labels = match &r.action {
+            brig_policy::Action::Exec { sensitive, .. }
+            | brig_policy::Action::GitPush { sensitive, .. }
+            | brig_policy::Action::NetConnect { sensitive, .. }
+            | brig_policy::Action::SecretUse { sensitive, .. } => sensitive.join(","),
+            _ => String::new(),
+        };
+        let ask = crate::approvals::Ask {
+            action: d.action.clone(),
+            resource: resource.to_string(),
+            capability: if labels.is_empty() {
+                policies.join(",")
+            } else {
+                labels
+            },
+            roles,
+            policies,
+            reason: d
+                .determining
+                .iter()
+                .map(|p| p.reason.clone())
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        let mut rec = match approvals.held(&self.info, &ask).await? {
+            Some(a) => a,
+            None => approvals.request(&self.info, &ask).await?,
+        };
+        if rec.state == "pending" {
+            say(crate::approvals::waiting_message(&rec));
+            if !wait {
+                return Err(
+                    Error::new(ErrorKind::Denied, crate::approvals::waiting_message(&rec))
+                        .hint("try again once it is approved"),
+                );
+            }
+            rec = approvals.wait_for(&rec.id, approvals.wait()).await?;
+        }
+        match rec.state.as_str() {
+            "approved" => {
+                let again = r.with_approval(brig_policy::Approval {
+                    by: rec.decided_by.clone().unwrap_or_default(),
+                    roles: rec.roles.clone(),
+                });
+                let d2 = self.policy.engine.authorize_session(&self.session, &again);
+                self.journal(&d2).await;
+                if d2.is_allowed() {
+                    Ok(d2)
+                } else {
+                    Err(denied(&d2))
+                }
+            }
+            "denied" => Err(Error::new(
+                ErrorKind::Denied,
+                format!(
+                    "approval {} was denied by {}: {}",
+                    rec.id,
+                    rec.decided_by.as_deref().unwrap_or("?"),
+                    rec.note.as_deref().unwrap_or("no reason given")
+                ),
+            )
+            .hint("change the plan, or ask the approver what would be acceptable")),
+            "pending" => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "approval {} is still pending after {}",
+                    rec.id,
+                    brig_core::units::format_duration(approvals.wait())
+                ),
+            )
+            .hint(format!("retry once a human ran `brig approve {}`", rec.id))),
+            other => Err(
+                Error::new(ErrorKind::Denied, format!("approval {} is {other}", rec.id))
+                    .hint("retry: a new request is made"),
+            ),
+        }
+    }
+}
