@@ -291,6 +291,24 @@ async fn a_pr_session_cannot_run_a_migration_and_is_told_why() {
         .unwrap()
         .iter()
         .any(|e| e["action"] == "exec.start"));
+    // The policies brig started with are journaled as a change (first start).
+    let (_, all) = srv.call("GET", "/v1/journal?limit=10000", None).await;
+    let change = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "policy.change")
+        .cloned()
+        .expect("policy.change at start");
+    assert!(
+        change["details"]["to"].as_str().unwrap().len() >= 16,
+        "{change}"
+    );
+    assert!(change["details"]["profiles"]["privileged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|id| id == "privileged.exec-migration"));
     srv.stop().await;
 }
 

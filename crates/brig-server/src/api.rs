@@ -833,10 +833,12 @@ struct DrillBody {
 
 async fn drill_kill(
     State(st): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::identity::Caller>,
     ApiJson(b): ApiJson<DrillBody>,
 ) -> ApiResult<Response> {
+    let human = crate::identity::session_human(&caller, b.human.as_deref())?;
     let mgr = st.mgr.clone();
-    let report = tokio::spawn(async move { mgr.drill_kill(b.human, b.profile).await })
+    let report = tokio::spawn(async move { mgr.drill_kill(Some(human), b.profile).await })
         .await
         .map_err(|e| ApiError(Error::internal(format!("kill drill task failed: {e}"))))??;
     Ok(axum::Json(report).into_response())

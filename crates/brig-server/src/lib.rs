@@ -188,6 +188,7 @@ async fn listen(
     if reconcile {
         mgr.reconcile().await?;
     }
+    mgr.journal_policy_change().await?;
     let (stop, stop_rx) = watch::channel(false);
     let state = api::AppState { mgr: mgr.clone() };
     let mut servers = Vec::new();

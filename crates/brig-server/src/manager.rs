@@ -1108,6 +1108,43 @@ impl Manager {
         }))
     }
 
+    /// Journal `policy.change` when the policies brig starts with differ
+    /// from the ones it ran with last (their digest is kept under the data
+    /// dir): every change of policy is in the journal, whoever made it.
+    pub async fn journal_policy_change(&self) -> Result<()> {
+        let Ok(p) = &self.policy else { return Ok(()) };
+        let path = self.cfg.data_dir.join("policy.digest");
+        let before = std::fs::read_to_string(&path)
+            .ok()
+            .map(|s| s.trim().to_string());
+        let now = p.engine.digest().to_string();
+        if before.as_deref() == Some(now.as_str()) {
+            return Ok(());
+        }
+        let mut profiles = serde_json::Map::new();
+        for name in p.engine.profiles() {
+            let ids: Vec<String> = p
+                .engine
+                .policies(&format!("profile:{name}"))
+                .or_else(|| p.engine.policies(&name))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            profiles.insert(name, ids.into());
+        }
+        let ev = Event::new("policy.change", Outcome::Info)
+            .rule("policy.load")
+            .details(serde_json::json!({
+                "from": before, "to": now, "config": self.cfg.source, "profiles": profiles,
+            }));
+        self.db
+            .write(move |s| s.append_event(&ev).map(|_| ()))
+            .await?;
+        std::fs::write(&path, format!("{now}\n"))
+            .map_err(|e| Error::internal(format!("writing {}: {e}", path.display())))
+    }
+
     /// Whether the session is live (not ended, not being destroyed).
     pub fn is_live(&self, id: &SessionId) -> bool {
         self.live_table()
