@@ -339,3 +339,140 @@ async fn a_standing_rule_approves_at_once_and_says_so() {
     assert_eq!(all[0]["decided_by"], "rule:ops-migrations");
     srv.stop().await;
 }
+
+/// A plain HTTP origin on loopback answering 200 "hello".
+fn origin() -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut b = [0u8; 4096];
+            let _ = c.read(&mut b);
+            let _ = c.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n",
+            );
+        }
+    });
+    port
+}
+
+/// Cedar's net.connect on what the egress policy allows: a host
+/// `[policy.sensitive] hosts` marks is refused to a pr session, and waits
+/// for a security-approver in a privileged one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sensitive_host_is_policy_not_only_egress() {
+    require_root!();
+    let port = origin();
+    let srv = Srv::start_with(|cfg| {
+        cfg.policy.sensitive.hosts = [("prod".to_string(), vec!["*.prod.test".to_string()])].into();
+        for h in ["db.prod.test", "api.dev.test"] {
+            cfg.resolver
+                .static_hosts
+                .insert(h.into(), vec!["127.0.0.1".parse().unwrap()]);
+        }
+        let p = cfg.profiles.get_mut("default").unwrap();
+        p.egress = toml::from_str(&format!(
+            "[[allow]]\nname = \"test\"\ndomains = [\"db.prod.test\", \"api.dev.test\"]\nports = [{port}]\n[ssrf]\ntrusted_cidrs = [\"127.0.0.0/8\"]\n"
+        ))
+        .unwrap();
+        configure(cfg);
+    })
+    .await;
+    let curl = |host: &str| {
+        format!("curl -sS -o /dev/stderr -w '%{{http_code}}' http://{host}:{port}/ 2>&1; true")
+    };
+    // pr: the dev host goes, the prod host is refused by policy.
+    let pr = srv.create(json!({"task": "NET-1", "human": "ada"})).await;
+    let pr = pr["id"].as_str().unwrap().to_string();
+    let r = srv.exec_req(&pr, sh(&curl("api.dev.test"))).await;
+    assert!(r["stdout"].as_str().unwrap().contains("200"), "{r}");
+    let r = srv.exec_req(&pr, sh(&curl("db.prod.test"))).await;
+    let out = format!("{}{}", r["stdout"], r["stderr"]);
+    assert!(
+        out.contains("403") && out.contains("pr.net-sensitive"),
+        "{out}"
+    );
+
+    // privileged: refused until a security-approver approves, then it goes.
+    let ops = srv
+        .create(json!({"task": "NET-2", "profile": "ops", "human": "ada"}))
+        .await;
+    let ops = ops["id"].as_str().unwrap().to_string();
+    let r = srv.exec_req(&ops, sh(&curl("db.prod.test"))).await;
+    let out = format!("{}{}", r["stdout"], r["stderr"]);
+    assert!(
+        out.contains("403") && out.contains("security-approver"),
+        "{out}"
+    );
+    let reqs = pending(&srv, 1).await;
+    assert_eq!(reqs[0]["action"], "net.connect");
+    assert_eq!(reqs[0]["capability"], "prod");
+    let apr = reqs[0]["id"].as_str().unwrap().to_string();
+    let eve = HumanPrincipal::new("eve").with_roles(&["security-approver"]);
+    decide(&srv, &eve, &apr, true, None).await.unwrap();
+    // The gate sees the approval on its next decision.
+    let mut ok = false;
+    for _ in 0..20 {
+        let r = srv.exec_req(&ops, sh(&curl("db.prod.test"))).await;
+        if r["stdout"].as_str().unwrap().contains("200") {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the approved connection still fails");
+    srv.stop().await;
+}
+
+/// A request nobody decides expires: the waiting command is told so, and
+/// the journal says it expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecided_request_expires_and_the_agent_is_told() {
+    require_root!();
+    let srv = Srv::start_with(|cfg| {
+        configure(cfg);
+        cfg.approvals.expires = "1s".into();
+        cfg.approvals.wait = "20s".into();
+    })
+    .await;
+    let s = srv
+        .create(json!({"task": "OPS-2", "profile": "ops", "human": "ada"}))
+        .await;
+    let id = s["id"].as_str().unwrap().to_string();
+    let t0 = std::time::Instant::now();
+    let (st, v) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/exec"),
+            Some(sh(MIGRATE)),
+        )
+        .await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "it waited for `wait`, not the expiry"
+    );
+    assert_eq!(st, 403, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is expired"),
+        "{v}"
+    );
+    let (_, all) = srv.call("GET", "/v1/approvals", None).await;
+    assert_eq!(all[0]["state"], "expired", "{all}");
+    let (_, j) = srv
+        .call(
+            "GET",
+            &format!("/v1/journal?session={id}&limit=10000"),
+            None,
+        )
+        .await;
+    assert!(j
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "approval.expire"));
+    srv.stop().await;
+}

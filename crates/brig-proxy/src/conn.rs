@@ -108,7 +108,32 @@ pub(crate) fn judge(
         method,
         path,
     });
-    Judged::from_decision(&d, host, port, method)
+    guarded(
+        s,
+        Judged::from_decision(&d, host, port, method),
+        host,
+        port,
+        method,
+        path,
+    )
+}
+
+/// The control plane's guard on what the egress policy did not deny.
+fn guarded(
+    s: &SessionEgress,
+    j: Judged,
+    host: &dyn std::fmt::Display,
+    port: u16,
+    method: Option<&str>,
+    path: Option<&str>,
+) -> Judged {
+    let Some(g) = s.guard.as_ref().filter(|_| !j.denied()) else {
+        return j;
+    };
+    match g.check(&host.to_string(), port, method, path) {
+        Ok(()) => j,
+        Err(d) => Judged::builtin(&d.rule, d.reason, d.how),
+    }
 }
 
 fn mismatch(d: Decision<'_>, host: &Host, port: u16) -> Judged {
@@ -1833,7 +1858,14 @@ async fn transparent_tls<S>(
         .map(|h| h.to_string())
         .unwrap_or_else(|| name.clone());
     ev.host = Some(shown.clone());
-    let mut j = Judged::from_decision(&d, &shown, dst.port(), None);
+    let mut j = guarded(
+        s,
+        Judged::from_decision(&d, &shown, dst.port(), None),
+        &shown,
+        dst.port(),
+        None,
+        None,
+    );
     if !j.denied() {
         j = match &host {
             Some(Host::Domain(n)) if !s.resolver.answered(n, dst.ip()) => ip_mismatch(n, dst),

@@ -179,6 +179,31 @@ pub struct SessionEgress {
     pub ca: Option<Arc<CertAuthority>>,
     /// The upstream TLS client, built on first use from `config`.
     tls_client: Arc<OnceLock<Result<openssl::ssl::SslConnector, String>>>,
+    /// The control plane's policy on connections the egress policy let
+    /// through (Cedar's `net.connect`); `None`: the egress policy alone.
+    pub guard: Option<Arc<dyn ConnectGuard>>,
+}
+
+/// A second decision on a destination the egress policy allowed: brig's
+/// identity-aware policy (issue 7). Called on the connection's path, so it
+/// must be quick and must not block.
+pub trait ConnectGuard: Send + Sync {
+    /// `Err` refuses the connection with the rule, the reason and how to
+    /// ask for access (the 403's body and the event's explanation).
+    fn check(
+        &self,
+        host: &str,
+        port: u16,
+        method: Option<&str>,
+        path: Option<&str>,
+    ) -> Result<(), GuardDenial>;
+}
+
+#[derive(Clone, Debug)]
+pub struct GuardDenial {
+    pub rule: String,
+    pub reason: String,
+    pub how: String,
 }
 
 /// What the proxy asks of a session's secrets. The control plane builds
@@ -227,7 +252,13 @@ impl SessionEgress {
             secrets: None,
             ca: None,
             tls_client: Arc::new(OnceLock::new()),
+            guard: None,
         }
+    }
+
+    pub fn with_guard(mut self, guard: Arc<dyn ConnectGuard>) -> SessionEgress {
+        self.guard = Some(guard);
+        self
     }
 
     /// The session's secrets: their bound hosts are TLS-intercepted (with

@@ -378,8 +378,21 @@ impl Approvals {
                 self.expire(&rec).await?;
                 continue;
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
+            // Wake at the request's expiry too, not only on a decision.
+            let expiry = time::OffsetDateTime::parse(
+                &rec.expires_at,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .ok()
+            .map(|t| {
+                let left = (t - time::OffsetDateTime::now_utc()).max(time::Duration::ZERO);
+                tokio::time::Instant::now()
+                    + Duration::from_millis(left.whole_milliseconds().max(0) as u64 + 5)
+            });
+            let until = expiry.map_or(deadline, |e| e.min(deadline));
+            match tokio::time::timeout_at(until, rx.changed()).await {
                 Ok(Ok(())) => {}
+                Err(_) if until < deadline => {}
                 Ok(Err(_)) | Err(_) => return Ok(rec),
             }
         }

@@ -72,6 +72,8 @@ pub struct OwnServices {
     /// Extra CAs trusted for intercepted hosts' upstream TLS (on top of the
     /// system bundle): `secrets_upstream_ca` of brig.toml.
     pub upstream_ca_file: Option<PathBuf>,
+    /// Cedar's second word on what the egress policy allows.
+    pub guard: Option<Arc<dyn brig_proxy::ConnectGuard>>,
 }
 
 /// Bind `dir`'s sockets and serve them for `info`'s session. An error names
@@ -90,6 +92,7 @@ pub fn start(
         local,
         secrets,
         upstream_ca_file,
+        guard: connect_guard,
     } = own;
     let guard = |what: &str, e: std::io::Error| {
         Error::new(
@@ -154,6 +157,10 @@ pub fn start(
             };
             session.with_config(cfg).with_secrets(injector).with_ca(ca)
         }
+        None => session,
+    };
+    let session = match connect_guard {
+        Some(g) => session.with_guard(g),
         None => session,
     };
     channels.limits = Some(session.limits.clone());

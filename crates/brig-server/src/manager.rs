@@ -752,6 +752,7 @@ impl Manager {
                 db: self.db.clone(),
                 session,
                 info: info.clone(),
+                granted: Default::default(),
             })
         };
         {
@@ -1055,6 +1056,7 @@ impl Manager {
                 local,
                 secrets: secrets.map(|(s, ca)| (s as Arc<dyn brig_proxy::SecretInjector>, ca)),
                 upstream_ca_file: self.cfg.secrets_upstream_ca.clone(),
+                guard: Some(Arc::new(crate::policy::ConnectGate(gate.clone()))),
             },
             &dir,
         )

@@ -121,6 +121,14 @@ pub struct AgentGate {
     pub session: Arc<brig_policy::SessionPolicy>,
     /// The session as created (its id, human, task and repo name events).
     pub info: SessionInfo,
+    /// Approvals seen granted, by action and resource, with their
+    /// `valid_until`: the synchronous connect path uses them.
+    pub granted:
+        std::sync::Mutex<std::collections::HashMap<String, (brig_policy::Approval, String)>>,
+}
+
+fn grant_key(action: &str, resource: &str) -> String {
+    format!("{action}\0{resource}")
 }
 
 impl AgentGate {
@@ -202,10 +210,20 @@ impl AgentGate {
         }
         match rec.state.as_str() {
             "approved" => {
-                let again = r.with_approval(brig_policy::Approval {
+                let approval = brig_policy::Approval {
                     by: rec.decided_by.clone().unwrap_or_default(),
                     roles: rec.roles.clone(),
-                });
+                };
+                if let Some(until) = &rec.valid_until {
+                    self.granted
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(
+                            grant_key(&d.action, resource),
+                            (approval.clone(), until.clone()),
+                        );
+                }
+                let again = r.with_approval(approval);
                 let d2 = self.policy.engine.authorize_session(&self.session, &again);
                 self.journal(&d2).await;
                 if d2.is_allowed() {
@@ -238,5 +256,68 @@ impl AgentGate {
                     .hint("retry: a new request is made"),
             ),
         }
+    }
+}
+
+/// Cedar's `net.connect` on every destination the egress policy let
+/// through: synchronous (a decision is microseconds), so it runs on the
+/// connection's path. A refusal is journaled; one that needs an approval
+/// also makes the request (in the background): the agent connects again
+/// once a human approved it.
+pub struct ConnectGate(pub Arc<AgentGate>);
+
+impl brig_proxy::ConnectGuard for ConnectGate {
+    fn check(
+        &self,
+        host: &str,
+        port: u16,
+        method: Option<&str>,
+        path: Option<&str>,
+    ) -> std::result::Result<(), brig_proxy::GuardDenial> {
+        let g = &self.0;
+        let labels = g.policy.sensitivity.label_host(host);
+        let r = brig_policy::Request::net_connect(g.session.agent(), host, port, method, path)
+            .with_labels(&labels);
+        let resource = format!("{host}:{port}");
+        // An approval already seen granted for it, while it holds.
+        let held = {
+            let now = brig_core::event::now_rfc3339();
+            g.granted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&grant_key("net.connect", &resource))
+                .filter(|(_, until)| *until > now)
+                .map(|(a, _)| a.clone())
+        };
+        let d = match held {
+            Some(a) => g
+                .policy
+                .engine
+                .authorize_session(&g.session, &r.clone().with_approval(a)),
+            None => g.policy.engine.authorize_session(&g.session, &r),
+        };
+        if d.is_allowed() {
+            return Ok(());
+        }
+        let reason = d
+            .determining
+            .first()
+            .map(|p| p.reason.clone())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "no policy permits this connection (default deny)".into());
+        let rule = d.rule().to_string();
+        let how = match &d.outcome {
+            brig_policy::Outcome::NeedsApproval { roles, .. } => format!(
+                "a human with role {} approves it (`brig approvals list`, then `brig approve ID`); connect again once approved",
+                roles.join(" or ")
+            ),
+            _ => "ask for a session whose policy profile allows this host (`brig policy test` shows what decides it)".into(),
+        };
+        // Journal it, and ask for the approval, off the connection's path.
+        let gate = g.clone();
+        tokio::spawn(async move {
+            let _ = gate.decide(r, &resource, false, &|_| {}).await;
+        });
+        Err(brig_proxy::GuardDenial { rule, reason, how })
     }
 }
