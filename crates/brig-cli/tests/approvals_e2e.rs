@@ -72,6 +72,20 @@ async fn decide(
     Ok(serde_json::to_value(done).unwrap())
 }
 
+/// An exec that may wait for an approval, on its own task.
+fn exec_in_background(
+    srv: &Srv,
+    id: &str,
+    script: &str,
+) -> tokio::task::JoinHandle<brig_core::Result<(u16, Value)>> {
+    let sock = srv.sock.clone();
+    let path = format!("/v1/sessions/{id}/exec");
+    let body = sh(script);
+    tokio::spawn(
+        async move { brig_server::client::request(&sock, "POST", &path, Some(&body)).await },
+    )
+}
+
 fn sh(script: &str) -> Value {
     json!({"argv": ["/bin/sh", "-c", script], "timeout_ms": 60000})
 }
@@ -90,17 +104,7 @@ async fn a_migration_waits_for_another_human_with_the_role() {
     assert_eq!(r["status"]["code"], 0, "{r}");
 
     // The migration waits...
-    let sock = srv.sock.clone();
-    let id2 = id.clone();
-    let waiting = tokio::spawn(async move {
-        brig_server::client::request(
-            &sock,
-            "POST",
-            &format!("/v1/sessions/{id2}/exec"),
-            Some(&sh(MIGRATE)),
-        )
-        .await
-    });
+    let waiting = exec_in_background(&srv, &id, MIGRATE);
     let reqs = pending(&srv, 1).await;
     let a = &reqs[0];
     let apr = a["id"].as_str().unwrap().to_string();
@@ -171,17 +175,7 @@ async fn a_migration_waits_for_another_human_with_the_role() {
     assert_eq!(pending(&srv, 0).await.len(), 0);
 
     // A denial reaches the agent with its reason.
-    let sock = srv.sock.clone();
-    let id3 = id.clone();
-    let waiting = tokio::spawn(async move {
-        brig_server::client::request(
-            &sock,
-            "POST",
-            &format!("/v1/sessions/{id3}/exec"),
-            Some(&sh(APPLY)),
-        )
-        .await
-    });
+    let waiting = exec_in_background(&srv, &id, APPLY);
     let reqs = pending(&srv, 1).await;
     let apr2 = reqs[0]["id"].as_str().unwrap().to_string();
     assert_eq!(reqs[0]["roles"], json!(["infra-approver"]));
@@ -198,17 +192,7 @@ async fn a_migration_waits_for_another_human_with_the_role() {
     );
 
     // A request pending when the session is killed cannot be approved.
-    let sock = srv.sock.clone();
-    let id4 = id.clone();
-    let waiting = tokio::spawn(async move {
-        brig_server::client::request(
-            &sock,
-            "POST",
-            &format!("/v1/sessions/{id4}/exec"),
-            Some(&sh("alembic downgrade -1 || true")),
-        )
-        .await
-    });
+    let waiting = exec_in_background(&srv, &id, "alembic downgrade -1 || true");
     let reqs = pending(&srv, 1).await;
     let apr3 = reqs[0]["id"].as_str().unwrap().to_string();
     let (st, _) = srv

@@ -108,28 +108,7 @@ async fn approve(
         .map(brig_core::units::parse_duration)
         .transpose()
         .map_err(|e| ApiError(e.context("for")))?;
-    let (rec, roles) = may_decide(&st, &caller, &id).await?;
-    let live = rec
-        .session
-        .parse()
-        .map(|s| st.mgr.is_live(&s))
-        .unwrap_or(false);
-    let done = st
-        .mgr
-        .approvals()?
-        .decide(
-            &id,
-            crate::approvals::HumanDecision {
-                by: caller.id.clone(),
-                approve: true,
-                for_,
-                note: b.note,
-                roles,
-            },
-            live,
-        )
-        .await?;
-    Ok(axum::Json(done).into_response())
+    decide(&st, &caller, &id, true, for_, b.note).await
 }
 
 async fn deny(
@@ -144,27 +123,32 @@ async fn deny(
                 .hint("the agent is told it: say what would be acceptable"),
         ));
     }
-    let (rec, roles) = may_decide(&st, &caller, &id).await?;
+    decide(&st, &caller, &id, false, None, Some(b.reason)).await
+}
+
+/// Policy first (`approval.grant`), then the store's single decision.
+async fn decide(
+    st: &AppState,
+    caller: &Caller,
+    id: &str,
+    approve: bool,
+    for_: Option<std::time::Duration>,
+    note: Option<String>,
+) -> ApiResult<Response> {
+    let (rec, roles) = may_decide(st, caller, id).await?;
     let live = rec
         .session
         .parse()
         .map(|s| st.mgr.is_live(&s))
         .unwrap_or(false);
-    let done = st
-        .mgr
-        .approvals()?
-        .decide(
-            &id,
-            crate::approvals::HumanDecision {
-                by: caller.id.clone(),
-                approve: false,
-                for_: None,
-                note: Some(b.reason),
-                roles,
-            },
-            live,
-        )
-        .await?;
+    let h = crate::approvals::HumanDecision {
+        by: caller.id.clone(),
+        approve,
+        for_,
+        note,
+        roles,
+    };
+    let done = st.mgr.approvals()?.decide(id, h, live).await?;
     Ok(axum::Json(done).into_response())
 }
 
