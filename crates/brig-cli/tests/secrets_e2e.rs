@@ -512,3 +512,244 @@ async fn a_secret_that_cannot_be_fetched_stops_the_session_cleanly() {
         .any(|e| e["action"] == "credential.grant" && e["outcome"] == "failure"));
     srv.stop().await;
 }
+
+const AWS_CANARY: &str = "canary-aws-ssm-4d1f8e2b7c90a635";
+const GCP_CANARY: &str = "canary-gcp-sm-6b3e0a9d2f71c84e";
+const AZ_CANARY: &str = "canary-azure-kv-1f7c5b3e9a20d46b";
+
+/// CRC-32C (Castagnoli), as GCP's `payload.dataCrc32c`.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for b in data {
+        crc ^= *b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// One loopback server speaking the three clouds' secret APIs as far as
+/// brig's sources use them: AWS SSM GetParameter (a SigV4-signed JSON 1.1
+/// call), GCP's OAuth token endpoint (JWT bearer grant) and Secret
+/// Manager `:access`, Azure AD's client-credentials token endpoint and Key
+/// Vault's secret GET. Each answers its canary only to a request that
+/// carries the credential it expects.
+fn fake_clouds() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    std::thread::spawn(move || {
+        use base64::Engine as _;
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = vec![0u8; 65536];
+            let mut n = 0;
+            // Read the head, then as much body as Content-Length says.
+            loop {
+                let m = stream.read(&mut buf[n..]).unwrap_or(0);
+                if m == 0 {
+                    break;
+                }
+                n += m;
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                if let Some(h) = text.find("\r\n\r\n") {
+                    let len = text[..h]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if n >= h + 4 + len {
+                        break;
+                    }
+                }
+            }
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            s2.lock().unwrap().push(req.clone());
+            let lower = req.to_ascii_lowercase();
+            let first = req.lines().next().unwrap_or("").to_string();
+            let (status, body) = if first.starts_with("POST / ")
+                && lower.contains("x-amz-target: amazonssm.getparameter")
+                && lower.contains("authorization: aws4-hmac-sha256 credential=akidbrige2e")
+            {
+                ("200 OK", json!({"Parameter": {"Name": "/brig/canary", "Type": "SecureString", "Value": AWS_CANARY, "Version": 1}}).to_string())
+            } else if first.starts_with("POST /token ")
+                && req.contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer")
+            {
+                ("200 OK", json!({"access_token": "ya29.brig-e2e", "expires_in": 3600, "token_type": "Bearer"}).to_string())
+            } else if first
+                .starts_with("GET /v1/projects/brig-e2e/secrets/canary/versions/latest:access ")
+                && lower.contains("authorization: bearer ya29.brig-e2e")
+            {
+                let data = base64::engine::general_purpose::STANDARD.encode(GCP_CANARY);
+                ("200 OK", json!({"name": "projects/brig-e2e/secrets/canary/versions/1",
+                    "payload": {"data": data, "dataCrc32c": crc32c(GCP_CANARY.as_bytes()).to_string()}}).to_string())
+            } else if first.starts_with("POST /tenant-e2e/oauth2/v2.0/token ")
+                && req.contains("client_secret=az-e2e-secret")
+            {
+                ("200 OK", json!({"access_token": "az.brig-e2e", "expires_in": 3600, "token_type": "Bearer"}).to_string())
+            } else if first.starts_with("GET /secrets/canary?api-version=7.4 ")
+                && lower.contains("authorization: bearer az.brig-e2e")
+            {
+                ("200 OK", json!({"value": AZ_CANARY, "id": format!("http://127.0.0.1:{port}/secrets/canary/v1"),
+                    "attributes": {"enabled": true}}).to_string())
+            } else {
+                ("403 Forbidden", json!({"error": "denied"}).to_string())
+            };
+            let _ = stream.write_all(
+                format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    (port, seen)
+}
+
+/// The cloud sources end to end (issue 6): canaries from AWS SSM, GCP
+/// Secret Manager and Azure Key Vault (local servers speaking their APIs)
+/// reach only their bound host; the sandbox, the journal and other hosts
+/// never see them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_source_canaries_reach_only_their_bound_host() {
+    require_root!();
+    let o = origin();
+    let (plain_port, plain_seen) = plain_origin();
+    let (clouds, cloud_seen) = fake_clouds();
+    let keys = tempfile::tempdir().unwrap();
+    let sa = {
+        use std::os::unix::fs::PermissionsExt;
+        let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let pem = String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        let f = keys.path().join("sa.json");
+        std::fs::write(
+            &f,
+            json!({"type": "service_account", "project_id": "brig-e2e", "private_key_id": "k1",
+                "private_key": pem, "client_email": "brig@brig-e2e.iam.gserviceaccount.com",
+                "token_uri": format!("http://127.0.0.1:{clouds}/token")})
+            .to_string(),
+        )
+        .unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        f
+    };
+    std::env::set_var("BRIG_E2E_AKID", "AKIDBRIGE2E");
+    std::env::set_var("BRIG_E2E_AWS_SECRET", "brig-e2e-aws-secret-key");
+    std::env::set_var("BRIG_E2E_AZ_SECRET", "az-e2e-secret");
+    let srv = Srv::start_with(|cfg| {
+        configure(cfg, &o, plain_port, 1, keys.path(), "UNUSED");
+        cfg.secrets = toml::from_str(&format!(
+            r#"
+[sources.ssm]
+kind = "aws_ssm"
+region = "eu-west-1"
+endpoint = "http://127.0.0.1:{clouds}"
+http = {{ allow_http = true }}
+credentials = {{ access_key_id = {{ env = "BRIG_E2E_AKID" }}, secret_access_key = {{ env = "BRIG_E2E_AWS_SECRET" }} }}
+[sources.gcp]
+kind = "gcp_secret_manager"
+credentials_file = {sa:?}
+endpoint = "http://127.0.0.1:{clouds}"
+http = {{ allow_http = true }}
+[sources.azure]
+kind = "azure_key_vault"
+vault_url = "http://127.0.0.1:{clouds}"
+tenant_id = "tenant-e2e"
+client_id = "client-e2e"
+client_secret = {{ env = "BRIG_E2E_AZ_SECRET" }}
+authority = "http://127.0.0.1:{clouds}"
+http = {{ allow_http = true }}
+"#
+        ))
+        .unwrap();
+        cfg.profiles.get_mut("default").unwrap().secrets = toml::from_str(
+            r#"
+[CANARY_AWS]
+source = "ssm"
+key = "/brig/canary"
+scope = "cloud:aws"
+hosts = ["api.canary.test"]
+[CANARY_GCP]
+source = "gcp"
+key = "canary"
+scope = "cloud:gcp"
+hosts = ["api.canary.test"]
+[CANARY_AZ]
+source = "azure"
+key = "canary"
+scope = "cloud:azure"
+hosts = ["api.canary.test"]
+"#,
+        )
+        .unwrap();
+    })
+    .await;
+    let s = srv.create(json!({"task": "SEC-9"})).await;
+    let id = s["id"].as_str().unwrap().to_string();
+    let canaries = [AWS_CANARY, GCP_CANARY, AZ_CANARY];
+    // Each source was really asked (with its own credential).
+    assert!(
+        cloud_seen.lock().unwrap().len() >= 5,
+        "{:?}",
+        cloud_seen.lock().unwrap()
+    );
+
+    // Inside: placeholders only, in no process's environment a canary.
+    let (code, out) = sh(
+        &srv,
+        &id,
+        "echo A=$CANARY_AWS G=$CANARY_GCP Z=$CANARY_AZ; cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n' | grep -c -e 'canary-aws-ssm-4d1f[8]e2b7c90a635' -e 'canary-gcp-sm-6b3e[0]a9d2f71c84e' -e 'canary-azure-kv-1f7c[5]b3e9a20d46b' || true",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.matches("brig-placeholder-").count(), 3, "{out}");
+    assert!(
+        out.trim_end().ends_with('0'),
+        "a canary is in some /proc: {out}"
+    );
+    assert!(canaries.iter().all(|c| !out.contains(c)), "{out}");
+
+    // The bound host gets the real values.
+    let port = o.port;
+    let (code, out) = sh(
+        &srv,
+        &id,
+        &format!("curl -sS -f https://api.canary.test:{port}/cloud -H \"X-A: $CANARY_AWS\" -H \"X-G: $CANARY_GCP\" -H \"X-Z: $CANARY_AZ\""),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let seen = o.seen.lock().unwrap().clone();
+    let req = seen
+        .iter()
+        .find(|r| r.contains("GET /cloud"))
+        .cloned()
+        .unwrap_or_default();
+    for c in canaries {
+        assert!(req.contains(c), "{c} did not reach the bound host: {req}");
+    }
+    // Another host: refused before anything leaves.
+    let (_, out) = sh(
+        &srv,
+        &id,
+        &format!("curl -sS -o /dev/null -w '%{{http_code}}' http://other.canary.test:{plain_port}/x -H \"X-A: $CANARY_GCP\""),
+    )
+    .await;
+    assert_eq!(out, "403");
+    assert!(plain_seen.lock().unwrap().is_empty());
+    // The journal never holds one.
+    let (_, all) = srv.call("GET", "/v1/journal?limit=10000", None).await;
+    let all = all.to_string();
+    for c in canaries {
+        assert!(!all.contains(c), "{c} is in the journal");
+    }
+    srv.stop().await;
+}
