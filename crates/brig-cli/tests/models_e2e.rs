@@ -466,5 +466,25 @@ async fn a_canary_in_a_model_answer_is_not_captured() {
         .1
         .to_string();
     assert!(!journal.contains(CANARY) && !journal.contains(REAL_KEY));
+
+    // A prompt carrying a secret brig knows is refused before it leaves:
+    // the provider-shaped 400, nothing upstream, the call denied.
+    let before = up.requests().len();
+    let script = format!(
+        "import openai\ntry:\n    openai.OpenAI(max_retries=0).chat.completions.create(model='coder', messages=[{{'role': 'user', 'content': 'deploy with {CANARY}'}}])\n    print('sent')\nexcept openai.BadRequestError as e:\n    print('refused', e.status_code, e.body.get('code') if isinstance(e.body, dict) else e.body)\n"
+    );
+    let (code, out) = py(&srv, &id, &script).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("refused 400 secret_in_request"), "{out}");
+    assert_eq!(
+        up.requests().len(),
+        before,
+        "the secret reached the upstream"
+    );
+    let list = calls(&srv, &id, 2).await;
+    let refused = list.last().unwrap();
+    assert_eq!(refused["outcome"], "denied", "{refused}");
+    assert_eq!(refused["rule"], "exfil:known-secret");
+    assert!(!serde_json::to_string(&list).unwrap().contains(CANARY));
     srv.stop().await;
 }

@@ -148,7 +148,9 @@ async fn handle(
             r
         }
         Err(f) => {
-            let outcome = if f.status == 429 && f.rule().starts_with("budget:") {
+            let outcome = if (f.status == 429 && f.rule().starts_with("budget:"))
+                || f.rule().starts_with("exfil:")
+            {
                 CallOutcome::Denied
             } else {
                 CallOutcome::Error
@@ -306,6 +308,18 @@ async fn run(
         }
     };
     call.request = body.clone();
+    // A secret brig knows (its value, in any encoding) never goes to a
+    // model provider: the request is refused, not redacted and sent.
+    if let Some(rule) = (inner.redactor)().known_value_in(&body) {
+        return Err(Failure::new(
+            400,
+            "exfil:known-secret",
+            format!(
+                "the request carries a secret brig knows ({rule}); brig does not send it to a model provider: remove it from the prompt"
+            ),
+        )
+        .code("secret_in_request"));
+    }
     let head = parse_head(&body).map_err(|e| Failure::new(400, "body:malformed", e))?;
     call.stream = head.stream;
     let Some(model) = head.model.clone() else {

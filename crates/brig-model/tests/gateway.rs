@@ -868,20 +868,21 @@ async fn secrets_and_pii_in_prompts_never_reach_the_record() {
         "[pii]\npatterns = { employee_id = \"EMP-[0-9]{6}\" }",
     ))
     .await;
-    let planted = format!(
-        "my key is {CANARY}, mail jane.doe@example.com, card 4111 1111 1111 1111, ssn 123-45-6789, call +1 415 555 0134, host 10.20.30.40, id EMP-123456, gh ghp_abcdefghijklmnopqrstuvwxyz0123456789"
-    );
-    h.fake(0)
-        .set_default(Behavior::reply(&format!("echo {planted}")));
-    let mut req = chat("gpt-4o-mini", &planted);
+    // PII goes to the model as written (redaction is for the record); a
+    // known secret only comes back in the answer (one in a prompt is
+    // refused: a_known_secret_in_a_prompt_is_refused_before_it_leaves).
+    let planted = "mail jane.doe@example.com, card 4111 1111 1111 1111, ssn 123-45-6789, call +1 415 555 0134, host 10.20.30.40, id EMP-123456, gh ghp_abcdefghijklmnopqrstuvwxyz0123456789";
+    h.fake(0).set_default(Behavior::reply(&format!(
+        "my key is {CANARY}; echo {planted}"
+    )));
+    let mut req = chat("gpt-4o-mini", planted);
     req["user"] = json!("jane.doe@example.com");
     let (s, v) = once(h.addr, post("/v1/chat/completions", &h.key, &req)).await;
     assert_eq!(s, 200);
-    // The model sees the prompt as written: redaction is for the record.
     assert!(v["choices"][0]["message"]["content"]
         .as_str()
         .unwrap()
-        .contains(CANARY));
+        .contains("jane.doe@example.com"));
     req["stream"] = json!(true);
     let mut c = Client::connect(h.addr).await;
     body_text(c.send(post("/v1/chat/completions", &h.key, &req)).await).await;
@@ -915,10 +916,29 @@ async fn secrets_and_pii_in_prompts_never_reach_the_record() {
 }
 
 #[tokio::test]
+async fn a_known_secret_in_a_prompt_is_refused_before_it_leaves() {
+    let mut h = harness(&base_config("")).await;
+    let req = chat("gpt-4o-mini", &format!("deploy with {CANARY}"));
+    let (s, v) = once(h.addr, post("/v1/chat/completions", &h.key, &req)).await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["code"], "secret_in_request", "{v}");
+    assert!(
+        h.fake(0).requests().is_empty(),
+        "the secret reached the upstream"
+    );
+    let c = h.call().await;
+    assert_eq!(c.rule.as_deref(), Some("exfil:known-secret"));
+    assert!(!serde_json::to_string(&c).unwrap().contains(CANARY));
+}
+
+#[tokio::test]
 async fn large_payloads_are_stored_as_digest_size_and_redacted_excerpt() {
     let cfg = base_config("").replace("[upstreams.oa]", "capture_max = \"1K\"\n[upstreams.oa]");
     let mut h = harness(&cfg).await;
-    let text = format!("{CANARY} bob@corp.example {}", "lorem ipsum ".repeat(300));
+    let text = format!(
+        "ghp_abcdefghijklmnopqrstuvwxyz0123456789 bob@corp.example {}",
+        "lorem ipsum ".repeat(300)
+    );
     let (s, _) = once(
         h.addr,
         post("/v1/chat/completions", &h.key, &chat("gpt-4o-mini", &text)),
@@ -932,10 +952,10 @@ async fn large_payloads_are_stored_as_digest_size_and_redacted_excerpt() {
     assert_eq!(r["truncated"], true);
     let ex = r["excerpt"].as_str().unwrap();
     assert!(
-        ex.contains("[REDACTED:secret:CANARY]") && ex.contains("[REDACTED:pii:email]"),
+        ex.contains("[REDACTED:github_token]") && ex.contains("[REDACTED:pii:email]"),
         "{ex}"
     );
-    assert!(!ex.contains(CANARY) && !ex.contains("bob@corp.example"));
+    assert!(!ex.contains("ghp_abcdefghij") && !ex.contains("bob@corp.example"));
     // The response was small: stored whole.
     assert_eq!(c.response.unwrap()["object"], "chat.completion");
 }

@@ -234,6 +234,14 @@ impl Redactor {
         RedactorBuilder::default().build()
     }
 
+    /// The rule of the first known secret value (in any of its encoded
+    /// forms) in `hay`, if one is there; patterns are not consulted. What
+    /// an outbound path uses to refuse sending a secret brig knows.
+    pub fn known_value_in(&self, hay: &[u8]) -> Option<&str> {
+        let m = self.values.as_ref()?.find(hay)?;
+        Some(self.value_rules[m.pattern().as_usize()].as_str())
+    }
+
     /// How many known-value forms (values × encodings) are matched.
     pub fn value_forms(&self) -> usize {
         self.value_rules.len()
