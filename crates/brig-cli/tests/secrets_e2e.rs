@@ -514,6 +514,7 @@ async fn a_secret_that_cannot_be_fetched_stops_the_session_cleanly() {
 }
 
 const AWS_CANARY: &str = "canary-aws-ssm-4d1f8e2b7c90a635";
+const AWS_SM_CANARY: &str = "canary-aws-sm-9e4b2c7a1d05f368";
 const GCP_CANARY: &str = "canary-gcp-sm-6b3e0a9d2f71c84e";
 const AZ_CANARY: &str = "canary-azure-kv-1f7c5b3e9a20d46b";
 
@@ -580,6 +581,14 @@ fn fake_clouds() -> (u16, Arc<Mutex<Vec<String>>>) {
                 && lower.contains("authorization: aws4-hmac-sha256 credential=akidbrige2e")
             {
                 ("200 OK", json!({"Parameter": {"Name": "/brig/canary", "Type": "SecureString", "Value": AWS_CANARY, "Version": 1}}).to_string())
+            } else if first.starts_with("POST / ")
+                && lower.contains("x-amz-target: secretsmanager.getsecretvalue")
+                && lower.contains("authorization: aws4-hmac-sha256 credential=akidbrige2e")
+                && req.contains("\"SecretId\":\"prod/db\"")
+            {
+                ("200 OK", json!({"ARN": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/db-AbCdEf",
+                    "Name": "prod/db", "SecretString": json!({"user": "app", "password": AWS_SM_CANARY}).to_string(),
+                    "VersionId": "v1", "VersionStages": ["AWSCURRENT"]}).to_string())
             } else if first.starts_with("POST /token ")
                 && req.contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer")
             {
@@ -655,6 +664,12 @@ region = "eu-west-1"
 endpoint = "http://127.0.0.1:{clouds}"
 http = {{ allow_http = true }}
 credentials = {{ access_key_id = {{ env = "BRIG_E2E_AKID" }}, secret_access_key = {{ env = "BRIG_E2E_AWS_SECRET" }} }}
+[sources.sm]
+kind = "aws_secrets_manager"
+region = "eu-west-1"
+endpoint = "http://127.0.0.1:{clouds}"
+http = {{ allow_http = true }}
+credentials = {{ access_key_id = {{ env = "BRIG_E2E_AKID" }}, secret_access_key = {{ env = "BRIG_E2E_AWS_SECRET" }} }}
 [sources.gcp]
 kind = "gcp_secret_manager"
 credentials_file = {sa:?}
@@ -678,6 +693,11 @@ source = "ssm"
 key = "/brig/canary"
 scope = "cloud:aws"
 hosts = ["api.canary.test"]
+[CANARY_SM]
+source = "sm"
+key = "prod/db#password"
+scope = "cloud:aws"
+hosts = ["api.canary.test"]
 [CANARY_GCP]
 source = "gcp"
 key = "canary"
@@ -695,10 +715,10 @@ hosts = ["api.canary.test"]
     .await;
     let s = srv.create(json!({"task": "SEC-9"})).await;
     let id = s["id"].as_str().unwrap().to_string();
-    let canaries = [AWS_CANARY, GCP_CANARY, AZ_CANARY];
+    let canaries = [AWS_CANARY, AWS_SM_CANARY, GCP_CANARY, AZ_CANARY];
     // Each source was really asked (with its own credential).
     assert!(
-        cloud_seen.lock().unwrap().len() >= 5,
+        cloud_seen.lock().unwrap().len() >= 6,
         "{:?}",
         cloud_seen.lock().unwrap()
     );
@@ -707,11 +727,11 @@ hosts = ["api.canary.test"]
     let (code, out) = sh(
         &srv,
         &id,
-        "echo A=$CANARY_AWS G=$CANARY_GCP Z=$CANARY_AZ; cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n' | grep -c -e 'canary-aws-ssm-4d1f[8]e2b7c90a635' -e 'canary-gcp-sm-6b3e[0]a9d2f71c84e' -e 'canary-azure-kv-1f7c[5]b3e9a20d46b' || true",
+        "echo A=$CANARY_AWS S=$CANARY_SM G=$CANARY_GCP Z=$CANARY_AZ; cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n' | grep -c -e 'canary-aws-ssm-4d1f[8]e2b7c90a635' -e 'canary-aws-sm-9e4b[2]c7a1d05f368' -e 'canary-gcp-sm-6b3e[0]a9d2f71c84e' -e 'canary-azure-kv-1f7c[5]b3e9a20d46b' || true",
     )
     .await;
     assert_eq!(code, 0, "{out}");
-    assert_eq!(out.matches("brig-placeholder-").count(), 3, "{out}");
+    assert_eq!(out.matches("brig-placeholder-").count(), 4, "{out}");
     assert!(
         out.trim_end().ends_with('0'),
         "a canary is in some /proc: {out}"
@@ -723,7 +743,7 @@ hosts = ["api.canary.test"]
     let (code, out) = sh(
         &srv,
         &id,
-        &format!("curl -sS -f https://api.canary.test:{port}/cloud -H \"X-A: $CANARY_AWS\" -H \"X-G: $CANARY_GCP\" -H \"X-Z: $CANARY_AZ\""),
+        &format!("curl -sS -f https://api.canary.test:{port}/cloud -H \"X-A: $CANARY_AWS\" -H \"X-S: $CANARY_SM\" -H \"X-G: $CANARY_GCP\" -H \"X-Z: $CANARY_AZ\""),
     )
     .await;
     assert_eq!(code, 0, "{out}");
