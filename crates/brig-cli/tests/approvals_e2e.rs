@@ -460,3 +460,116 @@ async fn an_undecided_request_expires_and_the_agent_is_told() {
         .any(|e| e["action"] == "approval.expire"));
     srv.stop().await;
 }
+
+/// One request over TCP with a bearer token: (status, body).
+async fn tcp(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("authorization", format!("Bearer {bearer}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let raw = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&raw).unwrap_or(Value::Null))
+}
+
+/// Identity and policy together, over TCP with real ID tokens: a human
+/// cannot end someone else's session nor approve without the role; the
+/// session's own human cannot approve its request; another human holding
+/// the role can, and the waiting command runs; the owner ends their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_and_kills_are_decided_by_who_is_calling() {
+    use brig_identity::testing::{TestIdp, TestUser};
+    require_root!();
+    let idp = TestIdp::start().await;
+    let mut oidc = idp.config();
+    oidc.roles_claim = Some("groups".into());
+    let srv = Srv::start_with(|cfg| {
+        configure(cfg);
+        cfg.tcp = Some(brig_server::config::TcpConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            token_file: None,
+        });
+        cfg.identity.oidc = Some(oidc);
+    })
+    .await;
+    let addr = srv.server.as_ref().unwrap().tcp_addr().unwrap();
+    let alice = idp.id_token(&TestUser::new("alice").with_groups(&["privileged", "db-approver"]));
+    let bob = idp.id_token(&TestUser::new("bob"));
+    let carol = idp.id_token(&TestUser::new("carol").with_groups(&["db-approver"]));
+    let (st, v) = tcp(
+        addr,
+        "POST",
+        "/v1/sessions",
+        &alice,
+        Some(json!({"task": "OPS-5", "profile": "ops"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+
+    // bob may not end alice's session, alone or with everyone's.
+    let (st, v) = tcp(addr, "DELETE", &format!("/v1/sessions/{id}"), &bob, None).await;
+    assert_eq!(st, 403, "{v}");
+    let (st, v) = tcp(addr, "POST", "/v1/kill", &bob, Some(json!({"all": true}))).await;
+    assert_eq!(st, 403, "{v}");
+
+    // alice's migration waits for a db-approver.
+    let (id2, alice2) = (id.clone(), alice.clone());
+    let waiting = tokio::spawn(async move {
+        tcp(
+            addr,
+            "POST",
+            &format!("/v1/sessions/{id2}/exec"),
+            &alice2,
+            Some(sh(MIGRATE)),
+        )
+        .await
+    });
+    let apr = pending(&srv, 1).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/v1/approvals/{apr}/approve");
+    let (st, v) = tcp(addr, "POST", &path, &bob, Some(json!({"for": "5m"}))).await;
+    assert_eq!(st, 403, "bob holds no db-approver role: {v}");
+    let (st, v) = tcp(addr, "POST", &path, &alice, Some(json!({"for": "5m"}))).await;
+    assert_eq!(st, 403, "{v}");
+    assert!(v.to_string().contains("deploy.no-self-approval"), "{v}");
+    let (st, v) = tcp(addr, "POST", &path, &carol, Some(json!({"for": "5m"}))).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        v["decided_by"].as_str().unwrap().starts_with("human:oidc:"),
+        "{v}"
+    );
+    let (st, done) = waiting.await.unwrap();
+    assert_eq!(st, 200, "{done}");
+    assert!(
+        done["stdout"].as_str().unwrap().contains("migrated"),
+        "{done}"
+    );
+
+    // alice ends her own session.
+    let (st, v) = tcp(addr, "DELETE", &format!("/v1/sessions/{id}"), &alice, None).await;
+    assert_eq!(st, 200, "{v}");
+    srv.stop().await;
+}

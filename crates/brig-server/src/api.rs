@@ -674,9 +674,12 @@ async fn exec_buffered(
 
 async fn destroy_session(
     State(st): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::identity::Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let id = parse_id(&id)?;
+    let info = st.mgr.get(&id).await?;
+    may_kill(&st, &caller, std::slice::from_ref(&info)).await?;
     let s = st
         .mgr
         .destroy(&id, DestroyMode::Graceful, "destroyed by request")
@@ -684,8 +687,29 @@ async fn destroy_session(
     Ok(axum::Json(s).into_response())
 }
 
-async fn kill_session(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+/// Cedar's `session.kill`: the caller may kill each of these sessions
+/// (their own; an admin any). One refusal refuses the whole kill.
+async fn may_kill(
+    st: &AppState,
+    caller: &crate::identity::Caller,
+    sessions: &[brig_core::session::SessionInfo],
+) -> ApiResult<()> {
+    let human = caller.human();
+    for s in sessions {
+        let r = brig_policy::Request::session_kill(&human, s.id.as_str(), &s.human);
+        st.mgr.decide_human(&r).await?;
+    }
+    Ok(())
+}
+
+async fn kill_session(
+    State(st): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::identity::Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let id = parse_id(&id)?;
+    let info = st.mgr.get(&id).await?;
+    may_kill(&st, &caller, std::slice::from_ref(&info)).await?;
     let s = st
         .mgr
         .destroy(&id, DestroyMode::Kill, "killed by request")
@@ -693,7 +717,12 @@ async fn kill_session(State(st): State<AppState>, Path(id): Path<String>) -> Api
     Ok(axum::Json(s).into_response())
 }
 
-async fn kill_all(State(st): State<AppState>) -> ApiResult<Response> {
+async fn kill_all(
+    State(st): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::identity::Caller>,
+) -> ApiResult<Response> {
+    let lives = st.mgr.list(false).await?;
+    may_kill(&st, &caller, &lives).await?;
     let t0 = Instant::now();
     let mgr = st.mgr.clone();
     // Runs to the end even if the client hangs up: a kill switch must not be half-pulled.
@@ -779,7 +808,11 @@ struct KillBody {
     all: bool,
 }
 
-async fn kill(State(st): State<AppState>, ApiJson(b): ApiJson<KillBody>) -> ApiResult<Response> {
+async fn kill(
+    State(st): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::identity::Caller>,
+    ApiJson(b): ApiJson<KillBody>,
+) -> ApiResult<Response> {
     use crate::manager::KillTarget;
     let picked = [
         b.session.is_some(),
@@ -808,6 +841,18 @@ async fn kill(State(st): State<AppState>, ApiJson(b): ApiJson<KillBody>) -> ApiR
         ),
         _ => (KillTarget::All, "kill switch (kill-all)".to_string()),
     };
+    // Policy on every session it would take.
+    let lives = st.mgr.list(false).await?;
+    let hit: Vec<_> = lives
+        .into_iter()
+        .filter(|s| match &target {
+            KillTarget::All => true,
+            KillTarget::Session(id) => &s.id == id,
+            KillTarget::Human(h) => &s.human == h,
+            KillTarget::Task(t) => s.task.as_str() == t,
+        })
+        .collect();
+    may_kill(&st, &caller, &hit).await?;
     let t0 = Instant::now();
     let mgr = st.mgr.clone();
     // Runs to the end even if the client hangs up: a kill switch must not be half-pulled.

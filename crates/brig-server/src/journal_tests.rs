@@ -117,6 +117,7 @@ async fn server_signs_every_n_events_and_at_shutdown() {
     let mut cfg = ServerConfig::embedded(dir.path());
     cfg.journal.checkpoint_every = 5;
     cfg.journal.checkpoint_interval = Duration::from_secs(3600);
+    same_policies_as_last_run(&cfg);
     let srv = crate::start_inner(cfg.clone(), false).await.unwrap();
     let key = JournalKey::key_path(dir.path());
     assert_eq!(
@@ -177,6 +178,7 @@ async fn file_sink_checkpoints_prove_a_truncated_tail_that_local_evidence_cannot
     );
     sc.flush_interval = Duration::from_millis(20);
     cfg.journal.sinks = vec![sc];
+    same_policies_as_last_run(&cfg);
     let srv = crate::start_inner(cfg.clone(), false).await.unwrap();
     let db = srv.manager().db().clone();
     // 12 events from 4 concurrent writers, through the group-commit writer.
@@ -243,4 +245,16 @@ async fn file_sink_checkpoints_prove_a_truncated_tail_that_local_evidence_cannot
         "{:?}",
         caught.problems
     );
+}
+
+/// These tests count the journal's events exactly: start as if brig ran
+/// with the same policies before (no `policy.change` at start).
+fn same_policies_as_last_run(cfg: &ServerConfig) {
+    let p = crate::policy::Policy::build(cfg).unwrap();
+    std::fs::create_dir_all(&cfg.data_dir).unwrap();
+    std::fs::write(
+        cfg.data_dir.join("policy.digest"),
+        format!("{}\n", p.engine.digest()),
+    )
+    .unwrap();
 }

@@ -1147,6 +1147,35 @@ impl Manager {
             .map_err(|e| Error::internal(format!("writing {}: {e}", path.display())))
     }
 
+    /// Cedar's `pr.open` for a live session's pull request.
+    pub async fn authorize_pr_open(
+        &self,
+        id: &SessionId,
+        repo: &str,
+        head: &str,
+        base: &str,
+        bot_branch: bool,
+        gate_passed: bool,
+    ) -> Result<()> {
+        let live = self.live_table().get(id).cloned();
+        let Some(live) = live else {
+            let info = self.get(id).await?;
+            return Err(not_live(&info));
+        };
+        let r = brig_policy::Request::pr_open(
+            live.gate.session.agent(),
+            repo,
+            head,
+            base,
+            bot_branch,
+            gate_passed,
+        );
+        live.gate
+            .decide(r, &format!("{repo}:{head}->{base}"), false, &|_| {})
+            .await
+            .map(|_| ())
+    }
+
     /// Whether the session is live (not ended, not being destroyed).
     pub fn is_live(&self, id: &SessionId) -> bool {
         self.live_table()

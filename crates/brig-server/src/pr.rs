@@ -513,6 +513,11 @@ pub async fn create(
             Some(r)
         }
     };
+    // Policy on opening it (pr.open), under the session's profile.
+    let bot = branch.starts_with(&g.bot_prefix);
+    let passed = gate.as_ref().is_none_or(|r| r.passed);
+    mgr.authorize_pr_open(id, &g.name, &branch, &g.pinned.base_branch, bot, passed)
+        .await?;
     let forge = mgr.live_session_forge(id, &g)?;
     let new = NewPullRequest {
         title: req.title.clone(),
