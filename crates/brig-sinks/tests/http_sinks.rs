@@ -213,7 +213,10 @@ async fn datadog_server() -> Arc<HttpSinkServer> {
         }
         let mut d = Decoded::default();
         for o in arr {
-            let keys: Vec<&str> = o.as_object().unwrap().keys().map(String::as_str).collect();
+            // Sorted: serde_json keeps insertion order when a crate in the
+            // build enables its preserve_order feature (cedar-policy does).
+            let mut keys: Vec<&str> = o.as_object().unwrap().keys().map(String::as_str).collect();
+            keys.sort_unstable();
             if keys != ["ddsource", "ddtags", "hostname", "message", "service"] {
                 return Err(format!("unexpected entry keys {keys:?}"));
             }
