@@ -843,15 +843,7 @@ async fn kill(
     };
     // Policy on every session it would take.
     let lives = st.mgr.list(false).await?;
-    let hit: Vec<_> = lives
-        .into_iter()
-        .filter(|s| match &target {
-            KillTarget::All => true,
-            KillTarget::Session(id) => &s.id == id,
-            KillTarget::Human(h) => &s.human == h,
-            KillTarget::Task(t) => s.task.as_str() == t,
-        })
-        .collect();
+    let hit: Vec<_> = lives.into_iter().filter(|s| target.matches(s)).collect();
     may_kill(&st, &caller, &hit).await?;
     let t0 = Instant::now();
     let mgr = st.mgr.clone();

@@ -225,6 +225,10 @@ impl Approvals {
 
     fn announce(&self, what: &str, rec: &ApprovalRecord) {
         if let Some(h) = &self.http {
+            // The resource is a command line or a host: it leaves brig only
+            // redacted, as the store keeps it.
+            let rec = serde_json::to_value(rec).unwrap_or_default();
+            let rec = self.db.store().current_redactor().redact_value(&rec);
             h.send(serde_json::json!({"event": what, "approval": rec}));
         }
     }

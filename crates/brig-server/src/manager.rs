@@ -91,6 +91,18 @@ pub enum KillTarget {
     Task(String),
 }
 
+impl KillTarget {
+    /// Whether the target takes this session.
+    pub fn matches(&self, info: &SessionInfo) -> bool {
+        match self {
+            KillTarget::All => true,
+            KillTarget::Session(id) => &info.id == id,
+            KillTarget::Human(h) => &info.human == h,
+            KillTarget::Task(t) => info.task.as_str() == t,
+        }
+    }
+}
+
 /// What commands in a session see of the outside, streamed in order.
 #[derive(Debug)]
 pub enum ExecOut {
@@ -1994,12 +2006,7 @@ impl Manager {
         let candidates: Vec<Arc<Live>> = self.live_table().values().cloned().collect();
         let mut chosen = Vec::new();
         for l in candidates {
-            let hit = match target {
-                KillTarget::All => true,
-                KillTarget::Session(id) => &l.id == id,
-                KillTarget::Human(h) => &l.info.lock().await.human == h,
-                KillTarget::Task(t) => l.info.lock().await.task.as_str() == t,
-            };
+            let hit = target.matches(&*l.info.lock().await);
             if hit {
                 chosen.push(l.id.clone());
             }

@@ -134,12 +134,19 @@ fn grant_key(action: &str, resource: &str) -> String {
 impl AgentGate {
     async fn journal(&self, d: &Decision) {
         let ev = decision_event(Some(&self.info), d);
-        if let Err(e) = self
-            .db
-            .write(move |s| s.append_event(&ev).map(|_| ()))
-            .await
-        {
-            tracing::error!(session = %self.info.id, error = %e, "could not journal a policy decision");
+        let (db, id) = (self.db.clone(), self.info.id.clone());
+        let write = async move {
+            if let Err(e) = db.write(move |s| s.append_event(&ev).map(|_| ())).await {
+                tracing::error!(session = %id, error = %e, "could not journal a policy decision");
+            }
+        };
+        // An allowed exec or push must not wait for a journal commit of its
+        // own (the exec's start event follows anyway); a refusal is
+        // journaled before the caller hears it.
+        if d.is_allowed() {
+            tokio::spawn(write);
+        } else {
+            write.await;
         }
     }
 
@@ -281,12 +288,10 @@ impl brig_proxy::ConnectGuard for ConnectGate {
         let resource = format!("{host}:{port}");
         // An approval already seen granted for it, while it holds.
         let held = {
-            let now = brig_core::event::now_rfc3339();
-            g.granted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+            let granted = g.granted.lock().unwrap_or_else(|p| p.into_inner());
+            granted
                 .get(&grant_key("net.connect", &resource))
-                .filter(|(_, until)| *until > now)
+                .filter(|(_, until)| *until > brig_core::event::now_rfc3339())
                 .map(|(a, _)| a.clone())
         };
         let d = match held {
