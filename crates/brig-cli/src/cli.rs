@@ -118,6 +118,10 @@ pub enum Command {
     Token(crate::token::TokenCmd),
     /// Run the whole job end to end on embedded defaults (no setup needed).
     Demo(DemoArgs),
+    /// Serve the Model Context Protocol (stdio, or streamable HTTP with
+    /// --listen): MCP clients drive sessions as tools, as you. A server:
+    /// --json only prints the --listen address as JSON.
+    Mcp(crate::mcp::McpArgs),
 }
 
 #[derive(Args, Debug)]

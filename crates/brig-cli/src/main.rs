@@ -9,6 +9,7 @@ mod demo;
 mod human;
 mod journal;
 mod login;
+mod mcp;
 mod model;
 mod output;
 mod pr;
