@@ -596,6 +596,7 @@ async fn loop_direct(
             trust_ca: None,
             upload_cap_bytes: 0,
             no_capture: !capture,
+            hold_words: vec![],
         },
         image,
     )
@@ -620,6 +621,7 @@ async fn loop_direct(
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             cwd: "/workspace".into(),
             tty: None,
+            decided: false,
         })
         .await
         .map_err(|e| e.to_string())?;

@@ -573,3 +573,157 @@ async fn approvals_and_kills_are_decided_by_who_is_calling() {
     assert_eq!(st, 200, "{v}");
     srv.stop().await;
 }
+
+/// A `terraform` of the test's own in /workspace/bin, started by a script
+/// whose own command line names no sensitive command: only the exec inside
+/// the sandbox shows what it is.
+const HIDDEN_APPLY: &str = "mkdir -p /workspace/bin && \
+     printf '#!/bin/sh\\necho \"terraform ran: $*\"\\n' > /workspace/bin/terraform && \
+     chmod +x /workspace/bin/terraform && \
+     PATH=/workspace/bin:$PATH; t=terraform; $t apply -auto-approve; echo \"rc=$?\"";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sensitive_command_started_inside_the_sandbox_waits_for_approval_too() {
+    require_root!();
+    let srv = Srv::start_with(configure).await;
+    let s = srv
+        .create(json!({"task": "OPS-7", "profile": "ops", "human": "ada"}))
+        .await;
+    let id = s["id"].as_str().unwrap().to_string();
+    assert!(
+        s["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l == "capture:hold-sensitive"),
+        "{s}"
+    );
+
+    // The script itself is not sensitive: the API lets it start; its
+    // `terraform apply` waits in execve for an infra-approver.
+    let waiting = exec_in_background(&srv, &id, HIDDEN_APPLY);
+    let reqs = pending(&srv, 1).await;
+    let a = &reqs[0];
+    let apr = a["id"].as_str().unwrap().to_string();
+    assert_eq!(a["action"], "exec");
+    assert_eq!(a["capability"], "iac");
+    assert_eq!(a["roles"], json!(["infra-approver"]));
+    assert!(
+        a["resource"]
+            .as_str()
+            .unwrap()
+            .starts_with("terraform apply"),
+        "{a}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the held command must not run");
+
+    let dave = HumanPrincipal::new("dave").with_roles(&["infra-approver"]);
+    decide(&srv, &dave, &apr, true, None).await.unwrap();
+    let (st, out) = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the script ends once approved")
+        .unwrap()
+        .unwrap();
+    assert_eq!(st, 200, "{out}");
+    let stdout = out["stdout"].as_str().unwrap();
+    assert!(
+        stdout.contains("terraform ran: apply -auto-approve") && stdout.contains("rc=0"),
+        "{out}"
+    );
+    assert!(
+        out["stderr"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("needs approval {apr}")),
+        "the process was told what it waited for: {out}"
+    );
+
+    // Journaled: the decision that held it, the one that let it go, and
+    // the process itself (process events are batched: soon after).
+    let mut evs = Vec::new();
+    for _ in 0..100 {
+        let (_, j) = srv
+            .call(
+                "GET",
+                &format!("/v1/journal?session={id}&limit=10000"),
+                None,
+            )
+            .await;
+        evs = j.as_array().unwrap().clone();
+        if evs.iter().any(|e| {
+            e["action"] == "process.exec" && e["details"]["argv"][0] == "terraform"
+        }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(evs.iter().any(|e| e["action"] == "policy.decision"
+        && e["rule"] == "privileged.exec-iac"
+        && e["details"]["decision"] == "needs_approval"));
+    let execs: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["action"] == "process.exec")
+        .collect();
+    assert!(
+        execs
+            .iter()
+            .any(|e| e["details"]["argv"] == json!(["terraform", "apply", "-auto-approve"])),
+        "{execs:?}"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pr_session_cannot_start_a_sensitive_command_from_a_script_either() {
+    require_root!();
+    let srv = Srv::start_with(configure).await;
+    let s = srv.create(json!({"task": "PR-7", "human": "ada"})).await;
+    let id = s["id"].as_str().unwrap().to_string();
+    let r = tokio::time::timeout(Duration::from_secs(30), srv.exec_req(&id, sh(HIDDEN_APPLY)))
+        .await
+        .expect("a refusal does not wait");
+    let stdout = r["stdout"].as_str().unwrap();
+    assert!(!stdout.contains("terraform ran"), "{r}");
+    // execve failed with EPERM: the shell's "cannot execute" status.
+    assert!(stdout.contains("rc=126"), "{r}");
+    let stderr = r["stderr"].as_str().unwrap();
+    assert!(
+        stderr.contains("brig: refused") && stderr.contains("pr.exec-sensitive"),
+        "the process was told why: {r}"
+    );
+    assert_eq!(pending(&srv, 0).await.len(), 0);
+    let (_, j) = srv
+        .call(
+            "GET",
+            &format!("/v1/journal?session={id}&limit=10000"),
+            None,
+        )
+        .await;
+    let evs = j.as_array().unwrap();
+    let denial = evs
+        .iter()
+        .find(|e| {
+            e["action"] == "policy.decision"
+                && e["outcome"] == "denied"
+                && e["rule"] == "pr.exec-sensitive"
+        })
+        .unwrap_or_else(|| panic!("no denial journaled: {j}"));
+    assert!(
+        denial.to_string().contains("terraform"),
+        "the denial names the command: {denial}"
+    );
+    // A command that only holds a sensitive word is looked at, and goes.
+    let r = srv
+        .exec_req(
+            &id,
+            sh(
+                "printf '#!/bin/sh\necho docs made\n' > /workspace/bin/terraform-docs && \
+                chmod +x /workspace/bin/terraform-docs && PATH=/workspace/bin:$PATH terraform-docs",
+            ),
+        )
+        .await;
+    assert_eq!(r["status"]["code"], 0, "{r}");
+    assert!(r["stdout"].as_str().unwrap().contains("docs made"), "{r}");
+    srv.stop().await;
+}

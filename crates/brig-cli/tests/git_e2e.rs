@@ -706,6 +706,99 @@ async fn policy_decides_pushes_by_profile_and_paths() {
     )
     .await;
     assert_eq!(code, 0, "{out}");
+
+    // A branch outside the bot prefix: pr is refused by its policy...
+    let (code, out, _) = sh(
+        &srv,
+        &pr,
+        "cd /workspace && git push origin HEAD:feature/by-hand 2>&1",
+    )
+    .await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("pr.push-non-bot"), "{out}");
+    // ...privileged asks a maintainer, and a standing rule could not do;
+    // once a human maintainer approved, the push lands upstream.
+    let (code, out, _) = sh(
+        &srv,
+        &ops,
+        "cd /workspace && git push origin HEAD:feature/by-hand 2>&1",
+    )
+    .await;
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("needs approval apr-") && out.contains("maintainer"),
+        "{out}"
+    );
+    let (_, reqs) = srv.call("GET", "/v1/approvals?state=pending", None).await;
+    let req = reqs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r["resource"]
+                .as_str()
+                .unwrap_or("")
+                .ends_with(":feature/by-hand")
+        })
+        .unwrap_or_else(|| panic!("{reqs}"))
+        .clone();
+    let apr = req["id"].as_str().unwrap().to_string();
+    assert_eq!(req["roles"], json!(["maintainer"]));
+    let mia = brig_policy::HumanPrincipal::new("mia").with_roles(&["maintainer"]);
+    mgr.decide_human(&brig_policy::Request::approval_grant(
+        &mia,
+        "ada",
+        &apr,
+        &["maintainer".to_string()],
+    ))
+    .await
+    .unwrap();
+    mgr.approvals()
+        .unwrap()
+        .decide(
+            &apr,
+            brig_server::approvals::HumanDecision {
+                by: "mia".into(),
+                approve: true,
+                for_: None,
+                note: None,
+                roles: vec!["maintainer".into()],
+            },
+            true,
+        )
+        .await
+        .unwrap();
+    let (code, out, _) = sh(
+        &srv,
+        &ops,
+        "cd /workspace && git push origin HEAD:feature/by-hand 2>&1",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let landed = std::process::Command::new("git")
+        .args(["rev-parse", "--verify", "refs/heads/feature/by-hand"])
+        .current_dir(&up)
+        .output()
+        .unwrap();
+    assert!(landed.status.success(), "the push did not reach upstream");
+
+    // Fetches are decided too (and allowed in every shipped profile).
+    let (code, out, _) = sh(&srv, &ops, "cd /workspace && git fetch origin 2>&1").await;
+    assert_eq!(code, 0, "{out}");
+    // (An allowed decision is journaled off the fetch's path: soon after.)
+    let mut fetched = false;
+    for _ in 0..100 {
+        let decisions = events(&srv, &ops, "policy.decision").await;
+        fetched = decisions
+            .iter()
+            .any(|e| e["details"]["action"] == "git.fetch" && e["rule"] == "base.git-fetch");
+        if fetched {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(fetched, "no git.fetch decision in the journal");
+
     // Each refusal and the acceptance are journaled with their rule.
     let pushes = events(&srv, &pr, "git.push").await;
     assert!(

@@ -42,6 +42,7 @@ impl Init {
             ],
             cwd: self.dir(),
             tty: None,
+            decided: false,
         }
     }
     async fn spawn(&self, argv: &[&str]) -> ExecHandle {

@@ -30,6 +30,8 @@ pub enum Kind {
     Resize = 5,
     /// Ask init how many processes are alive: answered by `Status`.
     Ping = 6,
+    /// The host's answer on a held exec: JSON [`HoldAnswer`].
+    HoldAnswer = 7,
 
     // sandbox → host
     /// Init is up with every guard applied: JSON [`Ready`].
@@ -51,6 +53,9 @@ pub enum Kind {
     Process = 72,
     /// A process init saw exec was reaped by init: JSON [`ProcessExit`].
     ProcessExit = 73,
+    /// A process is held in execve until the host answers (its command line
+    /// matched a sensitive pattern's words): JSON [`ProcessHold`].
+    Hold = 74,
 }
 
 impl Kind {
@@ -63,6 +68,7 @@ impl Kind {
             4 => Signal,
             5 => Resize,
             6 => Ping,
+            7 => HoldAnswer,
             64 => Ready,
             65 => Started,
             66 => SpawnFailed,
@@ -73,6 +79,7 @@ impl Kind {
             71 => Status,
             72 => Process,
             73 => ProcessExit,
+            74 => Hold,
             _ => return None,
         })
     }
@@ -178,6 +185,11 @@ pub struct Spawn {
     /// Allocate a PTY of (rows, cols); stdout carries its output, no stderr.
     #[serde(default)]
     pub tty: Option<(u16, u16)>,
+    /// Policy already decided this command line (it was labelled sensitive
+    /// and allowed, perhaps after an approval): init does not hold it, nor
+    /// what it starts, again.
+    #[serde(default)]
+    pub decided: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -247,6 +259,34 @@ pub struct ProcessExec {
     pub time: String,
 }
 
+/// An exec init holds in the kernel until the host answers ([`HoldAnswer`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcessHold {
+    /// Init's handle on the held call (answers name it).
+    pub id: u64,
+    pub exec: ProcessExec,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldVerdict {
+    /// Still deciding (an approval is awaited): `message` goes to the
+    /// process's stderr, the call stays held.
+    Wait,
+    /// Let the exec go on.
+    Allow,
+    /// Fail the exec with EPERM; `message` goes to the process's stderr.
+    Deny,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HoldAnswer {
+    pub id: u64,
+    pub verdict: HoldVerdict,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
 /// A process init saw exec ended, as reaped by init.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProcessExit {
@@ -271,6 +311,7 @@ mod tests {
                 env: vec![],
                 cwd: "/workspace".into(),
                 tty: None,
+                decided: false,
             },
         );
         let b = Frame::new(Kind::Stdout, 7, b"hello".to_vec());

@@ -215,6 +215,10 @@ impl Drop for FetchRecord {
 
 async fn advertise_upload_pack(session: &GitSession, v2: bool) -> Response {
     let mut rec = FetchRecord::new(session, "advertise", v2);
+    if let Err(why) = session.services.authorize_fetch().await {
+        rec.fail(Outcome::Rejected, why.clone());
+        return plain(StatusCode::FORBIDDEN, &why);
+    }
     let mut c = git(&session.repo.dir, &protocol_env(v2));
     c.args(upload_pack_args())
         .arg("--advertise-refs")
@@ -266,6 +270,10 @@ pub(crate) async fn read_limited(body: Body, limit: u64) -> Result<Vec<u8>, Stri
 
 async fn upload_pack(session: &GitSession, headers: &HeaderMap, body: Body, v2: bool) -> Response {
     let mut rec = FetchRecord::new(session, "upload-pack", v2);
+    if let Err(why) = session.services.authorize_fetch().await {
+        rec.fail(Outcome::Rejected, why.clone());
+        return plain(StatusCode::FORBIDDEN, &why);
+    }
     let limit = session.repo.limits.max_fetch_request_bytes;
     let raw = match read_limited(body, limit).await {
         Ok(b) => b,

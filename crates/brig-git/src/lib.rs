@@ -108,6 +108,11 @@ impl SessionRepo {
         format!("brig/{session}/")
     }
 
+    /// Whether `branch` is under the bot prefix (and not the prefix alone).
+    pub fn is_bot_branch(&self, branch: &str) -> bool {
+        branch.starts_with(&self.bot_prefix) && branch.len() > self.bot_prefix.len()
+    }
+
     /// The pattern that protects `branch`, if one does.
     pub fn protected_pattern(&self, branch: &str) -> Option<&str> {
         if branch == self.base_branch {
@@ -183,14 +188,28 @@ pub trait GatewayServices: Send + Sync {
     /// Called on the request's task: do not block.
     fn record(&self, event: GitEvent);
     /// Policy on one branch update, after the gateway's own rules and the
-    /// scan passed, with every path its new commits touch: `Err(why)`
-    /// refuses it (shown in git's output). Default: allowed.
+    /// scan passed, with every path its new commits touch and whether the
+    /// branch is under the session's bot prefix: `Err(why)` refuses it
+    /// (shown in git's output). Default: allowed.
     fn authorize_push<'a>(
         &'a self,
         branch: &'a str,
+        bot_branch: bool,
         paths: &'a [String],
     ) -> BoxFuture<'a, Result<(), String>> {
-        let _ = (branch, paths);
+        let _ = (branch, bot_branch, paths);
+        Box::pin(async { Ok(()) })
+    }
+    /// Whether [`GatewayServices::authorize_push`] decides pushes outside
+    /// the bot prefix (a policy with rules for them, e.g. a maintainer's
+    /// approval). Default `false`: the gateway refuses them itself, before
+    /// anything else. Protected branches are refused either way.
+    fn decides_non_bot_branches(&self) -> bool {
+        false
+    }
+    /// Policy on a fetch (its ref advertisement and each upload-pack):
+    /// `Err(why)` refuses it with a 403 carrying `why`. Default: allowed.
+    fn authorize_fetch(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async { Ok(()) })
     }
 }

@@ -460,6 +460,7 @@ async fn push(
                 &c.old,
                 &c.new,
                 current.get(&c.refname).map(String::as_str),
+                session.services.decides_non_bot_branches(),
             )
             .err();
         }
@@ -658,7 +659,8 @@ async fn push(
     };
     for c in cmds.iter_mut() {
         let branch = c.branch().to_string();
-        if let Err(why) = session.services.authorize_push(&branch, &paths).await {
+        let bot = repo.is_bot_branch(&branch);
+        if let Err(why) = session.services.authorize_push(&branch, bot, &paths).await {
             c.verdict = Some((PushRule::Policy, why));
         }
     }

@@ -108,12 +108,15 @@ pub fn valid_branch_name(b: &str) -> bool {
 
 /// Why `refname` may not be updated from `old` to `new` by this session, decided
 /// from names alone; `current` is the gateway's value of the ref, if it has one.
+/// `non_bot_by_policy`: a branch outside the bot prefix is left to the policy
+/// (which sees it as not a bot branch) instead of refused here.
 pub fn check_command(
     repo: &SessionRepo,
     refname: &str,
     old: &str,
     new: &str,
     current: Option<&str>,
+    non_bot_by_policy: bool,
 ) -> Result<(), (PushRule, String)> {
     let Some(branch) = refname.strip_prefix("refs/heads/") else {
         if refname.starts_with("refs/tags/") {
@@ -154,7 +157,7 @@ pub fn check_command(
             ),
         ));
     }
-    if !branch.starts_with(&repo.bot_prefix) || branch.len() == repo.bot_prefix.len() {
+    if !non_bot_by_policy && !repo.is_bot_branch(branch) {
         return Err((
             PushRule::BotPrefix,
             format!(
@@ -214,7 +217,9 @@ mod tests {
         let one = "1111111111111111111111111111111111111111";
         let two = "2222222222222222222222222222222222222222";
         let rule = |r: &str, old: &str, new: &str, cur: Option<&str>| {
-            check_command(&repo, r, old, new, cur).err().map(|e| e.0)
+            check_command(&repo, r, old, new, cur, false)
+                .err()
+                .map(|e| e.0)
         };
         assert_eq!(
             rule("refs/heads/brig/s-abcdefgh23/x", ZERO, one, None),
@@ -257,5 +262,15 @@ mod tests {
             rule("refs/heads/brig/s-abcdefgh23/x", ZERO, two, Some(one)),
             Some(PushRule::Stale)
         );
+        // Left to the policy: a non-bot branch passes the names check, a
+        // protected one still does not.
+        let by_policy = |r: &str| {
+            check_command(&repo, r, ZERO, two, None, true)
+                .err()
+                .map(|e| e.0)
+        };
+        assert_eq!(by_policy("refs/heads/feature"), None);
+        assert_eq!(by_policy("refs/heads/main"), Some(PushRule::Protected));
+        assert_eq!(by_policy("refs/tags/v1"), Some(PushRule::Tag));
     }
 }

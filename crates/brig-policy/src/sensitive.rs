@@ -114,6 +114,18 @@ impl Default for Sensitivity {
 }
 
 impl Sensitivity {
+    /// One word per command pattern that every command line it matches
+    /// contains (its longest run of literal characters without a space):
+    /// the sandbox's cheap prefilter for holding an exec until policy
+    /// decided it. `""` (matches everything) for a pattern without one.
+    pub fn command_words(&self) -> Vec<String> {
+        let mut out = BTreeSet::new();
+        for p in self.commands.values().flatten() {
+            out.insert(longest_literal(p));
+        }
+        out.into_iter().collect()
+    }
+
     /// Compile every pattern once; an invalid glob is an error naming the
     /// label and the pattern.
     pub fn compile(&self) -> Result<SensitivityMatcher, PolicyError> {
@@ -321,8 +333,57 @@ fn split_script(script: &str) -> Vec<&str> {
         .collect()
 }
 
+/// The longest run of a glob's literal characters that holds no space:
+/// `*`, `?`, `[...]` and `{...}` end a run (their text is not literal).
+fn longest_literal(pattern: &str) -> String {
+    let mut best = String::new();
+    let mut cur = String::new();
+    let mut chars = pattern.chars();
+    let end_run = |cur: &mut String, best: &mut String| {
+        if cur.len() > best.len() {
+            *best = std::mem::take(cur);
+        }
+        cur.clear();
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '*' | '?' | ' ' | '\t' => end_run(&mut cur, &mut best),
+            '[' | '{' => {
+                end_run(&mut cur, &mut best);
+                let close = if c == '[' { ']' } else { '}' };
+                for d in chars.by_ref() {
+                    if d == close {
+                        break;
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some(' ') | None => end_run(&mut cur, &mut best),
+                Some(d) => cur.push(d),
+            },
+            c => cur.push(c),
+        }
+    }
+    end_run(&mut cur, &mut best);
+    best
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn command_words_are_literal_runs() {
+        use super::longest_literal as w;
+        assert_eq!(w("terraform apply*"), "terraform");
+        assert_eq!(w("*migrate*"), "migrate");
+        assert_eq!(w("rails db:*"), "rails");
+        assert_eq!(w("kubectl [ad]*"), "kubectl");
+        assert_eq!(w("*"), "");
+        assert_eq!(w("a{bcdef,g}h"), "a");
+        let words = super::Sensitivity::default().command_words();
+        assert!(words.contains(&"terraform".to_string()), "{words:?}");
+        assert!(!words.iter().any(|w| w.is_empty()), "{words:?}");
+    }
+
     use super::*;
 
     fn argv(s: &str) -> Vec<String> {

@@ -125,13 +125,19 @@ fn read_only_profile() {
     );
     check(
         &e,
-        Request::secret_use(&a, "NPM_TOKEN", "registry"),
+        Request::secret_use(&a, "NPM_TOKEN", "pkg"),
         "allow",
         "read-only.secret-registry",
     );
     check(
         &e,
-        Request::secret_use(&a, "GH_READ", "read"),
+        Request::secret_use(&a, "GH_READ", "git.read"),
+        "allow",
+        "read-only.secret-registry",
+    );
+    check(
+        &e,
+        Request::secret_use(&a, "GH_WRITE", "git.write"),
         "deny",
         "default-deny",
     );
@@ -246,13 +252,13 @@ fn pr_profile() {
     );
     check(
         &e,
-        Request::secret_use(&a, "GH_READ", "read"),
+        Request::secret_use(&a, "GH_READ", "git.read"),
         "allow",
         "pr.secret",
     );
     check(
         &e,
-        Request::secret_use(&a, "AWS", "cloud"),
+        Request::secret_use(&a, "AWS", "cloud:aws"),
         "deny",
         "default-deny",
     );
@@ -429,13 +435,13 @@ fn privileged_profile_sensitive_capabilities_need_approval() {
     );
     check(
         &e,
-        Request::secret_use(&a, "AWS_PROD", "cloud"),
+        Request::secret_use(&a, "AWS_PROD", "cloud:aws"),
         "needs_approval",
         "privileged.secret-cloud",
     );
     check(
         &e,
-        Request::secret_use(&a, "NPM", "registry"),
+        Request::secret_use(&a, "NPM", "pkg"),
         "allow",
         "privileged.secret",
     );
@@ -596,7 +602,7 @@ fn forbid_beats_an_extra_permit_everything() {
     // Something only the extra permits: allowed, and it says so.
     let d = check(
         &e,
-        Request::secret_use(&a, "X", "cloud"),
+        Request::secret_use(&a, "X", "cloud:aws"),
         "allow",
         "org.yolo",
     );
@@ -875,8 +881,8 @@ fn the_session_cache_is_keyed_by_every_resource_attribute() {
         assert_eq!(e.authorize_session(&s, &bot).outcome, Outcome::Allow);
         assert_eq!(e.authorize_session(&s, &not_bot).rule(), "pr.push-non-bot");
     }
-    let reg = Request::secret_use(&a, "TOKEN", "registry");
-    let cloud = Request::secret_use(&a, "TOKEN", "cloud");
+    let reg = Request::secret_use(&a, "TOKEN", "pkg");
+    let cloud = Request::secret_use(&a, "TOKEN", "cloud:aws");
     for _ in 0..2 {
         assert_eq!(e.authorize_session(&s, &reg).outcome, Outcome::Allow);
         assert_eq!(e.authorize_session(&s, &cloud).outcome, Outcome::Deny);

@@ -767,6 +767,22 @@ async fn exfil<S: AsyncWrite + Unpin>(
     ctx.emit(ev, start);
 }
 
+/// The first of `names` the control plane's policy refuses to inject into
+/// a request to `host`, as the refusal to answer.
+fn secret_refused<'n>(
+    s: &SessionEgress,
+    names: impl Iterator<Item = &'n str>,
+    host: &str,
+) -> Option<Judged> {
+    let inj = s.secrets.as_ref()?;
+    for name in names {
+        if let Err(d) = inj.authorize(name, host) {
+            return Some(Judged::builtin(&d.rule, d.reason, d.how));
+        }
+    }
+    None
+}
+
 /// A host name that carries a placeholder or a value (exfiltration by
 /// name: DNS, SNI, CONNECT, Host).
 pub(crate) fn name_leak(s: &SessionEgress, name: &str) -> Option<Blocked> {
@@ -1137,6 +1153,22 @@ where
             (Some(p), Framing::Length(_)) if !p.injects_body() => OutFraming::Same,
             _ => OutFraming::Chunked,
         };
+        // Policy on each secret about to be used, before a byte goes out: the
+        // head's, and a streamed body's possible ones (known only as it
+        // passes, so asked for up front).
+        let streamed: Vec<&str> = match (&plan, &filter) {
+            (Some(p), Some(_)) if body_out != OutFraming::Buffer => p.body_secrets().collect(),
+            _ => Vec::new(),
+        };
+        let asked = injected.iter().map(String::as_str).chain(streamed);
+        if let Some(j) = secret_refused(s, asked, &host_s) {
+            let keep = prep.keep_alive && prep.framing == Framing::None;
+            deny(&mut client, ctx, ev, j, start, !keep).await;
+            if keep {
+                continue;
+            }
+            return;
+        }
         // Such a body is filtered into memory before brig dials: a blocked
         // request never opens a connection upstream.
         let mut rendered: Option<Vec<u8>> = None;
@@ -1178,6 +1210,11 @@ where
                     ctx.emit(ev, start);
                     return;
                 }
+            }
+            let body_only = f.injected.difference(&injected).map(String::as_str);
+            if let Some(j) = secret_refused(s, body_only, &host_s) {
+                deny(&mut client, ctx, ev, j, start, true).await;
+                return;
             }
             injected.extend(f.injected.iter().cloned());
             filter = None;

@@ -516,6 +516,16 @@ impl Plan<'_> {
         }
     }
 
+    /// Names of the secrets that may be replaced in this request's body.
+    pub(crate) fn body_secrets(&self) -> impl Iterator<Item = &str> {
+        self.p
+            .entries
+            .iter()
+            .zip(&self.bound)
+            .filter(|(e, b)| **b && e.body && e.placeholder.is_some())
+            .map(|(e, _)| e.name.as_str())
+    }
+
     /// Whether some secret may be replaced in this request's body.
     pub(crate) fn injects_body(&self) -> bool {
         self.p

@@ -223,6 +223,13 @@ pub trait SecretInjector: Send + Sync + 'static {
     /// Secret `name` was injected into a request to `host` (for the
     /// credential's use record). Must not block.
     fn used(&self, _name: &str, _host: &str) {}
+    /// Whether secret `name` may be injected into a request to `host`
+    /// (Cedar's `secret.use`), asked before anything of the request is
+    /// sent upstream. `Err` refuses the request (403). Called on the
+    /// request's path: quick, never blocking. Default: its binding decides.
+    fn authorize(&self, _name: &str, _host: &str) -> Result<(), GuardDenial> {
+        Ok(())
+    }
 }
 
 /// A fixed set (tests, and sessions whose secrets never change).

@@ -24,6 +24,8 @@ use brig_core::wire;
 
 /// The layer name reported in `Ready.layers`.
 pub const LAYER: &str = "capture:seccomp-notify";
+/// Reported too when sensitive execs are held for the host's decision.
+pub const HOLD_LAYER: &str = "capture:hold-sensitive";
 
 const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
 const SECCOMP_GET_NOTIF_SIZES: libc::c_ulong = 3;
@@ -213,6 +215,25 @@ pub struct Capture {
     /// Exits found outside `take_exits` (a reused pid), reported by it.
     pending: Vec<wire::ProcessExit>,
     buf: Vec<u8>,
+    /// Words of the sensitive command patterns: an exec whose command line
+    /// holds one is held until the host answers ([`Capture::answer`]).
+    pub hold_words: Vec<String>,
+    /// Processes whose command line policy already decided (and so what
+    /// they start): never held.
+    pub decided: std::collections::HashSet<i32>,
+    /// The process init is starting itself (its command was decided by the
+    /// host before it asked): not held.
+    pub exempt: Option<i32>,
+    /// Held calls, by notification id.
+    held: HashMap<u64, wire::ProcessExec>,
+}
+
+/// What became of one exec notification.
+pub enum Handled {
+    /// Let go on; report it.
+    Exec(wire::ProcessExec),
+    /// Held in the kernel until the host answers.
+    Held(wire::ProcessHold),
 }
 
 impl Capture {
@@ -286,6 +307,10 @@ impl Capture {
             pending: Vec::new(),
             exits,
             buf: vec![0u8; (sizes.notif as usize).max(80)],
+            hold_words: Vec::new(),
+            decided: Default::default(),
+            exempt: None,
+            held: HashMap::new(),
         })
     }
 
@@ -306,9 +331,15 @@ impl Capture {
         self.exits.as_raw_fd()
     }
 
-    /// Take one pending notification, let the exec go on, and return what
-    /// it was (None: nothing pending, or the caller died meanwhile).
-    pub fn handle_one(&mut self) -> Option<wire::ProcessExec> {
+    /// Take one pending notification and return what it was (None: nothing
+    /// pending, or the caller died meanwhile): let go on, or held when its
+    /// command line holds a sensitive pattern's word.
+    ///
+    /// A hold is a guardrail for the agent's honest mistakes, not a
+    /// boundary: the kernel reads argv again after `CONTINUE`, so a
+    /// multi-threaded program can swap it after brig looked (see
+    /// docs/ISOLATION.md); the boundary stays the sandbox and its egress.
+    pub fn handle_one(&mut self) -> Option<Handled> {
         self.buf.fill(0);
         let buf = &mut self.buf;
         // SAFETY: RECV fills a zeroed seccomp_notif of the kernel's size.
@@ -336,10 +367,6 @@ impl Capture {
         // caller's (the pidfd included): if it died, and the pid was
         // perhaps reused, drop it.
         let valid = self.id_valid(id);
-        self.send_continue(id);
-        if !valid {
-            return None;
-        }
         // A process that made itself non-dumpable before exec cannot hide:
         // it is still recorded, without what only its memory holds.
         let (path, argv) = info.unwrap_or_else(|| ("[brig: memory unreadable]".into(), vec![]));
@@ -347,10 +374,17 @@ impl Capture {
             Some(i) if i.mask & PIDFD_INFO_PID != 0 => (i.tgid as i32, i.ppid as i32, i.ruid),
             _ => (tid, 0, u32::MAX),
         };
+        let hold = valid && self.should_hold(pid, ppid, &argv);
+        if !hold {
+            self.send_continue(id);
+        }
+        if !valid {
+            return None;
+        }
         if let Some(fd) = pidfd {
             self.track(pid, fd);
         }
-        Some(wire::ProcessExec {
+        let exec = wire::ProcessExec {
             pid,
             ppid,
             uid,
@@ -358,7 +392,58 @@ impl Capture {
             path,
             cwd,
             time,
-        })
+        };
+        if hold {
+            self.held.insert(id, exec.clone());
+            return Some(Handled::Held(wire::ProcessHold { id, exec }));
+        }
+        Some(Handled::Exec(exec))
+    }
+
+    /// Whether an exec waits for the host: its command line holds a
+    /// sensitive word, and neither it nor an ancestor was decided already.
+    fn should_hold(&self, pid: i32, ppid: i32, argv: &[String]) -> bool {
+        if self.hold_words.is_empty() || self.exempt == Some(pid) {
+            return false;
+        }
+        let line = argv.join(" ");
+        if !self.hold_words.iter().any(|w| line.contains(w.as_str())) {
+            return false;
+        }
+        // Up the parent chain (inside the sandbox's pid namespace).
+        let mut p = pid;
+        let mut parent = ppid;
+        for _ in 0..64 {
+            if self.decided.contains(&p) {
+                return false;
+            }
+            if parent <= 1 {
+                break;
+            }
+            p = parent;
+            parent = parent_of(p).unwrap_or(0);
+        }
+        true
+    }
+
+    /// The host's answer on a held call. Returns the held process's pid
+    /// (for a message on its stderr) and, when let go on, its exec record;
+    /// None for a call not held (answered already, or unknown).
+    pub fn answer(&mut self, a: &wire::HoldAnswer) -> Option<(i32, Option<wire::ProcessExec>)> {
+        match a.verdict {
+            wire::HoldVerdict::Wait => self.held.get(&a.id).map(|e| (e.pid, None)),
+            wire::HoldVerdict::Allow => {
+                let e = self.held.remove(&a.id)?;
+                let live = self.id_valid(a.id);
+                self.send_continue(a.id);
+                Some((e.pid, live.then_some(e)))
+            }
+            wire::HoldVerdict::Deny => {
+                let e = self.held.remove(&a.id)?;
+                self.send_error(a.id, libc::EPERM);
+                Some((e.pid, None))
+            }
+        }
     }
 
     /// Watch `pid`'s pidfd for its exit. A process that execs again (or
@@ -397,6 +482,16 @@ impl Capture {
 
     /// The exits of watched processes that were reaped since the last call.
     pub fn take_exits(&mut self) -> Vec<wire::ProcessExit> {
+        let out = self.take_exits_inner();
+        if !self.decided.is_empty() {
+            for e in &out {
+                self.decided.remove(&e.pid);
+            }
+        }
+        out
+    }
+
+    fn take_exits_inner(&mut self) -> Vec<wire::ProcessExit> {
         let mut out = std::mem::take(&mut self.pending);
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; EXIT_BATCH];
         loop {
@@ -436,6 +531,15 @@ impl Capture {
         unsafe { libc::ioctl(self.fd.as_raw_fd(), NOTIF_ID_VALID, &id as *const u64) == 0 }
     }
 
+    fn send_error(&self, id: u64, errno: i32) {
+        // struct seccomp_notif_resp { u64 id; s64 val; s32 error; u32 flags; }
+        let mut resp = vec![0u8; self.resp_size.max(24)];
+        resp[0..8].copy_from_slice(&id.to_ne_bytes());
+        resp[16..20].copy_from_slice(&(-errno).to_ne_bytes());
+        // SAFETY: SEND reads a seccomp_notif_resp; ENOENT (caller gone) is fine.
+        unsafe { libc::ioctl(self.fd.as_raw_fd(), NOTIF_SEND, resp.as_ptr()) };
+    }
+
     fn send_continue(&self, id: u64) {
         let mut resp = vec![0u8; self.resp_size.max(24)];
         resp[0..8].copy_from_slice(&id.to_ne_bytes());
@@ -443,6 +547,14 @@ impl Capture {
         // SAFETY: SEND reads a seccomp_notif_resp; ENOENT (caller gone) is fine.
         unsafe { libc::ioctl(self.fd.as_raw_fd(), NOTIF_SEND, resp.as_ptr()) };
     }
+}
+
+/// The parent pid of `pid`, from `/proc/<pid>/stat` (after the command
+/// name's closing parenthesis: state, then ppid).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Whether a pidfd's process was reaped (POLLHUP).

@@ -142,6 +142,9 @@ struct Shared {
     pings: Mutex<VecDeque<oneshot::Sender<wire::Status>>>,
     ready: watch::Sender<Option<Result<wire::Ready>>>,
     closed: watch::Sender<Option<String>>,
+    /// Execs init holds for a decision: never dropped (a process waits on
+    /// each), so unbounded; init holds only sensitive-looking ones.
+    holds: mpsc::UnboundedSender<wire::ProcessHold>,
 }
 
 pub struct Channel {
@@ -149,6 +152,7 @@ pub struct Channel {
     shared: Arc<Shared>,
     next_chan: AtomicU32,
     process: Mutex<Option<ProcessEvents>>,
+    holds: Mutex<Option<mpsc::UnboundedReceiver<wire::ProcessHold>>>,
 }
 
 impl Channel {
@@ -170,11 +174,13 @@ impl Channel {
         W: AsyncWrite + Send + Unpin + 'static,
         R: AsyncRead + Send + Unpin + 'static,
     {
+        let (htx, hrx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             execs: Mutex::new(HashMap::new()),
             pings: Mutex::new(VecDeque::new()),
             ready: watch::channel(None).0,
             closed: watch::channel(None).0,
+            holds: htx,
         });
         let (ptx, prx) = mpsc::channel(PROCESS_QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
@@ -189,6 +195,7 @@ impl Channel {
             shared,
             next_chan: AtomicU32::new(1),
             process: Mutex::new(Some(ProcessEvents { rx: prx, dropped })),
+            holds: Mutex::new(Some(hrx)),
         });
         (channel, producer)
     }
@@ -196,6 +203,17 @@ impl Channel {
     /// The sandbox's process events (once: later calls get None).
     pub fn process_events(&self) -> Option<ProcessEvents> {
         self.process.lock().expect("process lock").take()
+    }
+
+    /// Execs held for a decision (once: later calls get None). Each waits
+    /// in the kernel until [`Channel::answer_hold`] names it.
+    pub fn process_holds(&self) -> Option<mpsc::UnboundedReceiver<wire::ProcessHold>> {
+        self.holds.lock().expect("holds lock").take()
+    }
+
+    /// Answer a held exec (or tell it what it waits for).
+    pub async fn answer_hold(&self, answer: wire::HoldAnswer) -> Result<()> {
+        self.send(Frame::json(Kind::HoldAnswer, 0, &answer)).await
     }
 
     /// The first frame: Ready → Ok; Fatal → Err(GuardUnavailable naming the
@@ -405,6 +423,15 @@ async fn dispatch(
             sink.offer(ProcessEvent::Exit(frame.parse().map_err(bad)?));
             return Ok(());
         }
+        Kind::Hold => {
+            let h: wire::ProcessHold = frame.parse().map_err(bad)?;
+            if shared.holds.send(h).is_err() {
+                // Nobody decides: it stays held (fail closed) until the
+                // sandbox ends.
+                tracing::error!("an exec is held but nothing decides holds for this sandbox");
+            }
+            return Ok(());
+        }
         Kind::Status => {
             let s: wire::Status = frame.parse().map_err(bad)?;
             if let Some(tx) = shared.pings.lock().expect("ping lock").pop_front() {
@@ -524,6 +551,7 @@ mod tests {
             env: vec![],
             cwd: "/workspace".into(),
             tty: None,
+            decided: false,
         }
     }
 

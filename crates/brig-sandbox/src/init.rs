@@ -54,6 +54,11 @@ pub struct InitConfig {
     /// gVisor, which does not implement seccomp user notification.
     #[serde(default)]
     pub capture: bool,
+    /// With `capture`: an exec whose command line holds one of these words
+    /// (of the sensitive command patterns) waits in the kernel until the
+    /// host decides it ([`crate::capture::Capture::answer`]).
+    #[serde(default)]
+    pub hold_words: Vec<String>,
     /// The egress forwarder ([`crate::forwarder`]) init starts (and waits
     /// for) before `Ready` and restarts whenever it dies; commands then get the proxy
     /// environment ([`crate::egress::exec_env`]) unless they set it.
@@ -135,6 +140,7 @@ pub fn main(config_json: &str) -> ! {
             env: vec![],
             cwd: "/".into(),
             tty: None,
+            decided: false,
         },
         env: crate::egress::exec_env(),
         pid: None,
@@ -289,8 +295,12 @@ fn setup(config_json: &str) -> Result<Setup, wire::Failed> {
     }
     // Last: once it is in, every exec waits for init's answer.
     let capture = if config.capture {
-        let c = crate::capture::Capture::install().map_err(|e| failed("capture", e))?;
+        let mut c = crate::capture::Capture::install().map_err(|e| failed("capture", e))?;
         layers.push(crate::capture::LAYER.to_string());
+        if !config.hold_words.is_empty() {
+            c.hold_words = config.hold_words.clone();
+            layers.push(crate::capture::HOLD_LAYER.to_string());
+        }
         Some(c)
     } else {
         None
@@ -794,7 +804,11 @@ impl Init {
                                 }
                             }
                         }
-                        spawn_command(&spawn, self.capture.as_mut(), &self.out)
+                        spawn_command(&spawn, self.capture.as_mut(), &self.out).inspect(|e| {
+                            if let (true, Some(c)) = (spawn.decided, self.capture.as_mut()) {
+                                c.decided.insert(e.pid);
+                            }
+                        })
                     }
                 };
                 match reply {
@@ -810,6 +824,20 @@ impl Init {
                             chan,
                             &failed("spawn", error),
                         ))?;
+                    }
+                }
+            }
+            Kind::HoldAnswer => {
+                let (Ok(a), Some(c)) = (frame.parse::<wire::HoldAnswer>(), self.capture.as_mut())
+                else {
+                    return Ok(());
+                };
+                if let Some((pid, exec)) = c.answer(&a) {
+                    if let Some(m) = &a.message {
+                        tell_stderr(pid, m);
+                    }
+                    if let Some(exec) = exec {
+                        self.out.hold(&Frame::json(Kind::Process, 0, &exec))?;
                     }
                 }
             }
@@ -923,11 +951,26 @@ impl Init {
     }
 }
 
-/// Handle one pending exec notification and report it to the host.
+/// Handle one pending exec notification and report it to the host: a held
+/// one at once (it waits for the answer).
 fn send_exec(c: &mut crate::capture::Capture, out: &HostOut) -> Result<(), ()> {
     match c.handle_one() {
-        Some(msg) => out.hold(&Frame::json(Kind::Process, 0, &msg)),
+        Some(crate::capture::Handled::Exec(msg)) => out.hold(&Frame::json(Kind::Process, 0, &msg)),
+        Some(crate::capture::Handled::Held(h)) => out.send(&Frame::json(Kind::Hold, 0, &h)),
         None => Ok(()),
+    }
+}
+
+/// Best effort: a line on a held process's stderr (what it waits for, or
+/// why it was refused), as `brig:` says it on an API exec.
+fn tell_stderr(pid: i32, message: &str) {
+    use std::io::Write;
+    // Append: a stderr that is a file must not be written over.
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .open(format!("/proc/{pid}/fd/2"))
+    {
+        let _ = writeln!(f, "brig: {message}");
     }
 }
 
@@ -1198,6 +1241,10 @@ fn spawn_command(
         unsafe { libc::_exit(127) };
     }
     drop(err_w);
+    // The child's own exec was decided by the host before it asked.
+    if let Some(c) = capture.as_deref_mut() {
+        c.exempt = Some(pid);
+    }
 
     // Keep init's ends; the child's ends close here.
     let (input, out, err, tty) = match stdio {
@@ -1244,6 +1291,9 @@ fn spawn_command(
             ReadResult::Data(n) => got += n,
             _ => break,
         }
+    }
+    if let Some(c) = capture {
+        c.exempt = None;
     }
     if got > 0 {
         // The child failed before exec and has _exited: reap it now, so the

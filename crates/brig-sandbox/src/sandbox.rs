@@ -77,6 +77,10 @@ pub struct SandboxRequest {
     /// Turn process capture off on a runtime that has it. Only for
     /// measuring its cost (brig-bench's baseline): `brig serve` never sets it.
     pub no_capture: bool,
+    /// With capture by init (native, oci): an exec whose command line holds
+    /// one of these words waits until it is decided
+    /// ([`Sandbox::process_holds`]).
+    pub hold_words: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -235,6 +239,18 @@ impl Sandbox {
         self.channel.process_events()
     }
 
+    /// Execs init holds until they are decided (the spec's `hold_words`);
+    /// once per sandbox. Answer each with [`Sandbox::answer_hold`].
+    pub fn process_holds(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<brig_core::wire::ProcessHold>> {
+        self.channel.process_holds()
+    }
+
+    pub async fn answer_hold(&self, answer: brig_core::wire::HoldAnswer) -> brig_core::Result<()> {
+        self.channel.answer_hold(answer).await
+    }
+
     /// Resolves when the sandbox died on its own (init exited, channel closed).
     pub async fn died(&self) {
         self.channel.closed().await
@@ -355,6 +371,11 @@ async fn build(
         seccomp: true,
         nproc: matches!(req.runtime, RuntimeKind::Gvisor).then_some(req.limits.pids),
         capture: runtime.capture() && !req.no_capture,
+        hold_words: if runtime.capture() && !req.no_capture {
+            req.hold_words.clone()
+        } else {
+            Vec::new()
+        },
         egress: Some(forwarder.clone()),
     };
     let init_dir = crate::initfs::prepare(&paths.data_dir, &paths.brig_exe)?;

@@ -470,6 +470,7 @@ mod tests {
             seccomp: true,
             nproc: None,
             capture: true,
+            hold_words: vec![],
             egress: Some(crate::egress::ForwarderConfig::new(true)),
         };
         let spec = build(&SpecInput {

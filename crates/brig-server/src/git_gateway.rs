@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use brig_core::event::{Event, Outcome};
 use brig_core::session::SessionInfo;
+use brig_core::Error;
 use brig_forge::Forge;
 use brig_git::{
     GatewayServices, GitEvent, GitSession, PushScanner, SshSigner, Upstream, Violation,
@@ -109,9 +110,14 @@ impl GatewayServices for Services {
             tracing::warn!("git event dropped: the journal queue is full");
         }
     }
+    fn decides_non_bot_branches(&self) -> bool {
+        self.gate.is_some()
+    }
+
     fn authorize_push<'a>(
         &'a self,
         branch: &'a str,
+        bot_branch: bool,
         paths: &'a [String],
     ) -> brig_git::BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
@@ -119,15 +125,16 @@ impl GatewayServices for Services {
                 return Ok(());
             };
             let labels = gate.policy.sensitivity.label_paths(paths);
-            // The gateway's own rules already took the push to a bot branch
-            // without force: policy decides the rest (the profile may not
-            // push at all; sensitive paths may need an approval).
+            // The gateway's own rules already refused force, deletes, tags
+            // and protected branches: policy decides the rest (the profile
+            // may not push at all; a non-bot branch or sensitive paths may
+            // need an approval).
             let r = brig_policy::Request::git_push(
                 gate.session.agent(),
                 &self.repo_name,
                 branch,
                 false,
-                true,
+                bot_branch,
                 &labels,
             );
             // A push does not wait: git's client would sit silent. The
@@ -135,11 +142,29 @@ impl GatewayServices for Services {
             gate.decide(r, &format!("{}:{branch}", self.repo_name), false, &|_| {})
                 .await
                 .map(|_| ())
-                .map_err(|e| match e.hint {
-                    Some(h) => format!("{} ({h})", e.message),
-                    None => e.message,
-                })
+                .map_err(git_message)
         })
+    }
+
+    fn authorize_fetch(&self) -> brig_git::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let Some(gate) = &self.gate else {
+                return Ok(());
+            };
+            let r = brig_policy::Request::git_fetch(gate.session.agent(), &self.repo_name);
+            gate.decide(r, &self.repo_name, false, &|_| {})
+                .await
+                .map(|_| ())
+                .map_err(git_message)
+        })
+    }
+}
+
+/// A policy refusal as git's client shows it: one line, with what to do.
+fn git_message(e: Error) -> String {
+    match e.hint {
+        Some(h) => format!("{} ({h})", e.message),
+        None => e.message,
     }
 }
 

@@ -878,6 +878,9 @@ impl Manager {
             trust_ca: secrets.as_ref().map(|(_, ca)| ca.cert_pem().to_string()),
             upload_cap_bytes: self.cfg.upload_cap_bytes,
             no_capture: false,
+            // Commands started inside the sandbox that look sensitive wait
+            // for the same decision as an API exec (Manager::decide_holds).
+            hold_words: self.cfg.policy.sensitive.command_words(),
         };
         say("starting the sandbox");
         let made = Sandbox::create_with_image(&self.paths, sreq, resolved).await;
@@ -993,6 +996,9 @@ impl Manager {
         if let Some(events) = sandbox.process_events() {
             self.journal_processes(&info, events);
         }
+        if let Some(holds) = sandbox.process_holds() {
+            self.decide_holds(&live, holds);
+        }
         // A shutdown that raced this create must not leave the sandbox unwatched.
         if self.closing.load(Ordering::SeqCst) {
             if let Some(l) = self.take_live(&id) {
@@ -1066,7 +1072,11 @@ impl Manager {
                 // No service yet: no URL was ever issued, so the proxy answers 404.
                 artifacts: self.artifacts.get().cloned(),
                 local,
-                secrets: secrets.map(|(s, ca)| (s as Arc<dyn brig_proxy::SecretInjector>, ca)),
+                // Every injection is decided by Cedar's secret.use first.
+                secrets: secrets.map(|(s, ca)| {
+                    let gated = crate::policy::SecretGate::new(s, gate.clone());
+                    (Arc::new(gated) as Arc<dyn brig_proxy::SecretInjector>, ca)
+                }),
                 upstream_ca_file: self.cfg.secrets_upstream_ca.clone(),
                 guard: Some(Arc::new(crate::policy::ConnectGate(gate.clone()))),
             },
@@ -1507,6 +1517,113 @@ impl Manager {
         });
     }
 
+    /// Decide each exec init holds (its command line held a sensitive
+    /// pattern's word) as an API exec is decided: Cedar's `exec` with the
+    /// command's labels, waiting for an approval when policy asks for one
+    /// (the process waits in execve, told on its stderr what it waits for).
+    /// Allowed: it goes on; refused: execve fails with EPERM and the reason
+    /// is on its stderr. Every decision is journaled by the gate.
+    fn decide_holds(
+        &self,
+        live: &Arc<Live>,
+        mut holds: mpsc::UnboundedReceiver<brig_core::wire::ProcessHold>,
+    ) {
+        let (live, sensitivity) = (live.clone(), self.policy().cloned());
+        // A shell tries each PATH directory in turn: one process, one
+        // command line, decided once (not once per candidate).
+        type Recent =
+            std::collections::HashMap<(i32, Vec<String>), (Instant, bool, Option<String>)>;
+        let recent: Arc<std::sync::Mutex<Recent>> = Default::default();
+        tokio::spawn(async move {
+            while let Some(h) = holds.recv().await {
+                let live = live.clone();
+                let sensitivity = sensitivity.clone();
+                let recent = recent.clone();
+                tokio::spawn(async move {
+                    use brig_core::wire::{HoldAnswer, HoldVerdict};
+                    let (id, argv) = (h.id, h.exec.argv);
+                    let key = (h.exec.pid, argv.clone());
+                    let seen = {
+                        let mut r = recent.lock().unwrap_or_else(|p| p.into_inner());
+                        r.retain(|_, (at, _, _)| at.elapsed() < Duration::from_secs(2));
+                        r.get(&key).cloned()
+                    };
+                    if let Some((_, allow, message)) = seen {
+                        let verdict = if allow {
+                            HoldVerdict::Allow
+                        } else {
+                            HoldVerdict::Deny
+                        };
+                        let _ = live
+                            .sandbox
+                            .answer_hold(HoldAnswer {
+                                id,
+                                verdict,
+                                message,
+                            })
+                            .await;
+                        return;
+                    }
+                    let labels = match &sensitivity {
+                        Ok(p) => p.sensitivity.label_command(&argv),
+                        // No policy, no decision: refused (fail closed).
+                        Err(_) => vec!["unknown".to_string()],
+                    };
+                    // A word matched but no pattern did: not sensitive.
+                    let verdict = if labels.is_empty() {
+                        Ok(())
+                    } else {
+                        let r =
+                            brig_policy::Request::exec(live.gate.session.agent(), &argv, &labels);
+                        let sb = live.sandbox.clone();
+                        let say = move |m: String| {
+                            let sb = sb.clone();
+                            tokio::spawn(async move {
+                                let _ = sb
+                                    .answer_hold(HoldAnswer {
+                                        id,
+                                        verdict: HoldVerdict::Wait,
+                                        message: Some(m),
+                                    })
+                                    .await;
+                            });
+                        };
+                        live.gate
+                            .decide(r, &argv.join(" "), true, &say)
+                            .await
+                            .map(|_| ())
+                    };
+                    let answer = match verdict {
+                        Ok(()) => HoldAnswer {
+                            id,
+                            verdict: HoldVerdict::Allow,
+                            message: None,
+                        },
+                        Err(e) => HoldAnswer {
+                            id,
+                            verdict: HoldVerdict::Deny,
+                            message: Some(match &e.hint {
+                                Some(h) => format!("refused: {} ({h})", e.message),
+                                None => format!("refused: {}", e.message),
+                            }),
+                        },
+                    };
+                    recent.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                        key,
+                        (
+                            Instant::now(),
+                            answer.verdict == HoldVerdict::Allow,
+                            answer.message.clone(),
+                        ),
+                    );
+                    if let Err(e) = live.sandbox.answer_hold(answer).await {
+                        tracing::warn!(session = %live.id, error = %e, "could not answer a held exec");
+                    }
+                });
+            }
+        });
+    }
+
     fn watch_death(self: &Arc<Self>, live: Arc<Live>) {
         let me = self.clone();
         tokio::spawn(async move {
@@ -1588,6 +1705,8 @@ impl Manager {
             env: merge_env(&[env]),
             cwd: cwd.clone(),
             tty: req.tty,
+            // Decided above with its labels: init holds none of it again.
+            decided: !labels.is_empty(),
         };
         let exec_id = ExecId::generate();
         let started_at = now_rfc3339();

@@ -266,11 +266,61 @@ impl AgentGate {
     }
 }
 
+impl AgentGate {
+    /// Decide `r` synchronously, on a connection's or request's path (a
+    /// decision is microseconds): with an approval already seen granted
+    /// for it while that holds. A refusal is journaled, and one that needs
+    /// an approval also makes the request, in the background: the agent
+    /// tries again once a human approved it. `again` says how.
+    pub fn check_now(
+        self: &Arc<Self>,
+        r: brig_policy::Request,
+        resource: String,
+        again: &str,
+    ) -> std::result::Result<(Decision, bool), brig_proxy::GuardDenial> {
+        let held = {
+            let granted = self.granted.lock().unwrap_or_else(|p| p.into_inner());
+            granted
+                .get(&grant_key(r.action_name(), &resource))
+                .filter(|(_, until)| *until > brig_core::event::now_rfc3339())
+                .map(|(a, _)| a.clone())
+        };
+        let with_approval = held.is_some();
+        let d = match held {
+            Some(a) => self
+                .policy
+                .engine
+                .authorize_session(&self.session, &r.clone().with_approval(a)),
+            None => self.policy.engine.authorize_session(&self.session, &r),
+        };
+        if d.is_allowed() {
+            return Ok((d, with_approval));
+        }
+        let reason = d
+            .determining
+            .first()
+            .map(|p| p.reason.clone())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| format!("no policy permits {} here (default deny)", d.action));
+        let rule = d.rule().to_string();
+        let how = match &d.outcome {
+            brig_policy::Outcome::NeedsApproval { roles, .. } => format!(
+                "a human with role {} approves it (`brig approvals list`, then `brig approve ID`); {again} once approved",
+                roles.join(" or ")
+            ),
+            _ => "ask for a session whose policy profile allows it (`brig policy test` shows what decides it)".into(),
+        };
+        let gate = self.clone();
+        tokio::spawn(async move {
+            let _ = gate.decide(r, &resource, false, &|_| {}).await;
+        });
+        Err(brig_proxy::GuardDenial { rule, reason, how })
+    }
+}
+
 /// Cedar's `net.connect` on every destination the egress policy let
-/// through: synchronous (a decision is microseconds), so it runs on the
-/// connection's path. A refusal is journaled; one that needs an approval
-/// also makes the request (in the background): the agent connects again
-/// once a human approved it.
+/// through, on the connection's path (allowed ones are journaled as the
+/// proxy's own `net.connect` events).
 pub struct ConnectGate(pub Arc<AgentGate>);
 
 impl brig_proxy::ConnectGuard for ConnectGate {
@@ -285,44 +335,73 @@ impl brig_proxy::ConnectGuard for ConnectGate {
         let labels = g.policy.sensitivity.label_host(host);
         let r = brig_policy::Request::net_connect(g.session.agent(), host, port, method, path)
             .with_labels(&labels);
-        let resource = format!("{host}:{port}");
-        // An approval already seen granted for it, while it holds.
-        let held = {
-            let granted = g.granted.lock().unwrap_or_else(|p| p.into_inner());
-            granted
-                .get(&grant_key("net.connect", &resource))
-                .filter(|(_, until)| *until > brig_core::event::now_rfc3339())
-                .map(|(a, _)| a.clone())
-        };
-        let d = match held {
-            Some(a) => g
-                .policy
-                .engine
-                .authorize_session(&g.session, &r.clone().with_approval(a)),
-            None => g.policy.engine.authorize_session(&g.session, &r),
-        };
-        if d.is_allowed() {
+        g.check_now(r, format!("{host}:{port}"), "connect again")
+            .map(|_| ())
+    }
+}
+
+/// Cedar's `secret.use` each time the proxy is about to put a secret's
+/// value into a request to one of its bound hosts. The session's secrets
+/// otherwise as they are; the first allowed use of a secret at a host is
+/// journaled (later ones are in each request's event, `secrets`), every
+/// refusal is.
+pub struct SecretGate {
+    pub secrets: Arc<crate::secrets::SessionSecrets>,
+    pub gate: Arc<AgentGate>,
+    /// (secret, host) already allowed without an approval.
+    allowed: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+}
+
+impl SecretGate {
+    pub fn new(secrets: Arc<crate::secrets::SessionSecrets>, gate: Arc<AgentGate>) -> Self {
+        SecretGate {
+            secrets,
+            gate,
+            allowed: Default::default(),
+        }
+    }
+}
+
+impl brig_proxy::SecretInjector for SecretGate {
+    fn placeholders(&self) -> Arc<brig_proxy::inject::Placeholders> {
+        self.secrets.placeholders()
+    }
+    fn intercept(&self, host: &str) -> bool {
+        self.secrets.intercept(host)
+    }
+    fn used(&self, name: &str, host: &str) {
+        self.secrets.used(name, host)
+    }
+    fn authorize(
+        &self,
+        name: &str,
+        host: &str,
+    ) -> std::result::Result<(), brig_proxy::GuardDenial> {
+        let key = (name.to_string(), host.to_string());
+        if self
+            .allowed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&key)
+        {
             return Ok(());
         }
-        let reason = d
-            .determining
-            .first()
-            .map(|p| p.reason.clone())
-            .filter(|r| !r.is_empty())
-            .unwrap_or_else(|| "no policy permits this connection (default deny)".into());
-        let rule = d.rule().to_string();
-        let how = match &d.outcome {
-            brig_policy::Outcome::NeedsApproval { roles, .. } => format!(
-                "a human with role {} approves it (`brig approvals list`, then `brig approve ID`); connect again once approved",
-                roles.join(" or ")
-            ),
-            _ => "ask for a session whose policy profile allows this host (`brig policy test` shows what decides it)".into(),
-        };
-        // Journal it, and ask for the approval, off the connection's path.
+        // A secret the session holds no grant record of has no scope to be
+        // allowed by: refused (fail closed).
+        let scope = self.secrets.scope_of(name).unwrap_or_default();
+        let g = &self.gate;
+        let r = brig_policy::Request::secret_use(g.session.agent(), name, &scope);
+        let (d, with_approval) = g.check_now(r, name.to_string(), "send the request again")?;
+        if with_approval {
+            // Held only while the approval does: decided again next time.
+            return Ok(());
+        }
+        self.allowed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key);
         let gate = g.clone();
-        tokio::spawn(async move {
-            let _ = gate.decide(r, &resource, false, &|_| {}).await;
-        });
-        Err(brig_proxy::GuardDenial { rule, reason, how })
+        tokio::spawn(async move { gate.journal(&d).await });
+        Ok(())
     }
 }

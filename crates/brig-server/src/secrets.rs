@@ -556,6 +556,16 @@ async fn revoke_all(db: &Db, info: &SessionInfo, held: Vec<Held>, reason: &str) 
 }
 
 impl SessionSecrets {
+    /// The scope of grant `name` (`git.read`, `pkg`, `cloud:aws`, ...).
+    pub fn scope_of(&self, name: &str) -> Option<String> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|h| h.info.name == name)
+            .map(|h| h.info.scope.clone())
+    }
+
     fn holds(&self, name: &str) -> bool {
         self.held
             .lock()

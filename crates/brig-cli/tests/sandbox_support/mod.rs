@@ -85,6 +85,7 @@ impl TestEnv {
             trust_ca: None,
             upload_cap_bytes: 64 << 20,
             no_capture: false,
+            hold_words: vec![],
         }
     }
 
@@ -171,6 +172,7 @@ pub async fn run(sb: &Sandbox, argv: &[&str]) -> Output {
         ],
         cwd: "/workspace".into(),
         tty: None,
+        decided: false,
     };
     let mut h = sb
         .exec(spawn)
