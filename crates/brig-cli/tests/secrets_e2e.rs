@@ -247,14 +247,14 @@ hosts = ["api.canary.test"]
 [CANARY_FILE]
 source = "files"
 key = "canary.txt"
-scope = "cloud:test"
+scope = "pkg"
 hosts = ["api.canary.test"]
 file = true
 body = true
 [CANARY_VAULT]
 source = "vault"
 key = "ci#token"
-scope = "cloud:test"
+scope = "model"
 hosts = ["api.canary.test"]
 authorization = "Token "
 "#
@@ -686,6 +686,23 @@ http = {{ allow_http = true }}
 "#
         ))
         .unwrap();
+        // Cloud credentials in a pr session: the deployment's own profile
+        // "cloud-ci" (pr plus one permit) says they may be used.
+        std::fs::write(
+            keys.path().join("cloud-ci.cedar"),
+            "@id(\"cloud-ci.secret\")\n@reason(\"CI sessions use their cloud read credentials.\")\n\
+             permit (principal, action == Brig::Action::\"secret.use\", resource)\n\
+             when { resource.scope like \"cloud:*\" };\n",
+        )
+        .unwrap();
+        cfg.policy.profiles.insert(
+            "cloud-ci".into(),
+            brig_policy::ProfileConfig {
+                template: Some("pr".into()),
+                extra: vec![keys.path().join("cloud-ci.cedar")],
+            },
+        );
+        cfg.profiles.get_mut("default").unwrap().policy = "cloud-ci".into();
         cfg.profiles.get_mut("default").unwrap().secrets = toml::from_str(
             r#"
 [CANARY_AWS]
@@ -771,5 +788,133 @@ hosts = ["api.canary.test"]
     for c in canaries {
         assert!(!all.contains(c), "{c} is in the journal");
     }
+    srv.stop().await;
+}
+
+const CLOUD_CANARY: &str = "canary-cloud-4e8b1d90a7c35f26";
+
+/// Cedar's `secret.use` at each injection: a pr session's cloud credential
+/// is never swapped in (default deny); a privileged session's waits for a
+/// cloud-approver, then goes. Both journaled; the canary reaches the bound
+/// host only once approved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn using_a_cloud_credential_is_policy_and_needs_an_approver() {
+    require_root!();
+    let o = origin();
+    let secrets_dir = tempfile::tempdir().unwrap();
+    std::fs::write(secrets_dir.path().join("canary.txt"), "unused\n").unwrap();
+    std::env::set_var("BRIG_E2E_CLOUD_CANARY", CLOUD_CANARY);
+    std::env::set_var("BRIG_E2E_VAULT_TOKEN", VAULT_TOKEN);
+    let (vault_port, _) = fake_vault();
+    let sd = secrets_dir.path().to_path_buf();
+    let (plain_port, _) = plain_origin();
+    let srv = Srv::start_with(|cfg| {
+        configure(cfg, &o, plain_port, vault_port, &sd, "BRIG_E2E_CLOUD_CANARY");
+        let p = cfg.profiles.get_mut("default").unwrap();
+        p.secrets = toml::from_str(
+            "[CANARY_CLOUD]\nsource = \"env\"\nkey = \"BRIG_E2E_CLOUD_CANARY\"\nscope = \"cloud:test\"\nhosts = [\"api.canary.test\"]\n",
+        )
+        .unwrap();
+        let mut ops = p.clone();
+        ops.policy = "privileged".into();
+        cfg.profiles.insert("ops".into(), ops);
+    })
+    .await;
+    let port = o.port;
+    let curl = format!(
+        "curl -sS -o /tmp/body -w '%{{http_code}}' https://api.canary.test:{port}/cloud -H \"Authorization: Bearer $CANARY_CLOUD\"; echo; cat /tmp/body"
+    );
+    let reached = |o: &Origin| {
+        o.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.contains(CLOUD_CANARY))
+    };
+
+    // pr: refused, by policy, before anything leaves.
+    let pr = srv.create(json!({"task": "SEC-9", "human": "ada"})).await;
+    let pr = pr["id"].as_str().unwrap().to_string();
+    let (code, out) = sh(&srv, &pr, &curl).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("403"), "{out}");
+    assert!(out.contains("default-deny"), "{out}");
+    assert!(!reached(&o));
+
+    // privileged: asks a cloud-approver; the agent is told, and retries.
+    let ops = srv
+        .create(json!({"task": "SEC-9", "profile": "ops", "human": "ada"}))
+        .await;
+    let ops = ops["id"].as_str().unwrap().to_string();
+    let (code, out) = sh(&srv, &ops, &curl).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("403"), "{out}");
+    assert!(
+        out.contains("privileged.secret-cloud") && out.contains("cloud-approver"),
+        "{out}"
+    );
+    assert!(!reached(&o));
+    let mut req = Value::Null;
+    for _ in 0..200 {
+        let (_, v) = srv.call("GET", "/v1/approvals?state=pending", None).await;
+        if let Some(r) = v.as_array().and_then(|a| a.first()) {
+            req = r.clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(req["action"], "secret.use", "{req}");
+    assert_eq!(req["resource"], "CANARY_CLOUD", "{req}");
+    let apr = req["id"].as_str().unwrap().to_string();
+    let mgr = srv.server.as_ref().unwrap().manager().clone();
+    let eve = brig_policy::HumanPrincipal::new("eve").with_roles(&["cloud-approver"]);
+    mgr.decide_human(&brig_policy::Request::approval_grant(
+        &eve,
+        "ada",
+        &apr,
+        &["cloud-approver".to_string()],
+    ))
+    .await
+    .unwrap();
+    mgr.approvals()
+        .unwrap()
+        .decide(
+            &apr,
+            brig_server::approvals::HumanDecision {
+                by: "eve".into(),
+                approve: true,
+                for_: Some(std::time::Duration::from_secs(600)),
+                note: None,
+                roles: vec!["cloud-approver".into()],
+            },
+            true,
+        )
+        .await
+        .unwrap();
+    let mut out = String::new();
+    for _ in 0..50 {
+        out = sh(&srv, &ops, &curl).await.1;
+        if out.starts_with("200") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(out.starts_with("200"), "{out}");
+    assert!(reached(&o), "the approved credential reached its host");
+
+    // Every refusal is journaled with its policy; the canary never is.
+    let (_, all) = srv.call("GET", "/v1/journal?limit=10000", None).await;
+    let evs = all.as_array().unwrap();
+    let refused = |session: &str, rule: &str| {
+        evs.iter().any(|e| {
+            e["action"] == "policy.decision"
+                && e["session"] == session
+                && e["rule"] == rule
+                && e["details"]["action"] == "secret.use"
+        })
+    };
+    assert!(refused(&pr, "default-deny"), "{all}");
+    assert!(refused(&ops, "privileged.secret-cloud"), "{all}");
+    assert!(!all.to_string().contains(CLOUD_CANARY));
     srv.stop().await;
 }
