@@ -351,7 +351,7 @@ async fn stdio_tools_drive_a_session_through_policy_and_the_journal() {
             .any(|e| argv_of(e).first().map(String::as_str) == Some("alembic")),
         "the refused command never started"
     );
-    for action in ["plan.submit", "git.push", "git.gate"] {
+    for action in ["plan.submit", "git.push", "git.gate", "git.pr.open"] {
         assert!(
             evs.iter()
                 .any(|e| e["action"] == action && e["human"] == me.as_str()),
