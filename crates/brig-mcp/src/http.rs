@@ -382,3 +382,168 @@ fn new_session_id() -> String {
     rand::rngs::OsRng.fill_bytes(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Method as ApiMethod;
+    use http_body_util::BodyExt;
+
+    /// brig, as far as the transport cares: two good bearers.
+    struct Fake;
+    struct NoApi;
+    impl BrigApi for NoApi {
+        async fn call(&self, _: ApiMethod, p: &str, _: Option<Value>) -> brig_core::Result<Value> {
+            Err(Error::not_found(p.to_string()))
+        }
+    }
+    impl Authenticate for Fake {
+        type Api = NoApi;
+        async fn authenticate(&self, bearer: &str) -> Result<(Arc<NoApi>, String), Error> {
+            match bearer {
+                "alice-token" => Ok((Arc::new(NoApi), "oidc:idp#alice".into())),
+                "bob-token" => Ok((Arc::new(NoApi), "oidc:idp#bob".into())),
+                _ => Err(Error::new(ErrorKind::Unauthorized, "unknown_token")),
+            }
+        }
+    }
+
+    struct Reply {
+        status: u16,
+        headers: hyper::HeaderMap,
+        body: Value,
+    }
+
+    async fn send(
+        addr: std::net::SocketAddr,
+        method: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut b = Request::builder()
+            .method(method)
+            .uri(PATH)
+            .header("host", addr.to_string());
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let r = tx
+            .send_request(b.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{}}}"#;
+    const LIST: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+
+    #[tokio::test]
+    async fn the_transport_authenticates_and_binds_sessions() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(l, Arc::new(Fake), async {
+            let _ = stopped.await;
+        }));
+
+        // No credential, a refused one, another scheme: 401, no session.
+        for auth in [None, Some("Bearer nope"), Some("Basic YTpi")] {
+            let h: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+            let r = send(addr, "POST", &h, INIT).await;
+            assert_eq!(r.status, 401, "{auth:?}");
+            let www = r.headers.get("www-authenticate").unwrap().to_str().unwrap();
+            assert!(www.starts_with("Bearer realm=\"brig-mcp\""), "{www}");
+            assert!(r.headers.get(SESSION_HEADER).is_none());
+            assert!(r.body["error"]["message"].is_string(), "{auth:?}");
+        }
+        let alice = [("authorization", "Bearer alice-token")];
+        let r = send(addr, "POST", &alice, INIT).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body["result"]["protocolVersion"], "2025-06-18");
+        let sid = r.headers[SESSION_HEADER].to_str().unwrap().to_string();
+        assert_eq!(sid.len(), 32);
+
+        // Without the session id 400; an unknown one 404; bob on alice's 403.
+        assert_eq!(send(addr, "POST", &alice, LIST).await.status, 400);
+        let h = [
+            ("authorization", "Bearer alice-token"),
+            (SESSION_HEADER, "f00"),
+        ];
+        assert_eq!(send(addr, "POST", &h, LIST).await.status, 404);
+        let bob = [
+            ("authorization", "Bearer bob-token"),
+            (SESSION_HEADER, sid.as_str()),
+        ];
+        assert_eq!(send(addr, "POST", &bob, LIST).await.status, 403);
+        let mine = [
+            ("authorization", "Bearer alice-token"),
+            (SESSION_HEADER, sid.as_str()),
+        ];
+        let r = send(addr, "POST", &mine, LIST).await;
+        assert_eq!(r.status, 200);
+        assert!(r.body["result"]["tools"].as_array().unwrap().len() > 10);
+        // A notification: 202, no body. Bad JSON: 400 with -32700.
+        let r = send(
+            addr,
+            "POST",
+            &mine,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 202);
+        let r = send(addr, "POST", &mine, "{nope").await;
+        assert_eq!(r.status, 400);
+        assert_eq!(r.body["error"]["code"], jsonrpc::PARSE_ERROR);
+        // An unsupported protocol version header: 400.
+        let v = [
+            ("authorization", "Bearer alice-token"),
+            (SESSION_HEADER, sid.as_str()),
+            (VERSION_HEADER, "1999-01-01"),
+        ];
+        assert_eq!(send(addr, "POST", &v, LIST).await.status, 400);
+        // A foreign Origin: 403.
+        let o = [
+            ("authorization", "Bearer alice-token"),
+            (SESSION_HEADER, sid.as_str()),
+            ("origin", "http://evil.example"),
+        ];
+        assert_eq!(send(addr, "POST", &o, LIST).await.status, 403);
+        // No server stream; DELETE ends the session (bob cannot).
+        assert_eq!(send(addr, "GET", &mine, "").await.status, 405);
+        assert_eq!(send(addr, "DELETE", &bob, "").await.status, 403);
+        assert_eq!(send(addr, "DELETE", &mine, "").await.status, 204);
+        assert_eq!(send(addr, "POST", &mine, LIST).await.status, 404);
+        // Another path: 404.
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let r = tx
+            .send_request(
+                Request::builder()
+                    .uri("/other")
+                    .header("host", "x")
+                    .header("authorization", "Bearer alice-token")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+}
