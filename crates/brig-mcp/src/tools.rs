@@ -855,6 +855,7 @@ enum ExecEnd {
 
 /// How often a running exec looks for an approval request it waits for.
 const APPROVAL_POLL: Duration = Duration::from_millis(400);
+const APPROVAL_POLL_MAX: Duration = Duration::from_secs(3);
 
 /// Run an exec; if policy holds it for an approval, answer with the
 /// request while the exec goes on waiting (as a job of this connection).
@@ -883,11 +884,15 @@ async fn run_exec<A: BrigApi>(api: &Arc<A>, ctx: &Context, id: &str, req: Value)
             done.notify_one();
         });
     }
+    // Soon at first (a request is made before anything runs), then less
+    // often: a long build should not poll brig several times a second.
+    let mut every = APPROVAL_POLL;
     loop {
         tokio::select! {
             _ = done.notified() => break,
-            _ = tokio::time::sleep(APPROVAL_POLL) => {}
+            _ = tokio::time::sleep(every) => {}
         }
+        every = (every * 3 / 2).min(APPROVAL_POLL_MAX);
         if lock(&slot).is_some() {
             break;
         }
