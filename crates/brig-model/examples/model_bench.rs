@@ -153,6 +153,18 @@ impl Conn {
     }
 }
 
+/// CPU time of this process (every thread: client, fake upstream,
+/// gateway), in ns, from /proc (0 where there is none).
+fn cpu_ns() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn pct(v: &mut [Duration], p: f64) -> f64 {
     v.sort();
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
@@ -291,9 +303,11 @@ rpm = 100000000
     let targets: Vec<Arc<Target>> = targets.into_iter().map(Arc::new).collect();
     let slice = Duration::from_millis(250);
     let mut done = vec![0u64; targets.len()];
+    let mut cpu = vec![0u64; targets.len()];
     for _ in 0..(a.seconds * 4) {
         for (i, t) in targets.iter().enumerate() {
             let end = Instant::now() + slice;
+            let cpu0 = cpu_ns();
             let mut tasks = Vec::new();
             for mut c in pools[i].drain(..) {
                 let t = t.clone();
@@ -311,6 +325,7 @@ rpm = 100000000
                 done[i] += n;
                 pools[i].push(c);
             }
+            cpu[i] += cpu_ns().saturating_sub(cpu0);
         }
     }
     let rps: Vec<f64> = done.iter().map(|n| *n as f64 / a.seconds as f64).collect();
@@ -319,7 +334,7 @@ rpm = 100000000
     let (s50, s99) = (pct(&mut ttfb[0], 0.5), pct(&mut ttfb[0], 0.99));
     println!();
     println!(
-        "{:<8} {:>9} {:>9} {:>11} {:>11} {:>10} {:>9} {:>12} {:>12}",
+        "{:<8} {:>9} {:>9} {:>11} {:>11} {:>10} {:>9} {:>12} {:>12} {:>11}",
         "endpoint",
         "p50 ms",
         "p99 ms",
@@ -328,13 +343,14 @@ rpm = 100000000
         "req/s",
         "vs direct",
         "ttfc p50 ms",
-        "+ttfc p50 ms"
+        "+ttfc p50 ms",
+        "cpu us/req"
     );
     for (i, t) in targets.iter().enumerate() {
         let (p50, p99) = (pct(&mut lat[i], 0.5), pct(&mut lat[i], 0.99));
         let (f50, _f99) = (pct(&mut ttfb[i], 0.5), pct(&mut ttfb[i], 0.99));
         println!(
-            "{:<8} {:>9.3} {:>9.3} {:>11.3} {:>11.3} {:>10.0} {:>8.0}% {:>12.3} {:>12.3}",
+            "{:<8} {:>9.3} {:>9.3} {:>11.3} {:>11.3} {:>10.0} {:>8.0}% {:>12.3} {:>12.3} {:>11.1}",
             t.name,
             p50,
             p99,
@@ -343,7 +359,8 @@ rpm = 100000000
             rps[i],
             rps[i] / rps[0] * 100.0,
             f50,
-            f50 - s50
+            f50 - s50,
+            cpu[i] as f64 / 1e3 / done[i].max(1) as f64
         );
     }
     let _ = s99;

@@ -165,7 +165,8 @@ impl Budgets {
         for ((r, limits), l) in entries.iter().zip(guards.iter_mut()) {
             let (scope, key) = (r.scope, r.key.as_str());
             prune(&mut l.recent, now);
-            let who = match scope {
+            // Formatted only for a refusal.
+            let who = || match scope {
                 Scope::Session => "this session".to_string(),
                 Scope::Human => format!("human `{key}`"),
                 Scope::Task => format!("task `{key}`"),
@@ -186,7 +187,11 @@ impl Budgets {
                     if l.tokens >= max {
                         return Err(deny(
                             "max_tokens",
-                            format!("brig model budget exhausted: {who} has used {} of its {max} tokens", l.tokens),
+                            format!(
+                                "brig model budget exhausted: {} has used {} of its {max} tokens",
+                                who(),
+                                l.tokens
+                            ),
                             None,
                             true,
                         ));
@@ -196,7 +201,11 @@ impl Budgets {
                     if l.spend >= max {
                         return Err(deny(
                             "max_spend",
-                            format!("brig model budget exhausted: {who} has spent ${:.4} of its ${max:.2}", l.spend),
+                            format!(
+                                "brig model budget exhausted: {} has spent ${:.4} of its ${max:.2}",
+                                who(),
+                                l.spend
+                            ),
                             None,
                             true,
                         ));
@@ -213,7 +222,7 @@ impl Budgets {
                     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                     return Err(deny(
                         "rpm",
-                        format!("brig rate limit: {who} may send {max} model requests per minute; retry in {secs}s"),
+                        format!("brig rate limit: {} may send {max} model requests per minute; retry in {secs}s", who()),
                         Some(secs.max(1)),
                         false,
                     ));
@@ -223,7 +232,7 @@ impl Budgets {
                 if l.in_flight >= max {
                     return Err(deny(
                         "concurrent",
-                        format!("brig rate limit: {who} may have {max} model requests in flight at once; wait for one to finish"),
+                        format!("brig rate limit: {} may have {max} model requests in flight at once; wait for one to finish", who()),
                         Some(1),
                         false,
                     ));

@@ -179,14 +179,17 @@ impl Call {
         }
         if self.collected + b.len() <= COLLECT_MAX {
             self.collected += b.len();
-            self.chunks.push(b.clone());
+            // A copy, not a reference: a chunk is a slice of the upstream
+            // connection's read buffer, which hyper could not reuse while
+            // the record holds it (a new buffer per response).
+            self.chunks.push(Bytes::copy_from_slice(b));
         } else {
             // Keep the head (message_start, the first deltas) and a tail.
             self.dropped_middle = true;
             if self.chunks.len() > TAIL_CHUNKS * 2 {
                 self.chunks.remove(TAIL_CHUNKS);
             }
-            self.chunks.push(b.clone());
+            self.chunks.push(Bytes::copy_from_slice(b));
         }
     }
 
@@ -307,14 +310,17 @@ impl Done {
     fn finish(mut self) {
         let inner = self.inner.clone();
         let cfg = &inner.config;
-        let body: Vec<u8> = if self.chunks.len() == 1 {
-            self.chunks[0].to_vec()
-        } else {
-            let mut b = Vec::with_capacity(self.chunks.iter().map(|c| c.len()).sum());
-            for c in &self.chunks {
-                b.extend_from_slice(c);
+        // One chunk (most bodies that are not streams) is used as it is.
+        let body: Bytes = match self.chunks.len() {
+            0 => Bytes::new(),
+            1 => self.chunks.pop().unwrap_or_default(),
+            _ => {
+                let mut b = Vec::with_capacity(self.chunks.iter().map(|c| c.len()).sum());
+                for c in &self.chunks {
+                    b.extend_from_slice(c);
+                }
+                Bytes::from(b)
             }
-            b
         };
         self.chunks.clear();
         let (mut response, usage, stream_error) = if body.is_empty() {
@@ -382,25 +388,48 @@ impl Done {
             }
         }
 
-        // Redaction: known secrets (the current set), then PII.
+        // Redaction: known secrets (the current set), then PII. Most calls
+        // hold neither: one scan over all the record's text (request,
+        // response, model, errors) says whether any of it needs the walks.
         let red = (inner.redactor)();
         let pii = &cfg.pii;
+        let request_json = request_json
+            .filter(|_| !self.request.is_empty() && self.request.len() <= cfg.capture_max);
+        let response_capped = !self.sse && body.len() > cfg.capture_max;
+        let need = {
+            let mut values: Vec<&Value> = Vec::with_capacity(2);
+            values.extend(request_json.as_ref());
+            values.extend(response.as_ref().filter(|_| !response_capped));
+            let mut strs: Vec<&str> = Vec::with_capacity(2 + self.attempts.len());
+            strs.extend(self.model.as_deref());
+            strs.extend(self.error.as_deref());
+            strs.extend(self.attempts.iter().filter_map(|a| a.error.as_deref()));
+            crate::scrub::may_need(&values, &strs, &red, pii)
+        };
         let clean = |mut v: Value| {
-            crate::scrub::scrub(&mut v, &red, pii);
+            if need {
+                crate::scrub::scrub(&mut v, &red, pii);
+            }
             v
         };
-        let clean_str = |s: &str| pii.redact_str(&red.redact_str(s)).into_owned();
+        let clean_str = |s: &str| {
+            if need {
+                pii.redact_str(&red.redact_str(s)).into_owned()
+            } else {
+                s.to_string()
+            }
+        };
         let request = if self.request.is_empty() {
             None
         } else {
             match request_json {
-                Some(v) if self.request.len() <= cfg.capture_max => Some(clean(v)),
-                _ => Some(capped(&inner, &self.request)),
+                Some(v) => Some(clean(v)),
+                None => Some(capped(&inner, &self.request)),
             }
         };
         let response = response.map(|v| {
             // A body's size is known; a stream's message is measured.
-            if !self.sse && body.len() > cfg.capture_max {
+            if response_capped {
                 return capped(&inner, &body);
             }
             let v = clean(v);

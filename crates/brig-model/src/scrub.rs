@@ -21,7 +21,9 @@ use crate::pii::PiiRules;
 
 /// Key fragments covering brig-redact's SENSITIVE_KEY (password, passwd,
 /// secret, token, api key, access key, private key, authorization,
-/// credential, cookie, session key) and then some.
+/// credential, cookie, session key) and then some: what
+/// [`may_be_sensitive_key`] looks for (its test checks every one).
+#[cfg(test)]
 const KEY_WORDS: &[&str] = &[
     "pass",
     "pwd",
@@ -35,8 +37,24 @@ const KEY_WORDS: &[&str] = &[
 ];
 
 fn may_be_sensitive_key(k: &str) -> bool {
-    let k = k.to_ascii_lowercase();
-    KEY_WORDS.iter().any(|w| k.contains(w))
+    // KEY_WORDS, ASCII case-insensitively, by their first letters: no
+    // lowercased copy of every key, no search per word.
+    fn at(rest: &[u8], w: &[u8]) -> bool {
+        rest.len() >= w.len() && rest[..w.len()].eq_ignore_ascii_case(w)
+    }
+    let k = k.as_bytes();
+    (0..k.len()).any(|i| {
+        let rest = &k[i..];
+        match rest[0].to_ascii_lowercase() {
+            b'p' => at(rest, b"pass") || at(rest, b"pwd"),
+            b's' => at(rest, b"secret") || at(rest, b"session"),
+            b't' => at(rest, b"token"),
+            b'k' => at(rest, b"key"),
+            b'a' => at(rest, b"auth"),
+            b'c' => at(rest, b"credential") || at(rest, b"cookie"),
+            _ => false,
+        }
+    })
 }
 
 /// A superset of brig-redact's SENSITIVE_FLAG (`--password`, `-token`...).
@@ -85,6 +103,37 @@ fn collect(v: &Value, s: &mut Scan) {
     }
 }
 
+thread_local! {
+    /// The joined text of the last scan, kept for its capacity.
+    static TEXT: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+}
+
+/// Whether any of `values` or `strs` may hold something to mask: one pass
+/// of the known values, one of the secret patterns and one of the PII set
+/// over all of their text together (a call's request, response, model and
+/// error messages), instead of one of each per value and per string.
+/// `false`: [`scrub`] would leave every value as it is, and `redact_str`
+/// of the redactor and of the PII rules every string.
+pub(crate) fn may_need(values: &[&Value], strs: &[&str], red: &Redactor, pii: &PiiRules) -> bool {
+    let mut s = Scan {
+        text: TEXT.with(|t| t.take()),
+        value_rule: false,
+    };
+    s.text.clear();
+    for v in values {
+        collect(v, &mut s);
+    }
+    for x in strs {
+        s.text.push_str(x);
+        s.text.push('\n');
+    }
+    let need = s.value_rule || red.may_redact(&s.text) || pii.may_match(&s.text);
+    if s.text.capacity() <= 1 << 20 {
+        TEXT.with(|t| t.set(s.text));
+    }
+    need
+}
+
 /// `v` with known secrets, secret patterns and PII masked.
 pub(crate) fn scrub(v: &mut Value, red: &Redactor, pii: &PiiRules) {
     let mut s = Scan::default();
@@ -104,6 +153,31 @@ mod tests {
 
     fn rules() -> PiiRules {
         PiiRules::new(&Default::default()).unwrap()
+    }
+
+    #[test]
+    fn sensitive_keys_are_every_key_word_in_any_case() {
+        for w in KEY_WORDS {
+            for k in [
+                w.to_string(),
+                w.to_ascii_uppercase(),
+                format!("x_{}_y", w.to_ascii_uppercase()),
+                format!("my{w}"),
+            ] {
+                assert!(may_be_sensitive_key(&k), "{k}");
+            }
+        }
+        for k in [
+            "model",
+            "messages",
+            "content",
+            "role",
+            "max_tokes",
+            "pas",
+            "ke",
+        ] {
+            assert!(!may_be_sensitive_key(k), "{k}");
+        }
     }
 
     #[test]
@@ -130,7 +204,28 @@ mod tests {
             assert_eq!(got, want, "{c}");
             assert_ne!(got, c, "{c} was not masked");
         }
+        for c in [
+            json!({"messages": [{"content": "key is hunter2-very-secret"}]}),
+            json!({"messages": [{"content": "no secret"}], "API_KEY": "plain"}),
+            json!({"args": ["deploy", "--PassWord", "plain"]}),
+            json!({"c": "mail a@b.io"}),
+        ] {
+            assert!(may_need(&[&json!({"a": "b"}), &c], &[], &red, &pii), "{c}");
+        }
+        assert!(may_need(
+            &[],
+            &["ghp_abcdefghijklmnopqrstuvwxyz0123456789"],
+            &red,
+            &pii
+        ));
+        assert!(may_need(&[], &["x", "call 555-123-4567"], &red, &pii));
         let clean = json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hello"}]});
+        assert!(!may_need(
+            &[&clean, &clean],
+            &["gpt-4o-mini", "upstream answered 500"],
+            &red,
+            &pii
+        ));
         let mut v = clean.clone();
         scrub(&mut v, &red, &pii);
         assert_eq!(v, clean);

@@ -307,7 +307,9 @@ async fn run(
             ));
         }
     };
-    call.request = body.clone();
+    // The record's copy: `body` is a slice of the connection's read buffer,
+    // which hyper reuses for the next request once nothing refers to it.
+    call.request = Bytes::copy_from_slice(&body);
     // A secret brig knows (its value, in any encoding) never goes to a
     // model provider: the request is refused, not redacted and sent.
     if let Some(rule) = (inner.redactor)().known_value_in(&body) {

@@ -99,6 +99,61 @@ const SENSITIVE_KEY: &str = r"(?i)(?:password|passwd|secret|token|api[_-]?key|ac
 /// (`mysql --password hunter2`).
 const SENSITIVE_FLAG: &str = r"(?i)^--?[A-Za-z0-9_.-]*(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credentials?)$";
 
+/// For [`Redactor::may_redact`]: in ASCII text, every match of a built-in
+/// pattern contains one of these (ASCII case-insensitively; the patterns
+/// under `(?i)` could otherwise match through Unicode case folding, so
+/// text that is not ASCII goes to the pattern set). `true`: a keyword of
+/// `secret_assignment`, which needs a `:` or `=` after its name.
+const BUILTIN_NEEDLES: &[(&str, bool)] = &[
+    // aws_access_key_id
+    ("AKIA", false),
+    ("ASIA", false),
+    ("ABIA", false),
+    ("ACCA", false),
+    ("AGPA", false),
+    ("AIDA", false),
+    ("AROA", false),
+    ("AIPA", false),
+    ("ANPA", false),
+    ("ANVA", false),
+    ("APKA", false),
+    // github_token
+    ("ghp_", false),
+    ("gho_", false),
+    ("ghu_", false),
+    ("ghs_", false),
+    ("ghr_", false),
+    ("github_pat_", false),
+    // gitlab_token
+    ("glpat-", false),
+    ("gldt-", false),
+    ("glrt-", false),
+    ("glptt-", false),
+    ("glcbt-", false),
+    // slack_token
+    ("xox", false),
+    // slack_webhook, url_credentials
+    ("://", false),
+    // private_key
+    ("-----BEGIN", false),
+    // jwt
+    ("eyJ", false),
+    // authorization
+    ("authorization", false),
+    // bearer
+    ("bearer", false),
+    // brig_upload_token
+    ("/v1/upload/", false),
+    // secret_assignment: password, passwd, pwd, token, secret,
+    // api/access/private key, credential(s)
+    ("pass", true),
+    ("pwd", true),
+    ("token", true),
+    ("secret", true),
+    ("key", true),
+    ("credential", true),
+];
+
 /// Builds a [`Redactor`] from the secret values brig knows.
 #[derive(Default)]
 pub struct RedactorBuilder {
@@ -161,6 +216,13 @@ impl RedactorBuilder {
                 re: Regex::new(re).expect("built-in pattern compiles"),
             })
             .collect();
+        let extra = (!self.patterns.is_empty()).then(|| {
+            regex::RegexSetBuilder::new(self.patterns.iter().map(|(_, re)| re.as_str()))
+                .size_limit(1 << 28)
+                .dfa_size_limit(1 << 24)
+                .build()
+                .expect("patterns compiled one by one")
+        });
         patterns.extend(
             self.patterns
                 .into_iter()
@@ -178,6 +240,17 @@ impl RedactorBuilder {
             longest_value: longest,
             patterns,
             set,
+            extra,
+            // Leftmost, not overlapping: a needle that begins inside another
+            // one's match is skipped, which loses nothing (the keywords are
+            // all name characters, so a keyword's check runs over any needle
+            // inside its name; no other needle can begin inside a keyword
+            // and match its pattern there).
+            needles: AhoCorasickBuilder::new()
+                .ascii_case_insensitive(true)
+                .match_kind(MatchKind::LeftmostFirst)
+                .build(BUILTIN_NEEDLES.iter().map(|(n, _)| n))
+                .expect("literal needles always build"),
             sensitive_key: Regex::new(SENSITIVE_KEY).expect("compiles"),
             sensitive_flag: Regex::new(SENSITIVE_FLAG).expect("compiles"),
         }
@@ -191,6 +264,10 @@ pub struct Redactor {
     longest_value: usize,
     patterns: Vec<Pattern>,
     set: RegexSet,
+    /// The patterns added to the built-in ones, alone.
+    extra: Option<RegexSet>,
+    /// [`BUILTIN_NEEDLES`].
+    needles: AhoCorasick,
     sensitive_key: Regex,
     sensitive_flag: Regex,
 }
@@ -240,6 +317,41 @@ impl Redactor {
     pub fn known_value_in(&self, hay: &[u8]) -> Option<&str> {
         let m = self.values.as_ref()?.find(hay)?;
         Some(self.value_rules[m.pattern().as_usize()].as_str())
+    }
+
+    /// Whether [`Redactor::redact_str`] might change `s`: one early-exit
+    /// pass of the known values and one of the pattern set, none of the
+    /// per-pattern searches. `false` means `redact_str(s)` is `s` as it is.
+    pub fn may_redact(&self, s: &str) -> bool {
+        if self.values.as_ref().is_some_and(|ac| ac.is_match(s)) {
+            return true;
+        }
+        if !s.is_ascii() {
+            return self.set.is_match(s);
+        }
+        if self.extra.as_ref().is_some_and(|x| x.is_match(s)) {
+            return true;
+        }
+        // The built-in patterns: a literal each of their matches holds.
+        let b = s.as_bytes();
+        self.needles.find_iter(s).any(|m| {
+            if !BUILTIN_NEEDLES[m.pattern().as_usize()].1 {
+                return true;
+            }
+            // secret_assignment: the keyword, the rest of the name
+            // (`[A-Za-z0-9_.-]*`), blanks, then `:` or `=`.
+            let mut i = m.end();
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'_' | b'.' | b'-'))
+            {
+                i += 1;
+            }
+            // `\s` in ASCII text.
+            while i < b.len() && matches!(b[i], b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ') {
+                i += 1;
+            }
+            matches!(b.get(i), Some(b':' | b'='))
+        })
     }
 
     /// How many known-value forms (values × encodings) are matched.
@@ -669,6 +781,68 @@ mod tests {
             "Authorization: Bearer [REDACTED:authorization]"
         );
         assert!(!red.redact_str("AKIAIOSFODNN7EXAMPLE").contains("AKIA"));
+    }
+
+    #[test]
+    fn may_redact_is_true_wherever_redact_str_masks() {
+        let red = Redactor::builder()
+            .secret("K", "hunter2-very-secret")
+            .pattern("ticket", r"TCK-[0-9]{6}")
+            .unwrap()
+            .build();
+        let secrets = [
+            "aws s3 ls --key AKIAIOSFODNN7EXAMPLE",
+            "ASIAIOSFODNN7EXAMPLE",
+            "x ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789 y",
+            "github_pat_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123",
+            "glpat-abcdefghij0123456789",
+            "xoxb-123456789012-abcdefABCDEF",
+            "https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXXXXXXXXXX",
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N",
+            "curl -H 'AUTHORIZATION: Bearer abc.def-ghi_jkl'",
+            "proxy-authorization=abc",
+            "BeArEr abcdefgh12345",
+            "password=hunter2",
+            "PassWord \x0b\t = hunter2",
+            "export API_TOKEN=\"tok en\"",
+            "client_secret: abcdef",
+            "my.pwd-x: abc",
+            "access-key=abc",
+            "CREDENTIALS='abc'",
+            "postgres://admin:pa55word@db:5432/x",
+            "/v1/upload/0123456789abcdef0123.0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "key is hunter2-very-secret",
+            "aHVudGVyMi12ZXJ5LXNlY3JldA==",
+            "ticket TCK-123456",
+            // Not ASCII: the whole set decides (`ſ` folds to `s`).
+            "ſecret=abc",
+        ];
+        for s in secrets {
+            assert!(
+                matches!(red.redact_str(s), Cow::Owned(_)),
+                "{s:?} not masked"
+            );
+            assert!(red.may_redact(s), "{s:?}");
+        }
+        for s in [
+            "prompt_tokens\ncompletion_tokens\ntotal_tokens\nSay hello.",
+            "the token bucket refilled; password policy ok",
+            "gpt-4o-mini\nassistant\nhello hello",
+        ] {
+            assert!(!red.may_redact(s), "{s:?}");
+            assert!(matches!(red.redact_str(s), Cow::Borrowed(_)));
+        }
+        // Every prefix and suffix of the masked cases: never a miss.
+        for s in secrets {
+            for (i, _) in s.char_indices() {
+                for t in [&s[i..], &s[..i]] {
+                    if matches!(red.redact_str(t), Cow::Owned(_)) {
+                        assert!(red.may_redact(t), "{t:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
