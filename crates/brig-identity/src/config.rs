@@ -159,6 +159,18 @@ pub struct OidcConfig {
     /// Deadline of one request to the IdP.
     #[serde(default = "default_timeout", with = "duration")]
     pub timeout: Duration,
+    /// The browser login's redirect (the web UI's): brig's
+    /// `https://<host>/v1/auth/callback`, registered with the IdP. Unset:
+    /// no browser login.
+    #[serde(default)]
+    pub redirect_uri: Option<String>,
+    /// How long a browser login lasts (its `brig_session` cookie).
+    #[serde(default = "default_web_session_ttl", with = "duration")]
+    pub web_session_ttl: Duration,
+}
+
+fn default_web_session_ttl() -> Duration {
+    Duration::from_secs(12 * 3600)
 }
 
 fn default_algs() -> Vec<Alg> {
@@ -213,6 +225,8 @@ impl OidcConfig {
             jwks_refetch_interval: default_jwks_refetch(),
             jwks_hard_max_age: default_jwks_hard_max_age(),
             timeout: default_timeout(),
+            redirect_uri: None,
+            web_session_ttl: default_web_session_ttl(),
         }
     }
 
@@ -236,6 +250,10 @@ impl OidcConfig {
         }
         if self.client_id.trim().is_empty() {
             return err("client_id is empty".into());
+        }
+        if let Some(r) = &self.redirect_uri {
+            // https, or http to loopback (RFC 8252), as the IdP will check.
+            check_url("[identity.oidc] redirect_uri", r)?;
         }
         if self.audiences.iter().any(|a| a.trim().is_empty()) {
             return err("audiences has an empty value".into());

@@ -142,12 +142,15 @@ impl HttpClient {
         url: &Url,
         pairs: &[(&str, &str)],
     ) -> Result<Response, IdentityError> {
-        let mut f = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in pairs {
-            f.append_pair(k, v);
-        }
-        self.send(Method::POST, url, Some(f.finish().into_bytes()))
-            .await
+        // Finished before the await: the serializer is not Send.
+        let body = {
+            let mut f = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in pairs {
+                f.append_pair(k, v);
+            }
+            f.finish().into_bytes()
+        };
+        self.send(Method::POST, url, Some(body)).await
     }
 
     async fn send(

@@ -225,12 +225,25 @@ pub fn router_with(
             static_token,
         })
     };
+    // The auth layer, and its state for the handlers that sign humans in
+    // (crate::web_login).
     match listener {
-        Listener::Tcp(t) => r.layer(axum::middleware::from_fn_with_state(auth(t), require_token)),
-        Listener::Unix => r.layer(axum::middleware::from_fn_with_state(
-            auth(None),
-            crate::identity::Auth::unix,
-        )),
+        Listener::Tcp(t) => {
+            let a = auth(t);
+            r.layer(axum::middleware::from_fn_with_state(
+                a.clone(),
+                require_token,
+            ))
+            .layer(axum::Extension(a))
+        }
+        Listener::Unix => {
+            let a = auth(None);
+            r.layer(axum::middleware::from_fn_with_state(
+                a.clone(),
+                crate::identity::Auth::unix,
+            ))
+            .layer(axum::Extension(a))
+        }
     }
 }
 

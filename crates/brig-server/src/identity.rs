@@ -189,6 +189,8 @@ pub struct Identity {
     oidc: Option<Result<OidcClient, String>>,
     tokens: ApiTokens,
     failures: Mutex<FailureLimiter>,
+    /// Browser logins started and not finished (crate::web_login).
+    logins: crate::web_login::PendingLogins,
 }
 
 impl std::fmt::Debug for Identity {
@@ -218,6 +220,7 @@ impl Identity {
             oidc: oidc.map(Ok),
             tokens: ApiTokens::new(&cfg.tokens),
             failures: Mutex::new(FailureLimiter::new()),
+            logins: Default::default(),
         })
     }
 
@@ -232,6 +235,7 @@ impl Identity {
                 oidc: Some(Err(e.to_string())),
                 tokens: ApiTokens::new(&cfg.tokens),
                 failures: Mutex::new(FailureLimiter::new()),
+                logins: Default::default(),
             }
         })
     }
@@ -242,6 +246,19 @@ impl Identity {
 
     pub fn oidc_configured(&self) -> bool {
         self.oidc.is_some()
+    }
+
+    /// The IdP's client, when `[identity.oidc]` is set and usable.
+    pub fn oidc_client(&self) -> Result<&OidcClient, String> {
+        match &self.oidc {
+            Some(Ok(c)) => Ok(c),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err("no [identity.oidc]".into()),
+        }
+    }
+
+    pub(crate) fn pending_logins(&self) -> &crate::web_login::PendingLogins {
+        &self.logins
     }
 }
 
@@ -287,7 +304,7 @@ fn now() -> String {
     brig_core::event::now_rfc3339()
 }
 
-fn fmt_time(t: OffsetDateTime) -> String {
+pub(crate) fn fmt_time(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
@@ -367,7 +384,10 @@ impl Auth {
     /// The TCP listener's layer: the bearer credential.
     pub async fn tcp(State(a): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
         let path = req.uri().path();
-        if path == "/healthz" || path == "/v1/identity" {
+        if matches!(
+            path,
+            "/healthz" | "/v1/identity" | "/v1/auth/login" | "/v1/auth/callback"
+        ) {
             return next.run(req).await;
         }
         let remote = req
@@ -379,10 +399,33 @@ impl Auth {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .map(str::trim);
-        let bearer = auth.and_then(|v| {
+        let mut bearer = auth.and_then(|v| {
             let (scheme, rest) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         });
+        // A browser's web login (crate::web_login): its cookie, when the
+        // request names no other credential. A change made with it must
+        // carry the CSRF header, which no cross-site form can send.
+        if auth.is_none() {
+            if let Some(c) = crate::web_login::cookie_token(req.headers()) {
+                let safe = matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS");
+                if !safe && !req.headers().contains_key(crate::web_login::CSRF_HEADER) {
+                    return ApiError(
+                        Error::new(
+                            ErrorKind::Denied,
+                            "a change authenticated by the brig_session cookie needs the X-Brig-Csrf header",
+                        )
+                        .hint("send X-Brig-Csrf: 1 with the request (brig's web UI does)"),
+                    )
+                    .into_response();
+                }
+                if !c.starts_with(brig_identity::TOKEN_PREFIX) {
+                    bearer = None;
+                } else {
+                    bearer = Some(c);
+                }
+            }
+        }
         let Some(bearer) = bearer.filter(|b| !b.is_empty()) else {
             let r = Refusal {
                 reason: "missing",
@@ -606,7 +649,10 @@ fn oidc_refusal(e: &TokenError) -> Refusal {
 
 /// This module's routes, added to the API's table (`api::routes`).
 pub(crate) fn routes(r: crate::api::Routes) -> crate::api::Routes {
-    r.get("/v1/whoami", whoami)
+    r.get("/v1/auth/login", crate::web_login::login)
+        .get("/v1/auth/callback", crate::web_login::callback)
+        .post("/v1/auth/logout", crate::web_login::logout)
+        .get("/v1/whoami", whoami)
         .get("/v1/identity", identity_hint)
         .post("/v1/tokens", create_token)
         .get("/v1/tokens", list_tokens)

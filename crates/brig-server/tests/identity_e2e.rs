@@ -540,3 +540,159 @@ async fn a_flood_of_bad_tokens_journals_a_bounded_number() {
     assert_eq!(evs.len() as u64 + dropped, 201);
     s.stop().await;
 }
+
+/// A request with any headers; the status, the response's headers and body.
+async fn raw(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, hyper::HeaderMap, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut b = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = send
+        .send_request(b.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let h = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, h, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn header(h: &hyper::HeaderMap, name: &str) -> String {
+    h.get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_logs_in_with_the_authorization_code_and_pkce() {
+    let idp = TestIdp::start().await;
+    let s = server(
+        &idp,
+        "redirect_uri = \"http://127.0.0.1/v1/auth/callback\"\nweb_session_ttl = \"1h\"\n",
+    )
+    .await;
+    let erin = TestUser::new("erin").with_groups(&["team-e"]);
+
+    // Off-site return paths are refused before anything starts.
+    for bad in ["//evil.example/", "https%3A%2F%2Fevil.example%2F"] {
+        let (st, _, body) = raw(
+            s.addr,
+            "GET",
+            &format!("/v1/auth/login?return_to={bad}"),
+            &[],
+        )
+        .await;
+        assert_eq!(st, 400, "{bad}: {body}");
+    }
+
+    // The login: to the IdP with an S256 challenge, back with a code.
+    let (st, h, body) = raw(s.addr, "GET", "/v1/auth/login?return_to=/ui/sessions", &[]).await;
+    assert_eq!(st, 302, "{body}");
+    let to_idp = header(&h, "location");
+    assert!(
+        to_idp.starts_with(&format!("{}/authorize?", idp.issuer())),
+        "{to_idp}"
+    );
+    assert!(
+        to_idp.contains("code_challenge_method=S256") && to_idp.contains("nonce="),
+        "{to_idp}"
+    );
+    assert!(
+        !to_idp.contains("code_verifier"),
+        "the verifier stays on the server"
+    );
+    let back = idp.authorize(&to_idp, &erin).await.unwrap();
+    let callback = format!("/v1/auth/callback?code={}&state={}", back.code, back.state);
+
+    // A forged state finishes nothing.
+    let (st, _, body) = raw(
+        s.addr,
+        "GET",
+        &format!("/v1/auth/callback?code={}&state=forged", back.code),
+        &[],
+    )
+    .await;
+    assert_eq!(st, 400, "{body}");
+
+    let (st, h, body) = raw(s.addr, "GET", &callback, &[]).await;
+    assert_eq!(st, 302, "{body}");
+    assert_eq!(header(&h, "location"), "/ui/sessions");
+    let set = header(&h, "set-cookie");
+    for attr in [
+        "HttpOnly",
+        "Secure",
+        "SameSite=Strict",
+        "Path=/",
+        "Max-Age=3600",
+    ] {
+        assert!(set.contains(attr), "{attr} missing: {set}");
+    }
+    let token = set
+        .strip_prefix("brig_session=")
+        .and_then(|r| r.split(';').next())
+        .unwrap()
+        .to_string();
+    assert!(token.starts_with("brig_pat_"), "{set}");
+    let cookie = format!("brig_session={token}");
+
+    // The redirect works once.
+    let (st, _, body) = raw(s.addr, "GET", &callback, &[]).await;
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("no login in progress"), "{body}");
+
+    // The cookie is the human.
+    let (st, _, body) = raw(s.addr, "GET", "/v1/whoami", &[("cookie", &cookie)]).await;
+    assert_eq!(st, 200, "{body}");
+    let me: Value = serde_json::from_str(&body).unwrap();
+    assert!(me["id"].as_str().unwrap().ends_with("#erin"), "{me}");
+    assert_eq!(me["groups"], json!(["team-e"]), "{me}");
+
+    // A change made with the cookie needs the CSRF header.
+    let (st, _, body) = raw(s.addr, "POST", "/v1/auth/logout", &[("cookie", &cookie)]).await;
+    assert_eq!(st, 403, "{body}");
+    assert!(body.contains("X-Brig-Csrf"), "{body}");
+    let (st, h, body) = raw(
+        s.addr,
+        "POST",
+        "/v1/auth/logout",
+        &[("cookie", &cookie), ("x-brig-csrf", "1")],
+    )
+    .await;
+    assert_eq!(st, 204, "{body}");
+    assert!(header(&h, "set-cookie").contains("Max-Age=0"));
+    // Logged out: the cookie no longer gets in.
+    let (st, _, _) = raw(s.addr, "GET", "/v1/whoami", &[("cookie", &cookie)]).await;
+    assert_eq!(st, 401);
+
+    // Journaled, without the token.
+    let logins = s.events("auth.login");
+    assert_eq!(logins.len(), 1, "{logins:?}");
+    assert_eq!(logins[0].human.as_deref(), Some("erin@example.test"));
+    assert_eq!(s.events("auth.logout").len(), 1);
+    let all = serde_json::to_string(&s.events("auth.login")).unwrap();
+    assert!(!all.contains(&token));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_redirect_uri_there_is_no_browser_login() {
+    let idp = TestIdp::start().await;
+    let s = server(&idp, "").await;
+    let (st, _, body) = raw(s.addr, "GET", "/v1/auth/login", &[]).await;
+    assert_eq!(st, 404, "{body}");
+    assert!(body.contains("redirect_uri"), "{body}");
+    s.stop().await;
+}
