@@ -488,3 +488,81 @@ async fn a_canary_in_a_model_answer_is_not_captured() {
     assert!(!serde_json::to_string(&list).unwrap().contains(CANARY));
     srv.stop().await;
 }
+
+/// Cedar's `model.call` on each call, once routing named the model: a
+/// deployment policy that forbids one alias refuses it with the
+/// provider's own 403 shape (the SDK raises its PermissionDeniedError);
+/// the refusal is journaled with its policy and nothing reaches upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_the_policy_forbids_is_refused_in_the_providers_shape() {
+    require_root!();
+    let up = FakeUpstream::start().await.unwrap();
+    up.require_key(REAL_KEY);
+    std::env::set_var("BRIG_E2E_MODEL_KEY", REAL_KEY);
+    let dir = tempfile::tempdir().unwrap();
+    let pol = dir.path().join("models.cedar");
+    std::fs::write(
+        &pol,
+        "@id(\"deploy.no-planner\")\n@reason(\"The planner model is reserved for humans.\")\n\
+         forbid (principal, action == Brig::Action::\"model.call\", resource)\n\
+         when { resource.name == \"planner\" };\n",
+    )
+    .unwrap();
+    let srv = Srv::start_with(|cfg| {
+        configure(cfg, &up, None);
+        cfg.policy.extra.push(pol.clone());
+    })
+    .await;
+    let s = srv.create(json!({"task": "MODEL-5"})).await;
+    let id = s["id"].as_str().unwrap().to_string();
+    let (code, out) = py(
+        &srv,
+        &id,
+        r#"
+import openai, anthropic
+o = openai.OpenAI(max_retries=0)
+print("coder:", o.chat.completions.create(model="coder", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content is not None)
+try:
+    anthropic.Anthropic(max_retries=0).messages.create(model="planner", max_tokens=8, messages=[{"role": "user", "content": "x"}])
+    print("planner answered")
+except anthropic.PermissionDeniedError as e:
+    print("planner", e.status_code, e.body["error"]["type"], e.body["error"]["message"])
+"#,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("coder: True"), "{out}");
+    assert!(out.contains("planner 403"), "{out}");
+    assert!(out.contains("reserved for humans"), "{out}");
+    assert_eq!(
+        up.requests().len(),
+        1,
+        "only the allowed call went upstream"
+    );
+    let list = calls(&srv, &id, 2).await;
+    assert!(
+        list.iter()
+            .any(|c| c["outcome"] == "denied" && c["rule"] == "deploy.no-planner"),
+        "{list:#?}"
+    );
+    let journal = srv
+        .call(
+            "GET",
+            &format!("/v1/journal?session={id}&limit=10000"),
+            None,
+        )
+        .await
+        .1;
+    assert!(
+        journal
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "policy.decision"
+                && e["outcome"] == "denied"
+                && e["rule"] == "deploy.no-planner"
+                && e["details"]["action"] == "model.call"),
+        "{journal}"
+    );
+    srv.stop().await;
+}

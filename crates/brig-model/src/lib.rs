@@ -158,8 +158,17 @@ impl Endpoint {
     }
 }
 
+/// The control plane's decision on each call's model, after routing
+/// resolved it and before budgets (brig's Cedar `model.call`). Called on
+/// the request's path: quick, never blocking.
+pub trait ModelGuard: Send + Sync {
+    /// `Err((rule, message))` refuses the call: a provider-shaped 403.
+    fn check(&self, model: &str) -> Result<(), (String, String)>;
+}
+
 pub(crate) struct SessionState {
     pub ctx: SessionCtx,
+    pub guard: Option<Arc<dyn ModelGuard>>,
     /// Its ledgers: session, then human and task when it has them.
     pub scopes: Vec<budget::ScopeRef>,
     pub closed: AtomicBool,
@@ -232,6 +241,11 @@ impl Gateway {
     /// Lets the session's channel use the gateway; replaces a session of
     /// the same id (its in-flight requests are aborted).
     pub fn open_session(&self, ctx: SessionCtx) {
+        self.open_session_guarded(ctx, None)
+    }
+
+    /// [`Gateway::open_session`], with `guard` deciding each call's model.
+    pub fn open_session_guarded(&self, ctx: SessionCtx, guard: Option<Arc<dyn ModelGuard>>) {
         let id: Arc<str> = Arc::from(ctx.session.as_str());
         let b = &self.inner.budgets;
         let mut scopes = vec![b.scope_ref(Scope::Session, &ctx.session)];
@@ -243,6 +257,7 @@ impl Gateway {
         }
         let s = Arc::new(SessionState {
             ctx,
+            guard,
             scopes,
             closed: AtomicBool::new(false),
             reg: Arc::new(upstream::Registry::default()),

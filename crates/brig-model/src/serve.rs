@@ -150,6 +150,7 @@ async fn handle(
         Err(f) => {
             let outcome = if (f.status == 429 && f.rule().starts_with("budget:"))
                 || f.rule().starts_with("exfil:")
+                || f.rule == "policy"
             {
                 CallOutcome::Denied
             } else {
@@ -345,6 +346,18 @@ async fn run(
         return Err(protocol_mismatch(&model, resolved.protocol));
     }
     call.route = resolved.route.clone();
+
+    // Policy on the model (brig's Cedar `model.call`), before budgets.
+    if let Some(g) = &session.guard {
+        if let Err((rule, message)) = g.check(&model) {
+            let mut f = Failure::new(403, "policy", message)
+                .code("model_not_allowed")
+                .kind("permission_error");
+            f.rule_owned = Some(rule);
+            f.no_retry = true;
+            return Err(f);
+        }
+    }
 
     // Budgets.
     match inner

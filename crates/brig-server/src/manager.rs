@@ -935,12 +935,15 @@ impl Manager {
         let model_env = match &self.models {
             Some(Ok(gw)) => {
                 let key = brig_model::placeholder_key();
-                gw.open_session(brig_model::SessionCtx {
-                    session: id.to_string(),
-                    human: Some(info.human.clone()),
-                    task: Some(info.task.to_string()),
-                    api_key: key.clone(),
-                });
+                gw.open_session_guarded(
+                    brig_model::SessionCtx {
+                        session: id.to_string(),
+                        human: Some(info.human.clone()),
+                        task: Some(info.task.to_string()),
+                        api_key: key.clone(),
+                    },
+                    Some(Arc::new(crate::policy::ModelGate(session_gate.clone()))),
+                );
                 gw.session_env(&key)
             }
             _ => vec![],

@@ -340,6 +340,21 @@ impl brig_proxy::ConnectGuard for ConnectGate {
     }
 }
 
+/// Cedar's `model.call` on each call to the model gateway, once routing
+/// named the model (allowed calls are journaled as `model.call` events;
+/// refusals also as `policy.decision`).
+pub struct ModelGate(pub Arc<AgentGate>);
+
+impl brig_model::ModelGuard for ModelGate {
+    fn check(&self, model: &str) -> std::result::Result<(), (String, String)> {
+        let g = &self.0;
+        let r = brig_policy::Request::model_call(g.session.agent(), model);
+        g.check_now(r, model.to_string(), "call again")
+            .map(|_| ())
+            .map_err(|d| (d.rule, format!("{} ({})", d.reason, d.how)))
+    }
+}
+
 /// Cedar's `secret.use` each time the proxy is about to put a secret's
 /// value into a request to one of its bound hosts. The session's secrets
 /// otherwise as they are; the first allowed use of a secret at a host is
