@@ -203,6 +203,18 @@ async fn dispatch(cli: Cli, out: Out) -> Result<i32> {
         Command::Whoami => crate::login::whoami(&client(&cli)?, out).await,
         Command::Token(cmd) => crate::token::run(&client(&cli)?, cmd, out).await,
         Command::Session(cmd) => session(&client(&cli)?, cmd, out).await,
+        Command::Run(a) if a.agent.is_some() => {
+            crate::agents::run_agent(
+                &client(&cli)?,
+                a.agent.as_deref().unwrap_or_default(),
+                a.model.as_deref(),
+                a.prompt.as_deref().unwrap_or_default(),
+                &a.create,
+                &a.opts,
+                out,
+            )
+            .await
+        }
         Command::Run(a) => run_cmd(&client(&cli)?, &a.create, &a.opts, &a.cmd, out).await,
         Command::Mcp(a) => crate::mcp::run(client(&cli)?, cli.url.as_deref(), a, out).await,
     }
@@ -306,7 +318,7 @@ fn session_id(s: &str) -> Result<String> {
 
 /// The create request, with local paths made absolute (the server resolves
 /// nothing relative to its own working directory).
-fn create_body(a: &CreateArgs) -> Result<CreateSession> {
+pub(crate) fn create_body(a: &CreateArgs) -> Result<CreateSession> {
     Ok(CreateSession {
         task: a.task.clone(),
         repo: a.repo.as_deref().map(repo_arg).transpose()?,
@@ -643,7 +655,10 @@ async fn run_cmd(
 }
 
 /// Destroy gracefully, falling back to kill.
-async fn destroy_quietly(c: &Client, id: &str) -> Result<(SessionSummary, serde_json::Value)> {
+pub(crate) async fn destroy_quietly(
+    c: &Client,
+    id: &str,
+) -> Result<(SessionSummary, serde_json::Value)> {
     match c
         .call::<SessionSummary, ()>(Method::DELETE, &format!("/v1/sessions/{id}"), None)
         .await

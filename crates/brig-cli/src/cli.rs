@@ -277,8 +277,18 @@ pub struct RunArgs {
     pub create: CreateArgs,
     #[command(flatten)]
     pub opts: ExecOpts,
+    /// Run this coding agent non-interactively on the task text instead of
+    /// a command: claude-code, codex or aider (docs/AGENTS.md).
+    #[arg(long, value_name = "NAME", conflicts_with = "cmd")]
+    pub agent: Option<String>,
+    /// The model (a name or alias of brig's model gateway) the agent uses.
+    #[arg(long, value_name = "NAME", requires = "agent")]
+    pub model: Option<String>,
+    /// With --agent: what the agent is to do.
+    #[arg(value_name = "TASK_TEXT", requires = "agent")]
+    pub prompt: Option<String>,
     /// The command and its arguments (after `--`).
-    #[arg(last = true, required = true, value_name = "CMD")]
+    #[arg(last = true, required_unless_present = "agent", value_name = "CMD")]
     pub cmd: Vec<String>,
 }
 
@@ -407,6 +417,39 @@ mod tests {
         assert_eq!(r.create.memory.as_deref(), Some("1G"));
         assert_eq!(r.opts.env, vec![("A".into(), "b".into())]);
         assert_eq!(r.cmd, vec!["sh", "-c", "exit 3"]);
+    }
+
+    #[test]
+    fn run_takes_an_agent_and_its_task_text() {
+        let cli = Cli::try_parse_from([
+            "brig",
+            "run",
+            "--agent",
+            "claude-code",
+            "--task",
+            "T-1",
+            "--model",
+            "coder",
+            "fix the bug",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.agent.as_deref(), Some("claude-code"));
+        assert_eq!(r.model.as_deref(), Some("coder"));
+        assert_eq!(r.prompt.as_deref(), Some("fix the bug"));
+        assert!(r.cmd.is_empty());
+        // A command and an agent, or task text without an agent: refused.
+        for args in [
+            &[
+                "brig", "run", "--agent", "codex", "--task", "T", "x", "--", "sh",
+            ][..],
+            &["brig", "run", "--task", "T", "fix it"],
+            &["brig", "run", "--task", "T"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The `brig` binary.
 
+mod agents;
 mod app;
 mod attach;
 mod cli;

@@ -1,0 +1,631 @@
+//! `brig run --agent NAME "what to do"`: a real coding agent, unmodified,
+//! run non-interactively inside a session (issue 9; docs/AGENTS.md).
+//!
+//! A preset is what it takes to make one agent fit inside brig: its one-shot
+//! command line, a writable HOME and config dir on the session's `/tmp`
+//! (tmpfs), its own telemetry/auto-update switched off through its own
+//! settings, its own permission prompts and sandbox off (brig is the
+//! sandbox; the profile decides what it may do), and its model traffic at
+//! brig's model gateway (`http://model.brig`: the session's environment
+//! already carries the base URLs and a placeholder key, and the proxy and
+//! CA variables). The agent comes from the image: it is never downloaded at
+//! run time.
+//!
+//! The run: create the session, check the agent is in the image, set up its
+//! HOME, run it (buffered, with a progress indicator), then the diff against
+//! the pinned commit, the test gate of what it pushed, the summary, destroy.
+//! The exit code is the agent's.
+
+use std::time::Instant;
+
+use brig_core::exec::{ExecRequest, ExecResult};
+use brig_core::units::{format_duration, parse_duration};
+use brig_core::{Error, ErrorKind, Result};
+use hyper::Method;
+use serde_json::{json, Value};
+
+use crate::app::{self, EXIT_BRIG_FAILED};
+use crate::cli::{CreateArgs, ExecOpts};
+use crate::client::Client;
+use crate::output::Out;
+use crate::term::{short_digest, Spinner};
+
+/// The agent's HOME (and config dirs under it): on the session's tmpfs,
+/// outside /workspace so it is never part of the diff.
+pub const AGENT_HOME: &str = "/tmp/agent-home";
+/// How long an agent may run unless `--timeout` says otherwise.
+const DEFAULT_TIMEOUT: &str = "30m";
+
+/// One agent's preset.
+#[derive(Debug)]
+pub struct Preset {
+    pub name: &'static str,
+    /// The executable, looked up on the image's PATH.
+    pub binary: &'static str,
+    /// The version the preset was written and tested against.
+    pub tested_version: &'static str,
+    /// How to put it in an image (the preset never downloads it).
+    pub install: &'static str,
+    /// Environment on top of the session's (gateway, proxy, CA).
+    pub env: &'static [(&'static str, &'static str)],
+    /// Config files written under [`AGENT_HOME`] before the run:
+    /// (path relative to it, contents).
+    pub files: &'static [(&'static str, &'static str)],
+    argv: fn(&str, &str, Option<&str>) -> Vec<String>,
+    model_env: &'static [&'static str],
+}
+
+impl Preset {
+    /// The command line of a one-shot run of `task` (`bin` is the resolved
+    /// executable).
+    pub fn argv(&self, bin: &str, task: &str, model: Option<&str>) -> Vec<String> {
+        (self.argv)(bin, task, model)
+    }
+
+    /// The full environment of the run.
+    pub fn env(&self, model: Option<&str>) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        if let Some(m) = model {
+            v.extend(
+                self.model_env
+                    .iter()
+                    .map(|k| (k.to_string(), m.to_string())),
+            );
+        }
+        v
+    }
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|a| a.to_string()).collect()
+}
+
+const CLAUDE_CODE: Preset = Preset {
+    name: "claude-code",
+    binary: "claude",
+    tested_version: "2.1.197",
+    install: "npm install -g @anthropic-ai/claude-code@2.1.197 (into the image; the `host` image sees the host's /usr)",
+    env: &[
+        ("HOME", AGENT_HOME),
+        ("CLAUDE_CONFIG_DIR", "/tmp/agent-home/.claude"),
+        ("XDG_CONFIG_HOME", "/tmp/agent-home/.config"),
+        ("XDG_CACHE_HOME", "/tmp/agent-home/.cache"),
+        // Non-essential traffic off through its own settings.
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+        ("DISABLE_AUTOUPDATER", "1"),
+        ("DISABLE_TELEMETRY", "1"),
+        ("DISABLE_ERROR_REPORTING", "1"),
+        ("DISABLE_BUG_COMMAND", "1"),
+        // brig is the sandbox: its own permission bypass is allowed to
+        // run as the sandbox's (mapped) root.
+        ("IS_SANDBOX", "1"),
+        ("CI", "1"),
+    ],
+    files: &[(
+        ".claude/settings.json",
+        r#"{"permissions": {"defaultMode": "bypassPermissions"}, "autoUpdates": false, "includeCoAuthoredBy": false}
+"#,
+    )],
+    argv: |bin, task, model| {
+        let mut v = s(&[
+            bin,
+            "-p",
+            task,
+            "--permission-mode",
+            "bypassPermissions",
+            "--output-format",
+            "text",
+            "--no-session-persistence",
+        ]);
+        if let Some(m) = model {
+            v.extend(s(&["--model", m]));
+        }
+        v
+    },
+    model_env: &[
+        "ANTHROPIC_MODEL",
+        "ANTHROPIC_SMALL_FAST_MODEL",
+        "ANTHROPIC_DEFAULT_HAIKU_MODEL",
+        "ANTHROPIC_DEFAULT_SONNET_MODEL",
+        "ANTHROPIC_DEFAULT_OPUS_MODEL",
+    ],
+};
+
+const CODEX: Preset = Preset {
+    name: "codex",
+    binary: "codex",
+    tested_version: "0.171.0",
+    install: "npm install -g @openai/codex@0.171.0 (into the image; the `host` image sees the host's /usr)",
+    env: &[
+        ("HOME", AGENT_HOME),
+        ("CODEX_HOME", "/tmp/agent-home/.codex"),
+        ("XDG_CONFIG_HOME", "/tmp/agent-home/.config"),
+        ("XDG_CACHE_HOME", "/tmp/agent-home/.cache"),
+        ("CI", "1"),
+    ],
+    // brig's gateway as the model provider (Responses API, the session's
+    // placeholder key), no update check, no analytics or OTel export.
+    files: &[(
+        ".codex/config.toml",
+        r#"model_provider = "brig"
+check_for_update_on_startup = false
+approval_policy = "never"
+sandbox_mode = "danger-full-access"
+
+[model_providers.brig]
+name = "brig model gateway"
+base_url = "http://model.brig/v1"
+env_key = "OPENAI_API_KEY"
+wire_api = "responses"
+
+[analytics]
+enabled = false
+
+[feedback]
+enabled = false
+
+[otel]
+exporter = "none"
+"#,
+    )],
+    argv: |bin, task, model| {
+        let mut v = s(&[
+            bin,
+            "exec",
+            "--skip-git-repo-check",
+            "--dangerously-bypass-approvals-and-sandbox",
+            "--color",
+            "never",
+        ]);
+        if let Some(m) = model {
+            v.extend(s(&["--model", m]));
+        }
+        v.push(task.to_string());
+        v
+    },
+    model_env: &[],
+};
+
+const AIDER: Preset = Preset {
+    name: "aider",
+    binary: "aider",
+    tested_version: "0.86.2",
+    install: "python3 -m pip install aider-chat==0.86.2 (into the image; the `host` image sees the host's /usr)",
+    env: &[
+        ("HOME", AGENT_HOME),
+        ("XDG_CONFIG_HOME", "/tmp/agent-home/.config"),
+        ("XDG_CACHE_HOME", "/tmp/agent-home/.cache"),
+        ("AIDER_CHECK_UPDATE", "false"),
+        ("AIDER_ANALYTICS_DISABLE", "true"),
+        ("AIDER_SHOW_RELEASE_NOTES", "false"),
+        ("AIDER_YES_ALWAYS", "true"),
+        ("CI", "1"),
+    ],
+    files: &[],
+    argv: |bin, task, model| {
+        let m = format!("openai/{}", model.unwrap_or("gpt-4o-mini"));
+        s(&[
+            bin,
+            "--message",
+            task,
+            "--yes-always",
+            "--no-check-update",
+            "--analytics-disable",
+            "--no-show-release-notes",
+            "--no-show-model-warnings",
+            "--no-pretty",
+            "--no-fancy-input",
+            "--no-detect-urls",
+            "--openai-api-base",
+            "http://model.brig/v1",
+            "--model",
+            &m,
+        ])
+    },
+    model_env: &[],
+};
+
+/// Every preset, in the order docs and errors list them.
+pub const PRESETS: [&Preset; 3] = [&CLAUDE_CODE, &CODEX, &AIDER];
+
+pub fn preset(name: &str) -> Result<&'static Preset> {
+    PRESETS
+        .iter()
+        .copied()
+        .find(|p| p.name == name)
+        .ok_or_else(|| {
+            Error::invalid(format!("no agent preset {name:?}")).hint(format!(
+                "the presets are: {}",
+                PRESETS.map(|p| p.name).join(", ")
+            ))
+        })
+}
+
+/// One buffered exec (no stdin); the raw answer too.
+async fn exec(c: &Client, id: &str, req: &ExecRequest) -> Result<(ExecResult, Value)> {
+    c.call::<ExecResult, _>(Method::POST, &format!("/v1/sessions/{id}/exec"), Some(req))
+        .await
+}
+
+fn sh_req(script: &str, stdin: Option<String>) -> ExecRequest {
+    ExecRequest {
+        argv: s(&["/bin/sh", "-c", script]),
+        env: vec![],
+        cwd: None,
+        tty: None,
+        timeout_ms: Some(60_000),
+        stdin,
+    }
+}
+
+fn shell_quote(a: &str) -> String {
+    format!("'{}'", a.replace('\'', r"'\''"))
+}
+
+/// The agent's executable in the image and its version line, or a clear
+/// error naming how to install it.
+async fn find_agent(c: &Client, id: &str, p: &Preset, image: &str) -> Result<(String, String)> {
+    let script = format!(
+        "b=$(command -v {bin}) || exit 127; echo \"$b\"; \"$b\" --version 2>&1 | head -n 1",
+        bin = shell_quote(p.binary)
+    );
+    let mut req = sh_req(&script, None);
+    req.env = p.env(None);
+    let (r, _) = exec(c, id, &req).await?;
+    let mut lines = r.stdout.lines();
+    match (r.status.code, lines.next()) {
+        (Some(0), Some(bin)) if !bin.trim().is_empty() => Ok((
+            bin.trim().to_string(),
+            lines.next().unwrap_or("").trim().to_string(),
+        )),
+        _ => Err(Error::invalid(format!(
+            "the agent {} ({}) is not in the image {image}",
+            p.name, p.binary
+        ))
+        .hint(format!(
+            "brig never downloads an agent at run time: {}; or pass --image with one that has it",
+            p.install
+        ))),
+    }
+}
+
+/// Write the preset's config files under its HOME.
+async fn set_up_home(c: &Client, id: &str, p: &Preset) -> Result<()> {
+    let mut script =
+        format!("set -e; umask 077; mkdir -p {AGENT_HOME}/.config {AGENT_HOME}/.cache");
+    for (i, (path, _)) in p.files.iter().enumerate() {
+        let full = format!("{AGENT_HOME}/{path}");
+        script.push_str(&format!(
+            "; mkdir -p \"$(dirname {q})\"; sed -n '/^--brig-file-{i}--$/,/^--brig-end-{i}--$/p' /tmp/.brig-agent-files | sed '1d;$d' > {q}",
+            q = shell_quote(&full)
+        ));
+    }
+    script.push_str("; rm -f /tmp/.brig-agent-files");
+    let mut files = String::new();
+    for (i, (_, body)) in p.files.iter().enumerate() {
+        files.push_str(&format!("--brig-file-{i}--\n{body}"));
+        if !body.ends_with('\n') {
+            files.push('\n');
+        }
+        files.push_str(&format!("--brig-end-{i}--\n"));
+    }
+    let script = format!("cat > /tmp/.brig-agent-files; {script}");
+    let (r, _) = exec(c, id, &sh_req(&script, Some(files))).await?;
+    if r.status.code != Some(0) {
+        return Err(Error::internal(format!(
+            "setting up the agent's HOME failed: {}",
+            r.stderr.trim()
+        )));
+    }
+    Ok(())
+}
+
+/// The diff of /workspace against the pinned commit (commits and
+/// uncommitted changes, and the untracked files' names).
+async fn workspace_diff(c: &Client, id: &str, pinned: Option<&str>) -> Option<Value> {
+    let base = pinned.map(shell_quote).unwrap_or_else(|| "HEAD".into());
+    let script = format!(
+        "cd /workspace && git rev-parse --git-dir >/dev/null 2>&1 || exit 3; \
+         git add -N . >/dev/null 2>&1; \
+         echo '--stat--'; git diff --stat {base}; echo '--diff--'; git diff {base} | head -c 262144"
+    );
+    let (r, _) = exec(c, id, &sh_req(&script, None)).await.ok()?;
+    if r.status.code != Some(0) {
+        return None;
+    }
+    let out = r.stdout;
+    let (stat, diff) = out
+        .strip_prefix("--stat--\n")
+        .and_then(|r| r.split_once("--diff--\n"))
+        .unwrap_or(("", ""));
+    Some(json!({"base": pinned, "diffstat": stat.trim_end(), "diff": diff}))
+}
+
+/// The test gate on what the agent pushed: the result, or why it did not run.
+async fn gate(c: &Client, id: &str) -> Value {
+    match c
+        .call::<Value, _>(
+            Method::POST,
+            &format!("/v1/sessions/{id}/gate"),
+            Some(&json!({})),
+        )
+        .await
+    {
+        Ok((_, raw)) => raw,
+        Err(e) => json!({"not_run": e.message}),
+    }
+}
+
+fn gate_line(g: &Value) -> String {
+    if let Some(why) = g["not_run"].as_str() {
+        return format!("test gate: not run ({why})");
+    }
+    format!(
+        "test gate: {} · `{}` exit {} · commit {}",
+        if g["passed"] == true {
+            "passed"
+        } else {
+            "FAILED"
+        },
+        g["command"].as_str().unwrap_or("?"),
+        g["exit_code"]
+            .as_i64()
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "?".into()),
+        g["commit"]
+            .as_str()
+            .map(|c| &c[..c.len().min(12)])
+            .unwrap_or("?"),
+    )
+}
+
+/// `brig run --agent NAME [create flags] "what to do"`.
+pub async fn run_agent(
+    c: &Client,
+    name: &str,
+    model: Option<&str>,
+    task_text: &str,
+    create_args: &CreateArgs,
+    opts: &ExecOpts,
+    out: Out,
+) -> Result<i32> {
+    let p = preset(name)?;
+    if task_text.trim().is_empty() {
+        return Err(Error::invalid(
+            "the agent needs a task: brig run --agent NAME \"what to do\"",
+        ));
+    }
+    if opts.tty {
+        return Err(Error::invalid(
+            "--agent runs the agent non-interactively; drop --tty",
+        ));
+    }
+    let timeout = parse_duration(opts.timeout.as_deref().unwrap_or(DEFAULT_TIMEOUT))?;
+    let body = app::create_body(create_args)?;
+    let started = Instant::now();
+    let (info, mut raw_info) = app::create(c, &body, out).await?;
+    let id = info.id.to_string();
+    // The checkout's details (pinned commit, bot prefix) are in the show.
+    if let Ok((_, shown)) = c
+        .call::<Value, ()>(Method::GET, &format!("/v1/sessions/{id}"), None)
+        .await
+    {
+        raw_info = shown;
+    }
+    out.note(&format!(
+        "brig: session {id} · image {}@{} · agent {}",
+        info.image,
+        short_digest(&info.image_digest),
+        p.name
+    ));
+
+    let result = tokio::select! {
+        r = run_in(c, &id, p, model, task_text, opts, timeout, &raw_info, out) => r,
+        _ = tokio::signal::ctrl_c() => {
+            out.note("brig: interrupted; destroying the session");
+            Err(Error::new(ErrorKind::Runtime, "interrupted"))
+        }
+    };
+    let summary = app::destroy_quietly(c, &id).await;
+    let duration = started.elapsed();
+    let (code, mut doc) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            out.error(&e);
+            let _ = summary;
+            return Ok(EXIT_BRIG_FAILED);
+        }
+    };
+    doc["session"] = json!(id);
+    doc["duration_ms"] = json!(duration.as_millis() as u64);
+    match &summary {
+        Ok((_, raw)) => doc["summary"] = raw.clone(),
+        Err(e) => doc["destroy_error"] = serde_json::to_value(e).unwrap_or_default(),
+    }
+    if out.json {
+        out.json_value(&doc);
+    } else if !out.quiet {
+        let mut t = String::new();
+        if let Some(d) = doc.get("diff").filter(|d| !d.is_null()) {
+            let stat = d["diffstat"].as_str().unwrap_or("");
+            if stat.is_empty() {
+                t.push_str("diff: no changes\n");
+            } else {
+                t.push_str(&format!(
+                    "diff against {}:\n{}\n",
+                    d["base"]
+                        .as_str()
+                        .map(|b| &b[..b.len().min(12)])
+                        .unwrap_or("HEAD"),
+                    d["diff"].as_str().unwrap_or("")
+                ));
+                t.push_str(&format!("{stat}\n"));
+            }
+        }
+        t.push_str(&format!("{}\n", gate_line(&doc["gate"])));
+        out.text(&t);
+        eprintln!(
+            "brig: session {id} · agent {} {} · exit {code} · {}{}",
+            p.name,
+            doc["agent"]["version"].as_str().unwrap_or(""),
+            format_duration(duration),
+            match &summary {
+                Ok((s, _)) => format!(
+                    " · {} commands ({} failed){}",
+                    s.execs,
+                    s.failed_execs,
+                    if s.workspace_shredded {
+                        " · workspace shredded"
+                    } else {
+                        " · workspace NOT verified shredded"
+                    }
+                ),
+                Err(_) => String::new(),
+            }
+        );
+        eprintln!("brig: everything it did: brig journal show --session {id}");
+    }
+    if let Err(e) = &summary {
+        if !out.json {
+            out.error(&e.clone().context(format!("destroying session {id}")));
+        }
+        return Ok(EXIT_BRIG_FAILED);
+    }
+    Ok(code)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_in(
+    c: &Client,
+    id: &str,
+    p: &Preset,
+    model: Option<&str>,
+    task_text: &str,
+    opts: &ExecOpts,
+    timeout: std::time::Duration,
+    raw_info: &Value,
+    out: Out,
+) -> Result<(i32, Value)> {
+    let (bin, version) = find_agent(c, id, p, raw_info["image"].as_str().unwrap_or("?")).await?;
+    if !version.contains(p.tested_version) {
+        out.note(&format!(
+            "brig: note: the preset was tested with {} {}; the image has {}",
+            p.name,
+            p.tested_version,
+            if version.is_empty() {
+                "an unknown version"
+            } else {
+                &version
+            }
+        ));
+    }
+    set_up_home(c, id, p).await?;
+    let mut env = p.env(model);
+    env.extend(opts.env.iter().cloned());
+    let req = ExecRequest {
+        argv: p.argv(&bin, task_text, model),
+        env,
+        cwd: opts.cwd.clone(),
+        tty: None,
+        timeout_ms: Some(timeout.as_millis() as u64),
+        stdin: None,
+    };
+    req.validate()?;
+    let spin = Spinner::start(
+        format!("{} {version} is working in session {id}", p.name),
+        !out.json && !out.quiet,
+    );
+    let res = exec(c, id, &req).await;
+    spin.stop().await;
+    let (r, raw) = res?;
+    if !out.json {
+        if !r.stdout.is_empty() {
+            out.text(&r.stdout);
+        }
+        if !r.stderr.is_empty() && !out.quiet {
+            eprint!("{}", r.stderr);
+        }
+        if r.status.timed_out {
+            out.note(&format!(
+                "brig: the agent timed out after {} and was killed",
+                format_duration(timeout)
+            ));
+        }
+    }
+    let code = r.status.shell_code();
+    let pinned = raw_info["git"]["commit"].as_str();
+    let diff = workspace_diff(c, id, pinned).await;
+    let gate = if raw_info["git"].is_object() {
+        let spin = Spinner::start("running the test gate", !out.json && !out.quiet);
+        let g = gate(c, id).await;
+        spin.stop().await;
+        g
+    } else {
+        json!({"not_run": "the session has no git repository"})
+    };
+    Ok((
+        code,
+        json!({
+            "agent": {"name": p.name, "binary": bin, "version": version, "tested_version": p.tested_version, "argv": req.argv},
+            "image": raw_info["image"],
+            "image_digest": raw_info["image_digest"],
+            "exit_code": code,
+            "exec": raw,
+            "diff": diff,
+            "gate": gate,
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_is_non_interactive_and_keeps_home_off_the_workspace() {
+        for p in PRESETS {
+            let argv = p.argv("/usr/bin/x", "fix the bug", Some("coder"));
+            assert!(argv.iter().any(|a| a == "fix the bug"), "{}", p.name);
+            assert!(argv.iter().any(|a| a.contains("coder")), "{}", p.name);
+            let env = p.env(None);
+            assert!(
+                env.contains(&("HOME".into(), AGENT_HOME.into())),
+                "{}",
+                p.name
+            );
+            for (k, v) in &env {
+                assert!(!v.starts_with("/workspace"), "{}: {k}={v}", p.name);
+            }
+        }
+        let c = preset("claude-code").unwrap();
+        let argv = c.argv("claude", "t", None);
+        assert!(argv
+            .windows(2)
+            .any(|w| w == ["--permission-mode", "bypassPermissions"]));
+        assert!(c.env(None).iter().any(|(k, _)| k == "DISABLE_TELEMETRY"));
+        assert!(c
+            .env(Some("m"))
+            .contains(&("ANTHROPIC_MODEL".into(), "m".into())));
+        let e = preset("cursor").unwrap_err();
+        assert!(e.hint.unwrap().contains("claude-code, codex, aider"));
+    }
+
+    #[test]
+    fn gate_lines() {
+        assert_eq!(
+            gate_line(&json!({"not_run": "nothing pushed"})),
+            "test gate: not run (nothing pushed)"
+        );
+        let l = gate_line(
+            &json!({"passed": true, "command": "sh t.sh", "exit_code": 0, "commit": "0123456789abcdef"}),
+        );
+        assert_eq!(
+            l,
+            "test gate: passed · `sh t.sh` exit 0 · commit 0123456789ab"
+        );
+    }
+}

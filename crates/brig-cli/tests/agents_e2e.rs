@@ -1,0 +1,328 @@
+//! Agent presets (issue 9) end to end: `brig run --agent NAME` runs a real
+//! coding agent from the image (installed from npm by .ci/run), unmodified,
+//! non-interactively inside a real `native` session under the default
+//! profile. A local stand-in model behind brig's gateway (brig_model::fake,
+//! the provider's real wire format, streaming) scripts a short task: run the
+//! tests, read and edit a file, run the tests again, commit and push. The
+//! agent must finish, its commands and model calls must be in the journal,
+//! its push must land on a bot branch only, and `brig run` must report the
+//! diff, the test gate and the summary.
+
+mod server_support;
+
+use std::path::Path;
+use std::process::Command;
+
+use brig_model::fake::{Behavior, FakeUpstream};
+use serde_json::{json, Value};
+use server_support::*;
+
+/// brig's real upstream key: the sandbox only ever holds a placeholder.
+const REAL_KEY: &str = "sk-real-upstream-agents-5c2e9a7d10b4";
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=Human",
+            "-c",
+            "user.email=human@example.com",
+        ])
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An upstream working tree with a bug (add subtracts) and its test.
+fn upstream() -> (tempfile::TempDir, std::path::PathBuf) {
+    let t = tempfile::Builder::new()
+        .prefix("brig-agent-up-")
+        .tempdir()
+        .unwrap();
+    let up = t.path().join("calc");
+    std::fs::create_dir_all(&up).unwrap();
+    git(&up, &["init", "-q", "-b", "main"]);
+    std::fs::write(up.join("calc.sh"), "add() { echo $(( $1 - $2 )); }\n").unwrap();
+    std::fs::write(
+        up.join("test.sh"),
+        ". ./calc.sh\n[ \"$(add 2 2)\" = 4 ] || { echo 'FAIL add'; exit 1; }\necho 'ok 1 add'\n",
+    )
+    .unwrap();
+    git(&up, &["add", "."]);
+    git(&up, &["commit", "-qm", "calc"]);
+    std::fs::set_permissions(
+        t.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    (t, up)
+}
+
+fn configure(cfg: &mut brig_server::ServerConfig, up: &FakeUpstream) {
+    cfg.secrets = toml::from_str("[sources.env]\nkind = \"env\"\n").unwrap();
+    cfg.models = Some(
+        toml::from_str(&format!(
+            r#"
+[upstreams.local]
+kind = "openai-compatible"
+base_url = "{oai}"
+key = {{ source = "env", key = "BRIG_E2E_AGENT_KEY" }}
+models = ["gpt-4o-mini"]
+[upstreams.anthropic]
+kind = "anthropic"
+base_url = "{ant}"
+key = {{ source = "env", key = "BRIG_E2E_AGENT_KEY" }}
+models = ["claude-sonnet-4-5"]
+[routes.coder]
+targets = ["local/gpt-4o-mini"]
+[routes.planner]
+targets = ["anthropic/claude-sonnet-4-5"]
+"#,
+            oai = up.openai_url(),
+            ant = up.url(),
+        ))
+        .unwrap(),
+    );
+    let p = cfg.profiles.get_mut("default").unwrap();
+    p.gate = Some(brig_server::git_config::Gate {
+        test: "sh test.sh".into(),
+        coverage: None,
+        max_coverage_drop: 0.0,
+        timeout: std::time::Duration::from_secs(60),
+    });
+}
+
+/// `brig --socket S --json ARGS`: (exit code, stdout as JSON, stderr).
+fn brig_json(srv: &Srv, args: &[&str]) -> (i32, Value, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_brig"))
+        .arg("--socket")
+        .arg(&srv.sock)
+        .arg("--json")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+    let v = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("brig {args:?}: not JSON ({e}): {stdout}\n{stderr}"));
+    (o.status.code().unwrap_or(-1), v, stderr)
+}
+
+async fn journal(srv: &Srv, id: &str) -> Vec<Value> {
+    let (st, v) = srv
+        .call(
+            "GET",
+            &format!("/v1/journal?session={id}&limit=10000"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    v.as_array().unwrap().clone()
+}
+
+/// The journaled argv of every process the session ran, joined by spaces.
+fn commands(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["action"] == "process.exec")
+        .map(|e| {
+            e["details"]["argv"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|x| x.as_str().unwrap_or(""))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_does_a_scripted_task_and_pushes_to_a_bot_branch() {
+    require_root!();
+    assert!(
+        Path::new("/usr/bin/claude").exists(),
+        "Claude Code is not installed: .ci/run installs @anthropic-ai/claude-code from npm"
+    );
+    let (_up_dir, repo) = upstream();
+    let pinned = git(&repo, &["rev-parse", "HEAD"]);
+    let up = FakeUpstream::start().await.unwrap();
+    up.require_key(REAL_KEY);
+    std::env::set_var("BRIG_E2E_AGENT_KEY", REAL_KEY);
+    // The model's side of the task, one answer per request, in order
+    // (Claude Code's own tools: Bash, Read, Edit).
+    for (tool, input) in [
+        (
+            "Bash",
+            json!({"command": "sh test.sh", "description": "Run the tests"}),
+        ),
+        ("Read", json!({"file_path": "/workspace/calc.sh"})),
+        (
+            "Edit",
+            json!({"file_path": "/workspace/calc.sh", "old_string": "$(( $1 - $2 ))", "new_string": "$(( $1 + $2 ))"}),
+        ),
+        (
+            "Bash",
+            json!({"command": "sh test.sh", "description": "Run the tests again"}),
+        ),
+        (
+            "Bash",
+            json!({"command": "git commit -qam 'Fix add' && git push -q origin \"HEAD:brig/$(hostname)/fix-add\" 2>&1", "description": "Commit and push"}),
+        ),
+    ] {
+        up.script(Behavior::tool_call(tool, input));
+    }
+    up.set_default(Behavior::reply(
+        "Fixed add() in calc.sh; the tests pass; pushed.",
+    ));
+    let srv = Srv::start_with(|cfg| configure(cfg, &up)).await;
+
+    let (code, doc, stderr) = brig_json(
+        &srv,
+        &[
+            "run",
+            "--agent",
+            "claude-code",
+            "--model",
+            "planner",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--task",
+            "AGENT-1",
+            "Fix the failing test, then commit and push.",
+        ],
+    );
+    let reqs = up.requests();
+    let seen: Vec<String> = reqs
+        .iter()
+        .map(|r| {
+            let b = r.json();
+            format!(
+                "{} {} model={} tools={} last={}",
+                r.method,
+                r.path,
+                b["model"],
+                b["tools"].as_array().map(|t| t.len()).unwrap_or(0),
+                b["messages"]
+                    .as_array()
+                    .and_then(|m| m.last())
+                    .map(|m| m.to_string().chars().take(300).collect::<String>())
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(
+        code,
+        0,
+        "{doc:#}\n{stderr}\nupstream saw:\n{}",
+        seen.join("\n")
+    );
+    let id = doc["session"].as_str().unwrap().to_string();
+    assert_eq!(doc["agent"]["name"], "claude-code");
+    assert!(
+        doc["agent"]["version"]
+            .as_str()
+            .unwrap()
+            .contains("Claude Code"),
+        "{doc:#}"
+    );
+    assert_eq!(doc["exit_code"], 0);
+    let stdout = doc["exec"]["stdout"].as_str().unwrap_or("");
+    assert!(
+        stdout.contains("Fixed add() in calc.sh"),
+        "{stdout}\n{}",
+        seen.join("\n")
+    );
+    // The diff against the pinned commit, the gate on the pushed commit,
+    // the summary of a destroyed session.
+    assert_eq!(doc["diff"]["base"], pinned.as_str(), "{doc:#}");
+    let diff = doc["diff"]["diff"].as_str().unwrap();
+    assert!(diff.contains("+add() { echo $(( $1 + $2 )); }"), "{diff}");
+    assert!(diff.contains("-add() { echo $(( $1 - $2 )); }"), "{diff}");
+    assert!(
+        !diff.contains(".claude") && !diff.contains("agent-home"),
+        "{diff}"
+    );
+    assert_eq!(doc["gate"]["passed"], true, "{doc:#}");
+    assert_eq!(doc["gate"]["branch"], format!("brig/{id}/fix-add"));
+    assert_eq!(doc["summary"]["workspace_shredded"], true, "{doc:#}");
+    srv.assert_gone(&id);
+
+    // The push landed on the bot branch only, upstream.
+    let branches = git(&repo, &["branch", "--format=%(refname:short)"]);
+    let mut branches: Vec<&str> = branches.lines().collect();
+    branches.sort();
+    assert_eq!(
+        branches,
+        vec![format!("brig/{id}/fix-add").as_str(), "main"]
+    );
+    assert_eq!(git(&repo, &["rev-parse", "main"]), pinned);
+    let fixed = git(&repo, &["show", &format!("brig/{id}/fix-add:calc.sh")]);
+    assert_eq!(fixed, "add() { echo $(( $1 + $2 )); }");
+
+    // The model only through brig: the upstream saw brig's key, never the
+    // placeholder; every call captured and journaled.
+    assert!(reqs.len() >= 6, "{}", seen.join("\n"));
+    // The agent ran the tests and fed their output back: failing, then
+    // passing after its edit.
+    let bodies: Vec<String> = reqs
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).to_string())
+        .collect();
+    let failed = bodies.iter().position(|b| b.contains("FAIL add"));
+    let passed = bodies.iter().position(|b| b.contains("ok 1 add"));
+    assert!(
+        failed.is_some() && passed.is_some() && failed < passed,
+        "{}",
+        seen.join("\n")
+    );
+    for r in &reqs {
+        assert_eq!(r.header("x-api-key"), Some(REAL_KEY), "{r:?}");
+    }
+    let events = journal(&srv, &id).await;
+    let model_calls = events
+        .iter()
+        .filter(|e| e["action"] == "model.call")
+        .count();
+    assert!(model_calls >= reqs.len(), "{model_calls} < {}", reqs.len());
+    // Each command it ran, with its exit code; the push.
+    let cmds = commands(&events);
+    assert!(
+        cmds.iter()
+            .any(|c| c.contains("claude") && c.contains("-p")),
+        "{cmds:#?}"
+    );
+    assert!(cmds.iter().any(|c| c.contains("sh test.sh")), "{cmds:#?}");
+    assert!(cmds.iter().any(|c| c.contains("git push")), "{cmds:#?}");
+    assert!(
+        events.iter().any(|e| e["action"] == "process.exit"),
+        "no process.exit"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["action"] == "git.push" && e["outcome"] == "success"),
+        "no accepted git.push in the journal"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["action"] == "git.gate" && e["outcome"] == "success"),
+        "no passed git.gate in the journal"
+    );
+    let all = serde_json::to_string(&events).unwrap();
+    assert!(!all.contains(REAL_KEY), "brig's key was journaled");
+    srv.stop().await;
+}
