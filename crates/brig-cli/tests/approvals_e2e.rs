@@ -527,6 +527,75 @@ async fn approvals_and_kills_are_decided_by_who_is_calling() {
     assert_eq!(st, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
 
+    // bob may not read, act in or end alice's session...
+    for (method, path, body) in [
+        ("GET", format!("/v1/sessions/{id}"), None),
+        ("GET", format!("/v1/sessions/{id}/events"), None),
+        (
+            "POST",
+            format!("/v1/sessions/{id}/exec"),
+            Some(sh("echo hi")),
+        ),
+    ] {
+        let (st, v) = tcp(addr, method, &path, &bob, body).await;
+        assert_eq!(st, 403, "{method} {path}: {v}");
+        assert!(
+            v.to_string().contains("session.use") || v.to_string().contains("default-deny"),
+            "{v}"
+        );
+    }
+    let (st, v) = tcp(addr, "GET", "/v1/sessions", &bob, None).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        v.as_array().unwrap().is_empty(),
+        "bob sees none of alice's: {v}"
+    );
+    // ...an auditor reads it and acts in nothing; alice sees and uses her own.
+    let dora = idp.id_token(&TestUser::new("dora").with_groups(&["auditor"]));
+    let (st, v) = tcp(
+        addr,
+        "GET",
+        &format!("/v1/sessions/{id}/events"),
+        &dora,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = tcp(
+        addr,
+        "POST",
+        &format!("/v1/sessions/{id}/exec"),
+        &dora,
+        Some(sh("echo hi")),
+    )
+    .await;
+    assert_eq!(st, 403, "{v}");
+    let (st, v) = tcp(addr, "GET", "/v1/sessions", &alice, None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    let (st, v) = tcp(
+        addr,
+        "POST",
+        &format!("/v1/sessions/{id}/exec"),
+        &alice,
+        Some(sh("echo mine")),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    // The refusals are journaled.
+    let (_, j) = srv.call("GET", "/v1/journal?limit=10000", None).await;
+    let refused = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["action"] == "policy.decision"
+                && e["outcome"] == "denied"
+                && e["details"]["action"] == "session.use"
+        })
+        .count();
+    assert!(refused >= 4, "{j}");
+
     // bob may not end alice's session, alone or with everyone's.
     let (st, v) = tcp(addr, "DELETE", &format!("/v1/sessions/{id}"), &bob, None).await;
     assert_eq!(st, 403, "{v}");
@@ -651,9 +720,10 @@ async fn a_sensitive_command_started_inside_the_sandbox_waits_for_approval_too()
             )
             .await;
         evs = j.as_array().unwrap().clone();
-        if evs.iter().any(|e| {
-            e["action"] == "process.exec" && e["details"]["argv"][0] == "terraform"
-        }) {
+        if evs
+            .iter()
+            .any(|e| e["action"] == "process.exec" && e["details"]["argv"][0] == "terraform")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

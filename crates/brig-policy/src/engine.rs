@@ -1071,6 +1071,30 @@ impl PolicyEngine {
                 ));
                 r
             }
+            Action::SessionUse {
+                session,
+                owner,
+                write,
+                what,
+                ..
+            } => {
+                ctx.push(("write", RestrictedExpression::new_bool(*write)));
+                ctx.push(("what", s(what)));
+                let r = uid(&n.session, session);
+                ents.push((
+                    r.clone(),
+                    vec![
+                        (
+                            "human",
+                            RestrictedExpression::new_entity_uid(uid(&n.human, owner)),
+                        ),
+                        ("task", s("")),
+                        ("profile", s("")),
+                    ],
+                    none(),
+                ));
+                r
+            }
             Action::ApprovalGrant {
                 approver,
                 requester,

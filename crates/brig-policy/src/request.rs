@@ -148,6 +148,18 @@ pub enum Action {
         #[serde(default)]
         profile: String,
     },
+    #[serde(rename = "session.use")]
+    SessionUse {
+        human: HumanPrincipal,
+        session: String,
+        /// The human the session belongs to.
+        owner: String,
+        /// Acting in it (exec, PR, ...), not only reading it.
+        write: bool,
+        /// What is done, e.g. `exec`, `events` (for the journal and policies).
+        #[serde(default)]
+        what: String,
+    },
     #[serde(rename = "approval.grant")]
     ApprovalGrant {
         approver: HumanPrincipal,
@@ -323,6 +335,25 @@ impl Request {
         .into()
     }
 
+    /// `human` reads (`write` false) or acts in (`write` true) `session`,
+    /// which belongs to `session_owner`; `what` names the operation.
+    pub fn session_use(
+        human: &HumanPrincipal,
+        session: &str,
+        session_owner: &str,
+        write: bool,
+        what: &str,
+    ) -> Self {
+        Action::SessionUse {
+            human: human.clone(),
+            session: session.to_string(),
+            owner: session_owner.to_string(),
+            write,
+            what: what.to_string(),
+        }
+        .into()
+    }
+
     /// `approver` grants request `request_id` of `request_owner`'s session,
     /// which asks for `roles`.
     pub fn approval_grant(
@@ -389,6 +420,7 @@ impl Request {
             Action::ModelCall { .. } => "model.call",
             Action::SessionCreate { .. } => "session.create",
             Action::SessionKill { .. } => "session.kill",
+            Action::SessionUse { .. } => "session.use",
             Action::ApprovalGrant { .. } => "approval.grant",
             Action::PolicyChange { .. } => "policy.change",
         }
@@ -428,6 +460,7 @@ impl Request {
         match &self.action {
             Action::SessionCreate { human, .. }
             | Action::SessionKill { human, .. }
+            | Action::SessionUse { human, .. }
             | Action::PolicyChange { human, .. } => Some(human),
             Action::ApprovalGrant { approver, .. } => Some(approver),
             _ => None,

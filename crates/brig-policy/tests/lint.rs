@@ -185,6 +185,7 @@ fn the_schema_is_what_the_docs_say() {
         "model.call",
         "session.create",
         "session.kill",
+        "session.use",
         "approval.grant",
         "policy.change",
     ] {

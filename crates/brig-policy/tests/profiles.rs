@@ -520,6 +520,25 @@ fn deployment_set_human_actions() {
         "deploy.admin-session-kill",
     );
 
+    // Reading and acting in a session: one's own, an admin's any, an
+    // auditor's reads only.
+    let auditor = HumanPrincipal::new("dora").with_roles(&["auditor"]);
+    for (who, session, owner, write, verdict, rule) in [
+        (&dev, "s-1", "alice", true, "allow", "deploy.session-use-own"),
+        (&dev, "s-2", "bob", false, "deny", "default-deny"),
+        (&dev, "s-2", "bob", true, "deny", "default-deny"),
+        (&admin, "s-2", "bob", true, "allow", "deploy.admin-session-use"),
+        (&auditor, "s-2", "bob", false, "allow", "deploy.auditor-session-read"),
+        (&auditor, "s-2", "bob", true, "deny", "default-deny"),
+    ] {
+        check(
+            &e,
+            Request::session_use(who, session, owner, write, "exec"),
+            verdict,
+            rule,
+        );
+    }
+
     check(
         &e,
         Request::policy_change(&dev, "pr"),

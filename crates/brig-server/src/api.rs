@@ -217,6 +217,11 @@ pub fn router_with(
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Inside the auth layer below: runs once the caller is known.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            session_use,
+        ))
         .with_state(state);
     let auth = |static_token| {
         Arc::new(crate::identity::Auth {
@@ -244,6 +249,39 @@ pub fn router_with(
             ))
             .layer(axum::Extension(a))
         }
+    }
+}
+
+/// Cedar's `session.use` on every `/v1/sessions/{id}[/...]` request, once
+/// the caller is known: their own sessions, an admin's any, an auditor's
+/// reads. Runs inside the auth layer; an id that does not parse or name a
+/// session is left to the handler (400 / 404).
+async fn session_use(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let Some(rest) = path.strip_prefix("/v1/sessions/") else {
+        return next.run(req).await;
+    };
+    let (id, what) = match rest.split_once('/') {
+        Some((id, w)) => (id, w.split('/').next().unwrap_or("")),
+        None if req.method() == axum::http::Method::DELETE => (rest, "destroy"),
+        None => (rest, "show"),
+    };
+    let Ok(sid) = parse_id(id) else {
+        return next.run(req).await;
+    };
+    let Some(caller) = req.extensions().get::<crate::identity::Caller>().cloned() else {
+        // The auth layer names every caller: without one, nothing gets in.
+        return ApiError(Error::internal("no caller on an authenticated request")).into_response();
+    };
+    let Ok(info) = st.mgr.get(&sid).await else {
+        return next.run(req).await;
+    };
+    let write = !matches!(req.method().as_str(), "GET" | "HEAD");
+    let r =
+        brig_policy::Request::session_use(&caller.human(), sid.as_str(), &info.human, write, what);
+    match st.mgr.decide_session_use(&r).await {
+        Ok(()) => next.run(req).await,
+        Err(e) => ApiError(e).into_response(),
     }
 }
 
@@ -390,12 +428,28 @@ struct ListQuery {
 
 async fn list_sessions(
     State(st): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::identity::Caller>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = q.map_err(|e| {
         ApiError(Error::invalid(format!("bad query: {}", e.body_text())).hint("use ?all=true"))
     })?;
-    Ok(axum::Json(st.mgr.list(q.all).await?).into_response())
+    // The sessions the caller may read (session.use): their own, or all
+    // for an admin or an auditor. Not journaled: a listing is no action.
+    let policy = st.mgr.policy()?;
+    let human = caller.human();
+    let mine: Vec<_> = st
+        .mgr
+        .list(q.all)
+        .await?
+        .into_iter()
+        .filter(|s| {
+            let r =
+                brig_policy::Request::session_use(&human, s.id.as_str(), &s.human, false, "list");
+            policy.engine.authorize(&r).is_allowed()
+        })
+        .collect();
+    Ok(axum::Json(mine).into_response())
 }
 
 /// Most egress denials `GET /v1/sessions/{id}` explains.

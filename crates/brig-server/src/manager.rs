@@ -614,6 +614,24 @@ impl Manager {
         }
     }
 
+    /// Cedar's `session.use`: a human reads or acts in a session. Refusals
+    /// are journaled, and so is acting in someone else's session (an admin
+    /// at work); a human reading or acting in their own is not a decision
+    /// worth a journal line each time (what they do is journaled anyway).
+    pub async fn decide_session_use(&self, r: &brig_policy::Request) -> Result<()> {
+        let d = self.policy()?.engine.authorize(r);
+        let others = matches!(&r.action, brig_policy::Action::SessionUse { human, owner, write, .. }
+            if *write && human.id != *owner);
+        if !d.is_allowed() || others {
+            self.journal(crate::policy::decision_event(None, &d)).await;
+        }
+        if d.is_allowed() {
+            Ok(())
+        } else {
+            Err(crate::policy::denied(&d))
+        }
+    }
+
     /// Decide an agent's request through its session's gate (see
     /// [`crate::policy::AgentGate`]), waiting for an approval if needed.
     async fn decide_agent(
