@@ -143,6 +143,9 @@ const CODEX: Preset = Preset {
     env: &[
         ("HOME", AGENT_HOME),
         ("CODEX_HOME", "/tmp/agent-home/.codex"),
+        // Codex makes its helper binaries (apply_patch) in CODEX_HOME only
+        // when that is not under the temp dir.
+        ("TMPDIR", "/tmp/agent-home/tmp"),
         ("XDG_CONFIG_HOME", "/tmp/agent-home/.config"),
         ("XDG_CACHE_HOME", "/tmp/agent-home/.cache"),
         ("CI", "1"),
@@ -170,6 +173,14 @@ enabled = false
 
 [otel]
 exporter = "none"
+
+# Remote plugins, apps and in-app updates reach github.com and chatgpt.com.
+[features]
+plugins = false
+remote_plugin = false
+plugin_sharing = false
+apps = false
+in_app_updates = false
 "#,
     )],
     argv: |bin, task, model| {
@@ -270,7 +281,7 @@ fn shell_quote(a: &str) -> String {
 /// error naming how to install it.
 async fn find_agent(c: &Client, id: &str, p: &Preset, image: &str) -> Result<(String, String)> {
     let script = format!(
-        "b=$(command -v {bin}) || exit 127; echo \"$b\"; \"$b\" --version 2>&1 | head -n 1",
+        "b=$(command -v {bin}) || exit 127; echo \"$b\"; \"$b\" --version 2>/dev/null | head -n 1",
         bin = shell_quote(p.binary)
     );
     let mut req = sh_req(&script, None);
@@ -295,8 +306,9 @@ async fn find_agent(c: &Client, id: &str, p: &Preset, image: &str) -> Result<(St
 
 /// Write the preset's config files under its HOME.
 async fn set_up_home(c: &Client, id: &str, p: &Preset) -> Result<()> {
-    let mut script =
-        format!("set -e; umask 077; mkdir -p {AGENT_HOME}/.config {AGENT_HOME}/.cache");
+    let mut script = format!(
+        "set -e; umask 077; mkdir -p {AGENT_HOME}/.config {AGENT_HOME}/.cache {AGENT_HOME}/tmp"
+    );
     for (i, (path, _)) in p.files.iter().enumerate() {
         let full = format!("{AGENT_HOME}/{path}");
         script.push_str(&format!(
@@ -510,6 +522,7 @@ async fn run_in(
     raw_info: &Value,
     out: Out,
 ) -> Result<(i32, Value)> {
+    set_up_home(c, id, p).await?;
     let (bin, version) = find_agent(c, id, p, raw_info["image"].as_str().unwrap_or("?")).await?;
     if !version.contains(p.tested_version) {
         out.note(&format!(
@@ -523,7 +536,6 @@ async fn run_in(
             }
         ));
     }
-    set_up_home(c, id, p).await?;
     let mut env = p.env(model);
     env.extend(opts.env.iter().cloned());
     let req = ExecRequest {

@@ -20,6 +20,11 @@ use server_support::*;
 /// brig's real upstream key: the sandbox only ever holds a placeholder.
 const REAL_KEY: &str = "sk-real-upstream-agents-5c2e9a7d10b4";
 
+/// The agent's last step: commit and push to its bot branch (the sandbox's
+/// hostname is its session id).
+const PUSH: &str =
+    "git commit -qam 'Fix add' && git push -q origin \"HEAD:brig/$(hostname)/fix-add\" 2>&1";
+
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .arg("-C")
@@ -149,39 +154,24 @@ fn commands(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claude_code_does_a_scripted_task_and_pushes_to_a_bot_branch() {
-    require_root!();
+/// Run `brig run --agent AGENT --model MODEL` on the calc repository with
+/// the model's side scripted (`steps`: the tool calls, in order, then the
+/// final answer), and check what every preset must do: finish with exit 0,
+/// report the diff, a passed gate and a shredded workspace, land its push on
+/// its bot branch only, reach the model only through brig, and leave its
+/// commands, model calls, push and gate in the journal.
+async fn scripted_task(agent: &str, binary: &str, model: &str, steps: Vec<(&str, Value)>) {
     assert!(
-        Path::new("/usr/bin/claude").exists(),
-        "Claude Code is not installed: .ci/run installs @anthropic-ai/claude-code from npm"
+        Path::new(binary).exists(),
+        "{binary} is not installed: .ci/run installs the agents from npm"
     );
     let (_up_dir, repo) = upstream();
     let pinned = git(&repo, &["rev-parse", "HEAD"]);
     let up = FakeUpstream::start().await.unwrap();
     up.require_key(REAL_KEY);
     std::env::set_var("BRIG_E2E_AGENT_KEY", REAL_KEY);
-    // The model's side of the task, one answer per request, in order
-    // (Claude Code's own tools: Bash, Read, Edit).
-    for (tool, input) in [
-        (
-            "Bash",
-            json!({"command": "sh test.sh", "description": "Run the tests"}),
-        ),
-        ("Read", json!({"file_path": "/workspace/calc.sh"})),
-        (
-            "Edit",
-            json!({"file_path": "/workspace/calc.sh", "old_string": "$(( $1 - $2 ))", "new_string": "$(( $1 + $2 ))"}),
-        ),
-        (
-            "Bash",
-            json!({"command": "sh test.sh", "description": "Run the tests again"}),
-        ),
-        (
-            "Bash",
-            json!({"command": "git commit -qam 'Fix add' && git push -q origin \"HEAD:brig/$(hostname)/fix-add\" 2>&1", "description": "Commit and push"}),
-        ),
-    ] {
+    // The model's side of the task, one answer per request, in order.
+    for (tool, input) in steps {
         up.script(Behavior::tool_call(tool, input));
     }
     up.set_default(Behavior::reply(
@@ -194,9 +184,9 @@ async fn claude_code_does_a_scripted_task_and_pushes_to_a_bot_branch() {
         &[
             "run",
             "--agent",
-            "claude-code",
+            agent,
             "--model",
-            "planner",
+            model,
             "--repo",
             repo.to_str().unwrap(),
             "--task",
@@ -230,12 +220,12 @@ async fn claude_code_does_a_scripted_task_and_pushes_to_a_bot_branch() {
         seen.join("\n")
     );
     let id = doc["session"].as_str().unwrap().to_string();
-    assert_eq!(doc["agent"]["name"], "claude-code");
+    assert_eq!(doc["agent"]["name"], agent);
     assert!(
         doc["agent"]["version"]
             .as_str()
             .unwrap()
-            .contains("Claude Code"),
+            .contains(doc["agent"]["tested_version"].as_str().unwrap()),
         "{doc:#}"
     );
     assert_eq!(doc["exit_code"], 0);
@@ -289,7 +279,10 @@ async fn claude_code_does_a_scripted_task_and_pushes_to_a_bot_branch() {
         seen.join("\n")
     );
     for r in &reqs {
-        assert_eq!(r.header("x-api-key"), Some(REAL_KEY), "{r:?}");
+        let key = r.header("x-api-key").map(str::to_string).or(r
+            .header("authorization")
+            .map(|a| a.trim_start_matches("Bearer ").to_string()));
+        assert_eq!(key.as_deref(), Some(REAL_KEY), "{r:?}");
     }
     let events = journal(&srv, &id).await;
     let model_calls = events
@@ -299,11 +292,7 @@ async fn claude_code_does_a_scripted_task_and_pushes_to_a_bot_branch() {
     assert!(model_calls >= reqs.len(), "{model_calls} < {}", reqs.len());
     // Each command it ran, with its exit code; the push.
     let cmds = commands(&events);
-    assert!(
-        cmds.iter()
-            .any(|c| c.contains("claude") && c.contains("-p")),
-        "{cmds:#?}"
-    );
+    assert!(cmds.iter().any(|c| c.starts_with(binary)), "{cmds:#?}");
     assert!(cmds.iter().any(|c| c.contains("sh test.sh")), "{cmds:#?}");
     assert!(cmds.iter().any(|c| c.contains("git push")), "{cmds:#?}");
     assert!(
@@ -322,7 +311,78 @@ async fn claude_code_does_a_scripted_task_and_pushes_to_a_bot_branch() {
             .any(|e| e["action"] == "git.gate" && e["outcome"] == "success"),
         "no passed git.gate in the journal"
     );
+    // Its network: only brig's own services were reached; anything else it
+    // tried would have been denied by egress, and journaled.
+    let mut denied = vec![];
+    for e in events
+        .iter()
+        .filter(|e| e["action"].as_str().unwrap_or("").starts_with("net."))
+    {
+        let d = &e["details"];
+        let host = d["host"].as_str().or(d["sni"].as_str()).unwrap_or("?");
+        if d["decision"] == "allowed" {
+            assert!(host == "model.brig" || host == "git.brig", "{e}");
+        } else {
+            denied.push(host.to_string());
+        }
+    }
+    // With the preset's settings it does not even try.
+    assert!(denied.is_empty(), "{agent} tried to reach {denied:?}");
     let all = serde_json::to_string(&events).unwrap();
     assert!(!all.contains(REAL_KEY), "brig's key was journaled");
     srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_code_does_a_scripted_task_and_pushes_to_a_bot_branch() {
+    require_root!();
+    // Claude Code's own tools (Anthropic Messages, streamed).
+    scripted_task(
+        "claude-code",
+        "/usr/bin/claude",
+        "planner",
+        vec![
+            (
+                "Bash",
+                json!({"command": "sh test.sh", "description": "Run the tests"}),
+            ),
+            ("Read", json!({"file_path": "/workspace/calc.sh"})),
+            (
+                "Edit",
+                json!({"file_path": "/workspace/calc.sh", "old_string": "$(( $1 - $2 ))", "new_string": "$(( $1 + $2 ))"}),
+            ),
+            (
+                "Bash",
+                json!({"command": "sh test.sh", "description": "Run the tests again"}),
+            ),
+            (
+                "Bash",
+                json!({"command": PUSH, "description": "Commit and push"}),
+            ),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_does_a_scripted_task_and_pushes_to_a_bot_branch() {
+    require_root!();
+    // Codex's own tool (Responses API, streamed): one shell command each;
+    // the edit is a shell edit, as Codex makes them without apply_patch.
+    scripted_task(
+        "codex",
+        "/usr/bin/codex",
+        "coder",
+        vec![
+            ("exec_command", json!({"cmd": "sh test.sh"})),
+            ("exec_command", json!({"cmd": "cat calc.sh"})),
+            (
+                "exec_command",
+                json!({"cmd": "sed -i 's/\\$1 - \\$2/$1 + $2/' calc.sh && cat calc.sh"}),
+            ),
+            ("exec_command", json!({"cmd": "sh test.sh"})),
+            ("exec_command", json!({"cmd": PUSH})),
+        ],
+    )
+    .await;
 }
