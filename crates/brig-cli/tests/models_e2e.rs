@@ -80,7 +80,10 @@ async fn py(srv: &Srv, id: &str, script: &str) -> (i64, String) {
 
 /// Model calls of a session once the recorder has stored `n` of them.
 async fn calls(srv: &Srv, id: &str, n: usize) -> Vec<Value> {
-    for _ in 0..100 {
+    // Generous: Claude Code sends ~80 calls of ~130 KB each, and the
+    // recorder redacts each one whole (a debug build on 2 shared cores
+    // needs about 5 s for them).
+    for _ in 0..600 {
         let (st, v) = srv
             .call("GET", &format!("/v1/sessions/{id}/model-calls"), None)
             .await;
