@@ -1,4 +1,4 @@
-//! `brig run --agent NAME "what to do"`: a real coding agent, unmodified,
+//! `brig run --agent NAME "what to do" [-- AGENT ARGS]`: a real coding agent, unmodified,
 //! run non-interactively inside a session (issue 9; docs/AGENTS.md).
 //!
 //! A preset is what it takes to make one agent fit inside brig: its one-shot
@@ -25,7 +25,7 @@ use hyper::Method;
 use serde_json::{json, Value};
 
 use crate::app::{self, EXIT_BRIG_FAILED};
-use crate::cli::{CreateArgs, ExecOpts};
+use crate::cli::{ExecOpts, RunArgs};
 use crate::client::Client;
 use crate::output::Out;
 use crate::term::{short_digest, Spinner};
@@ -51,15 +51,29 @@ pub struct Preset {
     /// Config files written under [`AGENT_HOME`] before the run:
     /// (path relative to it, contents).
     pub files: &'static [(&'static str, &'static str)],
+    /// What it writes into the repository for itself (caches), kept out of
+    /// the diff and of commits by `.git/info/exclude` (local, never pushed).
+    pub exclude: &'static [&'static str],
     argv: fn(&str, &str, Option<&str>) -> Vec<String>,
+    /// The task text is the last argument (extra arguments go before it).
+    task_last: bool,
     model_env: &'static [&'static str],
 }
 
 impl Preset {
     /// The command line of a one-shot run of `task` (`bin` is the resolved
-    /// executable).
-    pub fn argv(&self, bin: &str, task: &str, model: Option<&str>) -> Vec<String> {
-        (self.argv)(bin, task, model)
+    /// executable), with the user's `extra` arguments for the agent.
+    pub fn argv(
+        &self,
+        bin: &str,
+        task: &str,
+        model: Option<&str>,
+        extra: &[String],
+    ) -> Vec<String> {
+        let mut v = (self.argv)(bin, task, model);
+        let at = if self.task_last { v.len() - 1 } else { v.len() };
+        v.splice(at..at, extra.iter().cloned());
+        v
     }
 
     /// The full environment of the run.
@@ -110,6 +124,7 @@ const CLAUDE_CODE: Preset = Preset {
         r#"{"permissions": {"defaultMode": "bypassPermissions"}, "autoUpdates": false, "includeCoAuthoredBy": false}
 "#,
     )],
+    exclude: &[],
     argv: |bin, task, model| {
         let mut v = s(&[
             bin,
@@ -126,6 +141,7 @@ const CLAUDE_CODE: Preset = Preset {
         }
         v
     },
+    task_last: false,
     model_env: &[
         "ANTHROPIC_MODEL",
         "ANTHROPIC_SMALL_FAST_MODEL",
@@ -183,6 +199,7 @@ apps = false
 in_app_updates = false
 "#,
     )],
+    exclude: &[],
     argv: |bin, task, model| {
         let mut v = s(&[
             bin,
@@ -198,6 +215,7 @@ in_app_updates = false
         v.push(task.to_string());
         v
     },
+    task_last: true,
     model_env: &[],
 };
 
@@ -214,9 +232,17 @@ const AIDER: Preset = Preset {
         ("AIDER_ANALYTICS_DISABLE", "true"),
         ("AIDER_SHOW_RELEASE_NOTES", "false"),
         ("AIDER_YES_ALWAYS", "true"),
+        // litellm's model cost map from its package, not from GitHub.
+        ("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
         ("CI", "1"),
     ],
-    files: &[],
+    // A fresh (non-empty) model-info cache, so aider does not fetch
+    // litellm's model list from raw.githubusercontent.com at start.
+    files: &[(
+        ".aider/caches/model_prices_and_context_window.json",
+        "{\"brig-model-gateway\": {}}\n",
+    )],
+    exclude: &[".aider*"],
     argv: |bin, task, model| {
         let m = format!("openai/{}", model.unwrap_or("gpt-4o-mini"));
         s(&[
@@ -231,12 +257,19 @@ const AIDER: Preset = Preset {
             "--no-pretty",
             "--no-fancy-input",
             "--no-detect-urls",
+            "--no-gitignore",
+            "--no-restore-chat-history",
+            "--input-history-file",
+            "/tmp/agent-home/.aider.input.history",
+            "--chat-history-file",
+            "/tmp/agent-home/.aider.chat.history.md",
             "--openai-api-base",
             "http://model.brig/v1",
             "--model",
             &m,
         ])
     },
+    task_last: false,
     model_env: &[],
 };
 
@@ -317,6 +350,13 @@ async fn set_up_home(c: &Client, id: &str, p: &Preset) -> Result<()> {
         ));
     }
     script.push_str("; rm -f /tmp/.brig-agent-files");
+    if !p.exclude.is_empty() {
+        let lines: Vec<String> = p.exclude.iter().map(|e| shell_quote(e)).collect();
+        script.push_str(&format!(
+            "; if [ -d /workspace/.git ]; then mkdir -p /workspace/.git/info && printf '%s\\n' {} >> /workspace/.git/info/exclude; fi",
+            lines.join(" ")
+        ));
+    }
     let mut files = String::new();
     for (i, (_, body)) in p.files.iter().enumerate() {
         files.push_str(&format!("--brig-file-{i}--\n{body}"));
@@ -396,15 +436,11 @@ fn gate_line(g: &Value) -> String {
 }
 
 /// `brig run --agent NAME [create flags] "what to do"`.
-pub async fn run_agent(
-    c: &Client,
-    name: &str,
-    model: Option<&str>,
-    task_text: &str,
-    create_args: &CreateArgs,
-    opts: &ExecOpts,
-    out: Out,
-) -> Result<i32> {
+pub async fn run_agent(c: &Client, a: &RunArgs, out: Out) -> Result<i32> {
+    let name = a.agent.as_deref().unwrap_or_default();
+    let model = a.model.as_deref();
+    let task_text = a.prompt.as_deref().unwrap_or_default();
+    let (extra, create_args, opts) = (&a.cmd[..], &a.create, &a.opts);
     let p = preset(name)?;
     if task_text.trim().is_empty() {
         return Err(Error::invalid(
@@ -436,7 +472,7 @@ pub async fn run_agent(
     ));
 
     let result = tokio::select! {
-        r = run_in(c, &id, p, model, task_text, opts, timeout, &raw_info, out) => r,
+        r = run_in(c, &id, p, model, task_text, extra, opts, timeout, &raw_info, out) => r,
         _ = tokio::signal::ctrl_c() => {
             out.note("brig: interrupted; destroying the session");
             Err(Error::new(ErrorKind::Runtime, "interrupted"))
@@ -517,6 +553,7 @@ async fn run_in(
     p: &Preset,
     model: Option<&str>,
     task_text: &str,
+    extra: &[String],
     opts: &ExecOpts,
     timeout: std::time::Duration,
     raw_info: &Value,
@@ -539,7 +576,7 @@ async fn run_in(
     let mut env = p.env(model);
     env.extend(opts.env.iter().cloned());
     let req = ExecRequest {
-        argv: p.argv(&bin, task_text, model),
+        argv: p.argv(&bin, task_text, model, extra),
         env,
         cwd: opts.cwd.clone(),
         tty: None,
@@ -600,7 +637,8 @@ mod tests {
     #[test]
     fn every_preset_is_non_interactive_and_keeps_home_off_the_workspace() {
         for p in PRESETS {
-            let argv = p.argv("/usr/bin/x", "fix the bug", Some("coder"));
+            let argv = p.argv("/usr/bin/x", "fix the bug", Some("coder"), &["--x".into()]);
+            assert!(argv.iter().any(|a| a == "--x"), "{}", p.name);
             assert!(argv.iter().any(|a| a == "fix the bug"), "{}", p.name);
             assert!(argv.iter().any(|a| a.contains("coder")), "{}", p.name);
             let env = p.env(None);
@@ -614,7 +652,7 @@ mod tests {
             }
         }
         let c = preset("claude-code").unwrap();
-        let argv = c.argv("claude", "t", None);
+        let argv = c.argv("claude", "t", None, &[]);
         assert!(argv
             .windows(2)
             .any(|w| w == ["--permission-mode", "bypassPermissions"]));
@@ -622,6 +660,10 @@ mod tests {
         assert!(c
             .env(Some("m"))
             .contains(&("ANTHROPIC_MODEL".into(), "m".into())));
+        let x = preset("codex")
+            .unwrap()
+            .argv("codex", "t", None, &["-c".into(), "a=1".into()]);
+        assert_eq!(&x[x.len() - 3..], ["-c", "a=1", "t"]);
         let e = preset("cursor").unwrap_err();
         assert!(e.hint.unwrap().contains("claude-code, codex, aider"));
     }

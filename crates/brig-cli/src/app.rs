@@ -204,16 +204,7 @@ async fn dispatch(cli: Cli, out: Out) -> Result<i32> {
         Command::Token(cmd) => crate::token::run(&client(&cli)?, cmd, out).await,
         Command::Session(cmd) => session(&client(&cli)?, cmd, out).await,
         Command::Run(a) if a.agent.is_some() => {
-            crate::agents::run_agent(
-                &client(&cli)?,
-                a.agent.as_deref().unwrap_or_default(),
-                a.model.as_deref(),
-                a.prompt.as_deref().unwrap_or_default(),
-                &a.create,
-                &a.opts,
-                out,
-            )
-            .await
+            crate::agents::run_agent(&client(&cli)?, a, out).await
         }
         Command::Run(a) => run_cmd(&client(&cli)?, &a.create, &a.opts, &a.cmd, out).await,
         Command::Mcp(a) => crate::mcp::run(client(&cli)?, cli.url.as_deref(), a, out).await,

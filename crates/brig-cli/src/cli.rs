@@ -279,7 +279,7 @@ pub struct RunArgs {
     pub opts: ExecOpts,
     /// Run this coding agent non-interactively on the task text instead of
     /// a command: claude-code, codex or aider (docs/AGENTS.md).
-    #[arg(long, value_name = "NAME", conflicts_with = "cmd")]
+    #[arg(long, value_name = "NAME")]
     pub agent: Option<String>,
     /// The model (a name or alias of brig's model gateway) the agent uses.
     #[arg(long, value_name = "NAME", requires = "agent")]
@@ -287,7 +287,8 @@ pub struct RunArgs {
     /// With --agent: what the agent is to do.
     #[arg(value_name = "TASK_TEXT", requires = "agent")]
     pub prompt: Option<String>,
-    /// The command and its arguments (after `--`).
+    /// The command and its arguments (after `--`); with --agent, extra
+    /// arguments for the agent.
     #[arg(last = true, required_unless_present = "agent", value_name = "CMD")]
     pub cmd: Vec<String>,
 }
@@ -440,12 +441,27 @@ mod tests {
         assert_eq!(r.model.as_deref(), Some("coder"));
         assert_eq!(r.prompt.as_deref(), Some("fix the bug"));
         assert!(r.cmd.is_empty());
-        // A command and an agent, or task text without an agent: refused.
+        // After `--`: the agent's own extra arguments.
+        let cli = Cli::try_parse_from([
+            "brig",
+            "run",
+            "--agent",
+            "aider",
+            "--task",
+            "T",
+            "x",
+            "--",
+            "--auto-test",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.prompt.as_deref(), Some("x"));
+        assert_eq!(r.cmd, vec!["--auto-test"]);
+        // Task text without an agent, or neither: refused.
         for args in [
-            &[
-                "brig", "run", "--agent", "codex", "--task", "T", "x", "--", "sh",
-            ][..],
-            &["brig", "run", "--task", "T", "fix it"],
+            &["brig", "run", "--task", "T", "fix it"][..],
             &["brig", "run", "--task", "T"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");

@@ -160,7 +160,14 @@ fn commands(events: &[Value]) -> Vec<String> {
 /// report the diff, a passed gate and a shredded workspace, land its push on
 /// its bot branch only, reach the model only through brig, and leave its
 /// commands, model calls, push and gate in the journal.
-async fn scripted_task(agent: &str, binary: &str, model: &str, steps: Vec<(&str, Value)>) {
+async fn scripted_task(
+    agent: &str,
+    binary: &str,
+    model: &str,
+    extra: &[&str],
+    steps: Vec<Behavior>,
+    pushes: bool,
+) {
     assert!(
         Path::new(binary).exists(),
         "{binary} is not installed: .ci/run installs the agents from npm"
@@ -171,8 +178,9 @@ async fn scripted_task(agent: &str, binary: &str, model: &str, steps: Vec<(&str,
     up.require_key(REAL_KEY);
     std::env::set_var("BRIG_E2E_AGENT_KEY", REAL_KEY);
     // The model's side of the task, one answer per request, in order.
-    for (tool, input) in steps {
-        up.script(Behavior::tool_call(tool, input));
+    let steps_n = steps.len();
+    for b in steps {
+        up.script(b);
     }
     up.set_default(Behavior::reply(
         "Fixed add() in calc.sh; the tests pass; pushed.",
@@ -192,7 +200,12 @@ async fn scripted_task(agent: &str, binary: &str, model: &str, steps: Vec<(&str,
             "--task",
             "AGENT-1",
             "Fix the failing test, then commit and push.",
-        ],
+            "--",
+        ]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect::<Vec<_>>(),
     );
     let reqs = up.requests();
     let seen: Vec<String> = reqs
@@ -235,49 +248,27 @@ async fn scripted_task(agent: &str, binary: &str, model: &str, steps: Vec<(&str,
         "{stdout}\n{}",
         seen.join("\n")
     );
-    // The diff against the pinned commit, the gate on the pushed commit,
-    // the summary of a destroyed session.
+    // The diff against the pinned commit (its commits and what it left
+    // uncommitted), the summary of a destroyed session.
     assert_eq!(doc["diff"]["base"], pinned.as_str(), "{doc:#}");
     let diff = doc["diff"]["diff"].as_str().unwrap();
-    assert!(diff.contains("+add() { echo $(( $1 + $2 )); }"), "{diff}");
+    assert!(
+        diff.contains("+add() { echo $(( $1 + $2 )); }"),
+        "{diff}\n{}\n{}",
+        doc["exec"]["stdout"].as_str().unwrap_or(""),
+        doc["exec"]["stderr"].as_str().unwrap_or("")
+    );
     assert!(diff.contains("-add() { echo $(( $1 - $2 )); }"), "{diff}");
     assert!(
-        !diff.contains(".claude") && !diff.contains("agent-home"),
+        !diff.contains(".claude") && !diff.contains("agent-home") && !diff.contains(".aider"),
         "{diff}"
     );
-    assert_eq!(doc["gate"]["passed"], true, "{doc:#}");
-    assert_eq!(doc["gate"]["branch"], format!("brig/{id}/fix-add"));
     assert_eq!(doc["summary"]["workspace_shredded"], true, "{doc:#}");
     srv.assert_gone(&id);
 
-    // The push landed on the bot branch only, upstream.
-    let branches = git(&repo, &["branch", "--format=%(refname:short)"]);
-    let mut branches: Vec<&str> = branches.lines().collect();
-    branches.sort();
-    assert_eq!(
-        branches,
-        vec![format!("brig/{id}/fix-add").as_str(), "main"]
-    );
-    assert_eq!(git(&repo, &["rev-parse", "main"]), pinned);
-    let fixed = git(&repo, &["show", &format!("brig/{id}/fix-add:calc.sh")]);
-    assert_eq!(fixed, "add() { echo $(( $1 + $2 )); }");
-
     // The model only through brig: the upstream saw brig's key, never the
     // placeholder; every call captured and journaled.
-    assert!(reqs.len() >= 6, "{}", seen.join("\n"));
-    // The agent ran the tests and fed their output back: failing, then
-    // passing after its edit.
-    let bodies: Vec<String> = reqs
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.body).to_string())
-        .collect();
-    let failed = bodies.iter().position(|b| b.contains("FAIL add"));
-    let passed = bodies.iter().position(|b| b.contains("ok 1 add"));
-    assert!(
-        failed.is_some() && passed.is_some() && failed < passed,
-        "{}",
-        seen.join("\n")
-    );
+    assert!(reqs.len() > steps_n, "{}", seen.join("\n"));
     for r in &reqs {
         let key = r.header("x-api-key").map(str::to_string).or(r
             .header("authorization")
@@ -290,29 +281,16 @@ async fn scripted_task(agent: &str, binary: &str, model: &str, steps: Vec<(&str,
         .filter(|e| e["action"] == "model.call")
         .count();
     assert!(model_calls >= reqs.len(), "{model_calls} < {}", reqs.len());
-    // Each command it ran, with its exit code; the push.
+    // Each command it ran, with its exit code.
     let cmds = commands(&events);
     assert!(cmds.iter().any(|c| c.starts_with(binary)), "{cmds:#?}");
     assert!(cmds.iter().any(|c| c.contains("sh test.sh")), "{cmds:#?}");
-    assert!(cmds.iter().any(|c| c.contains("git push")), "{cmds:#?}");
     assert!(
         events.iter().any(|e| e["action"] == "process.exit"),
         "no process.exit"
     );
-    assert!(
-        events
-            .iter()
-            .any(|e| e["action"] == "git.push" && e["outcome"] == "success"),
-        "no accepted git.push in the journal"
-    );
-    assert!(
-        events
-            .iter()
-            .any(|e| e["action"] == "git.gate" && e["outcome"] == "success"),
-        "no passed git.gate in the journal"
-    );
     // Its network: only brig's own services were reached; anything else it
-    // tried would have been denied by egress, and journaled.
+    // tried was denied by egress, and journaled.
     let mut denied = vec![];
     for e in events
         .iter()
@@ -330,6 +308,55 @@ async fn scripted_task(agent: &str, binary: &str, model: &str, steps: Vec<(&str,
     assert!(denied.is_empty(), "{agent} tried to reach {denied:?}");
     let all = serde_json::to_string(&events).unwrap();
     assert!(!all.contains(REAL_KEY), "brig's key was journaled");
+
+    if !pushes {
+        // Nothing pushed: no gate, nothing upstream but main.
+        assert!(doc["gate"]["not_run"].is_string(), "{doc:#}");
+        assert_eq!(git(&repo, &["branch", "--format=%(refname:short)"]), "main");
+        assert!(!cmds.iter().any(|c| c.contains("git push")), "{cmds:#?}");
+        srv.stop().await;
+        return;
+    }
+    // The agent ran the tests and fed their output back: failing, then
+    // passing after its edit.
+    let bodies: Vec<String> = reqs
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).to_string())
+        .collect();
+    let failed = bodies.iter().position(|b| b.contains("FAIL add"));
+    let passed = bodies.iter().position(|b| b.contains("ok 1 add"));
+    assert!(
+        failed.is_some() && passed.is_some() && failed < passed,
+        "{}",
+        seen.join("\n")
+    );
+    // The gate passed on its pushed commit; the push landed on the bot
+    // branch only, upstream; push and gate are journaled.
+    assert_eq!(doc["gate"]["passed"], true, "{doc:#}");
+    assert_eq!(doc["gate"]["branch"], format!("brig/{id}/fix-add"));
+    let branches = git(&repo, &["branch", "--format=%(refname:short)"]);
+    let mut branches: Vec<&str> = branches.lines().collect();
+    branches.sort();
+    assert_eq!(
+        branches,
+        vec![format!("brig/{id}/fix-add").as_str(), "main"]
+    );
+    assert_eq!(git(&repo, &["rev-parse", "main"]), pinned);
+    let fixed = git(&repo, &["show", &format!("brig/{id}/fix-add:calc.sh")]);
+    assert_eq!(fixed, "add() { echo $(( $1 + $2 )); }");
+    assert!(cmds.iter().any(|c| c.contains("git push")), "{cmds:#?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["action"] == "git.push" && e["outcome"] == "success"),
+        "no accepted git.push in the journal"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["action"] == "git.gate" && e["outcome"] == "success"),
+        "no passed git.gate in the journal"
+    );
     srv.stop().await;
 }
 
@@ -341,6 +368,7 @@ async fn claude_code_does_a_scripted_task_and_pushes_to_a_bot_branch() {
         "claude-code",
         "/usr/bin/claude",
         "planner",
+        &[],
         vec![
             (
                 "Bash",
@@ -359,7 +387,11 @@ async fn claude_code_does_a_scripted_task_and_pushes_to_a_bot_branch() {
                 "Bash",
                 json!({"command": PUSH, "description": "Commit and push"}),
             ),
-        ],
+        ]
+        .into_iter()
+        .map(|(tool, input)| Behavior::tool_call(tool, input))
+        .collect(),
+        true,
     )
     .await;
 }
@@ -373,6 +405,7 @@ async fn codex_does_a_scripted_task_and_pushes_to_a_bot_branch() {
         "codex",
         "/usr/bin/codex",
         "coder",
+        &[],
         vec![
             ("exec_command", json!({"cmd": "sh test.sh"})),
             ("exec_command", json!({"cmd": "cat calc.sh"})),
@@ -382,7 +415,40 @@ async fn codex_does_a_scripted_task_and_pushes_to_a_bot_branch() {
             ),
             ("exec_command", json!({"cmd": "sh test.sh"})),
             ("exec_command", json!({"cmd": PUSH})),
+        ]
+        .into_iter()
+        .map(|(tool, input)| Behavior::tool_call(tool, input))
+        .collect(),
+        true,
+    )
+    .await;
+}
+
+const AIDER_EDIT: &str = "Fixed add() in calc.sh:\n\ncalc.sh\n```\n<<<<<<< SEARCH\nadd() { echo $(( $1 - $2 )); }\n=======\nadd() { echo $(( $1 + $2 )); }\n>>>>>>> REPLACE\n```\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aider_does_a_scripted_task_and_commits() {
+    require_root!();
+    // Aider edits from the model's text (Chat Completions, streamed: a
+    // SEARCH/REPLACE block), commits on its own (its commit message is a
+    // second call), and runs the tests it is given. It never runs a shell
+    // command the model suggests under --yes-always (an explicit yes is
+    // required), so it does not push by itself.
+    scripted_task(
+        "aider",
+        "/usr/local/bin/aider",
+        "coder",
+        &[
+            "--edit-format",
+            "diff",
+            "--test-cmd",
+            "sh test.sh",
+            "--auto-test",
         ],
+        // The first answer names calc.sh, which aider then adds to the chat
+        // and asks again; the second one's edit is applied.
+        vec![Behavior::reply(AIDER_EDIT), Behavior::reply(AIDER_EDIT)],
+        false,
     )
     .await;
 }
