@@ -121,6 +121,10 @@ pub fn build(
     let store = db.store();
     let redactor: brig_model::RedactorFn = Arc::new(move || store.current_redactor());
     let (tx, rx) = mpsc::channel::<ModelCall>(QUEUE);
+    let sink = Arc::new(CountingSink {
+        tx,
+        dropped: Default::default(),
+    });
     let gw = Gateway::new(
         cfg.clone(),
         GatewayDeps {
@@ -130,7 +134,7 @@ pub fn build(
                 registered: Mutex::new(HashMap::new()),
             }),
             redactor,
-            sink: Arc::new(tx),
+            sink: sink.clone(),
         },
     )
     .map_err(|e| e.to_string())?;
@@ -150,8 +154,26 @@ pub fn build(
             Err(e) => return Err(format!("reading stored model usage: {e}")),
         }
     }
-    tokio::spawn(record(db.clone(), rx));
+    tokio::spawn(record(db.clone(), rx, sink));
     Ok(gw)
+}
+
+/// The gateway's sink: a bounded queue that never blocks a call; what does
+/// not fit is counted, and the count journaled (`model.call_overflow`)
+/// with the next batch — a lost record is never silent.
+struct CountingSink {
+    tx: mpsc::Sender<ModelCall>,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl brig_model::CallSink for CountingSink {
+    fn record(&self, call: ModelCall) {
+        if self.tx.try_send(call).is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!("model call record dropped: the recorder's queue is full");
+        }
+    }
 }
 
 /// The journal's form of one call.
@@ -213,8 +235,17 @@ fn row(c: &ModelCall) -> Option<ModelCallRow> {
 }
 
 /// Store and journal the gateway's calls, in batches.
-async fn record(db: Db, mut rx: mpsc::Receiver<ModelCall>) {
+async fn record(db: Db, mut rx: mpsc::Receiver<ModelCall>, sink: Arc<CountingSink>) {
     while let Some(first) = rx.recv().await {
+        let dropped = sink.dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if dropped > 0 {
+            let ev = Event::new("model.call_overflow", Outcome::Failure)
+                .rule("model.queue")
+                .details(serde_json::json!({ "dropped": dropped }));
+            if let Err(e) = db.write(move |s| s.append_event(&ev).map(|_| ())).await {
+                tracing::error!(error = %e, dropped, "could not journal dropped model calls");
+            }
+        }
         let mut calls = vec![first];
         while calls.len() < BATCH {
             match rx.try_recv() {
