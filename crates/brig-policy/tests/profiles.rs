@@ -524,11 +524,32 @@ fn deployment_set_human_actions() {
     // auditor's reads only.
     let auditor = HumanPrincipal::new("dora").with_roles(&["auditor"]);
     for (who, session, owner, write, verdict, rule) in [
-        (&dev, "s-1", "alice", true, "allow", "deploy.session-use-own"),
+        (
+            &dev,
+            "s-1",
+            "alice",
+            true,
+            "allow",
+            "deploy.session-use-own",
+        ),
         (&dev, "s-2", "bob", false, "deny", "default-deny"),
         (&dev, "s-2", "bob", true, "deny", "default-deny"),
-        (&admin, "s-2", "bob", true, "allow", "deploy.admin-session-use"),
-        (&auditor, "s-2", "bob", false, "allow", "deploy.auditor-session-read"),
+        (
+            &admin,
+            "s-2",
+            "bob",
+            true,
+            "allow",
+            "deploy.admin-session-use",
+        ),
+        (
+            &auditor,
+            "s-2",
+            "bob",
+            false,
+            "allow",
+            "deploy.auditor-session-read",
+        ),
         (&auditor, "s-2", "bob", true, "deny", "default-deny"),
     ] {
         check(

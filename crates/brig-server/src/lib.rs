@@ -18,7 +18,6 @@ pub mod git;
 pub mod git_config;
 pub mod git_gateway;
 pub mod identity;
-pub mod web_login;
 pub mod journal;
 pub mod known_secrets;
 pub mod manager;
@@ -28,6 +27,7 @@ pub mod policy;
 pub mod pr;
 pub mod secrets;
 pub mod sinks;
+pub mod web_login;
 pub mod webhook;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
