@@ -312,13 +312,19 @@ fn shell_quote(a: &str) -> String {
 
 /// The agent's executable in the image and its version line, or a clear
 /// error naming how to install it.
-async fn find_agent(c: &Client, id: &str, p: &Preset, image: &str) -> Result<(String, String)> {
+async fn find_agent(
+    c: &Client,
+    id: &str,
+    p: &Preset,
+    env: Vec<(String, String)>,
+    image: &str,
+) -> Result<(String, String)> {
     let script = format!(
         "b=$(command -v {bin}) || exit 127; echo \"$b\"; \"$b\" --version 2>/dev/null | head -n 1",
         bin = shell_quote(p.binary)
     );
     let mut req = sh_req(&script, None);
-    req.env = p.env(None);
+    req.env = env;
     let (r, _) = exec(c, id, &req).await?;
     let mut lines = r.stdout.lines();
     match (r.status.code, lines.next()) {
@@ -560,7 +566,11 @@ async fn run_in(
     out: Out,
 ) -> Result<(i32, Value)> {
     set_up_home(c, id, p).await?;
-    let (bin, version) = find_agent(c, id, p, raw_info["image"].as_str().unwrap_or("?")).await?;
+    // Looked up with the run's own environment (a --env PATH counts).
+    let mut env = p.env(model);
+    env.extend(opts.env.iter().cloned());
+    let image = raw_info["image"].as_str().unwrap_or("?");
+    let (bin, version) = find_agent(c, id, p, env.clone(), image).await?;
     if !version.contains(p.tested_version) {
         out.note(&format!(
             "brig: note: the preset was tested with {} {}; the image has {}",
@@ -573,8 +583,6 @@ async fn run_in(
             }
         ));
     }
-    let mut env = p.env(model);
-    env.extend(opts.env.iter().cloned());
     let req = ExecRequest {
         argv: p.argv(&bin, task_text, model, extra),
         env,

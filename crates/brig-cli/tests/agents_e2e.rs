@@ -275,7 +275,20 @@ async fn scripted_task(
             .map(|a| a.trim_start_matches("Bearer ").to_string()));
         assert_eq!(key.as_deref(), Some(REAL_KEY), "{r:?}");
     }
-    let events = journal(&srv, &id).await;
+    // Model calls are journaled as the recorder stores them (redaction
+    // takes a while in a debug build): wait for all of them.
+    let mut events = journal(&srv, &id).await;
+    for _ in 0..300 {
+        let n = events
+            .iter()
+            .filter(|e| e["action"] == "model.call")
+            .count();
+        if n >= reqs.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        events = journal(&srv, &id).await;
+    }
     let model_calls = events
         .iter()
         .filter(|e| e["action"] == "model.call")
@@ -451,4 +464,109 @@ async fn aider_does_a_scripted_task_and_commits() {
         false,
     )
     .await;
+}
+
+/// `brig ARGS` without --json: (exit code, stdout, stderr).
+fn brig_text(srv: &Srv, args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_brig"))
+        .arg("--socket")
+        .arg(&srv.sock)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+/// For humans: the agent's answer, the diff (none), why the gate did not
+/// run, a summary line; the session is gone. An agent missing from the
+/// image is a clear error naming how to install it, exit 125, and its
+/// session is destroyed too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_output_and_a_missing_agent() {
+    require_root!();
+    let (_up_dir, repo) = upstream();
+    let up = FakeUpstream::start().await.unwrap();
+    up.require_key(REAL_KEY);
+    std::env::set_var("BRIG_E2E_AGENT_KEY", REAL_KEY);
+    up.set_default(Behavior::reply("Nothing to change."));
+    let srv = Srv::start_with(|cfg| configure(cfg, &up)).await;
+    let repo = repo.to_str().unwrap();
+    let (code, out, err) = brig_text(
+        &srv,
+        &[
+            "run",
+            "--agent",
+            "claude-code",
+            "--model",
+            "planner",
+            "--repo",
+            repo,
+            "--task",
+            "AGENT-2",
+            "Is anything broken?",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("Nothing to change."), "{out}");
+    assert!(out.contains("diff: no changes"), "{out}");
+    assert!(out.contains("test gate: not run ("), "{out}");
+    let summary = err
+        .lines()
+        .find(|l| l.contains(" · agent claude-code 2.1.197"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(summary.contains("· exit 0 ·"), "{summary}");
+    assert!(summary.contains("workspace shredded"), "{summary}");
+    let id = summary
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("{summary}"));
+    srv.assert_gone(id);
+    assert!(
+        err.contains(&format!("brig journal show --session {id}")),
+        "{err}"
+    );
+
+    // Not in the image (here: not on the run's PATH).
+    let (code, out, err) = brig_text(
+        &srv,
+        &[
+            "run",
+            "--agent",
+            "codex",
+            "--env",
+            "PATH=/nonexistent",
+            "--repo",
+            repo,
+            "--task",
+            "AGENT-3",
+            "Fix it.",
+        ],
+    );
+    assert_eq!(code, 125, "{out}\n{err}");
+    assert!(
+        err.contains("the agent codex (codex) is not in the image host"),
+        "{err}"
+    );
+    assert!(
+        err.contains("npm install -g @openai/codex@0.171.0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("never downloads an agent at run time"),
+        "{err}"
+    );
+    let (_, list) = srv.call("GET", "/v1/sessions", None).await;
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["task"] != "AGENT-3"),
+        "{list}"
+    );
+    srv.stop().await;
 }
