@@ -16,6 +16,8 @@
 //! the pinned commit, the test gate of what it pushed, the summary, destroy.
 //! The exit code is the agent's.
 
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use brig_core::exec::{ExecRequest, ExecResult};
@@ -592,11 +594,34 @@ async fn run_in(
         stdin: None,
     };
     req.validate()?;
-    let spin = Spinner::start(
-        format!("{} {version} is working in session {id}", p.name),
-        !out.json && !out.quiet,
-    );
-    let res = exec(c, id, &req).await;
+    let live = !out.json && !out.quiet && std::io::stderr().is_terminal();
+    let head = format!("{} {version} is working in session {id}", p.name);
+    let message = Arc::new(Mutex::new(head.clone()));
+    let spin = Spinner::start_shared(message.clone(), live);
+    let run = exec(c, id, &req);
+    tokio::pin!(run);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    // Count from here on: what brig itself ran to set up is not the agent's.
+    let mut progress = Progress::default();
+    if live {
+        progress.poll(c, id).await;
+        progress = Progress {
+            after_seq: progress.after_seq,
+            name: p.name,
+            ..Default::default()
+        };
+    }
+    let res = loop {
+        tokio::select! {
+            r = &mut run => break r,
+            _ = tick.tick(), if live => {
+                progress.poll(c, id).await;
+                if let Ok(mut m) = message.lock() {
+                    *m = progress.line(&head, id);
+                }
+            }
+        }
+    };
     spin.stop().await;
     let (r, raw) = res?;
     if !out.json {
@@ -638,6 +663,70 @@ async fn run_in(
     ))
 }
 
+/// What the spinner shows while the agent works: from the session's
+/// journal, the commands it ran, its model calls and its latest command.
+#[derive(Default)]
+struct Progress {
+    after_seq: Option<u64>,
+    name: &'static str,
+    commands: u64,
+    model_calls: u64,
+    last: String,
+}
+
+impl Progress {
+    async fn poll(&mut self, c: &Client, id: &str) {
+        let after = self
+            .after_seq
+            .map(|s| format!("&after_seq={s}"))
+            .unwrap_or_default();
+        let Ok((_, v)) = c
+            .call::<Value, ()>(
+                Method::GET,
+                &format!("/v1/journal?session={id}&limit=1000{after}"),
+                None,
+            )
+            .await
+        else {
+            return;
+        };
+        self.add(v.as_array().map(Vec::as_slice).unwrap_or_default());
+    }
+
+    fn add(&mut self, events: &[Value]) {
+        for e in events {
+            if let Some(seq) = e["seq"].as_u64() {
+                self.after_seq = Some(self.after_seq.map_or(seq, |s| s.max(seq)));
+            }
+            match e["action"].as_str() {
+                Some("process.exec") => {
+                    self.commands += 1;
+                    if let Some(argv) = e["details"]["argv"].as_array() {
+                        let line: Vec<&str> = argv.iter().filter_map(|a| a.as_str()).collect();
+                        self.last = line.join(" ").chars().take(60).collect();
+                    }
+                }
+                Some("model.call") => self.model_calls += 1,
+                _ => {}
+            }
+        }
+    }
+
+    fn line(&self, head: &str, id: &str) -> String {
+        if self.commands == 0 && self.model_calls == 0 {
+            return head.to_string();
+        }
+        let mut l = format!(
+            "{} in {id} · {} commands · {} model calls",
+            self.name, self.commands, self.model_calls
+        );
+        if !self.last.is_empty() {
+            l.push_str(&format!(" · last: {}", self.last));
+        }
+        l
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,6 +763,28 @@ mod tests {
         assert_eq!(&x[x.len() - 3..], ["-c", "a=1", "t"]);
         let e = preset("cursor").unwrap_err();
         assert!(e.hint.unwrap().contains("claude-code, codex, aider"));
+    }
+
+    #[test]
+    fn progress_counts_what_the_journal_says() {
+        let mut p = Progress {
+            name: "claude-code",
+            ..Default::default()
+        };
+        assert_eq!(
+            p.line("claude-code is working", "s-1"),
+            "claude-code is working"
+        );
+        p.add(&[
+            json!({"seq": 7, "action": "process.exec", "details": {"argv": ["sh", "test.sh"]}}),
+            json!({"seq": 9, "action": "model.call"}),
+            json!({"seq": 8, "action": "net.request"}),
+        ]);
+        assert_eq!(p.after_seq, Some(9));
+        assert_eq!(
+            p.line("claude-code is working", "s-1"),
+            "claude-code in s-1 · 1 commands · 1 model calls · last: sh test.sh"
+        );
     }
 
     #[test]

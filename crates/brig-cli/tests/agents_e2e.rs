@@ -568,5 +568,29 @@ async fn text_output_and_a_missing_agent() {
             .all(|s| s["task"] != "AGENT-3"),
         "{list}"
     );
+
+    // On a terminal, the progress line counts what the journal shows the
+    // agent doing (util-linux `script` gives brig a pty).
+    up.script(Behavior::tool_call(
+        "Bash",
+        json!({"command": "sleep 3; echo slept", "description": "Wait"}),
+    ));
+    let cmd = format!(
+        "{} --socket {} run --agent claude-code --model planner --task AGENT-4 'Wait a bit.'",
+        env!("CARGO_BIN_EXE_brig"),
+        srv.sock.display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{tty}");
+    assert!(
+        tty.contains("claude-code 2.1.197 (Claude Code) is working in session s-"),
+        "{tty}"
+    );
+    assert!(tty.contains(" model calls · last: "), "{tty}");
     srv.stop().await;
 }
