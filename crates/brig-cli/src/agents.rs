@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use brig_core::exec::{ExecRequest, ExecResult};
 use brig_core::units::{format_duration, parse_duration};
-use brig_core::{Error, ErrorKind, Result};
+use brig_core::{Error, Result};
 use hyper::Method;
 use serde_json::{json, Value};
 
@@ -463,8 +463,26 @@ pub async fn run_agent(c: &Client, a: &RunArgs, out: Out) -> Result<i32> {
     let timeout = parse_duration(opts.timeout.as_deref().unwrap_or(DEFAULT_TIMEOUT))?;
     let body = app::create_body(create_args)?;
     let started = Instant::now();
-    let (info, mut raw_info) = app::create(c, &body, out).await?;
+    // A Ctrl-C while the sandbox starts must not leave it behind: let the
+    // create finish, then destroy what it made.
+    let create = app::create(c, &body, out);
+    tokio::pin!(create);
+    let mut interrupted = false;
+    let created = loop {
+        tokio::select! {
+            r = &mut create => break r,
+            _ = tokio::signal::ctrl_c(), if !interrupted => {
+                interrupted = true;
+                out.note("brig: interrupted; destroying the session as soon as it exists");
+            }
+        }
+    };
+    let (info, mut raw_info) = created?;
     let id = info.id.to_string();
+    if interrupted {
+        let _ = app::destroy_quietly(c, &id).await;
+        return Ok(130);
+    }
     // The checkout's details (pinned commit, bot prefix) are in the show.
     if let Ok((_, shown)) = c
         .call::<Value, ()>(Method::GET, &format!("/v1/sessions/{id}"), None)
@@ -483,7 +501,7 @@ pub async fn run_agent(c: &Client, a: &RunArgs, out: Out) -> Result<i32> {
         r = run_in(c, &id, p, model, task_text, extra, opts, timeout, &raw_info, out) => r,
         _ = tokio::signal::ctrl_c() => {
             out.note("brig: interrupted; destroying the session");
-            Err(Error::new(ErrorKind::Runtime, "interrupted"))
+            Ok((130, json!({"interrupted": true})))
         }
     };
     let summary = app::destroy_quietly(c, &id).await;
@@ -504,7 +522,7 @@ pub async fn run_agent(c: &Client, a: &RunArgs, out: Out) -> Result<i32> {
     }
     if out.json {
         out.json_value(&doc);
-    } else if !out.quiet {
+    } else if !out.quiet && doc["interrupted"] != true {
         let mut t = String::new();
         if let Some(d) = doc.get("diff").filter(|d| !d.is_null()) {
             let stat = d["diffstat"].as_str().unwrap_or("");

@@ -592,5 +592,63 @@ async fn text_output_and_a_missing_agent() {
         "{tty}"
     );
     assert!(tty.contains(" model calls · last: "), "{tty}");
+
+    // Ctrl-C while the agent works: the session is destroyed, exit 130.
+    up.script(Behavior::tool_call(
+        "Bash",
+        json!({"command": "sleep 30", "description": "Wait long"}),
+    ));
+    let child = Command::new(env!("CARGO_BIN_EXE_brig"))
+        .arg("--socket")
+        .arg(&srv.sock)
+        .args([
+            "run",
+            "--agent",
+            "claude-code",
+            "--model",
+            "planner",
+            "--task",
+            "AGENT-5",
+            "Wait.",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sleeping = None;
+    for _ in 0..300 {
+        let (_, list) = srv.call("GET", "/v1/sessions", None).await;
+        if let Some(s) = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["task"] == "AGENT-5")
+        {
+            let sid = s["id"].as_str().unwrap().to_string();
+            let (_, ev) = srv
+                .call("GET", &format!("/v1/sessions/{sid}/events"), None)
+                .await;
+            if commands(ev.as_array().unwrap())
+                .iter()
+                .any(|c| c.starts_with("sleep 30"))
+            {
+                sleeping = Some(sid);
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let sid = sleeping.expect("the agent never ran sleep 30");
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    srv.assert_gone(&sid);
     srv.stop().await;
 }
