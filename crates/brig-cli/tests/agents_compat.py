@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Regenerate the compatibility table of docs/AGENTS.md from a real run.
+
+Runs the agent presets' end-to-end tests (crates/brig-cli/tests/agents_e2e.rs,
+as root, like .ci/run), reads each agent's version from the binary the
+`host` image sees, and rewrites the rows between the `compat:begin` and
+`compat:end` markers: agent, version, wire format, preset, result (the test
+and whether it passed on this run, with the date). Usage, from the repository
+root:
+
+    sudo python3 crates/brig-cli/tests/agents_compat.py [--no-run RESULTS]
+
+`--no-run FILE` reads nextest's output from FILE instead of running it.
+"""
+
+import datetime
+import pathlib
+import re
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+DOC = ROOT / "docs" / "AGENTS.md"
+
+# (agent, package, binary, wire format, preset, test, what the test does)
+AGENTS = [
+    ("Claude Code", "`@anthropic-ai/claude-code`, npm", "/usr/bin/claude",
+     "Anthropic Messages, streamed", "claude-code",
+     "claude_code_does_a_scripted_task_and_pushes_to_a_bot_branch",
+     "Bash, Read, Edit tools; commit and push to its bot branch"),
+    ("Codex CLI", "`@openai/codex`, npm", "/usr/bin/codex",
+     "OpenAI Responses, streamed", "codex",
+     "codex_does_a_scripted_task_and_pushes_to_a_bot_branch",
+     "`exec_command` tool (the edit is a shell edit); commit and push to its bot branch"),
+    ("aider", "`aider-chat`, PyPI, in a venv: it pins its own `openai`",
+     "/usr/local/bin/aider", "OpenAI Chat Completions, streamed", "aider",
+     "aider_does_a_scripted_task_and_commits",
+     "a SEARCH/REPLACE edit (`-- --edit-format diff`), its own commit, the tests "
+     "through `--test-cmd 'sh test.sh' --auto-test`; it runs no model-suggested "
+     "command, so it does not push (the test asserts nothing was pushed)"),
+]
+
+
+def version(binary):
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                             timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"\d+\.\d+\.\d+", out)
+    return m.group(0) if m else None
+
+
+def results(text):
+    """test name -> PASS/FAIL/SKIP from nextest's status lines."""
+    r = {}
+    for line in text.splitlines():
+        m = re.match(r"\s*(PASS|FAIL|SIGSEGV|SIGABRT|TIMEOUT)\s+\[.*?\]\s+(?:\(\S+\)\s+)?"
+                     r"brig-cli::agents_e2e\s+(\S+)", line)
+        if m:
+            r[m.group(2)] = "PASS" if m.group(1) == "PASS" else "FAIL"
+    return r
+
+
+def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--no-run":
+        text = pathlib.Path(sys.argv[2]).read_text()
+    else:
+        p = subprocess.run(
+            ["cargo", "nextest", "run", "--workspace", "--no-fail-fast",
+             "--status-level", "all", "--final-status-level", "none",
+             "-E", "binary(agents_e2e)"],
+            cwd=ROOT, capture_output=True, text=True)
+        text = p.stdout + p.stderr
+    res = results(text)
+    day = datetime.date.today().isoformat()
+    rows = ["| Agent | Version | Wire format | Preset | Result |", "|---|---|---|---|---|"]
+    for name, pkg, binary, wire, preset, test, what in AGENTS:
+        v = version(binary)
+        ver = f"{v} ({pkg})" if v else f"not installed ({pkg})"
+        status = res.get(test)
+        if status == "PASS":
+            result = f"**tested: passes** ({day}, `{test}`): {what}"
+        elif status == "FAIL":
+            result = f"**tested: FAILS** ({day}, `{test}`)"
+        else:
+            result = f"not run ({day}): `{test}` did not report"
+        rows.append(f"| {name} | {ver} | {wire} | {preset} | {result} |")
+    rows.append("| other agents | | | not yet | |")
+    doc = DOC.read_text()
+    begin, end = "<!-- compat:begin -->", "<!-- compat:end -->"
+    if begin not in doc or end not in doc:
+        sys.exit(f"{DOC}: no {begin} ... {end} markers")
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    DOC.write_text(head + begin + "\n" + "\n".join(rows) + "\n" + end + tail)
+    print("\n".join(rows))
+    return 0 if all(res.get(a[5]) == "PASS" for a in AGENTS) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
