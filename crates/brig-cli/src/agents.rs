@@ -510,7 +510,9 @@ pub async fn run_agent(c: &Client, a: &RunArgs, out: Out) -> Result<i32> {
         Ok(v) => v,
         Err(e) => {
             out.error(&e);
-            let _ = summary;
+            if let Err(d) = &summary {
+                out.error(&d.clone().context(format!("destroying session {id}")));
+            }
             return Ok(EXIT_BRIG_FAILED);
         }
     };
@@ -548,16 +550,8 @@ pub async fn run_agent(c: &Client, a: &RunArgs, out: Out) -> Result<i32> {
             doc["agent"]["version"].as_str().unwrap_or(""),
             format_duration(duration),
             match &summary {
-                Ok((s, _)) => format!(
-                    " · {} commands ({} failed){}",
-                    s.execs,
-                    s.failed_execs,
-                    if s.workspace_shredded {
-                        " · workspace shredded"
-                    } else {
-                        " · workspace NOT verified shredded"
-                    }
-                ),
+                Ok((s, _)) if s.workspace_shredded => " · workspace shredded".to_string(),
+                Ok(_) => " · workspace NOT verified shredded".to_string(),
                 Err(_) => String::new(),
             }
         );

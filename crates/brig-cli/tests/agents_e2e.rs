@@ -792,3 +792,134 @@ async fn claude_code_inside_brig_against_the_host() {
     );
     srv.stop().await;
 }
+
+/// Codex's scripted task (its shell tool; paths relative to its cwd).
+fn codex_steps() -> Vec<Behavior> {
+    [
+        json!({"cmd": "sh test.sh"}),
+        json!({"cmd": "cat calc.sh"}),
+        json!({"cmd": "sed -i 's/\\$1 - \\$2/$1 + $2/' calc.sh && cat calc.sh"}),
+        json!({"cmd": "sh test.sh"}),
+        json!({"cmd": PUSH}),
+    ]
+    .into_iter()
+    .map(|a| Behavior::tool_call("exec_command", a))
+    .collect()
+}
+
+/// As for Claude Code: the scripted Codex task inside brig against the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_inside_brig_against_the_host() {
+    require_root!();
+    let (_up_dir, repo) = upstream();
+    let up = FakeUpstream::start().await.unwrap();
+    up.require_key(REAL_KEY);
+    std::env::set_var("BRIG_E2E_AGENT_KEY", REAL_KEY);
+    up.set_default(Behavior::reply("Fixed add() in calc.sh; pushed."));
+    let srv = Srv::start_with(|cfg| configure(cfg, &up)).await;
+    let mut inside = vec![];
+    for i in 0..3 {
+        for b in codex_steps() {
+            up.script(b);
+        }
+        let task = format!("BENCH-{i}");
+        let (code, doc, err) = brig_json(
+            &srv,
+            &[
+                "run",
+                "--agent",
+                "codex",
+                "--model",
+                "coder",
+                "--repo",
+                repo.to_str().unwrap(),
+                "--task",
+                &task,
+                "Fix the failing test, then commit and push.",
+            ],
+        );
+        assert_eq!(code, 0, "{doc:#}\n{err}");
+        inside.push(doc["exec"]["duration_ms"].as_u64().unwrap());
+    }
+    let mut host = vec![];
+    for _ in 0..3 {
+        let t = tempfile::Builder::new()
+            .prefix("brig-agent-host-")
+            .tempdir()
+            .unwrap();
+        let work = t.path().join("work");
+        let home = t.path().join("home");
+        std::fs::create_dir_all(home.join(".codex")).unwrap();
+        std::fs::create_dir_all(home.join("tmp")).unwrap();
+        std::fs::write(
+            home.join(".codex/config.toml"),
+            format!(
+                "model_provider = \"bench\"\ncheck_for_update_on_startup = false\n\
+                 [model_providers.bench]\nname = \"bench\"\nbase_url = \"{}\"\n\
+                 env_key = \"OPENAI_API_KEY\"\nwire_api = \"responses\"\n\
+                 [analytics]\nenabled = false\n[feedback]\nenabled = false\n\
+                 [features]\nplugins = false\nremote_plugin = false\nplugin_sharing = false\n\
+                 apps = false\nin_app_updates = false\n",
+                up.openai_url()
+            ),
+        )
+        .unwrap();
+        git(
+            t.path(),
+            &[
+                "clone",
+                "-q",
+                repo.to_str().unwrap(),
+                work.to_str().unwrap(),
+            ],
+        );
+        git(&work, &["config", "user.name", "Host Agent"]);
+        git(&work, &["config", "user.email", "host@example.com"]);
+        for b in codex_steps() {
+            up.script(b);
+        }
+        let started = std::time::Instant::now();
+        let o = Command::new("/usr/bin/codex")
+            .args([
+                "exec",
+                "--skip-git-repo-check",
+                "--dangerously-bypass-approvals-and-sandbox",
+                "--color",
+                "never",
+                "--model",
+                "gpt-4o-mini",
+                "Fix the failing test, then commit and push.",
+            ])
+            .current_dir(&work)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", &home)
+            .env("CODEX_HOME", home.join(".codex"))
+            .env("TMPDIR", home.join("tmp"))
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("OPENAI_API_KEY", REAL_KEY)
+            .env("CI", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        host.push(started.elapsed().as_millis() as u64);
+        assert!(
+            o.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            git(&work, &["show", "HEAD:calc.sh"]).contains("$1 + $2"),
+            "the host run did not do the task"
+        );
+    }
+    let (i, h) = (*inside.iter().min().unwrap(), *host.iter().min().unwrap());
+    let ratio = i as f64 / h as f64;
+    eprintln!("BENCH codex scripted task: inside brig {inside:?} ms, on the host {host:?} ms; best {i} vs {h} ms = {ratio:.2}x");
+    assert!(
+        ratio <= 2.0,
+        "inside brig {i} ms vs the host {h} ms: {ratio:.2}x"
+    );
+    srv.stop().await;
+}
