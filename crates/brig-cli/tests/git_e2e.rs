@@ -674,31 +674,7 @@ async fn policy_decides_pushes_by_profile_and_paths() {
     assert_eq!(reqs[0]["action"], "git.push");
     assert_eq!(reqs[0]["capability"], "infra");
     // ...another human with the role approves, and the same push goes.
-    let mgr = srv.server.as_ref().unwrap().manager().clone();
-    let dave = brig_policy::HumanPrincipal::new("dave").with_roles(&["infra-approver"]);
-    mgr.decide_human(&brig_policy::Request::approval_grant(
-        &dave,
-        "ada",
-        &apr,
-        &["infra-approver".to_string()],
-    ))
-    .await
-    .unwrap();
-    mgr.approvals()
-        .unwrap()
-        .decide(
-            &apr,
-            brig_server::approvals::HumanDecision {
-                by: "dave".into(),
-                approve: true,
-                for_: None,
-                note: None,
-                roles: vec!["infra-approver".into()],
-            },
-            true,
-        )
-        .await
-        .unwrap();
+    srv.approve_as("dave", "infra-approver", "ada", &apr).await;
     let (code, out, _) = sh(
         &srv,
         &ops,
@@ -744,30 +720,7 @@ async fn policy_decides_pushes_by_profile_and_paths() {
         .clone();
     let apr = req["id"].as_str().unwrap().to_string();
     assert_eq!(req["roles"], json!(["maintainer"]));
-    let mia = brig_policy::HumanPrincipal::new("mia").with_roles(&["maintainer"]);
-    mgr.decide_human(&brig_policy::Request::approval_grant(
-        &mia,
-        "ada",
-        &apr,
-        &["maintainer".to_string()],
-    ))
-    .await
-    .unwrap();
-    mgr.approvals()
-        .unwrap()
-        .decide(
-            &apr,
-            brig_server::approvals::HumanDecision {
-                by: "mia".into(),
-                approve: true,
-                for_: None,
-                note: None,
-                roles: vec!["maintainer".into()],
-            },
-            true,
-        )
-        .await
-        .unwrap();
+    srv.approve_as("mia", "maintainer", "ada", &apr).await;
     let (code, out, _) = sh(
         &srv,
         &ops,

@@ -866,31 +866,7 @@ async fn using_a_cloud_credential_is_policy_and_needs_an_approver() {
     assert_eq!(req["action"], "secret.use", "{req}");
     assert_eq!(req["resource"], "CANARY_CLOUD", "{req}");
     let apr = req["id"].as_str().unwrap().to_string();
-    let mgr = srv.server.as_ref().unwrap().manager().clone();
-    let eve = brig_policy::HumanPrincipal::new("eve").with_roles(&["cloud-approver"]);
-    mgr.decide_human(&brig_policy::Request::approval_grant(
-        &eve,
-        "ada",
-        &apr,
-        &["cloud-approver".to_string()],
-    ))
-    .await
-    .unwrap();
-    mgr.approvals()
-        .unwrap()
-        .decide(
-            &apr,
-            brig_server::approvals::HumanDecision {
-                by: "eve".into(),
-                approve: true,
-                for_: Some(std::time::Duration::from_secs(600)),
-                note: None,
-                roles: vec!["cloud-approver".into()],
-            },
-            true,
-        )
-        .await
-        .unwrap();
+    srv.approve_as("eve", "cloud-approver", "ada", &apr).await;
     let mut out = String::new();
     for _ in 0..50 {
         out = sh(&srv, &ops, &curl).await.1;

@@ -304,6 +304,22 @@ fn now() -> String {
     brig_core::event::now_rfc3339()
 }
 
+/// The stored row of a token just issued to `caller` (its hash, never it).
+pub(crate) fn token_row(rec: &TokenRecord, caller: &Caller) -> ApiTokenRow {
+    ApiTokenRow {
+        id: rec.id.clone(),
+        principal: rec.principal.clone(),
+        name: rec.name.clone(),
+        hash: rec.hash.to_hex(),
+        created: fmt_time(rec.created),
+        expires: fmt_time(rec.expires),
+        last_used: None,
+        revoked: None,
+        roles: caller.roles.clone(),
+        groups: caller.groups.clone(),
+    }
+}
+
 pub(crate) fn fmt_time(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
@@ -753,18 +769,7 @@ pub async fn create_token(
     let (plain, rec) = tokens
         .issue(&caller.id, &b.name, ttl)
         .map_err(|e| ApiError(Error::invalid(e.to_string())))?;
-    let row = ApiTokenRow {
-        id: rec.id.clone(),
-        principal: rec.principal.clone(),
-        name: rec.name.clone(),
-        hash: rec.hash.to_hex(),
-        created: fmt_time(rec.created),
-        expires: fmt_time(rec.expires),
-        last_used: None,
-        revoked: None,
-        roles: caller.roles.clone(),
-        groups: caller.groups.clone(),
-    };
+    let row = token_row(&rec, &caller);
     let ev = token_event("token.issue", &caller, &row);
     let stored = row.clone();
     st.mgr

@@ -207,18 +207,7 @@ pub async fn callback(
     let (plain, rec) = issuer
         .issue(&caller.id, "web-login", ttl)
         .map_err(|e| ApiError(Error::invalid(e.to_string())))?;
-    let row = ApiTokenRow {
-        id: rec.id.clone(),
-        principal: rec.principal.clone(),
-        name: rec.name.clone(),
-        hash: rec.hash.to_hex(),
-        created: crate::identity::fmt_time(rec.created),
-        expires: crate::identity::fmt_time(rec.expires),
-        last_used: None,
-        revoked: None,
-        roles: caller.roles.clone(),
-        groups: caller.groups.clone(),
-    };
+    let row = crate::identity::token_row(&rec, &caller);
     let ev = auth_event("auth.login", &caller, &row);
     let stored = row.clone();
     a.mgr

@@ -126,6 +126,37 @@ impl Srv {
         assert_gone(self.data(), id);
     }
 
+    /// `who` approves request `apr` of `owner`'s session in `role`, as the
+    /// API does for an authenticated caller: policy (approval.grant), then
+    /// the store.
+    pub async fn approve_as(&self, who: &str, role: &str, owner: &str, apr: &str) {
+        let mgr = self.server.as_ref().unwrap().manager().clone();
+        let human = brig_policy::HumanPrincipal::new(who).with_roles(&[role]);
+        mgr.decide_human(&brig_policy::Request::approval_grant(
+            &human,
+            owner,
+            apr,
+            &[role.to_string()],
+        ))
+        .await
+        .unwrap();
+        mgr.approvals()
+            .unwrap()
+            .decide(
+                apr,
+                brig_server::approvals::HumanDecision {
+                    by: who.into(),
+                    approve: true,
+                    for_: Some(Duration::from_secs(600)),
+                    note: None,
+                    roles: vec![role.into()],
+                },
+                true,
+            )
+            .await
+            .unwrap();
+    }
+
     pub async fn stop(mut self) {
         if let Some(s) = self.server.take() {
             s.shutdown().await.unwrap();
