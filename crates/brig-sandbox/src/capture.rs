@@ -406,8 +406,12 @@ impl Capture {
         if self.hold_words.is_empty() || self.exempt == Some(pid) {
             return false;
         }
-        let line = argv.join(" ");
-        if !self.hold_words.iter().any(|w| line.contains(w.as_str())) {
+        // A word has no space, so it is in the joined command line exactly
+        // when it is in one argument: no join on every exec.
+        let worded = argv
+            .iter()
+            .any(|a| self.hold_words.iter().any(|w| a.contains(w.as_str())));
+        if !worded {
             return false;
         }
         // Up the parent chain (inside the sandbox's pid namespace).

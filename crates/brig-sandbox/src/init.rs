@@ -965,9 +965,13 @@ fn send_exec(c: &mut crate::capture::Capture, out: &HostOut) -> Result<(), ()> {
 /// why it was refused), as `brig:` says it on an API exec.
 fn tell_stderr(pid: i32, message: &str) {
     use std::io::Write;
-    // Append: a stderr that is a file must not be written over.
+    use std::os::unix::fs::OpenOptionsExt;
+    // Append: a stderr that is a file must not be written over. Never
+    // blocking: init serves every process of the sandbox, and a stderr
+    // that is a FIFO nobody reads, or a full pipe, must not stall it.
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .append(true)
+        .custom_flags(libc::O_NONBLOCK)
         .open(format!("/proc/{pid}/fd/2"))
     {
         let _ = writeln!(f, "brig: {message}");

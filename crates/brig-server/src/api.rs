@@ -273,8 +273,13 @@ async fn session_use(State(st): State<AppState>, req: Request, next: Next) -> Re
         // The auth layer names every caller: without one, nothing gets in.
         return ApiError(Error::internal("no caller on an authenticated request")).into_response();
     };
-    let Ok(info) = st.mgr.get(&sid).await else {
-        return next.run(req).await;
+    let info = match st.mgr.get(&sid).await {
+        Ok(info) => info,
+        // No such session: the handler says so (404).
+        Err(e) if e.kind == ErrorKind::NotFound => return next.run(req).await,
+        // The session cannot be looked up: nothing is decided, so nothing
+        // goes through (fail closed).
+        Err(e) => return ApiError(e).into_response(),
     };
     let write = !matches!(req.method().as_str(), "GET" | "HEAD");
     let r =

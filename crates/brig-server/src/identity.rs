@@ -435,11 +435,8 @@ impl Auth {
                     )
                     .into_response();
                 }
-                if !c.starts_with(brig_identity::TOKEN_PREFIX) {
-                    bearer = None;
-                } else {
-                    bearer = Some(c);
-                }
+                // Only brig's own tokens ride in the cookie.
+                bearer = c.starts_with(brig_identity::TOKEN_PREFIX).then_some(c);
             }
         }
         let Some(bearer) = bearer.filter(|b| !b.is_empty()) else {
