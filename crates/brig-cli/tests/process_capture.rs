@@ -9,6 +9,7 @@ mod journal_support;
 mod server_support;
 
 use std::path::Path;
+use std::time::Duration;
 
 use journal_support::*;
 use serde_json::{json, Value};
@@ -181,6 +182,55 @@ async fn exits_of_processes_reaped_by_their_own_parent_are_journaled() {
         .call("DELETE", &format!("/v1/sessions/{id}"), None)
         .await;
     assert_eq!(s, 200);
+    srv.stop().await;
+}
+
+/// The capture supervisor is one of the sandbox user's own processes, so
+/// the agent can kill it. Then no exec may run unrecorded: the next one
+/// never starts, and the session ends as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_capture_supervisor_stops_the_session_not_the_capture() {
+    require_root!();
+    let srv = Srv::start().await;
+    let info = srv
+        .create(json!({ "task": "CAP-4", "pids": 64, "memory": "256M", "disk": "16M" }))
+        .await;
+    let id = info["id"].as_str().unwrap().to_string();
+    let layers = info["layers"].to_string();
+    if !layers.contains("capture:supervisor") {
+        // Yama refuses a sibling the callers' memory: init serves capture.
+        assert!(layers.contains("capture:in-init"), "{layers}");
+        eprintln!("skipped: capture is served by init here ({layers})");
+        return;
+    }
+    // Shell builtins only until the kill (every exec is captured).
+    let script = "for p in /proc/[0-9]*; do \
+                    read -r c < $p/comm 2>/dev/null || continue; \
+                    if [ \"$c\" = brig-capture ]; then kill -9 ${p#/proc/} && echo killed; fi; \
+                  done; /bin/echo ran-uncaptured";
+    let (_, r) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/exec"),
+            Some(json!({ "argv": ["sh", "-c", script], "timeout_ms": 20_000 })),
+        )
+        .await;
+    let out = r["stdout"].as_str().unwrap_or("");
+    assert!(
+        !out.contains("ran-uncaptured"),
+        "an exec ran uncaptured: {r}"
+    );
+    let v = srv.wait_state(&id, "failed", Duration::from_secs(20)).await;
+    assert!(
+        v.to_string().contains("sandbox died"),
+        "the session ends because its sandbox did: {v}"
+    );
+    let evs = events(&srv, &id).await;
+    assert!(
+        find_exec(&evs, &["/bin/echo", "ran-uncaptured"]).is_none(),
+        "{}",
+        event_lines(&evs, "process.")
+    );
     srv.stop().await;
 }
 

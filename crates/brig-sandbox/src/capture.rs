@@ -22,10 +22,15 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use brig_core::wire;
 
+pub(crate) mod supervisor;
+
 /// The layer name reported in `Ready.layers`.
 pub const LAYER: &str = "capture:seccomp-notify";
 /// Reported too when sensitive execs are held for the host's decision.
 pub const HOLD_LAYER: &str = "capture:hold-sensitive";
+/// Reported too: who serves the listener (see [`supervisor`]).
+pub const SUPERVISOR_LAYER: &str = "capture:supervisor";
+pub const IN_INIT_LAYER: &str = "capture:in-init";
 
 const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
 const SECCOMP_GET_NOTIF_SIZES: libc::c_ulong = 3;
@@ -201,23 +206,23 @@ fn program() -> Vec<libc::sock_filter> {
 }
 
 /// Init's end of the notification filter.
+///
+/// Two ways to serve it (see the module docs of [`supervisor`]):
+/// - supervised (the usual): a process of its own, forked by init, blocks
+///   in `SECCOMP_IOCTL_NOTIF_RECV`, does the reads and answers, and hands
+///   init the records through a pipe; init only decides the execs that hold
+///   a sensitive word and answers the host's verdicts;
+/// - in init (where the kernel does not let a sibling read the caller's
+///   memory: Yama's `ptrace_scope` ≥ 1): init serves every notification
+///   from its poll loop.
 pub struct Capture {
+    /// The listener: kept by init in both modes, for the answers to holds.
     fd: OwnedFd,
     resp_size: usize,
-    /// The pidfds of every live process seen exec, by pid; their hang-ups
-    /// (the process was reaped) wake `exits`.
-    /// Each entry's epoll key carries its own generation, so a stale hang-up
-    /// (of a pidfd already reported through `pending`, or still open in a
-    /// child forked before it closed) can never report a second exit.
-    tracked: HashMap<i32, (u32, OwnedFd)>,
-    generation: u32,
-    exits: OwnedFd,
-    /// Exits found outside `take_exits` (a reused pid), reported by it.
-    pending: Vec<wire::ProcessExit>,
-    buf: Vec<u8>,
-    /// Words of the sensitive command patterns: an exec whose command line
-    /// holds one is held until the host answers ([`Capture::answer`]).
-    pub hold_words: Vec<String>,
+    /// Serving in init: the reader and the exit tracker.
+    local: Option<(Reader, Tracker)>,
+    /// Served by the supervisor.
+    sup: Option<supervisor::Supervised>,
     /// Processes whose command line policy already decided (and so what
     /// they start): never held.
     pub decided: std::collections::HashSet<i32>,
@@ -226,7 +231,12 @@ pub struct Capture {
     pub exempt: Option<i32>,
     /// Held calls, by notification id.
     held: HashMap<u64, wire::ProcessExec>,
+    holds_in: wire::Decoder,
 }
+
+/// The supervisor's pipe is closed or corrupt: it died.
+#[derive(Debug)]
+pub struct SupervisorLost;
 
 /// What became of one exec notification.
 pub enum Handled {
@@ -236,10 +246,19 @@ pub enum Handled {
     Held(wire::ProcessHold),
 }
 
+/// What the reader made of one notification.
+pub(crate) enum Notice {
+    /// Answered (let go on): report it.
+    Exec(wire::ProcessExec),
+    /// Its argv holds a sensitive word: not answered; init decides it
+    /// ([`Capture::decide`]).
+    Candidate(wire::ProcessHold),
+}
+
 impl Capture {
     /// Install the filter on the calling (single-threaded) process.
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    pub fn install() -> Result<Capture, String> {
+    pub fn install(hold_words: Vec<String>) -> Result<Capture, String> {
         let mut sizes = NotifSizes::default();
         // SAFETY: seccomp(GET_NOTIF_SIZES) fills the struct.
         if unsafe {
@@ -264,16 +283,7 @@ impl Capture {
             ));
         }
         probe_pidfd_exit()?;
-        // SAFETY: a new close-on-exec epoll instance or -1.
-        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if ep < 0 {
-            return Err(format!(
-                "epoll_create1: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        // SAFETY: the kernel returned a new descriptor.
-        let exits = unsafe { OwnedFd::from_raw_fd(ep) };
+        let tracker = Tracker::new()?;
         let filter = program();
         let prog = libc::sock_fprog {
             len: filter.len() as u16,
@@ -297,121 +307,159 @@ impl Capture {
         // SAFETY: the kernel returned a new (close-on-exec) descriptor.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
         // Best effort: only a latency gain, and kernels before 6.6 lack it.
+        // A receiver blocked in RECV is then woken on the trapping CPU, and
+        // the trapped process on the answering one.
         // SAFETY: SET_FLAGS reads a u64.
         unsafe { libc::ioctl(fd.as_raw_fd(), NOTIF_SET_FLAGS, NOTIF_FD_SYNC_WAKE_UP) };
-        Ok(Capture {
-            fd,
+        let reader = Reader {
+            fd: fd.as_raw_fd(),
             resp_size: sizes.resp as usize,
-            tracked: HashMap::new(),
-            generation: 0,
-            pending: Vec::new(),
-            exits,
             buf: vec![0u8; (sizes.notif as usize).max(80)],
-            hold_words: Vec::new(),
+            hold_words,
+            mem: Mem::default(),
+        };
+        Ok(Capture {
+            resp_size: sizes.resp as usize,
+            fd,
+            local: Some((reader, tracker)),
+            sup: None,
             decided: Default::default(),
             exempt: None,
             held: HashMap::new(),
+            holds_in: wire::Decoder::new(),
         })
     }
 
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    pub fn install() -> Result<Capture, String> {
+    pub fn install(_hold_words: Vec<String>) -> Result<Capture, String> {
         Err(format!(
             "brig has no process capture for {}",
             std::env::consts::ARCH
         ))
     }
 
-    pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    /// Hand the listener to a supervisor process (see [`supervisor`]).
+    /// Ok(false): the kernel does not let it read the callers' memory, and
+    /// init keeps serving it. Call before init starts anything.
+    pub fn start_supervisor(&mut self) -> Result<bool, String> {
+        let Some((reader, tracker)) = self.local.take() else {
+            return Ok(self.sup.is_some());
+        };
+        match supervisor::start(reader, tracker)? {
+            Ok(s) => {
+                self.sup = Some(s);
+                Ok(true)
+            }
+            Err(refused) => {
+                self.local = Some(refused);
+                Ok(false)
+            }
+        }
     }
 
-    /// Readable when a process seen exec was reaped ([`Capture::take_exits`]).
-    pub fn exits_fd(&self) -> RawFd {
-        self.exits.as_raw_fd()
+    /// Serving in init: the listener, readable when an exec waits.
+    pub fn listener_fd(&self) -> Option<RawFd> {
+        self.local.as_ref().map(|_| self.fd.as_raw_fd())
     }
 
-    /// Take one pending notification and return what it was (None: nothing
-    /// pending, or the caller died meanwhile): let go on, or held when its
-    /// command line holds a sensitive pattern's word.
+    /// Serving in init: readable when a process seen exec was reaped
+    /// ([`Capture::take_exits`]).
+    pub fn exits_fd(&self) -> Option<RawFd> {
+        self.local.as_ref().map(|(_, t)| t.exits.as_raw_fd())
+    }
+
+    /// Supervised: readable when an exec with a sensitive word waits
+    /// ([`Capture::take_holds`]).
+    pub fn holds_fd(&self) -> Option<RawFd> {
+        self.sup.as_ref().map(|s| s.holds.as_raw_fd())
+    }
+
+    /// Supervised: the pipe of encoded `Process`/`ProcessExit` frames the
+    /// supervisor writes (init forwards them to the host as they are).
+    pub fn records_fd(&self) -> Option<RawFd> {
+        self.sup.as_ref().map(|s| s.records.as_raw_fd())
+    }
+
+    /// Supervised: readable once the supervisor has died (the session
+    /// must stop: nothing answers the execs any more).
+    pub fn supervisor_fd(&self) -> Option<RawFd> {
+        self.sup.as_ref().map(|s| s.pidfd.as_raw_fd())
+    }
+
+    /// The supervisor's pid (not one of the sandbox's processes).
+    pub fn supervisor_pid(&self) -> Option<i32> {
+        self.sup.as_ref().map(|s| s.pid)
+    }
+
+    /// Serving in init: take one pending notification and return what it
+    /// was (None: nothing pending, or the caller died meanwhile): let go
+    /// on, or held when its command line holds a sensitive pattern's word.
     ///
     /// A hold is a guardrail for the agent's honest mistakes, not a
     /// boundary: the kernel reads argv again after `CONTINUE`, so a
     /// multi-threaded program can swap it after brig looked (see
     /// docs/ISOLATION.md); the boundary stays the sandbox and its egress.
     pub fn handle_one(&mut self) -> Option<Handled> {
-        self.buf.fill(0);
-        let buf = &mut self.buf;
-        // SAFETY: RECV fills a zeroed seccomp_notif of the kernel's size.
-        if unsafe { libc::ioctl(self.fd.as_raw_fd(), NOTIF_RECV, buf.as_mut_ptr()) } != 0 {
-            return None;
+        let (reader, tracker) = self.local.as_mut()?;
+        let (notice, pidfd) = reader.handle_one().ok()??;
+        if let Some((pid, fd)) = pidfd {
+            if let Some(old) = tracker.track(pid, fd) {
+                tracker.pending.push(old);
+            }
         }
-        let u64_at = |o: usize| u64::from_ne_bytes(buf[o..o + 8].try_into().unwrap());
-        let id = u64_at(0);
-        let tid = u32::from_ne_bytes(buf[8..12].try_into().unwrap()) as i32;
-        let nr = i32::from_ne_bytes(buf[16..20].try_into().unwrap());
-        let args: [u64; 6] = std::array::from_fn(|i| u64_at(32 + 8 * i));
-        let time = brig_core::event::now_rfc3339();
-        // The pidfd gives the ids (cheaper than /proc/<pid>/status) and,
-        // later, the exit. A thread other than the leader may call execve:
-        // then the pidfd is the thread group's, found through /proc.
-        let pidfd = pidfd_open(tid).or_else(|| tgid_of(tid).and_then(pidfd_open));
-        let ids = pidfd
-            .as_ref()
-            .and_then(|fd| pidfd_info(fd.as_raw_fd(), PIDFD_INFO_PID | PIDFD_INFO_CREDS));
-        let info = read_target(tid, nr as libc::c_long, &args);
-        let cwd = std::fs::read_link(format!("/proc/{tid}/cwd"))
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        // Only what was read while the notification was valid is the
-        // caller's (the pidfd included): if it died, and the pid was
-        // perhaps reused, drop it.
-        let valid = self.id_valid(id);
-        // A process that made itself non-dumpable before exec cannot hide:
-        // it is still recorded, without what only its memory holds.
-        let (path, argv) = info.unwrap_or_else(|| ("[brig: memory unreadable]".into(), vec![]));
-        let (pid, ppid, uid) = match &ids {
-            Some(i) if i.mask & PIDFD_INFO_PID != 0 => (i.tgid as i32, i.ppid as i32, i.ruid),
-            _ => (tid, 0, u32::MAX),
-        };
-        let hold = valid && self.should_hold(pid, ppid, &argv);
-        if !hold {
-            self.send_continue(id);
-        }
-        if !valid {
-            return None;
-        }
-        if let Some(fd) = pidfd {
-            self.track(pid, fd);
-        }
-        let exec = wire::ProcessExec {
-            pid,
-            ppid,
-            uid,
-            argv,
-            path,
-            cwd,
-            time,
-        };
-        if hold {
-            self.held.insert(id, exec.clone());
-            return Some(Handled::Held(wire::ProcessHold { id, exec }));
-        }
-        Some(Handled::Exec(exec))
+        Some(match notice {
+            Notice::Exec(e) => Handled::Exec(e),
+            Notice::Candidate(h) => self.decide(h),
+        })
     }
 
-    /// Whether an exec waits for the host: its command line holds a
-    /// sensitive word, and neither it nor an ancestor was decided already.
-    fn should_hold(&self, pid: i32, ppid: i32, argv: &[String]) -> bool {
-        if self.hold_words.is_empty() || self.exempt == Some(pid) {
-            return false;
+    /// Supervised: the execs with a sensitive word the supervisor left
+    /// unanswered, each decided: let go on, or held for the host. Err: the
+    /// supervisor's pipe is closed or corrupt (it died).
+    pub fn take_holds(&mut self) -> Result<Vec<Handled>, SupervisorLost> {
+        let Some(fd) = self.holds_fd() else {
+            return Ok(vec![]);
+        };
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            // SAFETY: reading into a local buffer from a non-blocking pipe.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                self.holds_in.feed(&buf[..n as usize]);
+                continue;
+            }
+            if n == 0 {
+                return Err(SupervisorLost);
+            }
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => break,
+                _ => return Err(SupervisorLost),
+            }
         }
-        // A word has no space, so it is in the joined command line exactly
-        // when it is in one argument: no join on every exec.
-        let worded = argv
-            .iter()
-            .any(|a| self.hold_words.iter().any(|w| a.contains(w.as_str())));
-        if !worded {
+        let mut out = Vec::new();
+        while let Some(f) = self.holds_in.next_frame().map_err(|_| SupervisorLost)? {
+            let h: wire::ProcessHold = f.parse().map_err(|_| SupervisorLost)?;
+            out.push(self.decide(h));
+        }
+        Ok(out)
+    }
+
+    /// An exec whose argv holds a sensitive word: held for the host, unless
+    /// it or an ancestor was decided already (then let go on at once).
+    fn decide(&mut self, h: wire::ProcessHold) -> Handled {
+        if self.should_hold(h.exec.pid, h.exec.ppid) {
+            self.held.insert(h.id, h.exec.clone());
+            return Handled::Held(h);
+        }
+        self.send_continue(h.id);
+        Handled::Exec(h.exec)
+    }
+
+    /// Whether a worded exec waits for the host: neither it nor an
+    /// ancestor was decided already.
+    fn should_hold(&self, pid: i32, ppid: i32) -> bool {
+        if self.exempt == Some(pid) {
             return false;
         }
         // Up the parent chain (inside the sandbox's pid namespace).
@@ -438,25 +486,197 @@ impl Capture {
             wire::HoldVerdict::Wait => self.held.get(&a.id).map(|e| (e.pid, None)),
             wire::HoldVerdict::Allow => {
                 let e = self.held.remove(&a.id)?;
-                let live = self.id_valid(a.id);
+                let live = id_valid(self.fd.as_raw_fd(), a.id);
                 self.send_continue(a.id);
                 Some((e.pid, live.then_some(e)))
             }
             wire::HoldVerdict::Deny => {
                 let e = self.held.remove(&a.id)?;
-                self.send_error(a.id, libc::EPERM);
+                send_resp(self.fd.as_raw_fd(), self.resp_size, a.id, -libc::EPERM, 0);
                 Some((e.pid, None))
             }
         }
     }
 
+    /// Serving in init: the exits of watched processes that were reaped
+    /// since the last call.
+    pub fn take_exits(&mut self) -> Vec<wire::ProcessExit> {
+        match self.local.as_mut() {
+            Some((_, t)) => t.take_exits(),
+            None => vec![],
+        }
+    }
+
+    /// `pid` (a command init started) was reaped: it is no longer decided.
+    pub fn forget(&mut self, pid: i32) {
+        self.decided.remove(&pid);
+    }
+
+    fn send_continue(&self, id: u64) {
+        send_resp(
+            self.fd.as_raw_fd(),
+            self.resp_size,
+            id,
+            0,
+            SECCOMP_USER_NOTIF_FLAG_CONTINUE,
+        );
+    }
+}
+
+fn id_valid(fd: RawFd, id: u64) -> bool {
+    // SAFETY: ID_VALID reads a u64.
+    unsafe { libc::ioctl(fd, NOTIF_ID_VALID, &id as *const u64) == 0 }
+}
+
+/// `struct seccomp_notif_resp { u64 id; s64 val; s32 error; u32 flags; }`.
+fn send_resp(fd: RawFd, resp_size: usize, id: u64, error: i32, flags: u32) {
+    let mut resp = [0u8; 64];
+    let resp = &mut resp[..resp_size.clamp(24, 64)];
+    resp[0..8].copy_from_slice(&id.to_ne_bytes());
+    resp[16..20].copy_from_slice(&error.to_ne_bytes());
+    resp[20..24].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: SEND reads a seccomp_notif_resp; ENOENT (caller gone) is fine.
+    unsafe { libc::ioctl(fd, NOTIF_SEND, resp.as_ptr()) };
+}
+
+/// The notification side: receive, read the caller, answer.
+pub(crate) struct Reader {
+    fd: RawFd,
+    resp_size: usize,
+    buf: Vec<u8>,
+    /// Words of the sensitive command patterns: an exec whose command line
+    /// holds one is left unanswered for init to decide.
+    hold_words: Vec<String>,
+    mem: Mem,
+}
+
+/// A pidfd of the caller, to watch for its exit.
+pub(crate) type Watch = Option<(i32, OwnedFd)>;
+
+impl Reader {
+    /// One notification (blocking in RECV unless the caller polled first).
+    /// Ok(None): the caller died while it was read. Err: RECV's errno.
+    pub(crate) fn handle_one(&mut self) -> Result<Option<(Notice, Watch)>, i32> {
+        self.buf.fill(0);
+        let buf = &mut self.buf;
+        // SAFETY: RECV fills a zeroed seccomp_notif of the kernel's size.
+        if unsafe { libc::ioctl(self.fd, NOTIF_RECV, buf.as_mut_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO));
+        }
+        let u64_at = |o: usize| u64::from_ne_bytes(buf[o..o + 8].try_into().unwrap());
+        let id = u64_at(0);
+        let tid = u32::from_ne_bytes(buf[8..12].try_into().unwrap()) as i32;
+        let nr = i32::from_ne_bytes(buf[16..20].try_into().unwrap());
+        let args: [u64; 6] = std::array::from_fn(|i| u64_at(32 + 8 * i));
+        let time = brig_core::event::now_rfc3339();
+        // The pidfd gives the ids (cheaper than /proc/<pid>/status) and,
+        // later, the exit. A thread other than the leader may call execve:
+        // then the pidfd is the thread group's, found through /proc.
+        let pidfd = pidfd_open(tid).or_else(|| tgid_of(tid).and_then(pidfd_open));
+        let ids = pidfd
+            .as_ref()
+            .and_then(|fd| pidfd_info(fd.as_raw_fd(), PIDFD_INFO_PID | PIDFD_INFO_CREDS));
+        let info = read_target(&mut self.mem, tid, nr as libc::c_long, &args);
+        let cwd = std::fs::read_link(format!("/proc/{tid}/cwd"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // Only what was read while the notification was valid is the
+        // caller's (the pidfd included): if it died, and the pid was
+        // perhaps reused, drop it.
+        let valid = id_valid(self.fd, id);
+        // A process that made itself non-dumpable before exec cannot hide:
+        // it is still recorded, without what only its memory holds.
+        let (path, argv) = info.unwrap_or_else(|| ("[brig: memory unreadable]".into(), vec![]));
+        let (pid, ppid, uid) = match &ids {
+            Some(i) if i.mask & PIDFD_INFO_PID != 0 => (i.tgid as i32, i.ppid as i32, i.ruid),
+            _ => (tid, 0, u32::MAX),
+        };
+        let worded = valid && self.worded(&argv);
+        if !worded {
+            send_resp(
+                self.fd,
+                self.resp_size,
+                id,
+                0,
+                SECCOMP_USER_NOTIF_FLAG_CONTINUE,
+            );
+        }
+        if !valid {
+            return Ok(None);
+        }
+        let exec = wire::ProcessExec {
+            pid,
+            ppid,
+            uid,
+            argv,
+            path,
+            cwd,
+            time,
+        };
+        let watch = pidfd.map(|fd| (pid, fd));
+        Ok(Some(if worded {
+            (Notice::Candidate(wire::ProcessHold { id, exec }), watch)
+        } else {
+            (Notice::Exec(exec), watch)
+        }))
+    }
+
+    /// Whether the command line holds a sensitive word. A word has no
+    /// space, so it is in the joined command line exactly when it is in
+    /// one argument: no join on every exec.
+    fn worded(&self, argv: &[String]) -> bool {
+        !self.hold_words.is_empty()
+            && argv
+                .iter()
+                .any(|a| self.hold_words.iter().any(|w| a.contains(w.as_str())))
+    }
+}
+
+/// The pidfds of every live process seen exec, by pid; their hang-ups (the
+/// process was reaped) make `exits` readable.
+pub(crate) struct Tracker {
+    /// Each entry's epoll key carries its own generation, so a stale
+    /// hang-up (of a pidfd already reported) can never report a second exit.
+    tracked: HashMap<i32, (u32, OwnedFd)>,
+    generation: u32,
+    exits: OwnedFd,
+    /// Exits found outside `take_exits` (a reused pid), reported by it.
+    pending: Vec<wire::ProcessExit>,
+}
+
+impl Tracker {
+    fn new() -> Result<Tracker, String> {
+        // SAFETY: a new close-on-exec epoll instance or -1.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(format!(
+                "epoll_create1: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(Tracker {
+            tracked: HashMap::new(),
+            generation: 0,
+            // SAFETY: the kernel returned a new descriptor.
+            exits: unsafe { OwnedFd::from_raw_fd(ep) },
+            pending: Vec::new(),
+        })
+    }
+
+    pub(crate) fn exits_fd(&self) -> RawFd {
+        self.exits.as_raw_fd()
+    }
+
     /// Watch `pid`'s pidfd for its exit. A process that execs again (or
     /// tries PATH candidates) is already watched; a pid still in the map
-    /// whose process is gone was reused, so its exit is taken first.
-    fn track(&mut self, pid: i32, fd: OwnedFd) {
+    /// whose process is gone was reused: its exit is returned, to be
+    /// reported before the new process's exec.
+    pub(crate) fn track(&mut self, pid: i32, fd: OwnedFd) -> Option<wire::ProcessExit> {
         if let Some((_, old)) = self.tracked.get(&pid) {
             if !hung_up(old.as_raw_fd()) {
-                return;
+                return None;
             }
         }
         self.generation = self.generation.wrapping_add(1);
@@ -466,10 +686,7 @@ impl Capture {
             events: 0,
             u64: (u64::from(self.generation) << 32) | u64::from(pid as u32),
         };
-        if let Some((_, old)) = self.tracked.remove(&pid) {
-            // Reported by the next take_exits through `pending`.
-            self.pending.push(exit_of(pid, &old));
-        }
+        let old = self.tracked.remove(&pid).map(|(_, old)| exit_of(pid, &old));
         // SAFETY: adding a valid descriptor to our epoll set.
         let added = unsafe {
             libc::epoll_ctl(
@@ -482,20 +699,11 @@ impl Capture {
         if added {
             self.tracked.insert(pid, (self.generation, fd));
         }
+        old
     }
 
     /// The exits of watched processes that were reaped since the last call.
-    pub fn take_exits(&mut self) -> Vec<wire::ProcessExit> {
-        let out = self.take_exits_inner();
-        if !self.decided.is_empty() {
-            for e in &out {
-                self.decided.remove(&e.pid);
-            }
-        }
-        out
-    }
-
-    fn take_exits_inner(&mut self) -> Vec<wire::ProcessExit> {
+    pub(crate) fn take_exits(&mut self) -> Vec<wire::ProcessExit> {
         let mut out = std::mem::take(&mut self.pending);
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; EXIT_BATCH];
         loop {
@@ -528,28 +736,6 @@ impl Capture {
                 return out;
             }
         }
-    }
-
-    fn id_valid(&self, id: u64) -> bool {
-        // SAFETY: ID_VALID reads a u64.
-        unsafe { libc::ioctl(self.fd.as_raw_fd(), NOTIF_ID_VALID, &id as *const u64) == 0 }
-    }
-
-    fn send_error(&self, id: u64, errno: i32) {
-        // struct seccomp_notif_resp { u64 id; s64 val; s32 error; u32 flags; }
-        let mut resp = vec![0u8; self.resp_size.max(24)];
-        resp[0..8].copy_from_slice(&id.to_ne_bytes());
-        resp[16..20].copy_from_slice(&(-errno).to_ne_bytes());
-        // SAFETY: SEND reads a seccomp_notif_resp; ENOENT (caller gone) is fine.
-        unsafe { libc::ioctl(self.fd.as_raw_fd(), NOTIF_SEND, resp.as_ptr()) };
-    }
-
-    fn send_continue(&self, id: u64) {
-        let mut resp = vec![0u8; self.resp_size.max(24)];
-        resp[0..8].copy_from_slice(&id.to_ne_bytes());
-        resp[20..24].copy_from_slice(&SECCOMP_USER_NOTIF_FLAG_CONTINUE.to_ne_bytes());
-        // SAFETY: SEND reads a seccomp_notif_resp; ENOENT (caller gone) is fine.
-        unsafe { libc::ioctl(self.fd.as_raw_fd(), NOTIF_SEND, resp.as_ptr()) };
     }
 }
 
@@ -597,15 +783,156 @@ fn tgid_of(tid: i32) -> Option<i32> {
         .ok()
 }
 
-/// The path and argv of an execve/execveat call, read from the caller's memory.
-fn read_target(tid: i32, nr: libc::c_long, args: &[u64]) -> Option<(String, Vec<String>)> {
-    let mem = std::fs::File::open(format!("/proc/{tid}/mem")).ok()?;
+const PAGE: u64 = 4096;
+/// Pages kept per notification: path, argv array and strings usually share
+/// one or two (a shell builds them together); a long argv reads more.
+const PAGES_CACHED: usize = 8;
+
+/// The caller's memory, read whole pages at a time from
+/// `/proc/<pid>/mem` (opened at the first read), each page once per
+/// notification. (`process_vm_readv` would save the open and close, but
+/// the allow-list denies it to everything in the sandbox, brig included.)
+#[derive(Default)]
+pub(crate) struct Mem {
+    pid: i32,
+    file: Option<std::fs::File>,
+    /// (page address, bytes read) of the cached pages, most recent last.
+    index: Vec<(u64, usize)>,
+    pages: Vec<Box<[u8; PAGE as usize]>>,
+    /// The kernel refused (the caller is not dumpable, or gone).
+    pub(crate) denied: bool,
+}
+
+impl Mem {
+    fn reset(&mut self, pid: i32) {
+        self.pid = pid;
+        self.file = None;
+        self.index.clear();
+        self.denied = false;
+    }
+
+    /// Close the caller's memory (before it is let go on).
+    fn done(&mut self) {
+        self.file = None;
+    }
+
+    /// The bytes from `addr` to the end of its page (empty: unmapped).
+    fn page(&mut self, addr: u64) -> &[u8] {
+        let base = addr & !(PAGE - 1);
+        let off = (addr - base) as usize;
+        let slot = match self.index.iter().position(|&(b, _)| b == base) {
+            Some(i) => i,
+            None => {
+                if self.denied {
+                    return &[];
+                }
+                if self.file.is_none() {
+                    match std::fs::File::open(format!("/proc/{}/mem", self.pid)) {
+                        Ok(f) => self.file = Some(f),
+                        Err(_) => {
+                            // Not dumpable, or gone.
+                            self.denied = true;
+                            return &[];
+                        }
+                    }
+                }
+                let i = if self.index.len() < PAGES_CACHED {
+                    self.index.push((base, 0));
+                    self.index.len() - 1
+                } else {
+                    // Full: reuse the oldest slot.
+                    self.index.rotate_left(1);
+                    self.pages.rotate_left(1);
+                    self.index.len() - 1
+                };
+                while self.pages.len() <= i {
+                    self.pages.push(Box::new([0u8; PAGE as usize]));
+                }
+                let n = pread(
+                    self.file.as_ref().expect("opened"),
+                    &mut self.pages[i][..],
+                    base,
+                );
+                self.index[i] = (base, n);
+                i
+            }
+        };
+        let (_, len) = self.index[slot];
+        &self.pages[slot][off.min(len)..len]
+    }
+
+    /// Fill `out` from `addr` on; returns how much could be read.
+    fn read(&mut self, mut addr: u64, out: &mut [u8]) -> usize {
+        let mut got = 0;
+        while got < out.len() {
+            let p = self.page(addr);
+            if p.is_empty() {
+                break;
+            }
+            let n = p.len().min(out.len() - got);
+            out[got..got + n].copy_from_slice(&p[..n]);
+            got += n;
+            addr += n as u64;
+        }
+        got
+    }
+
+    /// A NUL-terminated string at `addr`, capped at [`MAX_STR`].
+    fn string(&mut self, addr: u64) -> Option<String> {
+        if addr == 0 {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut at = addr;
+        while out.len() < MAX_STR {
+            let room = MAX_STR - out.len();
+            let p = self.page(at);
+            if p.is_empty() {
+                break;
+            }
+            let p = &p[..p.len().min(room)];
+            if let Some(end) = p.iter().position(|&b| b == 0) {
+                out.extend_from_slice(&p[..end]);
+                return Some(String::from_utf8_lossy(&out).into_owned());
+            }
+            out.extend_from_slice(p);
+            at += p.len() as u64;
+        }
+        Some(String::from_utf8_lossy(&out).into_owned() + "[brig: truncated]")
+    }
+}
+
+fn pread(f: &std::fs::File, buf: &mut [u8], at: u64) -> usize {
+    use std::os::unix::fs::FileExt;
+    f.read_at(buf, at).unwrap_or(0)
+}
+
+/// `len` bytes of `pid`'s memory at `addr`, if the kernel lets us read them.
+pub(crate) fn read_mem(pid: i32, addr: u64, len: usize) -> Option<Vec<u8>> {
+    let mut mem = Mem::default();
+    mem.reset(pid);
+    let mut out = vec![0u8; len];
+    (mem.read(addr, &mut out) == len).then_some(out)
+}
+
+/// The path and argv of an execve/execveat call, read from the caller's
+/// memory; None when the kernel does not let it be read.
+fn read_target(
+    mem: &mut Mem,
+    tid: i32,
+    nr: libc::c_long,
+    args: &[u64],
+) -> Option<(String, Vec<String>)> {
+    mem.reset(tid);
     let (path_ptr, argv_ptr) = if nr == libc::SYS_execveat {
         (args[1], args[2])
     } else {
         (args[0], args[1])
     };
-    let mut path = read_str(&mem, path_ptr).unwrap_or_default();
+    let mut path = mem.string(path_ptr).unwrap_or_default();
+    if mem.denied {
+        return None;
+    }
     if nr == libc::SYS_execveat && !path.starts_with('/') {
         let dirfd = args[0] as i32;
         let base = if dirfd == libc::AT_FDCWD {
@@ -622,66 +949,33 @@ fn read_target(tid: i32, nr: libc::c_long, args: &[u64]) -> Option<(String, Vec<
             };
         }
     }
-    // The pointer array in page-bounded blocks (one read for a usual argv).
-    let mut ptrs = Vec::new();
+    let mut argv = Vec::new();
     let mut at = argv_ptr;
-    let mut raw = [0u8; 4096];
-    'array: while at != 0 && ptrs.len() <= MAX_ARGS {
-        let room = (((4096 - at % 4096) / 8) as usize).max(1);
-        let want = room.min(MAX_ARGS + 1 - ptrs.len());
-        let n = pread(&mem, &mut raw[..want * 8], at) / 8;
-        if n == 0 {
+    let mut more = false;
+    while at != 0 {
+        let mut raw = [0u8; 8];
+        if mem.read(at, &mut raw) < 8 {
             break;
         }
-        for c in raw[..n * 8].chunks_exact(8) {
-            let p = u64::from_ne_bytes(c.try_into().unwrap());
-            if p == 0 {
-                break 'array;
-            }
-            ptrs.push(p);
+        let p = u64::from_ne_bytes(raw);
+        if p == 0 {
+            break;
         }
-        at += (n * 8) as u64;
+        if argv.len() == MAX_ARGS {
+            more = true;
+            break;
+        }
+        argv.push(mem.string(p).unwrap_or_default());
+        at += 8;
     }
-    let mut argv: Vec<String> = ptrs
-        .iter()
-        .take(MAX_ARGS)
-        .map(|&p| read_str(&mem, p).unwrap_or_default())
-        .collect();
-    if ptrs.len() > MAX_ARGS {
+    mem.done();
+    if mem.denied {
+        return None;
+    }
+    if more {
         argv.push("[brig: more arguments not captured]".to_string());
     }
     Some((path, argv))
-}
-
-fn pread(f: &std::fs::File, buf: &mut [u8], at: u64) -> usize {
-    use std::os::unix::fs::FileExt;
-    f.read_at(buf, at).unwrap_or(0)
-}
-
-/// A NUL-terminated string at `addr`, read in pieces that do not cross a
-/// page (the next page may be unmapped), capped at [`MAX_STR`].
-fn read_str(f: &std::fs::File, addr: u64) -> Option<String> {
-    if addr == 0 {
-        return None;
-    }
-    let mut out = Vec::new();
-    let mut at = addr;
-    while out.len() < MAX_STR {
-        let room = (4096 - (at % 4096)) as usize;
-        let mut page = [0u8; 4096];
-        let chunk = &mut page[..room.min(MAX_STR - out.len())];
-        let n = pread(f, chunk, at);
-        if n == 0 {
-            break;
-        }
-        if let Some(end) = chunk[..n].iter().position(|&b| b == 0) {
-            out.extend_from_slice(&chunk[..end]);
-            return Some(String::from_utf8_lossy(&out).into_owned());
-        }
-        out.extend_from_slice(&chunk[..n]);
-        at += n as u64;
-    }
-    Some(String::from_utf8_lossy(&out).into_owned() + "[brig: truncated]")
 }
 
 #[cfg(test)]
@@ -690,18 +984,75 @@ mod tests {
 
     #[test]
     fn reads_strings_and_argv_from_own_memory() {
-        let mem = std::fs::File::open("/proc/self/mem").unwrap();
         let a = std::ffi::CString::new("hello").unwrap();
         let b = std::ffi::CString::new("world").unwrap();
         let argv = [a.as_ptr() as u64, b.as_ptr() as u64, 0u64];
-        assert_eq!(read_str(&mem, a.as_ptr() as u64).as_deref(), Some("hello"));
+        let me = std::process::id() as i32;
+        let mut mem = Mem::default();
+        mem.reset(me);
+        assert_eq!(mem.string(a.as_ptr() as u64).as_deref(), Some("hello"));
         let (path, args) = read_target(
-            std::process::id() as i32,
+            &mut mem,
+            me,
             libc::SYS_execve,
             &[a.as_ptr() as u64, argv.as_ptr() as u64, 0, 0, 0, 0],
         )
         .unwrap();
         assert_eq!(path, "hello");
         assert_eq!(args, vec!["hello", "world"]);
+    }
+
+    /// Strings that cross pages, longer than the cache, unterminated at
+    /// the cap, and an argv longer than MAX_ARGS.
+    #[test]
+    fn reads_across_pages_and_caps() {
+        let me = std::process::id() as i32;
+        // 40 KiB of 'x' with a NUL 5000 bytes after a page boundary.
+        let mut big = vec![b'x'; 40 * 1024];
+        let start = big.as_ptr() as u64;
+        let boundary = ((start + PAGE) & !(PAGE - 1)) - start;
+        let s_at = boundary as usize - 10;
+        big[s_at + 20] = 0;
+        let mut mem = Mem::default();
+        mem.reset(me);
+        let s = mem.string(start + s_at as u64).unwrap();
+        assert_eq!(s, "x".repeat(20));
+        // No NUL within MAX_STR: capped and marked.
+        let s = mem.string(start + s_at as u64 + 21).unwrap();
+        assert_eq!(s.len(), MAX_STR + "[brig: truncated]".len());
+        assert!(s.ends_with("[brig: truncated]"));
+        // 300 arguments (more pages than the cache holds, read twice).
+        let strings: Vec<std::ffi::CString> = (0..300)
+            .map(|i| std::ffi::CString::new(format!("arg{i}-{}", "y".repeat(100))).unwrap())
+            .collect();
+        let mut ptrs: Vec<u64> = strings.iter().map(|c| c.as_ptr() as u64).collect();
+        ptrs.push(0);
+        let path = std::ffi::CString::new("/bin/x").unwrap();
+        let (p, args) = read_target(
+            &mut mem,
+            me,
+            libc::SYS_execve,
+            &[path.as_ptr() as u64, ptrs.as_ptr() as u64, 0, 0, 0, 0],
+        )
+        .unwrap();
+        assert_eq!(p, "/bin/x");
+        assert_eq!(args.len(), MAX_ARGS + 1);
+        assert_eq!(args[0], format!("arg0-{}", "y".repeat(100)));
+        assert_eq!(args[255], format!("arg255-{}", "y".repeat(100)));
+        assert_eq!(args[256], "[brig: more arguments not captured]");
+    }
+
+    /// Another process's memory that the kernel refuses (here: a pid that
+    /// does not exist) is reported as unreadable, not as an empty argv.
+    #[test]
+    fn unreadable_memory_is_none() {
+        let mut mem = Mem::default();
+        assert!(read_target(
+            &mut mem,
+            i32::MAX - 1,
+            libc::SYS_execve,
+            &[4096, 8192, 0, 0, 0, 0]
+        )
+        .is_none());
     }
 }

@@ -81,6 +81,10 @@ const EXIT_COALESCE: Duration = Duration::from_millis(20);
 /// [`spawn_command`]'s error when the host pipe broke (as opposed to the
 /// command failing to start), which ends init.
 const HOST_WRITE_FAILED: &str = "writing to brig failed";
+/// [`spawn_command`]'s error when the capture supervisor died: nothing
+/// answers execs any more, which ends init too.
+const CAPTURE_LOST: &str =
+    "the capture supervisor exited: no exec can be recorded any more, so the sandbox stops";
 
 /// PATH used when the command's environment has none.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -119,7 +123,7 @@ pub fn main(config_json: &str) -> ! {
     if config_json == crate::initfs::PRINT_LIBS {
         crate::initfs::print_libs();
     }
-    let out = HostOut::new(1);
+    let mut out = HostOut::new(1);
     let (mut layers, mut capture, egress) = match setup(config_json) {
         Ok(l) => l,
         Err(failed) => {
@@ -127,6 +131,7 @@ pub fn main(config_json: &str) -> ! {
             std::process::exit(1);
         }
     };
+    out.records = capture.as_ref().and_then(|c| c.records_fd());
     let sigfd = match signal_fd() {
         Ok(fd) => fd,
         Err(e) => {
@@ -172,6 +177,7 @@ pub fn main(config_json: &str) -> ! {
         execs: HashMap::new(),
         capture,
         exits_taken: Instant::now(),
+        records_taken: Instant::now(),
         forwarder,
     };
     let code = init.serve();
@@ -295,12 +301,23 @@ fn setup(config_json: &str) -> Result<Setup, wire::Failed> {
     }
     // Last: once it is in, every exec waits for init's answer.
     let capture = if config.capture {
-        let mut c = crate::capture::Capture::install().map_err(|e| failed("capture", e))?;
+        let mut c = crate::capture::Capture::install(config.hold_words.clone())
+            .map_err(|e| failed("capture", e))?;
         layers.push(crate::capture::LAYER.to_string());
         if !config.hold_words.is_empty() {
-            c.hold_words = config.hold_words.clone();
             layers.push(crate::capture::HOLD_LAYER.to_string());
         }
+        // Before anything else runs: the supervisor must be the listener's
+        // only receiver from the first exec on.
+        let supervised = c.start_supervisor().map_err(|e| failed("capture", e))?;
+        layers.push(
+            if supervised {
+                crate::capture::SUPERVISOR_LAYER
+            } else {
+                crate::capture::IN_INIT_LAYER
+            }
+            .to_string(),
+        );
         Some(c)
     } else {
         None
@@ -388,6 +405,10 @@ struct HostOut {
     /// the host one wake-up instead of one per process.
     held: std::cell::RefCell<Vec<u8>>,
     held_since: std::cell::Cell<Option<Instant>>,
+    /// The capture supervisor's pipe of encoded process frames, and what
+    /// was read of it short of a whole frame.
+    records: Option<RawFd>,
+    partial: std::cell::RefCell<Vec<u8>>,
 }
 
 impl HostOut {
@@ -396,6 +417,24 @@ impl HostOut {
             fd,
             held: Default::default(),
             held_since: Default::default(),
+            records: None,
+            partial: Default::default(),
+        }
+    }
+
+    /// Move the supervisor's whole frames into `held`: they precede
+    /// whatever init sends next.
+    fn take_records(&self) {
+        let Some(fd) = self.records else { return };
+        let mut partial = self.partial.borrow_mut();
+        let mut chunk = [0u8; 16 * 1024];
+        // Until EAGAIN; at EOF the supervisor is gone, and its pidfd tells init.
+        while let ReadResult::Data(n) = read_fd(fd, &mut chunk) {
+            partial.extend_from_slice(&chunk[..n]);
+        }
+        let whole = crate::capture::supervisor::whole_frames(&partial);
+        if whole > 0 {
+            self.held.borrow_mut().extend(partial.drain(..whole));
         }
     }
 
@@ -421,6 +460,7 @@ impl HostOut {
     }
 
     fn flush(&self) -> Result<(), ()> {
+        self.take_records();
         self.held_since.set(None);
         let held = std::mem::take(&mut *self.held.borrow_mut());
         if held.is_empty() {
@@ -515,6 +555,8 @@ struct Init {
     capture: Option<crate::capture::Capture>,
     /// When exits were last taken from the capture (see EXIT_COALESCE).
     exits_taken: Instant,
+    /// When the supervisor's records were last taken (see PROCESS_HOLD).
+    records_taken: Instant,
     forwarder: Option<Forwarder>,
 }
 
@@ -553,26 +595,35 @@ impl Init {
                     }
                 }
             }
-            // Exits are taken at every exec anyway; on their own they wake
-            // init at most once per EXIT_COALESCE (until then the exits fd
-            // is not polled, only its due time), so a burst of short
-            // processes costs one wake-up, not one each.
+            // Serving in init, exits are taken at every exec anyway; on
+            // their own they wake init at most once per EXIT_COALESCE (until
+            // then the exits fd is not polled, only its due time), so a
+            // burst of short processes costs one wake-up, not one each.
+            // Supervised, the supervisor's records are taken the same way,
+            // at most once per PROCESS_HOLD.
+            let now = Instant::now();
             let exits_due = self.exits_taken + EXIT_COALESCE;
-            let watch_exits = Instant::now() >= exits_due;
-            let capture_at = self.capture.as_ref().map(|c| {
-                pfds.push(pollfd(c.raw_fd(), libc::POLLIN));
-                pfds.len() - 1
-            });
-            let exits_at = match (&self.capture, watch_exits) {
-                (Some(c), true) => {
-                    pfds.push(pollfd(c.exits_fd(), libc::POLLIN));
-                    Some(pfds.len() - 1)
-                }
-                _ => None,
+            let watch_exits = now >= exits_due;
+            let records_due = self.records_taken + PROCESS_HOLD;
+            let watch_records = now >= records_due;
+            let cap = self.capture.as_ref();
+            let mut add = |fd: Option<RawFd>, on: bool| {
+                fd.filter(|_| on).map(|fd| {
+                    pfds.push(pollfd(fd, libc::POLLIN));
+                    pfds.len() - 1
+                })
             };
+            let listener_at = add(cap.and_then(|c| c.listener_fd()), true);
+            let exits_at = add(cap.and_then(|c| c.exits_fd()), watch_exits);
+            let holds_at = add(cap.and_then(|c| c.holds_fd()), true);
+            let records_at = add(cap.and_then(|c| c.records_fd()), watch_records);
+            let sup_at = add(cap.and_then(|c| c.supervisor_fd()), true);
+            let in_init = cap.is_some_and(|c| c.exits_fd().is_some());
+            let supervised = cap.is_some_and(|c| c.records_fd().is_some());
             let deadlines = self.execs.values().filter_map(|e| e.deadline);
             let deadlines = deadlines
-                .chain((self.capture.is_some() && !watch_exits).then_some(exits_due))
+                .chain((in_init && !watch_exits).then_some(exits_due))
+                .chain((supervised && !watch_records).then_some(records_due))
                 .chain(self.out.flush_due())
                 .chain(self.forwarder.as_ref().and_then(|f| f.restart_at));
             let timeout = deadlines
@@ -594,12 +645,35 @@ impl Init {
             {
                 return Stop::Broken;
             }
-            if n > 0 {
-                // Execs first: every process of the sandbox waits on them.
-                if capture_at.is_some_and(|i| pfds[i].revents != 0) && self.on_capture().is_err() {
+            let ready = |at: Option<usize>| n > 0 && at.is_some_and(|i| pfds[i].revents != 0);
+            if ready(sup_at) {
+                self.capture_lost();
+                return Stop::Broken;
+            }
+            if supervised
+                && (ready(records_at) || (!watch_records && Instant::now() >= records_due))
+            {
+                self.records_taken = Instant::now();
+                if self.out.flush().is_err() {
                     return Stop::Broken;
                 }
-                if exits_at.is_some_and(|i| pfds[i].revents != 0) && self.on_exits().is_err() {
+            }
+            if n > 0 {
+                // Execs first: every process of the sandbox waits on them.
+                if ready(listener_at) && self.on_capture().is_err() {
+                    return Stop::Broken;
+                }
+                if ready(holds_at) {
+                    match self.capture.as_mut().map(|c| serve_holds(c, &self.out)) {
+                        Some(Err(HoldsError::Host)) => return Stop::Broken,
+                        Some(Err(HoldsError::Lost)) => {
+                            self.capture_lost();
+                            return Stop::Broken;
+                        }
+                        _ => {}
+                    }
+                }
+                if ready(exits_at) && self.on_exits().is_err() {
                     return Stop::Broken;
                 }
                 if pfds[1].revents != 0 {
@@ -644,6 +718,10 @@ impl Init {
                 drop(exec);
             }
             Err(e) if e == HOST_WRITE_FAILED => return Err(()),
+            Err(e) if e == CAPTURE_LOST => {
+                self.capture_lost();
+                return Err(());
+            }
             Err(_) => f.schedule_restart(),
         }
         Ok(())
@@ -714,6 +792,9 @@ impl Init {
                 (None, None) => continue,
                 (code, signal) => wire::Exited { code, signal },
             };
+            if let Some(c) = self.capture.as_mut() {
+                c.forget(pid);
+            }
             if let Some(f) = self.forwarder.as_mut().filter(|f| f.pid == Some(pid)) {
                 // Fail closed until it is back: nothing listens meanwhile.
                 f.pid = None;
@@ -811,6 +892,10 @@ impl Init {
                         })
                     }
                 };
+                if reply.as_ref().is_err_and(|e| e == CAPTURE_LOST) {
+                    self.capture_lost();
+                    return Err(());
+                }
                 match reply {
                     Ok(exec) => {
                         let pid = exec.pid;
@@ -878,7 +963,13 @@ impl Init {
             }
             Kind::Ping => {
                 let running = self.execs.values().filter(|e| e.status.is_none()).count() as u32;
-                let infra = self.forwarder.as_ref().and_then(|f| f.pid).is_some() as u32;
+                // Brig's own helpers are not the sandbox's processes.
+                let infra = self.forwarder.as_ref().and_then(|f| f.pid).is_some() as u32
+                    + self
+                        .capture
+                        .as_ref()
+                        .and_then(|c| c.supervisor_pid())
+                        .is_some() as u32;
                 let status = wire::Status {
                     processes: count_processes().saturating_sub(infra),
                     running,
@@ -926,6 +1017,16 @@ impl Init {
         Ok(())
     }
 
+    /// The supervisor died: tell brig why the sandbox ends (the caller
+    /// then stops init, which kills everything).
+    fn capture_lost(&self) {
+        let _ = self.out.send(&Frame::json(
+            Kind::Fatal,
+            0,
+            &failed("capture", CAPTURE_LOST),
+        ));
+    }
+
     /// Send `sig` to every process init started. As pid 1 of a pid namespace
     /// that is simply everyone else (kill(-1)). Outside one (tests), init is
     /// a child subreaper, so every process it started and every orphan of
@@ -951,14 +1052,36 @@ impl Init {
     }
 }
 
-/// Handle one pending exec notification and report it to the host: a held
-/// one at once (it waits for the answer).
+/// Handle one pending exec notification (serving in init) and report it
+/// to the host: a held one at once (it waits for the answer).
 fn send_exec(c: &mut crate::capture::Capture, out: &HostOut) -> Result<(), ()> {
     match c.handle_one() {
-        Some(crate::capture::Handled::Exec(msg)) => out.hold(&Frame::json(Kind::Process, 0, &msg)),
-        Some(crate::capture::Handled::Held(h)) => out.send(&Frame::json(Kind::Hold, 0, &h)),
+        Some(h) => report(h, out),
         None => Ok(()),
     }
+}
+
+fn report(h: crate::capture::Handled, out: &HostOut) -> Result<(), ()> {
+    match h {
+        crate::capture::Handled::Exec(msg) => out.hold(&Frame::json(Kind::Process, 0, &msg)),
+        crate::capture::Handled::Held(h) => out.send(&Frame::json(Kind::Hold, 0, &h)),
+    }
+}
+
+enum HoldsError {
+    /// Writing to brig failed.
+    Host,
+    /// The supervisor's pipe broke: it died.
+    Lost,
+}
+
+/// Supervised: decide the execs with a sensitive word the supervisor left
+/// waiting, and report them.
+fn serve_holds(c: &mut crate::capture::Capture, out: &HostOut) -> Result<(), HoldsError> {
+    for h in c.take_holds().map_err(|_| HoldsError::Lost)? {
+        report(h, out).map_err(|()| HoldsError::Host)?;
+    }
+    Ok(())
 }
 
 /// Best effort: a line on a held process's stderr (what it waits for, or
@@ -1271,21 +1394,49 @@ fn spawn_command(
     while got < report.len() {
         // With capture on, the child's execve waits for init's answer: serve
         // notifications (the child's and anyone else's) until it reports.
+        // Supervised, the child's exec is served by the supervisor, but one
+        // with a sensitive word comes to init to decide, and the records
+        // pipe must not fill up meanwhile.
         if let Some(c) = capture.as_deref_mut() {
-            let mut pfds = [
-                pollfd(err_r.as_raw_fd(), libc::POLLIN),
-                pollfd(c.raw_fd(), libc::POLLIN),
+            let mut pfds = [pollfd(err_r.as_raw_fd(), libc::POLLIN); 5];
+            let mut at = [None; 4];
+            let mut nfds = 1;
+            let fds = [
+                c.listener_fd(),
+                c.holds_fd(),
+                c.records_fd(),
+                c.supervisor_fd(),
             ];
-            // SAFETY: a valid array of pollfd.
-            let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
+            for (k, fd) in fds.into_iter().enumerate() {
+                if let Some(fd) = fd {
+                    pfds[nfds] = pollfd(fd, libc::POLLIN);
+                    at[k] = Some(nfds);
+                    nfds += 1;
+                }
+            }
+            // SAFETY: a valid array of at least nfds pollfd.
+            let n = unsafe { libc::poll(pfds.as_mut_ptr(), nfds as libc::nfds_t, -1) };
             if n < 0 {
                 if errno() == libc::EINTR {
                     continue;
                 }
                 break;
             }
-            if pfds[1].revents != 0 {
+            let ready = |k: usize| at[k].is_some_and(|i| pfds[i].revents != 0);
+            if ready(3) {
+                return Err(CAPTURE_LOST.into());
+            }
+            if ready(0) {
                 send_exec(c, host).map_err(|_| HOST_WRITE_FAILED.to_string())?;
+            }
+            if ready(1) {
+                serve_holds(c, host).map_err(|e| match e {
+                    HoldsError::Host => HOST_WRITE_FAILED.to_string(),
+                    HoldsError::Lost => CAPTURE_LOST.to_string(),
+                })?;
+            }
+            if ready(2) {
+                host.flush().map_err(|_| HOST_WRITE_FAILED.to_string())?;
             }
             if pfds[0].revents == 0 {
                 continue;
