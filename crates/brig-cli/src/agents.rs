@@ -48,6 +48,11 @@ pub struct Preset {
     pub tested_version: &'static str,
     /// How to put it in an image (the preset never downloads it).
     pub install: &'static str,
+    /// The image recipe shipped for it (`recipes/NAME/`, built into brig).
+    pub recipe: crate::recipes::Files,
+    /// The digest of that recipe: the preset runs the image built from
+    /// exactly it (`recipe/NAME@DIGEST`) unless `--image` says otherwise.
+    pub recipe_digest: &'static str,
     /// Environment on top of the session's (gateway, proxy, CA).
     pub env: &'static [(&'static str, &'static str)],
     /// Config files written under [`AGENT_HOME`] before the run:
@@ -63,6 +68,15 @@ pub struct Preset {
 }
 
 impl Preset {
+    /// The image the preset runs in: built from its pinned recipe.
+    pub fn image(&self) -> String {
+        brig_server::image_build::image_name(self.name, self.recipe_digest)
+    }
+
+    /// Where its recipe installs it in the image.
+    pub fn prefix(&self) -> String {
+        format!("/opt/brig/{}/", self.name)
+    }
     /// The command line of a one-shot run of `task` (`bin` is the resolved
     /// executable), with the user's `extra` arguments for the agent.
     pub fn argv(
@@ -104,7 +118,9 @@ const CLAUDE_CODE: Preset = Preset {
     name: "claude-code",
     binary: "claude",
     tested_version: "2.1.197",
-    install: "npm install -g @anthropic-ai/claude-code@2.1.197 (into the image; the `host` image sees the host's /usr)",
+    install: "build the image its recipe pins with `brig image build --agent claude-code`",
+    recipe: crate::recipes::CLAUDE_CODE,
+    recipe_digest: "sha256:afa235c97a8727c59632fb8cc49bd507c9b1e5f8384d867343dfc81433e50468",
     env: &[
         ("HOME", AGENT_HOME),
         ("CLAUDE_CONFIG_DIR", "/tmp/agent-home/.claude"),
@@ -157,7 +173,9 @@ const CODEX: Preset = Preset {
     name: "codex",
     binary: "codex",
     tested_version: "0.171.0",
-    install: "npm install -g @openai/codex@0.171.0 (into the image; the `host` image sees the host's /usr)",
+    install: "build the image its recipe pins with `brig image build --agent codex`",
+    recipe: crate::recipes::CODEX,
+    recipe_digest: "sha256:0c53ed98a861529f942dc5ba80340b46ce57328f86d90b3b73fe62a21e95cecd",
     env: &[
         ("HOME", AGENT_HOME),
         ("CODEX_HOME", "/tmp/agent-home/.codex"),
@@ -225,7 +243,9 @@ const AIDER: Preset = Preset {
     name: "aider",
     binary: "aider",
     tested_version: "0.86.2",
-    install: "python3 -m pip install aider-chat==0.86.2 (into the image; the `host` image sees the host's /usr)",
+    install: "build the image its recipe pins with `brig image build --agent aider`",
+    recipe: crate::recipes::AIDER,
+    recipe_digest: "sha256:13fc1ee5421837c4d2089dc8bce4372065a0f24c48bd743e6db7a86c9355b4fc",
     env: &[
         ("HOME", AGENT_HOME),
         ("XDG_CONFIG_HOME", "/tmp/agent-home/.config"),
@@ -345,6 +365,23 @@ async fn find_agent(
     }
 }
 
+/// The preset's pinned image must be built before anything is created.
+async fn ensure_image(c: &Client, p: &Preset) -> Result<()> {
+    let (list, _) = c.get::<Vec<brig_sandbox::Image>>("/v1/images").await?;
+    let name = p.image();
+    if list.iter().any(|i| i.name == name) {
+        return Ok(());
+    }
+    Err(Error::not_found(format!(
+        "the {} image is not built: {name} (the image of the recipe this preset pins)",
+        p.name
+    ))
+    .hint(format!(
+        "build it with `brig image build --agent {}` (its installs run in a sandbox that reaches only the package registries); or pass --image with one that has {}",
+        p.name, p.binary
+    )))
+}
+
 /// Write the preset's config files under its HOME.
 async fn set_up_home(c: &Client, id: &str, p: &Preset) -> Result<()> {
     let mut script = format!(
@@ -461,7 +498,14 @@ pub async fn run_agent(c: &Client, a: &RunArgs, out: Out) -> Result<i32> {
         ));
     }
     let timeout = parse_duration(opts.timeout.as_deref().unwrap_or(DEFAULT_TIMEOUT))?;
-    let body = app::create_body(create_args)?;
+    let mut body = app::create_body(create_args)?;
+    // Without --image: the image built from the preset's pinned recipe, or
+    // nothing at all.
+    let pinned = body.image.is_none();
+    if pinned {
+        ensure_image(c, p).await?;
+        body.image = Some(p.image());
+    }
     let started = Instant::now();
     // A Ctrl-C while the sandbox starts must not leave it behind: let the
     // create finish, then destroy what it made.
@@ -498,7 +542,7 @@ pub async fn run_agent(c: &Client, a: &RunArgs, out: Out) -> Result<i32> {
     ));
 
     let result = tokio::select! {
-        r = run_in(c, &id, p, model, task_text, extra, opts, timeout, &raw_info, out) => r,
+        r = run_in(c, &id, p, model, task_text, extra, opts, timeout, &raw_info, pinned, out) => r,
         _ = tokio::signal::ctrl_c() => {
             out.note("brig: interrupted; destroying the session");
             Ok((130, json!({"interrupted": true})))
@@ -577,6 +621,7 @@ async fn run_in(
     opts: &ExecOpts,
     timeout: std::time::Duration,
     raw_info: &Value,
+    pinned_image: bool,
     out: Out,
 ) -> Result<(i32, Value)> {
     set_up_home(c, id, p).await?;
@@ -585,6 +630,14 @@ async fn run_in(
     env.extend(opts.env.iter().cloned());
     let image = raw_info["image"].as_str().unwrap_or("?");
     let (bin, version) = find_agent(c, id, p, env.clone(), image).await?;
+    if pinned_image && !bin.starts_with(&p.prefix()) {
+        return Err(Error::conflict(format!(
+            "{} resolves to {bin}, not to the one its recipe installed under {}",
+            p.binary,
+            p.prefix()
+        ))
+        .hint("drop the --env PATH that shadows it"));
+    }
     if !version.contains(p.tested_version) {
         out.note(&format!(
             "brig: note: the preset was tested with {} {}; the image has {}",
@@ -664,7 +717,8 @@ async fn run_in(
     Ok((
         code,
         json!({
-            "agent": {"name": p.name, "binary": bin, "version": version, "tested_version": p.tested_version, "argv": req.argv},
+            "agent": {"name": p.name, "binary": bin, "version": version, "tested_version": p.tested_version, "argv": req.argv,
+                      "recipe_digest": if pinned_image { json!(p.recipe_digest) } else { Value::Null }},
             "image": raw_info["image"],
             "image_digest": raw_info["image_digest"],
             "exit_code": code,
@@ -775,6 +829,29 @@ mod tests {
         assert_eq!(&x[x.len() - 3..], ["-c", "a=1", "t"]);
         let e = preset("cursor").unwrap_err();
         assert!(e.hint.unwrap().contains("claude-code, codex, aider"));
+    }
+
+    #[test]
+    fn each_preset_pins_its_shipped_recipe() {
+        for p in PRESETS {
+            let files = crate::recipes::to_map(p.recipe);
+            assert_eq!(
+                brig_server::image_build::recipe_digest(&files),
+                p.recipe_digest,
+                "{}: recipes/{}/ changed: update the preset's pin",
+                p.name,
+                p.name
+            );
+            let r = brig_server::image_build::Recipe::parse(files).unwrap();
+            assert_eq!(r.name, p.name);
+            assert_eq!(format!("{}/", r.prefix), p.prefix());
+            assert_eq!(r.image_name(), p.image());
+            assert!(
+                r.steps.iter().any(|s| s.contains(p.tested_version)),
+                "{}",
+                p.name
+            );
+        }
     }
 
     #[test]

@@ -786,6 +786,22 @@ async fn image(c: &Client, cmd: &ImageCmd, out: Out) -> Result<i32> {
             }
             Ok(0)
         }
+        ImageCmd::Build {
+            dir,
+            agent,
+            profile,
+            rebuild,
+        } => {
+            crate::recipes::build(
+                c,
+                dir.as_deref(),
+                agent.as_deref(),
+                profile.clone(),
+                *rebuild,
+                out,
+            )
+            .await
+        }
     }
 }
 

@@ -305,6 +305,25 @@ pub enum ImageCmd {
         #[arg(long, value_name = "NAME")]
         name: String,
     },
+    /// Build an image from a recipe directory (its steps run in a brig
+    /// session that reaches only the package registries), or the image an
+    /// agent preset pins (docs/AGENTS.md#image-recipes).
+    Build {
+        /// A recipe directory (recipe.toml and the files it pins).
+        #[arg(required_unless_present = "agent", conflicts_with = "agent")]
+        dir: Option<PathBuf>,
+        /// The recipe shipped with this brig for an agent preset:
+        /// claude-code, codex or aider.
+        #[arg(long, value_name = "NAME")]
+        agent: Option<String>,
+        /// The build session's profile (default `image-build`; its egress
+        /// must allow only the package registries).
+        #[arg(long, value_name = "NAME")]
+        profile: Option<String>,
+        /// Build again even if the image exists.
+        #[arg(long)]
+        rebuild: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

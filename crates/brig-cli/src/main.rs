@@ -14,6 +14,7 @@ mod mcp;
 mod model;
 mod output;
 mod pr;
+mod recipes;
 mod scan;
 mod server;
 mod term;

@@ -2,10 +2,13 @@
 """Regenerate the compatibility table of docs/AGENTS.md from a real run.
 
 Runs the agent presets' end-to-end tests (crates/brig-cli/tests/agents_e2e.rs,
-as root, like .ci/run), reads each agent's version from the binary the
-`host` image sees, and rewrites the rows between the `compat:begin` and
-`compat:end` markers: agent, version, wire format, preset, result (the test
-and whether it passed on this run, with the date). Usage, from the repository
+as root, like .ci/run; they build each preset's image from its recipe in
+recipes/ into target/tmp/brig-agent-images), reads each agent's version from
+the image built from the recipe its preset pins (the recipe's digest is
+computed here as brig computes it), and rewrites the rows between the
+`compat:begin` and `compat:end` markers: agent, version and recipe, wire
+format, preset, result (the test and whether it passed on this run, with the
+date). Usage, from the repository
 root:
 
     sudo python3 crates/brig-cli/tests/agents_compat.py [--no-run RESULTS]
@@ -14,6 +17,8 @@ root:
 """
 
 import datetime
+import hashlib
+import json
 import pathlib
 import re
 import subprocess
@@ -21,19 +26,20 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 DOC = ROOT / "docs" / "AGENTS.md"
+IMAGES = ROOT / "target" / "tmp" / "brig-agent-images" / "data" / "images"
 
 # (agent, package, binary, wire format, preset, test, what the test does)
 AGENTS = [
-    ("Claude Code", "`@anthropic-ai/claude-code`, npm", "/usr/bin/claude",
+    ("Claude Code", "`@anthropic-ai/claude-code`, npm", ["opt/brig/claude-code/node_modules/.bin/claude"],
      "Anthropic Messages, streamed", "claude-code",
      "claude_code_does_a_scripted_task_and_pushes_to_a_bot_branch",
      "Bash, Read, Edit tools; commit and push to its bot branch"),
-    ("Codex CLI", "`@openai/codex`, npm", "/usr/bin/codex",
+    ("Codex CLI", "`@openai/codex`, npm", ["opt/brig/codex/node_modules/.bin/codex"],
      "OpenAI Responses, streamed", "codex",
      "codex_does_a_scripted_task_and_pushes_to_a_bot_branch",
      "`exec_command` tool (the edit is a shell edit); commit and push to its bot branch"),
     ("aider", "`aider-chat`, PyPI, in a venv: it pins its own `openai`",
-     "/usr/local/bin/aider", "OpenAI Chat Completions, streamed", "aider",
+     ["opt/brig/aider/bin/python", "-m", "aider"], "OpenAI Chat Completions, streamed", "aider",
      "aider_does_a_scripted_task_and_commits",
      "a SEARCH/REPLACE edit (`-- --edit-format diff`), its own commit, the tests "
      "through `--test-cmd 'sh test.sh' --auto-test`; it runs no model-suggested "
@@ -41,10 +47,34 @@ AGENTS = [
 ]
 
 
-def version(binary):
+def recipe_digest(preset):
+    """brig_server::image_build::recipe_digest of recipes/PRESET/."""
+    d = ROOT / "recipes" / preset
+    m = "brig-recipe v1\n"
+    for f in sorted(p.name for p in d.iterdir() if p.is_file()):
+        m += f"file {json.dumps(f)} sha256:{hashlib.sha256((d / f).read_bytes()).hexdigest()}\n"
+    return "sha256:" + hashlib.sha256(m.encode()).hexdigest()
+
+
+def image_root(preset):
+    """The root of the image built from the pinned recipe, and its digest."""
     try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True,
-                             timeout=60).stdout
+        index = json.loads((IMAGES / "index.json").read_text())
+    except (OSError, ValueError):
+        return None, None
+    e = index.get("images", {}).get(f"recipe/{preset}@{recipe_digest(preset)}")
+    if not e:
+        return None, None
+    return IMAGES / "store" / e["digest"].removeprefix("sha256:") / "rootfs", e["digest"]
+
+
+def version(preset, argv):
+    root, _ = image_root(preset)
+    if root is None:
+        return None
+    try:
+        out = subprocess.run([str(root / argv[0]), *argv[1:], "--version"],
+                             capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     m = re.search(r"\d+\.\d+\.\d+", out)
@@ -75,9 +105,10 @@ def main():
     res = results(text)
     day = datetime.date.today().isoformat()
     rows = ["| Agent | Version | Wire format | Preset | Result |", "|---|---|---|---|---|"]
-    for name, pkg, binary, wire, preset, test, what in AGENTS:
-        v = version(binary)
-        ver = f"{v} ({pkg})" if v else f"not installed ({pkg})"
+    for name, pkg, argv, wire, preset, test, what in AGENTS:
+        v = version(preset, argv)
+        recipe = f"recipe `{recipe_digest(preset)[:19]}`"
+        ver = f"{v} ({pkg}; {recipe})" if v else f"not built ({pkg}; {recipe})"
         status = res.get(test)
         if status == "PASS":
             result = f"**tested: passes** ({day}, `{test}`): {what}"

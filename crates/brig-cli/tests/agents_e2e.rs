@@ -1,7 +1,8 @@
 //! Agent presets (issue 9) end to end: `brig run --agent NAME` runs a real
-//! coding agent from the image (installed from npm by .ci/run), unmodified,
-//! non-interactively inside a real `native` session under the default
-//! profile. A local stand-in model behind brig's gateway (brig_model::fake,
+//! coding agent from the image its preset pins (built by `brig image build`
+//! from the recipe in recipes/: npm or PyPI, inside a build session that
+//! reaches only the registries), unmodified, non-interactively inside a real
+//! `native` session under the default profile. A local stand-in model behind brig's gateway (brig_model::fake,
 //! the provider's real wire format, streaming) scripts a short task: run the
 //! tests, read and edit a file, run the tests again, commit and push. The
 //! agent must finish, its commands and model calls must be in the journal,
@@ -70,6 +71,120 @@ fn upstream() -> (tempfile::TempDir, std::path::PathBuf) {
     )
     .unwrap();
     (t, up)
+}
+
+/// The profile image builds run under: egress to the package registries
+/// only (they resolve into 203.0.113.0/24 on the development and CI
+/// machines, a range the SSRF guard denies unless trusted explicitly).
+fn build_profile(cfg: &mut brig_server::ServerConfig) {
+    let mut p = cfg.profiles["default"].clone();
+    p.egress = toml::from_str(
+        "presets = [\"registries\"]\n[ssrf]\ntrusted_cidrs = [\"203.0.113.0/24\"]\n",
+    )
+    .unwrap();
+    p.limits.memory_bytes = 4 << 30;
+    p.limits.cpu_millis = 2000;
+    cfg.profiles.insert("image-build".into(), p);
+}
+
+/// A shipped recipe's files, as `brig image build --agent` sends them.
+fn recipe_files(agent: &str) -> std::collections::BTreeMap<String, String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../recipes")
+        .join(agent);
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read_to_string(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The image a preset pins: `recipe/NAME@<digest of recipes/NAME/>`.
+fn pinned_image(agent: &str) -> String {
+    brig_server::image_build::image_name(
+        agent,
+        &brig_server::image_build::recipe_digest(&recipe_files(agent)),
+    )
+}
+
+/// The agents' images, built from their recipes once into an image store
+/// every test of this binary shares (under the target dir, so a clean
+/// checkout builds each once; a rebuilt host gets new ones). nextest runs
+/// each test in its own process: a file lock makes one build while the
+/// others wait, and then find it built (`cached`).
+struct AgentImages {
+    store: std::path::PathBuf,
+}
+
+impl AgentImages {
+    async fn get(agents: &[&str]) -> AgentImages {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::io::AsRawFd;
+        let shared = Path::new(env!("CARGO_TARGET_TMPDIR")).join("brig-agent-images");
+        let data = shared.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        for d in [&shared, &data] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711)).unwrap();
+        }
+        let lock = std::fs::File::create(shared.join("lock")).unwrap();
+        // SAFETY: flock(2) on a descriptor this function owns.
+        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let mut cfg = test_config(&data);
+        build_profile(&mut cfg);
+        let server = brig_server::start(cfg).await.unwrap();
+        for a in agents {
+            let body = json!({ "files": recipe_files(a) });
+            let (st, v) = brig_server::client::request(
+                server.socket_path(),
+                "POST",
+                "/v1/images/build",
+                Some(&body),
+            )
+            .await
+            .unwrap();
+            assert_eq!(st, 201, "building the {a} image: {v}");
+            assert_eq!(v["name"], pinned_image(a), "{v}");
+            eprintln!(
+                "{a} image {} ({})",
+                v["digest"],
+                if v["cached"] == true {
+                    "already built".to_string()
+                } else {
+                    format!("built in {} ms", v["duration_ms"])
+                }
+            );
+        }
+        server.shutdown().await.unwrap();
+        drop(lock);
+        AgentImages {
+            store: data.join("images"),
+        }
+    }
+
+    /// A test server's data dir sees the shared store as its own.
+    fn link(&self, cfg: &brig_server::ServerConfig) {
+        std::os::unix::fs::symlink(&self.store, cfg.data_dir.join("images")).unwrap();
+    }
+
+    /// The root of `agent`'s built image on this host: the host runs of
+    /// the benchmarks use the very files the image holds.
+    fn rootfs(&self, agent: &str) -> std::path::PathBuf {
+        let index: Value =
+            serde_json::from_slice(&std::fs::read(self.store.join("index.json")).unwrap()).unwrap();
+        let digest = index["images"][pinned_image(agent)]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        self.store
+            .join("store")
+            .join(digest.trim_start_matches("sha256:"))
+            .join("rootfs")
+    }
 }
 
 fn configure(cfg: &mut brig_server::ServerConfig, up: &FakeUpstream) {
@@ -168,10 +283,7 @@ async fn scripted_task(
     steps: Vec<Behavior>,
     pushes: bool,
 ) {
-    assert!(
-        Path::new(binary).exists(),
-        "{binary} is not installed: .ci/run installs the agents from npm"
-    );
+    let images = AgentImages::get(&[agent]).await;
     let (_up_dir, repo) = upstream();
     let pinned = git(&repo, &["rev-parse", "HEAD"]);
     let up = FakeUpstream::start().await.unwrap();
@@ -185,7 +297,11 @@ async fn scripted_task(
     up.set_default(Behavior::reply(
         "Fixed add() in calc.sh; the tests pass; pushed.",
     ));
-    let srv = Srv::start_with(|cfg| configure(cfg, &up)).await;
+    let srv = Srv::start_with(|cfg| {
+        configure(cfg, &up);
+        images.link(cfg);
+    })
+    .await;
 
     let (code, doc, stderr) = brig_json(
         &srv,
@@ -234,6 +350,18 @@ async fn scripted_task(
     );
     let id = doc["session"].as_str().unwrap().to_string();
     assert_eq!(doc["agent"]["name"], agent);
+    // It ran from the image its preset pins, the one built from its recipe,
+    // and the session's journal names that image's content digest.
+    assert_eq!(doc["image"], pinned_image(agent), "{doc:#}");
+    assert_eq!(doc["agent"]["binary"], binary, "{doc:#}");
+    let (_, list) = srv.call("GET", "/v1/images", None).await;
+    let built = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == pinned_image(agent))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(doc["image_digest"], built["digest"], "{doc:#}");
     assert!(
         doc["agent"]["version"]
             .as_str()
@@ -278,6 +406,13 @@ async fn scripted_task(
     // Model calls are journaled as the recorder stores them (redaction
     // takes a while in a debug build): wait for all of them.
     let mut events = journal(&srv, &id).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["action"] == "session.create"
+                && e["details"]["image_digest"] == built["digest"]),
+        "session.create does not name the image's digest"
+    );
     for _ in 0..300 {
         let n = events
             .iter()
@@ -379,7 +514,7 @@ async fn claude_code_does_a_scripted_task_and_pushes_to_a_bot_branch() {
     // Claude Code's own tools (Anthropic Messages, streamed).
     scripted_task(
         "claude-code",
-        "/usr/bin/claude",
+        "/opt/brig/claude-code/node_modules/.bin/claude",
         "planner",
         &[],
         vec![
@@ -416,7 +551,7 @@ async fn codex_does_a_scripted_task_and_pushes_to_a_bot_branch() {
     // the edit is a shell edit, as Codex makes them without apply_patch.
     scripted_task(
         "codex",
-        "/usr/bin/codex",
+        "/opt/brig/codex/node_modules/.bin/codex",
         "coder",
         &[],
         vec![
@@ -449,7 +584,7 @@ async fn aider_does_a_scripted_task_and_commits() {
     // required), so it does not push by itself.
     scripted_task(
         "aider",
-        "/usr/local/bin/aider",
+        "/opt/brig/aider/bin/aider",
         "coder",
         &[
             "--edit-format",
@@ -494,7 +629,33 @@ async fn text_output_and_a_missing_agent() {
     up.require_key(REAL_KEY);
     std::env::set_var("BRIG_E2E_AGENT_KEY", REAL_KEY);
     up.set_default(Behavior::reply("Nothing to change."));
-    let srv = Srv::start_with(|cfg| configure(cfg, &up)).await;
+    let images = AgentImages::get(&["claude-code", "codex"]).await;
+
+    // Without the preset's image: a clear error naming the command that
+    // builds it, exit 125, and nothing created.
+    let bare = Srv::start_with(|cfg| configure(cfg, &up)).await;
+    let (code, out, err) = brig_text(
+        &bare,
+        &["run", "--agent", "codex", "--task", "AGENT-0", "Fix it."],
+    );
+    assert_eq!(code, 125, "{out}\n{err}");
+    assert!(
+        err.contains(&format!(
+            "the codex image is not built: {}",
+            pinned_image("codex")
+        )),
+        "{err}"
+    );
+    assert!(err.contains("brig image build --agent codex"), "{err}");
+    let (_, list) = bare.call("GET", "/v1/sessions?all=true", None).await;
+    assert_eq!(list, json!([]), "a session was created");
+    bare.stop().await;
+
+    let srv = Srv::start_with(|cfg| {
+        configure(cfg, &up);
+        images.link(cfg);
+    })
+    .await;
     let repo = repo.to_str().unwrap();
     let (code, out, err) = brig_text(
         &srv,
@@ -549,13 +710,13 @@ async fn text_output_and_a_missing_agent() {
     );
     assert_eq!(code, 125, "{out}\n{err}");
     assert!(
-        err.contains("the agent codex (codex) is not in the image host"),
+        err.contains(&format!(
+            "the agent codex (codex) is not in the image {}",
+            pinned_image("codex")
+        )),
         "{err}"
     );
-    assert!(
-        err.contains("npm install -g @openai/codex@0.171.0"),
-        "{err}"
-    );
+    assert!(err.contains("brig image build --agent codex"), "{err}");
     assert!(
         err.contains("never downloads an agent at run time"),
         "{err}"
@@ -653,6 +814,55 @@ async fn text_output_and_a_missing_agent() {
     srv.stop().await;
 }
 
+/// A host run's clone of the upstream (`work`) and an empty HOME (`home`).
+fn host_clone(repo: &Path) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let t = tempfile::Builder::new()
+        .prefix("brig-agent-host-")
+        .tempdir()
+        .unwrap();
+    let (work, home) = (t.path().join("work"), t.path().join("home"));
+    std::fs::create_dir_all(&home).unwrap();
+    git(
+        t.path(),
+        &[
+            "clone",
+            "-q",
+            repo.to_str().unwrap(),
+            work.to_str().unwrap(),
+        ],
+    );
+    git(&work, &["config", "user.name", "Host Agent"]);
+    git(&work, &["config", "user.email", "host@example.com"]);
+    (t, work, home)
+}
+
+/// A host run finished and committed the fix.
+fn host_run_did_the_task(o: &std::process::Output, work: &Path) {
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        git(work, &["show", "HEAD:calc.sh"]).contains("$1 + $2"),
+        "the host run did not do the task: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+/// Best of each: printed for docs/BENCHMARKS.md; the test fails above 2×
+/// (the target is 1.2×).
+fn bench_verdict(agent: &str, inside: &[u64], host: &[u64]) {
+    let (i, h) = (*inside.iter().min().unwrap(), *host.iter().min().unwrap());
+    let ratio = i as f64 / h as f64;
+    eprintln!("BENCH {agent} scripted task: inside brig {inside:?} ms, on the host {host:?} ms; best {i} vs {h} ms = {ratio:.2}x");
+    assert!(
+        ratio <= 2.0,
+        "inside brig {i} ms vs the host {h} ms: {ratio:.2}x"
+    );
+}
+
 /// Claude Code's scripted task, its file paths under `dir`.
 fn claude_steps(dir: &str) -> Vec<Behavior> {
     [
@@ -692,7 +902,12 @@ async fn claude_code_inside_brig_against_the_host() {
     up.require_key(REAL_KEY);
     std::env::set_var("BRIG_E2E_AGENT_KEY", REAL_KEY);
     up.set_default(Behavior::reply("Fixed add() in calc.sh; pushed."));
-    let srv = Srv::start_with(|cfg| configure(cfg, &up)).await;
+    let images = AgentImages::get(&["claude-code"]).await;
+    let srv = Srv::start_with(|cfg| {
+        configure(cfg, &up);
+        images.link(cfg);
+    })
+    .await;
     let mut inside = vec![];
     for i in 0..3 {
         for b in claude_steps("/workspace") {
@@ -719,77 +934,50 @@ async fn claude_code_inside_brig_against_the_host() {
     }
     let mut host = vec![];
     for _ in 0..3 {
-        let t = tempfile::Builder::new()
-            .prefix("brig-agent-host-")
-            .tempdir()
-            .unwrap();
-        let work = t.path().join("work");
-        let home = t.path().join("home");
-        std::fs::create_dir_all(&home).unwrap();
-        git(
-            t.path(),
-            &[
-                "clone",
-                "-q",
-                repo.to_str().unwrap(),
-                work.to_str().unwrap(),
-            ],
-        );
-        git(&work, &["config", "user.name", "Host Agent"]);
-        git(&work, &["config", "user.email", "host@example.com"]);
+        let (_t, work, home) = host_clone(&repo);
         for b in claude_steps(work.to_str().unwrap()) {
             up.script(b);
         }
         let started = std::time::Instant::now();
-        let o = Command::new("/usr/bin/claude")
-            .args([
-                "-p",
-                "Fix the failing test, then commit and push.",
-                "--permission-mode",
-                "bypassPermissions",
-                "--output-format",
-                "text",
-                "--no-session-persistence",
-                "--model",
-                "claude-sonnet-4-5",
-            ])
-            .current_dir(&work)
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", &home)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("ANTHROPIC_BASE_URL", up.url())
-            .env("ANTHROPIC_API_KEY", REAL_KEY)
-            .env("ANTHROPIC_SMALL_FAST_MODEL", "claude-sonnet-4-5")
-            .env("ANTHROPIC_DEFAULT_HAIKU_MODEL", "claude-sonnet-4-5")
-            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
-            .env("DISABLE_AUTOUPDATER", "1")
-            .env("DISABLE_TELEMETRY", "1")
-            .env("DISABLE_ERROR_REPORTING", "1")
-            .env("IS_SANDBOX", "1")
-            .env("CI", "1")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
+        // The same files the image holds, run on the host.
+        let o = Command::new(
+            images
+                .rootfs("claude-code")
+                .join("opt/brig/claude-code/node_modules/.bin/claude"),
+        )
+        .args([
+            "-p",
+            "Fix the failing test, then commit and push.",
+            "--permission-mode",
+            "bypassPermissions",
+            "--output-format",
+            "text",
+            "--no-session-persistence",
+            "--model",
+            "claude-sonnet-4-5",
+        ])
+        .current_dir(&work)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", &home)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("ANTHROPIC_BASE_URL", up.url())
+        .env("ANTHROPIC_API_KEY", REAL_KEY)
+        .env("ANTHROPIC_SMALL_FAST_MODEL", "claude-sonnet-4-5")
+        .env("ANTHROPIC_DEFAULT_HAIKU_MODEL", "claude-sonnet-4-5")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("DISABLE_TELEMETRY", "1")
+        .env("DISABLE_ERROR_REPORTING", "1")
+        .env("IS_SANDBOX", "1")
+        .env("CI", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
         host.push(started.elapsed().as_millis() as u64);
-        assert!(
-            o.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(
-            git(&work, &["show", "HEAD:calc.sh"]).contains("$1 + $2"),
-            "the host run did not do the task"
-        );
+        host_run_did_the_task(&o, &work);
     }
-    let (i, h) = (*inside.iter().min().unwrap(), *host.iter().min().unwrap());
-    let ratio = i as f64 / h as f64;
-    eprintln!("BENCH claude-code scripted task: inside brig {inside:?} ms, on the host {host:?} ms; best {i} vs {h} ms = {ratio:.2}x");
-    assert!(
-        ratio <= 2.0,
-        "inside brig {i} ms vs the host {h} ms: {ratio:.2}x"
-    );
+    bench_verdict("claude-code", &inside, &host);
     srv.stop().await;
 }
 
@@ -816,7 +1004,12 @@ async fn codex_inside_brig_against_the_host() {
     up.require_key(REAL_KEY);
     std::env::set_var("BRIG_E2E_AGENT_KEY", REAL_KEY);
     up.set_default(Behavior::reply("Fixed add() in calc.sh; pushed."));
-    let srv = Srv::start_with(|cfg| configure(cfg, &up)).await;
+    let images = AgentImages::get(&["codex"]).await;
+    let srv = Srv::start_with(|cfg| {
+        configure(cfg, &up);
+        images.link(cfg);
+    })
+    .await;
     let mut inside = vec![];
     for i in 0..3 {
         for b in codex_steps() {
@@ -843,12 +1036,7 @@ async fn codex_inside_brig_against_the_host() {
     }
     let mut host = vec![];
     for _ in 0..3 {
-        let t = tempfile::Builder::new()
-            .prefix("brig-agent-host-")
-            .tempdir()
-            .unwrap();
-        let work = t.path().join("work");
-        let home = t.path().join("home");
+        let (_t, work, home) = host_clone(&repo);
         std::fs::create_dir_all(home.join(".codex")).unwrap();
         std::fs::create_dir_all(home.join("tmp")).unwrap();
         std::fs::write(
@@ -864,62 +1052,388 @@ async fn codex_inside_brig_against_the_host() {
             ),
         )
         .unwrap();
-        git(
-            t.path(),
-            &[
-                "clone",
-                "-q",
-                repo.to_str().unwrap(),
-                work.to_str().unwrap(),
-            ],
-        );
-        git(&work, &["config", "user.name", "Host Agent"]);
-        git(&work, &["config", "user.email", "host@example.com"]);
         for b in codex_steps() {
             up.script(b);
         }
         let started = std::time::Instant::now();
-        let o = Command::new("/usr/bin/codex")
+        let o = Command::new(
+            images
+                .rootfs("codex")
+                .join("opt/brig/codex/node_modules/.bin/codex"),
+        )
+        .args([
+            "exec",
+            "--skip-git-repo-check",
+            "--dangerously-bypass-approvals-and-sandbox",
+            "--color",
+            "never",
+            "--model",
+            "gpt-4o-mini",
+            "Fix the failing test, then commit and push.",
+        ])
+        .current_dir(&work)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", &home)
+        .env("CODEX_HOME", home.join(".codex"))
+        .env("TMPDIR", home.join("tmp"))
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("OPENAI_API_KEY", REAL_KEY)
+        .env("CI", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+        host.push(started.elapsed().as_millis() as u64);
+        host_run_did_the_task(&o, &work);
+    }
+    bench_verdict("codex", &inside, &host);
+    srv.stop().await;
+}
+
+/// `brig --socket S --json image build DIR [ARGS]` on `files` written to a
+/// fresh directory: (exit code, stdout, stderr).
+fn build_dir(
+    srv: &Srv,
+    files: &std::collections::BTreeMap<String, String>,
+    args: &[&str],
+) -> (i32, String, String) {
+    let d = tempfile::tempdir().unwrap();
+    for (n, b) in files {
+        std::fs::write(d.path().join(n), b).unwrap();
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_brig"))
+        .arg("--socket")
+        .arg(&srv.sock)
+        .args(["--json", "image", "build"])
+        .arg(d.path())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+/// A failed build leaves no image, no name, no work directory, and no
+/// session: each one it started is destroyed, with nothing left on disk.
+async fn assert_nothing_built(srv: &Srv, what: &str) {
+    let images = srv.data().join("images");
+    for sub in ["store", "tmp"] {
+        let d = images.join(sub);
+        let left: Vec<_> = std::fs::read_dir(&d)
+            .map(|r| r.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{what}: images/{sub} holds {left:?}");
+    }
+    if let Ok(b) = std::fs::read(images.join("index.json")) {
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert!(
+            v["images"].as_object().unwrap().is_empty(),
+            "{what}: index {v}"
+        );
+    }
+    let (_, list) = srv.call("GET", "/v1/sessions?all=true", None).await;
+    for s in list.as_array().unwrap() {
+        assert_eq!(s["state"], "destroyed", "{what}: {s}");
+        srv.assert_gone(s["id"].as_str().unwrap());
+    }
+}
+
+/// The pins are enforced where the registry code runs: a package-lock whose
+/// sha512 integrity or a requirements file whose sha256 does not match the
+/// registry's bytes is refused by npm ci / pip --require-hashes inside the
+/// build session; a failing step, or a profile that reaches more than the
+/// registries, builds nothing. Each failure leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_builds_refuse_tampered_pins_and_leave_nothing_when_they_fail() {
+    require_root!();
+    let srv = Srv::start_with(|cfg| {
+        build_profile(cfg);
+        let mut open = cfg.profiles["image-build"].clone();
+        open.egress.allow = vec![brig_egress::AllowRule {
+            name: "github".into(),
+            domains: vec!["github.com".into()],
+            ..Default::default()
+        }];
+        cfg.profiles.insert("open".into(), open);
+    })
+    .await;
+
+    // npm: @openai/codex's integrity changed (a valid-looking sha512).
+    let mut files = recipe_files("codex");
+    let lock: Value = serde_json::from_str(&files["package-lock.json"]).unwrap();
+    let good = lock["packages"]["node_modules/@openai/codex"]["integrity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bad = format!("sha512-{}==", "A".repeat(86));
+    let tampered = files["package-lock.json"].replace(&good, &bad);
+    files.insert("package-lock.json".into(), tampered);
+    let (code, out, err) = build_dir(&srv, &files, &[]);
+    assert_eq!(code, 7, "{out}\n{err}");
+    assert!(err.contains("step 2/3"), "{err}");
+    assert!(err.contains("EINTEGRITY"), "{err}");
+    assert_nothing_built(&srv, "tampered npm integrity").await;
+
+    // pip: aider-chat's sha256 changed.
+    let mut files = recipe_files("aider");
+    let req = files["requirements.txt"].clone();
+    let line = req
+        .lines()
+        .skip_while(|l| !l.starts_with("aider-chat=="))
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let bad = format!("    --hash=sha256:{}", "0".repeat(64));
+    files.insert("requirements.txt".into(), req.replacen(&line, &bad, 1));
+    let (code, out, err) = build_dir(&srv, &files, &[]);
+    assert_eq!(code, 7, "{out}\n{err}");
+    assert!(err.contains("DO NOT MATCH THE HASHES"), "{err}");
+    assert_nothing_built(&srv, "tampered pip hash").await;
+
+    // A step that fails after writing part of the layer.
+    let recipe = "name = \"half\"\nprefix = \"/opt/brig/half\"\nsteps = [\"mkdir -p layer && echo x > layer/f\", \"exit 3\"]\n";
+    let files = std::collections::BTreeMap::from([("recipe.toml".to_string(), recipe.to_string())]);
+    let (code, out, err) = build_dir(&srv, &files, &[]);
+    assert_eq!(code, 7, "{out}\n{err}");
+    assert!(err.contains("step 2/2 `exit 3` failed (exit 3)"), "{err}");
+    assert_nothing_built(&srv, "failing step").await;
+
+    // A profile that may reach more than the registries: refused before
+    // any session starts.
+    let (code, out, err) = build_dir(&srv, &files, &["--profile", "open"]);
+    assert_eq!(code, 9, "{out}\n{err}");
+    assert!(
+        err.contains("may reach more than the package registries"),
+        "{err}"
+    );
+    assert_nothing_built(&srv, "open profile").await;
+    srv.stop().await;
+}
+
+/// A recipe with no registry at all: the built image is the host image plus
+/// its layer, read-only, content-addressed (a rebuild gives the same
+/// digest), recorded in image.json and in the build session's journal; a
+/// second build finds it; an image whose host base changed is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_built_image_is_the_host_image_plus_its_layer() {
+    require_root!();
+    let srv = Srv::start_with(build_profile).await;
+    let recipe = "name = \"hi\"\nprefix = \"/opt/brig/hi\"\npath = [\"bin\"]\nsteps = [\n  \"mkdir -p layer/bin && printf '#!/bin/sh\\\\necho hi from the layer\\\\n' > layer/bin/hi && chmod 4755 layer/bin/hi && ln -s hi layer/bin/hey\",\n]\n";
+    let files = std::collections::BTreeMap::from([("recipe.toml".to_string(), recipe.to_string())]);
+    let name = brig_server::image_build::image_name(
+        "hi",
+        &brig_server::image_build::recipe_digest(&files),
+    );
+    let (code, out, err) = build_dir(&srv, &files, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let built: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(built["name"], name.as_str());
+    assert_eq!(built["cached"], false);
+    let (_, host) = srv.call("GET", "/v1/images", None).await;
+    assert_eq!(built["base"], host[0]["digest"], "{host}");
+    let digest = built["digest"].as_str().unwrap().to_string();
+    // The build session's journal: its command, then the image it made.
+    let sid = built["session"].as_str().unwrap();
+    srv.assert_gone(sid);
+    let events = journal(&srv, sid).await;
+    assert!(commands(&events)
+        .iter()
+        .any(|c| c.contains("mkdir -p layer/bin")));
+    let ev = events
+        .iter()
+        .find(|e| e["action"] == "image.build")
+        .expect("no image.build in the journal");
+    assert_eq!(ev["details"]["digest"], digest.as_str());
+    assert_eq!(ev["details"]["recipe_digest"], built["recipe_digest"]);
+    // image.json records what it is made of.
+    let dir = srv
+        .data()
+        .join("images/store")
+        .join(digest.trim_start_matches("sha256:"));
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("image.json")).unwrap()).unwrap();
+    assert_eq!(meta["recipe_digest"], built["recipe_digest"]);
+    assert_eq!(meta["base"], built["base"]);
+    assert_eq!(meta["layer_digest"], built["layer_digest"]);
+    // No setuid bit made it in.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("rootfs/opt/brig/hi/bin/hi"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o755);
+
+    // A second build finds it; a rebuild makes the same bytes.
+    let (code, out, _) = build_dir(&srv, &files, &[]);
+    assert_eq!(code, 0);
+    let again: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (again["cached"].clone(), again["digest"].clone()),
+        (json!(true), json!(digest))
+    );
+    let (code, out, _) = build_dir(&srv, &files, &["--rebuild"]);
+    assert_eq!(code, 0);
+    let rebuilt: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rebuilt["cached"], false);
+    assert_eq!(rebuilt["digest"], digest.as_str(), "not reproducible");
+
+    // A session on it: the layer on PATH, the host's /usr under it, and all
+    // of it read-only.
+    let s = srv.create(json!({"task": "HI-1", "image": name})).await;
+    let id = s["id"].as_str().unwrap();
+    assert_eq!(s["image_digest"], digest.as_str());
+    let r = srv
+        .exec(id, &["/bin/sh", "-c", "hey; command -v hi; python3 -c 'print(1)'; touch /opt/brig/hi/x 2>/dev/null || echo read-only"])
+        .await;
+    assert_eq!(
+        r["stdout"], "hi from the layer\n/opt/brig/hi/bin/hi\n1\nread-only\n",
+        "{r}"
+    );
+    let (st, _) = srv
+        .call("DELETE", &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert!(st < 300);
+
+    // Its base is no longer the host image: refused, nothing created.
+    let mut m = meta.clone();
+    m["base"] = json!(format!("sha256:{}", "1".repeat(64)));
+    std::fs::write(dir.join("image.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    let (st, v) = srv
+        .call(
+            "POST",
+            "/v1/sessions",
+            Some(json!({"task": "HI-2", "image": name})),
+        )
+        .await;
+    assert_eq!(st, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("but the host image is now"),
+        "{v}"
+    );
+    let (_, list) = srv.call("GET", "/v1/sessions?all=true", None).await;
+    assert!(list.as_array().unwrap().iter().all(|s| s["task"] != "HI-2"));
+    srv.stop().await;
+}
+
+/// As for Claude Code and Codex: the scripted aider task (edit, its own
+/// commit, the tests through --test-cmd) inside brig against the host, the
+/// host run using the very venv the image holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aider_inside_brig_against_the_host() {
+    require_root!();
+    let images = AgentImages::get(&["aider"]).await;
+    let (_up_dir, repo) = upstream();
+    let up = FakeUpstream::start().await.unwrap();
+    up.require_key(REAL_KEY);
+    std::env::set_var("BRIG_E2E_AGENT_KEY", REAL_KEY);
+    up.set_default(Behavior::reply("Fix add in calc.sh"));
+    let srv = Srv::start_with(|cfg| {
+        configure(cfg, &up);
+        images.link(cfg);
+    })
+    .await;
+    let extra = [
+        "--edit-format",
+        "diff",
+        "--test-cmd",
+        "sh test.sh",
+        "--auto-test",
+    ];
+    let mut inside = vec![];
+    for i in 0..3 {
+        up.script(Behavior::reply(AIDER_EDIT));
+        up.script(Behavior::reply(AIDER_EDIT));
+        let task = format!("BENCH-{i}");
+        let mut args = vec![
+            "run",
+            "--agent",
+            "aider",
+            "--model",
+            "coder",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--task",
+            &task,
+            "Fix the failing test.",
+            "--",
+        ];
+        args.extend(extra);
+        let (code, doc, err) = brig_json(&srv, &args);
+        assert_eq!(code, 0, "{doc:#}\n{err}");
+        assert!(
+            doc["diff"]["diff"]
+                .as_str()
+                .unwrap()
+                .contains("+add() { echo $(( $1 + $2 )); }"),
+            "{doc:#}"
+        );
+        inside.push(doc["exec"]["duration_ms"].as_u64().unwrap());
+    }
+    let venv = images.rootfs("aider").join("opt/brig/aider");
+    let mut host = vec![];
+    for _ in 0..3 {
+        let (_t, work, home) = host_clone(&repo);
+        std::fs::create_dir_all(home.join(".aider/caches")).unwrap();
+        std::fs::write(
+            home.join(".aider/caches/model_prices_and_context_window.json"),
+            "{\"brig-model-gateway\": {}}\n",
+        )
+        .unwrap();
+        std::fs::write(work.join(".git/info/exclude"), ".aider*\n").unwrap();
+        up.script(Behavior::reply(AIDER_EDIT));
+        up.script(Behavior::reply(AIDER_EDIT));
+        let hist = |f: &str| home.join(f).to_str().unwrap().to_string();
+        let started = std::time::Instant::now();
+        // The image's venv run in place: its python is the host's (the
+        // image binds the host's /usr), its scripts' #! name /opt, so `-m`.
+        let o = Command::new(venv.join("bin/python"))
+            .args(["-m", "aider", "--message", "Fix the failing test."])
             .args([
-                "exec",
-                "--skip-git-repo-check",
-                "--dangerously-bypass-approvals-and-sandbox",
-                "--color",
-                "never",
+                "--yes-always",
+                "--no-check-update",
+                "--analytics-disable",
+                "--no-show-release-notes",
+                "--no-show-model-warnings",
+                "--no-pretty",
+                "--no-fancy-input",
+                "--no-detect-urls",
+                "--no-gitignore",
+                "--no-restore-chat-history",
+                "--input-history-file",
+                &hist(".aider.input.history"),
+                "--chat-history-file",
+                &hist(".aider.chat.history.md"),
+                "--openai-api-base",
+                &up.openai_url(),
                 "--model",
-                "gpt-4o-mini",
-                "Fix the failing test, then commit and push.",
+                "openai/gpt-4o-mini",
             ])
+            .args(extra)
             .current_dir(&work)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", &home)
-            .env("CODEX_HOME", home.join(".codex"))
-            .env("TMPDIR", home.join("tmp"))
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("OPENAI_API_KEY", REAL_KEY)
+            .env("AIDER_CHECK_UPDATE", "false")
+            .env("AIDER_ANALYTICS_DISABLE", "true")
+            .env("AIDER_SHOW_RELEASE_NOTES", "false")
+            .env("AIDER_YES_ALWAYS", "true")
+            .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
             .env("CI", "1")
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
         host.push(started.elapsed().as_millis() as u64);
-        assert!(
-            o.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(
-            git(&work, &["show", "HEAD:calc.sh"]).contains("$1 + $2"),
-            "the host run did not do the task"
-        );
+        host_run_did_the_task(&o, &work);
     }
-    let (i, h) = (*inside.iter().min().unwrap(), *host.iter().min().unwrap());
-    let ratio = i as f64 / h as f64;
-    eprintln!("BENCH codex scripted task: inside brig {inside:?} ms, on the host {host:?} ms; best {i} vs {h} ms = {ratio:.2}x");
-    assert!(
-        ratio <= 2.0,
-        "inside brig {i} ms vs the host {h} ms: {ratio:.2}x"
-    );
+    bench_verdict("aider", &inside, &host);
     srv.stop().await;
 }

@@ -158,6 +158,12 @@ fn resolve_digest(paths: &SandboxPaths, name: &str, hex: &str) -> Result<Resolve
 /// store, keyed by digest; `name` names it for `--image`.
 pub fn import(paths: &SandboxPaths, source: &Path, name: &str) -> Result<Image> {
     validate_name(name)?;
+    if name.starts_with(RECIPE_PREFIX) {
+        return Err(Error::invalid(format!(
+            "image names starting with {RECIPE_PREFIX:?} are reserved for `brig image build`"
+        ))
+        .hint("pick another name"));
+    }
     let meta = fs::metadata(source).map_err(|e| {
         Error::invalid(format!(
             "image source {} cannot be read: {e}",
@@ -194,6 +200,10 @@ pub fn import(paths: &SandboxPaths, source: &Path, name: &str) -> Result<Image> 
             working_dir: plan.working_dir.clone(),
             format: plan.format.to_string(),
             layers: plan.layers.len(),
+            base: None,
+            layer_digest: None,
+            recipe_digest: None,
+            prefix: None,
         };
         write_file(&image_dir.join("image.json"), &to_json(&meta)?, 0o644)?;
         publish(&image_dir, &dest)?;
@@ -549,6 +559,18 @@ struct StoredMeta {
     working_dir: Option<String>,
     format: String,
     layers: usize,
+    /// A built image ([`build_layer`]): the `host` digest it was built on.
+    /// The host's /usr is bound, not copied, so the image is only what its
+    /// digest says while the host image is that one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base: Option<String>,
+    /// A built image: the digest of its layer and of the recipe it came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    layer_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    recipe_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prefix: Option<String>,
 }
 
 fn read_index(paths: &SandboxPaths) -> Result<Index> {
@@ -623,13 +645,28 @@ fn load_stored(paths: &SandboxPaths, name: &str, hex: &str) -> Result<ResolvedIm
             )))
         }
     };
+    let mut binds = Vec::new();
+    if let Some(base) = &meta.base {
+        // Fail closed: a different host /usr under the same digest would be
+        // running something the digest does not name.
+        let host = host_plan()?;
+        let now = format!("sha256:{}", host.digest_hex);
+        if *base != now {
+            return Err(Error::conflict(format!(
+                "image {name:?} ({}) was built on the host image {base}, but the host image is now {now} (the host's packages changed)",
+                meta.digest
+            ))
+            .hint("build it again on this host with `brig image build` (docs/AGENTS.md)"));
+        }
+        binds = host.binds;
+    }
     Ok(ResolvedImage {
         image: Image {
             name: name.to_string(),
             digest: meta.digest,
         },
         rootfs: dir.join("rootfs"),
-        binds: Vec::new(),
+        binds,
         env: meta.env,
     })
 }
@@ -1567,6 +1604,329 @@ fn walk_components(root: &Path, rel: &Path, create: bool) -> Result<(PathBuf, Os
 }
 
 // ---------------------------------------------------------------------------
+// Built images: the `host` image plus one layer (`brig image build`).
+
+/// Index names of built images start with this; only [`build_layer`]
+/// writes them (import refuses them), so such a name always means "built
+/// by brig from the recipe whose digest it carries".
+pub const RECIPE_PREFIX: &str = "recipe/";
+
+/// Most entries a layer may have (a guard against a runaway install).
+const MAX_LAYER_ENTRIES: usize = 500_000;
+
+/// What [`build_layer`] takes.
+pub struct LayerSpec<'a> {
+    /// The index name to give the image (under [`RECIPE_PREFIX`]).
+    pub name: &'a str,
+    /// A directory on this host whose content becomes the layer.
+    pub source: &'a Path,
+    /// Where the layer appears in the image (absolute, under `/opt/`).
+    pub prefix: &'a str,
+    /// Directories under `prefix` put in front of the image's PATH.
+    pub path: &'a [String],
+    /// The digest of the recipe the layer was built from.
+    pub recipe_digest: &'a str,
+}
+
+/// A built image and what it is made of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuiltImage {
+    pub name: String,
+    /// The image's content digest: the base's, the layer's, the prefix and
+    /// the environment.
+    pub digest: String,
+    pub base: String,
+    pub layer_digest: String,
+    pub recipe_digest: String,
+    pub prefix: String,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Stack `spec.source` as a layer at `spec.prefix` on the `host` image:
+/// a new immutable image in the store, keyed by its content digest, and
+/// `spec.name` pointing at it. The source is copied, never followed:
+/// directories, regular files (mode 0755 or 0644, owned by root) and
+/// symlinks (kept as they are; they resolve inside the sandbox's root);
+/// anything else is refused. Built in `tmp/` and renamed into place.
+pub fn build_layer(paths: &SandboxPaths, spec: &LayerSpec) -> Result<BuiltImage> {
+    validate_name(spec.name)?;
+    if !spec.name.starts_with(RECIPE_PREFIX) {
+        return Err(Error::invalid(format!(
+            "a built image's name must start with {RECIPE_PREFIX:?}"
+        )));
+    }
+    let prefix = layer_prefix(spec.prefix)?;
+    for d in spec.path {
+        if safe_rel(d.as_bytes()).is_none_or(|p| p.as_os_str().is_empty()) {
+            return Err(Error::invalid(format!(
+                "PATH entry {d:?} must be a relative directory under the prefix"
+            )));
+        }
+    }
+    let src = fs::symlink_metadata(spec.source).map_err(|e| {
+        Error::invalid(format!("layer source {}: {e}", spec.source.display()))
+            .hint("the build's steps must leave the layer in /workspace/layer")
+    })?;
+    if !src.is_dir() {
+        return Err(Error::invalid(format!(
+            "layer source {} is not a directory",
+            spec.source.display()
+        ))
+        .hint("the build's steps must leave the layer in /workspace/layer"));
+    }
+    let host = host_image(paths)?;
+    let images = images_dir(paths);
+    let work = WorkDir::new(&images)?;
+    let image_dir = work.path.join("image");
+    let rootfs = image_dir.join("rootfs");
+    mkdir(&image_dir, 0o755)?;
+    // The base: the host image's generated root (small: /etc, mountpoints,
+    // links), its /usr bound at run time as for `host`.
+    copy_tree(&host.rootfs, &rootfs, "", &mut Copied::default())?;
+    let mut at = rootfs.clone();
+    for c in prefix.components() {
+        at.push(c);
+        mkdir(&at, 0o755)?;
+    }
+    fs::remove_dir(&at).map_err(|e| Error::internal(format!("{}: {e}", at.display())))?;
+    let mut layer = Copied::default();
+    copy_tree(spec.source, &at, "", &mut layer)?;
+    let entries = layer.manifest;
+    let counts = (layer.files, layer.bytes);
+    let layer_hex = sha256_hex(entries.join("").as_bytes());
+    let prefix_abs = format!("/{}", prefix.display());
+    let mut path_var: Vec<String> = spec
+        .path
+        .iter()
+        .map(|d| format!("{prefix_abs}/{}", d.trim_end_matches('/')))
+        .collect();
+    path_var.push(DEFAULT_PATH.to_string());
+    let env = vec![
+        ("PATH".to_string(), path_var.join(":")),
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+    ];
+    let base = host.image.digest.clone();
+    let mut m = format!("brig-layer-image v1\nbase {base}\nprefix {prefix_abs}\n");
+    for (k, v) in &env {
+        m.push_str(&format!("env {k}={v}\n"));
+    }
+    m.push_str(&format!("layer sha256:{layer_hex}\n"));
+    let hex = sha256_hex(m.as_bytes());
+    let digest = format!("sha256:{hex}");
+    let store = images.join("store");
+    mkdir_all(&store)?;
+    let dest = store.join(&hex);
+    if !dest.join("image.json").is_file() {
+        if nix::unistd::geteuid().is_root() {
+            chown_tree_root(&rootfs)?;
+        }
+        write_file(&image_dir.join("manifest"), m.as_bytes(), 0o644)?;
+        write_file(
+            &image_dir.join("layer.manifest"),
+            entries.join("").as_bytes(),
+            0o644,
+        )?;
+        let meta = StoredMeta {
+            digest: digest.clone(),
+            env: env.clone(),
+            working_dir: None,
+            format: "brig-layer".to_string(),
+            layers: 1,
+            base: Some(base.clone()),
+            layer_digest: Some(format!("sha256:{layer_hex}")),
+            recipe_digest: Some(spec.recipe_digest.to_string()),
+            prefix: Some(prefix_abs.clone()),
+        };
+        // Written last: its presence marks a complete image.
+        write_file(&image_dir.join("image.json"), &to_json(&meta)?, 0o644)?;
+        publish(&image_dir, &dest)?;
+    }
+    drop(work);
+    update_index(paths, |idx| {
+        idx.images.insert(
+            spec.name.to_string(),
+            IndexEntry {
+                digest: digest.clone(),
+                env: env.clone(),
+                working_dir: None,
+            },
+        );
+    })?;
+    Ok(BuiltImage {
+        name: spec.name.to_string(),
+        digest,
+        base,
+        layer_digest: format!("sha256:{layer_hex}"),
+        recipe_digest: spec.recipe_digest.to_string(),
+        prefix: prefix_abs,
+        files: counts.0,
+        bytes: counts.1,
+    })
+}
+
+/// What a built image was built from, if `name` is one.
+pub fn built_info(paths: &SandboxPaths, name: &str) -> Result<Option<BuiltImage>> {
+    let r = resolve(paths, name)?;
+    let hex = r.image.digest.strip_prefix("sha256:").unwrap_or_default();
+    let dir = images_dir(paths).join("store").join(hex);
+    let Ok(b) = fs::read(dir.join("image.json")) else {
+        return Ok(None);
+    };
+    let meta: StoredMeta = serde_json::from_slice(&b)
+        .map_err(|e| Error::internal(format!("{}/image.json is corrupt: {e}", dir.display())))?;
+    let (Some(base), Some(layer_digest), Some(recipe_digest), Some(prefix)) = (
+        meta.base,
+        meta.layer_digest,
+        meta.recipe_digest,
+        meta.prefix,
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(BuiltImage {
+        name: name.to_string(),
+        digest: meta.digest,
+        base,
+        layer_digest,
+        recipe_digest,
+        prefix,
+        files: 0,
+        bytes: 0,
+    }))
+}
+
+/// `/opt/...` as a relative path, checked.
+fn layer_prefix(p: &str) -> Result<PathBuf> {
+    let rel = p
+        .strip_prefix('/')
+        .and_then(|r| safe_rel(r.as_bytes()))
+        .filter(|r| r.starts_with("opt") && r.components().count() >= 2);
+    rel.ok_or_else(|| {
+        Error::invalid(format!(
+            "layer prefix {p:?} must be an absolute path under /opt/, e.g. /opt/brig/NAME"
+        ))
+    })
+}
+
+/// What [`copy_tree`] copied: one canonical manifest line per entry, and
+/// the files already copied by inode (hard links stay links, once).
+#[derive(Default)]
+struct Copied {
+    manifest: Vec<String>,
+    files: u64,
+    bytes: u64,
+    links: HashMap<(u64, u64), (PathBuf, u32, String)>,
+}
+
+/// Copy `src` into the new directory `dst` without following a symlink.
+fn copy_tree(src: &Path, dst: &Path, rel: &str, c: &mut Copied) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    mkdir(dst, 0o755)?;
+    // Names are JSON strings in the manifest: a space or newline in one
+    // cannot forge another line.
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    c.manifest.push(format!(
+        "dir {} 0755\n",
+        q(if rel.is_empty() { "." } else { rel })
+    ));
+    let mut names: Vec<OsString> = fs::read_dir(src)
+        .map_err(|e| Error::internal(format!("listing {}: {e}", src.display())))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<_>>()
+        .map_err(|e| Error::internal(format!("listing {}: {e}", src.display())))?;
+    names.sort();
+    for n in names {
+        if c.manifest.len() > MAX_LAYER_ENTRIES {
+            return Err(Error::new(
+                ErrorKind::LimitExceeded,
+                format!("the layer has more than {MAX_LAYER_ENTRIES} entries"),
+            ));
+        }
+        let Some(ns) = n.to_str() else {
+            return Err(Error::invalid(format!(
+                "{}: a name in the layer is not UTF-8",
+                src.join(&n).display()
+            )));
+        };
+        let r = if rel.is_empty() {
+            ns.to_string()
+        } else {
+            format!("{rel}/{ns}")
+        };
+        let (s, d) = (src.join(&n), dst.join(&n));
+        let md = fs::symlink_metadata(&s)
+            .map_err(|e| Error::internal(format!("{}: {e}", s.display())))?;
+        let ft = md.file_type();
+        if ft.is_dir() {
+            copy_tree(&s, &d, &r, c)?;
+        } else if ft.is_symlink() {
+            let t = fs::read_link(&s)
+                .map_err(|e| Error::internal(format!("reading link {}: {e}", s.display())))?;
+            std::os::unix::fs::symlink(&t, &d)
+                .map_err(|e| Error::internal(format!("creating link {}: {e}", d.display())))?;
+            let ts = t.to_str().ok_or_else(|| {
+                Error::invalid(format!("{}: link target is not UTF-8", s.display()))
+            })?;
+            c.manifest.push(format!("symlink {} {}\n", q(&r), q(ts)));
+        } else if ft.is_file() {
+            if let Some((first, mode, hash)) = c.links.get(&(md.dev(), md.ino())) {
+                fs::hard_link(first, &d)
+                    .map_err(|e| Error::internal(format!("linking {}: {e}", d.display())))?;
+                c.manifest
+                    .push(format!("file {} {mode:04o} {hash}\n", q(&r)));
+                continue;
+            }
+            // setuid/setgid/sticky and group/other write never make it in.
+            let mode = if md.mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+            let mut from = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&s)
+                .map_err(|e| Error::internal(format!("opening {}: {e}", s.display())))?;
+            let mut to = HashingWriter {
+                inner: create_new(&d, mode)?,
+                hash: Sha256::new(),
+            };
+            let len = io::copy(&mut from, &mut to)
+                .map_err(|e| Error::internal(format!("copying {}: {e}", s.display())))?;
+            to.inner
+                .set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(|e| Error::internal(format!("chmod {}: {e}", d.display())))?;
+            let hash = format!("sha256:{}", hex::encode(to.hash.finalize()));
+            c.files += 1;
+            c.bytes += len;
+            c.manifest
+                .push(format!("file {} {mode:04o} {hash}\n", q(&r)));
+            if md.nlink() > 1 {
+                c.links.insert((md.dev(), md.ino()), (d, mode, hash));
+            }
+        } else {
+            return Err(Error::invalid(format!(
+                "{}: the layer may hold only directories, files and symlinks",
+                s.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+struct HashingWriter {
+    inner: File,
+    hash: Sha256,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.hash.update(&b[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Small filesystem helpers.
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -1654,12 +2014,23 @@ fn publish(from: &Path, to: &Path) -> Result<()> {
     }
 }
 
-/// A private work directory under `images/tmp/`, removed on drop.
-struct WorkDir {
+/// A private work directory under `images/tmp/`, removed on drop (and by
+/// the next one made after a crash).
+pub struct WorkDir {
     path: PathBuf,
 }
 
+/// A work directory under the image store's `tmp/` (e.g. to stage a
+/// recipe's files for a build), removed when dropped.
+pub fn work_dir(paths: &SandboxPaths) -> Result<WorkDir> {
+    WorkDir::new(&images_dir(paths))
+}
+
 impl WorkDir {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn new(images: &Path) -> Result<WorkDir> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let tmp = images.join("tmp");

@@ -174,6 +174,7 @@ pub(crate) fn routes() -> Routes {
     .post("/v1/drill/kill", drill_kill)
     .get("/v1/images", list_images)
     .post("/v1/images/import", import_image)
+    .post("/v1/images/build", build_image)
     .with(crate::approvals_api::routes)
     .with(crate::identity::routes)
 }
@@ -410,6 +411,11 @@ async fn create_session(
         };
         let _ = tx.send(last.to_string() + "\n").await;
     });
+    Ok(ndjson(rx))
+}
+
+/// A `200` NDJSON response of the lines `rx` gets, until its senders are gone.
+fn ndjson(rx: tokio::sync::mpsc::Receiver<String>) -> Response {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|l| {
             (
@@ -418,11 +424,11 @@ async fn create_session(
             )
         })
     });
-    Ok((
+    (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         axum::body::Body::from_stream(stream),
     )
-        .into_response())
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -998,6 +1004,48 @@ async fn import_image(
     let paths = st.mgr.paths().clone();
     let img = blocking(move || brig_sandbox::image::import(&paths, &path, &req.name)).await?;
     Ok((StatusCode::CREATED, axum::Json(img)).into_response())
+}
+
+/// `brig image build`: runs to completion even if the caller goes away
+/// (the build session is always destroyed); with `?progress=true`, NDJSON
+/// progress lines, then `{"status", "image" | "error"}`.
+async fn build_image(
+    State(st): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::identity::Caller>,
+    q: Result<Query<CreateQuery>, QueryRejection>,
+    ApiJson(req): ApiJson<crate::image_build::BuildRequest>,
+) -> ApiResult<Response> {
+    let Query(q) = q.map_err(|e| {
+        ApiError(Error::invalid(format!("bad query: {}", e.body_text())).hint("use ?progress=true"))
+    })?;
+    let human = crate::identity::session_human(&caller, None)?;
+    let mgr = st.mgr.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
+    let lines = tx.clone();
+    let report: crate::git::Progress = Arc::new(move |m: &str| {
+        let _ = lines.try_send(serde_json::json!({ "progress": m }).to_string() + "\n");
+    });
+    let task = tokio::spawn(async move {
+        crate::image_build::build(mgr, caller.human(), human, req, Some(report)).await
+    });
+    if !q.progress {
+        drop(rx);
+        let r = task
+            .await
+            .map_err(|e| ApiError(Error::internal(format!("image build task failed: {e}"))))??;
+        return Ok((StatusCode::CREATED, axum::Json(r)).into_response());
+    }
+    tokio::spawn(async move {
+        let last = match task.await {
+            Ok(Ok(r)) => serde_json::json!({ "status": 201, "image": r }),
+            Ok(Err(e)) => serde_json::json!({ "status": e.kind.http_status(), "error": e }),
+            Err(e) => {
+                serde_json::json!({ "status": 500, "error": Error::internal(format!("image build task failed: {e}")) })
+            }
+        };
+        let _ = tx.send(last.to_string() + "\n").await;
+    });
+    Ok(ndjson(rx))
 }
 
 // ---- attached exec ----

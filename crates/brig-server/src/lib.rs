@@ -18,6 +18,7 @@ pub mod git;
 pub mod git_config;
 pub mod git_gateway;
 pub mod identity;
+pub mod image_build;
 pub mod journal;
 pub mod known_secrets;
 pub mod manager;
