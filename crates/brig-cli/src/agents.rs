@@ -382,6 +382,115 @@ async fn ensure_image(c: &Client, p: &Preset) -> Result<()> {
     )))
 }
 
+/// The agent's run, attached: its stdout and stderr written as they come,
+/// whole lines only while the progress line is up (`spinner`: it redraws
+/// the terminal's last line), the rest at the end. Its stdin is closed.
+/// The result has the status; its output is what was shown, not kept.
+async fn exec_live(
+    c: &Client,
+    id: &str,
+    req: &ExecRequest,
+    show_stderr: bool,
+    spinner: bool,
+) -> Result<(ExecResult, Value)> {
+    use brig_core::wire::{self, Decoder, Frame, Kind};
+    use std::io::Write;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let corrupt =
+        |e: wire::WireError| Error::internal(format!("corrupt exec stream from brig: {e}"));
+    let t0 = Instant::now();
+    let stream = c.attach(id, req).await?;
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let eof = Frame::new(Kind::StdinEof, 1, vec![]).encode();
+    wr.write_all(&eof)
+        .await
+        .map_err(|e| Error::internal(format!("closing the agent's stdin: {e}")))?;
+    let _ = wr.flush().await;
+    // (pending bytes, bytes seen) for stdout and stderr.
+    let mut pending: [(Vec<u8>, u64); 2] = [(Vec::new(), 0), (Vec::new(), 0)];
+    let emit = |which: usize, bytes: &[u8]| {
+        if which == 1 && !show_stderr {
+            return;
+        }
+        // Over the progress line: erase it first; it is redrawn below.
+        let clear: &[u8] = if spinner { b"\r\x1b[2K" } else { b"" };
+        let _ = if which == 0 {
+            let mut o = std::io::stdout().lock();
+            o.write_all(clear)
+                .and_then(|_| o.write_all(bytes))
+                .and_then(|_| o.flush())
+        } else {
+            let mut e = std::io::stderr().lock();
+            e.write_all(clear)
+                .and_then(|_| e.write_all(bytes))
+                .and_then(|_| e.flush())
+        };
+    };
+    let mut dec = Decoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let status = 'read: loop {
+        while let Some(f) = dec.next_frame().map_err(corrupt)? {
+            let which = match f.kind {
+                Kind::Stdout => 0,
+                Kind::Stderr => 1,
+                Kind::Exited => {
+                    break 'read f.parse::<brig_core::exec::ExitStatus>().map_err(corrupt)?
+                }
+                Kind::SpawnFailed => {
+                    let w: wire::Failed = f.parse().map_err(corrupt)?;
+                    return Err(Error::runtime(format!(
+                        "the agent could not start ({}): {}",
+                        w.layer, w.error
+                    )));
+                }
+                _ => continue,
+            };
+            let (p, n) = &mut pending[which];
+            *n += f.payload.len() as u64;
+            p.extend_from_slice(&f.payload);
+            let upto = if spinner {
+                p.iter().rposition(|&b| b == b'\n').map(|i| i + 1)
+            } else {
+                Some(p.len())
+            };
+            if let Some(k) = upto {
+                let line: Vec<u8> = p.drain(..k).collect();
+                emit(which, &line);
+            }
+        }
+        let n = rd.read(&mut buf).await.map_err(|e| {
+            Error::new(
+                brig_core::ErrorKind::Unavailable,
+                format!("lost the connection to brig while the agent ran: {e}"),
+            )
+        })?;
+        if n == 0 {
+            return Err(Error::runtime(
+                "brig closed the agent's stream before it finished",
+            )
+            .hint("the session may have been destroyed (idle timeout, timebox, kill); see `brig session show ID`"));
+        }
+        dec.feed(&buf[..n]);
+    };
+    for (which, (p, _)) in pending.iter().enumerate() {
+        if !p.is_empty() {
+            emit(which, p);
+        }
+    }
+    let r = ExecResult {
+        exec_id: String::new(),
+        status,
+        stdout: String::new(),
+        stderr: String::new(),
+        stdout_bytes: pending[0].1,
+        stderr_bytes: pending[1].1,
+        truncated: false,
+        duration_ms: t0.elapsed().as_millis() as u64,
+    };
+    let raw = serde_json::to_value(&r).unwrap_or_default();
+    Ok((r, raw))
+}
+
 /// Write the preset's config files under its HOME.
 async fn set_up_home(c: &Client, id: &str, p: &Preset) -> Result<()> {
     let mut script = format!(
@@ -663,7 +772,15 @@ async fn run_in(
     let head = format!("{} {version} is working in session {id}", p.name);
     let message = Arc::new(Mutex::new(head.clone()));
     let spin = Spinner::start_shared(message.clone(), live);
-    let run = exec(c, id, &req);
+    // Text output streams the agent's output as it comes (attached exec);
+    // --json keeps the buffered ExecResult for its document.
+    let run = async {
+        if out.json {
+            exec(c, id, &req).await
+        } else {
+            exec_live(c, id, &req, !out.quiet, live).await
+        }
+    };
     tokio::pin!(run);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     // Count from here on: what brig itself ran to set up is not the agent's.
@@ -690,12 +807,6 @@ async fn run_in(
     spin.stop().await;
     let (r, raw) = res?;
     if !out.json {
-        if !r.stdout.is_empty() {
-            out.text(&r.stdout);
-        }
-        if !r.stderr.is_empty() && !out.quiet {
-            eprint!("{}", r.stderr);
-        }
         if r.status.timed_out {
             out.note(&format!(
                 "brig: the agent timed out after {} and was killed",
