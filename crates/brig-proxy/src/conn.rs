@@ -1713,109 +1713,43 @@ struct SpliceResult {
 /// Copy both ways until both sides are done (or one fails, or the tunnel
 /// is idle for `tunnel_idle_timeout` in both directions, or the session's
 /// bytes-out budget is spent).
-async fn splice<S>(client: S, up: &mut TcpStream, pre: Vec<u8>, s: &SessionEgress) -> SpliceResult
+async fn splice<S>(
+    mut client: S,
+    up: &mut TcpStream,
+    pre: Vec<u8>,
+    s: &SessionEgress,
+) -> SpliceResult
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let idle = s.config.tunnel_idle_timeout;
-    let origin = Instant::now();
-    let last = AtomicU64::new(0);
     let out_n = AtomicU64::new(0);
     let in_n = AtomicU64::new(0);
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut ur, mut uw) = up.split();
-    let mut error = None;
     let mut om = OutMeter {
         s,
         count: &out_n,
         exhausted: false,
     };
-    {
-        let up_dir = async {
-            if !pre.is_empty() {
-                uw.write_all(&pre).await?;
-                if !om.copied(pre.len()) {
-                    return Err(io::Error::other("bytes-out limit"));
-                }
-            }
-            drop(pre);
-            let r = pump(&mut cr, &mut uw, &mut om, &last, origin, idle).await;
-            if r.is_ok() {
-                let _ = uw.shutdown().await;
-            }
-            r
-        };
-        let mut im = InMeter(&in_n);
-        let down_dir = async {
-            let r = pump(&mut ur, &mut cw, &mut im, &last, origin, idle).await;
-            if r.is_ok() {
-                let _ = cw.shutdown().await;
-            }
-            r
-        };
-        tokio::pin!(up_dir, down_dir);
-        let (mut a, mut b) = (false, false);
-        while !(a && b) {
-            tokio::select! {
-                r = &mut up_dir, if !a => { a = true; if let Err(e) = r { error = Some(e.to_string()); break; } }
-                r = &mut down_dir, if !b => { b = true; if let Err(e) = r { error = Some(e.to_string()); break; } }
-            }
-        }
-    }
-    let limited = om.exhausted;
+    let mut im = InMeter(&in_n);
+    let end = crate::tunnel::copy_both(
+        &mut client,
+        up,
+        pre,
+        &mut om,
+        &mut im,
+        s.config.tunnel_idle_timeout,
+    )
+    .await;
+    let error = match end {
+        crate::tunnel::End::Done => None,
+        crate::tunnel::End::Limited => Some("bytes-out limit".to_string()),
+        crate::tunnel::End::Idle => Some("tunnel idle".to_string()),
+        crate::tunnel::End::Io(e) => Some(e.to_string()),
+    };
     SpliceResult {
         bytes_in: in_n.load(Ordering::Relaxed),
         bytes_out: out_n.load(Ordering::Relaxed),
-        limited,
+        limited: om.exhausted,
         error,
-    }
-}
-
-const PUMP_MIN: usize = 4 * 1024;
-const PUMP_MAX: usize = 256 * 1024;
-
-async fn pump<R, W, M>(
-    r: &mut R,
-    w: &mut W,
-    meter: &mut M,
-    last: &AtomicU64,
-    origin: Instant,
-    idle: Duration,
-) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-    M: Meter,
-{
-    // The buffer grows while reads fill it (bulk transfers) and shrinks
-    // back when the tunnel goes quiet: an idle tunnel holds 2 x 4 KiB.
-    let mut buf = vec![0u8; PUMP_MIN];
-    let tick = idle.min(Duration::from_secs(30));
-    loop {
-        let n = match tokio::time::timeout(tick, r.read(&mut buf)).await {
-            Err(_) => {
-                let quiet = origin.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
-                if quiet >= idle.as_millis() as u64 {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel idle"));
-                }
-                if buf.len() > PUMP_MIN {
-                    buf = vec![0u8; PUMP_MIN];
-                }
-                continue;
-            }
-            Ok(r) => r?,
-        };
-        if n == 0 {
-            return Ok(());
-        }
-        w.write_all(&buf[..n]).await?;
-        last.store(origin.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if !meter.copied(n) {
-            return Err(io::Error::other("bytes-out limit"));
-        }
-        if n == buf.len() && buf.len() < PUMP_MAX {
-            buf = vec![0u8; buf.len() * 4];
-        }
     }
 }
 

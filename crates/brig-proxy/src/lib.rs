@@ -43,6 +43,7 @@ mod mitm;
 pub mod proxy_proto;
 mod resolver;
 pub mod tls;
+mod tunnel;
 
 use std::io;
 use std::net::SocketAddr;
