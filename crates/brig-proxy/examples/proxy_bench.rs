@@ -49,13 +49,48 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
+    let opt = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let list = |name: &str| opt(name).map(|v| v.split(',').map(str::to_string).collect::<Vec<_>>());
+    let o = Opts {
+        old_brig: opt("--old-brig").map(PathBuf::from),
+        only: list("--only"),
+        targets: list("--targets"),
+    };
     raise_nofile();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(Duration::from_secs(secs), rounds));
+    rt.block_on(run(Duration::from_secs(secs), rounds, o));
+}
+
+/// Command-line selections (all phases and targets by default).
+struct Opts {
+    /// Another build of this benchmark whose `serve-brig` runs as the
+    /// target "brig (old)", interleaved with the others: an A/B of two
+    /// proxy builds in one run.
+    old_brig: Option<PathBuf>,
+    /// Phases: rate, tls, lat, dl, hold.
+    only: Option<Vec<String>>,
+    /// Targets by short name: direct, brig, old, squid, tinyproxy.
+    targets: Option<Vec<String>>,
+}
+
+impl Opts {
+    fn phase(&self, p: &str) -> bool {
+        self.only.as_ref().is_none_or(|v| v.iter().any(|x| x == p))
+    }
+    fn target(&self, t: &str) -> bool {
+        self.targets
+            .as_ref()
+            .is_none_or(|v| v.iter().any(|x| x == t))
+    }
 }
 
 /// brig's proxy as its own process: explicit mode on TCP, no limits, the
@@ -94,7 +129,16 @@ fn serve_brig(port: u16, http_port: u16, tls_port: u16) {
             .with_limits(Limits::unlimited());
         let l = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         println!("ready");
-        serve_tcp(l, s).await.unwrap();
+        // On a worker, as `brig serve` spawns serve_unix: block_on would
+        // keep the accept loop on this thread, outside the runtime's
+        // workers, and every accept a cross-thread wake-up.
+        // (BRIG_BENCH_BLOCK_ON=1: the accept loop on this thread, as this
+        // benchmark had it before, for comparison.)
+        if std::env::var_os("BRIG_BENCH_BLOCK_ON").is_some() {
+            serve_tcp(l, s).await.unwrap();
+        } else {
+            tokio::spawn(serve_tcp(l, s)).await.unwrap().unwrap();
+        }
     });
 }
 
@@ -122,6 +166,7 @@ fn free_port() -> u16 {
 enum Kind {
     Direct,
     Brig,
+    BrigOld,
     Squid,
     Tinyproxy,
 }
@@ -131,6 +176,7 @@ impl Kind {
         match self {
             Kind::Direct => "direct",
             Kind::Brig => "brig",
+            Kind::BrigOld => "brig (old)",
             Kind::Squid => "squid 5.7",
             Kind::Tinyproxy => "tinyproxy 1.11.1",
         }
@@ -162,9 +208,8 @@ fn wait_port(p: u16) -> bool {
     false
 }
 
-fn start_brig(http_port: u16, tls_port: u16) -> Option<Target> {
+fn start_brig(exe: &Path, kind: Kind, http_port: u16, tls_port: u16) -> Option<Target> {
     let port = free_port();
-    let exe = std::env::current_exe().unwrap();
     let child = Command::new(exe)
         .args([
             "serve-brig",
@@ -176,7 +221,7 @@ fn start_brig(http_port: u16, tls_port: u16) -> Option<Target> {
         .spawn()
         .ok()?;
     let t = Target {
-        kind: Kind::Brig,
+        kind,
         proxy: Some(SocketAddr::from(([127, 0, 0, 1], port))),
         child: Some(child),
     };
@@ -530,7 +575,7 @@ async fn latencies(t: &Target, http_port: u16, n: usize) -> Vec<f64> {
             v.push(t0.elapsed().as_secs_f64() * 1e6);
         }
     }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(|a, b| a.total_cmp(b));
     v
 }
 
@@ -551,8 +596,114 @@ async fn download(t: &Target, http_port: u16) -> f64 {
     (BIG as f64 / (1 << 20) as f64) / t0.elapsed().as_secs_f64()
 }
 
-/// CONNECT (when proxied) + TLS handshake + GET + close, `conc` threads.
-fn tls_rate(t: &Target, tls_port: u16, conc: usize, d: Duration) -> f64 {
+/// CPU time (ns) of a process's live threads so far, exact
+/// (sum_exec_runtime; a thread that exited takes its time with it).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    rd.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// CPU time (ns) of a process so far from its tick counts: its threads,
+/// those that exited, and its reaped children (tinyproxy runs a thread
+/// per connection). Sampled at each tick, so it can miss short bursts.
+fn cpu_ticks_ns(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name (which may hold spaces) and the state (not
+    // a number): ppid first, so utime, stime, cutime, cstime are 10..14.
+    let rest = s.rsplit_once(") ").map(|x| x.1).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let ticks: u64 = f.get(10..14).map(|v| v.iter().sum()).unwrap_or(0);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1_000_000_000 / hz
+}
+
+/// Context switches (voluntary and not) of a process's live threads so
+/// far (a thread that exited takes its count with it).
+fn ctx_switches(pid: u32) -> u64 {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    rd.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .flat_map(|s| {
+            s.lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// Busy CPU time of the whole machine so far (ns; /proc/stat, all but
+/// idle and iowait).
+fn machine_busy_ns() -> u64 {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let busy: u64 = v
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    busy * 1_000_000_000 / hz
+}
+
+/// A CONNECT+TLS run: transactions per second, and CPU per transaction
+/// (µs) of the proxy process and of the whole machine.
+struct TlsRun {
+    rate: f64,
+    proxy_us: f64,
+    proxy_ticks_us: f64,
+    machine_us: f64,
+    /// The proxy's context switches per transaction.
+    proxy_cs: f64,
+}
+
+fn tls_run(t: &Target, tls_port: u16, conc: usize, d: Duration) -> TlsRun {
+    let pid = t.child.as_ref().map(|c| c.id());
+    let (p0, m0, c0) = (pid.map(cpu_ns), machine_busy_ns(), pid.map(ctx_switches));
+    let k0 = pid.map(cpu_ticks_ns);
+    let (rate, n) = tls_rate(t, tls_port, conc, d);
+    let (p1, m1, c1) = (pid.map(cpu_ns), machine_busy_ns(), pid.map(ctx_switches));
+    let k1 = pid.map(cpu_ticks_ns);
+    let n = n.max(1) as f64;
+    TlsRun {
+        rate,
+        proxy_us: match (p0, p1) {
+            (Some(a), Some(b)) => (b - a) as f64 / 1e3 / n,
+            _ => 0.0,
+        },
+        proxy_ticks_us: match (k0, k1) {
+            (Some(a), Some(b)) => (b - a) as f64 / 1e3 / n,
+            _ => 0.0,
+        },
+        machine_us: (m1 - m0) as f64 / 1e3 / n,
+        proxy_cs: match (c0, c1) {
+            (Some(a), Some(b)) => (b - a) as f64 / n,
+            _ => 0.0,
+        },
+    }
+}
+
+/// CONNECT (when proxied) + TLS handshake + GET + close, `conc` threads:
+/// the rate, and how many transactions completed.
+fn tls_rate(t: &Target, tls_port: u16, conc: usize, d: Duration) -> (f64, u64) {
     let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
     b.set_verify(SslVerifyMode::NONE);
     let conn = Arc::new(b.build());
@@ -616,7 +767,8 @@ fn tls_rate(t: &Target, tls_port: u16, conc: usize, d: Duration) -> f64 {
     if f > 0 {
         eprintln!("{}: {f} failed TLS transactions", t.kind.name());
     }
-    n as f64 / el
+    // Those that finished after the clock stopped count for CPU.
+    (n as f64 / el, count.load(Ordering::Relaxed))
 }
 
 /// Hold `n` connections: through a proxy, CONNECT tunnels to the plain
@@ -681,7 +833,7 @@ async fn hold(t: &Target, http_port: u16, n: usize) -> (usize, Option<f64>) {
     (alive, per)
 }
 
-async fn run(d: Duration, rounds: usize) {
+async fn run(d: Duration, rounds: usize, o: Opts) {
     let dir: PathBuf =
         std::env::temp_dir().join(format!("brig-proxy-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -692,17 +844,35 @@ async fn run(d: Duration, rounds: usize) {
         proxy: None,
         child: None,
     }];
-    match start_brig(http_port, tls_port) {
-        Some(t) => targets.push(t),
-        None => panic!("brig's proxy did not start"),
+    if o.target("brig") {
+        let exe = std::env::current_exe().unwrap();
+        match start_brig(&exe, Kind::Brig, http_port, tls_port) {
+            Some(t) => targets.push(t),
+            None => panic!("brig's proxy did not start"),
+        }
     }
-    match start_squid(&dir, http_port, tls_port) {
-        Some(t) => targets.push(t),
-        None => eprintln!("squid: not started (skipped)"),
+    if let Some(exe) = o.old_brig.as_ref().filter(|_| o.target("old")) {
+        match start_brig(exe, Kind::BrigOld, http_port, tls_port) {
+            Some(t) => targets.push(t),
+            None => panic!("the old brig proxy ({}) did not start", exe.display()),
+        }
     }
-    match start_tinyproxy(&dir, http_port, tls_port) {
-        Some(t) => targets.push(t),
-        None => eprintln!("tinyproxy: not started (skipped)"),
+    if o.target("squid") {
+        match start_squid(&dir, http_port, tls_port) {
+            Some(t) => targets.push(t),
+            None => eprintln!("squid: not started (skipped)"),
+        }
+    }
+    if o.target("tinyproxy") {
+        match start_tinyproxy(&dir, http_port, tls_port) {
+            Some(t) => targets.push(t),
+            None => eprintln!("tinyproxy: not started (skipped)"),
+        }
+    }
+    for t in &targets {
+        if let Some(c) = &t.child {
+            println!("{}: pid {}", t.kind.name(), c.id());
+        }
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average at start: {}", load.trim());
@@ -713,26 +883,55 @@ async fn run(d: Duration, rounds: usize) {
     let mut rates = vec![Vec::new(); nt];
     let mut tlss = vec![Vec::new(); nt];
     let mut lats = vec![Vec::new(); nt];
+    let mut proxy_cpu: Vec<Vec<f64>> = vec![Vec::new(); nt];
+    let mut machine_cpu: Vec<Vec<f64>> = vec![Vec::new(); nt];
+    let mut proxy_cs: Vec<Vec<f64>> = vec![Vec::new(); nt];
+    let mut proxy_ticks: Vec<Vec<f64>> = vec![Vec::new(); nt];
     for round in 0..rounds {
         for (i, t) in targets.iter().enumerate() {
-            rates[i].push(http_rate(t, http_port, 16, d).await);
-            tlss[i].push(tokio::task::block_in_place(|| tls_rate(t, tls_port, 8, d)));
-            lats[i].extend(latencies(t, http_port, 1500).await);
+            rates[i].push(if o.phase("rate") {
+                http_rate(t, http_port, 16, d).await
+            } else {
+                f64::NAN
+            });
+            if o.phase("tls") {
+                let r = tokio::task::block_in_place(|| tls_run(t, tls_port, 8, d));
+                tlss[i].push(r.rate);
+                proxy_cpu[i].push(r.proxy_us);
+                proxy_ticks[i].push(r.proxy_ticks_us);
+                machine_cpu[i].push(r.machine_us);
+                proxy_cs[i].push(r.proxy_cs);
+            } else {
+                tlss[i].push(f64::NAN);
+            }
+            if o.phase("lat") {
+                lats[i].extend(latencies(t, http_port, 1500).await);
+            } else {
+                lats[i].push(f64::NAN);
+            }
         }
         eprintln!("round {} of {rounds} done", round + 1);
     }
     let med = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v.sort_by(|a, b| a.total_cmp(b));
         format!("{:.0} ({:.0}-{:.0})", v[v.len() / 2], v[0], v[v.len() - 1])
     };
     // Paired ratios: each round's figure over the same round's reference
     // (the load of the moment falls on both).
     let ratio = |a: &Vec<f64>, b: &Vec<f64>| {
         let mut r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
-        r.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        r.sort_by(|x, y| x.total_cmp(y));
         format!("{:.2} ({:.2}-{:.2})", r[r.len() / 2], r[0], r[r.len() - 1])
     };
     let squid = targets.iter().position(|t| t.kind == Kind::Squid);
+    let old = targets.iter().position(|t| t.kind == Kind::BrigOld);
+    if let (Some(b), Some(q)) = (targets.iter().position(|t| t.kind == Kind::Brig), old) {
+        println!(
+            "paired, brig / brig (old): CONNECT+TLS {}; plain HTTP {}",
+            ratio(&tlss[b], &tlss[q]),
+            ratio(&rates[b], &rates[q])
+        );
+    }
     for (i, t) in targets.iter().enumerate().skip(1) {
         let vs_squid = squid
             .map(|q| ratio(&rates[i], &rates[q]))
@@ -745,16 +944,41 @@ async fn run(d: Duration, rounds: usize) {
             vs_squid
         );
     }
+    if o.phase("tls") {
+        for (i, t) in targets.iter().enumerate() {
+            let mut m = machine_cpu[i].clone();
+            let mut p = proxy_cpu[i].clone();
+            let mut k = proxy_ticks[i].clone();
+            let mut c = proxy_cs[i].clone();
+            c.sort_by(|a, b| a.total_cmp(b));
+            println!(
+                "CPU per CONNECT+TLS transaction, {}: machine {} µs; proxy process {} µs (live threads, exact), {} µs (ticks, exited threads too), {} context switches",
+                t.kind.name(),
+                med(&mut m),
+                if t.child.is_some() { med(&mut p) } else { "—".into() },
+                if t.child.is_some() { med(&mut k) } else { "—".into() },
+                if t.child.is_some() { format!("{:.1}", c[c.len() / 2]) } else { "—".into() }
+            );
+        }
+    }
     for l in lats.iter_mut() {
-        l.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        l.sort_by(|a, b| a.total_cmp(b));
     }
     let direct_lat = (pct(&lats[0], 0.5), pct(&lats[0], 0.99));
     println!("| | plain HTTP req/s (16 conns) | CONNECT+TLS tx/s (8 threads) | p50 / p99 latency µs | added p50 / p99 µs | 1 GiB download MiB/s | idle tunnels held (of 1,000) | KiB per idle tunnel |");
     println!("|---|---|---|---|---|---|---|---|");
     for (i, t) in targets.iter().enumerate() {
         let (p50, p99) = (pct(&lats[i], 0.5), pct(&lats[i], 0.99));
-        let dl = download(t, http_port).await;
-        let (alive, per) = hold(t, http_port, 1000).await;
+        let dl = if o.phase("dl") {
+            download(t, http_port).await
+        } else {
+            f64::NAN
+        };
+        let (alive, per) = if o.phase("hold") {
+            hold(t, http_port, 1000).await
+        } else {
+            (0, None)
+        };
         let added = if t.kind == Kind::Direct {
             "—".to_string()
         } else {
