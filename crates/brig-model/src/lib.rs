@@ -37,7 +37,7 @@ pub use config::{
     BudgetConfig, BudgetsConfig, ConfigError, DurationValue, GatewayConfig, KeyRef, PiiConfig,
     Price, Protocol, RouteConfig, SizeValue, UpstreamConfig, UpstreamKind, DEFAULT_HOST,
 };
-pub use record::{Attempt, CallOutcome, ModelCall, TokenSource};
+pub use record::{Attempt, CallOutcome, ModelCall, RawJson, TokenSource};
 pub use relay::GatewayBody;
 
 use brig_proxy::local::{LocalService, LocalStream};

@@ -98,11 +98,77 @@ pub struct ModelCall {
     pub cost_usd: Option<f64>,
     /// The request body (redacted JSON), or `{sha256,size,excerpt,
     /// truncated}` when larger than `capture_max` or not JSON.
-    pub request: Option<Value>,
+    pub request: Option<RawJson>,
     /// The response body; for a stream, the reassembled message (text,
     /// tool calls, finish reason, usage), not the SSE bytes.
-    pub response: Option<Value>,
+    pub response: Option<RawJson>,
     pub error: Option<String>,
+}
+
+impl ModelCall {
+    /// [`ModelCall::request`] as a tree.
+    pub fn request_value(&self) -> Option<Value> {
+        self.request.as_ref().map(RawJson::to_value)
+    }
+
+    /// [`ModelCall::response`] as a tree.
+    pub fn response_value(&self) -> Option<Value> {
+        self.response.as_ref().map(RawJson::to_value)
+    }
+}
+
+/// A JSON value kept as its text and serialized as that JSON (not as a
+/// string): a record's request and response, so that a call that needs no
+/// masking is stored without building and dropping a tree of it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The value as a tree.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.get()).unwrap_or(Value::Null)
+    }
+
+    pub fn from_value(v: &Value) -> RawJson {
+        RawJson(
+            serde_json::value::to_raw_value(v)
+                .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned()),
+        )
+    }
+
+    /// `b` as it is, when it is one JSON value.
+    pub(crate) fn from_json_bytes(b: &[u8]) -> Option<RawJson> {
+        let s = std::str::from_utf8(b).ok()?;
+        serde_json::value::RawValue::from_string(s.to_string())
+            .ok()
+            .map(RawJson)
+    }
+}
+
+/// Equal when the values are (whatever their spacing).
+impl PartialEq for RawJson {
+    fn eq(&self, o: &RawJson) -> bool {
+        self.get() == o.get() || self.to_value() == o.to_value()
+    }
+}
+
+/// What a record's request or response is made of before it is stored.
+enum Payload {
+    None,
+    /// JSON text within `capture_max`, scanned.
+    Json,
+    /// JSON text larger than `capture_max`: a digest.
+    JsonCapped,
+    /// A tree (a stream's reassembled message).
+    Tree(Value),
+    /// Not JSON: a digest.
+    Capped,
 }
 
 /// A request in flight: what its record will be made of.
@@ -259,7 +325,13 @@ impl Recorder {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
             rt.spawn(async move {
                 while let Some(d) = rx.recv().await {
+                    // Let the calls finishing meanwhile queue up: one wake
+                    // of this task per batch under load, not one per call.
+                    tokio::task::yield_now().await;
                     d.finish();
+                    while let Ok(d) = rx.try_recv() {
+                        d.finish();
+                    }
                 }
             });
             tx
@@ -323,45 +395,94 @@ impl Done {
             }
         };
         self.chunks.clear();
-        let (mut response, usage, stream_error) = if body.is_empty() {
-            (None, None, None)
+        let red = (inner.redactor)();
+        let pii = &cfg.pii;
+        // Redaction: known secrets (the current set), then PII. Most calls
+        // hold neither: one scan over all the record's text (request,
+        // response, model, errors) says whether any of it needs the walks.
+        // JSON bodies are scanned as they came, and stored as that text
+        // unless something in the record needs masking: no tree is built
+        // for a clean call.
+        let mut pre = crate::scrub::Prefilter::new();
+
+        // The response: a stream's reassembled message (a tree), a JSON
+        // body (its text), or anything else as a digest.
+        let response_capped = !self.sse && body.len() > cfg.capture_max;
+        let mut usage = None;
+        let mut stream_error = None;
+        let mut response = if body.is_empty() {
+            Payload::None
         } else if self.sse {
-            let (msg, usage, err) = parse_stream(self.endpoint, &body);
-            (Some(msg), usage, err)
+            let (msg, u, err) = parse_stream(self.endpoint, &body);
+            usage = u;
+            stream_error = err;
+            pre.add_value(&msg);
+            Payload::Tree(msg)
         } else {
-            match serde_json::from_slice::<Value>(&body) {
-                Ok(v) => {
-                    let u = usage_of(self.endpoint, &v);
-                    (Some(v), u, None)
+            let mut u = None;
+            // A body stored as a digest is scanned for its usage only.
+            let scanned = if response_capped {
+                let mut skip = crate::scrub::Prefilter::new();
+                let r = skip.add_json(&body, Some(&mut u));
+                skip.discard();
+                r
+            } else {
+                pre.add_json(&body, Some(&mut u))
+            };
+            match scanned {
+                Ok(()) => {
+                    usage = u.map(|u: UsageFields| u.tokens(self.endpoint));
+                    if response_capped {
+                        Payload::JsonCapped
+                    } else {
+                        Payload::Json
+                    }
                 }
-                Err(_) => (Some(capped(&inner, &body)), None, None),
+                Err(_) => Payload::Capped,
             }
         };
         if let (None, Some(e)) = (&self.error, stream_error) {
             self.error = Some(e);
         }
         if self.dropped_middle {
-            if let Some(Value::Object(o)) = &mut response {
+            if let Payload::Json = response {
+                response = serde_json::from_slice(&body)
+                    .map(Payload::Tree)
+                    .unwrap_or(Payload::Capped);
+            }
+            if let Payload::Tree(Value::Object(o)) = &mut response {
                 o.insert("brig_truncated".into(), Value::Bool(true));
             }
         }
-        let request_json: Option<Value> = if self.request.is_empty() {
-            None
+        let request = if self.request.is_empty() {
+            Payload::None
+        } else if self.request.len() > cfg.capture_max {
+            Payload::JsonCapped
         } else {
-            serde_json::from_slice(&self.request).ok()
+            match pre.add_json(&self.request, None) {
+                Ok(()) => Payload::Json,
+                Err(_) => Payload::Capped,
+            }
         };
 
         // Tokens: the provider's, else counted for calls that reached an
-        // upstream and take tokens.
+        // upstream and take tokens (the trees are built for that only).
         let charged = self.endpoint.charged() && self.upstream.is_some();
         let (tokens, source) = match usage {
             Some(t) => (t, TokenSource::Reported),
             None if charged && (self.status < 400 || self.outcome == CallOutcome::ClientClosed) => {
-                let input = request_json.as_ref().map(estimate_input).unwrap_or(0);
-                let output = response
+                let input = serde_json::from_slice::<Value>(&self.request)
+                    .ok()
                     .as_ref()
-                    .map(|r| estimate_output(self.endpoint, r))
+                    .map(estimate_input)
                     .unwrap_or(0);
+                let output = match &response {
+                    Payload::Tree(v) => estimate_output(self.endpoint, v),
+                    Payload::Json | Payload::JsonCapped => serde_json::from_slice::<Value>(&body)
+                        .map(|v| estimate_output(self.endpoint, &v))
+                        .unwrap_or(0),
+                    Payload::Capped | Payload::None => 0,
+                };
                 (
                     Tokens {
                         input,
@@ -388,30 +509,12 @@ impl Done {
             }
         }
 
-        // Redaction: known secrets (the current set), then PII. Most calls
-        // hold neither: one scan over all the record's text (request,
-        // response, model, errors) says whether any of it needs the walks.
-        let red = (inner.redactor)();
-        let pii = &cfg.pii;
-        let request_json = request_json
-            .filter(|_| !self.request.is_empty() && self.request.len() <= cfg.capture_max);
-        let response_capped = !self.sse && body.len() > cfg.capture_max;
-        let need = {
-            let mut values: Vec<&Value> = Vec::with_capacity(2);
-            values.extend(request_json.as_ref());
-            values.extend(response.as_ref().filter(|_| !response_capped));
-            let mut strs: Vec<&str> = Vec::with_capacity(2 + self.attempts.len());
-            strs.extend(self.model.as_deref());
-            strs.extend(self.error.as_deref());
-            strs.extend(self.attempts.iter().filter_map(|a| a.error.as_deref()));
-            crate::scrub::may_need(&values, &strs, &red, pii)
-        };
-        let clean = |mut v: Value| {
-            if need {
-                crate::scrub::scrub(&mut v, &red, pii);
-            }
-            v
-        };
+        pre.add_str_opt(self.model.as_deref());
+        pre.add_str_opt(self.error.as_deref());
+        for a in &self.attempts {
+            pre.add_str_opt(a.error.as_deref());
+        }
+        let need = pre.need(&red, pii);
         let clean_str = |s: &str| {
             if need {
                 pii.redact_str(&red.redact_str(s)).into_owned()
@@ -419,25 +522,35 @@ impl Done {
                 s.to_string()
             }
         };
-        let request = if self.request.is_empty() {
-            None
-        } else {
-            match request_json {
-                Some(v) => Some(clean(v)),
-                None => Some(capped(&inner, &self.request)),
+        // A JSON text that needs masking becomes a tree for the walks.
+        let store = |p: Payload, bytes: &[u8]| -> Option<RawJson> {
+            match p {
+                Payload::None => None,
+                Payload::Json if !need => RawJson::from_json_bytes(bytes),
+                Payload::Json => match serde_json::from_slice::<Value>(bytes) {
+                    Ok(mut v) => {
+                        crate::scrub::scrub(&mut v, &red, pii);
+                        Some(RawJson::from_value(&v))
+                    }
+                    Err(_) => Some(capped(&inner, bytes)),
+                },
+                Payload::Tree(mut v) => {
+                    if need {
+                        crate::scrub::scrub(&mut v, &red, pii);
+                    }
+                    let r = RawJson::from_value(&v);
+                    // A stream's message is measured (a body's size is known).
+                    if r.get().len() > cfg.capture_max {
+                        Some(capped(&inner, r.get().as_bytes()))
+                    } else {
+                        Some(r)
+                    }
+                }
+                Payload::Capped | Payload::JsonCapped => Some(capped(&inner, bytes)),
             }
         };
-        let response = response.map(|v| {
-            // A body's size is known; a stream's message is measured.
-            if response_capped {
-                return capped(&inner, &body);
-            }
-            let v = clean(v);
-            match self.sse.then(|| serde_json::to_vec(&v)) {
-                Some(Ok(b)) if b.len() > cfg.capture_max => capped(&inner, &b),
-                _ => v,
-            }
-        });
+        let request = store(request, &self.request);
+        let response = store(response, &body);
         let (human, task) = match &self.session {
             Some(s) => (s.ctx.human.clone(), s.ctx.task.clone()),
             None => (None, None),
@@ -488,11 +601,11 @@ impl Done {
 
 /// A payload as sha256 + size + redacted excerpt (brig-redact's
 /// `cap_payload`, with PII masked in the excerpt too).
-fn capped(inner: &Inner, bytes: &[u8]) -> Value {
+fn capped(inner: &Inner, bytes: &[u8]) -> RawJson {
     let red = (inner.redactor)();
     let mut c = red.cap_payload(bytes, inner.config.capture_max.min(4096));
     c.excerpt = inner.config.pii.redact_str(&c.excerpt).into_owned();
-    serde_json::to_value(c).unwrap_or(Value::Null)
+    RawJson::from_value(&serde_json::to_value(c).unwrap_or(Value::Null))
 }
 
 fn cost_of(p: &crate::config::Price, t: &Tokens) -> f64 {
@@ -504,44 +617,127 @@ fn cost_of(p: &crate::config::Price, t: &Tokens) -> f64 {
     c / 1e6
 }
 
-fn u(v: &Value, path: &[&str]) -> u64 {
-    let mut v = v;
-    for p in path {
-        match v.get(p) {
-            Some(x) => v = x,
-            None => return 0,
-        }
-    }
-    v.as_u64().unwrap_or(0)
-}
-
 /// The usage fields of a response body (or of a stream's usage object).
 pub(crate) fn usage_of(endpoint: Endpoint, v: &Value) -> Option<Tokens> {
     let usage = v.get("usage").filter(|u| u.is_object())?;
-    Some(match endpoint {
-        Endpoint::Messages => {
-            let cached = u(usage, &["cache_read_input_tokens"]);
-            let write = u(usage, &["cache_creation_input_tokens"]);
-            Tokens {
-                input: u(usage, &["input_tokens"]) + cached + write,
-                output: u(usage, &["output_tokens"]),
-                cached,
-                cache_write: write,
+    let mut f = UsageFields::default();
+    f.fill(usage);
+    Some(f.tokens(endpoint))
+}
+
+/// The counts a `usage` object may hold, every protocol's (0: absent, or
+/// not an unsigned integer); read from a tree ([`UsageFields::fill`]) or
+/// while a body is scanned, without one.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct UsageFields {
+    input_tokens: u64,
+    output_tokens: u64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cache_read_input_tokens: u64,
+    cache_creation_input_tokens: u64,
+    /// `prompt_tokens_details.cached_tokens`.
+    prompt_cached: u64,
+    /// `input_tokens_details.cached_tokens`.
+    input_cached: u64,
+}
+
+/// The member names a usage count is read by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UsageKey {
+    Usage,
+    Cached,
+    Input,
+    Output,
+    Prompt,
+    Completion,
+    CacheRead,
+    CacheCreation,
+    PromptDetails,
+    InputDetails,
+    Other,
+}
+
+impl UsageKey {
+    pub fn of(k: &str) -> UsageKey {
+        match k {
+            "usage" => UsageKey::Usage,
+            "cached_tokens" => UsageKey::Cached,
+            "input_tokens" => UsageKey::Input,
+            "output_tokens" => UsageKey::Output,
+            "prompt_tokens" => UsageKey::Prompt,
+            "completion_tokens" => UsageKey::Completion,
+            "cache_read_input_tokens" => UsageKey::CacheRead,
+            "cache_creation_input_tokens" => UsageKey::CacheCreation,
+            "prompt_tokens_details" => UsageKey::PromptDetails,
+            "input_tokens_details" => UsageKey::InputDetails,
+            _ => UsageKey::Other,
+        }
+    }
+}
+
+impl UsageFields {
+    /// The field a member of `usage` is counted in.
+    pub fn field(&mut self, k: UsageKey) -> Option<&mut u64> {
+        Some(match k {
+            UsageKey::Input => &mut self.input_tokens,
+            UsageKey::Output => &mut self.output_tokens,
+            UsageKey::Prompt => &mut self.prompt_tokens,
+            UsageKey::Completion => &mut self.completion_tokens,
+            UsageKey::CacheRead => &mut self.cache_read_input_tokens,
+            UsageKey::CacheCreation => &mut self.cache_creation_input_tokens,
+            _ => return None,
+        })
+    }
+
+    /// The field the `cached_tokens` of a member object of `usage` is
+    /// counted in.
+    pub fn details(&mut self, k: UsageKey) -> Option<&mut u64> {
+        match k {
+            UsageKey::PromptDetails => Some(&mut self.prompt_cached),
+            UsageKey::InputDetails => Some(&mut self.input_cached),
+            _ => None,
+        }
+    }
+
+    pub fn fill(&mut self, usage: &Value) {
+        let Some(o) = usage.as_object() else { return };
+        for (k, v) in o {
+            let k = UsageKey::of(k);
+            if let Some(f) = self.field(k) {
+                *f = v.as_u64().unwrap_or(0);
+            } else if let Some(f) = self.details(k) {
+                *f = v.get("cached_tokens").and_then(|c| c.as_u64()).unwrap_or(0);
             }
         }
-        Endpoint::Responses => Tokens {
-            input: u(usage, &["input_tokens"]),
-            output: u(usage, &["output_tokens"]),
-            cached: u(usage, &["input_tokens_details", "cached_tokens"]),
-            cache_write: 0,
-        },
-        _ => Tokens {
-            input: u(usage, &["prompt_tokens"]),
-            output: u(usage, &["completion_tokens"]),
-            cached: u(usage, &["prompt_tokens_details", "cached_tokens"]),
-            cache_write: 0,
-        },
-    })
+    }
+
+    pub fn tokens(&self, endpoint: Endpoint) -> Tokens {
+        match endpoint {
+            Endpoint::Messages => {
+                let cached = self.cache_read_input_tokens;
+                let write = self.cache_creation_input_tokens;
+                Tokens {
+                    input: self.input_tokens + cached + write,
+                    output: self.output_tokens,
+                    cached,
+                    cache_write: write,
+                }
+            }
+            Endpoint::Responses => Tokens {
+                input: self.input_tokens,
+                output: self.output_tokens,
+                cached: self.input_cached,
+                cache_write: 0,
+            },
+            _ => Tokens {
+                input: self.prompt_tokens,
+                output: self.completion_tokens,
+                cached: self.prompt_cached,
+                cache_write: 0,
+            },
+        }
+    }
 }
 
 pub(crate) fn text_len(v: &Value) -> usize {

@@ -15,9 +15,11 @@
 use std::borrow::Cow;
 
 use brig_redact::Redactor;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::pii::PiiRules;
+use crate::record::{UsageFields, UsageKey};
 
 /// Key fragments covering brig-redact's SENSITIVE_KEY (password, passwd,
 /// secret, token, api key, access key, private key, authorization,
@@ -108,30 +110,266 @@ thread_local! {
     static TEXT: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
 }
 
-/// Whether any of `values` or `strs` may hold something to mask: one pass
-/// of the known values, one of the secret patterns and one of the PII set
-/// over all of their text together (a call's request, response, model and
-/// error messages), instead of one of each per value and per string.
-/// `false`: [`scrub`] would leave every value as it is, and `redact_str`
-/// of the redactor and of the PII rules every string.
+/// The prefilter over everything one record holds as text: JSON bodies
+/// scanned as they are (no tree built: [`Prefilter::add_json`]), trees,
+/// and plain strings, all joined into one text; then one pass of the known
+/// values, one of the secret patterns and one of the PII set over it
+/// ([`Prefilter::need`]) instead of one of each per value and per string.
+pub(crate) struct Prefilter {
+    s: Scan,
+}
+
+impl Prefilter {
+    pub fn new() -> Prefilter {
+        let mut text = TEXT.with(|t| t.take());
+        text.clear();
+        Prefilter {
+            s: Scan {
+                text,
+                value_rule: false,
+            },
+        }
+    }
+
+    /// Every string and key of a tree.
+    pub fn add_value(&mut self, v: &Value) {
+        collect(v, &mut self.s);
+    }
+
+    pub fn add_str(&mut self, x: &str) {
+        self.s.text.push_str(x);
+        self.s.text.push('\n');
+    }
+
+    pub fn add_str_opt(&mut self, x: Option<&str>) {
+        if let Some(x) = x {
+            self.add_str(x);
+        }
+    }
+
+    /// Done without a decision (its buffer is kept for the next one).
+    pub fn discard(self) {
+        let s = self.s;
+        if s.text.capacity() <= 1 << 20 {
+            TEXT.with(|t| t.set(s.text));
+        }
+    }
+
+    /// Scans (and so validates) the JSON text `b` as [`Prefilter::add_value`]
+    /// would its tree, without building one; with `usage`, the counts of
+    /// the top-level `usage` object are read (none: it has no such
+    /// object). On an error (not
+    /// JSON, or nested deeper than serde_json allows) nothing of `b` is
+    /// added.
+    pub fn add_json(
+        &mut self,
+        b: &[u8],
+        usage: Option<&mut Option<UsageFields>>,
+    ) -> Result<(), serde_json::Error> {
+        let mark = self.s.text.len();
+        let rule = self.s.value_rule;
+        let mut de = serde_json::Deserializer::from_slice(b);
+        let mode = match usage {
+            Some(u) => Mode::Top(u),
+            None => Mode::Plain,
+        };
+        let r = Node {
+            s: &mut self.s,
+            mode,
+        }
+        .deserialize(&mut de)
+        .and_then(|_| de.end());
+        if r.is_err() {
+            self.s.text.truncate(mark);
+            self.s.value_rule = rule;
+        }
+        r
+    }
+
+    /// `false`: [`scrub`] would leave every value added as it is, and
+    /// `redact_str` of the redactor and of the PII rules every string.
+    pub fn need(self, red: &Redactor, pii: &PiiRules) -> bool {
+        let s = self.s;
+        let need = s.value_rule || red.may_redact(&s.text) || pii.may_match(&s.text);
+        if s.text.capacity() <= 1 << 20 {
+            TEXT.with(|t| t.set(s.text));
+        }
+        need
+    }
+}
+
+/// What a scanned JSON value was, as its container needs to know.
+enum Kind {
+    Str { nonempty: bool, flag: bool },
+    U64(u64),
+    Object,
+    Other,
+}
+
+/// Where a scanned value's usage counts go.
+enum Mode<'a> {
+    Plain,
+    /// The body: its `usage` member's counts.
+    Top(&'a mut Option<UsageFields>),
+    /// A `usage` object.
+    Usage(&'a mut UsageFields),
+    /// A `*_tokens_details` object of one: its `cached_tokens`.
+    Details(&'a mut u64),
+}
+
+/// One JSON value of a scan ([`Prefilter::add_json`]): the same text and
+/// value rules as [`collect`] over its tree.
+struct Node<'a> {
+    s: &'a mut Scan,
+    mode: Mode<'a>,
+}
+
+impl<'de> DeserializeSeed<'de> for Node<'_> {
+    type Value = Kind;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Kind, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Node<'_> {
+    type Value = Kind;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Kind, E> {
+        Ok(Kind::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Kind, E> {
+        Ok(Kind::Other)
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<Kind, E> {
+        Ok(Kind::U64(n))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Kind, E> {
+        Ok(Kind::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Kind, E> {
+        Ok(Kind::Other)
+    }
+    fn visit_str<E>(self, x: &str) -> Result<Kind, E> {
+        self.s.text.push_str(x);
+        self.s.text.push('\n');
+        Ok(Kind::Str {
+            nonempty: !x.is_empty(),
+            flag: may_be_sensitive_flag(x),
+        })
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Kind, A::Error> {
+        let mut after_flag = false;
+        while let Some(k) = a.next_element_seed(Node {
+            s: &mut *self.s,
+            mode: Mode::Plain,
+        })? {
+            match k {
+                Kind::Str { flag, .. } => {
+                    if after_flag {
+                        self.s.value_rule = true;
+                    }
+                    after_flag = flag;
+                }
+                _ => after_flag = false,
+            }
+        }
+        Ok(Kind::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Kind, A::Error> {
+        let mut mode = self.mode;
+        while let Some(key) = a.next_key_seed(KeySeed(&mut *self.s))? {
+            // The last of duplicate members counts, as in a tree.
+            let mut usage = UsageFields::default();
+            let mut cached = 0;
+            let child = match &mut mode {
+                Mode::Top(_) if key.name == UsageKey::Usage => Mode::Usage(&mut usage),
+                Mode::Usage(_)
+                    if matches!(key.name, UsageKey::PromptDetails | UsageKey::InputDetails) =>
+                {
+                    Mode::Details(&mut cached)
+                }
+                _ => Mode::Plain,
+            };
+            let k = a.next_value_seed(Node {
+                s: &mut *self.s,
+                mode: child,
+            })?;
+            if key.sensitive && matches!(k, Kind::Str { nonempty: true, .. }) {
+                self.s.value_rule = true;
+            }
+            match &mut mode {
+                Mode::Top(out) if key.name == UsageKey::Usage => {
+                    **out = matches!(k, Kind::Object).then_some(usage);
+                }
+                Mode::Usage(u) => {
+                    let n = match k {
+                        Kind::U64(n) => n,
+                        _ => 0,
+                    };
+                    let object = matches!(k, Kind::Object);
+                    if let Some(f) = u.field(key.name) {
+                        *f = n;
+                    } else if let Some(f) = u.details(key.name) {
+                        *f = if object { cached } else { 0 };
+                    }
+                }
+                Mode::Details(c) if key.name == UsageKey::Cached => {
+                    **c = match k {
+                        Kind::U64(n) => n,
+                        _ => 0,
+                    };
+                }
+                _ => {}
+            }
+        }
+        Ok(Kind::Object)
+    }
+}
+
+struct KeyInfo {
+    sensitive: bool,
+    name: UsageKey,
+}
+
+struct KeySeed<'a>(&'a mut Scan);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = KeyInfo;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<KeyInfo, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = KeyInfo;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E>(self, k: &str) -> Result<KeyInfo, E> {
+        self.0.text.push_str(k);
+        self.0.text.push('\n');
+        Ok(KeyInfo {
+            sensitive: may_be_sensitive_key(k),
+            name: UsageKey::of(k),
+        })
+    }
+}
+
+/// Whether any of `values` or `strs` may hold something to mask
+/// ([`Prefilter`] over them).
+#[cfg(test)]
 pub(crate) fn may_need(values: &[&Value], strs: &[&str], red: &Redactor, pii: &PiiRules) -> bool {
-    let mut s = Scan {
-        text: TEXT.with(|t| t.take()),
-        value_rule: false,
-    };
-    s.text.clear();
+    let mut p = Prefilter::new();
     for v in values {
-        collect(v, &mut s);
+        p.add_value(v);
     }
     for x in strs {
-        s.text.push_str(x);
-        s.text.push('\n');
+        p.add_str(x);
     }
-    let need = s.value_rule || red.may_redact(&s.text) || pii.may_match(&s.text);
-    if s.text.capacity() <= 1 << 20 {
-        TEXT.with(|t| t.set(s.text));
-    }
-    need
+    p.need(red, pii)
 }
 
 /// `v` with known secrets, secret patterns and PII masked.
@@ -229,5 +467,63 @@ mod tests {
         let mut v = clean.clone();
         scrub(&mut v, &red, &pii);
         assert_eq!(v, clean);
+    }
+
+    #[test]
+    fn the_text_scan_sees_what_the_tree_walk_sees() {
+        let cases = [
+            r#"{"model":"m","messages":[{"role":"user","content":"hi \"q\" \u0041KIA\n"}],"api_key":"x"}"#,
+            r#"["deploy","--password","p",3,"-x"]"#,
+            r#"{"a":{"token":""},"b":[1,"--token","x",null,"--pwd",true,"y"]}"#,
+            r#" "plain" "#,
+            r#"{"usage":{"prompt_tokens":3,"note":"ghp_x","secret":"s"},"k":[],"z":1.5e3}"#,
+            r#"{"usage":{"input_tokens":7,"output_tokens":2.5,"input_tokens_details":{"cached_tokens":4}},"x":{"usage":{"input_tokens":1}}}"#,
+            r#"{"usage":{"prompt_tokens":1,"prompt_tokens":-1,"prompt_tokens_details":{"cached_tokens":2},"prompt_tokens_details":7}}"#,
+            r#"{"usage":{"cache_read_input_tokens":5,"cache_creation_input_tokens":6,"input_tokens":1},"usage":{"output_tokens":9}}"#,
+            r#"{"usage":"none"}"#,
+            r#"{"\u0070assword":"v","n":{"deep":[[{"SESSION_ID":"abc"}]]}}"#,
+        ];
+        for c in cases {
+            let v: Value = serde_json::from_str(c).unwrap();
+            let mut tree = Scan::default();
+            collect(&v, &mut tree);
+            let mut p = Prefilter::new();
+            let mut usage = None;
+            p.add_json(c.as_bytes(), Some(&mut usage)).unwrap();
+            let lines = |t: &str| {
+                let mut l: Vec<String> = t.split('\n').map(str::to_string).collect();
+                l.sort();
+                l
+            };
+            // A tree keeps the last of duplicate members; the scan sees
+            // them all (more text, never less).
+            let (got, want) = (lines(&p.s.text), lines(&tree.text));
+            if c.contains("\"usage\":{\"prompt_tokens\":1,") || c.contains("},\"usage\":{") {
+                let mut rest = got.clone();
+                for w in &want {
+                    let i = rest.iter().position(|x| x == w);
+                    assert!(i.is_some(), "{c}: {w:?} not scanned");
+                    rest.remove(i.unwrap());
+                }
+            } else {
+                assert_eq!(got, want, "{c}");
+            }
+            assert_eq!(p.s.value_rule, tree.value_rule, "{c}");
+            let want = v.get("usage").filter(|u| u.is_object()).map(|u| {
+                let mut f = UsageFields::default();
+                f.fill(u);
+                f
+            });
+            assert_eq!(usage, want, "{c}");
+            p.discard();
+        }
+        // Not one JSON value: an error, and nothing of it is kept.
+        for c in [r#"{"a":"b"} x"#, r#"{"a":"#, "nope", ""] {
+            let mut p = Prefilter::new();
+            p.add_str("before");
+            assert!(p.add_json(c.as_bytes(), None).is_err(), "{c}");
+            assert_eq!(p.s.text, "before\n");
+            assert!(!p.s.value_rule);
+        }
     }
 }

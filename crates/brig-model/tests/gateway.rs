@@ -77,10 +77,10 @@ async fn chat_completion_goes_upstream_with_the_real_key_and_is_recorded() {
         c.cost_usd
     );
     assert_eq!(
-        c.request.as_ref().unwrap()["messages"][0]["content"],
+        c.request_value().unwrap()["messages"][0]["content"],
         "hi there"
     );
-    assert_eq!(c.response.as_ref().unwrap()["object"], "chat.completion");
+    assert_eq!(c.response_value().unwrap()["object"], "chat.completion");
     assert!(c.ttfb_ms.is_some() && c.latency_ms > 0.0);
     assert!(c.id.starts_with("mc_"));
     let u = h.gw.usage(Scope::Task, "T-1").unwrap();
@@ -164,7 +164,8 @@ async fn chat_stream_arrives_chunk_by_chunk_and_the_usage_chunk_is_stripped() {
     assert!(rec.stream);
     assert_eq!(rec.tokens_source, TokenSource::Reported);
     assert_eq!(rec.output_tokens, 5);
-    let msg = &rec.response.as_ref().unwrap()["choices"][0];
+    let resp = rec.response_value().unwrap();
+    let msg = &resp["choices"][0];
     assert_eq!(msg["message"]["content"], "one two three four five");
     assert_eq!(msg["finish_reason"], "stop");
 }
@@ -202,7 +203,8 @@ async fn tool_calls_pass_through_and_are_reassembled() {
     let mut c = Client::connect(h.addr).await;
     body_text(c.send(post("/v1/chat/completions", &h.key, &req)).await).await;
     let rec = h.call().await;
-    let tc = &rec.response.as_ref().unwrap()["choices"][0]["message"]["tool_calls"][0];
+    let resp = rec.response_value().unwrap();
+    let tc = &resp["choices"][0]["message"]["tool_calls"][0];
     assert_eq!(tc["function"]["name"], "get_weather");
     assert_eq!(tc["function"]["arguments"], "{\"city\":\"fake\"}");
     // Anthropic: a tool_use block, streamed as input_json_delta.
@@ -212,10 +214,11 @@ async fn tool_calls_pass_through_and_are_reassembled() {
     let text = body_text(c.send(post_anthropic("/v1/messages", &h.key, &areq)).await).await;
     assert!(text.contains("input_json_delta"), "{text}");
     let rec = h.call().await;
-    let block = &rec.response.as_ref().unwrap()["content"][0];
+    let resp = rec.response_value().unwrap();
+    let block = &resp["content"][0];
     assert_eq!(block["type"], "tool_use");
     assert_eq!(block["input"]["city"], "fake");
-    assert_eq!(rec.response.as_ref().unwrap()["stop_reason"], "tool_use");
+    assert_eq!(resp["stop_reason"], "tool_use");
 }
 
 #[tokio::test]
@@ -246,7 +249,7 @@ async fn anthropic_messages_stream_keeps_the_event_sequence() {
     assert_eq!(rec.tokens_source, TokenSource::Reported);
     assert_eq!(rec.output_tokens, 5);
     assert_eq!(
-        rec.response.as_ref().unwrap()["content"][0]["text"],
+        rec.response_value().unwrap()["content"][0]["text"],
         "Hello from the fake upstream."
     );
     let want = (rec.input_tokens as f64 * 3.0 + 5.0 * 15.0) / 1e6;
@@ -307,7 +310,7 @@ async fn responses_embeddings_and_models() {
     );
     let rec = h.call().await;
     assert_eq!(rec.tokens_source, TokenSource::Reported);
-    assert_eq!(rec.response.as_ref().unwrap()["status"], "completed");
+    assert_eq!(rec.response_value().unwrap()["status"], "completed");
 
     let (s, v) = body_json(
         c.send(post(
@@ -946,7 +949,7 @@ async fn large_payloads_are_stored_as_digest_size_and_redacted_excerpt() {
     .await;
     assert_eq!(s, 200);
     let c = h.call().await;
-    let r = c.request.unwrap();
+    let r = c.request_value().unwrap();
     assert_eq!(r["sha256"].as_str().unwrap().len(), 64);
     assert!(r["size"].as_u64().unwrap() > 3000);
     assert_eq!(r["truncated"], true);
@@ -957,7 +960,7 @@ async fn large_payloads_are_stored_as_digest_size_and_redacted_excerpt() {
     );
     assert!(!ex.contains("ghp_abcdefghij") && !ex.contains("bob@corp.example"));
     // The response was small: stored whole.
-    assert_eq!(c.response.unwrap()["object"], "chat.completion");
+    assert_eq!(c.response_value().unwrap()["object"], "chat.completion");
 }
 
 #[tokio::test]
