@@ -128,6 +128,10 @@ impl Relay {
         if self.done {
             return Poll::Ready(None);
         }
+        // The upstream connection is driven here, in this task: when the
+        // body has nothing yet, the connection reads, and the body is
+        // asked once more.
+        let mut driven = false;
         loop {
             match Pin::new(&mut self.upstream).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -165,7 +169,7 @@ impl Relay {
                 Poll::Ready(None) => {
                     let tail = self.strip.as_mut().map(|s| s.flush()).unwrap_or_default();
                     if let Some(c) = self.conn.take() {
-                        c.release();
+                        c.release(cx);
                     }
                     let status = self.call.as_ref().map(|c| c.status).unwrap_or(200);
                     let outcome = if status < 400 {
@@ -179,7 +183,16 @@ impl Relay {
                     }
                     return Poll::Ready(None);
                 }
-                Poll::Pending => break,
+                Poll::Pending if driven => break,
+                Poll::Pending => {
+                    driven = true;
+                    match self.conn.as_mut() {
+                        Some(c) => {
+                            c.drive(cx);
+                        }
+                        None => break,
+                    }
+                }
             }
         }
         if self.deadline.as_mut().poll(cx).is_ready() {

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST,
+    USER_AGENT,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -53,6 +56,9 @@ pub(crate) async fn serve_connection<I>(
     }
 }
 
+// `Upstream` is the common case and moved once: boxing it would cost an
+// allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Reply {
     Local(Bytes),
     Upstream {
@@ -108,7 +114,7 @@ async fn handle(
             call.outcome = Some(CallOutcome::Ok);
             let mut r = Response::new(GatewayBody::full(body));
             let h = r.headers_mut();
-            h.insert("content-type", HeaderValue::from_static("application/json"));
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             call_header(h, &call.id);
             r
         }
@@ -122,20 +128,26 @@ async fn handle(
             call.status = parts.status.as_u16();
             call.sse = parts
                 .headers
-                .get("content-type")
+                .get(CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("text/event-stream"));
             let strip = strip && call.sse && call.status < 300;
             let mut r = Response::new(GatewayBody::Full(None));
             *r.status_mut() = parts.status;
-            let h = r.headers_mut();
-            for (k, v) in parts.headers.iter() {
-                if hop_by_hop(k) || (strip && k == "content-length") {
-                    continue;
+            // The upstream's headers, less the hop-by-hop ones (looked for
+            // first: most responses have none but `transfer-encoding`).
+            let mut h = parts.headers;
+            if h.keys().any(hop_by_hop) {
+                let hop: Vec<HeaderName> = h.keys().filter(|k| hop_by_hop(k)).cloned().collect();
+                for k in hop {
+                    h.remove(k);
                 }
-                h.append(k.clone(), v.clone());
             }
-            call_header(h, &call.id);
+            if strip {
+                h.remove(CONTENT_LENGTH);
+            }
+            call_header(&mut h, &call.id);
+            *r.headers_mut() = h;
             *r.body_mut() = GatewayBody::Relay(Box::new(Relay {
                 upstream: body,
                 conn: Some(conn),
@@ -162,9 +174,11 @@ async fn handle(
     }
 }
 
+const X_BRIG_CALL: HeaderName = HeaderName::from_static("x-brig-call");
+
 fn call_header(h: &mut HeaderMap, id: &str) {
     if let Ok(v) = HeaderValue::from_str(id) {
-        h.insert("x-brig-call", v);
+        h.insert(X_BRIG_CALL, v);
     }
 }
 
@@ -187,7 +201,7 @@ fn error_response(f: &Failure, p: Protocol, id: &str) -> Response<GatewayBody> {
     let mut r = Response::new(GatewayBody::full(f.body(p)));
     *r.status_mut() = StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let h = r.headers_mut();
-    h.insert("content-type", HeaderValue::from_static("application/json"));
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     call_header(h, id);
     if let Some(s) = f.retry_after {
         h.insert("retry-after", HeaderValue::from(s));
@@ -496,12 +510,15 @@ fn upstream_path(kind: UpstreamKind, e: Endpoint) -> &'static str {
     }
 }
 
-const PASS_HEADERS: &[&str] = &[
-    "accept",
-    "user-agent",
-    "openai-beta",
-    "anthropic-beta",
-    "idempotency-key",
+const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
+const ANTHROPIC_VERSION_H: HeaderName = HeaderName::from_static("anthropic-version");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const PASS_HEADERS: [HeaderName; 5] = [
+    ACCEPT,
+    USER_AGENT,
+    HeaderName::from_static("openai-beta"),
+    ANTHROPIC_BETA,
+    HeaderName::from_static("idempotency-key"),
 ];
 
 async fn forward(
@@ -554,8 +571,8 @@ async fn forward(
             (*target.model != *requested).then_some(&*target.model),
             inject_usage,
         );
-        let headers = upstream_headers(u, client_headers, key.as_deref(), body.len());
-        let path = format!("{}{}", u.base.path, upstream_path(u.kind, call.endpoint));
+        let headers = upstream_headers(client, u, client_headers, key.as_deref(), body.len());
+        let uri = client.uri(upstream_path(u.kind, call.endpoint));
         for attempt in 0..=u.retries {
             if session.closed.load(Ordering::SeqCst) {
                 return Err(Failure::new(
@@ -570,7 +587,7 @@ async fn forward(
             let mut deadline = Box::pin(tokio::time::sleep(u.timeout));
             let r = tokio::select! {
                 biased;
-                r = exchange(client, u, session, &path, &headers, body.clone()) => Ok(r),
+                r = exchange(client, u, session, &uri, &headers, body.clone()) => Ok(r),
                 _ = deadline.as_mut() => Err(()),
             };
             let latency_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -669,33 +686,34 @@ async fn forward(
 }
 
 fn upstream_headers(
+    client: &crate::upstream::Client,
     u: &crate::config::CompiledUpstream,
-    client: &HeaderMap,
+    headers: &HeaderMap,
     key: Option<&str>,
     len: usize,
 ) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(10);
-    if let Ok(v) = HeaderValue::from_str(&u.base.authority) {
-        h.insert("host", v);
+    if let Some(v) = &client.host {
+        h.insert(HOST, v.clone());
     }
-    h.insert("content-type", HeaderValue::from_static("application/json"));
-    h.insert("content-length", HeaderValue::from(len));
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(len));
     for name in PASS_HEADERS {
-        if let Some(v) = client.get(*name) {
-            h.insert(*name, v.clone());
+        if let Some(v) = headers.get(&name) {
+            h.insert(name, v.clone());
         }
     }
-    if !h.contains_key("accept") {
-        h.insert("accept", HeaderValue::from_static("application/json"));
+    if !h.contains_key(ACCEPT) {
+        h.insert(ACCEPT, HeaderValue::from_static("application/json"));
     }
     if u.kind == UpstreamKind::Anthropic {
-        let v = client
-            .get("anthropic-version")
+        let v = headers
+            .get(&ANTHROPIC_VERSION_H)
             .cloned()
             .unwrap_or(HeaderValue::from_static(ANTHROPIC_VERSION));
-        h.insert("anthropic-version", v);
+        h.insert(ANTHROPIC_VERSION_H, v);
     } else {
-        h.remove("anthropic-beta");
+        h.remove(ANTHROPIC_BETA);
     }
     if let Some(k) = key {
         // A key with characters HTTP cannot carry is left out (and the
@@ -704,13 +722,13 @@ fn upstream_headers(
             UpstreamKind::Anthropic => {
                 if let Ok(mut v) = HeaderValue::from_str(k) {
                     v.set_sensitive(true);
-                    h.insert("x-api-key", v);
+                    h.insert(X_API_KEY, v);
                 }
             }
             _ => {
                 if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {k}")) {
                     v.set_sensitive(true);
-                    h.insert("authorization", v);
+                    h.insert(AUTHORIZATION, v);
                 }
             }
         }
@@ -724,7 +742,7 @@ async fn exchange(
     client: &crate::upstream::Client,
     u: &crate::config::CompiledUpstream,
     session: &Arc<SessionState>,
-    path: &str,
+    uri: &hyper::Uri,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<(Response<Incoming>, Conn), String> {
@@ -739,11 +757,9 @@ async fn exchange(
             })?;
         let mut req = Request::new(Full::new(body.clone()));
         *req.method_mut() = Method::POST;
-        *req.uri_mut() = path
-            .parse()
-            .map_err(|_| format!("bad upstream path {path}"))?;
+        *req.uri_mut() = uri.clone();
         *req.headers_mut() = headers.clone();
-        match conn.sender().send_request(req).await {
+        match conn.send(req).await {
             Ok(resp) => return Ok((resp, conn)),
             Err(e)
                 if conn.reused
