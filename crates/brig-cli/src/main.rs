@@ -29,7 +29,7 @@ fn main() {
     let first = std::env::args_os().nth(1);
     let internal = matches!(
         first.as_deref().and_then(|a| a.to_str()),
-        Some("sandbox-init" | "sandbox-forwarder" | "oci-runtime")
+        Some("sandbox-init" | "sandbox-forwarder" | "sandbox-anyip" | "oci-runtime")
     );
     let args: Vec<String> = if internal {
         std::env::args_os()
@@ -45,6 +45,7 @@ fn main() {
         Some("sandbox-forwarder") => {
             brig_sandbox::forwarder::main(args.get(2).map(String::as_str).unwrap_or(""))
         }
+        Some("sandbox-anyip") => brig_sandbox::egress::anyip_main(),
         Some("oci-runtime") => std::process::exit(brig_sandbox::native::cli_main(&args[2..])),
         _ => {}
     }

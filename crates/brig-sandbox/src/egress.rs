@@ -116,7 +116,6 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Layer names (`Ready.layers` / session layers).
 pub const LAYER_TRANSPARENT: &str = "egress:transparent";
-pub const LAYER_PROXY_ONLY: &str = "egress:proxy-only";
 /// Init's layer: its forwarder reported every listener before `Ready`.
 pub const LAYER_FORWARDER: &str = "egress:forwarder";
 
@@ -353,7 +352,7 @@ pub fn probe_runsc(runsc: &Path) -> std::result::Result<String, String> {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     match text.lines().any(|l| l.trim_start().starts_with("-host-uds")) {
         true => Ok(format!(
-            "{} --host-uds=open: explicit proxy and DNS through the session's sockets (egress:proxy-only)",
+            "{} --host-uds=open: the session's sockets reach the sandbox; `brig sandbox-anyip` routes 80/443 inside (egress:transparent)",
             runsc.display()
         )),
         false => Err(format!(
@@ -450,7 +449,72 @@ fn anyip_route_message(ifindex: u32, seq: u32) -> Vec<u8> {
 
 /// Send the route over NETLINK_ROUTE and read the kernel's ACK.
 fn add_anyip_route() -> io::Result<()> {
+    netlink_call(&anyip_route_message(lo_index()?, 1), 1)
+}
+
+/// The two halves of IPv4 that [`add_sandbox_anyip_addrs`] puts on `lo`.
+pub const GVISOR_ANYIP_ADDRS: [([u8; 4], u8); 2] = [([1, 0, 0, 1], 1), ([128, 0, 0, 1], 1)];
+
+/// The RTM_NEWADDR message of `ip addr add <addr>/<prefix> dev lo`.
+fn addr_message(ifindex: u32, addr: [u8; 4], prefix: u8, seq: u32) -> Vec<u8> {
+    let mut m = Vec::with_capacity(48);
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&libc::RTM_NEWADDR.to_ne_bytes());
+    let flags =
+        (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
+    m.extend_from_slice(&flags.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    // struct ifaddrmsg: family, prefixlen, flags, scope, index.
+    m.extend_from_slice(&[libc::AF_INET as u8, prefix, 0, libc::RT_SCOPE_UNIVERSE]);
+    m.extend_from_slice(&ifindex.to_ne_bytes());
+    push_attr(&mut m, libc::IFA_LOCAL, &addr);
+    push_attr(&mut m, libc::IFA_ADDRESS, &addr);
+    let len = m.len() as u32;
+    m[..4].copy_from_slice(&len.to_ne_bytes());
+    m
+}
+
+/// gVisor's side of transparent capture, run inside the sandbox by
+/// `brig sandbox-anyip` (the one process brig starts there with
+/// CAP_NET_ADMIN, before the sandbox is ready): gVisor's netstack has no
+/// `local` routes, but it delivers a packet to any address inside the
+/// subnet of an address on its loopback interface, so two addresses on `lo`
+/// whose /1 subnets cover IPv4 make every IPv4 destination local, exactly
+/// what `local 0.0.0.0/0 dev lo` does on Linux: a connect to any address on
+/// 80/443 reaches the forwarder, with the original destination as its local
+/// address; any other port is refused.
+pub fn add_sandbox_anyip_addrs() -> io::Result<()> {
     let ifindex = lo_index()?;
+    for (seq, (addr, prefix)) in (1..).zip(GVISOR_ANYIP_ADDRS) {
+        netlink_call(&addr_message(ifindex, addr, prefix, seq), seq)?;
+    }
+    Ok(())
+}
+
+/// `brig sandbox-anyip`: [`add_sandbox_anyip_addrs`], its error on stderr
+/// and exit status 1 if it fails.
+pub fn anyip_main() -> ! {
+    match add_sandbox_anyip_addrs() {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("brig sandbox-anyip: adding the catch-all addresses to lo: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// The args that run `brig sandbox-anyip` inside a sandbox through
+/// `/.brig`'s loader.
+pub fn anyip_args() -> Vec<String> {
+    let mut a = crate::initfs::init_args(String::new());
+    a[4] = "sandbox-anyip".into();
+    a.truncate(5);
+    a
+}
+
+/// Send one request over NETLINK_ROUTE and read the kernel's ACK for `seq`.
+fn netlink_call(msg: &[u8], seq: u32) -> io::Result<()> {
     // SAFETY: a netlink socket we own; buffers are valid for their lengths.
     unsafe {
         let s = OwnedFd::from_raw_fd(cvt(libc::socket(
@@ -458,21 +522,8 @@ fn add_anyip_route() -> io::Result<()> {
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
             libc::NETLINK_ROUTE,
         ))?);
-        let tv = libc::timeval {
-            tv_sec: 5,
-            tv_usec: 0,
-        };
-        cvt(libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        ))?;
         let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
         kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        let seq = 1;
-        let msg = anyip_route_message(ifindex, seq);
         let n = libc::sendto(
             s.as_raw_fd(),
             msg.as_ptr().cast(),
@@ -486,6 +537,18 @@ fn add_anyip_route() -> io::Result<()> {
         }
         let mut buf = [0u8; 4096];
         loop {
+            // A timeout by poll: gVisor's netlink sockets have no SO_RCVTIMEO.
+            let mut p = libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if cvt(libc::poll(&mut p, 1, 5000))? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no answer from the kernel within 5 s",
+                ));
+            }
             let n = libc::recv(s.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0);
             if n < 0 {
                 return Err(io::Error::last_os_error());
@@ -612,6 +675,43 @@ mod tests {
         assert_eq!(m[17], 0, "dst_len 0: every destination");
         assert_eq!(m[20], libc::RT_TABLE_LOCAL);
         assert_eq!(m[23], libc::RTN_LOCAL);
+    }
+
+    #[test]
+    fn addr_message_layout() {
+        let m = addr_message(1, [128, 0, 0, 1], 1, 2);
+        assert_eq!(m.len(), 16 + 8 + 8 + 8);
+        assert_eq!(
+            u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize,
+            m.len()
+        );
+        assert_eq!(
+            u16::from_ne_bytes(m[4..6].try_into().unwrap()),
+            libc::RTM_NEWADDR
+        );
+        assert_eq!(u32::from_ne_bytes(m[8..12].try_into().unwrap()), 2, "seq");
+        assert_eq!((m[16], m[17]), (libc::AF_INET as u8, 1), "family, /1");
+        assert_eq!(u32::from_ne_bytes(m[20..24].try_into().unwrap()), 1, "lo");
+        assert_eq!(&m[28..32], &[128, 0, 0, 1], "IFA_LOCAL");
+        assert_eq!(&m[36..40], &[128, 0, 0, 1], "IFA_ADDRESS");
+        // The two /1 subnets cover IPv4 and neither is loopback's.
+        let covered: u64 = GVISOR_ANYIP_ADDRS
+            .iter()
+            .map(|(_, p)| 1u64 << (32 - *p as u32))
+            .sum();
+        assert_eq!(covered, 1u64 << 32);
+        assert_ne!(
+            GVISOR_ANYIP_ADDRS[0].0[0] >> 7,
+            GVISOR_ANYIP_ADDRS[1].0[0] >> 7
+        );
+    }
+
+    #[test]
+    fn anyip_args_use_the_loader() {
+        let a = anyip_args();
+        assert_eq!(a[0], "/.brig/ld.so");
+        assert_eq!(a[3], "/.brig/brig");
+        assert_eq!(&a[4..], ["sandbox-anyip"]);
     }
 
     #[test]

@@ -126,12 +126,55 @@ impl Runtime {
         !matches!(self.kind, RuntimeKind::Gvisor)
     }
 
-    /// Whether brig can enter the sandbox's network namespace from the host
-    /// and route every IPv4 destination to the forwarder
-    /// ([`crate::egress::setup_netns`]): not under gVisor, whose network
-    /// stack lives in its Sentry.
-    pub fn egress_transparent(&self) -> bool {
+    /// Whether brig routes the sandbox's network namespace from the host
+    /// ([`crate::egress::setup_netns`]). Not under gVisor, whose network
+    /// stack lives in its Sentry: there [`Runtime::exec_anyip`] does the
+    /// same from inside.
+    pub fn egress_from_host(&self) -> bool {
         !matches!(self.kind, RuntimeKind::Gvisor)
+    }
+
+    /// gVisor: `runsc exec` of `brig sandbox-anyip` in container `id`, as
+    /// root with CAP_NET_ADMIN and nothing else, before the sandbox is
+    /// ready (no workload runs yet). It makes every IPv4 destination local
+    /// to the Sentry's netstack ([`crate::egress::add_sandbox_anyip_addrs`]).
+    /// Any failure is the layer `egress`: the session does not start.
+    pub async fn exec_anyip(&self, id: &str) -> Result<()> {
+        let mut c = self.command();
+        c.arg("exec")
+            .arg("--user=0:0")
+            .arg("--cap=CAP_NET_ADMIN")
+            .arg("--cwd=/")
+            .arg(id)
+            .args(crate::egress::anyip_args())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = match tokio::time::timeout(RUN_TIMEOUT, c.output()).await {
+            Ok(o) => {
+                o.map_err(|e| Error::guard("egress", format!("running {} exec: {e}", self.name())))?
+            }
+            Err(_) => {
+                return Err(Error::guard(
+                    "egress",
+                    format!(
+                        "`{} exec` of sandbox-anyip did not finish within {RUN_TIMEOUT:?}",
+                        self.name()
+                    ),
+                ))
+            }
+        };
+        if !out.status.success() {
+            return Err(Error::guard(
+                "egress",
+                format!(
+                    "`{} exec` of sandbox-anyip failed ({}): {}",
+                    self.name(),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Whether processes are captured by the runtime's own trace points

@@ -297,6 +297,36 @@ impl Drop for Sandbox {
     }
 }
 
+/// The routing that makes every IPv4 destination reach the forwarder,
+/// running while init gets ready.
+enum EgressSetup {
+    /// Done from the host in the netns of init (`pid`).
+    Host(i32, tokio::task::JoinHandle<Result<()>>),
+    /// Done inside the sandbox by `brig sandbox-anyip` (gVisor).
+    Inside(tokio::task::JoinHandle<Result<()>>),
+    Taken,
+}
+
+impl EgressSetup {
+    /// The setup's result if it already finished (why init failed to get
+    /// ready, when the route could not be set).
+    async fn finished(
+        &mut self,
+    ) -> Option<std::result::Result<Result<()>, tokio::task::JoinError>> {
+        let done = match self {
+            EgressSetup::Host(_, h) | EgressSetup::Inside(h) => h.is_finished(),
+            EgressSetup::Taken => false,
+        };
+        if !done {
+            return None;
+        }
+        match std::mem::replace(self, EgressSetup::Taken) {
+            EgressSetup::Host(_, h) | EgressSetup::Inside(h) => Some(h.await),
+            EgressSetup::Taken => None,
+        }
+    }
+}
+
 /// The steps of create after the image is resolved.
 async fn build(
     paths: &SandboxPaths,
@@ -331,7 +361,6 @@ async fn build(
     // as is, which may be a real group on the host: there the session dir
     // is root's alone (0700; runsc and its gofer run as root), so no host
     // user reaches the sockets (or the workspace) through it.
-    let transparent = runtime.egress_transparent();
     if user_ns.is_none() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&parts.session_dir, std::fs::Permissions::from_mode(0o700))
@@ -341,7 +370,9 @@ async fn build(
     if let Some(pem) = &req.trust_ca {
         crate::egress::write_ca_bundle(&egress_dir, &image.rootfs, pem)?;
     }
-    let forwarder = crate::egress::ForwarderConfig::new(transparent);
+    // Every runtime catches 80/443 transparently (routed from the host, or
+    // from inside under gVisor).
+    let forwarder = crate::egress::ForwarderConfig::new(true);
 
     let mut left = req.upload_cap_bytes;
     if let Some(src) = &req.checkout {
@@ -481,7 +512,7 @@ async fn build(
     // The sandbox's network namespace exists once the runtime has run it:
     // route it while init gets ready, so the forwarder (which init waits
     // for before `Ready`) can bind its ports at once.
-    let mut netns = match transparent {
+    let mut netns = match runtime.egress_from_host() {
         true => {
             let pid = parts
                 .adopted
@@ -489,23 +520,23 @@ async fn build(
                 .ok()
                 .and_then(|a| a.first().map(|a| a.pid))
                 .ok_or_else(|| Error::guard("egress", "no sandbox init to enter"))?;
-            Some((
+            EgressSetup::Host(
                 pid,
                 tokio::task::spawn_blocking(move || crate::egress::setup_netns(pid)),
-            ))
+            )
         }
-        false => None,
+        false => {
+            let rt = runtime.clone();
+            let id = req.id.as_str().to_string();
+            EgressSetup::Inside(tokio::spawn(async move { rt.exec_anyip(&id).await }))
+        }
     };
     let ready = match channel.wait_ready(READY_TIMEOUT).await {
         Ok(r) => r,
         Err(e) => {
             // A route that could not be set is why init's forwarder failed.
-            if let Some((_, setup)) = netns.take() {
-                if setup.is_finished() {
-                    if let Ok(Err(why)) = setup.await {
-                        return Err(why);
-                    }
-                }
+            if let Some(Ok(Err(why))) = netns.finished().await {
+                return Err(why);
             }
             if e.kind == ErrorKind::GuardUnavailable {
                 return Err(e);
@@ -546,17 +577,20 @@ async fn build(
     // namespace, then the forwarder's listeners, before anyone may use it.
     let task_failed =
         |e: tokio::task::JoinError| Error::guard("egress", format!("the setup task failed: {e}"));
-    let egress_layer = match netns {
-        Some((pid, setup)) => {
+    match netns {
+        EgressSetup::Host(pid, setup) => {
             setup.await.map_err(task_failed)??;
             let fw = forwarder.clone();
             tokio::task::spawn_blocking(move || crate::egress::wait_listeners(pid, &fw))
                 .await
                 .map_err(task_failed)??;
-            crate::egress::LAYER_TRANSPARENT
         }
-        None => crate::egress::LAYER_PROXY_ONLY,
-    };
+        // Init reported its forwarder listening in `Ready` (the host cannot
+        // read the Sentry's sockets).
+        EgressSetup::Inside(setup) => setup.await.map_err(task_failed)??,
+        EgressSetup::Taken => return Err(Error::guard("egress", "the setup was lost")),
+    }
+    let egress_layer = crate::egress::LAYER_TRANSPARENT;
     // The container's start must have come through the trace socket by now
     // (it precedes init's first instruction): points really flow.
     let traced = match trace_started {
