@@ -550,6 +550,23 @@ async fn approvals_and_kills_are_decided_by_who_is_calling() {
         v.as_array().unwrap().is_empty(),
         "bob sees none of alice's: {v}"
     );
+    // Nor her journal: asked by session, refused; the whole journal holds
+    // only bob's own sessions' events (none), not the server's either.
+    let (st, v) = tcp(
+        addr,
+        "GET",
+        &format!("/v1/journal?session={id}"),
+        &bob,
+        None,
+    )
+    .await;
+    assert_eq!(st, 403, "{v}");
+    let (st, v) = tcp(addr, "GET", "/v1/journal?limit=10000", &bob, None).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        v.as_array().unwrap().is_empty(),
+        "bob reads others' events: {v}"
+    );
     // ...an auditor reads it and acts in nothing; alice sees and uses her own.
     let dora = idp.id_token(&TestUser::new("dora").with_groups(&["auditor"]));
     let (st, v) = tcp(
@@ -561,6 +578,12 @@ async fn approvals_and_kills_are_decided_by_who_is_calling() {
     )
     .await;
     assert_eq!(st, 200, "{v}");
+    let (st, v) = tcp(addr, "GET", "/v1/journal?limit=10000", &dora, None).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        v.as_array().unwrap().iter().any(|e| e["session"].is_null()),
+        "an auditor reads the whole journal: {v}"
+    );
     let (st, v) = tcp(
         addr,
         "POST",
@@ -582,6 +605,12 @@ async fn approvals_and_kills_are_decided_by_who_is_calling() {
     )
     .await;
     assert_eq!(st, 200, "{v}");
+    // alice reads her own session's events, and only those.
+    let (st, v) = tcp(addr, "GET", "/v1/journal?limit=10000", &alice, None).await;
+    assert_eq!(st, 200, "{v}");
+    let evs = v.as_array().unwrap();
+    assert!(!evs.is_empty(), "{v}");
+    assert!(evs.iter().all(|e| e["session"] == id.as_str()), "{v}");
     // The refusals are journaled.
     let (_, j) = srv.call("GET", "/v1/journal?limit=10000", None).await;
     let refused = j
@@ -594,7 +623,7 @@ async fn approvals_and_kills_are_decided_by_who_is_calling() {
                 && e["details"]["action"] == "session.use"
         })
         .count();
-    assert!(refused >= 4, "{j}");
+    assert!(refused >= 5, "{j}");
 
     // bob may not end alice's session, alone or with everyone's.
     let (st, v) = tcp(addr, "DELETE", &format!("/v1/sessions/{id}"), &bob, None).await;

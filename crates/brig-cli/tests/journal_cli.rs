@@ -13,6 +13,8 @@ use server_support::*;
 
 const BRIG: &str = env!("CARGO_BIN_EXE_brig");
 const AWS_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
+const EMAIL: &str = "alice.doe@example.com";
+const CARD: &str = "4111 1111 1111 1111";
 
 fn brig(args: &[&str]) -> Output {
     Command::new(BRIG)
@@ -41,6 +43,15 @@ async fn secrets_masked_show_export_and_offline_verify() {
     let r = srv.exec(&id, &["echo", AWS_KEY]).await;
     // The command itself sees the real argument; only the record is masked.
     assert_eq!(r["stdout"], format!("{AWS_KEY}\n"));
+    // PII in argv ([journal.pii], on by default): masked in the exec's
+    // record and in the process a shell starts inside, the human kept.
+    let r = srv
+        .exec(
+            &id,
+            &["sh", "-c", &format!("/bin/echo mail {EMAIL} card {CARD}")],
+        )
+        .await;
+    assert_eq!(r["stdout"], format!("mail {EMAIL} card {CARD}\n"));
     let sock = srv.sock.to_str().unwrap().to_string();
 
     // Process capture journals the command's process.exec/exit a little
@@ -61,7 +72,12 @@ async fn secrets_masked_show_export_and_offline_verify() {
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut evs = show();
-    while !evs.iter().any(|e| e["action"] == "process.exit") && std::time::Instant::now() < deadline
+    let echoed = |evs: &[Value]| {
+        evs.iter()
+            .any(|e| e["action"] == "process.exec" && e["details"]["argv"][0] == "/bin/echo")
+    };
+    while !(evs.iter().any(|e| e["action"] == "process.exit") && echoed(&evs))
+        && std::time::Instant::now() < deadline
     {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         evs = show();
@@ -73,6 +89,25 @@ async fn secrets_masked_show_export_and_offline_verify() {
     assert_eq!(start["details"]["argv"][1], "[REDACTED:aws_access_key_id]");
     assert!(evs.iter().all(|e| e["session"] == id.as_str()));
     assert!(!serde_json::to_string(&evs).unwrap().contains(AWS_KEY));
+    let pii = |e: &Value| {
+        let argv = e["details"]["argv"].to_string();
+        argv.contains("[REDACTED:pii:email]") && argv.contains("[REDACTED:pii:card]")
+    };
+    assert!(
+        evs.iter()
+            .any(|e| e["action"] == "exec.start" && e["details"]["argv"][0] == "sh" && pii(e)),
+        "{evs:?}"
+    );
+    if echoed(&evs) {
+        let p = evs
+            .iter()
+            .find(|e| e["action"] == "process.exec" && e["details"]["argv"][0] == "/bin/echo")
+            .unwrap();
+        assert!(pii(p), "{p}");
+    }
+    let text = serde_json::to_string(&evs).unwrap();
+    assert!(!text.contains(EMAIL) && !text.contains(CARD), "{text}");
+    assert!(evs.iter().all(|e| e["human"] == "ada"), "attribution kept");
 
     let o = brig(&[
         "--socket", &sock, "journal", "show", "--user", "ada", "--limit", "3",

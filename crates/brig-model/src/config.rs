@@ -231,31 +231,8 @@ pub struct BudgetConfig {
     pub concurrent: Option<u32>,
 }
 
-/// `[models.pii]`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct PiiConfig {
-    /// Built-in detectors: `email`, `phone`, `card` (Luhn-checked),
-    /// `national_id` (US SSN, UK NINO), `ip` (v4 and v6). Default: all.
-    #[serde(default = "all_pii")]
-    pub enabled: Vec<String>,
-    /// Extra named patterns (Rust regex syntax).
-    #[serde(default)]
-    pub patterns: BTreeMap<String, String>,
-}
-
-impl Default for PiiConfig {
-    fn default() -> Self {
-        PiiConfig {
-            enabled: all_pii(),
-            patterns: BTreeMap::new(),
-        }
-    }
-}
-
-fn all_pii() -> Vec<String> {
-    crate::pii::BUILTIN.iter().map(|s| s.to_string()).collect()
-}
+/// `[models.pii]` (brig-redact's detectors, shared with `[journal.pii]`).
+pub use brig_redact::pii::PiiConfig;
 
 /// A parsed base URL.
 #[derive(Clone, Debug, PartialEq)]
@@ -703,7 +680,10 @@ impl GatewayConfig {
             Limits::from(&b.human),
             Limits::from(&b.task),
         ];
-        let pii = PiiRules::new(&self.pii)?;
+        let pii = PiiRules::new(&self.pii).map_err(|e| ConfigError {
+            key: format!("models.pii.{}", e.key),
+            message: e.message,
+        })?;
         Ok(Compiled {
             host,
             max_body: max_body as usize,

@@ -15,6 +15,11 @@
 //!
 //! Overlapping matches are merged and the union is masked, so two secrets
 //! sharing bytes never leave a piece of either in the clear. No I/O here.
+//!
+//! [`pii`] holds the PII detectors, applied where records are stored (the
+//! journal, the model gateway's captures) and never used to refuse traffic.
+
+pub mod pii;
 
 use std::borrow::Cow;
 use std::fmt::Write as _;

@@ -695,6 +695,7 @@ const JOURNAL_PAGE_MAX: i64 = 10_000;
 
 async fn journal(
     State(st): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::identity::Caller>,
     q: Result<Query<JournalQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = q.map_err(|e| {
@@ -712,10 +713,46 @@ async fn journal(
             .hint("page through larger journals with after_seq"),
         ));
     }
+    // Who reads what (session.use): a caller who may read any session
+    // (admins, auditors) reads the whole journal; anyone else only the
+    // events of their own sessions. Asking for one session is decided, and
+    // a refusal journaled, like any read of that session.
+    let human = caller.human();
+    let everything = st
+        .mgr
+        .policy()?
+        .engine
+        .authorize(&brig_policy::Request::session_use(
+            &human, "*", "", false, "journal",
+        ))
+        .is_allowed();
+    let mut owner = None;
+    if let Some(s) = &q.session {
+        let sid = parse_id(s)?;
+        match st.mgr.get(&sid).await {
+            Ok(info) => {
+                let r = brig_policy::Request::session_use(
+                    &human,
+                    sid.as_str(),
+                    &info.human,
+                    false,
+                    "journal",
+                );
+                st.mgr.decide_session_use(&r).await?;
+            }
+            // Events can outlive their session's record only for readers
+            // of everything; anyone else gets nothing of an unknown id.
+            Err(e) if e.kind == ErrorKind::NotFound && everything => {}
+            Err(e) => return Err(ApiError(e)),
+        }
+    } else if !everything {
+        owner = Some(caller.id.clone());
+    }
     let f = brig_store::EventFilter {
         since: q.since,
         session: q.session,
         human: q.user,
+        owner,
         after_seq: q.after_seq,
         limit: Some(limit),
     };

@@ -195,6 +195,9 @@ pub struct JournalConfig {
     pub checkpoint_interval: Duration,
     /// SIEM sinks (`[[journal.sinks]]`, see docs/SINKS.md).
     pub sinks: Vec<brig_sinks::SinkConfig>,
+    /// `[journal.pii]`: PII detectors for argv, environment and payload
+    /// excerpts before they are stored (default: every built-in one).
+    pub pii: brig_redact::pii::PiiConfig,
 }
 
 impl Default for JournalConfig {
@@ -203,6 +206,7 @@ impl Default for JournalConfig {
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(10),
             sinks: Vec::new(),
+            pii: brig_redact::pii::PiiConfig::default(),
         }
     }
 }
@@ -357,6 +361,7 @@ struct RawJournal {
     checkpoint_interval: Option<Dur>,
     #[serde(default)]
     sinks: Vec<brig_sinks::SinkConfig>,
+    pii: Option<brig_redact::pii::PiiConfig>,
 }
 
 /// Limit settings, as `[defaults]` and `[profiles.NAME.limits]` write them.
@@ -574,6 +579,14 @@ impl ServerConfig {
                 .map_err(|e| e.context(at(&format!("[[journal.sinks]] '{}'", sink.name))))?;
         }
         journal.sinks = raw.journal.sinks;
+        if let Some(pii) = raw.journal.pii {
+            brig_redact::pii::PiiRules::new(&pii).map_err(|e| {
+                Error::invalid(at(&format!("[journal.pii] {}: {}", e.key, e.message))).hint(
+                    "built-in detectors: email, phone, card, national_id, ip; `enabled = []` turns them off",
+                )
+            })?;
+            journal.pii = pii;
+        }
         raw.identity.validate().map_err(|e| {
             Error::invalid(at(&e.to_string())).hint("see docs/IDENTITY.md for [identity]")
         })?;
@@ -1066,6 +1079,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.journal.checkpoint_every, 5);
         assert_eq!(c.journal.checkpoint_interval, Duration::from_millis(250));
+        assert_eq!(c.journal.pii.enabled.len(), 5, "every detector by default");
+        let e = ServerConfig::parse("[journal.pii]\nenabled = [\"emails\"]", "t.toml").unwrap_err();
+        assert!(e.message.contains("[journal.pii] enabled"), "{e}");
+        let c = ServerConfig::parse("[journal.pii]\nenabled = []", "t.toml").unwrap();
+        assert!(c.journal.pii.enabled.is_empty());
         let e = ServerConfig::parse("[journal]\ncheckpoint_every = 0", "t.toml").unwrap_err();
         assert!(e.message.contains("[journal] checkpoint_every"), "{e}");
         let e =

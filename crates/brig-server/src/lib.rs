@@ -177,6 +177,14 @@ async fn listen(
     // Every event passes the redactor before it is stored. Known secret
     // values join the patterns when brig holds secrets (secrets issue).
     store.set_redactor(Arc::new(brig_redact::Redactor::patterns_only()));
+    // And PII in argv, environment and payload excerpts (`[journal.pii]`,
+    // checked when the config was read).
+    let pii = &cfg.journal.pii;
+    if !pii.enabled.is_empty() || !pii.patterns.is_empty() {
+        let rules = brig_redact::pii::PiiRules::new(pii)
+            .map_err(|e| Error::invalid(format!("[journal.pii] {}: {}", e.key, e.message)))?;
+        store.set_pii(Some(Arc::new(rules)));
+    }
     let mgr = Arc::new(Manager::new(cfg.clone(), store));
     // The upload-URL service (its signing key is made or checked now).
     mgr.artifacts()?;

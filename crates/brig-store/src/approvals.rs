@@ -2,9 +2,9 @@
 //! decision atomic; what needs approval, who may give it and what an agent
 //! sees while it waits are brig-server's.
 
+use crate::Masks;
 use brig_core::event::Event;
 use brig_core::{Error, Result, SessionId};
-use brig_redact::Redactor;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
@@ -71,7 +71,7 @@ fn parse(text: String) -> Result<ApprovalRecord> {
 
 fn add_approval_on(
     conn: &Connection,
-    red: &Redactor,
+    red: &Masks,
     rec: &ApprovalRecord,
     ev: &Event,
 ) -> Result<Vec<i64>> {
@@ -100,7 +100,7 @@ fn add_approval_on(
 
 fn decide_approval_on(
     conn: &Connection,
-    red: &Redactor,
+    red: &Masks,
     id: &str,
     d: &Decision,
     ev: &Event,
@@ -135,7 +135,7 @@ fn decide_approval_on(
 
 fn add_plan_on(
     conn: &Connection,
-    red: &Redactor,
+    red: &Masks,
     id: &str,
     session: &SessionId,
     at: &str,
@@ -284,11 +284,7 @@ impl Store {
         })
     }
 
-    fn in_tx<T>(
-        &self,
-        what: &str,
-        f: impl FnOnce(&Connection, &Redactor) -> Result<T>,
-    ) -> Result<T> {
+    fn in_tx<T>(&self, what: &str, f: impl FnOnce(&Connection, &Masks) -> Result<T>) -> Result<T> {
         let red = self.redactor();
         let mut conn = self.conn();
         let tx = conn

@@ -9,11 +9,13 @@
 //! it is `Send + Sync` and an async caller runs it on a blocking thread
 //! (`tokio::task::spawn_blocking`).
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use brig_audit::{canonical_json, seal, seal_with, Checkpoint, GENESIS};
+use brig_redact::pii::PiiRules;
 use brig_redact::Redactor;
 
 use brig_core::event::{Event, Outcome};
@@ -291,6 +293,8 @@ pub struct ArtifactRecord {
 pub struct Store {
     conn: Mutex<Connection>,
     redactor: RwLock<Arc<Redactor>>,
+    /// PII detectors for what is stored (`[journal.pii]`), if any.
+    pii: RwLock<Option<Arc<PiiRules>>>,
 }
 
 /// Which events [`Store::events_filtered`] returns.
@@ -301,6 +305,9 @@ pub struct EventFilter {
     pub session: Option<String>,
     /// The human behind the events.
     pub human: Option<String>,
+    /// Only events of the sessions this human owns (what a human who may
+    /// not read the whole journal sees).
+    pub owner: Option<String>,
     /// Only events with a greater seq (then the first `limit`, else the last).
     pub after_seq: Option<i64>,
     pub limit: Option<i64>,
@@ -361,6 +368,7 @@ impl Store {
         Ok(Store {
             conn: Mutex::new(conn),
             redactor: RwLock::new(Arc::new(Redactor::patterns_only())),
+            pii: RwLock::new(None),
         })
     }
 
@@ -418,6 +426,7 @@ impl Store {
         Ok(Store {
             conn: Mutex::new(conn),
             redactor: RwLock::new(Arc::new(Redactor::patterns_only())),
+            pii: RwLock::new(None),
         })
     }
 
@@ -582,14 +591,23 @@ impl Store {
     /// The redactor in force now (brig's other capture paths, e.g. the
     /// model gateway, mask with the same one).
     pub fn current_redactor(&self) -> Arc<Redactor> {
-        self.redactor()
-    }
-
-    fn redactor(&self) -> Arc<Redactor> {
         self.redactor
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The PII detectors every stored event and exec record also passes
+    /// through (`[journal.pii]`), after the redactor; `None`: none.
+    pub fn set_pii(&self, rules: Option<Arc<PiiRules>>) {
+        *self.pii.write().unwrap_or_else(|p| p.into_inner()) = rules;
+    }
+
+    fn redactor(&self) -> Masks {
+        Masks {
+            secrets: self.current_redactor(),
+            pii: self.pii.read().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
     }
 
     /// Test hook: when `veto` returns true, SQLite turns the next COMMIT
@@ -705,6 +723,13 @@ impl Store {
         if let Some(h) = &f.human {
             args.push(h.clone().into());
             sql.push_str(&format!(" AND human = ?{}", args.len()));
+        }
+        if let Some(o) = &f.owner {
+            args.push(o.clone().into());
+            sql.push_str(&format!(
+                " AND session IN (SELECT id FROM sessions WHERE human = ?{})",
+                args.len()
+            ));
         }
         if let Some(t) = since {
             // Coarse in SQL (whole seconds; RFC 3339 text sorts by time at
@@ -1245,8 +1270,73 @@ fn head_of(conn: &Connection) -> Result<Option<(i64, String)>> {
     .transpose()
 }
 
+/// What everything stored passes through: the redactor (secrets) on every
+/// string, and the journal's PII detectors on what a program or a person
+/// wrote ([`PII_FIELDS`]), never on who did it or what brig decided: a
+/// principal's email is attribution, not a leak.
+pub(crate) struct Masks {
+    secrets: Arc<Redactor>,
+    pii: Option<Arc<PiiRules>>,
+}
+
+/// The event details that carry free text from inside a session: argv,
+/// environment, payload excerpts.
+pub const PII_FIELDS: &[&str] = &["argv", "env", "excerpt", "payload"];
+
+impl Masks {
+    pub(crate) fn redact_str<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        self.secrets.redact_str(s)
+    }
+
+    pub(crate) fn redact_value_mut(&self, v: &mut serde_json::Value) {
+        self.secrets.redact_value_mut(v);
+    }
+
+    pub(crate) fn redact_value(&self, v: &serde_json::Value) -> serde_json::Value {
+        self.secrets.redact_value(v)
+    }
+
+    /// PII masked in the [`PII_FIELDS`] of `details` (after the secrets).
+    fn pii_fields(&self, details: &mut serde_json::Value) {
+        let (Some(p), Some(map)) = (&self.pii, details.as_object_mut()) else {
+            return;
+        };
+        for k in PII_FIELDS {
+            if let Some(v) = map.get_mut(*k) {
+                if *k == "argv" && pii_argv(p, v) {
+                    continue;
+                }
+                p.redact_value_mut(v);
+            }
+        }
+    }
+}
+
+/// PII split over arguments (`echo 4111 1111 1111 1111` after a shell's
+/// word splitting) is found in the arguments joined by spaces; the masked
+/// line is split again. Only when no argument has a space of its own (else
+/// the split would not give the arguments back): false, and each argument
+/// is masked alone.
+fn pii_argv(p: &PiiRules, v: &mut serde_json::Value) -> bool {
+    let Some(args) = v.as_array() else {
+        return false;
+    };
+    let words: Option<Vec<&str>> = args
+        .iter()
+        .map(|a| a.as_str().filter(|s| !s.contains(' ')))
+        .collect();
+    let Some(words) = words else {
+        return false;
+    };
+    let line = words.join(" ");
+    if let Cow::Owned(masked) = p.redact_str(&line) {
+        *v = masked.split(' ').map(|w| serde_json::json!(w)).collect();
+    }
+    true
+}
+
 /// Every string of an event that can carry a secret, redacted.
-fn redact_event(red: &Redactor, ev: &Event) -> Event {
+fn redact_event(red: &Masks, ev: &Event) -> Event {
     let mut e = ev.clone();
     let s = |v: &str| red.redact_str(v).into_owned();
     let o = |v: &Option<String>| v.as_deref().map(s);
@@ -1257,6 +1347,7 @@ fn redact_event(red: &Redactor, ev: &Event) -> Event {
     e.rule = o(&ev.rule);
     e.action = s(&ev.action);
     red.redact_value_mut(&mut e.details);
+    red.pii_fields(&mut e.details);
     e
 }
 
@@ -1416,7 +1507,7 @@ fn update_session_on(tx: &Connection, info: &SessionInfo, reason: &str) -> Resul
 }
 
 /// Append `evs` after the chain head inside `tx` (see `Store::append_events`).
-fn append_events_on(tx: &Connection, red: &Redactor, evs: &[Event]) -> Result<Vec<i64>> {
+fn append_events_on(tx: &Connection, red: &Masks, evs: &[Event]) -> Result<Vec<i64>> {
     let (mut seq, mut prev) = head_of(tx)?.unwrap_or((0, GENESIS.to_string()));
     let mut out = Vec::with_capacity(evs.len());
     {
@@ -1467,9 +1558,11 @@ fn append_events_on(tx: &Connection, red: &Redactor, evs: &[Event]) -> Result<Ve
     Ok(out)
 }
 
-fn insert_exec_on(conn: &Connection, red: &Redactor, rec: &ExecRecord) -> Result<()> {
+fn insert_exec_on(conn: &Connection, red: &Masks, rec: &ExecRecord) -> Result<()> {
     // argv is as sensitive as the exec.start event that carries it.
-    let argv = red.redact_value(&serde_json::json!(rec.argv));
+    let mut argv = serde_json::json!({ "argv": red.redact_value(&serde_json::json!(rec.argv)) });
+    red.pii_fields(&mut argv);
+    let argv = argv["argv"].take();
     let cwd = red.redact_str(&rec.cwd).into_owned();
     conn.execute(
         "INSERT INTO execs (session, exec_id, argv, cwd, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",

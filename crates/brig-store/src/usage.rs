@@ -5,9 +5,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::Masks;
 use brig_core::event::Event;
 use brig_core::{Error, Result, SessionId};
-use brig_redact::Redactor;
 use rusqlite::{params, Connection};
 use serde::Serialize;
 
@@ -106,7 +106,7 @@ pub struct UsageTotal {
 
 fn add_model_calls_on(
     conn: &Connection,
-    red: &Redactor,
+    red: &Masks,
     rows: &[(ModelCallRow, Event)],
 ) -> Result<Vec<i64>> {
     if rows.is_empty() {

@@ -29,10 +29,10 @@ use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use crate::Masks;
 use brig_core::event::Event;
 use brig_core::session::SessionInfo;
 use brig_core::{Error, Result};
-use brig_redact::Redactor;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
@@ -44,7 +44,7 @@ use crate::{
 /// The store's write operations inside one write of a group commit.
 pub struct Tx<'a> {
     pub(crate) conn: &'a Connection,
-    pub(crate) red: &'a Redactor,
+    pub(crate) red: &'a Masks,
     /// The highest seq this write appended (0 if none).
     last_seq: Cell<i64>,
 }
