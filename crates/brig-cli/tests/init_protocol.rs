@@ -130,6 +130,33 @@ async fn start() -> Init {
     start_with(&[], tempfile::tempdir().unwrap()).await
 }
 
+/// Init with process capture, served by the supervisor or (`in_init`) by
+/// init's own loop, holding execs whose argv has `brigheld`.
+async fn start_capture(in_init: bool) -> Init {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let cfg = serde_json::json!({
+        "rw_paths": [d, "/dev/null"],
+        "landlock": true,
+        "seccomp": true,
+        "capture": true,
+        "capture_in_init": in_init,
+        "hold_words": ["brigheld"],
+    })
+    .to_string();
+    let mut child = init_command(&[], &cfg)
+        .spawn()
+        .expect("start brig sandbox-init");
+    let chan = Channel::new(child.stdin.take().unwrap(), child.stdout.take().unwrap());
+    let ready = chan.wait_ready(T).await.expect("init becomes ready");
+    Init {
+        chan: Some(chan),
+        child,
+        ready,
+        dir,
+    }
+}
+
 #[derive(Debug, Default)]
 struct Output {
     pid: Option<i32>,
@@ -736,4 +763,101 @@ async fn init_is_not_dumpable_to_its_own_user() {
         ])
         .await;
     assert_eq!(o.out(), "ok\n", "{o:?}");
+}
+
+/// Wait for the next held exec and answer it.
+async fn answer(
+    chan: &Arc<Channel>,
+    holds: &mut tokio::sync::mpsc::UnboundedReceiver<brig_core::wire::ProcessHold>,
+    verdict: brig_core::wire::HoldVerdict,
+    message: Option<&str>,
+) -> brig_core::wire::ProcessHold {
+    let held = tokio::time::timeout(T, holds.recv())
+        .await
+        .expect("a hold")
+        .expect("holds open");
+    chan.answer_hold(brig_core::wire::HoldAnswer {
+        id: held.id,
+        verdict,
+        message: message.map(String::from),
+    })
+    .await
+    .unwrap();
+    held
+}
+
+/// Both ways of serving capture (the supervisor, and init itself where Yama
+/// forbids a supervisor) record every exec with its exit, and hold an exec
+/// with a sensitive word until the host answers: allowed, it runs and is
+/// recorded; denied, it fails with EPERM and the process is told why.
+#[tokio::test(flavor = "multi_thread")]
+async fn capture_records_and_holds_served_by_the_supervisor_or_by_init() {
+    use brig_core::wire::HoldVerdict;
+    use brig_sandbox::channel::ProcessEvent;
+    for in_init in [false, true] {
+        let init = start_capture(in_init).await;
+        let layer = if in_init {
+            "capture:in-init"
+        } else {
+            "capture:supervisor"
+        };
+        assert!(
+            init.ready.layers.iter().any(|l| l == layer),
+            "{:?}",
+            init.ready.layers
+        );
+        let mut events = init.chan().process_events().expect("capture events");
+        let mut holds = init.chan().process_holds().expect("holds");
+        let script = "/bin/true; /bin/echo brigheld-yes; /bin/echo brigheld-no; exit 3";
+        let h = init.spawn(&["sh", "-c", script]).await;
+        let yes = answer(init.chan(), &mut holds, HoldVerdict::Allow, None).await;
+        assert_eq!(yes.exec.argv, ["/bin/echo", "brigheld-yes"], "{in_init}");
+        let no = answer(
+            init.chan(),
+            &mut holds,
+            HoldVerdict::Deny,
+            Some("refused by the test"),
+        )
+        .await;
+        assert_eq!(no.exec.argv, ["/bin/echo", "brigheld-no"], "{in_init}");
+        let out = collect(h).await;
+        assert_eq!(out.out(), "brigheld-yes\n", "{in_init}: {out:?}");
+        assert_eq!(out.code(), Some(3), "{in_init}: {out:?}");
+        assert!(
+            out.err().contains("brig: refused by the test"),
+            "{in_init}: {}",
+            out.err()
+        );
+        // Every exec with its exit: the script, /bin/true, the allowed echo.
+        let sh = out.pid.expect("started");
+        let (mut execs, mut exits) = (Vec::new(), Vec::new());
+        let want = |execs: &Vec<brig_core::wire::ProcessExec>,
+                    exits: &Vec<brig_core::wire::ProcessExit>| {
+            ["/bin/true", "/bin/echo"].iter().all(|p| {
+                execs.iter().any(|e| {
+                    e.path == *p && exits.iter().any(|x| x.pid == e.pid && x.code == Some(0))
+                })
+            }) && exits.iter().any(|x| x.pid == sh && x.code == Some(3))
+        };
+        tokio::time::timeout(T, async {
+            while !want(&execs, &exits) {
+                match events.recv().await {
+                    Some(ProcessEvent::Exec(e)) => execs.push(e),
+                    Some(ProcessEvent::Exit(x)) => exits.push(x),
+                    other => panic!("{other:?}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{in_init}: execs {execs:?}, exits {exits:?}"));
+        let true_ = execs.iter().find(|e| e.path == "/bin/true").unwrap();
+        assert_eq!(true_.ppid, sh, "{true_:?}");
+        assert_eq!(true_.argv, ["/bin/true"]);
+        assert!(
+            !execs
+                .iter()
+                .any(|e| e.argv.iter().any(|a| a == "brigheld-no")),
+            "a denied exec did not run: {execs:?}"
+        );
+    }
 }

@@ -478,6 +478,11 @@ impl Capture {
         true
     }
 
+    /// The pid of a held call's process.
+    pub fn held_pid(&self, id: u64) -> Option<i32> {
+        self.held.get(&id).map(|e| e.pid)
+    }
+
     /// The host's answer on a held call. Returns the held process's pid
     /// (for a message on its stderr) and, when let go on, its exec record;
     /// None for a call not held (answered already, or unknown).

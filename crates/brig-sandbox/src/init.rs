@@ -66,6 +66,17 @@ pub struct InitConfig {
     pub egress: Option<crate::egress::ForwarderConfig>,
 }
 
+/// Switches read from the same JSON for tests and measurements only (brig
+/// never sets them).
+#[derive(Default, Deserialize)]
+struct TestSwitches {
+    /// With `capture`: serve the listener from init's loop even where a
+    /// supervisor could ([`crate::capture::supervisor`]): the path init
+    /// falls back to under Yama.
+    #[serde(default)]
+    capture_in_init: bool,
+}
+
 /// How long init keeps reading a command's output after its main process
 /// exited, when a background child still holds the pipes open.
 const LINGER: Duration = Duration::from_millis(100);
@@ -309,7 +320,9 @@ fn setup(config_json: &str) -> Result<Setup, wire::Failed> {
         }
         // Before anything else runs: the supervisor must be the listener's
         // only receiver from the first exec on.
-        let supervised = c.start_supervisor().map_err(|e| failed("capture", e))?;
+        let switches: TestSwitches = serde_json::from_str(config_json).unwrap_or_default();
+        let supervised =
+            !switches.capture_in_init && c.start_supervisor().map_err(|e| failed("capture", e))?;
         layers.push(
             if supervised {
                 crate::capture::SUPERVISOR_LAYER
@@ -917,13 +930,13 @@ impl Init {
                 else {
                     return Ok(());
                 };
-                if let Some((pid, exec)) = c.answer(&a) {
-                    if let Some(m) = &a.message {
-                        tell_stderr(pid, m);
-                    }
-                    if let Some(exec) = exec {
-                        self.out.hold(&Frame::json(Kind::Process, 0, &exec))?;
-                    }
+                // Told before the answer: once let go on (or refused) the
+                // process may be gone before init could write to it.
+                if let (Some(m), Some(pid)) = (&a.message, c.held_pid(a.id)) {
+                    tell_stderr(pid, m);
+                }
+                if let Some((_, Some(exec))) = c.answer(&a) {
+                    self.out.hold(&Frame::json(Kind::Process, 0, &exec))?;
                 }
             }
             Kind::Stdin => {
