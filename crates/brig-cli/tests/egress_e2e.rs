@@ -128,6 +128,18 @@ fn has_denial(evs: &[Value], host: &str, rule_prefix: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_clients_reach_allowed_registries_and_every_bypass_is_denied_and_journaled() {
     require_root!();
+    every_bypass_is_denied(brig_core::session::RuntimeKind::Native).await;
+}
+
+/// The same battery in gVisor sessions, whose 80/443 are caught inside the
+/// Sentry's own network stack (`brig sandbox-anyip`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_gvisor_too_every_bypass_is_denied_and_journaled() {
+    require_root!();
+    every_bypass_is_denied(brig_core::session::RuntimeKind::Gvisor).await;
+}
+
+async fn every_bypass_is_denied(runtime: brig_core::session::RuntimeKind) {
     if !registries_reachable() {
         eprintln!("skipped: the package registries are not reachable from this machine");
         return;
@@ -137,7 +149,13 @@ async fn real_clients_reach_allowed_registries_and_every_bypass_is_denied_and_jo
     host_svc.set_nonblocking(true).unwrap();
     let host_port = host_svc.local_addr().unwrap().port();
 
-    let srv = Srv::start_with(registries_policy).await;
+    let srv = Srv::start_with(|cfg| {
+        registries_policy(cfg);
+        for p in cfg.profiles.values_mut() {
+            p.runtime = runtime.clone();
+        }
+    })
+    .await;
     let repo = project();
     std::fs::write(repo.path().join("probe.py"), PROBE).unwrap();
     let info = srv

@@ -413,17 +413,31 @@ fn push_attr(buf: &mut Vec<u8>, typ: u16, data: &[u8]) {
     }
 }
 
-/// The RTM_NEWROUTE message of `ip route add local 0.0.0.0/0 dev lo table local`.
-fn anyip_route_message(ifindex: u32, seq: u32) -> Vec<u8> {
+/// A netlink create request of `typ` (`NLM_F_CREATE | NLM_F_EXCL`, acked):
+/// its `struct nlmsghdr` (len, type, flags, seq, pid), the length patched
+/// in by [`finish`].
+fn new_request(typ: u16, seq: u32) -> Vec<u8> {
     let mut m = Vec::with_capacity(64);
-    // struct nlmsghdr: len (patched below), type, flags, seq, pid.
     m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(&libc::RTM_NEWROUTE.to_ne_bytes());
+    m.extend_from_slice(&typ.to_ne_bytes());
     let flags =
         (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
     m.extend_from_slice(&flags.to_ne_bytes());
     m.extend_from_slice(&seq.to_ne_bytes());
     m.extend_from_slice(&0u32.to_ne_bytes());
+    m
+}
+
+/// The message with its length in its header.
+fn finish(mut m: Vec<u8>) -> Vec<u8> {
+    let len = m.len() as u32;
+    m[..4].copy_from_slice(&len.to_ne_bytes());
+    m
+}
+
+/// The RTM_NEWROUTE message of `ip route add local 0.0.0.0/0 dev lo table local`.
+fn anyip_route_message(ifindex: u32, seq: u32) -> Vec<u8> {
+    let mut m = new_request(libc::RTM_NEWROUTE, seq);
     // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
     m.extend_from_slice(&[
         libc::AF_INET as u8,
@@ -442,9 +456,7 @@ fn anyip_route_message(ifindex: u32, seq: u32) -> Vec<u8> {
         libc::RTA_TABLE,
         &(libc::RT_TABLE_LOCAL as u32).to_ne_bytes(),
     );
-    let len = m.len() as u32;
-    m[..4].copy_from_slice(&len.to_ne_bytes());
-    m
+    finish(m)
 }
 
 /// Send the route over NETLINK_ROUTE and read the kernel's ACK.
@@ -457,22 +469,13 @@ pub const GVISOR_ANYIP_ADDRS: [([u8; 4], u8); 2] = [([1, 0, 0, 1], 1), ([128, 0,
 
 /// The RTM_NEWADDR message of `ip addr add <addr>/<prefix> dev lo`.
 fn addr_message(ifindex: u32, addr: [u8; 4], prefix: u8, seq: u32) -> Vec<u8> {
-    let mut m = Vec::with_capacity(48);
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(&libc::RTM_NEWADDR.to_ne_bytes());
-    let flags =
-        (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
+    let mut m = new_request(libc::RTM_NEWADDR, seq);
     // struct ifaddrmsg: family, prefixlen, flags, scope, index.
     m.extend_from_slice(&[libc::AF_INET as u8, prefix, 0, libc::RT_SCOPE_UNIVERSE]);
     m.extend_from_slice(&ifindex.to_ne_bytes());
     push_attr(&mut m, libc::IFA_LOCAL, &addr);
     push_attr(&mut m, libc::IFA_ADDRESS, &addr);
-    let len = m.len() as u32;
-    m[..4].copy_from_slice(&len.to_ne_bytes());
-    m
+    finish(m)
 }
 
 /// gVisor's side of transparent capture, run inside the sandbox by
