@@ -806,13 +806,11 @@ async fn run_in(
     };
     spin.stop().await;
     let (r, raw) = res?;
-    if !out.json {
-        if r.status.timed_out {
-            out.note(&format!(
-                "brig: the agent timed out after {} and was killed",
-                format_duration(timeout)
-            ));
-        }
+    if !out.json && r.status.timed_out {
+        out.note(&format!(
+            "brig: the agent timed out after {} and was killed",
+            format_duration(timeout)
+        ));
     }
     let code = r.status.shell_code();
     let pinned = raw_info["git"]["commit"].as_str();

@@ -728,22 +728,26 @@ async fn journal(
         .is_allowed();
     let mut owner = None;
     if let Some(s) = &q.session {
-        let sid = parse_id(s)?;
-        match st.mgr.get(&sid).await {
-            Ok(info) => {
-                let r = brig_policy::Request::session_use(
-                    &human,
-                    sid.as_str(),
-                    &info.human,
-                    false,
-                    "journal",
-                );
-                st.mgr.decide_session_use(&r).await?;
-            }
-            // Events can outlive their session's record only for readers
-            // of everything; anyone else gets nothing of an unknown id.
-            Err(e) if e.kind == ErrorKind::NotFound && everything => {}
-            Err(e) => return Err(ApiError(e)),
+        match parse_id(s) {
+            Ok(sid) => match st.mgr.get(&sid).await {
+                Ok(info) => {
+                    let r = brig_policy::Request::session_use(
+                        &human,
+                        sid.as_str(),
+                        &info.human,
+                        false,
+                        "journal",
+                    );
+                    st.mgr.decide_session_use(&r).await?;
+                }
+                // Events outlive their session's record: only a reader
+                // of everything gets them; anyone else nothing of it.
+                Err(e) if e.kind == ErrorKind::NotFound && everything => {}
+                Err(e) => return Err(ApiError(e)),
+            },
+            // A reader of everything may filter by any id.
+            Err(_) if everything => {}
+            Err(e) => return Err(e),
         }
     } else if !everything {
         owner = Some(caller.id.clone());
