@@ -76,10 +76,14 @@ async fn secrets_masked_show_export_and_offline_verify() {
         evs.iter()
             .any(|e| e["action"] == "process.exec" && e["details"]["argv"][0] == "/bin/echo")
     };
-    while !(evs.iter().any(|e| e["action"] == "process.exit") && echoed(&evs))
+    // The processes are on the journal and nothing more arrived for a
+    // while (so show and export below read the same events).
+    let mut seen = 0;
+    while !(echoed(&evs) && evs.iter().any(|e| e["action"] == "process.exit") && evs.len() == seen)
         && std::time::Instant::now() < deadline
     {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        seen = evs.len();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         evs = show();
     }
     let start = evs

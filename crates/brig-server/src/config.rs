@@ -196,8 +196,32 @@ pub struct JournalConfig {
     /// SIEM sinks (`[[journal.sinks]]`, see docs/SINKS.md).
     pub sinks: Vec<brig_sinks::SinkConfig>,
     /// `[journal.pii]`: PII detectors for argv, environment and payload
-    /// excerpts before they are stored (default: every built-in one).
+    /// excerpts before they are stored (default: [`JOURNAL_PII`]).
     pub pii: brig_redact::pii::PiiConfig,
+}
+
+/// The journal's default PII detectors: not `ip`, whose matches in a
+/// command line (`curl 10.0.0.5`, `nc 127.0.0.1 22`) are what an auditor
+/// needs to read, and whose network events carry addresses anyway.
+pub const JOURNAL_PII: &[&str] = &["email", "phone", "card", "national_id"];
+
+fn journal_pii(
+    enabled: Option<Vec<String>>,
+    patterns: BTreeMap<String, String>,
+) -> brig_redact::pii::PiiConfig {
+    brig_redact::pii::PiiConfig {
+        enabled: enabled.unwrap_or_else(|| JOURNAL_PII.iter().map(|s| s.to_string()).collect()),
+        patterns,
+    }
+}
+
+/// `[journal.pii]` as written: `enabled` defaults to [`JOURNAL_PII`].
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawJournalPii {
+    enabled: Option<Vec<String>>,
+    #[serde(default)]
+    patterns: BTreeMap<String, String>,
 }
 
 impl Default for JournalConfig {
@@ -206,7 +230,7 @@ impl Default for JournalConfig {
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(10),
             sinks: Vec::new(),
-            pii: brig_redact::pii::PiiConfig::default(),
+            pii: journal_pii(None, BTreeMap::new()),
         }
     }
 }
@@ -361,7 +385,7 @@ struct RawJournal {
     checkpoint_interval: Option<Dur>,
     #[serde(default)]
     sinks: Vec<brig_sinks::SinkConfig>,
-    pii: Option<brig_redact::pii::PiiConfig>,
+    pii: Option<RawJournalPii>,
 }
 
 /// Limit settings, as `[defaults]` and `[profiles.NAME.limits]` write them.
@@ -579,7 +603,8 @@ impl ServerConfig {
                 .map_err(|e| e.context(at(&format!("[[journal.sinks]] '{}'", sink.name))))?;
         }
         journal.sinks = raw.journal.sinks;
-        if let Some(pii) = raw.journal.pii {
+        if let Some(raw_pii) = raw.journal.pii {
+            let pii = journal_pii(raw_pii.enabled, raw_pii.patterns);
             brig_redact::pii::PiiRules::new(&pii).map_err(|e| {
                 Error::invalid(at(&format!("[journal.pii] {}: {}", e.key, e.message))).hint(
                     "built-in detectors: email, phone, card, national_id, ip; `enabled = []` turns them off",
@@ -1079,7 +1104,14 @@ mod tests {
         .unwrap();
         assert_eq!(c.journal.checkpoint_every, 5);
         assert_eq!(c.journal.checkpoint_interval, Duration::from_millis(250));
-        assert_eq!(c.journal.pii.enabled.len(), 5, "every detector by default");
+        assert_eq!(c.journal.pii.enabled, JOURNAL_PII, "not ip by default");
+        let c = ServerConfig::parse(
+            "[journal.pii]\npatterns = { emp = \"EMP-[0-9]{6}\" }",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.journal.pii.enabled, JOURNAL_PII);
+        assert_eq!(c.journal.pii.patterns.len(), 1);
         let e = ServerConfig::parse("[journal.pii]\nenabled = [\"emails\"]", "t.toml").unwrap_err();
         assert!(e.message.contains("[journal.pii] enabled"), "{e}");
         let c = ServerConfig::parse("[journal.pii]\nenabled = []", "t.toml").unwrap();
