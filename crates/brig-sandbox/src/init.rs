@@ -437,18 +437,22 @@ impl HostOut {
 
     /// Move the supervisor's whole frames into `held`: they precede
     /// whatever init sends next.
-    fn take_records(&self) {
-        let Some(fd) = self.records else { return };
+    /// Whether anything was read.
+    fn take_records(&self) -> bool {
+        let Some(fd) = self.records else { return false };
         let mut partial = self.partial.borrow_mut();
         let mut chunk = [0u8; 16 * 1024];
+        let mut took = false;
         // Until EAGAIN; at EOF the supervisor is gone, and its pidfd tells init.
         while let ReadResult::Data(n) = read_fd(fd, &mut chunk) {
             partial.extend_from_slice(&chunk[..n]);
+            took = true;
         }
         let whole = crate::capture::supervisor::whole_frames(&partial);
         if whole > 0 {
             self.held.borrow_mut().extend(partial.drain(..whole));
         }
+        took
     }
 
     fn send(&self, frame: &Frame) -> Result<(), ()> {
@@ -666,7 +670,12 @@ impl Init {
             if supervised
                 && (ready(records_at) || (!watch_records && Instant::now() >= records_due))
             {
-                self.records_taken = Instant::now();
+                // Only records actually taken start a new hold: a hold that
+                // ran out on an empty pipe leaves the pipe watched, so an
+                // idle sandbox sleeps instead of waking every PROCESS_HOLD.
+                if self.out.take_records() || ready(records_at) {
+                    self.records_taken = Instant::now();
+                }
                 if self.out.flush().is_err() {
                     return Stop::Broken;
                 }
