@@ -401,12 +401,16 @@ impl Capture {
     /// docs/ISOLATION.md); the boundary stays the sandbox and its egress.
     pub fn handle_one(&mut self) -> Option<Handled> {
         let (reader, tracker) = self.local.as_mut()?;
-        let (notice, pidfd) = reader.handle_one().ok()??;
-        if let Some((pid, fd)) = pidfd {
-            if let Some(old) = tracker.track(pid, fd) {
-                tracker.pending.push(old);
-            }
-        }
+        let notice = reader
+            .handle_one(|_, pidfd| {
+                if let Some((pid, fd)) = pidfd {
+                    if let Some(old) = tracker.track(pid, fd) {
+                        tracker.pending.push(old);
+                    }
+                }
+                true
+            })
+            .ok()??;
         Some(match notice {
             Notice::Exec(e) => Handled::Exec(e),
             Notice::Candidate(h) => self.decide(h),
@@ -560,8 +564,15 @@ pub(crate) type Watch = Option<(i32, OwnedFd)>;
 
 impl Reader {
     /// One notification (blocking in RECV unless the caller polled first).
+    /// `record` gets what was read, and the caller's pidfd, before the
+    /// exec is let go on: what it keeps is kept whatever happens next (a
+    /// killed supervisor cannot lose the record of an exec it let go).
+    /// `record` false: not answered (the caller waits), Err(EPIPE).
     /// Ok(None): the caller died while it was read. Err: RECV's errno.
-    pub(crate) fn handle_one(&mut self) -> Result<Option<(Notice, Watch)>, i32> {
+    pub(crate) fn handle_one(
+        &mut self,
+        record: impl FnOnce(&Notice, Watch) -> bool,
+    ) -> Result<Option<Notice>, i32> {
         self.buf.fill(0);
         let buf = &mut self.buf;
         // SAFETY: RECV fills a zeroed seccomp_notif of the kernel's size.
@@ -598,19 +609,14 @@ impl Reader {
             Some(i) if i.mask & PIDFD_INFO_PID != 0 => (i.tgid as i32, i.ppid as i32, i.ruid),
             _ => (tid, 0, u32::MAX),
         };
-        let worded = valid && self.worded(&argv);
-        if !worded {
-            send_resp(
-                self.fd,
-                self.resp_size,
-                id,
-                0,
-                SECCOMP_USER_NOTIF_FLAG_CONTINUE,
-            );
-        }
+        let let_go =
+            |r: &Reader| send_resp(r.fd, r.resp_size, id, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE);
         if !valid {
+            // Gone already (the answer only fails); nothing to record.
+            let_go(self);
             return Ok(None);
         }
+        let worded = self.worded(&argv);
         let exec = wire::ProcessExec {
             pid,
             ppid,
@@ -620,12 +626,18 @@ impl Reader {
             cwd,
             time,
         };
-        let watch = pidfd.map(|fd| (pid, fd));
-        Ok(Some(if worded {
-            (Notice::Candidate(wire::ProcessHold { id, exec }), watch)
+        let notice = if worded {
+            Notice::Candidate(wire::ProcessHold { id, exec })
         } else {
-            (Notice::Exec(exec), watch)
-        }))
+            Notice::Exec(exec)
+        };
+        if !record(&notice, pidfd.map(|fd| (pid, fd))) {
+            return Err(libc::EPIPE);
+        }
+        if !worded {
+            let_go(self);
+        }
+        Ok(Some(notice))
     }
 
     /// Whether the command line holds a sensitive word. A word has no

@@ -8,12 +8,12 @@
 //! blocked there is woken on the trapping CPU and wakes the caller back on
 //! its own, so an exec costs a hand-off on one CPU instead of two wake-ups
 //! across CPUs (on a VM: IPIs and vCPU wake-ups). One thread serves the
-//! notifications (read argv/cwd/ids, answer `CONTINUE`, then write the
-//! `Process` frame); another waits for the exits of watched processes and
+//! notifications (read argv/cwd/ids, write the `Process` frame, then answer
+//! `CONTINUE`); another waits for the exits of watched processes and
 //! writes their `ProcessExit` frames, at most every [`EXIT_COALESCE`]. The
 //! frames go, encoded, through a pipe that init forwards to the host as
 //! they are; init reads it lazily (a burst of execs costs init one wake-up
-//! per few milliseconds, not one per exec).
+//! per 25 ms, not one per exec).
 //!
 //! Holds: an exec whose argv holds a sensitive word is not answered here;
 //! its record goes to init on a second pipe, and init decides it exactly as
@@ -44,7 +44,7 @@ use super::{Notice, Reader, Tracker};
 
 /// Least time between two rounds of exits (a burst of short processes
 /// costs one wake-up, not one each).
-const EXIT_COALESCE: Duration = Duration::from_millis(20);
+const EXIT_COALESCE: Duration = Duration::from_millis(25);
 
 /// The supervisor's name in `/proc/<pid>/comm`.
 pub(crate) const NAME: &std::ffi::CStr = c"brig-capture";
@@ -298,37 +298,40 @@ fn supervise(mut reader: Reader, tracker: Tracker, records: OwnedFd, holds: Owne
     unsafe { libc::_exit(1) }
 }
 
-/// Notifications, one at a time, blocked in RECV between them.
+/// Notifications, one at a time, blocked in RECV between them. Each
+/// record is in init's pipe before its exec is let go on: a supervisor
+/// killed right after an answer has lost nothing it answered.
 fn serve(reader: &mut Reader, shared: &Shared, holds: RawFd) {
     let mut out = Vec::with_capacity(4096);
     loop {
-        let (notice, watch) = match reader.handle_one() {
-            Ok(Some(x)) => x,
-            // The caller died while it was read.
-            Ok(None) => continue,
+        let handled = reader.handle_one(|notice, watch| {
+            out.clear();
+            if let Notice::Candidate(h) = notice {
+                if write_all(holds, &Frame::json(Kind::Hold, 0, h).encode()).is_err() {
+                    return false;
+                }
+            }
+            // Under the lock: the exits thread cannot report this process's
+            // exit before its exec is written.
+            let mut g = shared.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((pid, fd)) = watch {
+                if let Some(old) = g.0.track(pid, fd) {
+                    Frame::json(Kind::ProcessExit, 0, &old).encode_into(&mut out);
+                }
+            }
+            if let Notice::Exec(e) = notice {
+                Frame::json(Kind::Process, 0, e).encode_into(&mut out);
+            }
+            out.is_empty() || write_all(g.1.as_raw_fd(), &out).is_ok()
+        });
+        match handled {
+            // Recorded (and answered unless held), or the caller died
+            // while it was read.
+            Ok(_) => continue,
             // A signal, or the caller died before RECV took it.
             Err(libc::EINTR | libc::ENOENT) => continue,
+            // A pipe to init broke (EPIPE), or the listener is gone.
             Err(_) => return,
-        };
-        out.clear();
-        if let Notice::Candidate(h) = &notice {
-            if write_all(holds, &Frame::json(Kind::Hold, 0, h).encode()).is_err() {
-                return;
-            }
-        }
-        // Under the lock: the exits thread cannot report this process's
-        // exit before its exec is written.
-        let mut g = shared.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((pid, fd)) = watch {
-            if let Some(old) = g.0.track(pid, fd) {
-                Frame::json(Kind::ProcessExit, 0, &old).encode_into(&mut out);
-            }
-        }
-        if let Notice::Exec(e) = &notice {
-            Frame::json(Kind::Process, 0, e).encode_into(&mut out);
-        }
-        if !out.is_empty() && write_all(g.1.as_raw_fd(), &out).is_err() {
-            return;
         }
     }
 }
