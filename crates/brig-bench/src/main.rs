@@ -413,31 +413,94 @@ async fn spinup_once(b: &Bench, runtime: &str) -> Duration {
     d
 }
 
+/// A second control plane without a warm pool (`[pool] warm = 0`): every
+/// create starts its sandbox cold, as the first of its kind does.
+async fn cold_plane(
+    args: &Args,
+) -> Result<(brig_server::RunningServer, Bench, tempfile::TempDir), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("brig-bench-cold-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| e.to_string())?;
+    let mut cfg = brig_server::ServerConfig::embedded(dir.path());
+    cfg.brig_exe = args.brig.clone();
+    cfg.pool.warm = 0;
+    let server = brig_server::start(cfg)
+        .await
+        .map_err(|e| format!("cannot start the pool-less control plane: {e}"))?;
+    let b = Bench {
+        sock: server.socket_path().to_path_buf(),
+        data: dir.path().to_path_buf(),
+    };
+    Ok((server, b, dir))
+}
+
+/// A counter of the control plane's `/metrics`.
+async fn metric(b: &Bench, series: &str) -> f64 {
+    let text = match brig_server::client::request_raw(&b.sock, "GET", "/metrics", None).await {
+        Ok((_, body)) => String::from_utf8_lossy(&body).into_owned(),
+        Err(_) => return f64::NAN,
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 async fn spinup(b: &Bench, args: &Args) -> Result<String, String> {
+    let (cold_server, cold, _cold_dir) = cold_plane(args).await?;
+    let measured = spinup_with(b, &cold, args).await;
+    if let Err(e) = cold_server.shutdown().await {
+        eprintln!("brig-bench: shutdown: {e}");
+    }
+    measured
+}
+
+async fn spinup_with(b: &Bench, cold: &Bench, args: &Args) -> Result<String, String> {
     let runsc_root = tempfile::tempdir().map_err(|e| e.to_string())?;
     let rr = format!("--root={}", runsc_root.path().display());
     let runsc: Vec<&str> = vec![&rr, "--network=none", "--platform=ptrace", "do", "true"];
-    // Warm-up (page cache, first-use paths), not counted.
+    // Warm-up (page cache, first-use paths; the pool's first create of
+    // the template, which starts cold), not counted.
     spinup_once(b, "native").await;
+    spinup_once(cold, "native").await;
     spinup_once(b, "gvisor").await;
     run_ref("/usr/bin/bwrap", BWRAP)?;
     run_ref("/usr/bin/runsc", &runsc)?;
-    let (mut native, mut gvisor, mut bwrap, mut rsc) = Default::default();
-    let (n_s, g_s, b_s, r_s): (&mut Samples, &mut Samples, &mut Samples, &mut Samples) =
-        (&mut native, &mut gvisor, &mut bwrap, &mut rsc);
+    let hits0 = metric(b, "brig_pool_claims_total{result=\"hit\"}").await;
+    let misses0 = metric(b, "brig_pool_claims_total{result=\"miss\"}").await;
+    let (mut native, mut cold_native, mut gvisor, mut bwrap, mut rsc) = Default::default();
+    let (n_s, c_s, g_s, b_s, r_s): (
+        &mut Samples,
+        &mut Samples,
+        &mut Samples,
+        &mut Samples,
+        &mut Samples,
+    ) = (
+        &mut native,
+        &mut cold_native,
+        &mut gvisor,
+        &mut bwrap,
+        &mut rsc,
+    );
     for i in 0..args.n {
         eprintln!("spin-up {}/{}", i + 1, args.n);
         // Interleaved, rotating which goes first.
-        for k in 0..4 {
-            match (i + k) % 4 {
+        for k in 0..5 {
+            match (i + k) % 5 {
                 0 => n_s.push(spinup_once(b, "native").await),
-                1 => g_s.push(spinup_once(b, "gvisor").await),
-                2 => b_s.push(run_ref("/usr/bin/bwrap", BWRAP)?),
+                1 => c_s.push(spinup_once(cold, "native").await),
+                2 => g_s.push(spinup_once(b, "gvisor").await),
+                3 => b_s.push(run_ref("/usr/bin/bwrap", BWRAP)?),
                 _ => r_s.push(run_ref("/usr/bin/runsc", &runsc)?),
             }
         }
     }
+    let hits = metric(b, "brig_pool_claims_total{result=\"hit\"}").await - hits0;
+    let misses = metric(b, "brig_pool_claims_total{result=\"miss\"}").await - misses0;
     let ratio = native.p(50.0) / bwrap.p(50.0);
+    let cold_ratio = cold_native.p(50.0) / bwrap.p(50.0);
     let mut s = String::from("### 1. Spin-up\n\n");
     s.push_str(&format!(
         "API call (`POST /v1/sessions`) to the first exec's exit recorded (`POST /v1/sessions/{{id}}/exec` \
@@ -446,8 +509,15 @@ async fn spinup(b: &Bench, args: &Args) -> Result<String, String> {
         args.n
     ));
     s.push_str(&table(&[
-        (&native, "brig `native` session"),
-        (&gvisor, "brig `gvisor` session"),
+        (
+            &native,
+            "brig `native` session (embedded defaults: warm pool)",
+        ),
+        (
+            &cold_native,
+            "brig `native` session, cold (`[pool] warm = 0`)",
+        ),
+        (&gvisor, "brig `gvisor` session (not pooled)"),
         (&bwrap, "bare `bwrap ... true` (reference)"),
         (
             &rsc,
@@ -455,8 +525,10 @@ async fn spinup(b: &Bench, args: &Args) -> Result<String, String> {
         ),
     ]));
     s.push_str(&format!(
-        "native p50 / bwrap p50 = **{ratio:.2}×**; gvisor p50 / runsc-do p50 = {:.2}×.\n\n",
-        gvisor.p(50.0) / rsc.p(50.0)
+        "native p50 / bwrap p50 = **{ratio:.2}×** (cold: {cold_ratio:.2}×); gvisor p50 / runsc-do p50 = {:.2}×. \
+         Warm-pool creates that found a sandbox ready: {hits} of {} (the others started cold).\n\n",
+        gvisor.p(50.0) / rsc.p(50.0),
+        hits + misses
     ));
     s.push_str(&format!(
         "Targets: native p50 ≤ 60 ms: **{}** ({:.1} ms); native p50 ≤ 2× bare bwrap: **{}** ({ratio:.2}×).\n\n",

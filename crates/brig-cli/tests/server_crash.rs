@@ -71,6 +71,19 @@ async fn kill_9_of_serve_then_restart_leaves_nothing_behind() {
     .await;
     assert_eq!(s, 200);
     assert!(brig_sandbox::workspace::session_dir(dir.path(), &id).exists());
+    // The warm pool (on by default) has a sandbox of its own waiting: the
+    // crash leaves it too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while brig_server::client::request_raw(&sock, "GET", "/metrics", None)
+        .await
+        .map(|(_, b)| !String::from_utf8_lossy(&b).contains("\nbrig_pool_ready 1\n"))
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "the pool never filled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sessions = brig_sandbox::workspace::sessions_dir(dir.path());
+    assert_eq!(std::fs::read_dir(&sessions).unwrap().count(), 2);
 
     serve.kill().unwrap(); // SIGKILL
     serve.wait().unwrap();
@@ -81,6 +94,13 @@ async fn kill_9_of_serve_then_restart_leaves_nothing_behind() {
     assert_eq!(v["state"], "failed", "{v}");
     assert_eq!(v["end_reason"], "brig serve restarted");
     assert_gone(dir.path(), &id);
+    // The pooled sandbox too (it has no session row; reconcile keeps nothing).
+    let left: Vec<_> = std::fs::read_dir(&sessions)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left after reconcile: {left:?}");
     let (_, live) = call("GET", "/v1/sessions".into(), None).await;
     assert_eq!(live, json!([]));
 

@@ -198,6 +198,34 @@ impl Sandbox {
         self.channel.spawn(spawn).await
     }
 
+    /// Copy a checkout and uploads into the workspace of a sandbox that is
+    /// already running (one that waited, pristine, in brig's warm pool), as
+    /// `create` does before it starts one. On an error (over the cap) the
+    /// workspace holds part of the copy: the caller destroys the sandbox.
+    pub fn fill(&self, checkout: Option<&Path>, uploads: &[PathBuf], cap: u64) -> Result<()> {
+        self.check_live()?;
+        let ws = Workspace::at(&self.parts.session_dir);
+        copy_in(
+            &ws.path,
+            checkout,
+            uploads,
+            cap,
+            sandbox_owner(&self.parts.runtime),
+        )
+    }
+
+    /// Whether a sandbox made for one session may be handed to another
+    /// before anything ran in it (the warm pool): only where /workspace is a
+    /// plain bind mount, so what the host copies in later is seen as it is.
+    pub fn poolable(runtime: &RuntimeKind) -> bool {
+        matches!(runtime, RuntimeKind::Native)
+    }
+
+    /// Whether the sandbox is still usable (init alive, not destroyed).
+    pub fn is_live(&self) -> bool {
+        self.check_live().is_ok()
+    }
+
     /// Live process count inside, from init.
     pub async fn status(&self) -> Result<wire::Status> {
         self.check_live()?;
@@ -297,6 +325,35 @@ impl Drop for Sandbox {
     }
 }
 
+/// Host uid and gid of the sandbox's user (mapped under a user namespace).
+fn sandbox_owner(runtime: &Runtime) -> (u32, u32) {
+    match runtime.user_ns().then(UserNs::standard) {
+        Some(u) => (u.to_host(SANDBOX_UID), u.to_host(SANDBOX_GID)),
+        None => (SANDBOX_UID, SANDBOX_GID),
+    }
+}
+
+/// A checkout (first, whole) and then each upload into the workspace, all
+/// within `cap` bytes.
+fn copy_in(
+    workspace: &Path,
+    checkout: Option<&Path>,
+    uploads: &[PathBuf],
+    cap: u64,
+    owner: (u32, u32),
+) -> Result<()> {
+    let mut left = cap;
+    if let Some(src) = checkout {
+        let stats = crate::upload::copy_checkout(src, workspace, left, owner)?;
+        left = left.saturating_sub(stats.bytes);
+    }
+    for src in uploads {
+        let stats = crate::upload::copy_snapshot(src, workspace, left, owner)?;
+        left = left.saturating_sub(stats.bytes);
+    }
+    Ok(())
+}
+
 /// The routing that makes every IPv4 destination reach the forwarder,
 /// running while init gets ready.
 enum EgressSetup {
@@ -338,10 +395,7 @@ async fn build(
     // Overlaps a kernel wait of the runtime's cgroup move with what follows.
     crate::cgroup::warm_migration_lock();
     let user_ns = runtime.user_ns().then(UserNs::standard);
-    let owner = match user_ns {
-        Some(u) => (u.to_host(SANDBOX_UID), u.to_host(SANDBOX_GID)),
-        None => (SANDBOX_UID, SANDBOX_GID),
-    };
+    let owner = sandbox_owner(runtime);
     // What the cgroup must enforce: the session's limits, plus the host
     // tasks of the runtime itself (gVisor's Sentry).
     let l = &Limits {
@@ -374,15 +428,13 @@ async fn build(
     // from inside under gVisor).
     let forwarder = crate::egress::ForwarderConfig::new(true);
 
-    let mut left = req.upload_cap_bytes;
-    if let Some(src) = &req.checkout {
-        let stats = crate::upload::copy_checkout(src, &ws.path, left, owner)?;
-        left = left.saturating_sub(stats.bytes);
-    }
-    for src in &req.uploads {
-        let stats = crate::upload::copy_snapshot(src, &ws.path, left, owner)?;
-        left = left.saturating_sub(stats.bytes);
-    }
+    copy_in(
+        &ws.path,
+        req.checkout.as_deref(),
+        &req.uploads,
+        req.upload_cap_bytes,
+        owner,
+    )?;
 
     let init = InitConfig {
         rw_paths: [

@@ -35,6 +35,8 @@ pub struct ServerConfig {
     /// Cap on everything `--repo` and `--upload` copy into one workspace.
     pub upload_cap_bytes: u64,
     pub reaper: ReaperConfig,
+    /// `[pool]`: sandboxes started ahead of demand (crate::pool).
+    pub pool: crate::pool::PoolConfig,
     pub journal: JournalConfig,
     pub profiles: BTreeMap<String, Profile>,
     /// How sessions' DNS queries are answered (`[resolver]`).
@@ -274,6 +276,8 @@ struct RawConfig {
     #[serde(default)]
     reaper: RawReaper,
     #[serde(default)]
+    pool: RawPool,
+    #[serde(default)]
     journal: RawJournal,
     #[serde(default)]
     profiles: BTreeMap<String, RawProfile>,
@@ -376,6 +380,41 @@ struct RawTcp {
 struct RawReaper {
     interval: Option<Dur>,
     mark_idle_after: Option<Dur>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    warm: Option<usize>,
+    templates: Option<usize>,
+    idle: Option<Dur>,
+}
+
+/// Most sandboxes `[pool]` may keep per template, and templates.
+const POOL_MAX: usize = 16;
+
+impl RawPool {
+    fn apply(&self, at: &dyn Fn(&str) -> String) -> Result<crate::pool::PoolConfig> {
+        let mut p = crate::pool::PoolConfig::default();
+        for (name, given, into) in [
+            ("warm", self.warm, &mut p.warm),
+            ("templates", self.templates, &mut p.templates),
+        ] {
+            if let Some(n) = given {
+                if n > POOL_MAX {
+                    return Err(Error::invalid(at(&format!(
+                        "[pool] {name} = {n} is more than {POOL_MAX}"
+                    )))
+                    .hint("each pooled sandbox holds host memory while it waits; 0 turns the pool off"));
+                }
+                *into = n;
+            }
+        }
+        if let Some(d) = &self.idle {
+            p.idle = d.get().map_err(|e| e.context(at("[pool] idle")))?;
+        }
+        Ok(p)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -502,6 +541,7 @@ impl ServerConfig {
             defaults: Limits::default(),
             upload_cap_bytes: DEFAULT_UPLOAD_CAP,
             reaper: ReaperConfig::default(),
+            pool: crate::pool::PoolConfig::default(),
             journal: JournalConfig::default(),
             profiles: builtin_profiles(&Limits::default(), &brig_egress::EgressConfig::default()),
             resolver: brig_proxy::ResolverConfig::default(),
@@ -726,6 +766,7 @@ impl ServerConfig {
             defaults,
             upload_cap_bytes,
             reaper,
+            pool: raw.pool.apply(&at)?,
             journal,
             profiles,
             resolver,
@@ -1090,6 +1131,23 @@ mod tests {
         assert!(e.message.contains("upload_cap"), "{e}");
         let e = ServerConfig::parse("[reaper]\ninterval = \"0s\"", "b.toml").unwrap_err();
         assert!(e.message.contains("interval"), "{e}");
+    }
+
+    #[test]
+    fn pool_section_parses_and_bad_values_are_named() {
+        let c = ServerConfig::parse("", "t.toml").unwrap();
+        assert_eq!((c.pool.warm, c.pool.templates), (1, 4));
+        assert_eq!(c.pool.idle, Duration::from_secs(600));
+        let c = ServerConfig::parse("[pool]\nwarm = 0\ntemplates = 2\nidle = \"1m\"", "t.toml")
+            .unwrap();
+        assert_eq!((c.pool.warm, c.pool.templates), (0, 2));
+        assert_eq!(c.pool.idle, Duration::from_secs(60));
+        let e = ServerConfig::parse("[pool]\nwarm = 17", "t.toml").unwrap_err();
+        assert!(e.message.contains("t.toml: [pool] warm = 17"), "{e}");
+        let e = ServerConfig::parse("[pool]\nidle = \"soon\"", "t.toml").unwrap_err();
+        assert!(e.to_string().contains("[pool] idle"), "{e}");
+        let e = ServerConfig::parse("[pool]\nsize = 3", "t.toml").unwrap_err();
+        assert!(e.message.contains("size"), "{e}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod manager;
 pub mod metrics;
 pub mod models;
 pub mod policy;
+pub mod pool;
 pub mod pr;
 pub mod secrets;
 pub mod sinks;

@@ -221,6 +221,8 @@ pub struct Manager {
     forges: HashMap<String, std::result::Result<Arc<dyn brig_forge::Forge>, String>>,
     /// brig's deployment key (made on first use).
     git_signer: std::sync::OnceLock<Arc<brig_git::SshSigner>>,
+    /// Sandboxes started ahead of demand.
+    pool: Arc<crate::pool::Pool>,
 }
 
 /// What a failed create has made so far, to undo ([`Manager::fail_start`]).
@@ -399,7 +401,12 @@ impl Manager {
                 tracing::error!(error = %e, "[approvals] cannot be built");
                 e.to_string()
             });
+        let pool = Arc::new(crate::pool::Pool::new(
+            cfg.pool.clone(),
+            cfg.sandbox_paths(),
+        ));
         Manager {
+            pool,
             known,
             secrets,
             models,
@@ -547,7 +554,9 @@ impl Manager {
 
     pub async fn metrics_text(&self) -> Result<String> {
         let counts = self.db.run(|s| s.count_by_state()).await?;
-        Ok(self.metrics.render(&counts))
+        let mut out = self.metrics.render(&counts);
+        self.pool.render(&mut out);
+        Ok(out)
     }
 
     // ---- create ----
@@ -720,10 +729,6 @@ impl Manager {
             .as_deref()
             .map(|p| check_dir(p, "--upload"))
             .transpose()?;
-        let id = SessionId::generate();
-        // A git source is checked out at a pinned commit (issue 5); a plain
-        // directory is copied as it is.
-        let mut git_plan = crate::git::plan(&self.cfg.git, &id, &req, repo.as_ref()).await?;
         let human = match req.human.as_deref() {
             None | Some("") => "local".to_string(),
             Some(h) if h.len() <= 128 && !h.chars().any(char::is_control) => h.to_string(),
@@ -743,6 +748,29 @@ impl Manager {
                 .map_err(|e| e.context(format!("image {image_name:?}")))?
         };
         let env = merge_env(&[base_env(), resolved.env.clone(), profile.env.clone()]);
+        // A warm sandbox of the same make, if one waits (crate::pool): the
+        // session takes its id. A create that fails from here on drops the
+        // claim, which destroys it.
+        let template = crate::pool::Template {
+            runtime: runtime.clone(),
+            image_name: image_name.clone(),
+            image: resolved.clone(),
+            limits: limits.clone(),
+            // What acquire_secrets will hand out: brig's CA with any grant.
+            trust_ca: match req.drill || !profile.secrets.is_empty() {
+                true => self.egress_ca().ok().map(|c| c.cert_pem().to_string()),
+                false => None,
+            },
+            hold_words: self.cfg.policy.sensitive.command_words(),
+        };
+        let mut claim = self.pool.claim(&template);
+        let id = claim
+            .as_ref()
+            .map(|c| c.id().clone())
+            .unwrap_or_else(SessionId::generate);
+        // A git source is checked out at a pinned commit (issue 5); a plain
+        // directory is copied as it is.
+        let mut git_plan = crate::git::plan(&self.cfg.git, &id, &req, repo.as_ref()).await?;
 
         let mut info = SessionInfo {
             principal: id.principal(),
@@ -898,10 +926,34 @@ impl Manager {
             no_capture: false,
             // Commands started inside the sandbox that look sensitive wait
             // for the same decision as an API exec (Manager::decide_holds).
-            hold_words: self.cfg.policy.sensitive.command_words(),
+            hold_words: template.hold_words.clone(),
         };
         say("starting the sandbox");
-        let made = Sandbox::create_with_image(&self.paths, sreq, resolved).await;
+        // A claim is used only if it was made exactly as this sandbox
+        // would be; otherwise it goes, and the id is free to start cold.
+        if let Some(c) = claim.take_if(|_| sreq.trust_ca != template.trust_ca) {
+            c.discard().await;
+        }
+        let made = match claim {
+            Some(c) => {
+                let sb = c.take();
+                match sb.fill(
+                    sreq.checkout.as_deref(),
+                    &sreq.uploads,
+                    sreq.upload_cap_bytes,
+                ) {
+                    Ok(()) => Ok(sb),
+                    Err(e) => {
+                        let report = sb.destroy().await;
+                        if !report.clean() {
+                            tracing::error!(session = %id, problems = ?report.problems, "cleanup after a failed fill was incomplete");
+                        }
+                        Err(e)
+                    }
+                }
+            }
+            None => Sandbox::create_with_image(&self.paths, sreq, resolved).await,
+        };
         // The workspace tree is in /workspace now (or nothing is).
         if let Some((_, work)) = &checkout {
             let _ = std::fs::remove_dir_all(work);
@@ -2135,7 +2187,10 @@ impl Manager {
 
     /// The kill switch for every live session.
     pub async fn kill_all(self: &Arc<Self>, reason: &str) -> Vec<SessionId> {
-        self.kill_where(&KillTarget::All, reason).await
+        // The pool too: after the kill switch no sandbox runs at all.
+        let (killed, ()) =
+            tokio::join!(self.kill_where(&KillTarget::All, reason), self.pool.drain());
+        killed
     }
 
     /// The kill switch: SIGKILL the chosen live sandboxes first, then tear
@@ -2193,6 +2248,7 @@ impl Manager {
     /// Refuse new sessions and kill every live one (server shutdown).
     pub async fn shutdown(self: &Arc<Self>) {
         self.closing.store(true, Ordering::SeqCst);
+        self.pool.close().await;
         self.kill_all("brig serve shut down").await;
     }
 
@@ -2203,6 +2259,7 @@ impl Manager {
         if let Ok(a) = &self.approvals {
             a.expire_due().await;
         }
+        self.pool.expire();
         let lives: Vec<Arc<Live>> = self.live_table().values().cloned().collect();
         let mark_after = self.cfg.reaper.mark_idle_after;
         for live in lives {

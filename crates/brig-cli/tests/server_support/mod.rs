@@ -31,6 +31,9 @@ pub fn test_config(dir: &Path) -> ServerConfig {
     let mut cfg = ServerConfig::embedded(dir);
     cfg.brig_exe = PathBuf::from(env!("CARGO_BIN_EXE_brig"));
     cfg.reaper.interval = Duration::from_millis(100);
+    // No warm pool unless a test asks (server_pool): the other tests count
+    // what a session leaves on the host, and pooled sandboxes are not theirs.
+    cfg.pool.warm = 0;
     cfg
 }
 
