@@ -40,10 +40,21 @@ const USAGE: &str =
   --idle K          idle sessions for the memory figure (default 20)
   --concurrent C    sessions for the concurrency figure (default 50)
   capture           process-capture overhead (issue 3; not part of `all`)
+  --brig-b PATH     capture: another build's `brig`, measured in the same rounds (A/B)
+  --capture-rounds R  capture: rounds (default 5)
+  --capture-n N     capture: execs in the shell loop (default 10000)
+  --capture-only W  capture: only workload W (loop or make; repeatable)
 Runs as root. Progress on stderr, a markdown report on stdout.";
 
 struct Args {
     brig: PathBuf,
+    /// `capture`: a second build's `brig`, run in the same rounds (A/B).
+    brig_b: Option<PathBuf>,
+    capture_rounds: usize,
+    /// `capture`: execs in the shell loop.
+    capture_n: usize,
+    /// `capture`: only these workloads (`loop`, `make`); empty: both.
+    capture_only: Vec<String>,
     n: usize,
     exec_n: usize,
     idle_k: usize,
@@ -57,6 +68,10 @@ fn parse_args() -> Result<Args, String> {
             .ok()
             .and_then(|p| p.parent().map(|d| d.join("brig")))
             .unwrap_or_else(|| PathBuf::from("brig")),
+        brig_b: None,
+        capture_rounds: 5,
+        capture_n: 10_000,
+        capture_only: vec![],
         n: 30,
         exec_n: 300,
         idle_k: 20,
@@ -73,6 +88,13 @@ fn parse_args() -> Result<Args, String> {
         };
         match x.as_str() {
             "--brig" => a.brig = PathBuf::from(it.next().ok_or("--brig needs a path")?),
+            "--brig-b" => a.brig_b = Some(PathBuf::from(it.next().ok_or("--brig-b needs a path")?)),
+            "--capture-rounds" => a.capture_rounds = num("--capture-rounds")?,
+            "--capture-n" => a.capture_n = num("--capture-n")?,
+            "--capture-only" => match it.next().as_deref() {
+                Some(w @ ("loop" | "make")) => a.capture_only.push(w.to_string()),
+                _ => return Err(format!("--capture-only needs loop or make\n{USAGE}")),
+            },
             "-n" => a.n = num("-n")?,
             "--exec-n" => a.exec_n = num("--exec-n")?,
             "--idle" => a.idle_k = num("--idle")?,
@@ -89,6 +111,10 @@ fn parse_args() -> Result<Args, String> {
     }
     a.brig =
         std::fs::canonicalize(&a.brig).map_err(|e| format!("--brig {}: {e}", a.brig.display()))?;
+    if let Some(b) = &a.brig_b {
+        a.brig_b =
+            Some(std::fs::canonicalize(b).map_err(|e| format!("--brig-b {}: {e}", b.display()))?);
+    }
     Ok(a)
 }
 
@@ -267,6 +293,32 @@ async fn run(args: Args) -> i32 {
         sock: server.socket_path().to_path_buf(),
         data: dir.path().to_path_buf(),
     };
+    // `capture --brig-b`: a second control plane whose sessions run that build.
+    let dir_b = tempfile::Builder::new()
+        .prefix("brig-bench-b-")
+        .tempdir()
+        .expect("data dir");
+    let mut server_b = None;
+    if let Some(brig_b) = args
+        .brig_b
+        .clone()
+        .filter(|_| args.what.iter().any(|w| w == "capture"))
+    {
+        std::fs::set_permissions(dir_b.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let mut cfg = brig_server::ServerConfig::embedded(dir_b.path());
+        cfg.brig_exe = brig_b;
+        match brig_server::start(cfg).await {
+            Ok(s) => server_b = Some(s),
+            Err(e) => {
+                eprintln!("brig-bench: cannot start the second control plane: {e}");
+                return 1;
+            }
+        }
+    }
+    let bench_b = server_b.as_ref().map(|s| Bench {
+        sock: s.socket_path().to_path_buf(),
+        data: dir_b.path().to_path_buf(),
+    });
 
     let mut out = String::new();
     out.push_str("## Sessions (issue 2)\n\n");
@@ -278,7 +330,7 @@ async fn run(args: Args) -> i32 {
             "exec" => exec_overhead(&b, &args).await,
             "memory" => memory(&b, &args).await,
             "concurrent" => concurrent(&b, &args).await,
-            "capture" => capture(&b, &args).await,
+            "capture" => capture(&b, bench_b.as_ref(), &args).await,
             _ => unreachable!(),
         };
         match section {
@@ -292,6 +344,11 @@ async fn run(args: Args) -> i32 {
     }
     if let Err(e) = server.shutdown().await {
         eprintln!("brig-bench: shutdown: {e}");
+    }
+    if let Some(s) = server_b {
+        if let Err(e) = s.shutdown().await {
+            eprintln!("brig-bench: shutdown: {e}");
+        }
     }
     println!("{out}");
     if ok {
@@ -593,7 +650,9 @@ async fn exec_overhead(b: &Bench, args: &Args) -> Result<String, String> {
 /// The process-heavy workloads of the issue: 10,000 short commands from a
 /// shell loop (the worst case: nothing but execs), and building a small C
 /// project with make (40 files, one compile each, then a link).
-const LOOP: &str = "i=0; while [ $i -lt 10000 ]; do /bin/true; i=$((i+1)); done";
+fn shell_loop(n: usize) -> String {
+    format!("i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done")
+}
 const MAKE: &str = "set -e; d=$(mktemp -d /workspace/cproj.XXXXXX); cd \"$d\"; \
     for i in $(seq 1 40); do \
       printf 'int f%d(int x) { int s = 0; for (int k = 0; k < x; k++) s += k * %d; return s; }\\n' $i $i > f$i.c; \
@@ -601,15 +660,10 @@ const MAKE: &str = "set -e; d=$(mktemp -d /workspace/cproj.XXXXXX); cd \"$d\"; \
     printf 'int main(void) { return 0; }\\n' > main.c; \
     printf 'OBJS = $(patsubst %%.c,%%.o,$(wildcard *.c))\\nprog: $(OBJS)\\n\\tgcc -o $@ $(OBJS)\\n%%.o: %%.c\\n\\tgcc -O1 -c $< -o $@\\n' > Makefile; \
     make -s; test -x prog; cd /; rm -rf \"$d\"";
-const WORKLOADS: [(&str, &str); 2] = [
-    ("shell loop of 10,000 `/bin/true`", LOOP),
-    ("`make` of a 41-file C project", MAKE),
-];
-const CAPTURE_ROUNDS: usize = 5;
 
 /// Wall time of the loop in a real session of `brig serve` (capture on,
 /// every process journaled in SQLite by the same process as it runs).
-async fn loop_captured(b: &Bench, script: &str) -> Result<(Duration, usize), String> {
+async fn loop_captured(b: &Bench, script: &str, want: usize) -> Result<(Duration, usize), String> {
     let id = b.create(json!({"task": "bench-capture"})).await;
     let t = Instant::now();
     let (s, v) = b
@@ -624,7 +678,6 @@ async fn loop_captured(b: &Bench, script: &str) -> Result<(Duration, usize), Str
         return Err(format!("captured loop: {v}"));
     }
     // Let the journal catch up, then count what it holds.
-    let want = if script == LOOP { 10_000 } else { 80 };
     let mut n = 0;
     for _ in 0..600 {
         let (_, evs) = b
@@ -647,13 +700,13 @@ async fn loop_captured(b: &Bench, script: &str) -> Result<(Duration, usize), Str
 /// through `brig_sandbox` directly: the control plane has no such switch).
 async fn loop_direct(
     b: &Bench,
-    args: &Args,
+    brig: &std::path::Path,
     capture: bool,
     script: &str,
 ) -> Result<Duration, String> {
     let paths = brig_sandbox::SandboxPaths {
         data_dir: b.data.clone(),
-        brig_exe: args.brig.clone(),
+        brig_exe: brig.to_path_buf(),
     };
     let image = brig_sandbox::image::resolve(&paths, "host").map_err(|e| e.to_string())?;
     let sb = brig_sandbox::Sandbox::create_with_image(
@@ -720,39 +773,107 @@ async fn loop_direct(
     res
 }
 
-async fn capture(b: &Bench, args: &Args) -> Result<String, String> {
-    let mut s = String::from("### Process capture overhead\n\n");
-    for (name, script) in WORKLOADS {
-        let (mut on, mut off, mut bare) =
-            (Samples::default(), Samples::default(), Samples::default());
-        let mut journaled = 0;
-        for i in 0..CAPTURE_ROUNDS {
-            eprintln!("capture ({name}) round {}/{CAPTURE_ROUNDS}", i + 1);
-            let (d, n) = loop_captured(b, script).await?;
-            on.push(d);
-            journaled = n;
-            off.push(loop_direct(b, args, false, script).await?);
-            bare.push(loop_direct(b, args, true, script).await?);
-        }
-        let overhead = (on.p(50.0) / off.p(50.0) - 1.0) * 100.0;
-        let init_only = (bare.p(50.0) / off.p(50.0) - 1.0) * 100.0;
+/// One build's samples of one workload.
+#[derive(Default)]
+struct CaptureSamples {
+    on: Samples,
+    bare: Samples,
+    off: Samples,
+    journaled: usize,
+}
+
+impl CaptureSamples {
+    async fn round(
+        &mut self,
+        b: &Bench,
+        brig: &std::path::Path,
+        script: &str,
+        want: usize,
+    ) -> Result<(), String> {
+        let (d, n) = loop_captured(b, script, want).await?;
+        self.on.push(d);
+        self.journaled = n;
+        self.off.push(loop_direct(b, brig, false, script).await?);
+        self.bare.push(loop_direct(b, brig, true, script).await?);
+        Ok(())
+    }
+
+    /// (journaled, capture alone) overhead in % of p50 off.
+    fn overheads(&self) -> (f64, f64) {
+        let off = self.off.p(50.0);
+        (
+            (self.on.p(50.0) / off - 1.0) * 100.0,
+            (self.bare.p(50.0) / off - 1.0) * 100.0,
+        )
+    }
+
+    fn report(&self, s: &mut String, build: &str) {
+        s.push_str(&table(&[
+            (&self.on, "capture on"),
+            (&self.bare, "capture on, events drained, no journal"),
+            (&self.off, "capture off"),
+        ]));
+        let (overhead, alone) = self.overheads();
         s.push_str(&format!(
-            "#### {name}\n\n`sh -c '{script}'` in a `native` session, {CAPTURE_ROUNDS} rounds alternating: capture on \
+            "{build}Overhead (p50 on / p50 off − 1): **{overhead:.1} %** with the journal, \
+             {alone:.1} % for the capture itself (no journal). Target ≤ 5 %: **{}**. \
+             The last captured round left {} `process.exec` events on the journal.\n\n",
+            met(overhead <= 5.0),
+            self.journaled
+        ));
+    }
+}
+
+async fn capture(b: &Bench, b2: Option<&Bench>, args: &Args) -> Result<String, String> {
+    let mut s = String::from("### Process capture overhead\n\n");
+    let rounds = args.capture_rounds;
+    let workloads = [
+        (
+            "loop",
+            format!("shell loop of {} `/bin/true`", args.capture_n),
+            shell_loop(args.capture_n),
+            args.capture_n,
+        ),
+        (
+            "make",
+            "`make` of a 41-file C project".to_string(),
+            MAKE.to_string(),
+            80,
+        ),
+    ];
+    for (key, name, script, want) in workloads {
+        if !args.capture_only.is_empty() && !args.capture_only.iter().any(|w| w == key) {
+            continue;
+        }
+        let (mut a, mut other) = (CaptureSamples::default(), CaptureSamples::default());
+        for i in 0..rounds {
+            eprintln!("capture ({name}) round {}/{rounds}", i + 1);
+            a.round(b, &args.brig, &script, want).await?;
+            if let (Some(b2), Some(brig_b)) = (b2, &args.brig_b) {
+                other.round(b2, brig_b, &script, want).await?;
+            }
+        }
+        s.push_str(&format!(
+            "#### {name}\n\n`sh -c '{script}'` in a `native` session, {rounds} rounds alternating: capture on \
              (a session of `brig serve`, exec through the API, every process journaled) and capture \
              off (the same sandbox built through `brig_sandbox` with `no_capture`), and capture on in a sandbox built \
              the same way whose process events are drained but not journaled. Wall time of the \
-             exec, ms. The last captured round left {journaled} `process.exec` events on the journal.\n\n"
+             exec, ms.{}\n\n",
+            if b2.is_some() {
+                " Two builds (A: `--brig`, B: `--brig-b`), each round running A's three variants, then B's."
+            } else {
+                ""
+            }
         ));
-        s.push_str(&table(&[
-            (&on, "capture on"),
-            (&bare, "capture on, events drained, no journal"),
-            (&off, "capture off"),
-        ]));
-        s.push_str(&format!(
-            "Overhead (p50 on / p50 off − 1): **{overhead:.1} %** with the journal, \
-             {init_only:.1} % for the capture itself (no journal). Target ≤ 5 %: **{}**.\n\n",
-            met(overhead <= 5.0)
-        ));
+        if b2.is_some() {
+            s.push_str(&format!("A (`{}`):\n\n", args.brig.display()));
+            a.report(&mut s, "A: ");
+            let bb = args.brig_b.as_ref().expect("with b2");
+            s.push_str(&format!("B (`{}`):\n\n", bb.display()));
+            other.report(&mut s, "B: ");
+        } else {
+            a.report(&mut s, "");
+        }
     }
     Ok(s)
 }
