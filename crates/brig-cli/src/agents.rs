@@ -12,9 +12,10 @@
 //! run time.
 //!
 //! The run: create the session, check the agent is in the image, set up its
-//! HOME, run it (buffered, with a progress indicator), then the diff against
-//! the pinned commit, the test gate of what it pushed, the summary, destroy.
-//! The exit code is the agent's.
+//! HOME, run it (buffered, with a progress indicator), push its commits for
+//! it if it never pushes by itself (`push_after`), then the diff against the
+//! pinned commit, the test gate of what was pushed, the summary, destroy.
+//! The exit code is the agent's, or git's when that push failed.
 
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
@@ -61,6 +62,11 @@ pub struct Preset {
     /// What it writes into the repository for itself (caches), kept out of
     /// the diff and of commits by `.git/info/exclude` (local, never pushed).
     pub exclude: &'static [&'static str],
+    /// The agent commits but never pushes by itself: after a successful run
+    /// that committed beyond the pinned commit, brig pushes HEAD from the
+    /// session to its bot branch `<bot prefix><name>`, through the git
+    /// gateway like any push the agent would make (policy, scan, journal).
+    pub push_after: bool,
     argv: fn(&str, &str, Option<&str>) -> Vec<String>,
     /// The task text is the last argument (extra arguments go before it).
     task_last: bool,
@@ -143,6 +149,7 @@ const CLAUDE_CODE: Preset = Preset {
 "#,
     )],
     exclude: &[],
+    push_after: false,
     argv: |bin, task, model| {
         let mut v = s(&[
             bin,
@@ -220,6 +227,7 @@ in_app_updates = false
 "#,
     )],
     exclude: &[],
+    push_after: false,
     argv: |bin, task, model| {
         let mut v = s(&[
             bin,
@@ -265,6 +273,9 @@ const AIDER: Preset = Preset {
         "{\"brig-model-gateway\": {}}\n",
     )],
     exclude: &[".aider*"],
+    // Under --yes-always it runs no shell command the model suggests (that
+    // needs an explicit yes), so it never runs `git push`.
+    push_after: true,
     argv: |bin, task, model| {
         let m = format!("openai/{}", model.unwrap_or("gpt-4o-mini"));
         s(&[
@@ -528,6 +539,64 @@ async fn set_up_home(c: &Client, id: &str, p: &Preset) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Push what the agent committed beyond the pinned commit to its bot
+/// branch, from inside the session (the session's own git, proxy and
+/// gateway: a push like any other, decided by the profile and journaled).
+/// The push goes to the recorded origin URL, not to whatever the agent may
+/// have made of the `origin` remote. The push's result (none when it did
+/// not run) and `{"branch", "commits", "exec"}` or `{"not_run": why}`.
+async fn push_after(
+    c: &Client,
+    id: &str,
+    p: &Preset,
+    git: &Value,
+) -> Result<(Option<ExecResult>, Value)> {
+    let (Some(pinned), Some(prefix), Some(origin)) = (
+        git["commit"].as_str(),
+        git["bot_prefix"].as_str(),
+        git["origin"].as_str(),
+    ) else {
+        return Ok((
+            None,
+            json!({"not_run": "the session has no git repository with a gateway"}),
+        ));
+    };
+    let in_workspace = |argv: Vec<String>, timeout_ms: u64| ExecRequest {
+        argv,
+        env: vec![],
+        cwd: Some("/workspace".into()),
+        tty: None,
+        timeout_ms: Some(timeout_ms),
+        stdin: None,
+    };
+    let count = in_workspace(
+        s(&["git", "rev-list", "--count", &format!("{pinned}..HEAD")]),
+        60_000,
+    );
+    let (r, _) = exec(c, id, &count).await?;
+    let commits = match (r.status.code, r.stdout.trim().parse::<u64>()) {
+        (Some(0), Ok(n)) => n,
+        _ => {
+            let why = format!("cannot count its commits: {}", r.stderr.trim());
+            return Ok((None, json!({ "not_run": why })));
+        }
+    };
+    if commits == 0 {
+        let why = "it made no commit beyond the pinned commit";
+        return Ok((None, json!({ "not_run": why })));
+    }
+    let branch = format!("{prefix}{}", p.name);
+    let push = in_workspace(
+        s(&["git", "push", origin, &format!("HEAD:refs/heads/{branch}")]),
+        300_000,
+    );
+    let (r, raw) = exec(c, id, &push).await?;
+    Ok((
+        Some(r),
+        json!({"branch": branch, "commits": commits, "exec": raw}),
+    ))
 }
 
 /// The diff of /workspace against the pinned commit (commits and
@@ -812,7 +881,39 @@ async fn run_in(
             format_duration(timeout)
         ));
     }
-    let code = r.status.shell_code();
+    let mut code = r.status.shell_code();
+    // For an agent that does not push by itself: its commits, pushed by
+    // brig, only after it succeeded. A refused push fails the run.
+    let push = if !p.push_after {
+        Value::Null
+    } else if code != 0 {
+        json!({"not_run": format!("the agent exited {code}")})
+    } else {
+        let (pushed, v) = push_after(c, id, p, &raw_info["git"]).await?;
+        if let Some(r) = pushed {
+            code = r.status.shell_code();
+            if !out.json && (code != 0 || !out.quiet) {
+                // git's own output: on a refusal, the gateway's reasons.
+                eprintln!(
+                    "brig: {} does not push by itself; brig pushes its commits: git push {} HEAD:{}",
+                    p.name,
+                    raw_info["git"]["origin"].as_str().unwrap_or("origin"),
+                    v["branch"].as_str().unwrap_or("?")
+                );
+                for t in [&r.stdout, &r.stderr] {
+                    if !t.is_empty() {
+                        eprint!("{t}{}", if t.ends_with('\n') { "" } else { "\n" });
+                    }
+                }
+                if code != 0 {
+                    eprintln!("brig: the push failed (git exit {code})");
+                }
+            }
+        } else if !out.json && !out.quiet {
+            eprintln!("brig: no push: {}", v["not_run"].as_str().unwrap_or("?"));
+        }
+        v
+    };
     let pinned = raw_info["git"]["commit"].as_str();
     let diff = workspace_diff(c, id, pinned).await;
     let gate = if raw_info["git"].is_object() {
@@ -832,6 +933,7 @@ async fn run_in(
             "image_digest": raw_info["image_digest"],
             "exit_code": code,
             "exec": raw,
+            "push": push,
             "diff": diff,
             "gate": gate,
         }),
@@ -936,6 +1038,13 @@ mod tests {
             .unwrap()
             .argv("codex", "t", None, &["-c".into(), "a=1".into()]);
         assert_eq!(&x[x.len() - 3..], ["-c", "a=1", "t"]);
+        // Only aider needs brig to push its commits.
+        let pushers: Vec<&str> = PRESETS
+            .iter()
+            .filter(|p| p.push_after)
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(pushers, ["aider"]);
         let e = preset("cursor").unwrap_err();
         assert!(e.hint.unwrap().contains("claude-code, codex, aider"));
     }

@@ -40,10 +40,10 @@ AGENTS = [
      "`exec_command` tool (the edit is a shell edit); commit and push to its bot branch"),
     ("aider", "`aider-chat`, PyPI, in a venv: it pins its own `openai`",
      ["opt/brig/aider/bin/python", "-m", "aider"], "OpenAI Chat Completions, streamed", "aider",
-     "aider_does_a_scripted_task_and_commits",
+     "aider_does_a_scripted_task_and_its_commit_is_pushed_to_a_bot_branch",
      "a SEARCH/REPLACE edit (`-- --edit-format diff`), its own commit, the tests "
      "through `--test-cmd 'sh test.sh' --auto-test`; it runs no model-suggested "
-     "command, so it does not push (the test asserts nothing was pushed)"),
+     "command, so the preset pushes its commit to its bot branch (`push_after`)"),
 ]
 
 

@@ -269,6 +269,17 @@ fn commands(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// Who pushes the task's commit.
+#[derive(Clone, Copy, PartialEq)]
+enum Push {
+    /// The agent, as its last command ([`PUSH`], to `brig/<session>/fix-add`),
+    /// after running the tests itself (failing, then passing).
+    ByAgent,
+    /// The preset, after the agent committed (`push_after`: the agent never
+    /// pushes by itself), to `brig/<session>/<agent>`.
+    ByPreset,
+}
+
 /// Run `brig run --agent AGENT --model MODEL` on the calc repository with
 /// the model's side scripted (`steps`: the tool calls, in order, then the
 /// final answer), and check what every preset must do: finish with exit 0,
@@ -281,7 +292,7 @@ async fn scripted_task(
     model: &str,
     extra: &[&str],
     steps: Vec<Behavior>,
-    pushes: bool,
+    push: Push,
 ) {
     let images = AgentImages::get(&[agent]).await;
     let (_up_dir, repo) = upstream();
@@ -457,47 +468,50 @@ async fn scripted_task(
     let all = serde_json::to_string(&events).unwrap();
     assert!(!all.contains(REAL_KEY), "brig's key was journaled");
 
-    if !pushes {
-        // Nothing pushed: no gate, nothing upstream but main.
-        assert!(doc["gate"]["not_run"].is_string(), "{doc:#}");
-        assert_eq!(git(&repo, &["branch", "--format=%(refname:short)"]), "main");
-        assert!(!cmds.iter().any(|c| c.contains("git push")), "{cmds:#?}");
-        srv.stop().await;
-        return;
-    }
-    // The agent ran the tests and fed their output back: failing, then
-    // passing after its edit.
-    let bodies: Vec<String> = reqs
-        .iter()
-        .map(|r| String::from_utf8_lossy(&r.body).to_string())
-        .collect();
-    let failed = bodies.iter().position(|b| b.contains("FAIL add"));
-    let passed = bodies.iter().position(|b| b.contains("ok 1 add"));
-    assert!(
-        failed.is_some() && passed.is_some() && failed < passed,
-        "{}",
-        seen.join("\n")
-    );
-    // The gate passed on its pushed commit; the push landed on the bot
+    let branch = match push {
+        Push::ByAgent => {
+            // The agent ran the tests and fed their output back: failing,
+            // then passing after its edit.
+            let bodies: Vec<String> = reqs
+                .iter()
+                .map(|r| String::from_utf8_lossy(&r.body).to_string())
+                .collect();
+            let failed = bodies.iter().position(|b| b.contains("FAIL add"));
+            let passed = bodies.iter().position(|b| b.contains("ok 1 add"));
+            assert!(
+                failed.is_some() && passed.is_some() && failed < passed,
+                "{}",
+                seen.join("\n")
+            );
+            assert!(doc["push"].is_null(), "{doc:#}");
+            format!("brig/{id}/fix-add")
+        }
+        Push::ByPreset => {
+            // The agent's one commit, pushed by brig from the session.
+            let branch = format!("brig/{id}/{agent}");
+            assert_eq!(doc["push"]["branch"], branch.as_str(), "{doc:#}");
+            assert_eq!(doc["push"]["commits"], 1, "{doc:#}");
+            assert_eq!(doc["push"]["exec"]["status"]["code"], 0, "{doc:#}");
+            branch
+        }
+    };
+    // The gate passed on the pushed commit; the push landed on the bot
     // branch only, upstream; push and gate are journaled.
     assert_eq!(doc["gate"]["passed"], true, "{doc:#}");
-    assert_eq!(doc["gate"]["branch"], format!("brig/{id}/fix-add"));
+    assert_eq!(doc["gate"]["branch"], branch.as_str());
     let branches = git(&repo, &["branch", "--format=%(refname:short)"]);
     let mut branches: Vec<&str> = branches.lines().collect();
     branches.sort();
-    assert_eq!(
-        branches,
-        vec![format!("brig/{id}/fix-add").as_str(), "main"]
-    );
+    assert_eq!(branches, vec![branch.as_str(), "main"]);
     assert_eq!(git(&repo, &["rev-parse", "main"]), pinned);
-    let fixed = git(&repo, &["show", &format!("brig/{id}/fix-add:calc.sh")]);
+    let fixed = git(&repo, &["show", &format!("{branch}:calc.sh")]);
     assert_eq!(fixed, "add() { echo $(( $1 + $2 )); }");
     assert!(cmds.iter().any(|c| c.contains("git push")), "{cmds:#?}");
     assert!(
-        events
-            .iter()
-            .any(|e| e["action"] == "git.push" && e["outcome"] == "success"),
-        "no accepted git.push in the journal"
+        events.iter().any(|e| e["action"] == "git.push"
+            && e["outcome"] == "success"
+            && e["branch"] == branch.as_str()),
+        "no accepted git.push of {branch} in the journal"
     );
     assert!(
         events
@@ -539,7 +553,7 @@ async fn claude_code_does_a_scripted_task_and_pushes_to_a_bot_branch() {
         .into_iter()
         .map(|(tool, input)| Behavior::tool_call(tool, input))
         .collect(),
-        true,
+        Push::ByAgent,
     )
     .await;
 }
@@ -567,7 +581,7 @@ async fn codex_does_a_scripted_task_and_pushes_to_a_bot_branch() {
         .into_iter()
         .map(|(tool, input)| Behavior::tool_call(tool, input))
         .collect(),
-        true,
+        Push::ByAgent,
     )
     .await;
 }
@@ -575,13 +589,13 @@ async fn codex_does_a_scripted_task_and_pushes_to_a_bot_branch() {
 const AIDER_EDIT: &str = "Fixed add() in calc.sh:\n\ncalc.sh\n```\n<<<<<<< SEARCH\nadd() { echo $(( $1 - $2 )); }\n=======\nadd() { echo $(( $1 + $2 )); }\n>>>>>>> REPLACE\n```\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aider_does_a_scripted_task_and_commits() {
+async fn aider_does_a_scripted_task_and_its_commit_is_pushed_to_a_bot_branch() {
     require_root!();
     // Aider edits from the model's text (Chat Completions, streamed: a
     // SEARCH/REPLACE block), commits on its own (its commit message is a
     // second call), and runs the tests it is given. It never runs a shell
     // command the model suggests under --yes-always (an explicit yes is
-    // required), so it does not push by itself.
+    // required), so it does not push by itself: the preset pushes its commit.
     scripted_task(
         "aider",
         "/opt/brig/aider/bin/aider",
@@ -596,9 +610,112 @@ async fn aider_does_a_scripted_task_and_commits() {
         // The first answer names calc.sh, which aider then adds to the chat
         // and asks again; the second one's edit is applied.
         vec![Behavior::reply(AIDER_EDIT), Behavior::reply(AIDER_EDIT)],
-        false,
+        Push::ByPreset,
     )
     .await;
+}
+
+/// A server with the aider image and the stand-in model (whose default
+/// answer is aider's commit message), on a fresh calc upstream.
+async fn aider_server() -> (
+    AgentImages,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    FakeUpstream,
+    Srv,
+) {
+    let images = AgentImages::get(&["aider"]).await;
+    let (up_dir, repo) = upstream();
+    let up = FakeUpstream::start().await.unwrap();
+    up.require_key(REAL_KEY);
+    std::env::set_var("BRIG_E2E_AGENT_KEY", REAL_KEY);
+    up.set_default(Behavior::reply("Fix add in calc.sh"));
+    let srv = Srv::start_with(|cfg| {
+        configure(cfg, &up);
+        images.link(cfg);
+    })
+    .await;
+    (images, up_dir, repo, up, srv)
+}
+
+/// The preset pushes only what aider committed, and only what the gateway
+/// accepts: a run that changed nothing pushes nothing (exit 0, no gate); a
+/// commit the pre-push scan refuses (an AWS key) fails the run with git's
+/// own error, and nothing reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aider_pushes_only_its_commits_and_a_refused_push_fails_the_run() {
+    require_root!();
+    let (_images, _up_dir, repo, up, srv) = aider_server().await;
+    let repo_s = repo.to_str().unwrap();
+    let run = |task: &'static str| {
+        vec![
+            "run",
+            "--agent",
+            "aider",
+            "--model",
+            "coder",
+            "--repo",
+            repo_s,
+            "--task",
+            task,
+            "Fix the failing test.",
+            "--",
+            "--edit-format",
+            "diff",
+        ]
+    };
+
+    // No edit, no commit: nothing pushed, the gate not run.
+    up.script(Behavior::reply("Nothing to change."));
+    let (code, doc, err) = brig_json(&srv, &run("AIDER-NONE"));
+    assert_eq!(code, 0, "{doc:#}\n{err}");
+    assert_eq!(
+        doc["push"]["not_run"], "it made no commit beyond the pinned commit",
+        "{doc:#}"
+    );
+    assert!(doc["gate"]["not_run"].is_string(), "{doc:#}");
+    let id = doc["session"].as_str().unwrap();
+    assert!(
+        !commands(&journal(&srv, id).await)
+            .iter()
+            .any(|c| c.contains("git push")),
+        "a push without a commit"
+    );
+
+    // A commit with a secret: the gateway's scan refuses it, git says so,
+    // the run fails.
+    let leak = AIDER_EDIT.replace(
+        "$(( $1 + $2 )); }\n>>>>>>>",
+        "$(( $1 + $2 )); }\naws_access_key_id=AKIAR7TG3KQ2WX5ZNB4M\n>>>>>>>",
+    );
+    up.script(Behavior::reply(&leak));
+    up.script(Behavior::reply(&leak));
+    let (code, out, err) = brig_text(&srv, &run("AIDER-LEAK"));
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert_ne!(code, 125, "{out}\n{err}");
+    assert!(err.contains("brig pushes its commits: git push"), "{err}");
+    assert!(err.contains("! [remote rejected] HEAD -> brig/"), "{err}");
+    assert!(err.contains("[git.push.scan]"), "{err}");
+    assert!(err.contains("brig: the push failed (git exit"), "{err}");
+    assert!(!err.contains("AKIAR7TG3KQ2WX5ZNB4M"), "{err}");
+    assert!(out.contains("test gate: not run ("), "{out}");
+    let id = err
+        .lines()
+        .find(|l| l.contains(" · agent aider "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or_else(|| panic!("{err}"))
+        .to_string();
+    srv.assert_gone(&id);
+    assert_eq!(git(&repo, &["branch", "--format=%(refname:short)"]), "main");
+    let events = journal(&srv, &id).await;
+    assert!(
+        events.iter().any(|e| e["action"] == "git.push"
+            && e["outcome"] == "denied"
+            && e["rule"] == "git.push.scan"
+            && e["branch"] == format!("brig/{id}/aider").as_str()),
+        "no refused git.push in the journal"
+    );
+    srv.stop().await;
 }
 
 /// `brig ARGS` without --json: (exit code, stdout, stderr).
@@ -1323,22 +1440,15 @@ async fn a_built_image_is_the_host_image_plus_its_layer() {
 }
 
 /// As for Claude Code and Codex: the scripted aider task (edit, its own
-/// commit, the tests through --test-cmd) inside brig against the host, the
-/// host run using the very venv the image holds.
+/// commit, the tests through --test-cmd, then the push of its commit)
+/// inside brig against the host, the host run using the very venv the image
+/// holds. Inside, the push is the preset's (through the gateway); on the
+/// host, the same `git push` to the upstream. Both time the agent's run
+/// plus its push.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aider_inside_brig_against_the_host() {
     require_root!();
-    let images = AgentImages::get(&["aider"]).await;
-    let (_up_dir, repo) = upstream();
-    let up = FakeUpstream::start().await.unwrap();
-    up.require_key(REAL_KEY);
-    std::env::set_var("BRIG_E2E_AGENT_KEY", REAL_KEY);
-    up.set_default(Behavior::reply("Fix add in calc.sh"));
-    let srv = Srv::start_with(|cfg| {
-        configure(cfg, &up);
-        images.link(cfg);
-    })
-    .await;
+    let (images, _up_dir, repo, up, srv) = aider_server().await;
     let extra = [
         "--edit-format",
         "diff",
@@ -1347,6 +1457,8 @@ async fn aider_inside_brig_against_the_host() {
         "--auto-test",
     ];
     let mut inside = vec![];
+    // The push's own share of each run, printed next to the verdict.
+    let (mut inside_push, mut host_push) = (vec![], vec![]);
     for i in 0..3 {
         up.script(Behavior::reply(AIDER_EDIT));
         up.script(Behavior::reply(AIDER_EDIT));
@@ -1374,11 +1486,14 @@ async fn aider_inside_brig_against_the_host() {
                 .contains("+add() { echo $(( $1 + $2 )); }"),
             "{doc:#}"
         );
-        inside.push(doc["exec"]["duration_ms"].as_u64().unwrap());
+        assert_eq!(doc["push"]["exec"]["status"]["code"], 0, "{doc:#}");
+        let pushed = doc["push"]["exec"]["duration_ms"].as_u64().unwrap();
+        inside_push.push(pushed);
+        inside.push(doc["exec"]["duration_ms"].as_u64().unwrap() + pushed);
     }
     let venv = images.rootfs("aider").join("opt/brig/aider");
     let mut host = vec![];
-    for _ in 0..3 {
+    for i in 0..3 {
         let (_t, work, home) = host_clone(&repo);
         std::fs::create_dir_all(home.join(".aider/caches")).unwrap();
         std::fs::write(
@@ -1431,9 +1546,17 @@ async fn aider_inside_brig_against_the_host() {
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
+        // What the preset does after it: the push, here to the upstream.
+        let pushing = std::time::Instant::now();
+        if o.status.success() {
+            let to = format!("HEAD:refs/heads/host-{i}/aider");
+            git(&work, &["push", "origin", &to]);
+        }
+        host_push.push(pushing.elapsed().as_millis() as u64);
         host.push(started.elapsed().as_millis() as u64);
         host_run_did_the_task(&o, &work);
     }
+    eprintln!("BENCH aider push: inside brig {inside_push:?} ms, on the host {host_push:?} ms");
     bench_verdict("aider", &inside, &host);
     srv.stop().await;
 }
