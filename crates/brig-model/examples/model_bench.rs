@@ -6,8 +6,13 @@
 //! ```text
 //! cargo run --release -p brig-model --features fake --example model_bench -- \
 //!     [--requests 2000] [--concurrency 8] [--seconds 5] [--stream-words 20] \
-//!     [--fake-port 18080] [--peer http://127.0.0.1:4000/v1 --peer-key sk-1234 --peer-model gpt-4o-mini]
+//!     [--fake-port 18080] [--peer http://127.0.0.1:4000/v1 --peer-key sk-1234 --peer-model gpt-4o-mini] \
+//!     [--system-words 0]
 //! ```
+//!
+//! `--system-words N` puts the same system message of N words in front of
+//! every request, as agents send their system prompt and tools in every
+//! call (default 0: the one-line request alone).
 //!
 //! - latency: sequential small non-stream chat completions on one
 //!   keep-alive connection per endpoint, rounds interleaved (direct, gateway,
@@ -29,6 +34,8 @@ use tokio::net::TcpStream;
 
 struct Target {
     name: &'static str,
+    /// `,{"role":"system",...}` before the user message, or empty.
+    system: Arc<str>,
     /// OpenAI base URL: `http://host:port/v1`.
     base: String,
     key: String,
@@ -40,6 +47,7 @@ struct Args {
     concurrency: usize,
     seconds: u64,
     stream_words: usize,
+    system_words: usize,
     fake_port: u16,
     peer: Option<String>,
     peer_key: String,
@@ -52,6 +60,7 @@ fn args() -> Args {
         concurrency: 8,
         seconds: 5,
         stream_words: 20,
+        system_words: 0,
         fake_port: 0,
         peer: None,
         peer_key: "sk-1234".into(),
@@ -70,6 +79,7 @@ fn args() -> Args {
             "--concurrency" => a.concurrency = num(),
             "--seconds" => a.seconds = num() as u64,
             "--stream-words" => a.stream_words = num(),
+            "--system-words" => a.system_words = num(),
             "--fake-port" => a.fake_port = num() as u16,
             "--peer" => a.peer = Some(val),
             "--peer-key" => a.peer_key = val,
@@ -116,13 +126,13 @@ impl Conn {
     async fn chat(&mut self, t: &Target, stream: bool) -> (Duration, Duration) {
         let body = if stream {
             format!(
-                r#"{{"model":"{}","stream":true,"messages":[{{"role":"user","content":"Say hello."}}]}}"#,
-                t.model
+                r#"{{"model":"{}","stream":true,"messages":[{}{{"role":"user","content":"Say hello."}}]}}"#,
+                t.model, t.system
             )
         } else {
             format!(
-                r#"{{"model":"{}","messages":[{{"role":"user","content":"Say hello."}}],"max_tokens":16}}"#,
-                t.model
+                r#"{{"model":"{}","messages":[{}{{"role":"user","content":"Say hello."}}],"max_tokens":16}}"#,
+                t.model, t.system
             )
         };
         let req = hyper::Request::post(format!("{}/chat/completions", self.path_prefix))
@@ -229,15 +239,37 @@ rpm = 100000000
         }
     });
 
+    let system: Arc<str> = if a.system_words == 0 {
+        "".into()
+    } else {
+        let words = [
+            "Follow",
+            "the",
+            "repository's",
+            "conventions;",
+            "run",
+            "the",
+            "tests",
+            "before",
+            "every",
+            "commit.",
+        ];
+        let text: Vec<&str> = (0..a.system_words)
+            .map(|i| words[i % words.len()])
+            .collect();
+        format!(r#"{{"role":"system","content":"{}"}},"#, text.join(" ")).into()
+    };
     let mut targets = vec![
         Target {
             name: "direct",
+            system: system.clone(),
             base: fake.openai_url(),
             key: "none".into(),
             model: "gpt-4o-mini".into(),
         },
         Target {
             name: "brig",
+            system: system.clone(),
             base: format!("http://{gaddr}/v1"),
             key: key.clone(),
             model: "gpt-4o-mini".into(),
@@ -246,20 +278,22 @@ rpm = 100000000
     if let Some(p) = &a.peer {
         targets.push(Target {
             name: "peer",
+            system: system.clone(),
             base: p.clone(),
             key: a.peer_key.clone(),
             model: a.peer_model.clone(),
         });
     }
     println!(
-        "model_bench: {} cpus, {} requests, {} clients x {} s, {} stream chunks",
+        "model_bench: {} cpus, {} requests, {} clients x {} s, {} stream chunks, system message {} words",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
         a.requests,
         a.concurrency,
         a.seconds,
-        a.stream_words + 3
+        a.stream_words + 3,
+        a.system_words
     );
 
     // Latency and stream TTFB: interleaved rounds on one connection each.

@@ -186,6 +186,8 @@ pub(crate) struct Inner {
     /// Calls whose record is not yet written.
     pub in_flight: AtomicUsize,
     pub recorder: record::Recorder,
+    /// The record prefilter's verdicts of strings seen before.
+    pub clean: scrub::CleanCache,
 }
 
 /// The gateway. Share it as `Arc<Gateway>`.
@@ -216,6 +218,7 @@ impl Gateway {
                 sink: deps.sink,
                 in_flight: AtomicUsize::new(0),
                 recorder: record::Recorder::default(),
+                clean: scrub::CleanCache::new(),
             }),
         }))
     }

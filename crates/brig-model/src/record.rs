@@ -403,7 +403,7 @@ impl Done {
         // JSON bodies are scanned as they came, and stored as that text
         // unless something in the record needs masking: no tree is built
         // for a clean call.
-        let mut pre = crate::scrub::Prefilter::new();
+        let mut pre = crate::scrub::Prefilter::cached(&inner.clean, &red);
 
         // The response: a stream's reassembled message (a tree), a JSON
         // body (its text), or anything else as a digest.

@@ -13,10 +13,14 @@
 //! [`may_be_sensitive_flag`], which are supersets of brig-redact's own.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, Mutex, Weak};
 
 use brig_redact::Redactor;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+use siphasher::sip128::SipHasher13;
 
 use crate::pii::PiiRules;
 use crate::record::{UsageFields, UsageKey};
@@ -69,14 +73,141 @@ struct Scan {
     text: String,
     /// A string under a maybe-sensitive key, or after a maybe-sensitive flag.
     value_rule: bool,
+    /// Verdicts of strings seen before, when the scan may use them.
+    cache: Option<Taken>,
+}
+
+impl Scan {
+    /// `x` into the text, unless it is known clean under this scan's
+    /// redactor (then the text scan would find nothing in it anyway).
+    fn push(&mut self, x: &str) {
+        if let Some(c) = &mut self.cache {
+            if x.len() >= CACHE_MIN {
+                let h = c.sip.hash(x.as_bytes()).as_u128();
+                if c.seen.contains(&h) {
+                    return;
+                }
+                c.pending.push(h);
+            }
+        }
+        self.text.push_str(x);
+        self.text.push('\n');
+    }
+}
+
+/// Strings shorter than this are scanned every time: hashing one and
+/// looking it up costs about what scanning it does.
+const CACHE_MIN: usize = 32;
+/// At most this many verdicts are kept (16 bytes each, about 1.2 MiB with
+/// the table's overhead); a full cache starts over.
+const CACHE_MAX: usize = 1 << 16;
+
+/// The table's hasher: its keys are already keyed SipHash values.
+#[derive(Default)]
+struct Low64(u64);
+
+impl Hasher for Low64 {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, b: &[u8]) {
+        for &x in b {
+            self.0 = self.0.rotate_left(8) ^ u64::from(x);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
+
+type Seen = HashSet<u128, BuildHasherDefault<Low64>>;
+
+/// Strings the prefilter already found clean: no known value, no secret
+/// pattern and no PII detector matched them, under one redactor (the PII
+/// rules are the gateway's, fixed). Agents send their system prompt, tool
+/// definitions and the whole conversation so far again in every call, so
+/// most of a request's text was seen in the one before.
+///
+/// Entries are 128-bit SipHash-1-3 values under a key drawn at start: a
+/// client cannot make a string that needs masking collide with a clean one
+/// it cannot see the key of. A string is entered only after a scan of the
+/// text it was part of found nothing (so it is clean on its own: what the
+/// scan finds in one string it finds in any text holding it); a cached
+/// string is only left out of the text scan, never out of the value rules
+/// (sensitive keys and flags) or out of a walk. A new redactor (secrets
+/// added or removed) empties the cache.
+pub(crate) struct CleanCache {
+    sip: SipHasher13,
+    state: Mutex<Option<CacheState>>,
+}
+
+struct CacheState {
+    /// The redactor the verdicts hold for. A `Weak` keeps its allocation,
+    /// so a later redactor can never have the same address.
+    redactor: Weak<Redactor>,
+    seen: Seen,
+}
+
+/// A cache's table, taken for one record's scan.
+struct Taken {
+    sip: SipHasher13,
+    redactor: Weak<Redactor>,
+    seen: Seen,
+    /// Hashes of the strings added to the text: entered if it is clean.
+    pending: Vec<u128>,
+}
+
+impl CleanCache {
+    pub fn new() -> CleanCache {
+        CleanCache {
+            sip: SipHasher13::new_with_keys(rand::random(), rand::random()),
+            state: Mutex::new(None),
+        }
+    }
+
+    /// The table for a scan under `red` (an empty one when the last scan
+    /// was under another redactor, or when another scan has it).
+    fn take(&self, red: &Arc<Redactor>) -> Taken {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let seen = match st {
+            Some(st) if std::ptr::eq(st.redactor.as_ptr(), Arc::as_ptr(red)) => st.seen,
+            _ => Seen::default(),
+        };
+        Taken {
+            sip: self.sip,
+            redactor: Arc::downgrade(red),
+            seen,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The table back, with `pending` entered when `clean`.
+    fn give_back(&self, mut t: Taken, clean: bool) {
+        if clean {
+            if t.seen.len() + t.pending.len() > CACHE_MAX {
+                t.seen.clear();
+            }
+            t.seen.extend(t.pending.drain(..));
+        }
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(CacheState {
+            redactor: t.redactor,
+            seen: t.seen,
+        });
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or(0, |s| s.seen.len())
+    }
 }
 
 fn collect(v: &Value, s: &mut Scan) {
     match v {
-        Value::String(x) => {
-            s.text.push_str(x);
-            s.text.push('\n');
-        }
+        Value::String(x) => s.push(x),
         Value::Array(a) => {
             let mut after_flag = false;
             for x in a {
@@ -93,8 +224,7 @@ fn collect(v: &Value, s: &mut Scan) {
         }
         Value::Object(o) => {
             for (k, x) in o {
-                s.text.push_str(k);
-                s.text.push('\n');
+                s.push(k);
                 if matches!(x, Value::String(t) if !t.is_empty()) && may_be_sensitive_key(k) {
                     s.value_rule = true;
                 }
@@ -115,20 +245,33 @@ thread_local! {
 /// and plain strings, all joined into one text; then one pass of the known
 /// values, one of the secret patterns and one of the PII set over it
 /// ([`Prefilter::need`]) instead of one of each per value and per string.
-pub(crate) struct Prefilter {
+pub(crate) struct Prefilter<'a> {
     s: Scan,
+    home: Option<&'a CleanCache>,
 }
 
-impl Prefilter {
-    pub fn new() -> Prefilter {
+impl<'a> Prefilter<'a> {
+    pub fn new() -> Prefilter<'a> {
         let mut text = TEXT.with(|t| t.take());
         text.clear();
         Prefilter {
             s: Scan {
                 text,
                 value_rule: false,
+                cache: None,
             },
+            home: None,
         }
+    }
+
+    /// A prefilter that leaves strings `cache` knows clean under `red` out
+    /// of its text scan, and enters the ones it finds clean. Its verdict
+    /// ([`Prefilter::need`]) must be taken with `red`.
+    pub fn cached(cache: &'a CleanCache, red: &Arc<Redactor>) -> Prefilter<'a> {
+        let mut p = Prefilter::new();
+        p.s.cache = Some(cache.take(red));
+        p.home = Some(cache);
+        p
     }
 
     /// Every string and key of a tree.
@@ -137,8 +280,7 @@ impl Prefilter {
     }
 
     pub fn add_str(&mut self, x: &str) {
-        self.s.text.push_str(x);
-        self.s.text.push('\n');
+        self.s.push(x);
     }
 
     pub fn add_str_opt(&mut self, x: Option<&str>) {
@@ -148,7 +290,10 @@ impl Prefilter {
     }
 
     /// Done without a decision (its buffer is kept for the next one).
-    pub fn discard(self) {
+    pub fn discard(mut self) {
+        if let (Some(home), Some(t)) = (self.home, self.s.cache.take()) {
+            home.give_back(t, false);
+        }
         let s = self.s;
         if s.text.capacity() <= 1 << 20 {
             TEXT.with(|t| t.set(s.text));
@@ -167,6 +312,7 @@ impl Prefilter {
         usage: Option<&mut Option<UsageFields>>,
     ) -> Result<(), serde_json::Error> {
         let mark = self.s.text.len();
+        let pending = self.s.cache.as_ref().map_or(0, |c| c.pending.len());
         let rule = self.s.value_rule;
         let mut de = serde_json::Deserializer::from_slice(b);
         let mode = match usage {
@@ -180,7 +326,11 @@ impl Prefilter {
         .deserialize(&mut de)
         .and_then(|_| de.end());
         if r.is_err() {
+            // Its strings were not scanned: none of them may be entered.
             self.s.text.truncate(mark);
+            if let Some(c) = &mut self.s.cache {
+                c.pending.truncate(pending);
+            }
             self.s.value_rule = rule;
         }
         r
@@ -188,9 +338,19 @@ impl Prefilter {
 
     /// `false`: [`scrub`] would leave every value added as it is, and
     /// `redact_str` of the redactor and of the PII rules every string.
-    pub fn need(self, red: &Redactor, pii: &PiiRules) -> bool {
+    pub fn need(mut self, red: &Redactor, pii: &PiiRules) -> bool {
+        // The text's verdict alone says whether its strings are clean: the
+        // value rules are about where a string is, not what it holds.
+        let text_hit = red.may_redact(&self.s.text) || pii.may_match(&self.s.text);
+        let mut other_redactor = false;
+        if let (Some(home), Some(t)) = (self.home, self.s.cache.take()) {
+            // Strings were left out by verdicts under the cache's
+            // redactor: under another one only a walk can tell.
+            other_redactor = !std::ptr::eq(t.redactor.as_ptr(), red);
+            home.give_back(t, !text_hit && !other_redactor);
+        }
         let s = self.s;
-        let need = s.value_rule || red.may_redact(&s.text) || pii.may_match(&s.text);
+        let need = s.value_rule || text_hit || other_redactor;
         if s.text.capacity() <= 1 << 20 {
             TEXT.with(|t| t.set(s.text));
         }
@@ -253,8 +413,7 @@ impl<'de> Visitor<'de> for Node<'_> {
         Ok(Kind::Other)
     }
     fn visit_str<E>(self, x: &str) -> Result<Kind, E> {
-        self.s.text.push_str(x);
-        self.s.text.push('\n');
+        self.s.push(x);
         Ok(Kind::Str {
             nonempty: !x.is_empty(),
             flag: may_be_sensitive_flag(x),
@@ -349,8 +508,7 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
         f.write_str("a key")
     }
     fn visit_str<E>(self, k: &str) -> Result<KeyInfo, E> {
-        self.0.text.push_str(k);
-        self.0.text.push('\n');
+        self.0.push(k);
         Ok(KeyInfo {
             sensitive: may_be_sensitive_key(k),
             name: UsageKey::of(k),
@@ -467,6 +625,112 @@ mod tests {
         let mut v = clean.clone();
         scrub(&mut v, &red, &pii);
         assert_eq!(v, clean);
+    }
+
+    /// One record's scan of `bodies` through `cache`: its verdict and the
+    /// text it scanned.
+    fn cached_scan(
+        cache: &CleanCache,
+        red: &Arc<Redactor>,
+        bodies: &[&str],
+        extra: &[&str],
+    ) -> (bool, String) {
+        let mut p = Prefilter::cached(cache, red);
+        for b in bodies {
+            let _ = p.add_json(b.as_bytes(), None);
+        }
+        for x in extra {
+            p.add_str(x);
+        }
+        let text = p.s.text.clone();
+        (p.need(red, &rules()), text)
+    }
+
+    #[test]
+    fn the_cache_leaves_out_only_strings_seen_clean_under_the_same_redactor() {
+        let cache = CleanCache::new();
+        let long = "You are a careful coding agent; the deploy value is hunter2-very-secret-long.";
+        let body = format!(r#"{{"messages":[{{"role":"system","content":"{long}"}}]}}"#);
+        let red = Arc::new(Redactor::patterns_only());
+        // First seen: scanned, clean, entered; then left out of the text.
+        let (need, text) = cached_scan(&cache, &red, &[&body], &[]);
+        assert!(!need);
+        assert!(text.contains(long));
+        assert_eq!(cache.len(), 1);
+        let (need, text) = cached_scan(&cache, &red, &[&body], &[]);
+        assert!(!need);
+        assert!(!text.contains(long), "{text}");
+        assert!(text.contains("content"), "short strings are always scanned");
+        // A new redactor that knows the value: the cache starts over and
+        // the string is scanned (and needs masking).
+        let red2 = Arc::new(
+            Redactor::builder()
+                .secret("K", "hunter2-very-secret-long")
+                .build(),
+        );
+        let (need, text) = cached_scan(&cache, &red2, &[&body], &[]);
+        assert!(need);
+        assert!(text.contains(long));
+        assert_eq!(cache.len(), 0, "nothing is entered from a text that hits");
+        let (need, _) = cached_scan(&cache, &red2, &[&body], &[]);
+        assert!(need);
+        // A verdict taken under another redactor than the cache's cannot
+        // be trusted for what was left out: a walk.
+        let _ = cached_scan(&cache, &red, &[&body], &[]);
+        let mut p = Prefilter::cached(&cache, &red);
+        p.add_json(body.as_bytes(), None).unwrap();
+        assert!(p.need(&red2, &rules()));
+    }
+
+    #[test]
+    fn the_cache_never_enters_pii_or_what_it_did_not_scan() {
+        let cache = CleanCache::new();
+        let red = Arc::new(Redactor::patterns_only());
+        let mail = "Please send the staging report to jane.doe@example.com by Friday.";
+        let clean = "Please send the staging report to the release channel by Friday.";
+        // PII anywhere in the text: nothing of that record is entered, so
+        // it is scanned (and found) again in the next.
+        for _ in 0..3 {
+            let (need, text) = cached_scan(&cache, &red, &[], &[clean, mail]);
+            assert!(need);
+            assert!(text.contains(mail) && text.contains(clean));
+        }
+        assert_eq!(cache.len(), 0);
+        // A clean string entered does not hide PII next to it.
+        assert!(!cached_scan(&cache, &red, &[], &[clean]).0);
+        let (need, text) = cached_scan(&cache, &red, &[], &[clean, mail]);
+        assert!(need);
+        assert!(!text.contains(clean) && text.contains(mail));
+        // A body that is not JSON is not scanned: its strings are not
+        // entered, even when the rest of the record is clean.
+        let cache = CleanCache::new();
+        let broken = format!(r#"{{"a":"{mail}","b":"#);
+        assert!(!cached_scan(&cache, &red, &[&broken], &["gpt-4o-mini"]).0);
+        assert_eq!(cache.len(), 0);
+        // Value rules are never cached away: a sensitive key's string is
+        // a walk every time, though the string itself is entered as clean.
+        let body = format!(r#"{{"api_key":"{clean}"}}"#);
+        for _ in 0..2 {
+            assert!(cached_scan(&cache, &red, &[&body], &[]).0);
+        }
+        let mut v: Value = serde_json::from_str(&body).unwrap();
+        scrub(&mut v, &red, &rules());
+        assert_eq!(v["api_key"], "[REDACTED:sensitive_key]");
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let cache = CleanCache::new();
+        let red = Arc::new(Redactor::patterns_only());
+        let strs: Vec<String> = (0..CACHE_MAX + 10)
+            .map(|i| format!("a string long enough to be remembered, number {i:08}"))
+            .collect();
+        for chunk in strs.chunks(1000) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            assert!(!cached_scan(&cache, &red, &[], &refs).0);
+            assert!(cache.len() <= CACHE_MAX);
+        }
+        assert!(cache.len() < CACHE_MAX);
     }
 
     #[test]

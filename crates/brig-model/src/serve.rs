@@ -571,7 +571,8 @@ async fn forward(
             (*target.model != *requested).then_some(&*target.model),
             inject_usage,
         );
-        let headers = upstream_headers(client, u, client_headers, key.as_deref(), body.len());
+        // Built for each request sent (most calls send one), not cloned.
+        let headers = || upstream_headers(client, u, client_headers, key.as_deref(), body.len());
         let uri = client.uri(upstream_path(u.kind, call.endpoint));
         for attempt in 0..=u.retries {
             if session.closed.load(Ordering::SeqCst) {
@@ -743,7 +744,7 @@ async fn exchange(
     u: &crate::config::CompiledUpstream,
     session: &Arc<SessionState>,
     uri: &hyper::Uri,
-    headers: &HeaderMap,
+    headers: &(dyn Fn() -> HeaderMap + Sync),
     body: Bytes,
 ) -> Result<(Response<Incoming>, Conn), String> {
     let mut fresh = false;
@@ -758,7 +759,7 @@ async fn exchange(
         let mut req = Request::new(Full::new(body.clone()));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = uri.clone();
-        *req.headers_mut() = headers.clone();
+        *req.headers_mut() = headers();
         match conn.send(req).await {
             Ok(resp) => return Ok((resp, conn)),
             Err(e)

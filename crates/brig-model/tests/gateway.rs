@@ -918,6 +918,75 @@ async fn secrets_and_pii_in_prompts_never_reach_the_record() {
     }
 }
 
+/// The record prefilter remembers strings it found clean (agents send the
+/// same system prompt and history in every call). What it remembered must
+/// never hide a secret brig learns later, nor PII.
+#[tokio::test]
+async fn strings_seen_clean_are_masked_once_a_secret_is_known_and_pii_always() {
+    const LATE: &str = "late-secret-Vb73kQ2nRtXw";
+    let current = Arc::new(std::sync::RwLock::new(Arc::new(
+        brig_redact::Redactor::patterns_only(),
+    )));
+    let c2 = current.clone();
+    let mut h = harness_with(
+        &base_config(""),
+        2,
+        Arc::new(move || c2.read().unwrap().clone()),
+    )
+    .await;
+    let system = "You are a careful coding agent. Follow the repository's conventions.";
+    let answer = format!("The staging deploy uses the value {LATE} for its database login.");
+    h.fake(0).set_default(Behavior::reply(&answer));
+    let mut req = chat("gpt-4o-mini", "How do I deploy staging?");
+    req["messages"] = json!([
+        {"role": "system", "content": system},
+        {"role": "user", "content": "How do I deploy staging?"},
+    ]);
+    // Unknown yet: recorded as it is, twice (the second time from the
+    // prefilter's memory).
+    for _ in 0..2 {
+        let (s, _) = once(h.addr, post("/v1/chat/completions", &h.key, &req)).await;
+        assert_eq!(s, 200);
+        let rec = serde_json::to_string(&h.call().await).unwrap();
+        assert!(rec.contains(LATE), "{rec}");
+    }
+    // brig learns the value (a new redactor): the next record masks it,
+    // though the very same answer text was found clean before.
+    *current.write().unwrap() = Arc::new(
+        brig_redact::Redactor::builder()
+            .secret("LATE", LATE)
+            .build(),
+    );
+    for _ in 0..2 {
+        let (s, _) = once(h.addr, post("/v1/chat/completions", &h.key, &req)).await;
+        assert_eq!(s, 200);
+        let rec = serde_json::to_string(&h.call().await).unwrap();
+        assert!(!rec.contains(LATE), "{LATE} in the record: {rec}");
+        assert!(rec.contains("[REDACTED:secret:LATE]"), "{rec}");
+        assert!(rec.contains(system), "{rec}");
+    }
+    // PII is never remembered as clean: the same mail address in the same
+    // long string is masked in every record, and a clean string seen
+    // before does not hide one in the strings next to it.
+    let pii = "Please send the staging report to jane.doe@example.com by Friday.";
+    h.fake(0).set_default(Behavior::reply(pii));
+    for i in 0..3 {
+        let mut req = req.clone();
+        if i == 2 {
+            req["messages"][1]["content"] =
+                json!(format!("{system} Also cc jane.doe@example.com."));
+        }
+        let (s, _) = once(h.addr, post("/v1/chat/completions", &h.key, &req)).await;
+        assert_eq!(s, 200);
+        let rec = serde_json::to_string(&h.call().await).unwrap();
+        assert!(
+            !rec.contains("jane.doe@example.com"),
+            "PII in the record: {rec}"
+        );
+        assert!(rec.contains("[REDACTED:pii:email]"), "{rec}");
+    }
+}
+
 #[tokio::test]
 async fn a_known_secret_in_a_prompt_is_refused_before_it_leaves() {
     let mut h = harness(&base_config("")).await;

@@ -39,6 +39,21 @@ pub async fn harness(toml_src: &str) -> Harness {
 }
 
 pub async fn harness_n(toml_src: &str, fakes: usize) -> Harness {
+    let redactor = Arc::new(
+        brig_redact::Redactor::builder()
+            .secret("CANARY", CANARY)
+            .secret("OPENAI", REAL_OPENAI)
+            .build(),
+    );
+    harness_with(toml_src, fakes, Arc::new(move || redactor.clone())).await
+}
+
+/// [`harness_n`] with the embedder's redactor function.
+pub async fn harness_with(
+    toml_src: &str,
+    fakes: usize,
+    redactor: brig_model::RedactorFn,
+) -> Harness {
     let mut fs = Vec::new();
     let mut src = toml_src.to_string();
     for (i, name) in ["A", "B"].iter().enumerate().take(fakes) {
@@ -59,17 +74,11 @@ pub async fn harness_n(toml_src: &str, fakes: usize) -> Harness {
             )),
         }
     };
-    let redactor = Arc::new(
-        brig_redact::Redactor::builder()
-            .secret("CANARY", CANARY)
-            .secret("OPENAI", REAL_OPENAI)
-            .build(),
-    );
     let gw = Gateway::new(
         config,
         GatewayDeps {
             keys: Arc::new(keys),
-            redactor: Arc::new(move || redactor.clone()),
+            redactor,
             sink: Arc::new(tx),
         },
     )
