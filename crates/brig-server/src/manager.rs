@@ -930,8 +930,9 @@ impl Manager {
         };
         say("starting the sandbox");
         // A claim is used only if it was made exactly as this sandbox
-        // would be; otherwise it goes, and the id is free to start cold.
-        if let Some(c) = claim.take_if(|_| sreq.trust_ca != template.trust_ca) {
+        // would be and is still alive; otherwise it goes, and the id is free
+        // to start cold.
+        if let Some(c) = claim.take_if(|c| sreq.trust_ca != template.trust_ca || !c.is_live()) {
             c.discard().await;
         }
         let made = match claim {

@@ -140,6 +140,12 @@ impl Claim {
         &self.sandbox.as_ref().expect("a claim holds its sandbox").id
     }
 
+    /// Whether its sandbox can still be used (it may have died since the
+    /// claim looked).
+    pub fn is_live(&self) -> bool {
+        self.sandbox.as_ref().is_some_and(Sandbox::is_live)
+    }
+
     /// The sandbox, now the session's.
     pub fn take(mut self) -> Sandbox {
         self.sandbox.take().expect("a claim holds its sandbox")
