@@ -285,7 +285,7 @@ impl Store {
     }
 
     fn in_tx<T>(&self, what: &str, f: impl FnOnce(&Connection, &Masks) -> Result<T>) -> Result<T> {
-        let red = self.redactor();
+        let red = self.masks();
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)

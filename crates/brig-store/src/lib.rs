@@ -469,7 +469,7 @@ impl Store {
         rec: &ExecRecord,
         ev: &Event,
     ) -> Result<()> {
-        let red = self.redactor();
+        let red = self.masks();
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -489,7 +489,7 @@ impl Store {
         end: &ExecEnd,
         ev: &Event,
     ) -> Result<()> {
-        let red = self.redactor();
+        let red = self.masks();
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -603,7 +603,7 @@ impl Store {
         *self.pii.write().unwrap_or_else(|p| p.into_inner()) = rules;
     }
 
-    fn redactor(&self) -> Masks {
+    fn masks(&self) -> Masks {
         Masks {
             secrets: self.current_redactor(),
             pii: self.pii.read().unwrap_or_else(|p| p.into_inner()).clone(),
@@ -644,7 +644,7 @@ impl Store {
     /// IMMEDIATE, so the head read and the inserts cannot interleave with
     /// another writer, even one in another process.
     pub fn append_events(&self, evs: &[Event]) -> Result<Vec<i64>> {
-        let red = self.redactor();
+        let red = self.masks();
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -889,7 +889,7 @@ impl Store {
 
     /// Record that an exec started.
     pub fn insert_exec(&self, rec: &ExecRecord) -> Result<()> {
-        let red = self.redactor();
+        let red = self.masks();
         insert_exec_on(&self.conn(), &red, rec)
     }
 
@@ -981,7 +981,7 @@ impl Store {
         ev: &Event,
         place: impl FnOnce() -> Result<()>,
     ) -> Result<bool> {
-        let red = self.redactor();
+        let red = self.masks();
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)

@@ -191,7 +191,7 @@ impl Store {
     /// [`Tx::insert_api_token`] outside the group-commit writer (tests,
     /// tools).
     pub fn insert_api_token(&self, row: &ApiTokenRow, ev: &Event) -> Result<()> {
-        let red = self.redactor();
+        let red = self.masks();
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)

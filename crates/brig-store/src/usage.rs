@@ -152,7 +152,7 @@ impl Tx<'_> {
 impl Store {
     /// Captured calls with their `model.call` events, in one transaction.
     pub fn add_model_calls(&self, rows: &[(ModelCallRow, Event)]) -> Result<()> {
-        let red = self.redactor();
+        let red = self.masks();
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)

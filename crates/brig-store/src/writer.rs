@@ -314,7 +314,7 @@ impl Store {
     /// (a lone job needs none: the transaction is its savepoint). Returns
     /// the chain head's seq if any job appended events.
     fn group_commit(&self, jobs: &mut [Box<dyn Job>]) -> Result<Option<i64>> {
-        let red = self.redactor();
+        let red = self.masks();
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
