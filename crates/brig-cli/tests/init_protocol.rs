@@ -113,7 +113,12 @@ fn init_command(wrapper: &[&str], config: &str) -> Command {
 
 async fn start_with(wrapper: &[&str], dir: tempfile::TempDir) -> Init {
     let cfg = config(dir.path().to_str().unwrap());
-    let mut child = init_command(wrapper, &cfg)
+    spawn_ready(wrapper, &cfg, dir).await
+}
+
+/// Init started with `cfg`, once it is ready.
+async fn spawn_ready(wrapper: &[&str], cfg: &str, dir: tempfile::TempDir) -> Init {
+    let mut child = init_command(wrapper, cfg)
         .spawn()
         .expect("start brig sandbox-init");
     let chan = Channel::new(child.stdin.take().unwrap(), child.stdout.take().unwrap());
@@ -144,17 +149,7 @@ async fn start_capture(in_init: bool) -> Init {
         "hold_words": ["brigheld"],
     })
     .to_string();
-    let mut child = init_command(&[], &cfg)
-        .spawn()
-        .expect("start brig sandbox-init");
-    let chan = Channel::new(child.stdin.take().unwrap(), child.stdout.take().unwrap());
-    let ready = chan.wait_ready(T).await.expect("init becomes ready");
-    Init {
-        chan: Some(chan),
-        child,
-        ready,
-        dir,
-    }
+    spawn_ready(&[], &cfg, dir).await
 }
 
 #[derive(Debug, Default)]
