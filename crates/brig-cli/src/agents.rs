@@ -126,7 +126,7 @@ const CLAUDE_CODE: Preset = Preset {
     tested_version: "2.1.197",
     install: "build the image its recipe pins with `brig image build --agent claude-code`",
     recipe: crate::recipes::CLAUDE_CODE,
-    recipe_digest: "sha256:afa235c97a8727c59632fb8cc49bd507c9b1e5f8384d867343dfc81433e50468",
+    recipe_digest: "sha256:39196fe8ab35cf0e04d23352df2350a61efca28c16b615280b0af4acbf3be2ba",
     env: &[
         ("HOME", AGENT_HOME),
         ("CLAUDE_CONFIG_DIR", "/tmp/agent-home/.claude"),
@@ -182,7 +182,7 @@ const CODEX: Preset = Preset {
     tested_version: "0.171.0",
     install: "build the image its recipe pins with `brig image build --agent codex`",
     recipe: crate::recipes::CODEX,
-    recipe_digest: "sha256:0c53ed98a861529f942dc5ba80340b46ce57328f86d90b3b73fe62a21e95cecd",
+    recipe_digest: "sha256:dd91938da8653b6f88fc50d644dd661e42049ccf26570b16fbf3d6b368130c56",
     env: &[
         ("HOME", AGENT_HOME),
         ("CODEX_HOME", "/tmp/agent-home/.codex"),
@@ -253,7 +253,7 @@ const AIDER: Preset = Preset {
     tested_version: "0.86.2",
     install: "build the image its recipe pins with `brig image build --agent aider`",
     recipe: crate::recipes::AIDER,
-    recipe_digest: "sha256:13fc1ee5421837c4d2089dc8bce4372065a0f24c48bd743e6db7a86c9355b4fc",
+    recipe_digest: "sha256:968d4994eedbc7042ed4779c2f19d6f120b9c3861c7980e027d67f772738c671",
     env: &[
         ("HOME", AGENT_HOME),
         ("XDG_CONFIG_HOME", "/tmp/agent-home/.config"),
@@ -1065,7 +1065,10 @@ mod tests {
             assert_eq!(format!("{}/", r.prefix), p.prefix());
             assert_eq!(r.image_name(), p.image());
             assert!(
-                r.steps.iter().any(|s| s.contains(p.tested_version)),
+                r.steps
+                    .iter()
+                    .chain(r.check.iter())
+                    .any(|s| s.contains(p.tested_version)),
                 "{}",
                 p.name
             );

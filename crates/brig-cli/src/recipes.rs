@@ -32,6 +32,10 @@ pub const CLAUDE_CODE: Files = &[
         "package-lock.json",
         include_str!("../../../recipes/claude-code/package-lock.json"),
     ),
+    (
+        "debian.lock",
+        include_str!("../../../recipes/claude-code/debian.lock"),
+    ),
 ];
 
 pub const CODEX: Files = &[
@@ -47,6 +51,10 @@ pub const CODEX: Files = &[
         "package-lock.json",
         include_str!("../../../recipes/codex/package-lock.json"),
     ),
+    (
+        "debian.lock",
+        include_str!("../../../recipes/codex/debian.lock"),
+    ),
 ];
 
 pub const AIDER: Files = &[
@@ -57,6 +65,10 @@ pub const AIDER: Files = &[
     (
         "requirements.txt",
         include_str!("../../../recipes/aider/requirements.txt"),
+    ),
+    (
+        "debian.lock",
+        include_str!("../../../recipes/aider/debian.lock"),
     ),
 ];
 

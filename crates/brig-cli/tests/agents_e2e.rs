@@ -1234,6 +1234,33 @@ fn build_dir(
     )
 }
 
+/// Build `files` (a recipe named `name`) for the first time: its image
+/// name and the build's report.
+fn build_new(
+    srv: &Srv,
+    name: &str,
+    files: &std::collections::BTreeMap<String, String>,
+) -> (String, Value) {
+    let image =
+        brig_server::image_build::image_name(name, &brig_server::image_build::recipe_digest(files));
+    let (code, out, err) = build_dir(srv, files, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let built: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(built["name"], image.as_str(), "{built}");
+    assert_eq!(built["cached"], false, "{built}");
+    (image, built)
+}
+
+/// A stored image's directory and its image.json.
+fn stored(srv: &Srv, digest: &str) -> (std::path::PathBuf, Value) {
+    let dir = srv
+        .data()
+        .join("images/store")
+        .join(digest.trim_start_matches("sha256:"));
+    let meta = serde_json::from_slice(&std::fs::read(dir.join("image.json")).unwrap()).unwrap();
+    (dir, meta)
+}
+
 /// A failed build leaves no image, no name, no work directory, and no
 /// session: each one it started is destroyed, with nothing left on disk.
 async fn assert_nothing_built(srv: &Srv, what: &str) {
@@ -1291,7 +1318,7 @@ async fn image_builds_refuse_tampered_pins_and_leave_nothing_when_they_fail() {
     files.insert("package-lock.json".into(), tampered);
     let (code, out, err) = build_dir(&srv, &files, &[]);
     assert_eq!(code, 7, "{out}\n{err}");
-    assert!(err.contains("step 2/3"), "{err}");
+    assert!(err.contains("step 2/2"), "{err}");
     assert!(err.contains("EINTEGRITY"), "{err}");
     assert_nothing_built(&srv, "tampered npm integrity").await;
 
@@ -1310,6 +1337,47 @@ async fn image_builds_refuse_tampered_pins_and_leave_nothing_when_they_fail() {
     assert_eq!(code, 7, "{out}\n{err}");
     assert!(err.contains("DO NOT MATCH THE HASHES"), "{err}");
     assert_nothing_built(&srv, "tampered pip hash").await;
+
+    // debian.lock: dash's sha256 changed (a valid-looking one): refused by
+    // brig after the download, naming the package and the fix.
+    let mut files = debian_recipe("true");
+    let lock = files["debian.lock"].clone();
+    let dash = lock.lines().find(|l| l.starts_with("dash ")).unwrap();
+    let good = dash.split(' ').nth(2).unwrap();
+    let bad = format!("sha256:{}", "7".repeat(64));
+    files.insert("debian.lock".into(), lock.replace(good, &bad));
+    let (code, out, err) = build_dir(&srv, &files, &[]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(err.contains("Debian package dash 0.5.12-2"), "{err}");
+    assert!(err.contains("does not match debian.lock"), "{err}");
+    assert!(err.contains("recipes/debian-lock.sh"), "{err}");
+    assert_nothing_built(&srv, "tampered debian.lock").await;
+
+    // A lock naming a file the archive does not have: the download fails.
+    let mut files = debian_recipe("true");
+    let lock = files["debian.lock"].clone();
+    files.insert(
+        "debian.lock".into(),
+        lock.replace("dash_0.5.12-2_amd64.deb", "dash_0.5.12-1_amd64.deb"),
+    );
+    let (code, out, err) = build_dir(&srv, &files, &[]);
+    assert_eq!(code, 7, "{out}\n{err}");
+    assert!(
+        err.contains("download of its 4 Debian packages failed"),
+        "{err}"
+    );
+    assert!(err.contains("recipes/debian-lock.sh"), "{err}");
+    assert_nothing_built(&srv, "missing .deb").await;
+
+    // An image whose check fails is never named, and is removed.
+    let files = debian_recipe("hi && exit 5");
+    let (code, out, err) = build_dir(&srv, &files, &[]);
+    assert_eq!(code, 7, "{out}\n{err}");
+    assert!(
+        err.contains("check `hi && exit 5` failed (exit 5)"),
+        "{err}"
+    );
+    assert_nothing_built(&srv, "failing check").await;
 
     // A step that fails after writing part of the layer.
     let recipe = "name = \"half\"\nprefix = \"/opt/brig/half\"\nsteps = [\"mkdir -p layer && echo x > layer/f\", \"exit 3\"]\n";
@@ -1341,15 +1409,7 @@ async fn a_built_image_is_the_host_image_plus_its_layer() {
     let srv = Srv::start_with(build_profile).await;
     let recipe = "name = \"hi\"\nprefix = \"/opt/brig/hi\"\npath = [\"bin\"]\nsteps = [\n  \"mkdir -p layer/bin && printf '#!/bin/sh\\\\necho hi from the layer\\\\n' > layer/bin/hi && chmod 4755 layer/bin/hi && ln -s hi layer/bin/hey\",\n]\n";
     let files = std::collections::BTreeMap::from([("recipe.toml".to_string(), recipe.to_string())]);
-    let name = brig_server::image_build::image_name(
-        "hi",
-        &brig_server::image_build::recipe_digest(&files),
-    );
-    let (code, out, err) = build_dir(&srv, &files, &[]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    let built: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(built["name"], name.as_str());
-    assert_eq!(built["cached"], false);
+    let (name, built) = build_new(&srv, "hi", &files);
     let (_, host) = srv.call("GET", "/v1/images", None).await;
     assert_eq!(built["base"], host[0]["digest"], "{host}");
     let digest = built["digest"].as_str().unwrap().to_string();
@@ -1367,12 +1427,7 @@ async fn a_built_image_is_the_host_image_plus_its_layer() {
     assert_eq!(ev["details"]["digest"], digest.as_str());
     assert_eq!(ev["details"]["recipe_digest"], built["recipe_digest"]);
     // image.json records what it is made of.
-    let dir = srv
-        .data()
-        .join("images/store")
-        .join(digest.trim_start_matches("sha256:"));
-    let meta: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("image.json")).unwrap()).unwrap();
+    let (dir, meta) = stored(&srv, &digest);
     assert_eq!(meta["recipe_digest"], built["recipe_digest"]);
     assert_eq!(meta["base"], built["base"]);
     assert_eq!(meta["layer_digest"], built["layer_digest"]);
@@ -1436,6 +1491,89 @@ async fn a_built_image_is_the_host_image_plus_its_layer() {
     );
     let (_, list) = srv.call("GET", "/v1/sessions?all=true", None).await;
     assert!(list.as_array().unwrap().iter().all(|s| s["task"] != "HI-2"));
+    srv.stop().await;
+}
+
+/// A small `base = "debian"` recipe: the shipped codex lock cut down to
+/// dash and what it needs (a few hundred KiB to fetch), a one-file layer,
+/// and `check`.
+fn debian_recipe(check: &str) -> std::collections::BTreeMap<String, String> {
+    let lock: String = recipe_files("codex")["debian.lock"]
+        .lines()
+        .filter(|l| {
+            ["dash ", "libc6 ", "libgcc-s1 ", "gcc-12-base "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(lock.lines().count(), 4, "{lock}");
+    let recipe = format!(
+        "name = \"deb\"\nbase = \"debian\"\nprefix = \"/opt/brig/deb\"\npath = [\"bin\"]\ncheck = {}\nsteps = [\"mkdir -p layer/bin && printf '#!/bin/sh\\\\necho hi from debian\\\\n' > layer/bin/hi && chmod 755 layer/bin/hi\"]\n",
+        serde_json::to_string(check).unwrap()
+    );
+    std::collections::BTreeMap::from([
+        ("recipe.toml".to_string(), recipe),
+        ("debian.lock".to_string(), lock),
+    ])
+}
+
+/// `base = "debian"`: the image is a full root of the locked packages (no
+/// host /usr: the host's python3 is not in it), with brig's generated /etc,
+/// recorded as debian:bookworm with its lock's digest, checked in a
+/// session on it before it is named, and reproducible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debian_based_image_is_its_locked_packages_plus_its_layer() {
+    require_root!();
+    let srv = Srv::start_with(build_profile).await;
+    let files = debian_recipe("hi && test -L /bin/sh && ! command -v python3");
+    let (name, built) = build_new(&srv, "deb", &files);
+    assert_eq!(built["base"], "debian:bookworm", "{built}");
+    let lock_digest = brig_sandbox::debian::Lock::parse(&files["debian.lock"])
+        .unwrap()
+        .digest;
+    assert_eq!(built["debian_lock"], lock_digest.as_str(), "{built}");
+    let digest = built["digest"].as_str().unwrap().to_string();
+    let (dir, meta) = stored(&srv, &digest);
+    assert_eq!(meta["base"], "debian:bookworm");
+    assert_eq!(meta["debian_lock"], lock_digest.as_str());
+    // The check ran in its own session on the new image, journaled.
+    let check = built["check_session"].as_str().expect("no check session");
+    srv.assert_gone(check);
+    assert!(commands(&journal(&srv, check).await)
+        .iter()
+        .any(|c| c.contains("command -v python3")));
+    // Nothing of the host's: the unpacked packages and brig's /etc.
+    let root = dir.join("rootfs");
+    assert!(root.join("usr/bin/dash").is_file());
+    assert!(!root.join("usr/bin/python3").exists());
+    assert!(!root.join("usr/share/man").exists());
+    assert!(root.join("usr/share/doc/dash/copyright").is_file());
+    assert_eq!(
+        std::fs::read_link(root.join("lib64")).unwrap(),
+        Path::new("usr/lib64")
+    );
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
+    assert!(passwd.contains("agent:x:1000:1000"), "{passwd}");
+
+    // A session on it: its own /bin/sh, no host /usr bound in.
+    let s = srv.create(json!({"task": "DEB-1", "image": name})).await;
+    let id = s["id"].as_str().unwrap();
+    assert_eq!(s["image_digest"], digest.as_str());
+    let r = srv
+        .exec(id, &["/bin/sh", "-c", "hi; test -e /usr/bin/python3 || echo no-python; test -e /usr/bin/git || echo no-git"])
+        .await;
+    assert_eq!(r["stdout"], "hi from debian\nno-python\nno-git\n", "{r}");
+    let (st, _) = srv
+        .call("DELETE", &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert!(st < 300);
+
+    // Rebuilt from scratch: the same digest.
+    let (code, out, _) = build_dir(&srv, &files, &["--rebuild"]);
+    assert_eq!(code, 0);
+    let again: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(again["digest"], digest.as_str(), "not reproducible");
     srv.stop().await;
 }
 

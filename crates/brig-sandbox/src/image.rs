@@ -204,6 +204,7 @@ pub fn import(paths: &SandboxPaths, source: &Path, name: &str) -> Result<Image> 
             layer_digest: None,
             recipe_digest: None,
             prefix: None,
+            debian_lock: None,
         };
         write_file(&image_dir.join("image.json"), &to_json(&meta)?, 0o644)?;
         publish(&image_dir, &dest)?;
@@ -305,6 +306,19 @@ const NSSWITCH: &str = "passwd: files\ngroup: files\nshadow: files\nhosts: files
 networks: files\nprotocols: files\nservices: files\nethers: files\nrpc: files\nnetgroup: files\n";
 const CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
 
+/// brig's own /etc (users, hosts, resolver, NSS) and the init binary's
+/// mount target: the same in every image brig generates or builds a root for.
+fn generated_etc() -> Vec<(String, Vec<u8>)> {
+    vec![
+        ("etc/passwd".into(), PASSWD.into()),
+        ("etc/group".into(), GROUP.into()),
+        ("etc/hosts".into(), HOSTS.into()),
+        ("etc/resolv.conf".into(), RESOLV.into()),
+        ("etc/nsswitch.conf".into(), NSSWITCH.into()),
+        (INIT_TARGET.into(), Vec::new()),
+    ]
+}
+
 /// Compute the `host` image from the running host, without writing.
 ///
 /// Session creation resolves `host` every time, so the plan is cached for
@@ -394,14 +408,7 @@ fn host_plan_from(host_root: &Path) -> Result<HostPlan> {
         }
     }
 
-    let mut files: Vec<(String, Vec<u8>)> = vec![
-        ("etc/passwd".into(), PASSWD.into()),
-        ("etc/group".into(), GROUP.into()),
-        ("etc/hosts".into(), HOSTS.into()),
-        ("etc/resolv.conf".into(), RESOLV.into()),
-        ("etc/nsswitch.conf".into(), NSSWITCH.into()),
-        (INIT_TARGET.into(), Vec::new()),
-    ];
+    let mut files = generated_etc();
     if let Ok(ca) = fs::read(host_root.join(CA_BUNDLE)) {
         files.push((CA_BUNDLE.into(), ca));
     }
@@ -559,9 +566,10 @@ struct StoredMeta {
     working_dir: Option<String>,
     format: String,
     layers: usize,
-    /// A built image ([`build_layer`]): the `host` digest it was built on.
-    /// The host's /usr is bound, not copied, so the image is only what its
-    /// digest says while the host image is that one.
+    /// A built image ([`build_layer`]): the `host` digest it was built on
+    /// (`sha256:...`), or [`crate::debian::BASE`] for a full root. The
+    /// host's /usr is bound, not copied, so a host-based image is only what
+    /// its digest says while the host image is that one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     base: Option<String>,
     /// A built image: the digest of its layer and of the recipe it came from.
@@ -571,6 +579,10 @@ struct StoredMeta {
     recipe_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     prefix: Option<String>,
+    /// A Debian-based built image (base [`crate::debian::BASE`]): the
+    /// digest of the `debian.lock` its root was unpacked from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    debian_lock: Option<String>,
 }
 
 fn read_index(paths: &SandboxPaths) -> Result<Index> {
@@ -646,7 +658,7 @@ fn load_stored(paths: &SandboxPaths, name: &str, hex: &str) -> Result<ResolvedIm
         }
     };
     let mut binds = Vec::new();
-    if let Some(base) = &meta.base {
+    if let Some(base) = meta.base.as_ref().filter(|b| b.starts_with("sha256:")) {
         // Fail closed: a different host /usr under the same digest would be
         // running something the digest does not name.
         let host = host_plan()?;
@@ -1254,23 +1266,10 @@ fn unpack_layers(root_dir: &Path, plan: &ImportPlan, rootfs: &Path) -> Result<()
             "skipped device nodes and fifos in image layers"
         );
     }
-    // Mountpoints the sandbox needs, as real directories.
+    make_mountpoints(rootfs)?;
     for m in MOUNTPOINTS {
-        let p = rootfs.join(m);
-        match fs::symlink_metadata(&p) {
-            Ok(md) if md.is_dir() => {}
-            Ok(_) => {
-                remove_existing(&p)?;
-                mkdir(&p, 0o755)?;
-            }
-            Err(_) => mkdir(&p, 0o755)?,
-        }
-        state.dir_modes.remove(&p);
+        state.dir_modes.remove(&rootfs.join(m));
     }
-    let init = rootfs.join(INIT_TARGET);
-    remove_existing(&init)?;
-    drop(create_new(&init, 0o644)?);
-    fs::set_permissions(rootfs.join("tmp"), fs::Permissions::from_mode(0o1777))?;
     for (dir, mode) in &state.dir_modes {
         // Entries may since have been replaced (a whiteout, a later file).
         if fs::symlink_metadata(dir)
@@ -1626,6 +1625,23 @@ pub struct LayerSpec<'a> {
     pub path: &'a [String],
     /// The digest of the recipe the layer was built from.
     pub recipe_digest: &'a str,
+    /// The root to build on ([`stage_debian_root`]; it is moved into the
+    /// image), or none for the `host` image.
+    pub base: Option<&'a BaseRoot>,
+}
+
+/// A full root staged for [`build_layer`]: a Debian archive's packages,
+/// unpacked, with the files their maintainer scripts would have made.
+pub struct BaseRoot {
+    work: WorkDir,
+    /// What the image records as its base ([`crate::debian::BASE`]).
+    pub label: String,
+    /// The digest of the lock the packages came from.
+    pub lock_digest: String,
+    /// `sha256:` over the root's canonical manifest.
+    pub root_digest: String,
+    pub files: u64,
+    pub bytes: u64,
 }
 
 /// A built image and what it is made of.
@@ -1639,13 +1655,19 @@ pub struct BuiltImage {
     pub layer_digest: String,
     pub recipe_digest: String,
     pub prefix: String,
+    /// A Debian-based image: the digest of its `debian.lock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debian_lock: Option<String>,
     pub files: u64,
     pub bytes: u64,
+    /// This build put the image in the store (it was not there already).
+    #[serde(skip)]
+    pub fresh: bool,
 }
 
-/// Stack `spec.source` as a layer at `spec.prefix` on the `host` image:
-/// a new immutable image in the store, keyed by its content digest, and
-/// `spec.name` pointing at it. The source is copied, never followed:
+/// Stack `spec.source` as a layer at `spec.prefix` on the `host` image or
+/// on `spec.base`: a new immutable image in the store, keyed by its content
+/// digest. [`name_built`] then points `spec.name` at it. The source is copied, never followed:
 /// directories, regular files (mode 0755 or 0644, owned by root) and
 /// symlinks (kept as they are; they resolve inside the sandbox's root);
 /// anything else is refused. Built in `tmp/` and renamed into place.
@@ -1675,15 +1697,29 @@ pub fn build_layer(paths: &SandboxPaths, spec: &LayerSpec) -> Result<BuiltImage>
         ))
         .hint("the build's steps must leave the layer in /workspace/layer"));
     }
-    let host = host_image(paths)?;
     let images = images_dir(paths);
     let work = WorkDir::new(&images)?;
     let image_dir = work.path.join("image");
     let rootfs = image_dir.join("rootfs");
     mkdir(&image_dir, 0o755)?;
-    // The base: the host image's generated root (small: /etc, mountpoints,
-    // links), its /usr bound at run time as for `host`.
-    copy_tree(&host.rootfs, &rootfs, "", &mut Copied::default())?;
+    let base = match spec.base {
+        // A full root: moved in, nothing of the host's in it.
+        Some(b) => {
+            fs::rename(b.rootfs(), &rootfs)
+                .map_err(|e| Error::internal(format!("moving the base root: {e}")))?;
+            format!(
+                "{}\ndebian-lock {}\nroot {}",
+                b.label, b.lock_digest, b.root_digest
+            )
+        }
+        // The host image's generated root (small: /etc, mountpoints,
+        // links), its /usr bound at run time as for `host`.
+        None => {
+            let host = host_image(paths)?;
+            copy_tree(&host.rootfs, &rootfs, "", &mut Copied::default())?;
+            host.image.digest
+        }
+    };
     let mut at = rootfs.clone();
     for c in prefix.components() {
         at.push(c);
@@ -1706,8 +1742,11 @@ pub fn build_layer(paths: &SandboxPaths, spec: &LayerSpec) -> Result<BuiltImage>
         ("PATH".to_string(), path_var.join(":")),
         ("LANG".to_string(), "C.UTF-8".to_string()),
     ];
-    let base = host.image.digest.clone();
-    let mut m = format!("brig-layer-image v1\nbase {base}\nprefix {prefix_abs}\n");
+    // v1 (the host) is unchanged, so host-based digests stay what they were.
+    let version = if spec.base.is_some() { 2 } else { 1 };
+    let mut m = format!("brig-layer-image v{version}\nbase {base}\nprefix {prefix_abs}\n");
+    let base = spec.base.map(|b| b.label.clone()).unwrap_or(base);
+    let debian_lock = spec.base.map(|b| b.lock_digest.clone());
     for (k, v) in &env {
         m.push_str(&format!("env {k}={v}\n"));
     }
@@ -1717,7 +1756,8 @@ pub fn build_layer(paths: &SandboxPaths, spec: &LayerSpec) -> Result<BuiltImage>
     let store = images.join("store");
     mkdir_all(&store)?;
     let dest = store.join(&hex);
-    if !dest.join("image.json").is_file() {
+    let fresh = !dest.join("image.json").is_file();
+    if fresh {
         if nix::unistd::geteuid().is_root() {
             chown_tree_root(&rootfs)?;
         }
@@ -1737,22 +1777,14 @@ pub fn build_layer(paths: &SandboxPaths, spec: &LayerSpec) -> Result<BuiltImage>
             layer_digest: Some(format!("sha256:{layer_hex}")),
             recipe_digest: Some(spec.recipe_digest.to_string()),
             prefix: Some(prefix_abs.clone()),
+            debian_lock: debian_lock.clone(),
         };
         // Written last: its presence marks a complete image.
         write_file(&image_dir.join("image.json"), &to_json(&meta)?, 0o644)?;
         publish(&image_dir, &dest)?;
     }
     drop(work);
-    update_index(paths, |idx| {
-        idx.images.insert(
-            spec.name.to_string(),
-            IndexEntry {
-                digest: digest.clone(),
-                env: env.clone(),
-                working_dir: None,
-            },
-        );
-    })?;
+    let (base_files, base_bytes) = spec.base.map(|b| (b.files, b.bytes)).unwrap_or_default();
     Ok(BuiltImage {
         name: spec.name.to_string(),
         digest,
@@ -1760,9 +1792,160 @@ pub fn build_layer(paths: &SandboxPaths, spec: &LayerSpec) -> Result<BuiltImage>
         layer_digest: format!("sha256:{layer_hex}"),
         recipe_digest: spec.recipe_digest.to_string(),
         prefix: prefix_abs,
-        files: counts.0,
-        bytes: counts.1,
+        debian_lock,
+        files: counts.0 + base_files,
+        bytes: counts.1 + base_bytes,
+        fresh,
     })
+}
+
+/// Point `img.name` at the built image (once it has passed its check).
+pub fn name_built(paths: &SandboxPaths, img: &BuiltImage) -> Result<()> {
+    let hex = digest_hex(&img.digest)?;
+    let meta = images_dir(paths).join("store").join(hex).join("image.json");
+    let meta: StoredMeta = serde_json::from_slice(
+        &fs::read(&meta).map_err(|e| Error::internal(format!("{}: {e}", meta.display())))?,
+    )
+    .map_err(|e| Error::internal(format!("image.json is corrupt: {e}")))?;
+    update_index(paths, |idx| {
+        idx.images.insert(
+            img.name.to_string(),
+            IndexEntry {
+                digest: img.digest.clone(),
+                env: meta.env,
+                working_dir: None,
+            },
+        );
+    })
+}
+
+/// Remove a built image that failed its check, if this build stored it
+/// (one stored before is left to whatever names it).
+pub fn discard_built(paths: &SandboxPaths, img: &BuiltImage) -> Result<()> {
+    if !img.fresh {
+        return Ok(());
+    }
+    let hex = digest_hex(&img.digest)?;
+    let dest = images_dir(paths).join("store").join(hex);
+    // Moved aside first: a half-removed image must never look complete.
+    let work = WorkDir::new(&images_dir(paths))?;
+    fs::rename(&dest, work.path.join("discarded"))
+        .map_err(|e| Error::internal(format!("removing {}: {e}", dest.display())))?;
+    drop(work);
+    Ok(())
+}
+
+impl BaseRoot {
+    fn rootfs(&self) -> PathBuf {
+        self.work.path.join("rootfs")
+    }
+}
+
+/// What Debian's maintainer scripts would have made, for a root unpacked
+/// with `dpkg-deb -x`: brig's /etc (as for `host`: users, hosts, resolver,
+/// NSS), the CA bundle update-ca-certificates builds from the Mozilla
+/// set, and the alternatives links a shell expects.
+const DEBIAN_ALTERNATIVES: [(&str, &str); 2] = [("usr/bin/awk", "mawk"), ("usr/bin/pager", "less")];
+
+/// Copy `unpacked` (a tree the build session unpacked from verified .debs)
+/// into a new root in the store's `tmp/`, generating what the packages'
+/// maintainer scripts would have, for [`build_layer`] to build on. Copied
+/// as a layer is: only directories, files (0755 or 0644) and symlinks.
+pub fn stage_debian_root(
+    paths: &SandboxPaths,
+    unpacked: &Path,
+    label: &str,
+    lock_digest: &str,
+) -> Result<BaseRoot> {
+    let work = WorkDir::new(&images_dir(paths))?;
+    let rootfs = work.path.join("rootfs");
+    let mut c = Copied::default();
+    copy_tree(unpacked, &rootfs, "", &mut c)?;
+    make_mountpoints(&rootfs)?;
+    let mut generated = generated_etc();
+    // Read only through real directories and from regular files: the root
+    // is a host path, and a link in it must not pull a host file in.
+    let mozilla = rootfs.join("usr/share/ca-certificates/mozilla");
+    let real_dirs = [
+        "usr",
+        "usr/share",
+        "usr/share/ca-certificates",
+        "usr/share/ca-certificates/mozilla",
+    ]
+    .iter()
+    .all(|d| fs::symlink_metadata(rootfs.join(d)).is_ok_and(|m| m.is_dir()));
+    if let Some(rd) = real_dirs.then(|| fs::read_dir(&mozilla).ok()).flatten() {
+        let mut certs: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+            .collect();
+        certs.sort();
+        let mut bundle = Vec::new();
+        for p in certs {
+            let mut pem = Vec::new();
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&p)
+                .and_then(|mut f| f.read_to_end(&mut pem))
+                .map_err(|e| Error::internal(format!("reading {}: {e}", p.display())))?;
+            if !pem.ends_with(b"\n") {
+                pem.push(b'\n');
+            }
+            bundle.extend(pem);
+        }
+        generated.push((CA_BUNDLE.into(), bundle));
+    }
+    let mut m = c.manifest.join("");
+    // Written through links resolved inside the root: a package's
+    // absolute link (say etc/ssl/certs -> /etc/...) must not reach the host.
+    for (p, content) in &generated {
+        let (dir, name) = resolve_parent(&rootfs, Path::new(p))?;
+        let at = dir.join(name);
+        remove_existing(&at)?;
+        write_file(&at, content, 0o644)?;
+        m.push_str(&format!("generated {p} sha256:{}\n", sha256_hex(content)));
+    }
+    for (link, target) in DEBIAN_ALTERNATIVES {
+        let (dir, name) = resolve_parent(&rootfs, Path::new(link))?;
+        let at = dir.join(name);
+        let exists = fs::symlink_metadata(&at).is_ok();
+        if !exists && fs::symlink_metadata(dir.join(target)).is_ok_and(|m| m.is_file()) {
+            std::os::unix::fs::symlink(target, &at)
+                .map_err(|e| Error::internal(format!("creating link {}: {e}", at.display())))?;
+            m.push_str(&format!("generated-link {link} {target}\n"));
+        }
+    }
+    Ok(BaseRoot {
+        work,
+        label: label.to_string(),
+        lock_digest: lock_digest.to_string(),
+        root_digest: format!("sha256:{}", sha256_hex(m.as_bytes())),
+        files: c.files,
+        bytes: c.bytes,
+    })
+}
+
+/// The mountpoints the sandbox needs, as real directories, and the init
+/// binary's mount target.
+fn make_mountpoints(rootfs: &Path) -> Result<()> {
+    for m in MOUNTPOINTS {
+        let p = rootfs.join(m);
+        match fs::symlink_metadata(&p) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => {
+                remove_existing(&p)?;
+                mkdir(&p, 0o755)?;
+            }
+            Err(_) => mkdir(&p, 0o755)?,
+        }
+    }
+    let init = rootfs.join(INIT_TARGET);
+    remove_existing(&init)?;
+    drop(create_new(&init, 0o644)?);
+    fs::set_permissions(rootfs.join("tmp"), fs::Permissions::from_mode(0o1777))?;
+    Ok(())
 }
 
 /// What a built image was built from, if `name` is one.
@@ -1790,8 +1973,10 @@ pub fn built_info(paths: &SandboxPaths, name: &str) -> Result<Option<BuiltImage>
         layer_digest,
         recipe_digest,
         prefix,
+        debian_lock: meta.debian_lock,
         files: 0,
         bytes: 0,
+        fresh: false,
     }))
 }
 
@@ -2348,5 +2533,61 @@ mod tests {
             );
         }
         assert!(!t.path().join("x").exists());
+    }
+
+    /// What maintainer scripts would have made, made inside the root: a
+    /// package's absolute link out of it is resolved inside, so nothing is
+    /// written on the host; the CA bundle is the Mozilla set, in order.
+    #[test]
+    fn a_debian_root_gets_generated_files_inside_itself() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside");
+        mkdir(&outside, 0o755).unwrap();
+        let u = t.path().join("unpacked");
+        let moz = u.join("usr/share/ca-certificates/mozilla");
+        fs::create_dir_all(&moz).unwrap();
+        fs::create_dir_all(u.join("usr/bin")).unwrap();
+        fs::write(moz.join("B.crt"), "b").unwrap();
+        fs::write(moz.join("A.crt"), "a\n").unwrap();
+        fs::write(u.join("usr/bin/mawk"), "").unwrap();
+        symlink("usr/bin", u.join("bin")).unwrap();
+        symlink(&outside, u.join("etc")).unwrap();
+        symlink("/nowhere", u.join("tmp")).unwrap();
+        let p = paths(&t);
+        let b = stage_debian_root(&p, &u, "debian:bookworm", "sha256:00").unwrap();
+        let r = b.rootfs();
+        assert_eq!(
+            fs::read_dir(&outside).unwrap().count(),
+            0,
+            "wrote outside the root"
+        );
+        let etc = r.join(
+            fs::read_link(r.join("etc"))
+                .unwrap()
+                .strip_prefix("/")
+                .unwrap(),
+        );
+        assert!(fs::read_to_string(etc.join("passwd"))
+            .unwrap()
+            .contains("agent:x:1000"));
+        assert_eq!(
+            fs::read_to_string(etc.join("ssl/certs/ca-certificates.crt")).unwrap(),
+            "a\nb\n"
+        );
+        assert_eq!(
+            fs::read_link(r.join("usr/bin/awk")).unwrap(),
+            Path::new("mawk")
+        );
+        assert!(!r.join("usr/bin/pager").exists());
+        for m in MOUNTPOINTS {
+            assert!(fs::symlink_metadata(r.join(m)).unwrap().is_dir(), "{m}");
+        }
+        assert!(r.join(INIT_TARGET).is_file());
+        let again = stage_debian_root(&p, &u, "debian:bookworm", "sha256:00").unwrap();
+        assert_eq!(again.root_digest, b.root_digest);
+        fs::write(moz.join("C.crt"), "c").unwrap();
+        let other = stage_debian_root(&p, &u, "debian:bookworm", "sha256:00").unwrap();
+        assert_ne!(other.root_digest, b.root_digest);
     }
 }

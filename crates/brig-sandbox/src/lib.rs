@@ -11,6 +11,7 @@
 pub mod capture;
 pub mod cgroup;
 pub mod channel;
+pub mod debian;
 pub mod doctor;
 pub mod egress;
 pub mod forwarder;
