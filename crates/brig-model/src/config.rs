@@ -716,10 +716,20 @@ impl Compiled {
     }
 
     pub fn price(&self, upstream: &str, model: &str) -> Option<&Price> {
-        self.prices
-            .get(&format!("{upstream}/{model}"))
-            .or_else(|| self.prices.get(model))
-            .or_else(|| self.prices.get("*"))
+        thread_local! {
+            /// `upstream/model`, built here for every record: one buffer.
+            static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        KEY.with(|k| {
+            let mut k = k.borrow_mut();
+            k.clear();
+            k.push_str(upstream);
+            k.push('/');
+            k.push_str(model);
+            self.prices.get(k.as_str())
+        })
+        .or_else(|| self.prices.get(model))
+        .or_else(|| self.prices.get("*"))
     }
 }
 

@@ -403,7 +403,7 @@ impl Done {
         // JSON bodies are scanned as they came, and stored as that text
         // unless something in the record needs masking: no tree is built
         // for a clean call.
-        let mut pre = crate::scrub::Prefilter::cached(&inner.clean, &red);
+        let mut pre = crate::scrub::Prefilter::cached(&inner.clean, &red, pii);
 
         // The response: a stream's reassembled message (a tree), a JSON
         // body (its text), or anything else as a digest.
@@ -526,7 +526,11 @@ impl Done {
         let store = |p: Payload, bytes: &[u8]| -> Option<RawJson> {
             match p {
                 Payload::None => None,
-                Payload::Json if !need => RawJson::from_json_bytes(bytes),
+                // The scan is not serde_json: what it read and serde_json
+                // does not (a number out of f64's range) is a digest.
+                Payload::Json if !need => {
+                    RawJson::from_json_bytes(bytes).or_else(|| Some(capped(&inner, bytes)))
+                }
                 Payload::Json => match serde_json::from_slice::<Value>(bytes) {
                     Ok(mut v) => {
                         crate::scrub::scrub(&mut v, &red, pii);

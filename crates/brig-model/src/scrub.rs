@@ -18,7 +18,6 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 
 use brig_redact::Redactor;
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use siphasher::sip128::SipHasher13;
 
@@ -82,6 +81,9 @@ impl Scan {
     /// redactor (then the text scan would find nothing in it anyway).
     fn push(&mut self, x: &str) {
         if let Some(c) = &mut self.cache {
+            if c.common && is_common(x) {
+                return;
+            }
             if x.len() >= CACHE_MIN {
                 let h = c.sip.hash(x.as_bytes()).as_u128();
                 if c.seen.contains(&h) {
@@ -101,6 +103,159 @@ const CACHE_MIN: usize = 32;
 /// At most this many verdicts are kept (16 bytes each, about 1.2 MiB with
 /// the table's overhead); a full cache starts over.
 const CACHE_MAX: usize = 1 << 16;
+
+macro_rules! common_words {
+    ($($w:literal),* $(,)?) => {
+        /// The words of the providers' wire formats (member names and the
+        /// values they take: roles, types, finish reasons): most of the
+        /// strings of every call, and too short for the table to pay.
+        /// Left out of the text like the table's strings, and under the
+        /// same rule: only while each of them alone is clean under the
+        /// redactor and the PII rules of the scan ([`common_clean`]).
+        #[cfg(test)]
+        const COMMON: &[&str] = &[$($w),*];
+        fn is_common(x: &str) -> bool {
+            matches!(x, $($w)|*)
+        }
+        /// Whether no word of [`is_common`] needs masking alone.
+        fn common_clean(red: &Redactor, pii: &PiiRules) -> bool {
+            [$($w),*].iter().all(|w| !red.may_redact(w) && !pii.may_match(w))
+        }
+    };
+}
+
+common_words![
+    "accepted_prediction_tokens",
+    "additionalProperties",
+    "annotations",
+    "arguments",
+    "array",
+    "assistant",
+    "audio_tokens",
+    "auto",
+    "base64",
+    "boolean",
+    "cache_control",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "cached_tokens",
+    "chat.completion",
+    "chat.completion.chunk",
+    "choices",
+    "completed",
+    "completion_tokens",
+    "completion_tokens_details",
+    "content",
+    "created",
+    "data",
+    "default",
+    "delta",
+    "description",
+    "developer",
+    "dimensions",
+    "effort",
+    "embedding",
+    "encoding_format",
+    "end_turn",
+    "enum",
+    "ephemeral",
+    "event",
+    "finish_reason",
+    "float",
+    "format",
+    "frequency_penalty",
+    "function",
+    "high",
+    "id",
+    "image",
+    "image_url",
+    "in_progress",
+    "include_usage",
+    "index",
+    "input",
+    "input_text",
+    "input_tokens",
+    "input_tokens_details",
+    "instructions",
+    "integer",
+    "is_error",
+    "items",
+    "json_object",
+    "json_schema",
+    "length",
+    "list",
+    "logit_bias",
+    "logprobs",
+    "low",
+    "max_completion_tokens",
+    "max_tokens",
+    "media_type",
+    "medium",
+    "message",
+    "messages",
+    "metadata",
+    "model",
+    "name",
+    "none",
+    "null",
+    "number",
+    "object",
+    "output",
+    "output_text",
+    "output_tokens",
+    "output_tokens_details",
+    "parallel_tool_calls",
+    "parameters",
+    "presence_penalty",
+    "previous_response_id",
+    "prompt_tokens",
+    "prompt_tokens_details",
+    "properties",
+    "reasoning",
+    "reasoning_tokens",
+    "refusal",
+    "rejected_prediction_tokens",
+    "required",
+    "response",
+    "response_format",
+    "role",
+    "schema",
+    "seed",
+    "service_tier",
+    "signature",
+    "source",
+    "status",
+    "stop",
+    "stop_reason",
+    "stop_sequence",
+    "store",
+    "stream",
+    "stream_options",
+    "strict",
+    "string",
+    "summary",
+    "system",
+    "system_fingerprint",
+    "temperature",
+    "text",
+    "thinking",
+    "tool",
+    "tool_call_id",
+    "tool_calls",
+    "tool_choice",
+    "tool_result",
+    "tool_use",
+    "tool_use_id",
+    "tools",
+    "top_k",
+    "top_logprobs",
+    "top_p",
+    "total_tokens",
+    "type",
+    "url",
+    "usage",
+    "user",
+];
 
 /// The table's hasher: its keys are already keyed SipHash values.
 #[derive(Default)]
@@ -146,6 +301,8 @@ struct CacheState {
     /// so a later redactor can never have the same address.
     redactor: Weak<Redactor>,
     seen: Seen,
+    /// [`common_clean`] under it.
+    common: bool,
 }
 
 /// A cache's table, taken for one record's scan.
@@ -153,6 +310,7 @@ struct Taken {
     sip: SipHasher13,
     redactor: Weak<Redactor>,
     seen: Seen,
+    common: bool,
     /// Hashes of the strings added to the text: entered if it is clean.
     pending: Vec<u128>,
 }
@@ -167,16 +325,19 @@ impl CleanCache {
 
     /// The table for a scan under `red` (an empty one when the last scan
     /// was under another redactor, or when another scan has it).
-    fn take(&self, red: &Arc<Redactor>) -> Taken {
+    fn take(&self, red: &Arc<Redactor>, pii: &PiiRules) -> Taken {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let seen = match st {
-            Some(st) if std::ptr::eq(st.redactor.as_ptr(), Arc::as_ptr(red)) => st.seen,
-            _ => Seen::default(),
+        let (seen, common) = match st {
+            Some(st) if std::ptr::eq(st.redactor.as_ptr(), Arc::as_ptr(red)) => {
+                (st.seen, st.common)
+            }
+            _ => (Seen::default(), common_clean(red, pii)),
         };
         Taken {
             sip: self.sip,
             redactor: Arc::downgrade(red),
             seen,
+            common,
             pending: Vec::new(),
         }
     }
@@ -192,6 +353,7 @@ impl CleanCache {
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(CacheState {
             redactor: t.redactor,
             seen: t.seen,
+            common: t.common,
         });
     }
 
@@ -267,9 +429,9 @@ impl<'a> Prefilter<'a> {
     /// A prefilter that leaves strings `cache` knows clean under `red` out
     /// of its text scan, and enters the ones it finds clean. Its verdict
     /// ([`Prefilter::need`]) must be taken with `red`.
-    pub fn cached(cache: &'a CleanCache, red: &Arc<Redactor>) -> Prefilter<'a> {
+    pub fn cached(cache: &'a CleanCache, red: &Arc<Redactor>, pii: &PiiRules) -> Prefilter<'a> {
         let mut p = Prefilter::new();
-        p.s.cache = Some(cache.take(red));
+        p.s.cache = Some(cache.take(red, pii));
         p.home = Some(cache);
         p
     }
@@ -310,21 +472,25 @@ impl<'a> Prefilter<'a> {
         &mut self,
         b: &[u8],
         usage: Option<&mut Option<UsageFields>>,
-    ) -> Result<(), serde_json::Error> {
+    ) -> Result<(), NotJson> {
         let mark = self.s.text.len();
         let pending = self.s.cache.as_ref().map_or(0, |c| c.pending.len());
         let rule = self.s.value_rule;
-        let mut de = serde_json::Deserializer::from_slice(b);
         let mode = match usage {
             Some(u) => Mode::Top(u),
             None => Mode::Plain,
         };
-        let r = Node {
-            s: &mut self.s,
-            mode,
-        }
-        .deserialize(&mut de)
-        .and_then(|_| de.end());
+        let r = std::str::from_utf8(b).map_err(|_| NotJson).and_then(|t| {
+            let mut rd = Reader { t, i: 0, depth: 0 };
+            rd.ws();
+            rd.value(&mut self.s, mode)?;
+            rd.ws();
+            if rd.i == t.len() {
+                Ok(())
+            } else {
+                Err(NotJson)
+            }
+        });
         if r.is_err() {
             // Its strings were not scanned: none of them may be entered.
             self.s.text.truncate(mark);
@@ -377,90 +543,258 @@ enum Mode<'a> {
     Details(&'a mut u64),
 }
 
-/// One JSON value of a scan ([`Prefilter::add_json`]): the same text and
-/// value rules as [`collect`] over its tree.
-struct Node<'a> {
-    s: &'a mut Scan,
-    mode: Mode<'a>,
+/// A body that is not one JSON value (or is nested deeper than serde_json
+/// allows): nothing of it was scanned.
+#[derive(Debug)]
+pub(crate) struct NotJson;
+
+/// serde_json's nesting limit: the 128th level is an error.
+const MAX_DEPTH: usize = 128;
+
+/// One JSON text read once for the prefilter ([`Prefilter::add_json`]):
+/// every string and key decoded into the scan's text, with the same value
+/// rules as [`collect`] over its tree, and the usage counts read on the
+/// way. No tree and no serde machinery per value: a string without
+/// escapes is the text between its quotes; one with escapes is decoded by
+/// serde_json itself, so the text is what a tree would hold.
+struct Reader<'a> {
+    t: &'a str,
+    i: usize,
+    depth: usize,
 }
 
-impl<'de> DeserializeSeed<'de> for Node<'_> {
-    type Value = Kind;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Kind, D::Error> {
-        d.deserialize_any(self)
+impl<'a> Reader<'a> {
+    fn b(&self) -> &'a [u8] {
+        self.t.as_bytes()
     }
-}
 
-impl<'de> Visitor<'de> for Node<'_> {
-    type Value = Kind;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("JSON")
+    fn peek(&self) -> Option<u8> {
+        self.b().get(self.i).copied()
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Kind, E> {
+
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    fn enter(&mut self) -> Result<(), NotJson> {
+        self.depth += 1;
+        if self.depth >= MAX_DEPTH {
+            return Err(NotJson);
+        }
+        self.i += 1;
+        self.ws();
+        Ok(())
+    }
+
+    /// After a member or element: `true` when `close` ended the container.
+    fn next_or_close(&mut self, close: u8) -> Result<bool, NotJson> {
+        self.ws();
+        match self.peek() {
+            Some(b',') => {
+                self.i += 1;
+                self.ws();
+                Ok(false)
+            }
+            Some(c) if c == close => {
+                self.i += 1;
+                self.depth -= 1;
+                Ok(true)
+            }
+            _ => Err(NotJson),
+        }
+    }
+
+    fn value(&mut self, s: &mut Scan, mode: Mode<'_>) -> Result<Kind, NotJson> {
+        match self.peek() {
+            Some(b'"') => {
+                let x = self.string()?;
+                s.push(&x);
+                Ok(Kind::Str {
+                    nonempty: !x.is_empty(),
+                    flag: may_be_sensitive_flag(&x),
+                })
+            }
+            Some(b'{') => self.object(s, mode),
+            Some(b'[') => self.array(s),
+            Some(b't') => self.literal("true"),
+            Some(b'f') => self.literal("false"),
+            Some(b'n') => self.literal("null"),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => Err(NotJson),
+        }
+    }
+
+    fn literal(&mut self, word: &str) -> Result<Kind, NotJson> {
+        if !self.b()[self.i..].starts_with(word.as_bytes()) {
+            return Err(NotJson);
+        }
+        self.i += word.len();
         Ok(Kind::Other)
     }
-    fn visit_i64<E>(self, _: i64) -> Result<Kind, E> {
-        Ok(Kind::Other)
+
+    /// The string at `"`, decoded.
+    fn string(&mut self) -> Result<Cow<'a, str>, NotJson> {
+        let b = self.b();
+        let start = self.i + 1;
+        let mut j = start;
+        let mut escaped = false;
+        loop {
+            match memchr::memchr2(b'"', b'\\', &b[j..]) {
+                None => return Err(NotJson),
+                Some(k) if b[j + k] == b'"' => {
+                    j += k;
+                    break;
+                }
+                // The byte after a backslash never ends the string.
+                Some(k) => {
+                    escaped = true;
+                    j += k + 2;
+                    if j > b.len() {
+                        return Err(NotJson);
+                    }
+                }
+            }
+        }
+        // JSON strings hold no raw control characters (serde_json refuses
+        // them; so does this scan).
+        if b[start..j].iter().fold(false, |m, &c| m | (c < 0x20)) {
+            return Err(NotJson);
+        }
+        self.i = j + 1;
+        // Quotes are ASCII: both ends are char boundaries.
+        if !escaped {
+            return Ok(Cow::Borrowed(&self.t[start..j]));
+        }
+        serde_json::from_str::<String>(&self.t[start - 1..j + 1])
+            .map(Cow::Owned)
+            .map_err(|_| NotJson)
     }
-    fn visit_u64<E>(self, n: u64) -> Result<Kind, E> {
+
+    /// As serde_json reads it: `U64` for an integer without sign, fraction
+    /// or exponent that fits in a u64; anything else is an f64 or an i64.
+    fn number(&mut self) -> Result<Kind, NotJson> {
+        let b = self.b();
+        let digits = |j: &mut usize| {
+            let from = *j;
+            while matches!(b.get(*j), Some(b'0'..=b'9')) {
+                *j += 1;
+            }
+            *j > from
+        };
+        let mut j = self.i;
+        let neg = b[j] == b'-';
+        if neg {
+            j += 1;
+        }
+        let int_start = j;
+        match b.get(j) {
+            Some(b'0') => j += 1,
+            Some(b'1'..=b'9') => {
+                digits(&mut j);
+            }
+            _ => return Err(NotJson),
+        }
+        let int_end = j;
+        let mut integer = true;
+        if b.get(j) == Some(&b'.') {
+            integer = false;
+            j += 1;
+            if !digits(&mut j) {
+                return Err(NotJson);
+            }
+        }
+        if matches!(b.get(j), Some(b'e' | b'E')) {
+            integer = false;
+            j += 1;
+            if matches!(b.get(j), Some(b'+' | b'-')) {
+                j += 1;
+            }
+            if !digits(&mut j) {
+                return Err(NotJson);
+            }
+        }
+        self.i = j;
+        if neg || !integer {
+            return Ok(Kind::Other);
+        }
+        let mut n: u64 = 0;
+        for &d in &b[int_start..int_end] {
+            match n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(d - b'0')))
+            {
+                Some(v) => n = v,
+                None => return Ok(Kind::Other),
+            }
+        }
         Ok(Kind::U64(n))
     }
-    fn visit_f64<E>(self, _: f64) -> Result<Kind, E> {
-        Ok(Kind::Other)
-    }
-    fn visit_unit<E>(self) -> Result<Kind, E> {
-        Ok(Kind::Other)
-    }
-    fn visit_str<E>(self, x: &str) -> Result<Kind, E> {
-        self.s.push(x);
-        Ok(Kind::Str {
-            nonempty: !x.is_empty(),
-            flag: may_be_sensitive_flag(x),
-        })
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Kind, A::Error> {
+
+    fn array(&mut self, s: &mut Scan) -> Result<Kind, NotJson> {
+        self.enter()?;
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            self.depth -= 1;
+            return Ok(Kind::Other);
+        }
         let mut after_flag = false;
-        while let Some(k) = a.next_element_seed(Node {
-            s: &mut *self.s,
-            mode: Mode::Plain,
-        })? {
-            match k {
+        loop {
+            match self.value(s, Mode::Plain)? {
                 Kind::Str { flag, .. } => {
                     if after_flag {
-                        self.s.value_rule = true;
+                        s.value_rule = true;
                     }
                     after_flag = flag;
                 }
                 _ => after_flag = false,
             }
+            if self.next_or_close(b']')? {
+                return Ok(Kind::Other);
+            }
         }
-        Ok(Kind::Other)
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Kind, A::Error> {
-        let mut mode = self.mode;
-        while let Some(key) = a.next_key_seed(KeySeed(&mut *self.s))? {
+
+    fn object(&mut self, s: &mut Scan, mut mode: Mode<'_>) -> Result<Kind, NotJson> {
+        self.enter()?;
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            self.depth -= 1;
+            return Ok(Kind::Object);
+        }
+        loop {
+            if self.peek() != Some(b'"') {
+                return Err(NotJson);
+            }
+            let key = self.string()?;
+            s.push(&key);
+            let sensitive = may_be_sensitive_key(&key);
+            let name = UsageKey::of(&key);
+            self.ws();
+            if self.peek() != Some(b':') {
+                return Err(NotJson);
+            }
+            self.i += 1;
+            self.ws();
             // The last of duplicate members counts, as in a tree.
             let mut usage = UsageFields::default();
             let mut cached = 0;
             let child = match &mut mode {
-                Mode::Top(_) if key.name == UsageKey::Usage => Mode::Usage(&mut usage),
+                Mode::Top(_) if name == UsageKey::Usage => Mode::Usage(&mut usage),
                 Mode::Usage(_)
-                    if matches!(key.name, UsageKey::PromptDetails | UsageKey::InputDetails) =>
+                    if matches!(name, UsageKey::PromptDetails | UsageKey::InputDetails) =>
                 {
                     Mode::Details(&mut cached)
                 }
                 _ => Mode::Plain,
             };
-            let k = a.next_value_seed(Node {
-                s: &mut *self.s,
-                mode: child,
-            })?;
-            if key.sensitive && matches!(k, Kind::Str { nonempty: true, .. }) {
-                self.s.value_rule = true;
+            let k = self.value(s, child)?;
+            if sensitive && matches!(k, Kind::Str { nonempty: true, .. }) {
+                s.value_rule = true;
             }
             match &mut mode {
-                Mode::Top(out) if key.name == UsageKey::Usage => {
+                Mode::Top(out) if name == UsageKey::Usage => {
                     **out = matches!(k, Kind::Object).then_some(usage);
                 }
                 Mode::Usage(u) => {
@@ -469,13 +803,13 @@ impl<'de> Visitor<'de> for Node<'_> {
                         _ => 0,
                     };
                     let object = matches!(k, Kind::Object);
-                    if let Some(f) = u.field(key.name) {
+                    if let Some(f) = u.field(name) {
                         *f = n;
-                    } else if let Some(f) = u.details(key.name) {
+                    } else if let Some(f) = u.details(name) {
                         *f = if object { cached } else { 0 };
                     }
                 }
-                Mode::Details(c) if key.name == UsageKey::Cached => {
+                Mode::Details(c) if name == UsageKey::Cached => {
                     **c = match k {
                         Kind::U64(n) => n,
                         _ => 0,
@@ -483,36 +817,10 @@ impl<'de> Visitor<'de> for Node<'_> {
                 }
                 _ => {}
             }
+            if self.next_or_close(b'}')? {
+                return Ok(Kind::Object);
+            }
         }
-        Ok(Kind::Object)
-    }
-}
-
-struct KeyInfo {
-    sensitive: bool,
-    name: UsageKey,
-}
-
-struct KeySeed<'a>(&'a mut Scan);
-
-impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
-    type Value = KeyInfo;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<KeyInfo, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for KeySeed<'_> {
-    type Value = KeyInfo;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a key")
-    }
-    fn visit_str<E>(self, k: &str) -> Result<KeyInfo, E> {
-        self.0.push(k);
-        Ok(KeyInfo {
-            sensitive: may_be_sensitive_key(k),
-            name: UsageKey::of(k),
-        })
     }
 }
 
@@ -635,7 +943,7 @@ mod tests {
         bodies: &[&str],
         extra: &[&str],
     ) -> (bool, String) {
-        let mut p = Prefilter::cached(cache, red);
+        let mut p = Prefilter::cached(cache, red, &rules());
         for b in bodies {
             let _ = p.add_json(b.as_bytes(), None);
         }
@@ -660,7 +968,10 @@ mod tests {
         let (need, text) = cached_scan(&cache, &red, &[&body], &[]);
         assert!(!need);
         assert!(!text.contains(long), "{text}");
-        assert!(text.contains("content"), "short strings are always scanned");
+        assert!(
+            !text.contains("content"),
+            "the protocol's words are left out"
+        );
         // A new redactor that knows the value: the cache starts over and
         // the string is scanned (and needs masking).
         let red2 = Arc::new(
@@ -677,7 +988,7 @@ mod tests {
         // A verdict taken under another redactor than the cache's cannot
         // be trusted for what was left out: a walk.
         let _ = cached_scan(&cache, &red, &[&body], &[]);
-        let mut p = Prefilter::cached(&cache, &red);
+        let mut p = Prefilter::cached(&cache, &red, &rules());
         p.add_json(body.as_bytes(), None).unwrap();
         assert!(p.need(&red2, &rules()));
     }
@@ -716,6 +1027,37 @@ mod tests {
         let mut v: Value = serde_json::from_str(&body).unwrap();
         scrub(&mut v, &red, &rules());
         assert_eq!(v["api_key"], "[REDACTED:sensitive_key]");
+    }
+
+    #[test]
+    fn the_protocols_words_are_left_out_only_while_each_is_clean() {
+        let pii = rules();
+        assert!(COMMON.iter().all(|w| is_common(w)));
+        // Under the built-in rules every word is clean, so they are left
+        // out; other short strings never are.
+        let red = Arc::new(Redactor::patterns_only());
+        assert!(common_clean(&red, &pii));
+        let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hi."}],"max_tokens":5}"#;
+        let cache = CleanCache::new();
+        let (need, text) = cached_scan(&cache, &red, &[body], &[]);
+        assert!(!need);
+        assert_eq!(text, "gpt-4o-mini\nSay hi.\n");
+        // A redactor that knows a value one of the words holds: none of
+        // them is left out, and the word is found.
+        let red2 = Arc::new(
+            Redactor::builder()
+                .secret("K", "completion_tokens_details")
+                .build(),
+        );
+        assert!(!common_clean(&red2, &pii));
+        let body = r#"{"usage":{"completion_tokens_details":{"reasoning_tokens":0}}}"#;
+        let (need, text) = cached_scan(&cache, &red2, &[body], &[]);
+        assert!(need);
+        assert!(text.contains("completion_tokens_details") && text.contains("usage"));
+        // A verdict under the cache's redactor is not one under another.
+        let mut p = Prefilter::cached(&cache, &red, &pii);
+        p.add_json(body.as_bytes(), None).unwrap();
+        assert!(p.need(&red2, &pii));
     }
 
     #[test]

@@ -339,7 +339,7 @@ async fn run(
     }
     let head = parse_head(&body).map_err(|e| Failure::new(400, "body:malformed", e))?;
     call.stream = head.stream;
-    let Some(model) = head.model.clone() else {
+    let Some(model) = head.model else {
         return Err(
             Failure::new(400, "model:missing", "the request names no `model`")
                 .code("missing_model"),
