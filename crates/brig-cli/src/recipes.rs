@@ -161,14 +161,23 @@ pub async fn build(
     if img["cached"] == true {
         out.note("brig: already built from this recipe on this host (--rebuild to build again)");
     } else {
+        let base = img["base"].as_str().unwrap_or("");
+        // A `host` base is a digest; a Debian base says so, with its lock.
+        let base = match img["debian_lock"].as_str() {
+            Some(lock) => format!("on {base} (lock {})", short_digest(lock)),
+            None => format!("on host {}", short_digest(base)),
+        };
         out.note(&format!(
-            "brig: built in {} s in session {} · layer {} · {} files, {} MiB · on host {}",
+            "brig: built in {} s in session {} · layer {} · {} files, {} MiB · {base}{}",
             img["duration_ms"].as_u64().unwrap_or(0) / 1000,
             img["session"].as_str().unwrap_or("?"),
             short_digest(img["layer_digest"].as_str().unwrap_or("")),
             img["files"].as_u64().unwrap_or(0),
             img["bytes"].as_u64().unwrap_or(0) >> 20,
-            short_digest(img["base"].as_str().unwrap_or("")),
+            img["check_session"]
+                .as_str()
+                .map(|c| format!(" · checked in session {c}"))
+                .unwrap_or_default(),
         ));
     }
     Ok(0)

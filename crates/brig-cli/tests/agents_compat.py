@@ -4,7 +4,7 @@
 Runs the agent presets' end-to-end tests (crates/brig-cli/tests/agents_e2e.rs,
 as root, like .ci/run; they build each preset's image from its recipe in
 recipes/ into target/tmp/brig-agent-images), reads each agent's version from
-the image built from the recipe its preset pins (the recipe's digest is
+the image built from the recipe its preset pins (run in that image's root) (the recipe's digest is
 computed here as brig computes it), and rewrites the rows between the
 `compat:begin` and `compat:end` markers: agent, version and recipe, wire
 format, preset, result (the test and whether it passed on this run, with the
@@ -69,12 +69,23 @@ def image_root(preset):
 
 
 def version(preset, argv):
+    """The agent's --version, run in its image's root (chroot: the image's
+    own runtime and libraries, not the host's)."""
     root, _ = image_root(preset)
     if root is None:
         return None
     try:
-        out = subprocess.run([str(root / argv[0]), *argv[1:], "--version"],
-                             capture_output=True, text=True, timeout=60).stdout
+        # A private mount namespace with /proc, /dev and a /tmp in the
+        # root, as a session has them (Bun wants /proc/self/exe and /dev);
+        # nothing is mounted on the host.
+        script = ('mount -t proc proc "$0/proc" && mount --bind /dev "$0/dev" && '
+                  'mount -t tmpfs tmpfs "$0/tmp" && exec chroot "$0" "$@"')
+        out = subprocess.run(["unshare", "--mount", "--propagation", "private", "--",
+                              "sh", "-c", script, str(root), "/" + argv[0], *argv[1:],
+                              "--version"],
+                             capture_output=True, text=True, timeout=60,
+                             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/tmp",
+                                  "LANG": "C.UTF-8"}).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     m = re.search(r"\d+\.\d+\.\d+", out)
@@ -85,7 +96,7 @@ def results(text):
     """test name -> PASS/FAIL/SKIP from nextest's status lines."""
     r = {}
     for line in text.splitlines():
-        m = re.match(r"\s*(PASS|FAIL|SIGSEGV|SIGABRT|TIMEOUT)\s+\[.*?\]\s+(?:\(\S+\)\s+)?"
+        m = re.match(r"\s*(PASS|FAIL|SIGSEGV|SIGABRT|TIMEOUT)\s+\[.*?\]\s+(?:\(\s*\S+\)\s+)?"
                      r"brig-cli::agents_e2e\s+(\S+)", line)
         if m:
             r[m.group(2)] = "PASS" if m.group(1) == "PASS" else "FAIL"
