@@ -80,8 +80,13 @@ impl Scan {
     /// `x` into the text, unless it is known clean under this scan's
     /// redactor (then the text scan would find nothing in it anyway).
     fn push(&mut self, x: &str) {
+        self.push_word(x, common(x).is_some())
+    }
+
+    /// [`Scan::push`] of a string whose [`common`] verdict is known.
+    fn push_word(&mut self, x: &str, common: bool) {
         if let Some(c) = &mut self.cache {
-            if c.common && is_common(x) {
+            if common && c.common {
                 return;
             }
             if x.len() >= CACHE_MIN {
@@ -105,157 +110,169 @@ const CACHE_MIN: usize = 32;
 const CACHE_MAX: usize = 1 << 16;
 
 macro_rules! common_words {
-    ($($w:literal),* $(,)?) => {
+    (sensitive: [$($s:literal),* $(,)?], plain: [$($p:literal),* $(,)?] $(,)?) => {
         /// The words of the providers' wire formats (member names and the
         /// values they take: roles, types, finish reasons): most of the
         /// strings of every call, and too short for the table to pay.
         /// Left out of the text like the table's strings, and under the
         /// same rule: only while each of them alone is clean under the
         /// redactor and the PII rules of the scan ([`common_clean`]).
-        #[cfg(test)]
-        const COMMON: &[&str] = &[$($w),*];
-        fn is_common(x: &str) -> bool {
-            matches!(x, $($w)|*)
+        /// `Some(may_be_sensitive_key(x))` for one of them (the words are
+        /// listed by that verdict; a test checks it), `None` otherwise.
+        fn common(x: &str) -> Option<bool> {
+            match x {
+                $($s)|* => Some(true),
+                $($p)|* => Some(false),
+                _ => None,
+            }
         }
-        /// Whether no word of [`is_common`] needs masking alone.
-        fn common_clean(red: &Redactor, pii: &PiiRules) -> bool {
-            [$($w),*].iter().all(|w| !red.may_redact(w) && !pii.may_match(w))
-        }
+        const COMMON: &[&str] = &[$($s,)* $($p),*];
     };
 }
 
-common_words![
-    "accepted_prediction_tokens",
-    "additionalProperties",
-    "annotations",
-    "arguments",
-    "array",
-    "assistant",
-    "audio_tokens",
-    "auto",
-    "base64",
-    "boolean",
-    "cache_control",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-    "cached_tokens",
-    "chat.completion",
-    "chat.completion.chunk",
-    "choices",
-    "completed",
-    "completion_tokens",
-    "completion_tokens_details",
-    "content",
-    "created",
-    "data",
-    "default",
-    "delta",
-    "description",
-    "developer",
-    "dimensions",
-    "effort",
-    "embedding",
-    "encoding_format",
-    "end_turn",
-    "enum",
-    "ephemeral",
-    "event",
-    "finish_reason",
-    "float",
-    "format",
-    "frequency_penalty",
-    "function",
-    "high",
-    "id",
-    "image",
-    "image_url",
-    "in_progress",
-    "include_usage",
-    "index",
-    "input",
-    "input_text",
-    "input_tokens",
-    "input_tokens_details",
-    "instructions",
-    "integer",
-    "is_error",
-    "items",
-    "json_object",
-    "json_schema",
-    "length",
-    "list",
-    "logit_bias",
-    "logprobs",
-    "low",
-    "max_completion_tokens",
-    "max_tokens",
-    "media_type",
-    "medium",
-    "message",
-    "messages",
-    "metadata",
-    "model",
-    "name",
-    "none",
-    "null",
-    "number",
-    "object",
-    "output",
-    "output_text",
-    "output_tokens",
-    "output_tokens_details",
-    "parallel_tool_calls",
-    "parameters",
-    "presence_penalty",
-    "previous_response_id",
-    "prompt_tokens",
-    "prompt_tokens_details",
-    "properties",
-    "reasoning",
-    "reasoning_tokens",
-    "refusal",
-    "rejected_prediction_tokens",
-    "required",
-    "response",
-    "response_format",
-    "role",
-    "schema",
-    "seed",
-    "service_tier",
-    "signature",
-    "source",
-    "status",
-    "stop",
-    "stop_reason",
-    "stop_sequence",
-    "store",
-    "stream",
-    "stream_options",
-    "strict",
-    "string",
-    "summary",
-    "system",
-    "system_fingerprint",
-    "temperature",
-    "text",
-    "thinking",
-    "tool",
-    "tool_call_id",
-    "tool_calls",
-    "tool_choice",
-    "tool_result",
-    "tool_use",
-    "tool_use_id",
-    "tools",
-    "top_k",
-    "top_logprobs",
-    "top_p",
-    "total_tokens",
-    "type",
-    "url",
-    "usage",
-    "user",
-];
+common_words! {
+    sensitive: [
+        "accepted_prediction_tokens",
+        "audio_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+        "cached_tokens",
+        "completion_tokens",
+        "completion_tokens_details",
+        "input_tokens",
+        "input_tokens_details",
+        "max_completion_tokens",
+        "max_tokens",
+        "output_tokens",
+        "output_tokens_details",
+        "prompt_tokens",
+        "prompt_tokens_details",
+        "reasoning_tokens",
+        "rejected_prediction_tokens",
+        "total_tokens",
+    ],
+    plain: [
+        "additionalProperties",
+        "annotations",
+        "arguments",
+        "array",
+        "assistant",
+        "auto",
+        "base64",
+        "boolean",
+        "cache_control",
+        "chat.completion",
+        "chat.completion.chunk",
+        "choices",
+        "completed",
+        "content",
+        "created",
+        "data",
+        "default",
+        "delta",
+        "description",
+        "developer",
+        "dimensions",
+        "effort",
+        "embedding",
+        "encoding_format",
+        "end_turn",
+        "enum",
+        "ephemeral",
+        "event",
+        "finish_reason",
+        "float",
+        "format",
+        "frequency_penalty",
+        "function",
+        "high",
+        "id",
+        "image",
+        "image_url",
+        "in_progress",
+        "include_usage",
+        "index",
+        "input",
+        "input_text",
+        "instructions",
+        "integer",
+        "is_error",
+        "items",
+        "json_object",
+        "json_schema",
+        "length",
+        "list",
+        "logit_bias",
+        "logprobs",
+        "low",
+        "media_type",
+        "medium",
+        "message",
+        "messages",
+        "metadata",
+        "model",
+        "name",
+        "none",
+        "null",
+        "number",
+        "object",
+        "output",
+        "output_text",
+        "parallel_tool_calls",
+        "parameters",
+        "presence_penalty",
+        "previous_response_id",
+        "properties",
+        "reasoning",
+        "refusal",
+        "required",
+        "response",
+        "response_format",
+        "role",
+        "schema",
+        "seed",
+        "service_tier",
+        "signature",
+        "source",
+        "status",
+        "stop",
+        "stop_reason",
+        "stop_sequence",
+        "store",
+        "stream",
+        "stream_options",
+        "strict",
+        "string",
+        "summary",
+        "system",
+        "system_fingerprint",
+        "temperature",
+        "text",
+        "thinking",
+        "tool",
+        "tool_call_id",
+        "tool_calls",
+        "tool_choice",
+        "tool_result",
+        "tool_use",
+        "tool_use_id",
+        "tools",
+        "top_k",
+        "top_logprobs",
+        "top_p",
+        "type",
+        "url",
+        "usage",
+        "user",
+    ],
+}
+
+/// Whether no word of [`common`] needs masking alone.
+fn common_clean(red: &Redactor, pii: &PiiRules) -> bool {
+    COMMON
+        .iter()
+        .all(|w| !red.may_redact(w) && !pii.may_match(w))
+}
 
 /// The table's hasher: its keys are already keyed SipHash values.
 #[derive(Default)]
@@ -768,8 +785,9 @@ impl<'a> Reader<'a> {
                 return Err(NotJson);
             }
             let key = self.string()?;
-            s.push(&key);
-            let sensitive = may_be_sensitive_key(&key);
+            let word = common(&key);
+            s.push_word(&key, word.is_some());
+            let sensitive = word.unwrap_or_else(|| may_be_sensitive_key(&key));
             let name = UsageKey::of(&key);
             self.ws();
             if self.peek() != Some(b':') {
@@ -1032,7 +1050,9 @@ mod tests {
     #[test]
     fn the_protocols_words_are_left_out_only_while_each_is_clean() {
         let pii = rules();
-        assert!(COMMON.iter().all(|w| is_common(w)));
+        for w in COMMON {
+            assert_eq!(common(w), Some(may_be_sensitive_key(w)), "{w}");
+        }
         // Under the built-in rules every word is clean, so they are left
         // out; other short strings never are.
         let red = Arc::new(Redactor::patterns_only());
