@@ -122,17 +122,17 @@ impl Lock {
                 "{LOCK_FILE} locks more than {MAX_PACKAGES} packages"
             )));
         }
-        let total: u64 = packages.iter().map(|p| p.size).sum();
-        if total > MAX_TOTAL_BYTES {
+        let lock = Lock {
+            packages,
+            digest: format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes()))),
+        };
+        if lock.bytes() > MAX_TOTAL_BYTES {
             return Err(Error::invalid(format!(
                 "{LOCK_FILE}'s packages are over {} GiB",
                 MAX_TOTAL_BYTES >> 30
             )));
         }
-        Ok(Lock {
-            packages,
-            digest: format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes()))),
-        })
+        Ok(lock)
     }
 
     /// The bytes all the .debs take.
