@@ -366,6 +366,17 @@ impl Redactor {
 
     /// `s` with every secret masked; borrowed when nothing matched.
     pub fn redact_str<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        // Most text holds nothing: one early-exit pass decides that, before
+        // the overlapping searches that find where each mask goes.
+        if !self.may_redact(s) {
+            return Cow::Borrowed(s);
+        }
+        self.redact_searched(s)
+    }
+
+    /// [`Redactor::redact_str`] without its early exit: every known value
+    /// and pattern searched (what the early exit is tested against).
+    fn redact_searched<'a>(&self, s: &'a str) -> Cow<'a, str> {
         let mut spans: Vec<(usize, usize, &str)> = Vec::new();
         if let Some(ac) = &self.values {
             for m in ac.find_overlapping_iter(s) {
@@ -451,21 +462,28 @@ impl Redactor {
                 }
             }
             Value::Object(map) => {
-                let entries = std::mem::take(map);
-                for (k, mut val) in entries {
-                    if self.sensitive_key.is_match(&k) {
-                        if let Value::String(s) = &mut val {
+                let mut renamed = false;
+                for (k, val) in map.iter_mut() {
+                    if self.sensitive_key.is_match(k) {
+                        if let Value::String(s) = val {
                             if !s.is_empty() && !s.starts_with("[REDACTED:") {
                                 *s = "[REDACTED:sensitive_key]".into();
                             }
                         }
                     }
-                    self.redact_value_mut(&mut val);
-                    let k = match self.redact_str(&k) {
-                        Cow::Borrowed(_) => k,
-                        Cow::Owned(r) => r,
-                    };
-                    map.insert(k, val);
+                    self.redact_value_mut(val);
+                    renamed |= matches!(self.redact_str(k), Cow::Owned(_));
+                }
+                // Rebuilt only when a key itself holds a secret: rebuilding
+                // every object re-hashes it, once per event on the journal.
+                if renamed {
+                    for (k, val) in std::mem::take(map) {
+                        let k = match self.redact_str(&k) {
+                            Cow::Borrowed(_) => k,
+                            Cow::Owned(r) => r,
+                        };
+                        map.insert(k, val);
+                    }
                 }
             }
             Value::Null | Value::Bool(_) | Value::Number(_) => {}
@@ -825,7 +843,7 @@ mod tests {
         ];
         for s in secrets {
             assert!(
-                matches!(red.redact_str(s), Cow::Owned(_)),
+                matches!(red.redact_searched(s), Cow::Owned(_)),
                 "{s:?} not masked"
             );
             assert!(red.may_redact(s), "{s:?}");
@@ -836,13 +854,13 @@ mod tests {
             "gpt-4o-mini\nassistant\nhello hello",
         ] {
             assert!(!red.may_redact(s), "{s:?}");
-            assert!(matches!(red.redact_str(s), Cow::Borrowed(_)));
+            assert!(matches!(red.redact_searched(s), Cow::Borrowed(_)));
         }
         // Every prefix and suffix of the masked cases: never a miss.
         for s in secrets {
             for (i, _) in s.char_indices() {
                 for t in [&s[i..], &s[..i]] {
-                    if matches!(red.redact_str(t), Cow::Owned(_)) {
+                    if matches!(red.redact_searched(t), Cow::Owned(_)) {
                         assert!(red.may_redact(t), "{t:?}");
                     }
                 }

@@ -179,10 +179,11 @@ impl PiiRules {
         let Some(set) = &self.set else {
             return Cow::Borrowed(s);
         };
-        let hits = set.matches(s);
-        if !hits.matched_any() {
+        // Early exit on clean text before the overlapping search.
+        if !set.is_match(s) {
             return Cow::Borrowed(s);
         }
+        let hits = set.matches(s);
         let mut spans: Vec<(usize, usize, &str)> = Vec::new();
         for i in hits.iter() {
             let r = &self.rules[i];

@@ -214,7 +214,10 @@ async fn journal(
                     .details(serde_json::json!({ "dropped": dropped })),
             );
         }
-        if let Err(e) = db.write(move |s| s.append_events(&batch).map(|_| ())).await {
+        if let Err(e) = db
+            .write(move |s| s.append_events_owned(batch).map(|_| ()))
+            .await
+        {
             tracing::error!(session = %info.id, error = %e, "could not journal egress events");
         }
     }

@@ -1584,7 +1584,10 @@ impl Manager {
                     events.try_recv().map(|pe| process_event(&info, pe))
                 })
                 .await;
-                if let Err(e) = db.write(move |s| s.append_events(&batch).map(|_| ())).await {
+                if let Err(e) = db
+                    .write(move |s| s.append_events_owned(batch).map(|_| ()))
+                    .await
+                {
                     tracing::error!(session = %info.id, error = %e, "could not journal process events");
                 }
             }

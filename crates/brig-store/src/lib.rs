@@ -1336,16 +1336,25 @@ fn pii_argv(p: &PiiRules, v: &mut serde_json::Value) -> bool {
 }
 
 /// Every string of an event that can carry a secret, redacted.
-fn redact_event(red: &Masks, ev: &Event) -> Event {
-    let mut e = ev.clone();
-    let s = |v: &str| red.redact_str(v).into_owned();
-    let o = |v: &Option<String>| v.as_deref().map(s);
-    e.human = o(&ev.human);
-    e.task = o(&ev.task);
-    e.repo = o(&ev.repo);
-    e.branch = o(&ev.branch);
-    e.rule = o(&ev.rule);
-    e.action = s(&ev.action);
+fn redact_event(red: &Masks, mut e: Event) -> Event {
+    let s = |v: &mut String| {
+        if let Cow::Owned(r) = red.redact_str(v) {
+            *v = r;
+        }
+    };
+    for v in [
+        &mut e.human,
+        &mut e.task,
+        &mut e.repo,
+        &mut e.branch,
+        &mut e.rule,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        s(v);
+    }
+    s(&mut e.action);
     red.redact_value_mut(&mut e.details);
     red.pii_fields(&mut e.details);
     e
@@ -1508,6 +1517,16 @@ fn update_session_on(tx: &Connection, info: &SessionInfo, reason: &str) -> Resul
 
 /// Append `evs` after the chain head inside `tx` (see `Store::append_events`).
 fn append_events_on(tx: &Connection, red: &Masks, evs: &[Event]) -> Result<Vec<i64>> {
+    append_owned_on(tx, red, evs.iter().cloned())
+}
+
+/// [`append_events_on`] of events the caller gives up: redacted in place,
+/// not copied first (process capture's batches).
+pub(crate) fn append_owned_on(
+    tx: &Connection,
+    red: &Masks,
+    evs: impl ExactSizeIterator<Item = Event>,
+) -> Result<Vec<i64>> {
     let (mut seq, mut prev) = head_of(tx)?.unwrap_or((0, GENESIS.to_string()));
     let mut out = Vec::with_capacity(evs.len());
     {

@@ -37,8 +37,9 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use crate::{
-    add_session_record_on, append_events_on, db_err, finish_exec_on, insert_exec_on,
-    insert_session_on, set_session_git_on, update_session_on, ExecEnd, ExecRecord, Store,
+    add_session_record_on, append_events_on, append_owned_on, db_err, finish_exec_on,
+    insert_exec_on, insert_session_on, set_session_git_on, update_session_on, ExecEnd, ExecRecord,
+    Store,
 };
 
 /// The store's write operations inside one write of a group commit.
@@ -65,6 +66,14 @@ impl Tx<'_> {
     /// Append events in order; returns their seqs.
     pub fn append_events(&self, evs: &[Event]) -> Result<Vec<i64>> {
         let seqs = append_events_on(self.conn, self.red, evs)?;
+        self.appended(&seqs);
+        Ok(seqs)
+    }
+
+    /// [`Tx::append_events`] of events the caller no longer needs (they
+    /// are redacted in place instead of copied).
+    pub fn append_events_owned(&self, evs: Vec<Event>) -> Result<Vec<i64>> {
+        let seqs = append_owned_on(self.conn, self.red, evs.into_iter())?;
         self.appended(&seqs);
         Ok(seqs)
     }
