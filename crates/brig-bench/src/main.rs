@@ -661,10 +661,82 @@ const MAKE: &str = "set -e; d=$(mktemp -d /workspace/cproj.XXXXXX); cd \"$d\"; \
     printf 'OBJS = $(patsubst %%.c,%%.o,$(wildcard *.c))\\nprog: $(OBJS)\\n\\tgcc -o $@ $(OBJS)\\n%%.o: %%.c\\n\\tgcc -O1 -c $< -o $@\\n' > Makefile; \
     make -s; test -x prog; cd /; rm -rf \"$d\"";
 
+/// CPU time (user + system) of this whole process so far: the control
+/// plane runs in it, so a difference over a window is what brig spent.
+fn self_cpu() -> Duration {
+    // SAFETY: getrusage writes one plain struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// CPU time of this process's threads, summed by thread name (from each
+/// thread's schedstat, in ns): where the control plane's CPU went.
+fn threads_cpu() -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for t in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let p = t.path();
+        let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+        let ns = std::fs::read_to_string(p.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        *out.entry(comm.trim().to_string()).or_insert(0) += ns;
+    }
+    out
+}
+
+/// `after - before` per thread name, in ms, biggest first (threads that
+/// ended in between are not counted).
+fn threads_delta(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> String {
+    let mut v: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, a)| {
+            let b = before.get(k).copied().unwrap_or(0);
+            (k.clone(), a.saturating_sub(b) as f64 / 1e6)
+        })
+        .filter(|(_, ms)| *ms >= 0.05)
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v.iter()
+        .map(|(k, ms)| format!("{k} {ms:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What the control plane has left to do once an exec has ended (the
+/// journal's linger and last batch): waited out before its CPU is read.
+const SETTLE: Duration = Duration::from_millis(300);
+
 /// Wall time of the loop in a real session of `brig serve` (capture on,
-/// every process journaled in SQLite by the same process as it runs).
-async fn loop_captured(b: &Bench, script: &str, want: usize) -> Result<(Duration, usize), String> {
+/// every process journaled in SQLite by the same process as it runs), the
+/// journaled event count, and this process's CPU time from the exec's start
+/// until the journal has settled.
+async fn loop_captured(
+    b: &Bench,
+    script: &str,
+    want: usize,
+) -> Result<(Duration, usize, Duration), String> {
+    let ready0 = metric(b, "brig_pool_ready").await.max(1.0);
     let id = b.create(json!({"task": "bench-capture"})).await;
+    // The create took a warm sandbox and the pool is building the next one:
+    // wait for it, or that build would run on the same CPUs as the loop.
+    let refill = Instant::now();
+    while metric(b, "brig_pool_ready").await < ready0 && refill.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waited = refill.elapsed();
+    let threads0 = threads_cpu();
+    let cpu0 = self_cpu();
     let t = Instant::now();
     let (s, v) = b
         .call(
@@ -677,6 +749,13 @@ async fn loop_captured(b: &Bench, script: &str, want: usize) -> Result<(Duration
     if s != 200 || v["status"]["code"] != 0 {
         return Err(format!("captured loop: {v}"));
     }
+    tokio::time::sleep(SETTLE).await;
+    let cpu = self_cpu() - cpu0;
+    eprintln!(
+        "  journaled exec (after {} ms of pool refill): CPU by thread, ms: {}",
+        waited.as_millis(),
+        threads_delta(&threads0, &threads_cpu())
+    );
     // Let the journal catch up, then count what it holds.
     let mut n = 0;
     for _ in 0..600 {
@@ -693,7 +772,7 @@ async fn loop_captured(b: &Bench, script: &str, want: usize) -> Result<(Duration
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     b.kill(&id).await;
-    Ok((d, n))
+    Ok((d, n, cpu))
 }
 
 /// The same loop in the same kind of sandbox with capture off (built
@@ -703,7 +782,7 @@ async fn loop_direct(
     brig: &std::path::Path,
     capture: bool,
     script: &str,
-) -> Result<Duration, String> {
+) -> Result<(Duration, Duration), String> {
     let paths = brig_sandbox::SandboxPaths {
         data_dir: b.data.clone(),
         brig_exe: brig.to_path_buf(),
@@ -739,6 +818,7 @@ async fn loop_direct(
     if let Some(mut events) = sb.process_events() {
         tokio::spawn(async move { while events.recv().await.is_some() {} });
     }
+    let cpu0 = self_cpu();
     let t = Instant::now();
     let mut h = sb
         .exec(brig_core::wire::Spawn {
@@ -754,7 +834,9 @@ async fn loop_direct(
     while let Some(ev) = h.events.recv().await {
         match ev {
             brig_sandbox::ExecEvent::Exited(st) if st.code == Some(0) => {
-                res = Ok(t.elapsed());
+                let d = t.elapsed();
+                tokio::time::sleep(SETTLE).await;
+                res = Ok((d, self_cpu() - cpu0));
                 break;
             }
             brig_sandbox::ExecEvent::Exited(st) => {
@@ -780,6 +862,9 @@ struct CaptureSamples {
     bare: Samples,
     off: Samples,
     journaled: usize,
+    /// This process's CPU time over each variant's exec (and settle), ms.
+    cpu_on: Samples,
+    cpu_bare: Samples,
 }
 
 impl CaptureSamples {
@@ -790,11 +875,14 @@ impl CaptureSamples {
         script: &str,
         want: usize,
     ) -> Result<(), String> {
-        let (d, n) = loop_captured(b, script, want).await?;
+        let (d, n, cpu) = loop_captured(b, script, want).await?;
         self.on.push(d);
+        self.cpu_on.push(cpu);
         self.journaled = n;
-        self.off.push(loop_direct(b, brig, false, script).await?);
-        self.bare.push(loop_direct(b, brig, true, script).await?);
+        self.off.push(loop_direct(b, brig, false, script).await?.0);
+        let (d, cpu) = loop_direct(b, brig, true, script).await?;
+        self.bare.push(d);
+        self.cpu_bare.push(cpu);
         Ok(())
     }
 
@@ -820,6 +908,18 @@ impl CaptureSamples {
              The last captured round left {} `process.exec` events on the journal.\n\n",
             met(overhead <= 5.0),
             self.journaled
+        ));
+        // The control plane's CPU beyond draining the events, per journaled
+        // process (an exec and an exit event each).
+        let extra = self.cpu_on.p(50.0) - self.cpu_bare.p(50.0);
+        s.push_str(&format!(
+            "{build}CPU of `brig serve` (this process) over the exec and {} ms after, p50: \
+             {:.1} ms journaled, {:.1} ms with the events drained only: **{:.1} µs per \
+             journaled process** for the API exec and the journal.\n\n",
+            SETTLE.as_millis(),
+            self.cpu_on.p(50.0),
+            self.cpu_bare.p(50.0),
+            extra * 1000.0 / self.journaled.max(1) as f64,
         ));
     }
 }
