@@ -968,6 +968,20 @@ fn host_run_did_the_task(o: &std::process::Output, work: &Path) {
     );
 }
 
+/// A host run's own push ([`PUSH`]) landed upstream on
+/// `brig/<hostname>/fix-add` as the clone's HEAD; the branch is deleted
+/// so the next run's push is a new branch too, not a rejected one.
+fn host_run_pushed(repo: &Path, work: &Path) {
+    let host = String::from_utf8(Command::new("hostname").output().unwrap().stdout).unwrap();
+    let branch = format!("brig/{}/fix-add", host.trim());
+    assert_eq!(
+        git(repo, &["rev-parse", &branch]),
+        git(work, &["rev-parse", "HEAD"]),
+        "the host run's push did not land on {branch}"
+    );
+    git(repo, &["branch", "-qD", &branch]);
+}
+
 /// Best of each: printed for docs/BENCHMARKS.md; the test fails above 2×
 /// (the target is 1.2×).
 fn bench_verdict(agent: &str, inside: &[u64], host: &[u64]) {
@@ -1093,6 +1107,7 @@ async fn claude_code_inside_brig_against_the_host() {
         .unwrap();
         host.push(started.elapsed().as_millis() as u64);
         host_run_did_the_task(&o, &work);
+        host_run_pushed(&repo, &work);
     }
     bench_verdict("claude-code", &inside, &host);
     srv.stop().await;
@@ -1202,6 +1217,7 @@ async fn codex_inside_brig_against_the_host() {
         .unwrap();
         host.push(started.elapsed().as_millis() as u64);
         host_run_did_the_task(&o, &work);
+        host_run_pushed(&repo, &work);
     }
     bench_verdict("codex", &inside, &host);
     srv.stop().await;
