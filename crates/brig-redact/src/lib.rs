@@ -841,12 +841,25 @@ mod tests {
             // Not ASCII: the whole set decides (`ſ` folds to `s`).
             "ſecret=abc",
         ];
+        let mut rules_seen = std::collections::BTreeSet::new();
         for s in secrets {
             assert!(
                 matches!(red.redact_searched(s), Cow::Owned(_)),
                 "{s:?} not masked"
             );
             assert!(red.may_redact(s), "{s:?}");
+            let masked = red.redact_searched(s);
+            for m in masked.split("[REDACTED:").skip(1) {
+                rules_seen.insert(m.split(']').next().unwrap_or("").to_string());
+            }
+        }
+        // redact_str trusts may_redact: a built-in pattern added without its
+        // needle would go unmasked, so each must have an example here.
+        for (rule, _) in PATTERNS {
+            assert!(
+                rules_seen.contains(*rule),
+                "no example above is masked by the built-in pattern {rule}: add one (and its needle to BUILTIN_NEEDLES)"
+            );
         }
         for s in [
             "prompt_tokens\ncompletion_tokens\ntotal_tokens\nSay hello.",
