@@ -730,8 +730,11 @@ async fn loop_captured(
     // The create took a warm sandbox and the pool is building the next one:
     // wait for it, or that build would run on the same CPUs as the loop.
     let refill = Instant::now();
-    while metric(b, "brig_pool_ready").await < ready0 && refill.elapsed() < Duration::from_secs(60)
-    {
+    while metric(b, "brig_pool_ready").await < ready0 {
+        if refill.elapsed() > Duration::from_secs(60) {
+            b.kill(&id).await;
+            return Err("the warm pool did not refill within 60 s of a create".into());
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let waited = refill.elapsed();
