@@ -95,7 +95,19 @@ pub struct PushEvent {
     pub pack_bytes: u64,
     pub push_options: Vec<String>,
     pub duration_ms: u64,
+    /// Where the push's time went, stage by stage in the order they ended
+    /// (`refs`, `pack`, `checks`, `scan`, `policy`, `sign`, `upstream`,
+    /// `update_refs`; a rejected push stops early).
+    #[serde(default)]
+    pub stages: Vec<PushStage>,
     pub error: Option<String>,
+}
+
+/// One stage of a push and its wall time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PushStage {
+    pub stage: String,
+    pub ms: f64,
 }
 
 impl PushEvent {
@@ -112,8 +124,20 @@ impl PushEvent {
             pack_bytes: 0,
             push_options: vec![],
             duration_ms: 0,
+            stages: vec![],
             error: None,
         }
+    }
+
+    /// Record that `stage` ended now; `since` moves to now.
+    pub(crate) fn lap(&mut self, stage: &str, since: &mut std::time::Instant) {
+        let now = std::time::Instant::now();
+        let us = now.duration_since(*since).as_micros() as f64;
+        self.stages.push(PushStage {
+            stage: stage.into(),
+            ms: (us / 100.0).round() / 10.0,
+        });
+        *since = now;
     }
 
     pub(crate) fn reject(&mut self, rule: PushRule) {

@@ -12,6 +12,7 @@ pub mod commit;
 pub mod events;
 pub mod gateway;
 pub mod gitcmd;
+pub mod object;
 pub mod pkt;
 mod receive;
 pub mod repo;
@@ -27,7 +28,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use events::{FetchEvent, GitEvent, PushEvent, RefVerdict, SignedCommit};
+pub use events::{FetchEvent, GitEvent, PushEvent, PushStage, RefVerdict, SignedCommit};
 pub use gateway::{router, serve};
 pub use rules::PushRule;
 pub use sshsig::SshSigner;
@@ -162,6 +163,26 @@ pub trait PushScanner: Send + Sync {
         env: &[(OsString, OsString)],
         revs: &[String],
     ) -> Result<Vec<Violation>, String>;
+
+    /// [`PushScanner::scan`] for the push's new commits as the gateway has
+    /// listed them (oldest first, with their parents), for a scanner that can
+    /// skip its own walk. Default: `scan` of their ids.
+    fn scan_listed(
+        &self,
+        repo: &Path,
+        env: &[(OsString, OsString)],
+        commits: &[NewCommit],
+    ) -> Result<Vec<Violation>, String> {
+        let revs: Vec<String> = commits.iter().map(|c| c.id.clone()).collect();
+        self.scan(repo, env, &revs)
+    }
+}
+
+/// One new commit of a push: its id and its parents' ids, as git lists them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewCommit {
+    pub id: String,
+    pub parents: Vec<String>,
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

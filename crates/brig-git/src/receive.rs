@@ -24,7 +24,7 @@ use crate::gitcmd::{first_line, git, run, run_ok};
 use crate::pkt::{self, Pkt, PktError};
 use crate::repo::{self, signed_ref};
 use crate::rules::{check_command, PushRule, ZERO};
-use crate::{commit, GitSession, Violation};
+use crate::{commit, object, GitSession, NewCommit, Violation};
 
 const CAPABILITIES: &str =
     "report-status delete-refs side-band-64k quiet ofs-delta push-options object-format=sha1 agent=brig-git";
@@ -345,8 +345,10 @@ pub(crate) async fn receive_pack(
     };
     let mut ev = PushEvent::new(&session.repo.session, &session.repo.name);
     ev.push_options = req.push_options.clone();
+    let mut t = start;
+    ev.lap("request", &mut t);
 
-    let quarantine = push(session, &mut rd, &mut req, &mut reply, &mut ev).await;
+    let quarantine = push(session, &mut rd, &mut req, &mut reply, &mut ev, &mut t).await;
     drop(quarantine);
 
     // A push is accepted whole or not at all (up to the upstream, ref by ref).
@@ -418,6 +420,7 @@ async fn push(
     req: &mut Request,
     reply: &mut Reply,
     ev: &mut PushEvent,
+    t: &mut Instant,
 ) -> Option<tempfile::TempDir> {
     let repo = &session.repo;
     let limits = &repo.limits;
@@ -465,21 +468,13 @@ async fn push(
             .err();
         }
     }
-    if cmds.iter().any(|c| c.verdict.is_some()) {
-        reject_rest(cmds);
-        for c in cmds.iter() {
-            if let Some((rule, why)) = &c.verdict {
-                if *rule != PushRule::Atomic {
-                    reply
-                        .messages
-                        .push(format!("rejected {}: {why} [{}]", c.refname, rule.name()));
-                }
-            }
-        }
+    if reject_with_reasons(cmds, reply) {
         // Not stored, not indexed: read only to answer on a clean connection.
         rd.drain(limits.max_pack_bytes).await;
         return None;
     }
+
+    ev.lap("refs", t);
 
     // 2. The pack, into a quarantine object directory, within the size limit.
     let quarantine = match tempfile::Builder::new()
@@ -542,40 +537,40 @@ async fn push(
         }
     }
 
-    // 3. What the pack made of each ref: commits, fast-forwards, complete history.
-    if let Err((rule, why)) = check_objects(repo, &env, cmds).await {
-        reply.messages.push(format!("rejected: {why}"));
-        reject_all(cmds, rule, &why);
-        return Some(quarantine);
-    }
-    if cmds.iter().any(|c| c.verdict.is_some()) {
-        reject_rest(cmds);
-        for c in cmds.iter().filter(|c| c.verdict.is_some()) {
-            let (rule, why) = c.verdict.as_ref().expect("filtered");
-            if *rule != PushRule::Atomic {
-                reply
-                    .messages
-                    .push(format!("rejected {}: {why} [{}]", c.refname, rule.name()));
+    ev.lap("pack", t);
+
+    // 3. What the pack made of each ref (commits, fast-forwards, complete
+    // history) and the push's new commits. Both only read the quarantine, so
+    // they run at once; the object checks are judged first, as if run first.
+    let news: Vec<String> = cmds.iter().map(|c| c.new.clone()).collect();
+    let (objects, listed) = tokio::join!(
+        check_objects(repo, &env, cmds),
+        list_commits(repo, &env, &news)
+    );
+    match objects {
+        Err((rule, why)) => {
+            reply.messages.push(format!("rejected: {why}"));
+            reject_all(cmds, rule, &why);
+            return Some(quarantine);
+        }
+        Ok(verdicts) => {
+            for (c, v) in cmds.iter_mut().zip(verdicts) {
+                c.verdict = c.verdict.take().or(v);
             }
         }
+    }
+    if reject_with_reasons(cmds, reply) {
         return Some(quarantine);
     }
-    let news: Vec<&str> = cmds.iter().map(|c| c.new.as_str()).collect();
-    let mut c = git(&repo.dir, &env);
-    c.args(["rev-list", "--topo-order", "--reverse"])
-        .args(&news)
-        .args(["--not", "--all"]);
-    let commits: Vec<String> = match run_ok(c, None, "listing the new commits").await {
-        Ok(out) => String::from_utf8_lossy(&out)
-            .lines()
-            .map(str::to_string)
-            .collect(),
+    let commits = match listed {
+        Ok(c) => c,
         Err(e) => {
             reject_all(cmds, PushRule::Incomplete, &e);
             return Some(quarantine);
         }
     };
-    ev.commits = commits.clone();
+    let ids: Vec<String> = commits.iter().map(|c| c.id.clone()).collect();
+    ev.commits = ids.clone();
     if commits.len() > limits.max_new_commits {
         let why = format!(
             "the push has {} new commits, more than the limit of {}; push in smaller steps",
@@ -586,75 +581,47 @@ async fn push(
         reject_all(cmds, PushRule::TooManyCommits, &why);
         return Some(quarantine);
     }
+    ev.lap("checks", t);
 
-    // 4. The scan of every new commit.
-    if !commits.is_empty() {
-        let services = session.services.clone();
-        let (dir, env2, revs) = (repo.dir.clone(), env.clone(), commits.clone());
-        let scanned =
-            tokio::task::spawn_blocking(move || services.scanner().scan(&dir, &env2, &revs))
-                .await
-                .unwrap_or_else(|e| Err(format!("the scanner crashed: {e}")));
-        match scanned {
-            Err(e) => {
-                let why = format!("the pre-push scan could not run, so nothing is accepted: {e}");
-                ev.error = Some(e);
-                reply.messages.push(format!("rejected: {why}"));
-                reject_all(cmds, PushRule::ScanUnavailable, &why);
+    // 4. The scan of every new commit, the paths they touch (for policy) and
+    // their signed rewrites (written only once the push is accepted): all
+    // read-only, so at once, and judged in that order.
+    let (scanned, paths, rewrites) = tokio::join!(
+        scan(session, &env, &commits),
+        touched_paths(repo, &env, &ids),
+        rewrite_commits(session, &env, &commits)
+    );
+    match scanned {
+        Err(e) => {
+            let why = format!("the pre-push scan could not run, so nothing is accepted: {e}");
+            ev.error = Some(e);
+            reply.messages.push(format!("rejected: {why}"));
+            reject_all(cmds, PushRule::ScanUnavailable, &why);
+            return Some(quarantine);
+        }
+        // A finding in a commit the push does not add (the pinned commit, an
+        // accepted push) is already upstream: a scanner that walks history past
+        // the new commits must not block the push for it.
+        Ok(v) => {
+            let v: Vec<Violation> = v
+                .into_iter()
+                .filter(|x| x.commit.is_empty() || ids.contains(&x.commit))
+                .collect();
+            if !v.is_empty() {
+                reject_for_violations(cmds, reply, &v);
+                ev.violations = v;
                 return Some(quarantine);
-            }
-            // A finding in a commit the push does not add (the pinned commit, an
-            // accepted push) is already upstream: a scanner that walks history past
-            // the new commits must not block the push for it.
-            Ok(v) => {
-                let v: Vec<Violation> = v
-                    .into_iter()
-                    .filter(|x| x.commit.is_empty() || commits.contains(&x.commit))
-                    .collect();
-                if !v.is_empty() {
-                    reject_for_violations(cmds, reply, &v);
-                    ev.violations = v;
-                    return Some(quarantine);
-                }
             }
         }
     }
+    ev.lap("scan", t);
 
     // 4b. Policy on each branch, with the paths its new commits touch.
-    let mut c = git(&repo.dir, &env);
-    c.args([
-        "diff-tree",
-        "--stdin",
-        "--no-commit-id",
-        "--name-only",
-        "-r",
-        "--root",
-    ]);
-    let input = commits.join("\n") + "\n";
-    let paths: Vec<String> = if commits.is_empty() {
-        Vec::new()
-    } else {
-        match run_ok(
-            c,
-            Some(input.as_bytes()),
-            "listing the paths the push touches",
-        )
-        .await
-        {
-            Ok(out) => {
-                let mut p: Vec<String> = String::from_utf8_lossy(&out)
-                    .lines()
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_string)
-                    .collect();
-                p.sort();
-                p.dedup();
-                p
-            }
-            Err(e) => {
-                reject_all(cmds, PushRule::Policy, &format!("gateway error: {e}"));
-                return Some(quarantine);
-            }
+    let paths = match paths {
+        Ok(p) => p,
+        Err(e) => {
+            reject_all(cmds, PushRule::Policy, &format!("gateway error: {e}"));
+            return Some(quarantine);
         }
     };
     for c in cmds.iter_mut() {
@@ -664,18 +631,10 @@ async fn push(
             c.verdict = Some((PushRule::Policy, why));
         }
     }
-    if cmds.iter().any(|c| c.verdict.is_some()) {
-        reject_rest(cmds);
-        for c in cmds.iter().filter(|c| c.verdict.is_some()) {
-            let (rule, why) = c.verdict.as_ref().expect("filtered");
-            if *rule != PushRule::Atomic {
-                reply
-                    .messages
-                    .push(format!("rejected {}: {why} [{}]", c.refname, rule.name()));
-            }
-        }
+    if reject_with_reasons(cmds, reply) {
         return Some(quarantine);
     }
+    ev.lap("policy", t);
 
     // 5. Accepted: the objects move in, then sign, push upstream, move the refs.
     if let Err(e) = migrate(&qdir, &repo.dir.join("objects")) {
@@ -684,7 +643,7 @@ async fn push(
         reject_all(cmds, PushRule::BadRequest, &format!("gateway error: {e}"));
         return Some(quarantine);
     }
-    let signed = match sign_commits(session, &commits).await {
+    let signed = match rewrites.and_then(|r| write_signed(repo, r)) {
         Ok(s) => s,
         Err(e) => {
             ev.outcome = Outcome::Error;
@@ -719,6 +678,7 @@ async fn push(
             repo.identity.email
         ));
     }
+    ev.lap("sign", t);
     for c in cmds.iter_mut() {
         let tip = map.get(&c.new).cloned().unwrap_or_else(|| c.new.clone());
         let branch = c.branch().to_string();
@@ -746,6 +706,7 @@ async fn push(
             }
         }
     }
+    ev.lap("upstream", t);
     let mut script = String::new();
     for c in cmds.iter().filter(|c| c.verdict.is_none()) {
         let tip = c.signed_tip.as_deref().expect("accepted refs have a tip");
@@ -768,8 +729,104 @@ async fn push(
                 ));
             }
         }
+        ev.lap("update_refs", t);
     }
     Some(quarantine)
+}
+
+/// If a command has a verdict: every other one is rejected with it, the
+/// reasons go to git's output, and `true`.
+fn reject_with_reasons(cmds: &mut [Command], reply: &mut Reply) -> bool {
+    if !cmds.iter().any(|c| c.verdict.is_some()) {
+        return false;
+    }
+    reject_rest(cmds);
+    for c in cmds.iter().filter(|c| c.verdict.is_some()) {
+        let (rule, why) = c.verdict.as_ref().expect("filtered");
+        if *rule != PushRule::Atomic {
+            reply
+                .messages
+                .push(format!("rejected {}: {why} [{}]", c.refname, rule.name()));
+        }
+    }
+    true
+}
+
+/// The push's new commits, oldest first (parents before children), with their
+/// parents.
+async fn list_commits(
+    repo: &crate::SessionRepo,
+    env: &[(OsString, OsString)],
+    news: &[String],
+) -> Result<Vec<NewCommit>, String> {
+    let mut c = git(&repo.dir, env);
+    c.args(["rev-list", "--topo-order", "--reverse", "--parents"])
+        .args(news)
+        .args(["--not", "--all"]);
+    let out = run_ok(c, None, "listing the new commits").await?;
+    String::from_utf8_lossy(&out)
+        .lines()
+        .map(|l| {
+            let mut ids = l.split(' ').map(str::to_string);
+            let id = ids.next().unwrap_or_default();
+            let parents: Vec<String> = ids.collect();
+            if !is_sha(&id) || !parents.iter().all(|p| is_sha(p)) {
+                return Err(format!("git rev-list printed {l:?}"));
+            }
+            Ok(NewCommit { id, parents })
+        })
+        .collect()
+}
+
+/// The scan of the new commits, on a blocking thread (the scanner runs git).
+async fn scan(
+    session: &GitSession,
+    env: &[(OsString, OsString)],
+    commits: &[NewCommit],
+) -> Result<Vec<Violation>, String> {
+    if commits.is_empty() {
+        return Ok(Vec::new());
+    }
+    let services = session.services.clone();
+    let (dir, env, commits) = (session.repo.dir.clone(), env.to_vec(), commits.to_vec());
+    tokio::task::spawn_blocking(move || services.scanner().scan_listed(&dir, &env, &commits))
+        .await
+        .unwrap_or_else(|e| Err(format!("the scanner crashed: {e}")))
+}
+
+/// Every path the new commits add, modify or delete, sorted.
+async fn touched_paths(
+    repo: &crate::SessionRepo,
+    env: &[(OsString, OsString)],
+    ids: &[String],
+) -> Result<Vec<String>, String> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut c = git(&repo.dir, env);
+    c.args([
+        "diff-tree",
+        "--stdin",
+        "--no-commit-id",
+        "--name-only",
+        "-r",
+        "--root",
+    ]);
+    let input = ids.join("\n") + "\n";
+    let out = run_ok(
+        c,
+        Some(input.as_bytes()),
+        "listing the paths the push touches",
+    )
+    .await?;
+    let mut p: Vec<String> = String::from_utf8_lossy(&out)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    p.sort();
+    p.dedup();
+    Ok(p)
 }
 
 fn reject_for_violations(cmds: &mut [Command], reply: &mut Reply, v: &[Violation]) {
@@ -884,60 +941,71 @@ async fn index_pack(
     Ok(())
 }
 
-/// Every new tip is a commit; every update a fast-forward; no object missing.
+/// A verdict for each command, in order: every new tip is a commit, every
+/// update a fast-forward, no object missing. The three checks run at once;
+/// a wrong tip decides before the others, as if it were checked first.
 async fn check_objects(
     repo: &crate::SessionRepo,
     env: &[(OsString, OsString)],
-    cmds: &mut [Command],
-) -> Result<(), (PushRule, String)> {
-    let mut input = String::new();
-    for c in cmds.iter() {
-        input.push_str(&c.new);
-        input.push('\n');
-    }
-    let mut b = git(&repo.dir, env);
-    b.args(["cat-file", "--batch-check=%(objectname) %(objecttype)"]);
-    let out = run_ok(b, Some(input.as_bytes()), "reading the pushed objects")
-        .await
-        .map_err(|e| (PushRule::Incomplete, e))?;
+    cmds: &[Command],
+) -> Result<Vec<Option<(PushRule, String)>>, (PushRule, String)> {
+    let input: String = cmds.iter().map(|c| format!("{}\n", c.new)).collect();
+    let types = async {
+        let mut b = git(&repo.dir, env);
+        b.args(["cat-file", "--batch-check=%(objectname) %(objecttype)"]);
+        run_ok(b, Some(input.as_bytes()), "reading the pushed objects").await
+    };
+    // Missing objects anywhere in the new history (git's own connectivity check).
+    let connected = async {
+        let mut rl = git(&repo.dir, env);
+        rl.args([
+            "rev-list",
+            "--objects",
+            "--stdin",
+            "--not",
+            "--all",
+            "--quiet",
+        ]);
+        run(rl, Some(input.as_bytes())).await
+    };
+    let ancestry = futures_util::future::join_all(cmds.iter().map(|c| async move {
+        if c.old == ZERO {
+            return None;
+        }
+        let mut m = git(&repo.dir, env);
+        m.args(["merge-base", "--is-ancestor", &c.old, &c.new]);
+        Some(run(m, None).await)
+    }));
+    let (types, connected, ancestry) = tokio::join!(types, connected, ancestry);
+
+    let out = types.map_err(|e| (PushRule::Incomplete, e))?;
     let types: Vec<String> = String::from_utf8_lossy(&out)
         .lines()
         .map(str::to_string)
         .collect();
-    for (c, t) in cmds
-        .iter_mut()
-        .zip(types.iter().chain(std::iter::repeat(&String::new())))
-    {
-        if t.ends_with(" missing") || t.is_empty() {
-            c.verdict = Some((
-                PushRule::Incomplete,
-                format!("{} is not in the pack", &c.new[..12]),
-            ));
-        } else if !t.ends_with(" commit") {
-            c.verdict = Some((
-                PushRule::NotACommit,
-                "a branch must point at a commit".into(),
-            ));
-        }
-    }
-    // Missing objects anywhere in the new history (git's own connectivity check).
-    let mut rl = git(&repo.dir, env);
-    rl.args([
-        "rev-list",
-        "--objects",
-        "--stdin",
-        "--not",
-        "--all",
-        "--quiet",
-    ]);
-    let ok_news: String = cmds
+    let mut verdicts: Vec<Option<(PushRule, String)>> = cmds
         .iter()
-        .filter(|c| c.verdict.is_none())
-        .map(|c| format!("{}\n", c.new))
+        .zip(types.iter().chain(std::iter::repeat(&String::new())))
+        .map(|(c, t)| {
+            if t.ends_with(" missing") || t.is_empty() {
+                Some((
+                    PushRule::Incomplete,
+                    format!("{} is not in the pack", &c.new[..12]),
+                ))
+            } else if !t.ends_with(" commit") {
+                Some((
+                    PushRule::NotACommit,
+                    "a branch must point at a commit".into(),
+                ))
+            } else {
+                None
+            }
+        })
         .collect();
-    let out = run(rl, Some(ok_news.as_bytes()))
-        .await
-        .map_err(|e| (PushRule::Incomplete, e))?;
+    if verdicts.iter().any(Option::is_some) {
+        return Ok(verdicts);
+    }
+    let out = connected.map_err(|e| (PushRule::Incomplete, e))?;
     if !out.ok {
         return Err((
             PushRule::Incomplete,
@@ -947,31 +1015,23 @@ async fn check_objects(
             ),
         ));
     }
-    for c in cmds
-        .iter_mut()
-        .filter(|c| c.verdict.is_none() && c.old != ZERO)
-    {
-        let mut m = git(&repo.dir, env);
-        m.args(["merge-base", "--is-ancestor", &c.old, &c.new]);
-        let out = run(m, None).await.map_err(|e| (PushRule::Incomplete, e))?;
-        match out.code {
-            Some(0) => {}
-            Some(1) => {
-                c.verdict = Some((
-                    PushRule::NonFastForward,
-                    "non-fast-forward (force-push) is not allowed; fetch, rebase or merge on top, push again"
-                        .into(),
-                ))
-            }
-            _ => {
-                c.verdict = Some((
-                    PushRule::Incomplete,
-                    format!("cannot compare with the branch: {}", first_line(&out.stderr)),
-                ))
-            }
-        }
+    for (v, a) in verdicts.iter_mut().zip(ancestry) {
+        let Some(out) = a else { continue };
+        let out = out.map_err(|e| (PushRule::Incomplete, e))?;
+        *v = match out.code {
+            Some(0) => None,
+            Some(1) => Some((
+                PushRule::NonFastForward,
+                "non-fast-forward (force-push) is not allowed; fetch, rebase or merge on top, push again"
+                    .into(),
+            )),
+            _ => Some((
+                PushRule::Incomplete,
+                format!("cannot compare with the branch: {}", first_line(&out.stderr)),
+            )),
+        };
     }
-    Ok(())
+    Ok(verdicts)
 }
 
 /// Move the quarantine's objects into the repository (packs: .idx last, so git
@@ -1006,39 +1066,114 @@ fn migrate(q: &Path, objects: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Re-write and sign each new commit (oldest first), record the mapping, and return
-/// `(agent commit, signed commit)` pairs.
-async fn sign_commits(
+/// A new commit's signed rewrite: made while the push is judged, written only
+/// once it is accepted.
+struct Rewrite {
+    original: String,
+    signed: String,
+    /// The signed object to write; `None` when an earlier push signed it.
+    object: Option<Vec<u8>>,
+}
+
+/// Re-write and sign each new commit (oldest first), each one's parents mapped
+/// to their signed ids: one `cat-file --batch` reads them all, the ids are
+/// computed here, nothing is written.
+async fn rewrite_commits(
     session: &GitSession,
-    commits: &[String],
-) -> Result<Vec<(String, String)>, String> {
+    env: &[(OsString, OsString)],
+    commits: &[NewCommit],
+) -> Result<Vec<Rewrite>, String> {
     let repo = &session.repo;
     let mut map = repo::load_signed_map(&repo.dir)?;
-    let mut pairs = Vec::new();
-    let mut fresh = Vec::new();
-    for sha in commits {
-        if let Some(s) = map.get(sha) {
-            pairs.push((sha.clone(), s.clone()));
+    let unsigned: Vec<&str> = commits
+        .iter()
+        .map(|c| c.id.as_str())
+        .filter(|id| !map.contains_key(*id))
+        .collect();
+    let mut raw = read_commits(repo, env, &unsigned).await?.into_iter();
+    let mut out = Vec::with_capacity(commits.len());
+    for c in commits {
+        if let Some(s) = map.get(&c.id) {
+            out.push(Rewrite {
+                original: c.id.clone(),
+                signed: s.clone(),
+                object: None,
+            });
             continue;
         }
-        let mut c = git(&repo.dir, &[]);
-        c.args(["cat-file", "commit", sha]);
-        let raw = run_ok(c, None, "reading a pushed commit").await?;
-        let unsigned = commit::rewrite(&raw, &repo.identity, |p| {
+        let body = raw.next().ok_or("git cat-file answered too few commits")?;
+        let rewritten = commit::rewrite(&body, &repo.identity, |p| {
             map.get(p).cloned().unwrap_or_else(|| p.to_string())
         })?;
-        let signed = commit::sign(&unsigned, session.services.signer());
-        let mut h = git(&repo.dir, &[]);
-        h.args(["hash-object", "-t", "commit", "-w", "--stdin"]);
-        let id = run_ok(h, Some(&signed), "writing a signed commit").await?;
-        let id = String::from_utf8_lossy(&id).trim().to_string();
-        if !is_sha(&id) {
-            return Err(format!("git hash-object printed {id:?}"));
+        let signed = commit::sign(&rewritten, session.services.signer());
+        let id = object::object_id("commit", &signed);
+        map.insert(c.id.clone(), id.clone());
+        out.push(Rewrite {
+            original: c.id.clone(),
+            signed: id,
+            object: Some(signed),
+        });
+    }
+    Ok(out)
+}
+
+/// The raw commit objects `ids`, in order, by one `git cat-file --batch`.
+async fn read_commits(
+    repo: &crate::SessionRepo,
+    env: &[(OsString, OsString)],
+    ids: &[&str],
+) -> Result<Vec<Vec<u8>>, String> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let input: String = ids.iter().map(|id| format!("{id}\n")).collect();
+    let mut c = git(&repo.dir, env);
+    c.args(["cat-file", "--batch"]);
+    let out = run_ok(c, Some(input.as_bytes()), "reading the pushed commits").await?;
+    let mut rest = &out[..];
+    let mut bodies = Vec::with_capacity(ids.len());
+    for id in ids {
+        // `<id> commit <size>\n<content>\n`
+        let nl = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("git cat-file answered too little")?;
+        let header = String::from_utf8_lossy(&rest[..nl]).into_owned();
+        let size = match header.split(' ').collect::<Vec<_>>().as_slice() {
+            [got, "commit", size] if got == id => size
+                .parse::<usize>()
+                .map_err(|_| format!("git cat-file answered {header:?}"))?,
+            _ => return Err(format!("git cat-file answered {header:?} for {id}")),
+        };
+        let body = rest
+            .get(nl + 1..nl + 1 + size)
+            .ok_or("git cat-file answered too little")?;
+        bodies.push(body.to_vec());
+        rest = rest.get(nl + 2 + size..).unwrap_or_default();
+    }
+    Ok(bodies)
+}
+
+/// Write the fresh signed commits (the objects are in the repository by now)
+/// and record the mapping; `(agent commit, signed commit)` pairs.
+fn write_signed(
+    repo: &crate::SessionRepo,
+    rewrites: Vec<Rewrite>,
+) -> Result<Vec<(String, String)>, String> {
+    let objects = repo.dir.join("objects");
+    let mut fresh = Vec::new();
+    for r in &rewrites {
+        if let Some(body) = &r.object {
+            let id = object::write_loose(&objects, "commit", body)?;
+            if id != r.signed {
+                return Err(format!("signed commit {} was written as {id}", r.signed));
+            }
+            fresh.push((r.original.clone(), id));
         }
-        map.insert(sha.clone(), id.clone());
-        pairs.push((sha.clone(), id.clone()));
-        fresh.push((sha.clone(), id));
     }
     repo::append_signed_map(&repo.dir, &fresh)?;
-    Ok(pairs)
+    Ok(rewrites
+        .into_iter()
+        .map(|r| (r.original, r.signed))
+        .collect())
 }

@@ -454,12 +454,68 @@ async fn push_to_a_bot_branch_lands_upstream_signed_and_chains() {
     assert!(f.verify_upstream(&s2).await.status.success());
     assert_eq!(f.gateway_ref(&branch).await.as_deref(), Some(c2.as_str()));
 
+    // Two commits in one push: each signed, the second onto the first's rewrite.
+    let c3 = f.commit(&work, "a.txt", "a\n", "add a").await;
+    let c4 = f.commit(&work, "b.txt", "b\n", "add b").await;
+    let o = f
+        .git(&work, &["push", "origin", &format!("HEAD:{branch}")])
+        .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s4 = f.upstream_ref(&branch).await.unwrap();
+    let s3 = f.ok(&f.upstream, &["rev-parse", &format!("{s4}^")]).await;
+    assert_eq!(
+        f.ok(&f.upstream, &["rev-parse", &format!("{s3}^")]).await,
+        s2
+    );
+    for s in [&s3, &s4] {
+        assert!(f.verify_upstream(s).await.status.success());
+    }
+    assert_eq!(
+        f.ok(&f.upstream, &["log", "-2", "--format=%s", &s4]).await,
+        "add b\nadd a"
+    );
+    // The signed objects brig wrote itself pass git's strictest check.
+    f.ok(&f.gateway, &["fsck", "--strict", "--no-dangling"])
+        .await;
+    let third = f.pushes().pop().unwrap();
+    assert_eq!(
+        third
+            .signed
+            .iter()
+            .map(|x| (x.original.clone(), x.signed.clone()))
+            .collect::<Vec<_>>(),
+        vec![(c3.clone(), s3.clone()), (c4.clone(), s4.clone())]
+    );
+    // Where the push's time went, stage by stage.
+    let stages: Vec<&str> = third.stages.iter().map(|x| x.stage.as_str()).collect();
+    assert_eq!(
+        stages,
+        [
+            "request",
+            "refs",
+            "pack",
+            "checks",
+            "scan",
+            "policy",
+            "sign",
+            "upstream",
+            "update_refs"
+        ]
+    );
+    let total: f64 = third.stages.iter().map(|x| x.ms).sum();
+    assert!(
+        third.stages.iter().all(|x| x.ms >= 0.0) && total <= third.duration_ms as f64 + 1.0,
+        "{:?} against {} ms",
+        third.stages,
+        third.duration_ms
+    );
+
     // brig's own refs are never advertised, in protocol v0 or v2; v0 fetches work.
     for v in ["0", "2"] {
         let pv = format!("protocol.version={v}");
         let refs = f.ok(&work, &["-c", &pv, "ls-remote", "origin"]).await;
         assert!(
-            refs.contains(&format!("{c2}\trefs/heads/{branch}")),
+            refs.contains(&format!("{c4}\trefs/heads/{branch}")),
             "{refs}"
         );
         assert!(!refs.contains("refs/brig"), "{refs}");
@@ -481,7 +537,7 @@ async fn push_to_a_bot_branch_lands_upstream_signed_and_chains() {
 
     // Events: two accepted pushes with their signed commits; fetches recorded.
     let pushes = f.pushes();
-    assert_eq!(pushes.len(), 2);
+    assert_eq!(pushes.len(), 3);
     assert_eq!(pushes[0].outcome, Outcome::Ok);
     assert_eq!(pushes[0].signed.len(), 1);
     assert_eq!(pushes[0].signed[0].original, c1);

@@ -1,5 +1,6 @@
-//! Scanning every commit of a git range through three git processes in all
-//! (rev-list, diff-tree --stdin, cat-file --batch), whatever the number of commits.
+//! Scanning every commit of a git range through four git processes in all
+//! (rev-list, diff-tree --stdin, cat-file --batch-check, cat-file --batch),
+//! whatever the number of commits; three when the caller lists the commits.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -174,6 +175,7 @@ fn diff_trees(
         let mut per: Vec<(usize, Change)> = Vec::new();
         let mut fields = buf.split(|&b| b == 0).filter(|f| !f.is_empty());
         let mut current: Option<usize> = None;
+        let mut listed = vec![false; commits.len()];
         while let Some(f) = fields.next() {
             let f = String::from_utf8_lossy(f);
             let f = f.trim_start_matches('\n');
@@ -216,13 +218,23 @@ fn diff_trees(
                     },
                 ));
             } else {
-                current = Some(*index.get(f.trim()).ok_or_else(|| {
+                let ci = *index.get(f.trim()).ok_or_else(|| {
                     ScanError::Git(format!(
                         "git diff-tree named an unexpected commit `{}`",
                         f.trim()
                     ))
-                })?);
+                })?;
+                listed[ci] = true;
+                current = Some(ci);
             }
+        }
+        // diff-tree --stdin skips an id it cannot read and still exits 0: a
+        // commit it did not list was not scanned, so the scan fails.
+        if let Some(c) = commits.iter().find(|c| !listed[index[&c.sha]]) {
+            return Err(ScanError::Git(format!(
+                "git diff-tree did not list commit {} (is it in the repository?)",
+                c.sha
+            )));
         }
         Ok(per)
     })?;
@@ -288,7 +300,35 @@ pub(crate) fn scan_git(
             "no revisions to scan: give a range such as A..B".into(),
         ));
     }
-    let mut commits = rev_list(repo, env, revs)?;
+    let commits = rev_list(repo, env, revs)?;
+    scan_commits(sc, repo, env, commits)
+}
+
+/// [`scan_git`] for commits the caller has listed (oldest first, each with its
+/// first parent): a push's gateway has them already, so no rev-list runs.
+pub(crate) fn scan_git_commits(
+    sc: &Scanner,
+    repo: &Path,
+    env: &[(OsString, OsString)],
+    commits: &[(String, Option<String>)],
+) -> Result<Report, ScanError> {
+    let commits = commits
+        .iter()
+        .map(|(sha, first_parent)| Commit {
+            sha: sha.clone(),
+            first_parent: first_parent.clone(),
+            changes: Vec::new(),
+        })
+        .collect();
+    scan_commits(sc, repo, env, commits)
+}
+
+fn scan_commits(
+    sc: &Scanner,
+    repo: &Path,
+    env: &[(OsString, OsString)],
+    mut commits: Vec<Commit>,
+) -> Result<Report, ScanError> {
     let mut report = Report {
         commits_scanned: commits.len() as u64,
         ..Report::default()

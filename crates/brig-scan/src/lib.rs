@@ -285,6 +285,18 @@ impl Scanner {
         git::scan_git(self, repo, env, revs)
     }
 
+    /// [`Scanner::scan_git`] over exactly `commits` (oldest first, each with
+    /// its first parent, which it is diffed against; `None` for a root), for
+    /// a caller that has listed them already (the git gateway's push).
+    pub fn scan_git_commits(
+        &self,
+        repo: &Path,
+        env: &[(std::ffi::OsString, std::ffi::OsString)],
+        commits: &[(String, Option<String>)],
+    ) -> Result<Report, ScanError> {
+        git::scan_git_commits(self, repo, env, commits)
+    }
+
     /// [`Scanner::scan_git`] over one range such as `A..B`.
     pub fn scan_git_range(&self, repo: &Path, range: &str) -> Result<Report, ScanError> {
         self.scan_git(repo, &[], &[range.to_string()])

@@ -309,3 +309,45 @@ fn no_walk_scans_exactly_the_named_commits() {
         ("b.txt", Some(b.as_str()))
     );
 }
+
+#[test]
+fn listed_commits_are_scanned_against_the_parent_given() {
+    // How the gateway calls it now: the push's commits with their first parents.
+    let d = repo();
+    let base = commit(
+        d.path(),
+        &[("old.txt", format!("t={GH}\n").as_bytes())],
+        "old leak, already upstream",
+    );
+    let a = commit(
+        d.path(),
+        &[("old.txt", format!("t={GH}\nmore\n").as_bytes())],
+        "a",
+    );
+    let b = commit(d.path(), &[("b.txt", format!("u={GH}\n").as_bytes())], "b");
+    let listed = vec![
+        (a.clone(), Some(base.clone())),
+        (b.clone(), Some(a.clone())),
+    ];
+    let r = Scanner::builtin()
+        .scan_git_commits(d.path(), &[], &listed)
+        .unwrap();
+    assert_eq!(r.commits_scanned, 2);
+    // a only adds `more` to old.txt: diffed against base, its old leak is not new.
+    assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
+    assert_eq!(
+        (r.findings[0].path.as_str(), r.findings[0].commit.as_deref()),
+        ("b.txt", Some(b.as_str()))
+    );
+    // A root commit: its whole tree counts as added.
+    let r = Scanner::builtin()
+        .scan_git_commits(d.path(), &[], &[(base.clone(), None)])
+        .unwrap();
+    assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
+    assert_eq!(r.findings[0].path, "old.txt");
+    // A commit that does not exist is an error, never an empty report.
+    let missing = "1234567890123456789012345678901234567890".to_string();
+    assert!(Scanner::builtin()
+        .scan_git_commits(d.path(), &[], &[(missing, None)])
+        .is_err());
+}

@@ -16,7 +16,7 @@ use brig_core::session::SessionInfo;
 use brig_core::Error;
 use brig_forge::Forge;
 use brig_git::{
-    GatewayServices, GitEvent, GitSession, PushScanner, SshSigner, Upstream, Violation,
+    GatewayServices, GitEvent, GitSession, NewCommit, PushScanner, SshSigner, Upstream, Violation,
 };
 use brig_proxy::local::{BoxFuture, LocalService, LocalStream};
 use hyper_util::rt::TokioIo;
@@ -50,18 +50,39 @@ impl PushScanner for Scan {
             .0
             .scan_git(repo, env, &walk)
             .map_err(|e| e.to_string())?;
-        Ok(report
-            .findings
-            .into_iter()
-            .map(|f| Violation {
-                commit: f.commit.unwrap_or_default(),
-                path: f.path,
-                line: (f.line > 0).then_some(f.line),
-                rule: f.rule,
-                description: f.description,
-            })
-            .collect())
+        Ok(violations(report))
     }
+
+    fn scan_listed(
+        &self,
+        repo: &Path,
+        env: &[(OsString, OsString)],
+        commits: &[NewCommit],
+    ) -> Result<Vec<Violation>, String> {
+        let listed: Vec<(String, Option<String>)> = commits
+            .iter()
+            .map(|c| (c.id.clone(), c.parents.first().cloned()))
+            .collect();
+        let report = self
+            .0
+            .scan_git_commits(repo, env, &listed)
+            .map_err(|e| e.to_string())?;
+        Ok(violations(report))
+    }
+}
+
+fn violations(report: brig_scan::Report) -> Vec<Violation> {
+    report
+        .findings
+        .into_iter()
+        .map(|f| Violation {
+            commit: f.commit.unwrap_or_default(),
+            path: f.path,
+            line: (f.line > 0).then_some(f.line),
+            rule: f.rule,
+            description: f.description,
+        })
+        .collect()
 }
 
 /// A forge as the gateway's upstream.
