@@ -22,7 +22,7 @@ use crate::events::{GitEvent, Outcome, PushEvent, RefVerdict, SignedCommit};
 use crate::gateway::plain;
 use crate::gitcmd::{first_line, git, run, run_ok};
 use crate::pkt::{self, Pkt, PktError};
-use crate::repo::{self, signed_ref};
+use crate::repo::{self, is_sha, signed_ref};
 use crate::rules::{check_command, PushRule, ZERO};
 use crate::{commit, object, GitSession, NewCommit, Violation};
 
@@ -156,10 +156,6 @@ struct Request {
     caps: HashSet<String>,
     commands: Vec<Command>,
     push_options: Vec<String>,
-}
-
-fn is_sha(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Parse the update requests (`shallow` lines, commands, push options) at the start

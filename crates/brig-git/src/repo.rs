@@ -14,8 +14,6 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::gitcmd::{git, run_ok};
-
 /// Refs under this prefix are brig's own, never advertised to the agent.
 pub const HIDDEN_REFS: &str = "refs/brig/";
 
@@ -23,20 +21,97 @@ pub fn signed_ref(branch: &str) -> String {
     format!("refs/brig/signed/{branch}")
 }
 
-/// The gateway's branches: full ref name to commit id.
+/// The gateway's branches: full ref name to commit id, sorted by name.
+///
+/// Read from the files backend directly (`packed-refs`, then the loose refs
+/// under `refs/heads`, which win), as `git for-each-ref` would list them: a
+/// push reads them twice (its advertisement, then its checks), and one git
+/// process each was a visible part of its time. Anything this reader does
+/// not know (a reftable repository, a symbolic or malformed ref) is an error,
+/// never a shorter list.
 pub async fn branches(dir: &Path) -> Result<Vec<(String, String)>, String> {
-    let mut c = git(dir, &[]);
-    c.args([
-        "for-each-ref",
-        "--format=%(objectname) %(refname)",
-        "refs/heads/",
-    ]);
-    let out = run_ok(c, None, "listing the gateway's branches").await?;
-    Ok(String::from_utf8_lossy(&out)
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(sha, r)| (r.to_string(), sha.to_string()))
-        .collect())
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || read_branches(&dir))
+        .await
+        .map_err(|e| format!("listing the gateway's branches: {e}"))?
+}
+
+fn read_branches(dir: &Path) -> Result<Vec<(String, String)>, String> {
+    let err = |what: String| format!("listing the gateway's branches: {what}");
+    if dir.join("reftable").exists() {
+        return Err(err(
+            "the repository uses reftable, which brig does not read".into(),
+        ));
+    }
+    let mut refs = std::collections::BTreeMap::new();
+    match std::fs::read_to_string(dir.join("packed-refs")) {
+        Ok(text) => {
+            for line in text.lines() {
+                // `# pack-refs with: ...` and `^<peeled>` lines of annotated tags.
+                if line.starts_with('#') || line.starts_with('^') || line.is_empty() {
+                    continue;
+                }
+                let (sha, name) = line
+                    .split_once(' ')
+                    .filter(|(sha, _)| is_sha(sha))
+                    .ok_or_else(|| err(format!("malformed packed-refs line {line:?}")))?;
+                if name.starts_with("refs/heads/") {
+                    refs.insert(name.to_string(), sha.to_string());
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(format!("cannot read packed-refs: {e}"))),
+    }
+    fn walk(
+        dir: &Path,
+        name: &str,
+        refs: &mut std::collections::BTreeMap<String, String>,
+    ) -> Result<(), String> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("cannot read {}: {e}", dir.display())),
+        };
+        for e in entries {
+            let e = e.map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+            let file = e.file_name();
+            let Some(file) = file.to_str() else {
+                return Err(format!("a ref name in {} is not UTF-8", dir.display()));
+            };
+            // A ref being written (`<name>.lock`) is not a ref yet.
+            if file.ends_with(".lock") {
+                continue;
+            }
+            let full = format!("{name}/{file}");
+            let kind = e
+                .file_type()
+                .map_err(|e| format!("cannot read {full}: {e}"))?;
+            if kind.is_dir() {
+                walk(&e.path(), &full, refs)?;
+                continue;
+            }
+            let text = std::fs::read_to_string(e.path())
+                .map_err(|e| format!("cannot read {full}: {e}"))?;
+            let sha = text.trim_end_matches('\n');
+            if !is_sha(sha) {
+                return Err(format!("{full} is not a plain ref ({:?})", trunc(sha)));
+            }
+            refs.insert(full, sha.to_string());
+        }
+        Ok(())
+    }
+    walk(&dir.join("refs").join("heads"), "refs/heads", &mut refs).map_err(err)?;
+    Ok(refs.into_iter().collect())
+}
+
+/// A full lower-case SHA-1 object id.
+pub(crate) fn is_sha(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn trunc(s: &str) -> String {
+    s.chars().take(60).collect()
 }
 
 fn map_path(dir: &Path) -> PathBuf {
@@ -82,4 +157,108 @@ pub fn append_signed_map(dir: &Path, pairs: &[(String, String)]) -> Result<(), S
         f.sync_data()
     };
     write().map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .env("GIT_DIR", dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn for_each_ref(dir: &Path) -> Vec<(String, String)> {
+        git(
+            dir,
+            &[
+                "for-each-ref",
+                "--format=%(refname) %(objectname)",
+                "refs/heads/",
+            ],
+        )
+        .lines()
+        .map(|l| {
+            let (r, s) = l.split_once(' ').unwrap();
+            (r.to_string(), s.to_string())
+        })
+        .collect()
+    }
+
+    #[tokio::test]
+    async fn branches_are_what_git_for_each_ref_lists() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("g.git");
+        git(d.path(), &["init", "-q", "--bare", dir.to_str().unwrap()]);
+        assert!(branches(&dir).await.unwrap().is_empty());
+        let tree = git(&dir, &["mktree"]);
+        let tree = tree.trim();
+        let a = git(&dir, &["commit-tree", tree, "-m", "a"])
+            .trim()
+            .to_string();
+        let b = git(&dir, &["commit-tree", tree, "-p", &a, "-m", "b"])
+            .trim()
+            .to_string();
+        for (r, s) in [
+            ("refs/heads/main", &a),
+            ("refs/heads/brig/s-1/fix", &a),
+            ("refs/heads/brig/s-1/deep/er", &b),
+            ("refs/tags/v1", &a),
+            ("refs/brig/signed/x", &b),
+        ] {
+            git(&dir, &["update-ref", r, s]);
+        }
+        assert_eq!(branches(&dir).await.unwrap(), for_each_ref(&dir));
+        // Packed, then one of them moved again as a loose ref: the loose one wins.
+        git(&dir, &["pack-refs", "--all"]);
+        git(&dir, &["update-ref", "refs/heads/main", &b]);
+        git(&dir, &["update-ref", "refs/heads/new", &b]);
+        let got = branches(&dir).await.unwrap();
+        assert_eq!(got, for_each_ref(&dir));
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(got.contains(&("refs/heads/main".into(), b.clone())));
+        // A deleted packed branch is gone.
+        git(&dir, &["update-ref", "-d", "refs/heads/brig/s-1/fix"]);
+        assert_eq!(branches(&dir).await.unwrap(), for_each_ref(&dir));
+        // A lock file in the way is not a branch.
+        std::fs::write(dir.join("refs/heads/main.lock"), format!("{a}\n")).unwrap();
+        assert_eq!(branches(&dir).await.unwrap(), for_each_ref(&dir));
+    }
+
+    #[tokio::test]
+    async fn what_the_reader_does_not_know_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("g.git");
+        git(d.path(), &["init", "-q", "--bare", dir.to_str().unwrap()]);
+        git(
+            &dir,
+            &["symbolic-ref", "refs/heads/alias", "refs/heads/main"],
+        );
+        let e = branches(&dir).await.unwrap_err();
+        assert!(e.contains("refs/heads/alias is not a plain ref"), "{e}");
+        std::fs::remove_file(dir.join("refs/heads/alias")).unwrap();
+        std::fs::write(dir.join("packed-refs"), "garbage\n").unwrap();
+        let e = branches(&dir).await.unwrap_err();
+        assert!(e.contains("malformed packed-refs line"), "{e}");
+        std::fs::remove_file(dir.join("packed-refs")).unwrap();
+        std::fs::create_dir(dir.join("reftable")).unwrap();
+        let e = branches(&dir).await.unwrap_err();
+        assert!(e.contains("reftable"), "{e}");
+    }
 }
