@@ -126,7 +126,7 @@ const CLAUDE_CODE: Preset = Preset {
     tested_version: "2.1.197",
     install: "build the image its recipe pins with `brig image build --agent claude-code`",
     recipe: crate::recipes::CLAUDE_CODE,
-    recipe_digest: "sha256:39196fe8ab35cf0e04d23352df2350a61efca28c16b615280b0af4acbf3be2ba",
+    recipe_digest: "sha256:da5f2c0cac86036a4c0976127a8b1d0407a2db0f60ce8744a9c9f446edd084eb",
     env: &[
         ("HOME", AGENT_HOME),
         ("CLAUDE_CONFIG_DIR", "/tmp/agent-home/.claude"),
@@ -182,7 +182,7 @@ const CODEX: Preset = Preset {
     tested_version: "0.171.0",
     install: "build the image its recipe pins with `brig image build --agent codex`",
     recipe: crate::recipes::CODEX,
-    recipe_digest: "sha256:dd91938da8653b6f88fc50d644dd661e42049ccf26570b16fbf3d6b368130c56",
+    recipe_digest: "sha256:b0a3259b58d910d56a23a39b7f1665d2633c25efd5fbe7bec214ed083152e7ba",
     env: &[
         ("HOME", AGENT_HOME),
         ("CODEX_HOME", "/tmp/agent-home/.codex"),
@@ -253,7 +253,7 @@ const AIDER: Preset = Preset {
     tested_version: "0.86.2",
     install: "build the image its recipe pins with `brig image build --agent aider`",
     recipe: crate::recipes::AIDER,
-    recipe_digest: "sha256:968d4994eedbc7042ed4779c2f19d6f120b9c3861c7980e027d67f772738c671",
+    recipe_digest: "sha256:a957c6136ae3e6d1241b10b126ea0505f5fa9cfa3d1c615c5a1c817e72259ad4",
     env: &[
         ("HOME", AGENT_HOME),
         ("XDG_CONFIG_HOME", "/tmp/agent-home/.config"),

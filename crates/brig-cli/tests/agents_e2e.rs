@@ -718,6 +718,36 @@ async fn aider_pushes_only_its_commits_and_a_refused_push_fails_the_run() {
     srv.stop().await;
 }
 
+/// The Debian-based agent images have the C.UTF-8 locale (libc-bin's
+/// /usr/lib/locale/C.utf8): the session's LANG=C.UTF-8, which an agent's
+/// commands inherit, and an explicit LC_ALL=C.UTF-8 take effect without a
+/// "cannot set/change locale" warning, so coreutils count characters, not
+/// bytes, and Python's setlocale accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_images_run_in_a_utf8_locale() {
+    require_root!();
+    let images = AgentImages::get(&["aider"]).await;
+    let srv = Srv::start_with(|cfg| images.link(cfg)).await;
+    let s = srv
+        .create(json!({"task": "LOCALE-1", "image": pinned_image("aider")}))
+        .await;
+    let id = s["id"].as_str().unwrap();
+    let r = srv
+        .exec(id, &["/bin/sh", "-c", "echo \"$LANG\"; locale charmap; LC_ALL=C.UTF-8 locale charmap; printf '\\303\\251' | LC_ALL=C.UTF-8 wc -m; python3 -c \"import locale; print(locale.setlocale(locale.LC_ALL, 'C.UTF-8'), locale.nl_langinfo(locale.CODESET))\""])
+        .await;
+    assert_eq!(r["status"]["code"], 0, "{r}");
+    assert_eq!(
+        r["stdout"], "C.UTF-8\nUTF-8\nUTF-8\n1\nC.UTF-8 UTF-8\n",
+        "{r}"
+    );
+    assert_eq!(r["stderr"], "", "{r}");
+    let (st, _) = srv
+        .call("DELETE", &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert!(st < 300);
+    srv.stop().await;
+}
+
 /// `brig ARGS` without --json: (exit code, stdout, stderr).
 fn brig_text(srv: &Srv, args: &[&str]) -> (i32, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_brig"))
