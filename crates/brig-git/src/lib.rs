@@ -18,6 +18,8 @@ mod receive;
 pub mod repo;
 pub mod rules;
 pub mod sshsig;
+#[cfg(test)]
+mod testgit;
 pub mod upstream;
 
 use std::ffi::OsString;

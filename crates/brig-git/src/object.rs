@@ -61,22 +61,10 @@ pub fn write_loose(objects: &Path, kind: &str, data: &[u8]) -> Result<String, St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
+    use crate::testgit;
 
     fn git(dir: &Path, args: &[&str], input: Option<&[u8]>) -> (bool, Vec<u8>) {
-        let mut c = Command::new("git");
-        c.env("GIT_DIR", dir)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = c.spawn().expect("git runs");
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(input.unwrap_or(b"")).unwrap();
-        drop(stdin);
-        let out = child.wait_with_output().unwrap();
+        let out = testgit::git(dir, args, input.unwrap_or(b""));
         (out.status.success(), out.stdout)
     }
 

@@ -87,6 +87,10 @@ fn read_branches(dir: &Path) -> Result<Vec<(String, String)>, String> {
             let kind = e
                 .file_type()
                 .map_err(|e| format!("cannot read {full}: {e}"))?;
+            // git itself writes no symlinked refs; one here was not made by brig.
+            if kind.is_symlink() {
+                return Err(format!("{full} is a symbolic link, not a plain ref"));
+            }
             if kind.is_dir() {
                 walk(&e.path(), &full, refs)?;
                 continue;
@@ -162,26 +166,13 @@ pub fn append_signed_map(dir: &Path, pairs: &[(String, String)]) -> Result<(), S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
+    use crate::testgit::git_ok as git;
 
-    fn git(dir: &Path, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .env("GIT_DIR", dir)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@t")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@t")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+    fn empty_commit(dir: &Path) -> String {
+        let tree = git(dir, &["mktree"]);
+        git(dir, &["commit-tree", tree.trim(), "-m", "x"])
+            .trim()
+            .to_string()
     }
 
     fn for_each_ref(dir: &Path) -> Vec<(String, String)> {
@@ -253,6 +244,15 @@ mod tests {
         let e = branches(&dir).await.unwrap_err();
         assert!(e.contains("refs/heads/alias is not a plain ref"), "{e}");
         std::fs::remove_file(dir.join("refs/heads/alias")).unwrap();
+        git(
+            &dir,
+            &["update-ref", "refs/heads/main", &empty_commit(&dir)],
+        );
+        std::os::unix::fs::symlink(dir.join("refs/heads/main"), dir.join("refs/heads/link"))
+            .unwrap();
+        let e = branches(&dir).await.unwrap_err();
+        assert!(e.contains("refs/heads/link is a symbolic link"), "{e}");
+        std::fs::remove_file(dir.join("refs/heads/link")).unwrap();
         std::fs::write(dir.join("packed-refs"), "garbage\n").unwrap();
         let e = branches(&dir).await.unwrap_err();
         assert!(e.contains("malformed packed-refs line"), "{e}");
