@@ -67,10 +67,49 @@ pub struct Preset {
     /// session to its bot branch `<bot prefix><name>`, through the git
     /// gateway like any push the agent would make (policy, scan, journal).
     pub push_after: bool,
+    /// The native program an npm launcher only locates and starts: run
+    /// it directly (the same program, without a Node.js start first).
+    pub native: Option<NativeBinary>,
     argv: fn(&str, &str, Option<&str>) -> Vec<String>,
     /// The task text is the last argument (extra arguments go before it).
     task_last: bool,
     model_env: &'static [&'static str],
+}
+
+/// Where an npm package's launcher finds its platform binary, and what
+/// the launcher would set for it. Paths are relative to the `node_modules`
+/// directory whose `.bin/` holds the launcher; `{arch}` is `uname -m`
+/// (`x86_64` or `aarch64`), `{npm_arch}` Node's name for it (`x64`, `arm64`).
+#[derive(Debug)]
+pub struct NativeBinary {
+    pub path: &'static str,
+    /// The launcher's package, under `node_modules`.
+    pub package: &'static str,
+    /// Set to the package's directory, as the launcher does.
+    pub package_root_env: &'static str,
+    /// Set as the launcher sets them.
+    pub env: &'static [(&'static str, &'static str)],
+}
+
+impl NativeBinary {
+    /// A shell fragment that, with `$b` the launcher on PATH, moves `$b` to
+    /// the native binary and sets `$r` to the package's directory when both
+    /// are there; otherwise leaves `$b` alone and `$r` empty.
+    fn script(&self, launcher: &str) -> String {
+        let path = |arch: &str, npm: &str| {
+            shell_quote(&self.path.replace("{arch}", arch).replace("{npm_arch}", npm))
+        };
+        format!(
+            "r=; m=${{b%/.bin/{launcher}}}; case $(uname -m 2>/dev/null) in \
+             x86_64) n=$m/{x64};; aarch64) n=$m/{arm64};; *) n=;; esac; \
+             if [ \"$m\" != \"$b\" ] && [ -n \"$n\" ] && [ -x \"$n\" ] && [ -d \"$m\"/{pkg} ]; \
+             then b=$n; r=$m/{pkg}; fi",
+            launcher = launcher,
+            x64 = path("x86_64", "x64"),
+            arm64 = path("aarch64", "arm64"),
+            pkg = shell_quote(self.package),
+        )
+    }
 }
 
 impl Preset {
@@ -150,6 +189,8 @@ const CLAUDE_CODE: Preset = Preset {
     )],
     exclude: &[],
     push_after: false,
+    // bin/claude.exe is the native binary itself (its postinstall puts it there).
+    native: None,
     argv: |bin, task, model| {
         let mut v = s(&[
             bin,
@@ -228,6 +269,15 @@ in_app_updates = false
     )],
     exclude: &[],
     push_after: false,
+    // `codex` on PATH is a Node.js script that finds this binary and runs
+    // it with two variables set; run it directly, as Codex's standalone
+    // install does, without starting Node.js first.
+    native: Some(NativeBinary {
+        path: "@openai/codex-linux-{npm_arch}/vendor/{arch}-unknown-linux-musl/bin/codex",
+        package: "@openai/codex",
+        package_root_env: "CODEX_MANAGED_PACKAGE_ROOT",
+        env: &[("CODEX_MANAGED_BY_NPM", "1")],
+    }),
     argv: |bin, task, model| {
         let mut v = s(&[
             bin,
@@ -276,6 +326,7 @@ const AIDER: Preset = Preset {
     // Under --yes-always it runs no shell command the model suggests (that
     // needs an explicit yes), so it never runs `git push`.
     push_after: true,
+    native: None,
     argv: |bin, task, model| {
         let m = format!("openai/{}", model.unwrap_or("gpt-4o-mini"));
         s(&[
@@ -343,28 +394,43 @@ fn shell_quote(a: &str) -> String {
     format!("'{}'", a.replace('\'', r"'\''"))
 }
 
-/// The agent's executable in the image and its version line, or a clear
-/// error naming how to install it.
+/// The agent's executable in the image, its version line, and the
+/// variables its npm launcher would have set when that is the native
+/// binary the launcher runs; or a clear error naming how to install it.
 async fn find_agent(
     c: &Client,
     id: &str,
     p: &Preset,
     env: Vec<(String, String)>,
     image: &str,
-) -> Result<(String, String)> {
+) -> Result<(String, String, Vec<(String, String)>)> {
+    let native = p
+        .native
+        .as_ref()
+        .map(|n| n.script(p.binary))
+        .unwrap_or_else(|| "r=".into());
     let script = format!(
-        "b=$(command -v {bin}) || exit 127; echo \"$b\"; \"$b\" --version 2>/dev/null | head -n 1",
+        "b=$(command -v {bin}) || exit 127; {native}; echo \"$b\"; echo \"$r\"; \"$b\" --version 2>/dev/null | head -n 1",
         bin = shell_quote(p.binary)
     );
     let mut req = sh_req(&script, None);
     req.env = env;
     let (r, _) = exec(c, id, &req).await?;
     let mut lines = r.stdout.lines();
-    match (r.status.code, lines.next()) {
-        (Some(0), Some(bin)) if !bin.trim().is_empty() => Ok((
-            bin.trim().to_string(),
-            lines.next().unwrap_or("").trim().to_string(),
-        )),
+    match (r.status.code, lines.next(), lines.next(), &p.native) {
+        (Some(0), Some(bin), Some(root), native) if !bin.trim().is_empty() => {
+            let root = root.trim();
+            let mut launcher_env = vec![];
+            if let (Some(n), false) = (native, root.is_empty()) {
+                launcher_env.push((n.package_root_env.to_string(), root.to_string()));
+                launcher_env.extend(n.env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            }
+            Ok((
+                bin.trim().to_string(),
+                lines.next().unwrap_or("").trim().to_string(),
+                launcher_env,
+            ))
+        }
         _ => Err(Error::invalid(format!(
             "the agent {} ({}) is not in the image {image}",
             p.name, p.binary
@@ -807,7 +873,7 @@ async fn run_in(
     let mut env = p.env(model);
     env.extend(opts.env.iter().cloned());
     let image = raw_info["image"].as_str().unwrap_or("?");
-    let (bin, version) = find_agent(c, id, p, env.clone(), image).await?;
+    let (bin, version, launcher_env) = find_agent(c, id, p, env.clone(), image).await?;
     if pinned_image && !bin.starts_with(&p.prefix()) {
         return Err(Error::conflict(format!(
             "{} resolves to {bin}, not to the one its recipe installed under {}",
@@ -828,6 +894,8 @@ async fn run_in(
             }
         ));
     }
+    // The launcher's variables first: the user's --env still wins.
+    let env: Vec<(String, String)> = launcher_env.into_iter().chain(env).collect();
     let req = ExecRequest {
         argv: p.argv(&bin, task_text, model, extra),
         env,
@@ -1047,6 +1115,72 @@ mod tests {
         assert_eq!(pushers, ["aider"]);
         let e = preset("cursor").unwrap_err();
         assert!(e.hint.unwrap().contains("claude-code, codex, aider"));
+    }
+
+    /// `(b, r)` after the native-binary fragment, run by a real `sh`.
+    fn resolve(n: &NativeBinary, launcher: &std::path::Path) -> (String, String) {
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "b=\"$1\"; {}; echo \"$b\"; echo \"$r\"",
+                n.script("codex")
+            ))
+            .arg("sh")
+            .arg(launcher)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        let out = String::from_utf8(o.stdout).unwrap();
+        let mut l = out.lines();
+        (l.next().unwrap().into(), l.next().unwrap_or("").into())
+    }
+
+    #[test]
+    fn codex_runs_the_native_binary_its_launcher_would_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let n = preset("codex").unwrap().native.as_ref().unwrap();
+        let (arch, npm) = match std::env::consts::ARCH {
+            "x86_64" => ("x86_64", "x64"),
+            "aarch64" => ("aarch64", "arm64"),
+            other => panic!("no test for {other}"),
+        };
+        let d = tempfile::tempdir().unwrap();
+        // A directory with a space: the fragment quotes what it must.
+        let nm = d.path().join("opt x/node_modules");
+        std::fs::create_dir_all(nm.join(".bin")).unwrap();
+        let launcher = nm.join(".bin/codex");
+        std::fs::write(&launcher, "#!/usr/bin/env node\n").unwrap();
+        // No native binary yet: the launcher stays.
+        assert_eq!(
+            resolve(n, &launcher),
+            (launcher.display().to_string(), String::new())
+        );
+        let native = nm.join(format!(
+            "@openai/codex-linux-{npm}/vendor/{arch}-unknown-linux-musl/bin/codex"
+        ));
+        std::fs::create_dir_all(native.parent().unwrap()).unwrap();
+        std::fs::write(&native, "").unwrap();
+        std::fs::set_permissions(&native, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Without the launcher's own package it is not the layout npm made.
+        assert_eq!(resolve(n, &launcher).1, "");
+        std::fs::create_dir_all(nm.join("@openai/codex")).unwrap();
+        assert_eq!(
+            resolve(n, &launcher),
+            (
+                native.display().to_string(),
+                nm.join("@openai/codex").display().to_string()
+            )
+        );
+        // Not executable: not run.
+        std::fs::set_permissions(&native, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(resolve(n, &launcher).0, launcher.display().to_string());
+        // A `codex` that is not an npm launcher is run as it is.
+        let plain = d.path().join("codex");
+        std::fs::write(&plain, "").unwrap();
+        assert_eq!(
+            resolve(n, &plain),
+            (plain.display().to_string(), String::new())
+        );
     }
 
     #[test]
