@@ -584,7 +584,7 @@ async fn push(
     // read-only, so at once, and judged in that order.
     let (scanned, paths, rewrites) = tokio::join!(
         scan(session, &env, &commits),
-        touched_paths(repo, &env, &ids),
+        touched_paths(repo, &env, &commits),
         rewrite_commits(session, &env, &commits)
     );
     match scanned {
@@ -790,39 +790,83 @@ async fn scan(
         .unwrap_or_else(|e| Err(format!("the scanner crashed: {e}")))
 }
 
-/// Every path the new commits add, modify or delete, sorted.
+/// Every path the new commits add, change or delete, each commit against
+/// its first parent (a merge's whole change against the branch it lands
+/// on, so nothing a merge brings in or changes itself is missed). Paths
+/// are git's raw bytes (`-z`: never C-quoted), so policy sees what lands.
+/// A commit git does not list is an error, never fewer paths.
 async fn touched_paths(
     repo: &crate::SessionRepo,
     env: &[(OsString, OsString)],
-    ids: &[String],
+    commits: &[NewCommit],
 ) -> Result<Vec<String>, String> {
-    if ids.is_empty() {
+    if commits.is_empty() {
         return Ok(Vec::new());
+    }
+    let mut input = String::new();
+    for c in commits {
+        input.push_str(&c.id);
+        if let Some(p) = c.parents.first() {
+            input.push(' ');
+            input.push_str(p);
+        }
+        input.push('\n');
     }
     let mut c = git(&repo.dir, env);
     c.args([
         "diff-tree",
         "--stdin",
-        "--no-commit-id",
-        "--name-only",
         "-r",
+        "-z",
+        "--raw",
+        "--no-abbrev",
+        "--no-renames",
         "--root",
+        "--always",
+        "--no-ext-diff",
     ]);
-    let input = ids.join("\n") + "\n";
     let out = run_ok(
         c,
         Some(input.as_bytes()),
         "listing the paths the push touches",
     )
     .await?;
-    let mut p: Vec<String> = String::from_utf8_lossy(&out)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
-    p.sort();
-    p.dedup();
-    Ok(p)
+    parse_touched(&out, commits)
+}
+
+/// `diff-tree --stdin -z --raw --always` output: a commit id field, then
+/// for each change a `:modes ids status` field and its path field.
+fn parse_touched(out: &[u8], commits: &[NewCommit]) -> Result<Vec<String>, String> {
+    let mut unlisted: HashSet<&str> = commits.iter().map(|c| c.id.as_str()).collect();
+    let mut current = false;
+    let mut fields = out.split(|&b| b == 0).filter(|f| !f.is_empty());
+    let mut paths = Vec::new();
+    while let Some(f) = fields.next() {
+        if f.starts_with(b":") {
+            let path = fields
+                .next()
+                .ok_or("git diff-tree output ended inside an entry")?;
+            if !current {
+                return Err("git diff-tree printed a change before a commit id".into());
+            }
+            paths.push(String::from_utf8_lossy(path).into_owned());
+        } else {
+            let id = String::from_utf8_lossy(f);
+            let id = id.trim();
+            if !unlisted.remove(id) {
+                return Err(format!("git diff-tree named an unexpected commit {id:?}"));
+            }
+            current = true;
+        }
+    }
+    if let Some(id) = unlisted.iter().next() {
+        return Err(format!(
+            "git diff-tree did not list commit {id}, so its paths are unknown"
+        ));
+    }
+    paths.sort();
+    paths.dedup();
+    Ok(paths)
 }
 
 fn reject_for_violations(cmds: &mut [Command], reply: &mut Reply, v: &[Violation]) {

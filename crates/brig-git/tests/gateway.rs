@@ -77,6 +77,8 @@ struct Services {
     upstream: LocalUpstream,
     signer: SshSigner,
     events: Mutex<Vec<GitEvent>>,
+    /// The paths each `authorize_push` was asked about.
+    authorized_paths: Mutex<Vec<Vec<String>>>,
 }
 
 impl GatewayServices for Services {
@@ -91,6 +93,15 @@ impl GatewayServices for Services {
     }
     fn record(&self, event: GitEvent) {
         self.events.lock().unwrap().push(event);
+    }
+    fn authorize_push<'a>(
+        &'a self,
+        _branch: &'a str,
+        _bot_branch: bool,
+        paths: &'a [String],
+    ) -> brig_git::BoxFuture<'a, Result<(), String>> {
+        self.authorized_paths.lock().unwrap().push(paths.to_vec());
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -218,6 +229,7 @@ impl Fixture {
             upstream: LocalUpstream::new(&upstream),
             signer: SshSigner::generate(),
             events: Mutex::new(vec![]),
+            authorized_paths: Mutex::new(vec![]),
         });
         let session = GitSession {
             repo: Arc::new(repo),
@@ -710,6 +722,46 @@ async fn secrets_in_any_pushed_commit_reject_the_push() {
     )
     .await;
     f.assert_upstream_untouched().await;
+}
+
+/// Policy sees every path a push changes, exactly as it lands: a name git
+/// would C-quote (non-ASCII, a quote, a newline), a deletion, and what a
+/// merge commit changes itself (an "evil merge", which a plain `diff-tree`
+/// of the merge lists nothing for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_sees_every_path_a_push_touches_unquoted_merges_included() {
+    let f = Fixture::new().await;
+    let work = f.clone().await;
+    let branch = format!("{BOT}/paths");
+    f.commit(&work, "secrets/clé \"x\"\nz.txt", "a\n", "odd name")
+        .await;
+    f.ok(&work, &["rm", "-q", "README"]).await;
+    f.ok(&work, &["commit", "-q", "-m", "drop README"]).await;
+    // A side branch, merged with a change of the merge's own.
+    f.ok(&work, &["checkout", "-q", "-b", "side", "HEAD~2"])
+        .await;
+    f.commit(&work, "side.txt", "s\n", "side").await;
+    f.ok(&work, &["checkout", "-q", "-"]).await;
+    f.ok(&work, &["merge", "-q", "--no-ff", "--no-commit", "side"])
+        .await;
+    std::fs::create_dir_all(work.join(".github/workflows")).unwrap();
+    std::fs::write(work.join(".github/workflows/ci.yml"), "on: push\n").unwrap();
+    f.ok(&work, &["add", "."]).await;
+    f.ok(&work, &["commit", "-q", "-m", "merge side"]).await;
+    f.ok(&work, &["push", "-q", "origin", &format!("HEAD:{branch}")])
+        .await;
+    let seen = f.services.authorized_paths.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![vec![
+            ".github/workflows/ci.yml".to_string(),
+            "README".into(),
+            "secrets/clé \"x\"\nz.txt".into(),
+            "side.txt".into(),
+        ]],
+        "the paths policy was asked about"
+    );
+    assert!(f.upstream_ref(&branch).await.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
