@@ -91,24 +91,36 @@ pub struct NativeBinary {
     pub env: &'static [(&'static str, &'static str)],
 }
 
+/// `uname -m` and Node's name for the same architecture: the platforms an
+/// npm package's native binary is looked up for.
+const NPM_ARCHES: [(&str, &str); 2] = [("x86_64", "x64"), ("aarch64", "arm64")];
+
 impl NativeBinary {
     /// A shell fragment that, with `$b` the launcher on PATH, moves `$b` to
     /// the native binary and sets `$r` to the package's directory when both
     /// are there; otherwise leaves `$b` alone and `$r` empty.
     fn script(&self, launcher: &str) -> String {
-        let path = |arch: &str, npm: &str| {
-            shell_quote(&self.path.replace("{arch}", arch).replace("{npm_arch}", npm))
-        };
+        let arms: String = NPM_ARCHES
+            .iter()
+            .map(|(arch, npm)| {
+                let path = self.path.replace("{arch}", arch).replace("{npm_arch}", npm);
+                format!("{arch}) n=$m/{};; ", shell_quote(&path))
+            })
+            .collect();
         format!(
-            "r=; m=${{b%/.bin/{launcher}}}; case $(uname -m 2>/dev/null) in \
-             x86_64) n=$m/{x64};; aarch64) n=$m/{arm64};; *) n=;; esac; \
+            "r=; m=${{b%/.bin/{launcher}}}; case $(uname -m 2>/dev/null) in {arms}*) n=;; esac; \
              if [ \"$m\" != \"$b\" ] && [ -n \"$n\" ] && [ -x \"$n\" ] && [ -d \"$m\"/{pkg} ]; \
              then b=$n; r=$m/{pkg}; fi",
-            launcher = launcher,
-            x64 = path("x86_64", "x64"),
-            arm64 = path("aarch64", "arm64"),
             pkg = shell_quote(self.package),
         )
+    }
+
+    /// What the launcher would set, for the package found at `root`.
+    fn env(&self, root: &str) -> Vec<(String, String)> {
+        std::iter::once((self.package_root_env, root))
+            .chain(self.env.iter().copied())
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 }
 
@@ -417,14 +429,13 @@ async fn find_agent(
     req.env = env;
     let (r, _) = exec(c, id, &req).await?;
     let mut lines = r.stdout.lines();
-    match (r.status.code, lines.next(), lines.next(), &p.native) {
-        (Some(0), Some(bin), Some(root), native) if !bin.trim().is_empty() => {
-            let root = root.trim();
-            let mut launcher_env = vec![];
-            if let (Some(n), false) = (native, root.is_empty()) {
-                launcher_env.push((n.package_root_env.to_string(), root.to_string()));
-                launcher_env.extend(n.env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-            }
+    match (r.status.code, lines.next(), lines.next()) {
+        (Some(0), Some(bin), Some(root)) if !bin.trim().is_empty() => {
+            // `$r` is set only when the native binary was chosen.
+            let launcher_env = match (&p.native, root.trim()) {
+                (Some(n), root) if !root.is_empty() => n.env(root),
+                _ => vec![],
+            };
             Ok((
                 bin.trim().to_string(),
                 lines.next().unwrap_or("").trim().to_string(),
@@ -1174,6 +1185,14 @@ mod tests {
         // Not executable: not run.
         std::fs::set_permissions(&native, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(resolve(n, &launcher).0, launcher.display().to_string());
+        // What the launcher would have set for that package.
+        assert_eq!(
+            n.env("/p"),
+            [
+                ("CODEX_MANAGED_PACKAGE_ROOT".to_string(), "/p".to_string()),
+                ("CODEX_MANAGED_BY_NPM".into(), "1".into())
+            ]
+        );
         // A `codex` that is not an npm launcher is run as it is.
         let plain = d.path().join("codex");
         std::fs::write(&plain, "").unwrap();

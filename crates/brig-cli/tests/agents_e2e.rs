@@ -1012,8 +1012,6 @@ fn host_run_pushed(repo: &Path, work: &Path) {
     git(repo, &["branch", "-qD", &branch]);
 }
 
-/// Best of each: printed for docs/BENCHMARKS.md; the test fails above 2×
-/// (the target is 1.2×).
 /// Where Codex's npm package keeps its native binary for this machine,
 /// under `node_modules`.
 fn codex_native() -> String {
@@ -1033,6 +1031,8 @@ fn node_version() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// Best of each: printed for docs/BENCHMARKS.md; the test fails above 2×
+/// (the target is 1.2×).
 fn bench_verdict(agent: &str, inside: &[u64], host: &[u64]) {
     let (i, h) = (*inside.iter().min().unwrap(), *host.iter().min().unwrap());
     let ratio = i as f64 / h as f64;
